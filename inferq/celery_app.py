@@ -1,0 +1,44 @@
+"""The Celery app factory shared by producers (which only send) and workers (which also register the task)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from inferq.settings import Settings
+
+
+def create_celery(settings: Settings, *, name: str = "inferq") -> Celery:
+    """A Celery app configured for inferq: JSON only, late acks, prefetch 1, no result backend.
+
+    Nothing connects until a message is sent or a worker starts.
+    """
+    app = Celery(name, broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        # JSON only: a pickled message is refused, never executed.
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        # SQL is the record; Celery keeps no results.
+        result_backend=None,
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        # A chunk is acknowledged only after its results are committed; a worker that dies mid-chunk
+        # hands the message back (the task is idempotent, so a second run writes nothing twice).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Above the worst chunk time, or Redis would hand a slow chunk to a second worker.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.default_queue,
+        task_queues=[Queue(settings.default_queue)],
+        task_create_missing_queues=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        # Models take memory: do not recycle the process that holds them.
+        worker_max_tasks_per_child=None,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app

@@ -1,0 +1,47 @@
+"""Every tunable default in one place, each with the reason for its value."""
+
+from __future__ import annotations
+
+#: Items per chunk (one Celery message each). Large enough that per-message overhead (a claim and a bulk write,
+#: a few milliseconds) is noise next to inference, small enough that a killed worker loses little work and that
+#: several workers share a job.
+DEFAULT_CHUNK_SIZE = 256
+
+#: Upper bound on chunk size: one chunk must finish well inside the broker's visibility timeout.
+MAX_CHUNK_SIZE = 10_000
+
+#: Padded tokens per micro-batch. Compute per batch grows with batch × length, so a token budget keeps batches
+#: of short texts large and batches of long texts small; 8k tokens keep a distilbert-base forward well under a
+#: second on a CPU and fill a GPU.
+DEFAULT_MAX_BATCH_TOKENS = 8192
+
+#: Most sequences per micro-batch, whatever their length.
+DEFAULT_MAX_BATCH_SIZE = 128
+
+#: Seconds Redis waits for an ack before it redelivers a message. Must exceed the worst chunk time
+#: (a 10k-item chunk of long texts on a CPU), or a slow chunk would be delivered twice.
+DEFAULT_VISIBILITY_TIMEOUT = 6 * 3600
+
+#: Seconds a claimed chunk stays leased to its worker. Past it, `inferq recover` may hand it to another.
+DEFAULT_LEASE_SECONDS = 3600
+
+#: Longest input text, in characters (guards memory on both sides; a tokenizer is truncating anyway).
+DEFAULT_MAX_TEXT_CHARS = 100_000
+
+#: Most items in one submitted file.
+DEFAULT_MAX_ITEMS = 1_000_000
+
+#: Rows per INSERT round trip when storing items.
+INSERT_BATCH_ROWS = 5_000
+
+#: Rows fetched per round trip when streaming results.
+EXPORT_FETCH_ROWS = 2_000
+
+#: How often `wait` polls the job row (one primary-key read: cheap).
+DEFAULT_POLL_SECONDS = 0.5
+
+#: Attempts at a chunk before its remaining items are recorded as failed.
+MAX_CHUNK_ATTEMPTS = 5
+
+#: Queue consumed by every worker; models without a queue of their own are routed here.
+DEFAULT_QUEUE = "inferq"

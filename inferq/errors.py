@@ -1,0 +1,114 @@
+"""inferq's errors: one rooted tree, each with a stable ``code`` stored on items and shown to users.
+
+InferqError
+├── ConfigurationError          configuration_error
+├── InputError                  (never retried: the input itself is wrong)
+│   ├── InvalidInput            invalid_input        a bad line in a submitted file
+│   ├── InvalidParameter        invalid_parameter
+│   ├── UnknownTask             unknown_task
+│   ├── UnknownModel            unknown_model
+│   └── JobNotFound             job_not_found
+├── ModelError
+│   ├── ModelLoadError          model_load_error     the model or tokenizer would not load
+│   └── InferenceError          inference_error      the forward pass raised on this item
+└── TransientError              (retried with backoff)
+    ├── DatabaseUnavailable     database_unavailable
+    └── BrokerUnavailable       broker_unavailable
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class InferqError(Exception):
+    """Root of every error inferq raises on purpose."""
+
+    code = "inferq_error"
+
+    def __init__(self, message: str = "", **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class ConfigurationError(InferqError):
+    code = "configuration_error"
+
+
+class InputError(InferqError):
+    """The user's input is wrong; retrying never helps."""
+
+    code = "input_error"
+
+
+@dataclass(frozen=True)
+class LineError:
+    """One problem in a submitted file: the 1-based line, the field, and what is wrong."""
+
+    line: int
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" + (f", field {self.field!r}" if self.field else "")
+        return f"{where}: {self.message}"
+
+
+class InvalidInput(InputError):
+    """A submitted file has bad lines. ``errors`` lists every one (up to a limit)."""
+
+    code = "invalid_input"
+
+    def __init__(self, errors: list[LineError], total_bad: int | None = None) -> None:
+        self.errors = errors
+        self.total_bad = total_bad if total_bad is not None else len(errors)
+        shown = "\n".join(f"  {e}" for e in errors)
+        more = self.total_bad - len(errors)
+        tail = f"\n  … and {more} more" if more > 0 else ""
+        super().__init__(f"{self.total_bad} invalid input line(s); nothing was submitted:\n{shown}{tail}")
+
+
+class InvalidParameter(InputError):
+    code = "invalid_parameter"
+
+
+class UnknownTask(InputError):
+    code = "unknown_task"
+
+
+class UnknownModel(InputError):
+    code = "unknown_model"
+
+
+class JobNotFound(InputError):
+    code = "job_not_found"
+
+
+class ModelError(InferqError):
+    code = "model_error"
+
+
+class ModelLoadError(ModelError):
+    code = "model_load_error"
+
+
+class InferenceError(ModelError):
+    code = "inference_error"
+
+
+class TransientError(InferqError):
+    """Something outside inferq is briefly unavailable; the operation is retried with backoff."""
+
+    code = "transient_error"
+
+
+class DatabaseUnavailable(TransientError):
+    code = "database_unavailable"
+
+
+class BrokerUnavailable(TransientError):
+    code = "broker_unavailable"

@@ -1,0 +1,116 @@
+"""The SQL schema (SQLAlchemy 2, typed). The database is the record of every job, chunk and item.
+
+A job's items are split into chunks of consecutive indices; one Celery message per chunk carries
+``(job_id, chunk_seq)``. Each item holds at most one result: its primary key is ``(job_id, index)`` and a
+result is written only while the item is still ``queued``, under a row lock, so a redelivered chunk writes
+nothing twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from inferq.states import ChunkState, ItemState, JobState
+
+#: Constraint names fixed by convention, so that migrations are the same on PostgreSQL and SQLite.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    task: Mapped[str] = mapped_column(String(32))
+    #: The registry name or local directory the user gave.
+    model: Mapped[str] = mapped_column(String(1024))
+    #: Complete task parameters (defaults filled in at submit).
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)
+    queue: Mapped[str] = mapped_column(String(255))
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    n_chunks: Mapped[int] = mapped_column(Integer)
+    #: Counts kept as columns, so that status is one primary-key read whatever the job's size.
+    total: Mapped[int] = mapped_column(Integer)
+    succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Chunk(Base):
+    __tablename__ = "chunks"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: Item indices ``start <= index < stop``.
+    start: Mapped[int] = mapped_column(Integer)
+    stop: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=ChunkState.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: While running: until when the claiming worker owns it.
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_chunks_state_lease", "state", "lease_until"),)
+
+
+class Item(Base):
+    __tablename__ = "items"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The ``id`` the user gave on the input line, if any.
+    client_id: Mapped[str | None] = mapped_column(String(255))
+    input: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=ItemState.QUEUED.value)
+    #: The task's result: a list (top-k labels, answers, fillers per mask, entities).
+    result: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: The top result in typed columns, so that queries filter in SQL.
+    #: classification: best label; fill-mask: best token_str; token classification: best entity's label.
+    label: Mapped[str | None] = mapped_column(String(255))
+    #: Score of the top result.
+    score: Mapped[float | None] = mapped_column(Float)
+    #: Question answering: the best answer and its character span in the context.
+    answer: Mapped[str | None] = mapped_column(Text)
+    start_char: Mapped[int | None] = mapped_column(Integer)
+    end_char: Mapped[int | None] = mapped_column(Integer)
+    #: Token classification: how many entities were found.
+    entity_count: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_items_job_state", "job_id", "state"),
+        Index("ix_items_job_label", "job_id", "label"),
+    )
+
+
+def sql_now() -> Any:
+    """The database's clock, for timestamps written by bulk statements."""
+    return func.now()

@@ -1,0 +1,131 @@
+"""One settings object (pydantic-settings, prefix ``INFERQ_``), passed to every factory; nothing is built at import."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inferq import constants
+from inferq.tasks import TaskName
+
+Precision = Literal["fp32", "fp16", "bf16", "int8", "auto"]
+
+
+class ModelSpec(BaseModel):
+    """A registry entry: where a model comes from and how workers run it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A hub id (``org/name``) or a local directory written by ``save_pretrained``.
+    source: str
+    #: The task the model serves; ``None`` lets any task use it (the right head is loaded per task).
+    task: TaskName | None = None
+    #: A queue of its own (say, for the worker that holds it on one GPU); ``None`` means the default queue.
+    queue: str | None = None
+    #: Numeric precision the worker runs it at.
+    precision: Precision = "fp32"
+    #: Hub revision (branch, tag or commit) to pin.
+    revision: str | None = None
+    #: Padded tokens per micro-batch; ``None`` takes the settings' default.
+    max_batch_tokens: int | None = None
+    #: One line for `inferq models`.
+    description: str = ""
+
+
+#: The seed document's models, for real users whose machines reach the hub or hold a local cache.
+DEFAULT_MODELS: dict[str, ModelSpec] = {
+    "sst2": ModelSpec(
+        source="distilbert/distilbert-base-uncased-finetuned-sst-2-english",
+        task=TaskName.CLASSIFICATION,
+        description="sentiment (POSITIVE/NEGATIVE), DistilBERT fine-tuned on SST-2",
+    ),
+    "mrpc": ModelSpec(
+        source="bert-base-cased-finetuned-mrpc",
+        task=TaskName.CLASSIFICATION,
+        description="paraphrase detection on text pairs, BERT fine-tuned on MRPC",
+    ),
+    "squad": ModelSpec(
+        source="distilbert/distilbert-base-cased-distilled-squad",
+        task=TaskName.QUESTION_ANSWERING,
+        description="extractive question answering, DistilBERT distilled on SQuAD",
+    ),
+    "distilroberta": ModelSpec(
+        source="distilbert/distilroberta-base",
+        task=TaskName.FILL_MASK,
+        description="masked language model (fill-mask), DistilRoBERTa",
+    ),
+    "conll03": ModelSpec(
+        source="dbmdz/bert-large-cased-finetuned-conll03-english",
+        task=TaskName.TOKEN_CLASSIFICATION,
+        description="named entities (PER/ORG/LOC/MISC), BERT large fine-tuned on CoNLL-2003",
+    ),
+}
+
+
+def _default_models() -> dict[str, ModelSpec]:
+    return dict(DEFAULT_MODELS)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, read from ``INFERQ_*`` environment variables (and ``.env``)."""
+
+    model_config = SettingsConfigDict(env_prefix="INFERQ_", env_file=".env", extra="ignore")
+
+    #: SQLAlchemy URL of the results database. Plain ``postgresql://`` URLs are accepted.
+    database_url: str = "sqlite:///inferq.db"
+    #: Celery broker. The default is an embedded broker (kombu's SQLAlchemy transport on SQLite) that needs no
+    #: server; production uses ``redis://…`` (or ``amqp://…``).
+    broker_url: str = "sqla+sqlite:///inferq-broker.db"
+    #: The model registry: names → specs. JSON in ``INFERQ_MODELS``; replaces the defaults when set.
+    models: dict[str, ModelSpec] = Field(default_factory=_default_models)
+    #: Local directories a ``--model`` path may point into. Empty: any local directory is allowed.
+    model_dirs: list[Path] = Field(default_factory=list)
+    #: The queue that every worker consumes.
+    default_queue: str = constants.DEFAULT_QUEUE
+    chunk_size: int = Field(constants.DEFAULT_CHUNK_SIZE, ge=1, le=constants.MAX_CHUNK_SIZE)
+    max_batch_tokens: int = Field(constants.DEFAULT_MAX_BATCH_TOKENS, ge=16)
+    max_batch_size: int = Field(constants.DEFAULT_MAX_BATCH_SIZE, ge=1)
+    visibility_timeout: int = Field(constants.DEFAULT_VISIBILITY_TIMEOUT, ge=60)
+    lease_seconds: int = Field(constants.DEFAULT_LEASE_SECONDS, ge=10)
+    max_text_chars: int = Field(constants.DEFAULT_MAX_TEXT_CHARS, ge=1)
+    max_items: int = Field(constants.DEFAULT_MAX_ITEMS, ge=1)
+    #: Worker device: ``cpu`` or ``cuda:N``.
+    device: str = "cpu"
+    #: Overrides every model's precision on this worker when set.
+    precision: Precision | None = None
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        return normalise_database_url(value)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _string_specs(cls, value: object) -> object:
+        # `{"name": "org/model"}` is shorthand for `{"name": {"source": "org/model"}}`.
+        if isinstance(value, dict):
+            return {k: ({"source": v} if isinstance(v, str) else v) for k, v in value.items()}
+        return value
+
+    def queue_for(self, model: str) -> str:
+        spec = self.models.get(model)
+        return spec.queue if spec is not None and spec.queue else self.default_queue
+
+
+def normalise_database_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` use psycopg 3, the driver inferq installs."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment. Factories take a `Settings` argument instead."""
+    return Settings()

@@ -1,0 +1,45 @@
+"""The life cycles of jobs, chunks and items, as stored in SQL."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobState(str, Enum):
+    #: Stored and enqueued; no worker has started any of its chunks yet.
+    QUEUED = "queued"
+    #: At least one chunk has started; some items are still unfinished.
+    RUNNING = "running"
+    #: Every item ended (each one succeeded or failed on its own).
+    SUCCEEDED = "succeeded"
+    #: The job as a whole could not run (its model would not load, say); see `Job.error`.
+    FAILED = "failed"
+    #: Stopped by the user; finished items keep their results.
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_JOB_STATES
+
+
+FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class ItemState(str, Enum):
+    #: Waiting for a worker (also while its chunk is being computed).
+    QUEUED = "queued"
+    #: Has its result.
+    SUCCEEDED = "succeeded"
+    #: Has an error code and message instead of a result.
+    FAILED = "failed"
+    #: Its job was cancelled before it ran.
+    CANCELLED = "cancelled"
+
+
+class ChunkState(str, Enum):
+    #: Stored, with a message on the broker.
+    QUEUED = "queued"
+    #: Claimed by a worker whose lease runs until `Chunk.lease_until`.
+    RUNNING = "running"
+    #: Every item of the chunk has ended.
+    DONE = "done"

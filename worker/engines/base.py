@@ -1,0 +1,149 @@
+"""The engine interface and the result of one item."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from inferq.errors import InferenceError, InferqError
+from inferq.tasks import TaskName
+from worker.engines.batching import BatchOutputs, Features, RunOutputs, pad, plan_batches, run_batches
+from worker.loaded import LoadedModel
+
+
+@dataclass
+class Outcome:
+    """One item's result (or error), with its top result in typed columns for SQL queries."""
+
+    result: list[Any] | None = None
+    error: InferqError | None = None
+    label: str | None = None
+    score: float | None = None
+    answer: str | None = None
+    start_char: int | None = None
+    end_char: int | None = None
+    entity_count: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def failure(cls, error: InferqError) -> Outcome:
+        return cls(error=error)
+
+
+class Engine(ABC):
+    """``run(inputs, params)``: preprocess every input, forward the features in micro-batches, postprocess.
+
+    Subclasses implement `preprocess`, `forward` and `postprocess`. ``forward`` is the hot path: tensor work
+    only, on tensors already on the device, under ``torch.inference_mode`` (set up here, not there)."""
+
+    task: ClassVar[TaskName]
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.config = loaded.model.config
+        self.device = loaded.device
+        pad_id = self.tokenizer.pad_token_id
+        self.pad_id = int(pad_id) if pad_id is not None else 0
+        self._accepts_token_types = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
+
+    # -- the three steps -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def preprocess(self, inputs: Sequence[dict[str, Any]], params: dict[str, Any]) -> Features:
+        """Tokenize every input (unpadded) into features."""
+
+    @abstractmethod
+    def forward(self, batch: dict[str, Any], params: dict[str, Any]) -> BatchOutputs:
+        """Run the model on one padded batch (tensors on the device); return numpy arrays on the CPU."""
+
+    @abstractmethod
+    def postprocess(
+        self,
+        inputs: Sequence[dict[str, Any]],
+        features: Features,
+        outputs: RunOutputs,
+        params: dict[str, Any],
+    ) -> list[Outcome]:
+        """Turn the outputs into one `Outcome` per input, in input order."""
+
+    # -- the driver ------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        inputs: Sequence[dict[str, Any]],
+        params: dict[str, Any],
+        *,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> list[Outcome]:
+        import torch
+
+        features = self.preprocess(inputs, params)
+        plan = plan_batches(features.lengths, self.loaded.max_batch_tokens, self.loaded.max_batch_size)
+        with torch.inference_mode():
+            outputs = run_batches(
+                plan,
+                lambda rows: self.forward(self.collate(features, rows), params),
+                is_oom=_is_oom,
+                should_stop=should_stop,
+                n_features=len(features),
+            )
+        outcomes = self.postprocess(inputs, features, outputs, params)
+        # An item any of whose features failed gets the error, whatever postprocess made of the rest.
+        for f, exc in outputs.failed.items():
+            item = int(features.item_of[f])
+            outcomes[item] = Outcome.failure(InferenceError(f"{type(exc).__name__}: {exc}"))
+        return outcomes
+
+    def collate(self, features: Features, rows: np.ndarray) -> dict[str, Any]:
+        """Pad the features ``rows`` into a batch of tensors on the device."""
+        import torch
+
+        ids, mask = pad(features.input_ids, rows, self.pad_id)
+        batch: dict[str, Any] = {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask),
+        }
+        if features.token_type_ids is not None and self._accepts_token_types:
+            types, _ = pad(features.token_type_ids, rows, 0)
+            batch["token_type_ids"] = torch.from_numpy(types)
+        non_blocking = self.device.type == "cuda"
+        return {
+            k: v.pin_memory().to(self.device, non_blocking=True) if non_blocking else v
+            for k, v in batch.items()
+        }
+
+    def tokenize(self, *texts: list[str] | None, **kwargs: Any) -> Any:
+        """Tokenize without padding, truncated to the model's maximum length (as ``truncation=True`` does)."""
+        kwargs.setdefault("truncation", True)
+        kwargs.setdefault("max_length", self.loaded.max_length)
+        return self.tokenizer(
+            *texts,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=self._accepts_token_types,
+            **kwargs,
+        )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)  # type: ignore[no-any-return]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))  # type: ignore[no-any-return]

@@ -1,0 +1,91 @@
+"""Sequence classification of single texts and text pairs, equal to the transformers text-classification
+pipeline (``truncation=True``): softmax or sigmoid as the pipeline chooses, ``id2label``, top_k sorted."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from inferq.tasks import TaskName
+from worker.engines.base import Engine, Outcome, sigmoid, softmax
+from worker.engines.batching import BatchOutputs, Features, RunOutputs
+
+
+class ClassificationEngine(Engine):
+    task: ClassVar[TaskName] = TaskName.CLASSIFICATION
+
+    def preprocess(self, inputs: Sequence[dict[str, Any]], params: dict[str, Any]) -> Features:
+        texts = [i["text"] for i in inputs]
+        pairs = [i.get("text_pair") for i in inputs]
+        if all(p is None for p in pairs):
+            enc = self.tokenize(texts)
+            return self._features(enc, len(inputs))
+        if all(p is not None for p in pairs):
+            enc = self.tokenize(texts, pairs)  # type: ignore[arg-type]
+            return self._features(enc, len(inputs))
+        # A mix of single texts and pairs: tokenize each group in one call, then merge in input order.
+        single = [i for i, p in enumerate(pairs) if p is None]
+        paired = [i for i, p in enumerate(pairs) if p is not None]
+        enc_s = self.tokenize([texts[i] for i in single])
+        enc_p = self.tokenize([texts[i] for i in paired], [pairs[i] for i in paired])  # type: ignore[misc]
+        ids: list[list[int]] = [[] for _ in inputs]
+        types: list[list[int]] | None = [[] for _ in inputs] if "token_type_ids" in enc_s else None
+        for group, enc in ((single, enc_s), (paired, enc_p)):
+            for j, i in enumerate(group):
+                ids[i] = enc["input_ids"][j]
+                if types is not None:
+                    types[i] = enc["token_type_ids"][j]
+        return Features(input_ids=ids, token_type_ids=types, item_of=np.arange(len(inputs)))
+
+    @staticmethod
+    def _features(enc: Any, n: int) -> Features:
+        return Features(
+            input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"), item_of=np.arange(n)
+        )
+
+    def forward(self, batch: dict[str, Any], params: dict[str, Any]) -> BatchOutputs:
+        logits = self.model(**batch).logits
+        return {"logits": logits.float().cpu().numpy()}
+
+    def _function(self, requested: str) -> str:
+        """The pipeline's choice of output function."""
+        if requested != "default":
+            return requested
+        config = self.config
+        if config.problem_type == "regression":
+            return "none"
+        if config.problem_type == "multi_label_classification" or config.num_labels == 1:
+            return "sigmoid"
+        if config.problem_type == "single_label_classification" or config.num_labels > 1:
+            return "softmax"
+        return str(getattr(config, "function_to_apply", "none"))
+
+    def postprocess(
+        self,
+        inputs: Sequence[dict[str, Any]],
+        features: Features,
+        outputs: RunOutputs,
+        params: dict[str, Any],
+    ) -> list[Outcome]:
+        logits = outputs.stacked("logits")
+        fn = self._function(params.get("function_to_apply", "default"))
+        scores = sigmoid(logits) if fn == "sigmoid" else softmax(logits) if fn == "softmax" else logits
+        top_k = params.get("top_k", 1)
+        k = scores.shape[1] if top_k is None else min(int(top_k), scores.shape[1])
+        # Best first; ties keep label order, as the pipeline's stable sort does.
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(scores, order, axis=1)
+        id2label = self.config.id2label
+        names = [id2label[i] for i in range(scores.shape[1])]
+        top_list = top.tolist()
+        order_list = order.tolist()
+        return [
+            Outcome(
+                result=[{"label": names[c], "score": s} for c, s in zip(oc, sc, strict=True)],
+                label=names[oc[0]],
+                score=sc[0],
+            )
+            for oc, sc in zip(order_list, top_list, strict=True)
+        ]

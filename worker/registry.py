@@ -1,0 +1,142 @@
+"""Model names → loaded models on this worker's device. A model loads on first use, in the process that runs
+it, and stays loaded."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from inferq.errors import ModelLoadError, UnknownModel
+from inferq.settings import ModelSpec, Settings
+from inferq.tasks import TaskName
+from worker.engines import engine_for
+from worker.engines.base import Engine
+from worker.loaded import LoadedModel
+
+log = logging.getLogger(__name__)
+
+_AUTO_CLASSES = {
+    TaskName.CLASSIFICATION: "AutoModelForSequenceClassification",
+    TaskName.QUESTION_ANSWERING: "AutoModelForQuestionAnswering",
+    TaskName.FILL_MASK: "AutoModelForMaskedLM",
+    TaskName.TOKEN_CLASSIFICATION: "AutoModelForTokenClassification",
+}
+
+
+def resolve_model(settings: Settings, name: str) -> ModelSpec:
+    """A registry name, or a local directory (inside ``settings.model_dirs`` when those are set)."""
+    spec = settings.models.get(name)
+    if spec is not None:
+        return spec
+    path = Path(name).expanduser()
+    if path.is_dir():
+        resolved = path.resolve()
+        allowed = [Path(d).expanduser().resolve() for d in settings.model_dirs]
+        if allowed and not any(resolved.is_relative_to(d) for d in allowed):
+            raise UnknownModel(f"model directory {name!r} is outside the allowed model directories")
+        return ModelSpec(source=str(resolved))
+    known = ", ".join(sorted(settings.models)) or "none"
+    raise UnknownModel(
+        f"unknown model {name!r}: not in the registry (known: {known}) and not a local directory"
+    )
+
+
+def resolve_precision(precision: str, device: Any) -> str:
+    """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16, fp32 otherwise."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16"
+    import torch
+
+    return "bf16" if _cpu_has_native_bf16(torch) else "fp32"
+
+
+def _cpu_has_native_bf16(torch: Any) -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class ModelRegistry:
+    """Loads and keeps models for one worker process."""
+
+    def __init__(self, settings: Settings, device: str | None = None, precision: str | None = None) -> None:
+        import torch
+
+        self.settings = settings
+        self.device = torch.device(device or settings.device)
+        self.precision_override = precision or settings.precision
+        self._loaded: dict[tuple[str, TaskName], LoadedModel] = {}
+        self._engines: dict[tuple[str, TaskName], Engine] = {}
+        self._lock = threading.Lock()
+
+    def engine(self, name: str, task: TaskName) -> Engine:
+        key = (name, task)
+        engine = self._engines.get(key)
+        if engine is None:
+            with self._lock:
+                engine = self._engines.get(key)
+                if engine is None:
+                    engine = engine_for(task, self.load(name, task))
+                    self._engines[key] = engine
+        return engine
+
+    def load(self, name: str, task: TaskName) -> LoadedModel:
+        key = (name, task)
+        if key in self._loaded:
+            return self._loaded[key]
+        spec = resolve_model(self.settings, name)
+        precision = resolve_precision(self.precision_override or spec.precision, self.device)
+        try:
+            loaded = self._load(name, spec, task, precision)
+        except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
+            raise ModelLoadError(f"could not load model {name!r} from {spec.source!r}: {exc}") from exc
+        self._loaded[key] = loaded
+        log.info("loaded %s (%s) for %s on %s at %s", name, spec.source, task.value, self.device, precision)
+        return loaded
+
+    def _load(self, name: str, spec: ModelSpec, task: TaskName, precision: str) -> LoadedModel:
+        import torch
+        import transformers
+
+        common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": False}
+        tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, **common)
+        auto = getattr(transformers, _AUTO_CLASSES[task])
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        model = auto.from_pretrained(
+            spec.source, dtype=dtype, use_safetensors=_prefer_safetensors(spec), **common
+        )
+        model.eval()
+        if precision == "int8":
+            if self.device.type != "cpu":
+                raise ValueError("int8 (dynamic quantization) runs on the CPU only")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model.to(self.device)
+        return LoadedModel(
+            name=name,
+            source=spec.source,
+            model=model,
+            tokenizer=tokenizer,
+            device=self.device,
+            dtype=dtype,
+            precision=precision,
+            max_batch_tokens=spec.max_batch_tokens or self.settings.max_batch_tokens,
+            max_batch_size=self.settings.max_batch_size,
+        )
+
+    def loaded_names(self) -> list[str]:
+        return sorted({name for name, _ in self._loaded})
+
+
+def _prefer_safetensors(spec: ModelSpec) -> bool | None:
+    """Safetensors where the directory has them (never unpickle when a safe format is there); ``None`` lets
+    transformers choose for hub ids and for directories with only legacy weights."""
+    path = Path(spec.source)
+    if path.is_dir():
+        return True if any(path.glob("*.safetensors")) else None
+    return None

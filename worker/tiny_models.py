@@ -1,0 +1,169 @@
+"""Small models built locally: tokenizers trained here, random weights, written with ``save_pretrained``.
+
+No model hub is needed. Tests, the demo and the benchmark load them through the same code as a real model
+(``from_pretrained`` on a local directory). Three families, as real users meet them: BERT (WordPiece),
+DistilBERT (WordPiece) and RoBERTa (byte-level BPE).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from inferq.tasks import TaskName
+
+Arch = Literal["bert", "distilbert", "roberta"]
+
+#: Special tokens of each family, in vocabulary order.
+_BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+#: Default labels per task for tiny heads.
+DEFAULT_LABELS: dict[TaskName, list[str]] = {
+    TaskName.CLASSIFICATION: ["NEGATIVE", "POSITIVE"],
+    TaskName.TOKEN_CLASSIFICATION: [
+        "O",
+        "B-PER",
+        "I-PER",
+        "B-ORG",
+        "I-ORG",
+        "B-LOC",
+        "I-LOC",
+        "B-MISC",
+        "I-MISC",
+    ],
+}
+
+
+@functools.cache
+def corpus() -> tuple[str, ...]:
+    """Real English sentences shipped with CPython (the pydoc topic texts): about 3,000, ~19 words on average,
+    with a long tail. Used to train tokenizers, and as realistic inputs for tests and benchmarks."""
+    import pydoc_data.topics
+
+    text = " ".join(pydoc_data.topics.topics.values())
+    sentences = (re.sub(r"\s+", " ", s).strip() for s in re.split(r"(?<=[.!?])\s+", text))
+    return tuple(s for s in sentences if 20 < len(s) < 600)
+
+
+def _train_wordpiece(vocab_size: int, lowercase: bool) -> dict[str, int]:
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(
+        corpus(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=_BERT_SPECIALS)
+    )
+    return dict(tok.get_vocab())
+
+
+def _train_byte_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    from tokenizers import ByteLevelBPETokenizer
+
+    tok = ByteLevelBPETokenizer(add_prefix_space=False)
+    tok.train_from_iterator(
+        corpus(), vocab_size=vocab_size, special_tokens=_ROBERTA_SPECIALS, show_progress=False
+    )
+    state = tok.to_str()
+    import json
+
+    model = json.loads(state)["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return dict(model["vocab"]), merges  # type: ignore[return-value]
+
+
+def build_tokenizer(
+    arch: Arch, *, max_length: int = 64, vocab_size: int = 2000, lowercase: bool = True
+) -> Any:
+    """A fast tokenizer of the family, trained on `corpus()`."""
+    if arch in ("bert", "distilbert"):
+        from transformers import BertTokenizer, DistilBertTokenizer
+
+        cls = BertTokenizer if arch == "bert" else DistilBertTokenizer
+        return cls(
+            vocab=_train_wordpiece(vocab_size, lowercase),
+            do_lower_case=lowercase,
+            model_max_length=max_length,
+        )
+    from transformers import RobertaTokenizer
+
+    vocab, merges = _train_byte_bpe(vocab_size)
+    return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def build_config(
+    arch: Arch, vocab_size: int, *, max_length: int, size: Literal["tiny", "base"] = "tiny", **extra: Any
+) -> Any:
+    """A model config of the family. ``tiny``: 2 layers of width 32; ``base``: the real base sizes."""
+    from transformers import BertConfig, DistilBertConfig, RobertaConfig
+
+    tiny = size == "tiny"
+    if arch == "distilbert":
+        dims = {"dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2} if tiny else {}
+        return DistilBertConfig(
+            vocab_size=vocab_size, max_position_embeddings=max(max_length, 512), **dims, **extra
+        )
+    dims = (
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+        if tiny
+        else {}
+    )
+    if arch == "bert":
+        return BertConfig(
+            vocab_size=vocab_size, max_position_embeddings=max(max_length, 512), **dims, **extra
+        )
+    # RoBERTa's positions start after the padding index: two more than the longest sequence.
+    return RobertaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=max(max_length, 512) + 2,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        type_vocab_size=1,
+        **dims,
+        **extra,
+    )
+
+
+_HEADS = {
+    TaskName.CLASSIFICATION: "AutoModelForSequenceClassification",
+    TaskName.QUESTION_ANSWERING: "AutoModelForQuestionAnswering",
+    TaskName.FILL_MASK: "AutoModelForMaskedLM",
+    TaskName.TOKEN_CLASSIFICATION: "AutoModelForTokenClassification",
+}
+
+
+def build_model(
+    path: str | Path,
+    task: TaskName,
+    arch: Arch = "distilbert",
+    *,
+    labels: list[str] | None = None,
+    max_length: int = 64,
+    vocab_size: int = 2000,
+    size: Literal["tiny", "base"] = "tiny",
+    seed: int = 0,
+    lowercase: bool = True,
+    **config_extra: Any,
+) -> Path:
+    """Build a model of ``arch`` with ``task``'s head and random weights; ``save_pretrained`` it to ``path``."""
+    import torch
+    import transformers
+
+    path = Path(path)
+    tokenizer = build_tokenizer(arch, max_length=max_length, vocab_size=vocab_size, lowercase=lowercase)
+    labels = labels if labels is not None else DEFAULT_LABELS.get(task)
+    extra: dict[str, Any] = dict(config_extra)
+    if labels is not None:
+        extra.update(id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)})
+    config = build_config(arch, len(tokenizer), max_length=max_length, size=size, **extra)
+    torch.manual_seed(seed)
+    model = getattr(transformers, _HEADS[task]).from_config(config)
+    model.eval()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
