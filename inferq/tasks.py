@@ -76,9 +76,7 @@ class QuestionAnsweringParams(_Params):
     @model_validator(mode="after")
     def _stride_fits(self) -> QuestionAnsweringParams:
         if self.doc_stride >= self.max_seq_len:
-            raise ValueError(
-                f"doc_stride ({self.doc_stride}) must be smaller than max_seq_len ({self.max_seq_len})"
-            )
+            raise ValueError(f"doc_stride ({self.doc_stride}) must be smaller than max_seq_len ({self.max_seq_len})")
         return self
 
 

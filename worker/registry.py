@@ -38,9 +38,7 @@ def resolve_model(settings: Settings, name: str) -> ModelSpec:
             raise UnknownModel(f"model directory {name!r} is outside the allowed model directories")
         return ModelSpec(source=str(resolved))
     known = ", ".join(sorted(settings.models)) or "none"
-    raise UnknownModel(
-        f"unknown model {name!r}: not in the registry (known: {known}) and not a local directory"
-    )
+    raise UnknownModel(f"unknown model {name!r}: not in the registry (known: {known}) and not a local directory")
 
 
 def resolve_precision(precision: str, device: Any) -> str:
@@ -108,9 +106,7 @@ class ModelRegistry:
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, **common)
         auto = getattr(transformers, _AUTO_CLASSES[task])
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-        model = auto.from_pretrained(
-            spec.source, dtype=dtype, use_safetensors=_prefer_safetensors(spec), **common
-        )
+        model = auto.from_pretrained(spec.source, dtype=dtype, use_safetensors=_prefer_safetensors(spec), **common)
         model.eval()
         if precision == "int8":
             if self.device.type != "cpu":

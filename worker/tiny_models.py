@@ -54,9 +54,7 @@ def _train_wordpiece(vocab_size: int, lowercase: bool) -> dict[str, int]:
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(
-        corpus(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=_BERT_SPECIALS)
-    )
+    tok.train_from_iterator(corpus(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=_BERT_SPECIALS))
     return dict(tok.get_vocab())
 
 
@@ -64,9 +62,7 @@ def _train_byte_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, st
     from tokenizers import ByteLevelBPETokenizer
 
     tok = ByteLevelBPETokenizer(add_prefix_space=False)
-    tok.train_from_iterator(
-        corpus(), vocab_size=vocab_size, special_tokens=_ROBERTA_SPECIALS, show_progress=False
-    )
+    tok.train_from_iterator(corpus(), vocab_size=vocab_size, special_tokens=_ROBERTA_SPECIALS, show_progress=False)
     state = tok.to_str()
     import json
 
@@ -75,9 +71,7 @@ def _train_byte_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, st
     return dict(model["vocab"]), merges  # type: ignore[return-value]
 
 
-def build_tokenizer(
-    arch: Arch, *, max_length: int = 64, vocab_size: int = 2000, lowercase: bool = True
-) -> Any:
+def build_tokenizer(arch: Arch, *, max_length: int = 64, vocab_size: int = 2000, lowercase: bool = True) -> Any:
     """A fast tokenizer of the family, trained on `corpus()`."""
     if arch in ("bert", "distilbert"):
         from transformers import BertTokenizer, DistilBertTokenizer
@@ -103,18 +97,12 @@ def build_config(
     tiny = size == "tiny"
     if arch == "distilbert":
         dims = {"dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2} if tiny else {}
-        return DistilBertConfig(
-            vocab_size=vocab_size, max_position_embeddings=max(max_length, 512), **dims, **extra
-        )
+        return DistilBertConfig(vocab_size=vocab_size, max_position_embeddings=max(max_length, 512), **dims, **extra)
     dims = (
-        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-        if tiny
-        else {}
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2} if tiny else {}
     )
     if arch == "bert":
-        return BertConfig(
-            vocab_size=vocab_size, max_position_embeddings=max(max_length, 512), **dims, **extra
-        )
+        return BertConfig(vocab_size=vocab_size, max_position_embeddings=max(max_length, 512), **dims, **extra)
     # RoBERTa's positions start after the padding index: two more than the longest sequence.
     return RobertaConfig(
         vocab_size=vocab_size,

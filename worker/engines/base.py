@@ -116,10 +116,7 @@ class Engine(ABC):
             types, _ = pad(features.token_type_ids, rows, 0)
             batch["token_type_ids"] = torch.from_numpy(types)
         non_blocking = self.device.type == "cuda"
-        return {
-            k: v.pin_memory().to(self.device, non_blocking=True) if non_blocking else v
-            for k, v in batch.items()
-        }
+        return {k: v.pin_memory().to(self.device, non_blocking=True) if non_blocking else v for k, v in batch.items()}
 
     def tokenize(self, *texts: list[str] | None, **kwargs: Any) -> Any:
         """Tokenize without padding, truncated to the model's maximum length (as ``truncation=True`` does)."""

@@ -25,9 +25,7 @@ class Features:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.lengths = np.fromiter(
-            (len(s) for s in self.input_ids), dtype=np.int64, count=len(self.input_ids)
-        )
+        self.lengths = np.fromiter((len(s) for s in self.input_ids), dtype=np.int64, count=len(self.input_ids))
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -49,9 +47,7 @@ def plan_batches(lengths: np.ndarray, max_tokens: int, max_size: int) -> list[np
     return batches
 
 
-def pad(
-    sequences: Sequence[Sequence[int]], rows: np.ndarray, pad_value: int
-) -> tuple[np.ndarray, np.ndarray]:
+def pad(sequences: Sequence[Sequence[int]], rows: np.ndarray, pad_value: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad ``sequences[rows]`` into a ``[len(rows), longest]`` array; also return the attention mask."""
     lens = np.fromiter((len(sequences[r]) for r in rows), dtype=np.int64, count=len(rows))
     width = int(lens.max()) if len(lens) else 0

@@ -41,9 +41,7 @@ class ClassificationEngine(Engine):
 
     @staticmethod
     def _features(enc: Any, n: int) -> Features:
-        return Features(
-            input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"), item_of=np.arange(n)
-        )
+        return Features(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"), item_of=np.arange(n))
 
     def forward(self, batch: dict[str, Any], params: dict[str, Any]) -> BatchOutputs:
         logits = self.model(**batch).logits
