@@ -28,8 +28,7 @@ def create_celery(settings: Settings, *, name: str = "inferq") -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # Above the worst chunk time, or Redis would hand a slow chunk to a second worker.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.default_queue,
         task_queues=[Queue(settings.default_queue)],
@@ -42,3 +41,12 @@ def create_celery(settings: Settings, *, name: str = "inferq") -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app
+
+
+def broker_transport_options(settings: Settings) -> dict[str, object]:
+    url = settings.broker_url
+    if url.startswith(("redis", "rediss", "sentinel", "sqs")):
+        # Above the worst chunk time, or Redis would hand a slow chunk to a second worker.
+        return {"visibility_timeout": settings.visibility_timeout}
+    # AMQP tracks unacknowledged messages per connection; the SQLAlchemy transport takes no options.
+    return {}

@@ -100,6 +100,10 @@ class InferenceError(ModelError):
     code = "inference_error"
 
 
+class AttemptsExhausted(InferqError):
+    code = "attempts_exhausted"
+
+
 class TransientError(InferqError):
     """Something outside inferq is briefly unavailable; the operation is retried with backoff."""
 

@@ -8,7 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from inferq.errors import ModelLoadError, UnknownModel
+from inferq.errors import ModelLoadError
+from inferq.models import resolve_model
 from inferq.settings import ModelSpec, Settings
 from inferq.tasks import TaskName
 from worker.engines import engine_for
@@ -23,22 +24,6 @@ _AUTO_CLASSES = {
     TaskName.FILL_MASK: "AutoModelForMaskedLM",
     TaskName.TOKEN_CLASSIFICATION: "AutoModelForTokenClassification",
 }
-
-
-def resolve_model(settings: Settings, name: str) -> ModelSpec:
-    """A registry name, or a local directory (inside ``settings.model_dirs`` when those are set)."""
-    spec = settings.models.get(name)
-    if spec is not None:
-        return spec
-    path = Path(name).expanduser()
-    if path.is_dir():
-        resolved = path.resolve()
-        allowed = [Path(d).expanduser().resolve() for d in settings.model_dirs]
-        if allowed and not any(resolved.is_relative_to(d) for d in allowed):
-            raise UnknownModel(f"model directory {name!r} is outside the allowed model directories")
-        return ModelSpec(source=str(resolved))
-    known = ", ".join(sorted(settings.models)) or "none"
-    raise UnknownModel(f"unknown model {name!r}: not in the registry (known: {known}) and not a local directory")
 
 
 def resolve_precision(precision: str, device: Any) -> str:

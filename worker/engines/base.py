@@ -83,7 +83,9 @@ class Engine(ABC):
         params: dict[str, Any],
         *,
         should_stop: Callable[[], bool] = lambda: False,
-    ) -> list[Outcome]:
+    ) -> list[Outcome | None]:
+        """One outcome per input, in order; ``None`` for an input whose features did not run because
+        ``should_stop`` said so between micro-batches."""
         import torch
 
         features = self.preprocess(inputs, params)
@@ -96,12 +98,19 @@ class Engine(ABC):
                 should_stop=should_stop,
                 n_features=len(features),
             )
-        outcomes = self.postprocess(inputs, features, outputs, params)
+        results: list[Outcome | None] = list(self.postprocess(inputs, features, outputs, params))
         # An item any of whose features failed gets the error, whatever postprocess made of the rest.
         for f, exc in outputs.failed.items():
             item = int(features.item_of[f])
-            outcomes[item] = Outcome.failure(InferenceError(f"{type(exc).__name__}: {exc}"))
-        return outcomes
+            results[item] = Outcome.failure(InferenceError(f"{type(exc).__name__}: {exc}"))
+        # An item any of whose features did not run (stopped between micro-batches) has no outcome yet.
+        ran = np.zeros(len(features), dtype=bool)
+        for rows, _ in outputs.batches:
+            ran[rows] = True
+        ran[list(outputs.failed)] = True
+        for item in np.unique(features.item_of[~ran]).tolist():
+            results[item] = None
+        return results
 
     def collate(self, features: Features, rows: np.ndarray) -> dict[str, Any]:
         """Pad the features ``rows`` into a batch of tensors on the device."""

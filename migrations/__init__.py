@@ -1,0 +1,1 @@
+"""Alembic migrations for inferq's schema. Applied by ``inferq db upgrade``."""

@@ -1,0 +1,217 @@
+"""The producer's commands: submit, status, results, cancel, jobs, models."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from inferq.settings import get_settings
+from inferq.tasks import TaskName, parse_task
+from producer.client import Client, JobStatus
+
+TASK_CHOICES = [t.value for t in TaskName]
+
+
+def _client() -> Client:
+    return Client(get_settings())
+
+
+def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
+        try:
+            params[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key.strip()] = raw
+    return params
+
+
+class ProgressBar:
+    """done/total, rate and ETA on stderr, redrawn in place."""
+
+    def __init__(self, out: TextIO = sys.stderr, width: int = 30) -> None:
+        self.out = out
+        self.width = width
+        self.tty = out.isatty()
+        self._last = 0.0
+
+    def __call__(self, status: JobStatus) -> None:
+        now = time.monotonic()
+        if not status.finished and now - self._last < (0.2 if self.tty else 5.0):
+            return
+        self._last = now
+        frac = status.done / status.total if status.total else 1.0
+        filled = int(frac * self.width)
+        rate = status.items_per_second
+        eta = (status.total - status.done) / rate if rate else None
+        line = (
+            f"[{'#' * filled}{'.' * (self.width - filled)}] {status.done}/{status.total} {frac:6.1%}"
+            f"  {rate or 0:,.1f} items/s  ETA {_duration(eta)}  {status.state.value}"
+        )
+        self.out.write(("\r" if self.tty else "") + line + ("" if self.tty and not status.finished else "\n"))
+        self.out.flush()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+@click.command()
+@click.option(
+    "--task", "-t", required=True, type=click.Choice(TASK_CHOICES + [t.replace("_", "-") for t in TASK_CHOICES])
+)
+@click.option("--model", "-m", required=True, help="Registry name (see `inferq models`) or local model directory.")
+@click.argument("file", type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--param", "-p", "params", multiple=True, help="Task parameter KEY=VALUE (value parsed as JSON).")
+@click.option("--chunk-size", type=int, default=None, help="Items per Celery message.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto")
+@click.option("--skip-invalid", is_flag=True, help="Submit the valid lines and report the others.")
+@click.option("--wait", "wait", is_flag=True, help="Wait for the job to end, with a progress bar on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def submit(
+    task: str,
+    model: str,
+    file: str,
+    params: tuple[str, ...],
+    chunk_size: int | None,
+    fmt: str,
+    skip_invalid: bool,
+    wait: bool,
+    as_json: bool,
+) -> None:
+    """Submit FILE (JSONL or CSV, one input a line; - for stdin) as one job."""
+    source: Any = sys.stdin.buffer if file == "-" else Path(file)
+    with _client() as client:
+        sub = client.submit(
+            parse_task(task),
+            model,
+            source,
+            _parse_params(params),
+            chunk_size=chunk_size,
+            skip_invalid=skip_invalid,
+            format=fmt,  # type: ignore[arg-type]
+        )
+        for err in sub.skipped:
+            click.echo(f"skipped {err}", err=True)
+        if sub.skipped_total > len(sub.skipped):
+            click.echo(f"skipped … and {sub.skipped_total - len(sub.skipped)} more", err=True)
+        click.echo(f"submitted job {sub.job_id}: {sub.total} items in {sub.chunks} chunks", err=True)
+        out: dict[str, Any] = {"job_id": sub.job_id, "total": sub.total, "skipped": sub.skipped_total}
+        if wait:
+            status = client.wait(sub.job_id, on_progress=ProgressBar())
+            out["status"] = status.to_json()
+        if as_json:
+            click.echo(json.dumps(out))
+        elif not wait:
+            click.echo(sub.job_id)
+        else:
+            click.echo(_status_text(out["status"]))
+
+
+def _status_text(s: dict[str, Any]) -> str:
+    rate = s["items_per_second"]
+    lines = [
+        f"job        {s['job_id']}",
+        f"task       {s['task']}  model {s['model']}",
+        f"state      {s['state']}",
+        f"items      {s['succeeded'] + s['failed']}/{s['total']} done ({s['succeeded']} succeeded, {s['failed']} failed)",
+        f"created    {s['created_at']}",
+        f"started    {s['started_at'] or '-'}",
+        f"finished   {s['finished_at'] or '-'}",
+        f"rate       {f'{rate:,.1f} items/s' if rate else '-'}",
+    ]
+    if s["error"]:
+        lines.append(f"error      [{s['error']['code']}] {s['error']['message']}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+def status(job_id: str, as_json: bool) -> None:
+    """State, counts, timestamps and rate of a job."""
+    with _client() as client:
+        s = client.status(job_id).to_json()
+    click.echo(json.dumps(s) if as_json else _status_text(s))
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None, help="Default: stdout.")
+@click.option("--label", default=None, help="Only items whose top label (or token) is L.")
+@click.option("--min-score", type=float, default=None, help="Only items whose top score is at least S.")
+@click.option("--failed", is_flag=True, help="Only failed items.")
+def results(
+    job_id: str, fmt: str, output: str | None, label: str | None, min_score: float | None, failed: bool
+) -> None:
+    """Stream a job's results in input order."""
+    from producer.export import write_csv, write_jsonl
+
+    with _client() as client:
+        job = client.status(job_id)
+        rows = client.results(job_id, label=label, min_score=min_score, failed=failed)
+        out: TextIO
+        with open(output, "w", encoding="utf-8", newline="") if output else _stdout() as out:
+            if fmt == "csv":
+                write_csv(rows, out, TaskName(job.task))
+            else:
+                write_jsonl(rows, out)
+
+
+class _stdout:
+    def __enter__(self) -> TextIO:
+        return sys.stdout
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+
+
+@click.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a job: unfinished items stop; finished results stay."""
+    with _client() as client:
+        s = client.cancel(job_id)
+    click.echo(f"job {s.id} {s.state.value}: {s.succeeded} succeeded, {s.failed} failed of {s.total}")
+
+
+@click.command()
+@click.option("--limit", "-n", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def jobs(limit: int, as_json: bool) -> None:
+    """Recent jobs, one line each."""
+    with _client() as client:
+        recent = client.jobs(limit)
+    for s in recent:
+        if as_json:
+            click.echo(json.dumps(s.to_json()))
+        else:
+            click.echo(
+                f"{s.id}  {s.created_at:%Y-%m-%d %H:%M:%S}  {s.state.value:<9}  {s.task:<20}  "
+                f"{s.done:>8}/{s.total:<8}  {s.model}"
+            )
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json: bool) -> None:
+    """The model registry."""
+    registry = get_settings().models
+    if as_json:
+        click.echo(json.dumps({k: v.model_dump(mode="json") for k, v in registry.items()}))
+        return
+    for name, spec in sorted(registry.items()):
+        task = spec.task.value if spec.task else "any"
+        click.echo(f"{name:<16} {task:<20} {spec.queue or '(default queue)':<16} {spec.source}  {spec.description}")

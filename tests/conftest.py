@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny models built locally, real PostgreSQL/Redis, settings pointing at them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inferq.settings import Settings
+from tests.support.services import fresh_postgres_database, require_redis
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Classification models of three families, built and saved here (random weights, local tokenizers)."""
+    from inferq.tasks import TaskName
+    from worker.tiny_models import build_model
+
+    root = tmp_path_factory.mktemp("models")
+    spec = {
+        "cls-distilbert": dict(arch="distilbert", labels=["NEGATIVE", "POSITIVE"]),
+        "cls-roberta": dict(arch="roberta", labels=["NEGATIVE", "NEUTRAL", "POSITIVE"]),
+        "cls-bert-pair": dict(arch="bert", labels=["not_paraphrase", "paraphrase"], lowercase=False),
+    }
+    return {
+        name: build_model(root / name, TaskName.CLASSIFICATION, initializer_range=0.3, **kw)  # type: ignore[arg-type]
+        for name, kw in spec.items()
+    }
+
+
+@pytest.fixture(scope="session")
+def registry_json(tiny_models: dict[str, Path]) -> str:
+    return json.dumps({name: {"source": str(path), "task": "classification"} for name, path in tiny_models.items()})
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return require_redis()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue of this test's own, so concurrent runs and leftovers never meet."""
+    return f"inferq-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_url: str) -> str:
+    from inferq import migrate
+
+    migrate.upgrade(Settings(database_url=postgres_url))
+    return postgres_url
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    from inferq import migrate
+
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'inferq.db'}",
+        broker_url=f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+    )
+    migrate.upgrade(settings)
+    return settings

@@ -1,0 +1,74 @@
+"""``inferq worker``: a Celery worker that holds models on one device."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from inferq.models import resolve_model
+from inferq.settings import get_settings
+
+
+@click.command("worker")
+@click.option("--device", default=None, help="cpu or cuda:N (default: INFERQ_DEVICE, else cpu).")
+@click.option("--models", default="", help="Comma-separated models to preload (registry names or directories).")
+@click.option("--concurrency", "-c", default=1, show_default=True, help="Worker processes (one per GPU is best).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]),
+    default=None,
+    help="Run every model at this precision (default: each model's registry setting).",
+)
+@click.option("--queues", "-Q", default="", help="Extra queues to consume, comma-separated.")
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
+@click.option("--loglevel", "-l", default=None, help="Log level (default: INFERQ_LOG_LEVEL).")
+@click.option("--hostname", "-n", default=None, help="Celery node name.")
+def worker_command(
+    device: str | None,
+    models: str,
+    concurrency: int,
+    precision: str | None,
+    queues: str,
+    pool: str,
+    loglevel: str | None,
+    hostname: str | None,
+) -> None:
+    """Run a worker: consume the default queue and the queues of the models it preloads."""
+    if device:
+        if device.startswith("cuda:"):
+            # Pin this process (and its children) to one GPU before torch touches CUDA.
+            os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+            device = "cuda:0"
+        os.environ["INFERQ_DEVICE"] = device
+    if precision:
+        os.environ["INFERQ_PRECISION"] = precision
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    os.environ["INFERQ_PRELOAD"] = ",".join(names)
+    get_settings.cache_clear()
+    settings = get_settings()
+    consume = [settings.default_queue]
+    for name in names:
+        queue = resolve_model(settings, name).queue
+        if queue and queue not in consume:
+            consume.append(queue)
+    consume += [q.strip() for q in queues.split(",") if q.strip() and q.strip() not in consume]
+
+    from worker.app import get_app
+
+    argv = [
+        "worker",
+        "--queues",
+        ",".join(consume),
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        pool,
+        "--loglevel",
+        loglevel or settings.log_level,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if hostname:
+        argv += ["--hostname", hostname]
+    get_app().worker_main(argv)
