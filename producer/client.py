@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
 from celery import Celery
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
@@ -117,6 +117,7 @@ class Client:
         self._engine = engine
         self._owns_engine = engine is None
         self._sessions: sessionmaker[Session] | None = None
+        self._reader: sessionmaker[Session] | None = None
         self._celery = celery
 
     # -- plumbing --------------------------------------------------------------------------------------
@@ -130,6 +131,13 @@ class Client:
         return self._sessions
 
     @property
+    def reader(self) -> sessionmaker[Session]:
+        """Sessions for reads (status, results): on SQLite they never hold the write lock."""
+        if self._reader is None:
+            self._reader = make_sessionmaker(self.sessions.kw["bind"], read_only=True)
+        return self._reader
+
+    @property
     def celery(self) -> Celery:
         if self._celery is None:
             self._celery = create_celery(self.settings, name="inferq-producer")
@@ -140,6 +148,7 @@ class Client:
             self._engine.dispose()
         self._engine = None
         self._sessions = None
+        self._reader = None
 
     def __enter__(self) -> Client:
         return self
@@ -180,7 +189,7 @@ class Client:
         if read.errors and not skip_invalid:
             raise InvalidInput(read.errors, read.total_bad)
         if not read.records:
-            raise InvalidInput([LineError(0, None, "no valid input lines")] + read.errors, max(1, read.total_bad))
+            raise InvalidInput([LineError(0, None, "no valid input lines"), *read.errors], max(1, read.total_bad))
         queue = spec.queue or self.settings.default_queue
         self._check_broker()
         job_id = uuid.uuid4().hex
@@ -219,14 +228,14 @@ class Client:
     # -- read ------------------------------------------------------------------------------------------
 
     def status(self, job_id: str) -> JobStatus:
-        with self.sessions() as session:
+        with self.reader() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise JobNotFound(f"no job {job_id!r}")
             return _status(job)
 
     def jobs(self, limit: int = 20, state: JobState | None = None) -> list[JobStatus]:
-        with self.sessions() as session:
+        with self.reader() as session:
             query = select(Job).order_by(Job.created_at.desc()).limit(limit)
             if state is not None:
                 query = query.where(Job.state == state.value)
@@ -272,7 +281,7 @@ class Client:
             query = query.where(Item.state == ItemState.FAILED.value)
         if state is not None:
             query = query.where(Item.state == state.value)
-        with self.sessions() as session:
+        with self.reader() as session:
             rows = session.execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
             for r in rows:
                 yield ResultRow(
@@ -414,7 +423,3 @@ def _status(job: Job) -> JobStatus:
         finished_at=aware(job.finished_at),
         error={"code": job.error_code, "message": job.error or ""} if job.error_code else None,
     )
-
-
-def count_items(session: Session, job_id: str, state: ItemState) -> int:
-    return int(session.scalar(select(func.count()).where(Item.job_id == job_id, Item.state == state.value)) or 0)

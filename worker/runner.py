@@ -16,6 +16,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
+from inferq.db import make_sessionmaker
 from inferq.errors import AttemptsExhausted, InferqError, ModelError
 from inferq.schema import Chunk, Item, Job, utcnow
 from inferq.settings import Settings
@@ -66,6 +67,7 @@ class Runner:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.reader = make_sessionmaker(sessions.kw["bind"], read_only=True)
         self.registry = registry
         self.worker = worker
 
@@ -99,7 +101,7 @@ class Runner:
             log.error("job %s: %s", claim.job_id, exc)
             return [Outcome.failure(exc) for _ in claim.inputs], exc
         # Cancelled mid-chunk: items whose micro-batches did not run come back as None and stay unwritten.
-        return engine.run(claim.inputs, claim.params, should_stop=_CancelCheck(self.sessions, claim.job_id)), None
+        return engine.run(claim.inputs, claim.params, should_stop=_CancelCheck(self.reader, claim.job_id)), None
 
 
 class _CancelCheck:

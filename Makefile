@@ -1,0 +1,42 @@
+# inferq: the two commands are `make demo` and `make test`; `make install` sets up .venv only.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+#: The CPU build of torch this project is tested with; installed before the project so that pip never pulls
+#: another (multi-GB CUDA) build to satisfy the project's torch range.
+TORCH_VERSION ?= 2.13.0
+#: A folder of local wheels (holds the torch CPU wheel on the project's machines), used when it exists.
+WHEELS ?= /opt/wheels
+FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
+
+.PHONY: install demo test lint format bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(FIND_LINKS) torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q $(FIND_LINKS) -e ".[worker,dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/inferq demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check inferq producer worker migrations tests bench
+	$(BIN)/ruff format --check inferq producer worker migrations tests bench
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix inferq producer worker migrations tests bench
+	$(BIN)/ruff format inferq producer worker migrations tests bench
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info inferq.db* inferq-broker.db* .inferq-demo

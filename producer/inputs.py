@@ -1,0 +1,448 @@
+"""Reading and validating submitted inputs: JSONL and CSV files, or Python objects.
+
+Every bad line is collected as a `LineError` (its line, its field, what is wrong), never raised: the caller decides
+whether to refuse the whole submission (`InvalidInput`) or to submit the valid lines only. Files are read one line at a
+time, as bytes, so that invalid UTF-8 is reported with its line number and no line is held longer than it must be.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
+
+from inferq.errors import LineError
+from inferq.tasks import INPUT_FIELDS, MASK_PLACEHOLDER, TaskName
+
+Format = Literal["auto", "jsonl", "csv"]
+
+#: Longest client id, in characters: the width of ``items.client_id``.
+MAX_ID_CHARS = 255
+
+#: Bytes one character may take in a line: a JSON escape of a character outside the BMP (``\\ud83d\\ude00``) takes
+#: 12. Lines longer than this many bytes per allowed character are refused before they are decoded, which bounds the
+#: memory one line can take whatever the file holds.
+_BYTES_PER_CHAR = 12
+
+#: Room on a line for punctuation, field names and spacing.
+_LINE_SLACK_BYTES = 64 * 1024
+
+_EXTENSIONS: dict[str, Literal["jsonl", "csv"]] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+}
+
+_BOM = "\ufeff"
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One valid input line."""
+
+    #: 1-based line in the file (for CSV, the physical line where the row starts; the header is line 1).
+    line: int
+    #: The optional ``id`` field, as a string.
+    client_id: str | None
+    #: The task's fields only (``{"text": …, "text_pair": …}``); optional fields absent when not given.
+    data: dict[str, str]
+
+
+@dataclass
+class ReadResult:
+    records: list[InputRecord]
+    #: The first `Limits.max_errors` problems, in line order.
+    errors: list[LineError]
+    #: How many lines were bad in all.
+    total_bad: int
+    #: True when reading stopped at `Limits.max_items` (the last error says so): the input is incomplete.
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.total_bad == 0
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_text_chars: int
+    max_items: int
+    max_errors: int = 50
+
+
+def read_inputs(
+    source: str | os.PathLike[str] | IO[bytes],
+    task: TaskName,
+    limits: Limits,
+    *,
+    format: Format = "auto",
+    mask_tokens: Sequence[str] = (),
+) -> ReadResult:
+    """Read and validate a JSONL or CSV file (a path, ``"-"`` for standard input, or a binary stream).
+
+    ``format="auto"`` goes by the file's extension (``.jsonl``, ``.ndjson``, ``.json``, ``.csv``); for standard
+    input, streams and other names it looks at the first non-blank character: ``{`` means JSONL, anything else CSV.
+    A stream passed in is read but not closed."""
+    if format not in ("auto", "jsonl", "csv"):
+        raise ValueError(f"unknown input format {format!r} (known: auto, jsonl, csv)")
+    validator = _Validator(task, limits, mask_tokens)
+    with ExitStack() as stack:
+        stream: IO[Any]
+        if isinstance(source, str | os.PathLike):
+            path = os.fspath(source)
+            if path == "-":
+                stream = sys.stdin.buffer
+            else:
+                stream = stack.enter_context(open(path, "rb"))
+                if format == "auto":
+                    format = _EXTENSIONS.get(os.path.splitext(path)[1].lower(), "auto")
+        else:
+            stream = source
+        lines = _Lines(stream, validator.line_cap)
+        if format == "auto":
+            format = _sniff(lines)
+        collector = _Collector(limits)
+        if format == "jsonl":
+            _read_jsonl(lines, validator, collector)
+        else:
+            _read_csv(lines, validator, collector)
+        return collector.result()
+
+
+def validate_rows(
+    rows: Iterable[tuple[int, Any]],
+    task: TaskName,
+    limits: Limits,
+    *,
+    mask_tokens: Sequence[str] = (),
+) -> ReadResult:
+    """Validate decoded inputs, given as ``(line, object)`` pairs: dicts of the task's fields (plus ``id``), or,
+    for the tasks that take a single ``text``, plain strings."""
+    validator = _Validator(task, limits, mask_tokens)
+    collector = _Collector(limits)
+    for line, obj in rows:
+        if not collector.next_item(line):
+            break
+        if isinstance(obj, str) and validator.single_text:
+            obj = {"text": obj}
+        if isinstance(obj, dict):
+            collector.add(validator.check(line, obj))
+        else:
+            collector.add(LineError(line, None, f"expected {validator.shape}, got {_type_name(obj)}"))
+    return collector.result()
+
+
+# -- formats ---------------------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(lines: _Lines, validator: _Validator, collector: _Collector) -> None:
+    for text in lines:
+        lineno = lines.count
+        if lines.bad is not None:
+            if not collector.next_item(lineno):
+                return
+            collector.add(lines.take_bad())
+            continue
+        if not text or text.isspace():
+            continue
+        if not collector.next_item(lineno):
+            return
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            collector.add(LineError(lineno, None, f"malformed JSON: {exc.msg} (column {exc.colno})"))
+            continue
+        except (ValueError, RecursionError) as exc:  # an integer too long to convert, nesting too deep
+            collector.add(LineError(lineno, None, f"malformed JSON: {exc}"))
+            continue
+        if isinstance(obj, dict):
+            collector.add(validator.check(lineno, obj))
+        else:
+            collector.add(LineError(lineno, None, f"expected a JSON object, got {_type_name(obj)}"))
+
+
+def _read_csv(lines: _Lines, validator: _Validator, collector: _Collector) -> None:
+    # A field longer than csv's limit raises csv.Error (reported as a bad row); keep the limit above the text limit
+    # so that over-long texts get the clearer message from the validator.
+    if csv.field_size_limit() <= validator.limits.max_text_chars:
+        csv.field_size_limit(validator.limits.max_text_chars + 1)
+    reader = csv.reader(lines, strict=True)
+    header: list[str] | None = None
+    required = {f.name for f in validator.fields if f.required}
+    while True:
+        start = lines.count + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            bad = lines.take_bad() if lines.bad is not None else LineError(start, None, f"malformed CSV: {exc}")
+            if header is None:
+                collector.add(bad)
+                return
+            if not collector.next_item(start):
+                return
+            collector.add(bad)
+            continue
+        if lines.bad is not None:
+            if header is None:
+                collector.add(lines.take_bad())
+                return
+            if not collector.next_item(start):
+                return
+            collector.add(lines.take_bad())
+            continue
+        if not any(row):  # a blank line, or a row of empty cells only
+            continue
+        if header is None:
+            header = [name.strip() for name in row]
+            problem = _check_header(start, header, validator)
+            if problem is not None:
+                collector.add(problem)
+                return
+            continue
+        if not collector.next_item(start):
+            return
+        if len(row) != len(header):
+            collector.add(LineError(start, None, f"row has {len(row)} cells; the header has {len(header)} columns"))
+            continue
+        # An empty cell is an absent field, except for required fields, which are then reported as empty.
+        obj = {name: cell for name, cell in zip(header, row, strict=True) if cell or name in required}
+        collector.add(validator.check(start, obj))
+
+
+def _check_header(line: int, header: list[str], validator: _Validator) -> LineError | None:
+    if validator.allowed.isdisjoint(header):
+        found = ", ".join(repr(_shorten(name)) for name in header[:5]) + (", …" if len(header) > 5 else "")
+        return LineError(
+            line, None, f"no header row: the first row must name the columns ({validator.allowed_text}); found {found}"
+        )
+    seen: set[str] = set()
+    for name in header:
+        if name not in validator.allowed:
+            return LineError(
+                line, name, f"unknown column {_shorten(name)!r} (allowed columns: {validator.allowed_text})"
+            )
+        if name in seen:
+            return LineError(line, name, f"column {name!r} appears twice in the header")
+        seen.add(name)
+    for f in validator.fields:
+        if f.required and f.name not in seen:
+            return LineError(
+                line, f.name, f"missing required column {f.name!r}: the first row must be a header naming the columns"
+            )
+    return None
+
+
+def _sniff(lines: _Lines) -> Literal["jsonl", "csv"]:
+    """Look at the first non-blank character without consuming any line."""
+    while True:
+        raw = lines.peek_raw()
+        if raw is None:
+            return "jsonl"
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        head = raw.lstrip(_BOM).lstrip()
+        if head:
+            return "jsonl" if head.startswith("{") else "csv"
+
+
+# -- lines -----------------------------------------------------------------------------------------------------------
+
+
+class _Lines:
+    """The physical lines of a stream, decoded one at a time.
+
+    An undecodable line is yielded with replacement characters, an over-long one as an empty line; either is
+    noted in `bad`, which the reader takes with `take_bad` before it takes the next line. Lines are split at
+    ``\\n`` only, as JSON and CSV mean them (a raw U+2028 inside a JSON string is not a line break)."""
+
+    def __init__(self, stream: IO[Any], cap: int) -> None:
+        self._stream = stream
+        self._cap = cap
+        self._peeked: list[bytes | str] = []
+        #: Physical lines yielded so far: the number of the last one.
+        self.count = 0
+        self.bad: LineError | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        raw = self._peeked.pop(0) if self._peeked else self._stream.readline(self._cap)
+        if not raw:
+            raise StopIteration
+        self.count += 1
+        if len(raw) >= self._cap and raw[-1:] not in (b"\n", "\n"):
+            self._skip_rest_of_line()
+            self._note(f"line longer than {self._cap} bytes")
+            return "\n"
+        if isinstance(raw, bytes):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self._note(f"invalid UTF-8 (byte {exc.start + 1} of the line)")
+                # Decoded anyway, so that a CSV row spanning this line keeps its quotes and ends where it should.
+                text = raw.decode("utf-8", "replace")
+        else:
+            text = raw
+        if self.count == 1 and text.startswith(_BOM):
+            text = text[1:]
+        return text
+
+    def peek_raw(self) -> bytes | str | None:
+        """The next raw line not yet peeked at, left to be read again; None at the end."""
+        raw = self._stream.readline(self._cap)
+        if not raw:
+            return None
+        self._peeked.append(raw)
+        return raw
+
+    def take_bad(self) -> LineError:
+        bad, self.bad = self.bad, None
+        assert bad is not None
+        return bad
+
+    def _note(self, message: str) -> None:
+        # Keep the first problem of a row that spans several lines.
+        if self.bad is None:
+            self.bad = LineError(self.count, None, message)
+
+    def _skip_rest_of_line(self) -> None:
+        while True:
+            chunk = self._stream.readline(self._cap)
+            if not chunk or chunk[-1:] in (b"\n", "\n"):
+                return
+
+
+# -- validation ------------------------------------------------------------------------------------------------------
+
+
+class _Validator:
+    """Checks one decoded object against the task's fields."""
+
+    def __init__(self, task: TaskName, limits: Limits, mask_tokens: Sequence[str]) -> None:
+        self.task = task
+        self.limits = limits
+        self.fields = INPUT_FIELDS[task]
+        names = [f.name for f in self.fields]
+        self.allowed = frozenset(["id", *names])
+        self.allowed_text = ", ".join(["id", *names])
+        self.single_text = [f.name for f in self.fields if f.required] == ["text"]
+        self.shape = f"an object with fields {', '.join(names)}" + (" (or a string)" if self.single_text else "")
+        self.masks = (MASK_PLACEHOLDER, *(t for t in mask_tokens if t)) if task is TaskName.FILL_MASK else ()
+        model_masks = ", ".join(repr(t) for t in mask_tokens if t)
+        self.no_mask = (
+            f"no mask token: put {MASK_PLACEHOLDER} or the model's mask token"
+            + (f" ({model_masks})" if model_masks else "")
+            + " in the text"
+        )
+        self.line_cap = _BYTES_PER_CHAR * (limits.max_text_chars * len(names) + MAX_ID_CHARS) + _LINE_SLACK_BYTES
+
+    def check(self, line: int, obj: dict[Any, Any]) -> InputRecord | LineError:
+        for key in obj:
+            if key not in self.allowed:
+                return LineError(
+                    line, str(key), f"unknown field {_shorten(str(key))!r} (allowed fields: {self.allowed_text})"
+                )
+
+        client_id: str | None = None
+        raw_id = obj.get("id")
+        if raw_id is not None:
+            if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+                return LineError(line, "id", f"must be a string or an integer, got {_type_name(raw_id)}")
+            client_id = raw_id if isinstance(raw_id, str) else str(raw_id)
+            if len(client_id) > MAX_ID_CHARS:
+                return LineError(line, "id", f"is {len(client_id)} characters long; the limit is {MAX_ID_CHARS}")
+            if "\x00" in client_id:
+                return LineError(line, "id", "must not contain NUL characters")
+            client_id = client_id or None  # an empty id is no id, as an empty CSV cell is
+
+        data: dict[str, str] = {}
+        max_chars = self.limits.max_text_chars
+        for f in self.fields:
+            value = obj.get(f.name)
+            if value is None:
+                if not f.required:
+                    continue
+                if f.name in obj:
+                    return LineError(line, f.name, "must be a string, got null")
+                return LineError(line, f.name, f"missing required field {f.name!r}")
+            if not isinstance(value, str):
+                return LineError(line, f.name, f"must be a string, got {_type_name(value)}")
+            if not value or value.isspace():
+                return LineError(line, f.name, "must not be empty or whitespace only")
+            if len(value) > max_chars:
+                return LineError(
+                    line, f.name, f"is {len(value)} characters long; the limit is {max_chars} (INFERQ_MAX_TEXT_CHARS)"
+                )
+            data[f.name] = value
+
+        if self.masks:
+            text = data["text"]
+            if not any(m in text for m in self.masks):
+                return LineError(line, "text", self.no_mask)
+        return InputRecord(line=line, client_id=client_id, data=data)
+
+
+@dataclass
+class _Collector:
+    limits: Limits
+    records: list[InputRecord] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)
+    total_bad: int = 0
+    items: int = 0
+    truncated: bool = False
+
+    def next_item(self, line: int) -> bool:
+        """Count one more item line; False (and an error) when it is beyond the limit."""
+        if self.items >= self.limits.max_items:
+            limit = self.limits.max_items
+            error = LineError(line, None, f"more than {limit} items; the limit is {limit} (INFERQ_MAX_ITEMS)")
+            self.truncated = True
+            self.total_bad += 1
+            # Always shown, even when the other errors fill the list.
+            if len(self.errors) >= self.limits.max_errors and self.errors:
+                self.errors[-1] = error
+            else:
+                self.errors.append(error)
+            return False
+        self.items += 1
+        return True
+
+    def add(self, outcome: InputRecord | LineError) -> None:
+        if isinstance(outcome, InputRecord):
+            self.records.append(outcome)
+            return
+        self.total_bad += 1
+        if len(self.errors) < self.limits.max_errors:
+            self.errors.append(outcome)
+
+    def result(self) -> ReadResult:
+        return ReadResult(self.records, self.errors, self.total_bad, self.truncated)
+
+
+_TYPE_NAMES: dict[type, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    tuple: "array",
+    dict: "object",
+    type(None): "null",
+}
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
