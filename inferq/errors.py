@@ -11,6 +11,7 @@ InferqError
 ├── ModelError
 │   ├── ModelLoadError          model_load_error     the model or tokenizer would not load
 │   └── InferenceError          inference_error      the forward pass raised on this item
+├── AttemptsExhausted           attempts_exhausted   a chunk kept failing; its items were given up
 └── TransientError              (retried with backoff)
     ├── DatabaseUnavailable     database_unavailable
     └── BrokerUnavailable       broker_unavailable

@@ -121,12 +121,12 @@ def test_cli_job_on_redis_and_postgres_matches_the_pipeline(
 
 
 def test_python_client_on_the_embedded_default_matches_the_pipeline(
-    tmp_path: Path, tiny_models: dict[str, Path], registry_json: str
+    tmp_path: Path, tiny_models: dict[str, Path], registry_json: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given the embedded default (SQLite results, SQLite broker) in a working directory, and a real worker there
     env = {"INFERQ_MODELS": registry_json}
     for var in ("INFERQ_DATABASE_URL", "INFERQ_BROKER_URL"):
-        os.environ.pop(var, None)
+        monkeypatch.delenv(var, raising=False)
     migrate = subprocess.run(
         [sys.executable, "-m", "inferq.cli", "db", "upgrade"],
         cwd=tmp_path,

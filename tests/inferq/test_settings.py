@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from inferq.settings import DEFAULT_MODELS, Settings
+
+
+def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("INFERQ_DATABASE_URL", "INFERQ_BROKER_URL", "INFERQ_MODELS"):
+        monkeypatch.delenv(var, raising=False)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.database_url == "sqlite:///inferq.db"
+    assert settings.broker_url.startswith("sqla+sqlite:///")
+    assert settings.models == DEFAULT_MODELS
+    assert settings.models["sst2"].source == "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
+    assert settings.models["mrpc"].source == "bert-base-cased-finetuned-mrpc"
+
+
+def test_environment_with_prefix_and_plain_postgres_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERQ_DATABASE_URL", "postgresql://u:p@db:5432/x")
+    monkeypatch.setenv("INFERQ_BROKER_URL", "redis://redis:6379/0")
+    monkeypatch.setenv(
+        "INFERQ_MODELS", json.dumps({"a": "org/model-a", "b": {"source": "/models/b", "queue": "gpu-1"}})
+    )
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.database_url == "postgresql+psycopg://u:p@db:5432/x"
+    assert settings.broker_url == "redis://redis:6379/0"
+    assert settings.models["a"].source == "org/model-a"
+    assert settings.queue_for("b") == "gpu-1"
+    assert settings.queue_for("a") == settings.default_queue
+
+
+def test_a_registry_entry_with_an_unknown_option_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        Settings(models={"a": {"source": "x", "trust_remote_code": True}})

@@ -1,0 +1,71 @@
+"""The shared batching core: token-budget micro-batches and failure isolation."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.engines.batching import pad, plan_batches, run_batches
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=600), min_size=0, max_size=300),
+    max_tokens=st.integers(min_value=16, max_value=4096),
+    max_size=st.integers(min_value=1, max_value=64),
+)
+def test_every_feature_lands_in_exactly_one_batch_within_budget(
+    lengths: list[int], max_tokens: int, max_size: int
+) -> None:
+    arr = np.array(lengths, dtype=np.int64)
+    plan = plan_batches(arr, max_tokens, max_size)
+    seen = np.concatenate(plan) if plan else np.array([], dtype=np.int64)
+    assert sorted(seen.tolist()) == list(range(len(lengths)))
+    for batch in plan:
+        padded = len(batch) * int(arr[batch].max())
+        assert len(batch) <= max_size
+        assert padded <= max_tokens or len(batch) == 1
+
+
+def test_batches_are_length_sorted_so_padding_stays_small() -> None:
+    lengths = np.array([5, 100, 6, 98, 7, 99])
+    plan = plan_batches(lengths, max_tokens=300, max_size=3)
+    assert [sorted(lengths[b].tolist()) for b in plan] == [[98, 99, 100], [5, 6, 7]]
+
+
+def test_pad_right_pads_and_masks() -> None:
+    ids, mask = pad([[1, 2, 3], [4], [5, 6]], np.array([2, 1]), pad_value=0)
+    assert ids.tolist() == [[5, 6], [4, 0]]
+    assert mask.tolist() == [[1, 1], [1, 0]]
+
+
+def test_a_poison_feature_is_isolated_and_its_neighbours_still_run() -> None:
+    # Given a forward pass that raises whenever feature 13 is in its batch
+    plan = plan_batches(np.full(40, 10), max_tokens=200, max_size=20)
+
+    def forward(rows: np.ndarray) -> dict[str, np.ndarray]:
+        if 13 in rows:
+            raise RuntimeError("poison")
+        return {"x": rows.astype(np.float32)[:, None]}
+
+    # When the batches run
+    out = run_batches(plan, forward, n_features=40)
+
+    # Then only feature 13 failed, and every other feature has its output
+    assert list(out.failed) == [13]
+    stacked = out.stacked("x")[:, 0]
+    others = [i for i in range(40) if i != 13]
+    assert stacked[others].tolist() == [float(i) for i in others]
+
+
+def test_should_stop_halts_between_batches() -> None:
+    plan = plan_batches(np.full(10, 10), max_tokens=20, max_size=2)
+    calls: list[int] = []
+
+    def forward(rows: np.ndarray) -> dict[str, np.ndarray]:
+        calls.append(len(rows))
+        return {"x": np.zeros((len(rows), 1))}
+
+    out = run_batches(plan, forward, should_stop=lambda: len(calls) >= 2, n_features=10)
+    assert len(calls) == 2 and len(out.batches) == 2

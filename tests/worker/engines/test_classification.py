@@ -1,0 +1,74 @@
+"""Classification parity with ``pipeline("text-classification")`` on three families of tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferq.settings import Settings
+from inferq.tasks import TaskName, validate_params
+from tests.reference import assert_same_labels, classification_reference
+from worker.registry import ModelRegistry
+from worker.tiny_models import corpus
+
+EDGE_TEXTS = [
+    "I hate you",
+    "I love you",
+    "x",
+    "Ünïcödé façade — naïve café, 東京, 한국어 문장 🤗🤗",
+    "spaces   and\ttabs\n\nand newlines     ",
+    " ".join(corpus()[:40]),  # far beyond the 64-token maximum: truncated
+]
+
+
+def run_engine(registry_json: str, model: str, inputs: list[dict[str, Any]], **params: Any) -> list[Any]:
+    settings = Settings(models=json.loads(registry_json), max_batch_tokens=512, max_batch_size=16)
+    engine = ModelRegistry(settings).engine(model, TaskName.CLASSIFICATION)
+    outcomes = engine.run(inputs, validate_params(TaskName.CLASSIFICATION, params))
+    assert all(o is not None and o.ok for o in outcomes)
+    return outcomes
+
+
+@pytest.mark.parametrize("model", ["cls-distilbert", "cls-roberta", "cls-bert-pair"])
+@pytest.mark.parametrize("top_k", [1, 2, None])
+def test_single_texts_match_the_pipeline(
+    model: str, top_k: int | None, tiny_models: dict[str, Path], registry_json: str
+) -> None:
+    inputs = [{"text": t} for t in [*EDGE_TEXTS, *corpus()[:150]]]
+    outcomes = run_engine(registry_json, model, inputs, top_k=top_k)
+    reference = classification_reference(tiny_models[model], inputs, top_k=top_k)
+    for i, (o, want) in enumerate(zip(outcomes, reference, strict=True)):
+        assert_same_labels(o.result, want, where=f"{model}[{i}]")
+        assert (o.label, o.score) == (o.result[0]["label"], o.result[0]["score"])
+
+
+@pytest.mark.parametrize("model", ["cls-bert-pair", "cls-roberta"])
+def test_pairs_and_a_mix_of_pairs_and_single_texts_match_the_pipeline(
+    model: str, tiny_models: dict[str, Path], registry_json: str
+) -> None:
+    sentences = corpus()
+    inputs: list[dict[str, Any]] = []
+    for i in range(120):
+        if i % 3:
+            inputs.append({"text": sentences[i], "text_pair": sentences[-i - 1]})
+        else:
+            inputs.append({"text": sentences[i]})
+    inputs.append({"text": " ".join(sentences[:30]), "text_pair": " ".join(sentences[30:60])})  # both too long
+    outcomes = run_engine(registry_json, model, inputs, top_k=2)
+    reference = classification_reference(tiny_models[model], inputs, top_k=2)
+    for i, (o, want) in enumerate(zip(outcomes, reference, strict=True)):
+        assert_same_labels(o.result, want, where=f"{model}[{i}]")
+
+
+@pytest.mark.parametrize("function", ["sigmoid", "softmax", "none"])
+def test_function_to_apply_matches_the_pipeline(
+    function: str, tiny_models: dict[str, Path], registry_json: str
+) -> None:
+    inputs = [{"text": t} for t in corpus()[:30]]
+    outcomes = run_engine(registry_json, "cls-roberta", inputs, top_k=None, function_to_apply=function)
+    reference = classification_reference(tiny_models["cls-roberta"], inputs, top_k=None, function_to_apply=function)
+    for i, (o, want) in enumerate(zip(outcomes, reference, strict=True)):
+        assert_same_labels(o.result, want, where=str(i))

@@ -1,0 +1,147 @@
+"""The runner against real PostgreSQL: idempotent chunks, one result per item, failures recorded per item."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from inferq.db import make_engine, make_sessionmaker
+from inferq.schema import Chunk, Item, Job
+from inferq.settings import Settings
+from inferq.tasks import TaskName
+from producer.client import store_job
+from producer.inputs import InputRecord
+from tests.reference import assert_same_labels, classification_reference
+from worker.registry import ModelRegistry
+from worker.runner import Runner
+from worker.tiny_models import corpus
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def settings(migrated_postgres: str, registry_json: str) -> Settings:
+    import json
+
+    return Settings(database_url=migrated_postgres, models=json.loads(registry_json), max_batch_tokens=1024)
+
+
+@pytest.fixture
+def runner(settings: Settings) -> Any:
+    engine = make_engine(settings)
+    yield Runner(settings, make_sessionmaker(engine), ModelRegistry(settings), worker="test")
+    engine.dispose()
+
+
+def a_job(runner: Runner, model: str, texts: list[str], chunk_size: int, **params: Any) -> str:
+    import uuid
+
+    job_id = uuid.uuid4().hex
+    records = [InputRecord(line=i + 1, client_id=str(i), data={"text": t}) for i, t in enumerate(texts)]
+    full = {"top_k": 1, "function_to_apply": "default", **params}
+    with runner.sessions.begin() as session:
+        store_job(session, job_id, TaskName.CLASSIFICATION, model, full, records, chunk_size, "q")
+    return job_id
+
+
+def job_row(runner: Runner, job_id: str) -> Job:
+    with runner.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_a_redelivered_chunk_writes_nothing_twice(runner: Runner, tiny_models: dict[str, Path]) -> None:
+    # Given a job of two chunks whose first chunk already ran
+    texts = list(corpus()[:40])
+    job_id = a_job(runner, "cls-distilbert", texts, chunk_size=25)
+    first = runner.run_chunk(job_id, 0)
+    assert (first.outcome, first.succeeded) == ("done", 25)
+
+    # When the same chunk is delivered again, then the second chunk runs
+    again = runner.run_chunk(job_id, 0)
+    runner.run_chunk(job_id, 1)
+
+    # Then the redelivery was skipped, the counts are exact, and every result equals the pipeline's
+    assert again.outcome == "skipped"
+    job = job_row(runner, job_id)
+    assert (job.state, job.succeeded, job.failed, job.total) == ("succeeded", 40, 0, 40)
+    with runner.sessions() as session:
+        items = session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.index)).all()
+        assert all(i.attempts == 1 for i in items)
+        reference = classification_reference(tiny_models["cls-distilbert"], [{"text": t} for t in texts], top_k=1)
+        for item, want in zip(items, reference, strict=True):
+            assert item.result is not None
+            assert_same_labels(item.result, want, where=str(item.index))
+
+
+def test_concurrent_duplicate_deliveries_give_one_result_per_item(runner: Runner, settings: Settings) -> None:
+    # Given one chunk delivered to two workers at the same time
+    job_id = a_job(runner, "cls-roberta", list(corpus()[:60]), chunk_size=60)
+    engine2 = make_engine(settings)
+    other = Runner(settings, make_sessionmaker(engine2), runner.registry, worker="other")
+    reports: list[Any] = []
+    barrier = threading.Barrier(2)
+
+    def deliver(r: Runner) -> None:
+        barrier.wait()
+        reports.append(r.run_chunk(job_id, 0))
+
+    threads = [threading.Thread(target=deliver, args=(r,)) for r in (runner, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine2.dispose()
+
+    # Then the items were counted once, whichever delivery wrote them
+    job = job_row(runner, job_id)
+    assert (job.state, job.succeeded, job.failed) == ("succeeded", 60, 0)
+    assert sum(r.succeeded for r in reports) == 60
+    with runner.sessions() as session:
+        n = session.scalar(select(func.count()).where(Item.job_id == job_id, Item.state == "succeeded"))
+        assert n == 60
+        chunk = session.get(Chunk, (job_id, 0))
+        assert chunk is not None and chunk.state == "done"
+
+
+def test_a_model_that_will_not_load_fails_the_job_with_a_code(runner: Runner, tmp_path: Path) -> None:
+    # Given a job naming a directory that holds no model
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    job_id = a_job(runner, str(empty), ["hello", "world"], chunk_size=10)
+
+    # When its chunk runs
+    report = runner.run_chunk(job_id, 0)
+
+    # Then every item failed with model_load_error, and so did the job
+    assert report.failed == 2
+    job = job_row(runner, job_id)
+    assert (job.state, job.failed, job.error_code) == ("failed", 2, "model_load_error")
+    with runner.sessions() as session:
+        codes = set(session.scalars(select(Item.error_code).where(Item.job_id == job_id)))
+    assert codes == {"model_load_error"}
+
+
+def test_a_cancelled_job_runs_no_more_chunks(runner: Runner) -> None:
+    from producer.client import Client
+
+    # Given a job of three chunks, the first done, then cancelled
+    job_id = a_job(runner, "cls-distilbert", list(corpus()[:30]), chunk_size=10)
+    runner.run_chunk(job_id, 0)
+    client = Client(runner.settings)
+    status = client.cancel(job_id)
+    assert status.state.value == "cancelled" and status.succeeded == 10
+
+    # When the remaining chunks are delivered
+    reports = [runner.run_chunk(job_id, s) for s in (1, 2)]
+
+    # Then they are skipped; the first chunk's results stay, the rest are cancelled
+    assert [r.outcome for r in reports] == ["skipped", "skipped"]
+    states = [r.status for r in client.results(job_id)]
+    assert states == ["succeeded"] * 10 + ["cancelled"] * 20
+    client.close()
