@@ -1,0 +1,340 @@
+"""docker-compose.yml: the compose tool accepts it, and it wires the services the way the deployment needs.
+
+Runs `docker compose config` (the v2 plugin) or else the standalone `docker-compose` (1.29, Debian's package);
+neither needs a Docker engine for `config`. Skips, saying so, where this machine has neither.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DEFAULT_SERVICES = {"redis", "postgres", "migrate", "worker-cpu", "flower"}
+GPU_SERVICES = {"worker-gpu"}
+WORKERS = ("worker-cpu", "worker-gpu")
+
+yaml: Any
+try:
+    yaml = importlib.import_module("yaml")
+except ImportError:  # pragma: no cover - pyyaml is in the dev extras
+    yaml = None
+
+
+# -- the compose tool ------------------------------------------------------------------------------------------------
+
+
+def _clean_env() -> dict[str, str]:
+    """The environment without COMPOSE_* settings (a COMPOSE_PROFILES or COMPOSE_FILE in the shell would change
+    what is rendered) and without the variables the file interpolates, so that the defaults are what is checked."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "INFERQ_"))}
+
+
+def _runs(cmd: list[str]) -> bool:
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=30, env=_clean_env()).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@cache
+def _tool() -> tuple[str, ...] | None:
+    if shutil.which("docker") and _runs(["docker", "compose", "version"]):
+        return ("docker", "compose")
+    standalone = shutil.which("docker-compose")
+    if standalone and _runs([standalone, "version"]):
+        return (standalone,)
+    return None
+
+
+@pytest.fixture(scope="module")
+def tool() -> tuple[str, ...]:
+    found = _tool()
+    if found is None:
+        pytest.skip("no docker compose tool on this machine (neither `docker compose` nor `docker-compose`)")
+    return found
+
+
+def compose(tool: tuple[str, ...], *args: str, profiles: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    profile_args = [arg for p in profiles for arg in ("--profile", p)]
+    return subprocess.run(
+        [*tool, "-f", str(COMPOSE_FILE), *profile_args, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(),
+    )
+
+
+def render(tool: tuple[str, ...], profiles: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The file as the tool resolves it (anchors merged, variables interpolated), as a dict."""
+    if yaml is not None:
+        result = compose(tool, "config", profiles=profiles)
+        assert result.returncode == 0, result.stderr
+        loaded = yaml.safe_load(result.stdout)
+    elif tool == ("docker", "compose"):
+        result = compose(tool, "config", "--format", "json", profiles=profiles)
+        assert result.returncode == 0, result.stderr
+        loaded = json.loads(result.stdout)
+    else:
+        pytest.skip("pyyaml is not installed and docker-compose 1.x renders YAML only: structure not checked")
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def gpu_config(tool: tuple[str, ...]) -> dict[str, Any]:
+    return render(tool, profiles=("gpu",))
+
+
+@pytest.fixture(scope="module")
+def services(gpu_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return gpu_config["services"]
+
+
+# -- normalising the two tools' renderings ---------------------------------------------------------------------------
+
+
+def argv(value: str | list[str] | None) -> list[str]:
+    """A command as a list (a string command is split the way the shell would)."""
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def dependencies(service: dict[str, Any]) -> dict[str, str]:
+    """depends_on as {service: condition}; the short (list) form means service_started."""
+    depends = service.get("depends_on") or {}
+    if isinstance(depends, list):
+        return {name: "service_started" for name in depends}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in depends.items()}
+
+
+def published_targets(service: dict[str, Any]) -> set[int]:
+    """Container ports of the service's published ports, from the short or the long syntax."""
+    targets = set()
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            targets.add(int(port["target"]))
+        else:
+            targets.add(int(str(port).split("/")[0].rsplit(":", 1)[-1]))
+    return targets
+
+
+def mount_targets(service: dict[str, Any]) -> set[str]:
+    """Container paths of the service's volumes, from the short (`src:target[:mode]`) or the long syntax."""
+    return {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in service.get("volumes") or []}
+
+
+def full_command(service: dict[str, Any]) -> list[str]:
+    return argv(service.get("entrypoint")) + argv(service.get("command"))
+
+
+def option(args: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` in args."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+# -- tests -----------------------------------------------------------------------------------------------------------
+
+
+def test_the_compose_tool_accepts_the_file_with_and_without_the_gpu_profile(tool: tuple[str, ...]) -> None:
+    # given the project's compose file and the compose tool found on this machine
+    assert COMPOSE_FILE.is_file()
+
+    # when it validates the file, first as a plain `up` would see it, then with the gpu profile on
+    plain = compose(tool, "config", "--quiet")
+    with_gpu = compose(tool, "config", "--quiet", profiles=("gpu",))
+
+    # then both pass
+    assert plain.returncode == 0, plain.stderr
+    assert with_gpu.returncode == 0, with_gpu.stderr
+
+
+def test_every_service_is_there_and_only_the_gpu_worker_needs_the_gpu_profile(tool: tuple[str, ...]) -> None:
+    # given the service lists the tool reports without and with the gpu profile
+    plain = compose(tool, "config", "--services")
+    with_gpu = compose(tool, "config", "--services", profiles=("gpu",))
+    assert plain.returncode == 0, plain.stderr
+    assert with_gpu.returncode == 0, with_gpu.stderr
+
+    # when they are read
+    plain_services = set(plain.stdout.split())
+    gpu_services = set(with_gpu.stdout.split())
+
+    # then a plain `up` has everything but the GPU worker, and the gpu profile adds it
+    assert plain_services >= DEFAULT_SERVICES
+    assert gpu_services == DEFAULT_SERVICES | GPU_SERVICES
+    # (docker-compose 1.x lists services of inactive profiles too; whatever is listed, only the GPU worker is extra)
+    assert plain_services - DEFAULT_SERVICES <= GPU_SERVICES
+
+
+def test_the_gpu_worker_is_behind_the_gpu_profile_and_nothing_else_is(services: dict[str, dict[str, Any]]) -> None:
+    # given the rendered services (gpu profile on)
+    # when their profiles are read
+    profiles = {name: list(spec.get("profiles") or []) for name, spec in services.items()}
+
+    # then the GPU worker needs the gpu profile, and the rest start on a machine without a GPU
+    assert profiles["worker-gpu"] == ["gpu"]
+    assert all(not profiles[name] for name in DEFAULT_SERVICES), profiles
+
+
+def test_redis_keeps_queued_chunks_appendonly_and_never_evicts(services: dict[str, dict[str, Any]]) -> None:
+    # given the redis service
+    redis = services["redis"]
+
+    # when its server command is read
+    args = argv(redis.get("command"))
+
+    # then it persists with an append-only file, never evicts keys, and has a healthcheck the workers wait on
+    assert args[0] == "redis-server"
+    assert option(args, "--appendonly") in {"yes", "True"}  # an unquoted `yes` reads as YAML 1.1's True
+    assert option(args, "--maxmemory-policy") == "noeviction"
+    assert "redis-cli" in argv(redis["healthcheck"]["test"])
+    assert "/data" in mount_targets(redis), "the append-only file is not on a volume"
+
+
+def test_postgres_has_a_healthcheck_with_pg_isready(services: dict[str, dict[str, Any]]) -> None:
+    # given the postgres service
+    postgres = services["postgres"]
+
+    # when its healthcheck is read
+    check = " ".join(argv(postgres["healthcheck"]["test"]))
+
+    # then readiness is checked with pg_isready, for the database the other services use
+    assert "pg_isready" in check
+    assert postgres["environment"]["POSTGRES_DB"] == "inferq"
+
+
+def test_migrate_is_a_one_shot_db_upgrade_after_postgres_is_healthy(services: dict[str, dict[str, Any]]) -> None:
+    # given the migrate service
+    migrate = services["migrate"]
+
+    # when its command, restart policy and dependencies are read
+    command = full_command(migrate)
+
+    # then it runs `inferq db upgrade` once, after postgres is healthy
+    assert " ".join(command).endswith("db upgrade"), command
+    assert command[0] == "inferq"
+    assert str(migrate.get("restart", "no")) in {"no", "False", "false"}
+    assert dependencies(migrate).get("postgres") == "service_healthy"
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_workers_start_after_the_migration_completes_and_the_services_are_healthy(
+    services: dict[str, dict[str, Any]], worker: str
+) -> None:
+    # given a worker service
+    spec = services[worker]
+
+    # when its dependencies are read
+    depends = dependencies(spec)
+
+    # then it waits for migrate to exit 0 and for redis and postgres to be healthy
+    assert depends.get("migrate") == "service_completed_successfully"
+    assert depends.get("redis") == "service_healthy"
+    assert depends.get("postgres") == "service_healthy"
+
+
+@pytest.mark.parametrize("service", ["migrate", *WORKERS])
+def test_inferq_containers_share_the_broker_database_and_model_cache_settings(
+    services: dict[str, dict[str, Any]], service: str
+) -> None:
+    # given a service that runs inferq
+    env = services[service]["environment"]
+
+    # when its settings are read
+    database, broker = env["INFERQ_DATABASE_URL"], env["INFERQ_BROKER_URL"]
+
+    # then they point at the compose postgres and redis services
+    assert database.startswith(("postgresql://", "postgresql+psycopg://")) and "@postgres:5432/" in database
+    assert broker == "redis://redis:6379/0"
+    assert "INFERQ_MODELS" not in env or env["INFERQ_MODELS"] in (None, "") or env["INFERQ_MODELS"].startswith("{")
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_workers_keep_the_hugging_face_cache_on_a_volume(services: dict[str, dict[str, Any]], worker: str) -> None:
+    # given a worker service
+    spec = services[worker]
+
+    # when its mounts are read
+    targets = mount_targets(spec)
+
+    # then the Hugging Face cache lives on a volume, so models download once
+    assert any(t.endswith("/.cache/huggingface") for t in targets), targets
+
+
+def test_the_cpu_worker_runs_on_the_cpu(services: dict[str, dict[str, Any]]) -> None:
+    # given the CPU worker
+    command = full_command(services["worker-cpu"])
+
+    # when its command is read
+    # then it is `inferq worker --device cpu`, and it reserves no device
+    assert command[:2] == ["inferq", "worker"]
+    assert option(command, "--device") == "cpu"
+    assert "deploy" not in services["worker-cpu"] or not services["worker-cpu"]["deploy"].get("resources")
+
+
+def test_the_gpu_worker_reserves_an_nvidia_gpu_and_runs_on_cuda(services: dict[str, dict[str, Any]]) -> None:
+    # given the GPU worker
+    worker = services["worker-gpu"]
+
+    # when its device reservation and command are read
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    command = full_command(worker)
+
+    # then it reserves one NVIDIA GPU (by count or by id) and runs `inferq worker --device cuda:0 --precision auto`
+    assert len(devices) == 1
+    device = devices[0]
+    assert device["driver"] == "nvidia"
+    assert "gpu" in device["capabilities"]
+    assert str(device.get("count", "")) == "1" or len(device.get("device_ids") or []) == 1, device
+    assert command[:2] == ["inferq", "worker"]
+    assert option(command, "--device") == "cuda:0"
+    assert option(command, "--precision") == "auto"
+
+
+def test_the_gpu_worker_builds_a_cuda_torch_and_the_cpu_services_the_cpu_one(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # given the build settings of the GPU worker and of the CPU services
+    gpu_args = (services["worker-gpu"].get("build") or {}).get("args") or {}
+    cpu_args = (services["worker-cpu"].get("build") or {}).get("args") or {}
+
+    # when the torch index they build with is read
+    gpu_index = gpu_args.get("TORCH_INDEX_URL", "")
+
+    # then the GPU image installs torch from a CUDA index and the CPU image keeps the Dockerfile's CPU default
+    assert "/whl/cu" in gpu_index, gpu_args
+    assert "TORCH_INDEX_URL" not in cpu_args or cpu_args["TORCH_INDEX_URL"].endswith("/cpu")
+    assert services["worker-gpu"]["image"] != services["worker-cpu"]["image"]
+
+
+def test_flower_watches_the_redis_broker_on_port_5555(services: dict[str, dict[str, Any]]) -> None:
+    # given the flower service
+    flower = services["flower"]
+
+    # when its command and ports are read
+    command = full_command(flower)
+
+    # then it is celery flower on the compose redis, published on 5555, started once redis is healthy
+    assert "flower" in command
+    assert option(command, "--broker") == "redis://redis:6379/0"
+    assert 5555 in published_targets(flower)
+    assert dependencies(flower).get("redis") == "service_healthy"
