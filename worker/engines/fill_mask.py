@@ -1,0 +1,252 @@
+"""Masked language modelling, equal to the transformers fill-mask pipeline called with
+``tokenizer_kwargs={"truncation": True}``: top-k fillers for every mask token of a text.
+
+Differences from the pipeline, on purpose:
+
+* the result always has one entry per mask (``[[...]]`` for a single mask; the pipeline flattens that case);
+* the model-independent placeholder ``[[MASK]]`` (`MASK_PLACEHOLDER`) is replaced by the model's mask token;
+* texts are truncated to the model's maximum length (the pipeline does so only when asked with
+  ``tokenizer_kwargs={"truncation": True}``; without it, a text longer than the model's position table makes the
+  forward pass fail). Masks past the cut get no entry; a text left with no mask at all fails with `InputError`,
+  as one that never had a mask does;
+* scores are computed in float32 even when the model runs at fp16/bf16 (the pipeline takes the softmax in the
+  model's dtype);
+* ``top_k`` larger than the number of candidates returns every candidate (the pipeline raises).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from inferq.errors import InputError, InvalidParameter, ModelLoadError
+from inferq.tasks import MASK_PLACEHOLDER, TaskName
+from worker.engines.base import Engine, Outcome
+from worker.engines.batching import BatchOutputs, Features, RunOutputs
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_TOP_K = 5
+
+
+class FillMaskEngine(Engine):
+    """Fill-mask engine.
+
+    ``forward`` never brings the ``[B, T, V]`` logits to the CPU: it picks the logits at the mask positions of
+    the batch on the device (``[M, V]`` for the ``M`` masks of the batch), takes the softmax over the vocabulary,
+    restricts to the targets when there are some, and keeps the top ``k`` there. The ``M`` masks are then laid out
+    per sequence as ``[B, max_masks, k]`` arrays (scores and token ids), padded with score 0 and token id -1 where
+    a sequence has fewer masks than the batch's most. ``postprocess`` reads each feature's rows (`RunOutputs.rows`)
+    and keeps its first ``n_masks`` entries; only ``B × max_masks × k`` numbers cross to the CPU.
+    """
+
+    task: ClassVar[TaskName] = TaskName.FILL_MASK
+
+    def __init__(self, loaded: Any) -> None:
+        super().__init__(loaded)
+        mask_id = self.tokenizer.mask_token_id
+        self.mask_id: int | None = int(mask_id) if mask_id is not None else None
+        self.mask_token: str | None = self.tokenizer.mask_token
+        #: The pipeline filters the tokenizer's pad id out of sequences (nothing when the tokenizer has none).
+        raw_pad = self.tokenizer.pad_token_id
+        self._filter_pad: int | None = int(raw_pad) if raw_pad is not None else None
+        self._targets: dict[tuple[str, ...], np.ndarray] = {}
+        self._target_tensors: dict[tuple[str, ...], Any] = {}
+        self._token_strs: dict[int, str] = {}
+
+    # -- targets ---------------------------------------------------------------------------------------
+
+    def target_ids(self, targets: Sequence[str]) -> np.ndarray:
+        """The candidate ids for ``targets``, as the pipeline's ``get_target_ids`` finds them: a target in the
+        vocabulary is its id; any other is tokenized (no special tokens, truncated to one token) and its first
+        token is used; one that tokenizes to nothing is ignored. Duplicates are dropped (in the pipeline's
+        ``list(set(...))`` order). Raises `InvalidParameter` when nothing is left."""
+        key = tuple(targets)
+        cached = self._targets.get(key)
+        if cached is not None:
+            return cached
+        try:
+            vocab = self.tokenizer.get_vocab()
+        except Exception:
+            vocab = {}
+        ids: list[int] = []
+        for target in targets:
+            id_ = vocab.get(target)
+            if id_ is None:
+                encoded = self.tokenizer(
+                    target,
+                    add_special_tokens=False,
+                    return_attention_mask=False,
+                    return_token_type_ids=False,
+                    max_length=1,
+                    truncation=True,
+                )["input_ids"]
+                if len(encoded) == 0:
+                    log.warning("target %r is not in the vocabulary and tokenizes to nothing: ignored", target)
+                    continue
+                id_ = encoded[0]
+                log.warning(
+                    "target %r is not in the vocabulary: using its first token %r",
+                    target,
+                    self.tokenizer.convert_ids_to_tokens(id_),
+                )
+            ids.append(int(id_))
+        unique = list(set(ids))
+        if not unique:
+            raise InvalidParameter("parameter targets: none of the targets is a token of this model", field="targets")
+        result = np.array(unique, dtype=np.int64)
+        self._targets[key] = result
+        return result
+
+    def _target_tensor(self, targets: Sequence[str]) -> Any:
+        key = tuple(targets)
+        tensor = self._target_tensors.get(key)
+        if tensor is None:
+            import torch
+
+            tensor = torch.from_numpy(self.target_ids(targets)).to(self.device)
+            self._target_tensors[key] = tensor
+        return tensor
+
+    def _k(self, params: dict[str, Any]) -> int:
+        """Candidates kept per mask: ``top_k``, capped at the number of targets (as the pipeline does) and at the
+        vocabulary size."""
+        top_k = int(params.get("top_k") or _DEFAULT_TOP_K)
+        targets = params.get("targets")
+        if targets is not None:
+            top_k = min(top_k, len(self.target_ids(targets)))
+        return max(1, min(top_k, int(self.config.vocab_size)))
+
+    # -- the three steps -------------------------------------------------------------------------------
+
+    def preprocess(self, inputs: Sequence[dict[str, Any]], params: dict[str, Any]) -> Features:
+        """Tokenize (truncated); only texts with a mask token after truncation become features."""
+        empty = Features(input_ids=[], item_of=np.zeros(0, dtype=np.int64), extra={"mask_positions": []})
+        if not inputs or self.mask_id is None or self.mask_token is None:
+            return empty
+        targets = params.get("targets")
+        if targets is not None:
+            try:
+                self.target_ids(targets)
+            except InvalidParameter:
+                return empty  # every item fails with it in postprocess
+        texts = [str(i["text"]).replace(MASK_PLACEHOLDER, self.mask_token) for i in inputs]
+        enc = self.tokenize(texts)
+        all_ids: list[list[int]] = enc["input_ids"]
+        all_types: list[list[int]] | None = enc.get("token_type_ids")
+        ids: list[list[int]] = []
+        types: list[list[int]] = []
+        items: list[int] = []
+        positions: list[list[int]] = []
+        mask_id = self.mask_id
+        for i, seq in enumerate(all_ids):
+            where = [t for t, tok in enumerate(seq) if tok == mask_id]
+            if not where:
+                continue
+            ids.append(seq)
+            if all_types is not None:
+                types.append(all_types[i])
+            items.append(i)
+            positions.append(where)
+        return Features(
+            input_ids=ids,
+            token_type_ids=types if all_types is not None else None,
+            item_of=np.array(items, dtype=np.int64),
+            extra={"mask_positions": positions},
+        )
+
+    def forward(self, batch: dict[str, Any], params: dict[str, Any]) -> BatchOutputs:
+        import torch
+
+        input_ids = batch["input_ids"]
+        logits = self.model(**batch).logits  # [B, T, V], stays on the device
+        is_mask = (input_ids == self.mask_id) & batch["attention_mask"].bool()
+        rows, cols = is_mask.nonzero(as_tuple=True)  # row-major: each row's masks in position order
+        probs = logits[rows, cols].float().softmax(dim=-1)  # [M, V]
+        targets = params.get("targets")
+        target_ids = self._target_tensor(targets) if targets is not None else None
+        if target_ids is not None:
+            probs = probs[:, target_ids]
+        k = min(self._k(params), probs.shape[-1])
+        values, indices = probs.topk(k, dim=-1)  # [M, k], best first
+        if target_ids is not None:
+            indices = target_ids[indices]
+        counts = is_mask.sum(dim=1)  # [B]
+        n_rows = input_ids.shape[0]
+        width = int(counts.max().item()) if rows.numel() else 0
+        first = counts.cumsum(0) - counts  # index in [M] of each row's first mask
+        slot = torch.arange(rows.numel(), device=rows.device) - first[rows]
+        scores = torch.zeros((n_rows, width, k), dtype=torch.float32, device=probs.device)
+        token_ids = torch.full((n_rows, width, k), -1, dtype=torch.int64, device=probs.device)
+        scores[rows, slot] = values
+        token_ids[rows, slot] = indices.to(torch.int64)
+        return {"scores": scores.cpu().numpy(), "token_ids": token_ids.cpu().numpy()}
+
+    def postprocess(
+        self,
+        inputs: Sequence[dict[str, Any]],
+        features: Features,
+        outputs: RunOutputs,
+        params: dict[str, Any],
+    ) -> list[Outcome]:
+        if self.mask_id is None:
+            error = ModelLoadError(f"model {self.loaded.name!r}: its tokenizer defines no mask token")
+            return [Outcome.failure(error) for _ in inputs]
+        targets = params.get("targets")
+        if targets is not None:
+            try:
+                self.target_ids(targets)
+            except InvalidParameter as exc:
+                return [Outcome.failure(exc) for _ in inputs]
+        no_mask = (
+            f"no mask token in the text: write {MASK_PLACEHOLDER} or this model's mask token {self.mask_token!r}"
+            f" (a mask past the model's maximum length of {self.loaded.max_length} tokens is cut off)"
+        )
+        outcomes = [Outcome.failure(InputError(no_mask)) for _ in inputs]
+        all_scores = outputs.rows("scores")
+        all_tokens = outputs.rows("token_ids")
+        positions: list[list[int]] = features.extra["mask_positions"]
+        for f in range(len(features)):
+            scores, tokens = all_scores[f], all_tokens[f]
+            if scores is None or tokens is None:
+                continue  # failed in forward: `run` gives the item the error
+            item = int(features.item_of[f])
+            outcomes[item] = self._outcome(features.input_ids[f], positions[f], scores, tokens)
+        return outcomes
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _token_str(self, token: int) -> str:
+        text = self._token_strs.get(token)
+        if text is None:
+            text = str(self.tokenizer.decode([token]))
+            self._token_strs[token] = text
+        return text
+
+    def _outcome(self, ids: list[int], positions: list[int], scores: np.ndarray, tokens: np.ndarray) -> Outcome:
+        n_masks = len(positions)
+        score_rows: list[list[float]] = scores[:n_masks].tolist()
+        token_rows: list[list[int]] = tokens[:n_masks].tolist()
+        pad = self._filter_pad
+        sequences: list[list[int]] = []
+        for pos, candidates in zip(positions, token_rows, strict=True):
+            # The pipeline writes the candidate at the mask, then drops every pad id (the candidate's too).
+            left = [t for t in ids[:pos] if t != pad]
+            right = [t for t in ids[pos + 1 :] if t != pad]
+            for p in candidates:
+                sequences.append([*left, p, *right] if p != pad else [*left, *right])
+        # One mask: special tokens are skipped; several: kept, so the other masks stay visible (as the pipeline).
+        decoded: list[str] = self.tokenizer.decode(sequences, skip_special_tokens=n_masks == 1)
+        result: list[list[dict[str, Any]]] = []
+        n = 0
+        for score_row, token_row in zip(score_rows, token_rows, strict=True):
+            row = []
+            for s, p in zip(score_row, token_row, strict=True):
+                row.append({"score": s, "token": p, "token_str": self._token_str(p), "sequence": decoded[n]})
+                n += 1
+            result.append(row)
+        best = result[0][0]
+        return Outcome(result=result, label=best["token_str"], score=best["score"])
