@@ -19,12 +19,13 @@ from typing import IO, Any, Literal
 
 from celery import Celery
 from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
 from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
-from inferq.errors import BrokerUnavailable, InvalidInput, JobNotFound, LineError
+from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, JobNotFound, LineError
 from inferq.models import mask_tokens, resolve_model
 from inferq.schema import Chunk, Item, Job, utcnow
 from inferq.settings import ModelSpec, Settings
@@ -194,8 +195,21 @@ class Client:
         self._check_broker()
         job_id = uuid.uuid4().hex
         n_chunks = -(-len(read.records) // size)
-        with self.sessions.begin() as session:
-            store_job(session, job_id, task, model, full_params, read.records, size, queue)
+        committing = False
+        try:
+            with self.sessions() as session, session.begin():
+                store_job(session, job_id, task, model, full_params, read.records, size, queue)
+                committing = True
+        except OperationalError as exc:
+            # One transaction, and nothing is enqueued before it commits: a database that went away stored nothing,
+            # unless it went away during the commit itself, when only the database knows.
+            reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+            if committing:
+                raise DatabaseUnavailable(
+                    f"the database went away while committing job {job_id}, which may or may not be stored "
+                    f"({reason}); `inferq status {job_id}` tells, and `inferq recover` enqueues it if it is"
+                ) from exc
+            raise DatabaseUnavailable(f"database unreachable, nothing was submitted: {reason}") from exc
         self._enqueue(job_id, n_chunks, queue)
         return Submission(job_id, len(read.records), n_chunks, read.errors if skip_invalid else [], read.total_bad)
 
@@ -254,7 +268,7 @@ class Client:
         state: ItemState | None = None,
     ) -> Iterator[ResultRow]:
         """Stream the job's items in input order, filtered in SQL; never loads the job into memory."""
-        self.status(job_id)  # raises JobNotFound
+        task = TaskName(self.status(job_id).task)  # raises JobNotFound
         query = (
             select(
                 Item.index,
@@ -296,6 +310,7 @@ class Client:
                     start=r[9],
                     end=r[10],
                     entity_count=r[11],
+                    task=task,
                 )
 
     # -- control ---------------------------------------------------------------------------------------

@@ -42,9 +42,18 @@ class ResultRow:
     end: int | None = None
     #: Token classification: how many entities were found.
     entity_count: int | None = None
+    #: The job's task, which says how to read ``result`` (see `typed`).
+    task: TaskName | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"index": self.index, "id": self.id, "status": self.status, "result": self.result, "error": self.error}
+
+    def typed(self) -> list[Any] | None:
+        """The result as the task's typed objects (`ClassLabel`, `Answer`, lists of `MaskFill`, `Entity`);
+        None when the item has no result."""
+        if self.result is None or self.task is None:
+            return None
+        return parse_result(self.task, self.result)
 
 
 @dataclass(frozen=True, slots=True)

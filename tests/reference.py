@@ -40,3 +40,47 @@ def assert_same_labels(got: list[dict[str, Any]], want: list[dict[str, Any]], wh
             assert math.isclose(got_scores.get(w["label"], -1.0), w["score"], abs_tol=SCORE_TOLERANCE), (
                 f"{where}[{i}]: label {g['label']} != {w['label']}"
             )
+
+
+def assert_same_ranking(
+    got: list[dict[str, Any]], want: list[dict[str, Any]], key: tuple[str, ...], where: str
+) -> None:
+    """Two best-first candidate lists agree: the same length, scores position by position within tolerance, and
+    the same candidates, except that candidates whose scores tie (within tolerance) at the cut may differ."""
+    assert len(got) == len(want), f"{where}: {len(got)} candidates, reference has {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert math.isclose(g["score"], w["score"], abs_tol=SCORE_TOLERANCE), f"{where}[{i}]: {g} != {w}"
+    if not want:
+        return
+    cut = want[-1]["score"] + SCORE_TOLERANCE
+    sure_got = {tuple(g[k] for k in key) for g in got if g["score"] > cut}
+    sure_want = {tuple(w[k] for k in key) for w in want if w["score"] > cut}
+    assert sure_got == sure_want, f"{where}: {sure_got ^ sure_want}"
+    want_by_key = {tuple(w[k] for k in key): w for w in want}
+    for g in got:
+        w = want_by_key.get(tuple(g[k] for k in key))
+        if w is not None:
+            assert w == {**g, "score": w["score"]}, f"{where}: {g} != {w}"
+            assert math.isclose(g["score"], w["score"], abs_tol=SCORE_TOLERANCE), f"{where}: {g} != {w}"
+
+
+def assert_same_entities(got: list[dict[str, Any]], want: list[dict[str, Any]], where: str) -> None:
+    """Token-classification entities: same spans, words and labels in order; scores within tolerance."""
+    assert len(got) == len(want), f"{where}: {len(got)} entities, pipeline has {len(want)}"
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        w = {k: (v.item() if hasattr(v, "item") else v) for k, v in w.items()}
+        assert {k: v for k, v in g.items() if k != "score"} == {k: v for k, v in w.items() if k != "score"}, (
+            f"{where}[{i}]: {g} != {w}"
+        )
+        assert math.isclose(g["score"], w["score"], abs_tol=SCORE_TOLERANCE), f"{where}[{i}]: {g} != {w}"
+
+
+def fill_mask_reference(model: Path, text: str, **params: Any) -> list[list[dict[str, Any]]]:
+    """``pipeline("fill-mask")`` for one text with truncation to the model's maximum (as inferq truncates),
+    always as one list of candidates per mask."""
+    out = _pipeline("fill-mask", str(model))(text, tokenizer_kwargs={"truncation": True}, **params)
+    return out if out and isinstance(out[0], list) else [out]
+
+
+def token_classification_reference(model: Path, text: str, **params: Any) -> list[dict[str, Any]]:
+    return list(_pipeline("token-classification", str(model))(text, **params))

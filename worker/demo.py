@@ -27,7 +27,36 @@ SEQUENCE_2 = "HuggingFace's headquarters are situated in Manhattan"
 SEED_MODELS: dict[str, tuple[TaskName, dict[str, Any]]] = {
     "sst2": (TaskName.CLASSIFICATION, {"arch": "distilbert", "labels": ["NEGATIVE", "POSITIVE"]}),
     "mrpc": (TaskName.CLASSIFICATION, {"arch": "bert", "labels": ["not paraphrase", "is paraphrase"]}),
+    "squad": (TaskName.QUESTION_ANSWERING, {"arch": "distilbert", "max_length": 512}),
+    "distilroberta": (TaskName.FILL_MASK, {"arch": "roberta"}),
+    "conll03": (TaskName.TOKEN_CLASSIFICATION, {"arch": "bert", "lowercase": False}),
 }
+
+#: The seed document's question-answering examples: its SQuAD paragraph and its 🤗 Transformers paragraph.
+SQUAD_CONTEXT = """
+Extractive Question Answering is the task of extracting an answer from a text given a question. An example of a
+question answering dataset is the SQuAD dataset, which is entirely based on that task. If you would like to fine-tune
+a model on a SQuAD task, you may leverage the examples/pytorch/question-answering/run_squad.py script.
+"""
+TRANSFORMERS_CONTEXT = """
+🤗 Transformers (formerly known as pytorch-transformers and pytorch-pretrained-bert) provides general-purpose
+architectures (BERT, GPT-2, RoBERTa, XLM, DistilBert, XLNet…) for Natural Language Understanding (NLU) and Natural
+Language Generation (NLG) with over 32+ pretrained models in 100+ languages and deep interoperability between
+TensorFlow 2.0 and PyTorch.
+"""
+QA_EXAMPLES = [
+    ("What is extractive question answering?", SQUAD_CONTEXT),
+    ("What is a good example of a question answering dataset?", SQUAD_CONTEXT),
+    ("How many pretrained models are available in 🤗 Transformers?", TRANSFORMERS_CONTEXT),
+    ("What does 🤗 Transformers provide?", TRANSFORMERS_CONTEXT),
+    ("🤗 Transformers provides interoperability between which frameworks?", TRANSFORMERS_CONTEXT),
+]
+#: The task summary's fill-mask sentence, with the model-independent placeholder.
+FILL_MASK_EXAMPLE = "HuggingFace is creating a [[MASK]] that the community uses to solve NLP tasks."
+NER_EXAMPLE = (
+    "Hugging Face Inc. is a company based in New York City. Its headquarters are in DUMBO, therefore very "
+    "close to the Manhattan Bridge which is visible from the window."
+)
 
 
 def _available(source: str) -> bool:
@@ -87,7 +116,8 @@ def demo_models(settings: Settings, workdir: Path) -> dict[str, ModelSpec]:
 @click.command("demo")
 @click.option("--keep-worker", is_flag=True, help="Leave the demo's worker running afterwards.")
 def demo_command(keep_worker: bool) -> None:
-    """Run the seed examples (sentiment, paraphrase) as jobs through a real worker and print the results."""
+    """Run the seed examples (sentiment, paraphrase, question answering, fill-mask, entities) as jobs through a
+    real worker and print the results."""
     from inferq import migrate
     from producer.client import Client
 
@@ -105,7 +135,7 @@ def demo_command(keep_worker: bool) -> None:
     log_path = DEMO_DIR / "worker.log"
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "inferq.cli", "worker", "--models", "sst2,mrpc", "--loglevel", "WARNING"],
+            [sys.executable, "-m", "inferq.cli", "worker", "--models", ",".join(SEED_MODELS), "--loglevel", "WARNING"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -126,15 +156,26 @@ def demo_command(keep_worker: bool) -> None:
                         params={"top_k": None},
                     ),
                 ),
+                (
+                    "extractive question answering (squad)",
+                    client.submit(
+                        "question_answering", "squad", [{"question": q, "context": c} for q, c in QA_EXAMPLES]
+                    ),
+                ),
+                ("fill-mask (distilroberta)", client.submit("fill_mask", "distilroberta", [FILL_MASK_EXAMPLE])),
+                (
+                    "named entities (conll03)",
+                    client.submit(
+                        "token_classification", "conll03", [NER_EXAMPLE], params={"aggregation_strategy": "simple"}
+                    ),
+                ),
             ]
             for title, sub in jobs:
                 click.echo(f"\n== {title}: job {sub.job_id}", err=True)
                 status = _wait(client, sub.job_id, worker, log_path)
-                click.echo(f"-- {title}: {status.state.value}, {status.succeeded}/{status.total} items")
+                click.echo(f"\n-- {title}: {status.state.value}, {status.succeeded}/{status.total} items")
                 for row in client.results(sub.job_id):
-                    text = _input_text(client, sub.job_id, row.index)
-                    labels = ", ".join(f"{r['label']}: {r['score']:.4f}" for r in row.result or [])
-                    click.echo(f"  {text:<70.70}  {labels or row.error}")
+                    click.echo(_describe(row, _input_text(client, sub.job_id, row.index)))
     finally:
         if not keep_worker:
             worker.terminate()
@@ -158,10 +199,37 @@ def _wait(client: Any, job_id: str, worker: subprocess.Popen[bytes], log_path: P
         time.sleep(0.3)
 
 
+def _describe(row: Any, text: str) -> str:
+    """One item as the seed document prints it."""
+    if row.result is None:
+        return f"  {text:<70.70}  {row.error}"
+    task = row.task
+    if task is TaskName.QUESTION_ANSWERING:
+        a = row.result[0]
+        return f"  Q: {text.split(' / ')[0]}\n     answer: {a['answer']!r}, score: {a['score']:.4f}, start: {a['start']}, end: {a['end']}"
+    if task is TaskName.FILL_MASK:
+        lines = [f"  {text}"]
+        for mask in row.result:
+            lines += [f"     {c['score']:.4f}  {c['token_str']!r:<16} {c['sequence']}" for c in mask]
+        return "\n".join(lines)
+    if task is TaskName.TOKEN_CLASSIFICATION:
+        shown = 12
+        lines = [f"  {text:.70}…"]
+        lines += [
+            f"     {e.get('entity_group', e.get('entity'))}: {e['word']!r} [{e['start']}:{e['end']}] {e['score']:.4f}"
+            for e in row.result[:shown]
+        ] or ["     (no entities)"]
+        if len(row.result) > shown:
+            lines.append(f"     … and {len(row.result) - shown} more")
+        return "\n".join(lines)
+    labels = ", ".join(f"{r['label']}: {r['score']:.4f}" for r in row.result)
+    return f"  {text:<70.70}  {labels}"
+
+
 def _input_text(client: Any, job_id: str, index: int) -> str:
     from inferq.schema import Item
 
     with client.reader() as session:
         item = session.get(Item, (job_id, index))
         data = item.input if item is not None else {}
-    return " / ".join(str(v) for v in data.values())
+    return " / ".join(" ".join(str(v).split()) for v in data.values())
