@@ -186,7 +186,7 @@ class Client:
         if isinstance(inputs, str | os.PathLike) or hasattr(inputs, "read"):
             read = read_inputs(inputs, task, limits, format=format, mask_tokens=masks)  # type: ignore[arg-type]
         else:
-            read = validate_rows(enumerate(inputs, start=1), task, limits, mask_tokens=masks)  # type: ignore[arg-type]
+            read = validate_rows(enumerate(inputs, start=1), task, limits, mask_tokens=masks)
         if read.errors and not skip_invalid:
             raise InvalidInput(read.errors, read.total_bad)
         if not read.records:

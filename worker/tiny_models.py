@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from inferq.tasks import TaskName
 
@@ -85,7 +85,7 @@ def build_tokenizer(arch: Arch, *, max_length: int = 64, vocab_size: int = 2000,
     from transformers import RobertaTokenizer
 
     vocab, merges = _train_byte_bpe(vocab_size)
-    return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    return RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)  # type: ignore[arg-type]
 
 
 def build_config(
@@ -96,10 +96,11 @@ def build_config(
 
     tiny = size == "tiny"
     if arch == "distilbert":
-        dims = {"dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2} if tiny else {}
+        dims: dict[str, Any] = {"dim": 32, "hidden_dim": 64, "n_layers": 2, "n_heads": 2} if tiny else {}
         return DistilBertConfig(vocab_size=vocab_size, max_position_embeddings=max(max_length, 512), **dims, **extra)
-    dims = (
-        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2} if tiny else {}
+    dims = cast(
+        dict[str, Any],
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2} if tiny else {},
     )
     if arch == "bert":
         return BertConfig(vocab_size=vocab_size, max_position_embeddings=max(max_length, 512), **dims, **extra)

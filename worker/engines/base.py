@@ -148,8 +148,8 @@ def _is_oom(exc: BaseException) -> bool:
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = np.exp(x - x.max(axis=axis, keepdims=True))
-    return shifted / shifted.sum(axis=axis, keepdims=True)  # type: ignore[no-any-return]
+    return shifted / shifted.sum(axis=axis, keepdims=True)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))  # type: ignore[no-any-return]
+    return 1.0 / (1.0 + np.exp(-x))
