@@ -131,3 +131,31 @@ def test_unknown_models_and_bad_parameters_are_refused(
 def test_status_of_an_unknown_job(env: dict[str, str]) -> None:
     done = run_cli(env, "status", "0" * 32)
     assert done.returncode == 2 and "job_not_found" in done.stderr
+
+
+def test_models_and_jobs_list_the_registry_and_recent_jobs(
+    tmp_path: Path, env: dict[str, str], tiny_models: dict[str, Path]
+) -> None:
+    # Given a submitted job
+    source = tmp_path / "in.csv"
+    source.write_text("text,id\nhello,1\nworld,2\n", encoding="utf-8")
+    submitted = run_cli(env, "submit", "--task", "classification", "--model", "cls-roberta", str(source))
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+
+    # When the registry and the recent jobs are listed
+    models = run_cli(env, "models")
+    jobs = run_cli(env, "jobs", "--limit", "50")
+    as_json = json.loads(run_cli(env, "models", "--json").stdout)
+
+    # Then each model and the job appear, one line each
+    assert all(name in models.stdout for name in tiny_models)
+    assert as_json["cls-roberta"]["source"] == str(tiny_models["cls-roberta"])
+    line = next(ln for ln in jobs.stdout.splitlines() if ln.startswith(job_id))
+    assert "queued" in line and "0/2" in line and "cls-roberta" in line
+
+    # And cancelling it leaves it cancelled with its counts
+    cancelled = run_cli(env, "cancel", job_id)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    status = json.loads(run_cli(env, "status", job_id, "--json").stdout)
+    assert (status["state"], status["total"], status["succeeded"]) == ("cancelled", 2, 0)
