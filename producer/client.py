@@ -10,6 +10,7 @@ for row in client.results(job.job_id, min_score=0.9):
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 import uuid
@@ -400,6 +401,9 @@ def store_job(
             for seq in range(n_chunks)
         ],
     )
+    if session.get_bind().dialect.name == "postgresql":
+        _copy_items(session, job_id, records)
+        return
     for start in range(0, total, constants.INSERT_BATCH_ROWS):
         session.execute(
             insert(Item),
@@ -415,6 +419,19 @@ def store_job(
                 for i, r in enumerate(records[start : start + constants.INSERT_BATCH_ROWS])
             ],
         )
+
+
+def _copy_items(session: Session, job_id: str, records: list[InputRecord]) -> None:
+    """PostgreSQL: stream the items with COPY, in the session's transaction (several times faster than INSERT)."""
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    queued = ItemState.QUEUED.value
+    raw = session.connection().connection.driver_connection
+    with (
+        raw.cursor() as cursor,  # type: ignore[union-attr]
+        cursor.copy('COPY items (job_id, "index", client_id, input, state, attempts) FROM STDIN') as copy,
+    ):
+        for i, r in enumerate(records):
+            copy.write_row((job_id, i, r.client_id, dumps(r.data), queued, 0))
 
 
 def _status(job: Job) -> JobStatus:
