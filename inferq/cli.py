@@ -20,6 +20,8 @@ COMMANDS = {
     "jobs": "producer.cli:jobs",
     "models": "producer.cli:models",
     "db": "inferq.cli_db:db",
+    "recover": "inferq.maintenance:recover_command",
+    "purge": "inferq.maintenance:purge_command",
     "worker": "worker.cli:worker_command",
     "demo": "worker.demo:demo_command",
 }

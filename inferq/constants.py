@@ -22,8 +22,11 @@ DEFAULT_MAX_BATCH_SIZE = 128
 #: (a 10k-item chunk of long texts on a CPU), or a slow chunk would be delivered twice.
 DEFAULT_VISIBILITY_TIMEOUT = 6 * 3600
 
-#: Seconds a claimed chunk stays leased to its worker. Past it, `inferq recover` may hand it to another.
-DEFAULT_LEASE_SECONDS = 3600
+#: Seconds a claimed chunk stays leased to its worker, which renews the lease every third of it while it computes.
+#: Past it, `inferq recover` (and every worker's reconciler) hands the chunk to another worker: so this bounds how
+#: long the chunk of a worker that died whole (on Redis, where nobody hands its message back) waits. Ten minutes
+#: rides out a database outage of several minutes without a needless second run.
+DEFAULT_LEASE_SECONDS = 600
 
 #: Longest input text, in characters (guards memory on both sides; a tokenizer is truncating anyway).
 DEFAULT_MAX_TEXT_CHARS = 100_000
@@ -45,3 +48,15 @@ MAX_CHUNK_ATTEMPTS = 5
 
 #: Queue consumed by every worker; models without a queue of their own are routed here.
 DEFAULT_QUEUE = "inferq"
+
+#: Seconds between two runs of a worker's reconciler (`inferq recover` without a human). A minute bounds how
+#: long a job waits after its broker lost messages, and costs one indexed query (and, on Redis, one read of the
+#: queue) per worker per minute.
+DEFAULT_RECOVER_INTERVAL = 60
+
+#: Seconds since a chunk was last enqueued before its missing message counts as lost. Covers the moment between a
+#: producer's commit and its send, so that a job being submitted is never enqueued twice.
+DEFAULT_RECOVER_OLDER_THAN = 60
+
+#: Items deleted per transaction by `inferq purge`: a huge job never holds one giant transaction or lock.
+PURGE_BATCH_ROWS = 5_000

@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(constants.DEFAULT_MAX_BATCH_SIZE, ge=1)
     visibility_timeout: int = Field(constants.DEFAULT_VISIBILITY_TIMEOUT, ge=60)
     lease_seconds: int = Field(constants.DEFAULT_LEASE_SECONDS, ge=10)
+    #: Seconds between two runs of each worker's reconciler (`inferq recover`, automatic); 0 turns it off.
+    recover_interval: int = Field(constants.DEFAULT_RECOVER_INTERVAL, ge=0)
+    #: A queued chunk whose message is missing is re-enqueued only once it was enqueued this long ago.
+    recover_older_than: int = Field(constants.DEFAULT_RECOVER_OLDER_THAN, ge=0)
     max_text_chars: int = Field(constants.DEFAULT_MAX_TEXT_CHARS, ge=1)
     max_items: int = Field(constants.DEFAULT_MAX_ITEMS, ge=1)
     #: Worker device: ``cpu`` or ``cuda:N``.

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
@@ -34,6 +37,27 @@ MAX_CHUNK_ATTEMPTS = constants.MAX_CHUNK_ATTEMPTS
 #: Seconds between cancellation checks while a chunk computes (one primary-key read each).
 CANCEL_CHECK_SECONDS = 1.0
 
+#: Seconds a worker keeps trying to store a computed chunk while the database is unreachable (1, 2, 4, then every
+#: 5 s: one connection attempt each, cheap) before it gives up and lets the task retry the chunk from scratch:
+#: results already computed are worth waiting a couple of minutes for.
+WRITE_RETRY_SECONDS = 120.0
+WRITE_RETRY_MAX_DELAY = 5.0
+
+#: What `Runner.run_chunk` did with a chunk (`ChunkReport.outcome`).
+DONE = "done"
+#: Nothing to do: the chunk was already done, or its job finished or is gone.
+SKIPPED = "skipped"
+#: Its job was cancelled mid-chunk: the micro-batches that ran are stored, the rest of the items are cancelled.
+STOPPED = "stopped"
+#: The worker is shutting down: the micro-batches that ran are stored, the chunk is ``queued`` again and its
+#: message must go back to the broker (the task rejects it with requeue).
+HANDED_BACK = "handed_back"
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """The database is unreachable or dropped the connection (retry), as opposed to a bad statement (don't)."""
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
 
 @dataclass
 class Claim:
@@ -52,7 +76,7 @@ class Claim:
 class ChunkReport:
     job_id: str
     seq: int
-    #: What happened: ``done``, ``skipped`` (already done, job finished or gone), ``stopped`` (cancelled mid-way).
+    #: What happened: `DONE`, `SKIPPED`, `STOPPED` (cancelled mid-way) or `HANDED_BACK` (shutting down).
     outcome: str
     succeeded: int = 0
     failed: int = 0
@@ -60,32 +84,77 @@ class ChunkReport:
 
 
 class Runner:
-    """Runs chunks for one worker process. Holds the model registry; the caller owns nothing else."""
+    """Runs chunks for one worker process. Holds the model registry; the caller owns nothing else.
+
+    ``stopping`` says whether this worker is shutting down (warm shutdown): it is asked between micro-batches,
+    and a chunk that has not finished is stored as far as it ran and handed back."""
 
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], registry: ModelRegistry, worker: str
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        registry: ModelRegistry,
+        worker: str,
+        *,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.reader = make_sessionmaker(sessions.kw["bind"], read_only=True)
         self.registry = registry
         self.worker = worker
+        self.stopping = stopping
+        #: True while a chunk runs (a SIGTERM then waits for the current micro-batch instead of killing).
+        self.busy = False
 
     def run_chunk(self, job_id: str, seq: int) -> ChunkReport:
+        if self.stopping():
+            return ChunkReport(job_id, seq, HANDED_BACK)  # not even claimed: the message goes straight back
+        self.busy = True
+        try:
+            return self._run_chunk(job_id, seq)
+        finally:
+            self.busy = False
+
+    def _run_chunk(self, job_id: str, seq: int) -> ChunkReport:
         started = time.perf_counter()
         with self.sessions.begin() as session:
             claim = claim_chunk(session, job_id, seq, worker=self.worker, lease_seconds=self.settings.lease_seconds)
         if claim is None:
-            return ChunkReport(job_id, seq, "skipped")
-        outcomes, job_error = self._infer(claim)
-        with self.sessions.begin() as session:
-            succeeded, failed, complete = write_results(session, claim, outcomes, job_error=job_error)
+            return ChunkReport(job_id, seq, SKIPPED)
+        with _LeaseKeeper(self.sessions, claim, self.worker, self.settings.lease_seconds):
+            outcomes, job_error = self._infer(claim)
+        succeeded, failed, complete = self._write(claim, outcomes, job_error)
         seconds = time.perf_counter() - started
-        outcome = "done" if complete else "stopped"
+        outcome = DONE if complete else (HANDED_BACK if self.stopping() else STOPPED)
         log.info(
             "job %s chunk %d: %s, %d succeeded, %d failed in %.2fs", job_id, seq, outcome, succeeded, failed, seconds
         )
         return ChunkReport(job_id, seq, outcome, succeeded, failed, seconds)
+
+    def _write(
+        self, claim: Claim, outcomes: list[Outcome | None], job_error: InferqError | None
+    ) -> tuple[int, int, bool]:
+        """`write_results` in one transaction, tried again with backoff while the database is unreachable.
+        Idempotent: a commit whose answer was lost is found done by the next try."""
+        delay = 1.0
+        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        while True:
+            try:
+                with self.sessions.begin() as session:
+                    return write_results(session, claim, outcomes, job_error=job_error)
+            except DBAPIError as exc:
+                if not is_transient_db_error(exc) or time.monotonic() + delay > deadline or self.stopping():
+                    raise
+                log.warning(
+                    "job %s chunk %d: database unreachable while storing results (%s); trying again in %.0fs",
+                    claim.job_id,
+                    claim.seq,
+                    type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX_DELAY)
 
     def _infer(self, claim: Claim) -> tuple[list[Outcome | None], InferqError | None]:
         if not claim.inputs:
@@ -100,31 +169,82 @@ class Runner:
             # The model cannot run: every item records why, and so does the job.
             log.error("job %s: %s", claim.job_id, exc)
             return [Outcome.failure(exc) for _ in claim.inputs], exc
-        # Cancelled mid-chunk: items whose micro-batches did not run come back as None and stay unwritten.
-        return engine.run(claim.inputs, claim.params, should_stop=_CancelCheck(self.reader, claim.job_id)), None
+        # Cancelled or shutting down mid-chunk: items whose micro-batches did not run come back as None and stay
+        # unwritten.
+        should_stop = _StopCheck(self.reader, claim.job_id, self.stopping)
+        return engine.run(claim.inputs, claim.params, should_stop=should_stop), None
 
 
-class _CancelCheck:
-    """``should_stop`` for the engine: true once the job is no longer running (cancelled). Reads the job row at
-    most once a second."""
+class _StopCheck:
+    """``should_stop`` for the engine: true once the worker is shutting down (asked every time: a flag), or once
+    the job is no longer running (cancelled; the job row is read at most once a second). An unreachable database
+    does not stop the chunk: it goes on, and storing its results waits for the database."""
 
-    def __init__(self, sessions: sessionmaker[Session], job_id: str) -> None:
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, stopping: Callable[[], bool]) -> None:
         self.sessions = sessions
         self.job_id = job_id
+        self.stopping = stopping
         self.stopped = False
         self._next = time.monotonic() + CANCEL_CHECK_SECONDS
 
     def __call__(self) -> bool:
-        if self.stopped:
+        if self.stopped or self.stopping():
             return True
         now = time.monotonic()
         if now < self._next:
             return False
         self._next = now + CANCEL_CHECK_SECONDS
-        with self.sessions() as session:
-            state = session.scalar(select(Job.state).where(Job.id == self.job_id))
+        try:
+            with self.sessions() as session:
+                state = session.scalar(select(Job.state).where(Job.id == self.job_id))
+        except DBAPIError as exc:
+            if not is_transient_db_error(exc):
+                raise
+            log.debug("job %s: cancellation check skipped, database unreachable", self.job_id)
+            return False
         self.stopped = state is None or JobState(state) in FINISHED_JOB_STATES
         return self.stopped
+
+
+class _LeaseKeeper:
+    """Renews a claimed chunk's lease every third of ``lease_seconds`` while it computes, in a thread, so that an
+    expired lease means a dead worker (or one cut off from the database), never a slow chunk: `inferq recover`
+    re-enqueues chunks whose lease expired."""
+
+    def __init__(self, sessions: sessionmaker[Session], claim: Claim, worker: str, lease_seconds: int) -> None:
+        self.sessions = sessions
+        self.claim = claim
+        self.worker = worker
+        self.lease_seconds = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="inferq-lease", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        # Not waiting long: a renewal stuck on an unreachable database must not hold the chunk up (it would only
+        # renew a lease the chunk no longer needs, and renews nothing once the chunk is no longer running).
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(max(1.0, self.lease_seconds / 3)):
+            try:
+                with self.sessions.begin() as session:
+                    session.execute(
+                        update(Chunk)
+                        .where(
+                            Chunk.job_id == self.claim.job_id,
+                            Chunk.seq == self.claim.seq,
+                            Chunk.state == ChunkState.RUNNING.value,
+                            Chunk.worker == self.worker,
+                        )
+                        .values(lease_until=utcnow() + dt.timedelta(seconds=self.lease_seconds))
+                    )
+            except Exception as exc:
+                log.debug("job %s chunk %d: lease not renewed (%s)", self.claim.job_id, self.claim.seq, exc)
 
 
 def claim_chunk(session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int) -> Claim | None:

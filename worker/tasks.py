@@ -1,4 +1,13 @@
-"""The Celery task: thin. It carries ids, delegates to the runner, and retries only transient failures."""
+"""The Celery task: thin. It carries ids, delegates to the runner, and retries only transient failures.
+
+A chunk handed back at a warm shutdown is rejected with ``requeue=True``. With ``acks_late`` the message is still
+unacknowledged while the task runs, so the rejection returns that very message to the broker: under prefork the
+child reports the `Reject` to the main process, which owns the broker channel and rejects the delivery (Redis puts
+the message back at the head of its queue in one transaction, RabbitMQ requeues it). Sending a new message and
+acknowledging the old one would need a second broker connection in the child and leave a moment with two copies;
+a rejection leaves neither a gap nor a copy, and if the main process dies first the message is still
+unacknowledged and comes back as for any lost worker.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
-from sqlalchemy.exc import DBAPIError, OperationalError
+from celery.exceptions import Reject
+from sqlalchemy.exc import DBAPIError
 
 from inferq.errors import TransientError
 from inferq.tasks import RUN_CHUNK
-from worker.runner import Runner
+from worker.runner import HANDED_BACK, Runner, is_transient_db_error
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +34,14 @@ def register_tasks(app: Celery, get_runner: Callable[[], Runner]) -> None:
     @app.task(name=RUN_CHUNK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
     def run_chunk(self: Task, job_id: str, seq: int) -> None:
         try:
-            get_runner().run_chunk(job_id, int(seq))
-        except (TransientError, OperationalError, DBAPIError) as exc:
-            if isinstance(exc, DBAPIError) and not exc.connection_invalidated and not isinstance(exc, OperationalError):
+            report = get_runner().run_chunk(job_id, int(seq))
+        except (TransientError, DBAPIError) as exc:
+            if isinstance(exc, DBAPIError) and not is_transient_db_error(exc):
                 raise
             retries: Any = self.request.retries or 0
             countdown = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** int(retries))
             log.warning("job %s chunk %s: %s; retrying in %ss", job_id, seq, type(exc).__name__, countdown)
             raise self.retry(exc=exc, countdown=countdown) from exc
+        if report.outcome == HANDED_BACK:
+            log.warning("job %s chunk %s: handed back to the broker (worker shutting down)", job_id, seq)
+            raise Reject(f"job {job_id} chunk {seq} handed back at shutdown", requeue=True)

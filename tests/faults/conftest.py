@@ -1,0 +1,58 @@
+"""Fixtures for fault tests: a model slow enough that a chunk takes seconds (so a fault lands mid-chunk), brokers
+(a private Redis per test, which the test may restart empty, or the shared RabbitMQ), the SQL record, and the
+environment of real ``inferq worker`` processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.brokers import PrivateRedis, delete_queue, private_redis, require_amqp
+from tests.support.records import Record
+
+
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DistilBERT classifier of width 256 and 4 layers (random weights): about 15 ms an item on one CPU core,
+    so a chunk of 150 items takes a couple of seconds."""
+    from inferq.tasks import TaskName
+    from worker.tiny_models import build_model
+
+    path = tmp_path_factory.mktemp("models") / "slow"
+    return build_model(
+        path, TaskName.CLASSIFICATION, "distilbert", size="base", dim=256, hidden_dim=1024, n_layers=4, n_heads=4
+    )
+
+
+@pytest.fixture(scope="session")
+def fault_registry(slow_model: Path) -> dict[str, Any]:
+    return {"slow": {"source": str(slow_model), "task": "classification"}}
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[PrivateRedis]:
+    with private_redis(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path, queue_name: str) -> Iterator[str]:
+    """Each broker inferq supports with a server: a private Redis, or the shared RabbitMQ (this test's queue is
+    deleted afterwards)."""
+    if request.param == "redis":
+        with private_redis(tmp_path) as server:
+            yield server.url
+    else:
+        url = require_amqp()
+        yield url
+        delete_queue(url, queue_name)
+
+
+@pytest.fixture
+def record(migrated_postgres: str) -> Iterator[Record]:
+    rec = Record(migrated_postgres)
+    yield rec
+    rec.close()

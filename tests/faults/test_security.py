@@ -1,0 +1,268 @@
+"""Issue 5, point 9: security.
+
+* Messages are JSON only: a pickled message put on a worker's queue is refused and logged, never unpickled.
+* Credentials come from settings and never appear in a worker's log nor in ``inferq status``/``jobs``/``submit``.
+* Models load only from the registry or the allowed directories, with ``trust_remote_code`` never enabled, and
+  safetensors preferred over pickled weights.
+* SQL goes through bound parameters only: no statement is built from strings in the packages.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import pickle
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from inferq.db import make_engine, make_sessionmaker
+from inferq.settings import Settings
+from inferq.tasks import RUN_CHUNK, TaskName
+from producer.client import store_job
+from producer.inputs import InputRecord
+from tests.support.brokers import PrivateRedis, private_redis, ready_messages
+from tests.support.jobs import inferq_cli, sentences, worker_env
+from tests.support.records import Record, wait_for
+from tests.support.worker_process import running_worker, worker_log
+from worker.registry import ModelRegistry
+from worker.runner import Runner
+
+pytestmark = pytest.mark.services
+
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_PASSWORD = "redis-s3cret-Hq7"
+DATABASE_PASSWORD = "pg-s3cret-Zx9"
+
+
+class _CreatesAFile:
+    """Unpickling this calls ``open(path, "w")``: proof, if the file exists, that a message was unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.path), "w"))
+
+
+@pytest.fixture(scope="module")
+def guarded(
+    tmp_path_factory: pytest.TempPathFactory, migrated_postgres: str, fault_registry: dict[str, Any]
+) -> Iterator[tuple[dict[str, str], Path, PrivateRedis]]:
+    """A worker whose broker and database URLs carry passwords (a Redis that requires one; PostgreSQL ignores
+    it under trust authentication, but it is in the URL all the same)."""
+    workdir = tmp_path_factory.mktemp("guarded")
+    with private_redis(workdir, password=REDIS_PASSWORD) as redis_server:
+        database_url = migrated_postgres.replace(
+            "postgresql://postgres@", f"postgresql://postgres:{DATABASE_PASSWORD}@"
+        )
+        env = worker_env(database_url, redis_server.url, f"inferq-test-{uuid.uuid4().hex[:10]}", fault_registry)
+        log = workdir / "worker.log"
+        with running_worker(env, log, "--models", "slow"):
+            wait_for(lambda: "loaded slow" in worker_log(log), 60, "the model to load")
+            yield env, log, redis_server
+
+
+def test_a_pickled_message_is_refused_and_logged_never_unpickled(
+    guarded: tuple[dict[str, str], Path, PrivateRedis], tmp_path: Path
+) -> None:
+    env, log, redis_server = guarded
+    queue = env["INFERQ_DEFAULT_QUEUE"]
+    marker = tmp_path / "unpickled"
+    task_id = uuid.uuid4().hex
+
+    # Given a run_chunk message, pickled, whose unpickling would create a file
+    body = ((_CreatesAFile(marker), 0), {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+    assert b"\x04open" in pickle.dumps(body)  # (it really is a pickle that calls open)
+    headers = {"lang": "py", "task": RUN_CHUNK, "id": task_id, "root_id": task_id, "parent_id": None}
+    headers |= {"group": None, "retries": 0, "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": ""}
+
+    # When it is put on the worker's queue
+    with Connection(redis_server.url) as conn:
+        exchange = Exchange(queue, type="direct")
+        conn.Producer(serializer="pickle").publish(
+            body,
+            exchange=exchange,
+            routing_key=queue,
+            declare=[Queue(queue, exchange, routing_key=queue)],
+            headers=headers,
+        )
+
+    # Then the worker refuses it, says so in its log, and the file was never created
+    refusal = "Received invalid task message: Refusing to deserialize untrusted content of type pickle"
+    wait_for(lambda: refusal in worker_log(log), 30, "the refusal in the worker's log")
+    assert "The message has been ignored and discarded." in worker_log(log)
+    assert not marker.exists()
+    # And the message is gone from the queue, not retried forever
+    assert ready_messages(redis_server.url, queue) == 0
+
+
+def test_credentials_never_appear_in_logs_or_status(
+    guarded: tuple[dict[str, str], Path, PrivateRedis], tmp_path: Path
+) -> None:
+    env, log, _ = guarded
+    # Given a job run by the worker whose URLs carry passwords
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in sentences(20)), encoding="utf-8")
+    submitted = inferq_cli(env, "submit", "--task", "classification", "--model", "slow", str(source), "--wait")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[1]
+
+    # When the user asks for its status, the job list, and reads the worker's log
+    outputs = {
+        "submit": submitted.stdout + submitted.stderr,
+        "status": inferq_cli(env, "status", job_id).stdout,
+        "status --json": inferq_cli(env, "status", job_id, "--json").stdout,
+        "jobs": inferq_cli(env, "jobs").stdout,
+        "worker log": worker_log(log),
+    }
+
+    # Then no password appears anywhere; the worker's banner shows the broker with its password masked
+    assert job_id in outputs["status"] and "succeeded" in outputs["status"]
+    for where, text in outputs.items():
+        assert REDIS_PASSWORD not in text, where
+        assert DATABASE_PASSWORD not in text, where
+    assert f"redis://:**@127.0.0.1:{env['INFERQ_BROKER_URL'].rsplit(':', 1)[1]}" in outputs["worker log"]
+
+
+def test_a_submit_error_does_not_reveal_the_password(
+    guarded: tuple[dict[str, str], Path, PrivateRedis], tmp_path: Path
+) -> None:
+    env, _, redis_server = guarded
+    # Given a broker URL with a wrong password
+    wrong = "wrong-pa55word-Kd2"
+    env = {**env, "INFERQ_BROKER_URL": redis_server.url.replace(REDIS_PASSWORD, wrong)}
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "fine"}\n', encoding="utf-8")
+
+    # When a job is submitted
+    done = inferq_cli(env, "submit", "--task", "classification", "--model", "slow", str(source))
+
+    # Then it fails saying the broker is unavailable, without either password
+    assert done.returncode == 3 and "error [broker_unavailable]" in done.stderr, done.stderr
+    assert wrong not in done.stderr + done.stdout and REDIS_PASSWORD not in done.stderr + done.stdout
+
+
+# -- models ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runner_for(migrated_postgres: str) -> Iterator[Any]:
+    engines: list[Any] = []
+
+    def make(settings: Settings) -> Runner:
+        engine = make_engine(settings)
+        engines.append(engine)
+        return Runner(settings, make_sessionmaker(engine), ModelRegistry(settings), worker="test")
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
+def a_job_naming(runner: Runner, model: str) -> str:
+    """A job stored directly, as a producer that skipped every check (or an old job) would leave it."""
+    job_id = uuid.uuid4().hex
+    with runner.sessions.begin() as session:
+        records = [InputRecord(line=1, client_id=None, data={"text": "hello"})]
+        store_job(
+            session,
+            job_id,
+            TaskName.CLASSIFICATION,
+            model,
+            {"top_k": 1, "function_to_apply": "default"},
+            records,
+            10,
+            "q",
+        )
+    return job_id
+
+
+def test_a_model_directory_outside_the_allowed_ones_is_refused_at_submit_and_by_the_worker(
+    tmp_path: Path, migrated_postgres: str, slow_model: Path, runner_for: Any, record: Record
+) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    env = {"INFERQ_DATABASE_URL": migrated_postgres, "INFERQ_MODEL_DIRS": json.dumps([str(allowed)])}
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "fine"}\n', encoding="utf-8")
+
+    # When a job names a model directory outside INFERQ_MODEL_DIRS, it is refused at submit
+    done = inferq_cli(env, "submit", "--task", "classification", "--model", str(slow_model), str(source))
+    assert done.returncode == 2
+    assert "error [unknown_model]" in done.stderr and "outside the allowed model directories" in done.stderr
+
+    # And a worker given such a job anyway never loads the model: the items fail with the reason
+    runner = runner_for(Settings(database_url=migrated_postgres, model_dirs=[allowed]))
+    job_id = a_job_naming(runner, str(slow_model))
+    runner.run_chunk(job_id, 0)
+    assert runner.registry.loaded_names() == []
+    (item,) = record.items(job_id)
+    assert item.error_code == "unknown_model" and "outside the allowed model directories" in (item.error_message or "")
+
+
+def test_remote_code_never_runs_and_pickled_weights_are_never_read_beside_safetensors(
+    tmp_path: Path, migrated_postgres: str, slow_model: Path, runner_for: Any, record: Record
+) -> None:
+    import shutil
+
+    marker = tmp_path / "code-ran"
+    # Given a model directory whose config asks for its own Python code, code that would create a file
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
+    auto = {k: "evil.Evil" for k in ("AutoConfig", "AutoModelForSequenceClassification", "AutoTokenizer")}
+    (custom / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": auto}), encoding="utf-8")
+
+    # When a worker runs a job naming it
+    runner = runner_for(Settings(database_url=migrated_postgres))
+    job_id = a_job_naming(runner, str(custom))
+    runner.run_chunk(job_id, 0)
+
+    # Then the code never ran: the model did not load, and the item says why
+    assert not marker.exists()
+    (item,) = record.items(job_id)
+    assert item.error_code == "model_load_error"
+
+    # Given a real model directory with safetensors and, beside them, pickled weights that would create a file
+    both = tmp_path / "both"
+    shutil.copytree(slow_model, both)
+    (both / "pytorch_model.bin").write_bytes(pickle.dumps(_CreatesAFile(marker)))
+
+    # When a worker loads it, the safetensors are read and the pickle is never opened
+    loaded = ModelRegistry(Settings(database_url=migrated_postgres)).load(str(both), TaskName.CLASSIFICATION)
+    assert loaded.model is not None and not marker.exists()
+
+    # And no code in the packages ever enables remote code
+    for package in ("inferq", "producer", "worker"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert "trust_remote_code=True" not in path.read_text(encoding="utf-8"), path
+    assert '"trust_remote_code": False' in (ROOT / "worker" / "registry.py").read_text(encoding="utf-8")
+
+
+def test_sql_is_never_built_from_strings() -> None:
+    # Every statement the packages run is SQLAlchemy Core/ORM with bound parameters; a raw SQL string may only be a
+    # literal (no f-string, no % or + or .format on it).
+    suspicious = []
+    for package in ("inferq", "producer", "worker", "migrations"):
+        for path in (ROOT / package).rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Call) or not node.args:
+                    continue
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if name in ("text", "execute", "exec_driver_sql", "executemany") and _built(node.args[0]):
+                    suspicious.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert suspicious == []
+
+
+def _built(arg: ast.expr) -> bool:
+    if isinstance(arg, ast.JoinedStr):
+        return True
+    if isinstance(arg, ast.BinOp) and isinstance(arg.op, ast.Mod | ast.Add):
+        return True
+    return isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute) and arg.func.attr == "format"

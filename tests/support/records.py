@@ -1,0 +1,85 @@
+"""Reading the SQL record back in fault tests: every item accounted for exactly once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import Engine, select
+
+from inferq.db import make_engine
+from inferq.schema import Chunk, Item, Job
+from inferq.settings import Settings
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Call ``probe`` until it returns something truthy; fail saying ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Record:
+    """The jobs, chunks and items of one database, read fresh each time."""
+
+    def __init__(self, database_url: str) -> None:
+        self.engine: Engine = make_engine(Settings(database_url=database_url))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def job(self, job_id: str) -> Job:
+        from sqlalchemy.orm import Session
+
+        with Session(self.engine) as session:
+            job = session.get(Job, job_id)
+            assert job is not None, f"no job {job_id}"
+            session.expunge(job)
+            return job
+
+    def chunks(self, job_id: str) -> list[Chunk]:
+        from sqlalchemy.orm import Session
+
+        with Session(self.engine) as session:
+            rows = list(session.scalars(select(Chunk).where(Chunk.job_id == job_id).order_by(Chunk.seq)))
+            session.expunge_all()
+            return rows
+
+    def items(self, job_id: str) -> list[Item]:
+        from sqlalchemy.orm import Session
+
+        with Session(self.engine) as session:
+            rows = list(session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.index)))
+            session.expunge_all()
+            return rows
+
+    def running_chunk(self, job_id: str) -> Chunk | None:
+        return next((c for c in self.chunks(job_id) if c.state == "running"), None)
+
+    def assert_every_item_once(self, job_id: str, *, state: str = "succeeded") -> list[Item]:
+        """The job ended in ``state``; each item ended once, with a result or an error and never both, and the
+        job's counters equal what the items say."""
+        job = self.job(job_id)
+        items = self.items(job_id)
+        assert job.state == state, f"job {job_id} is {job.state}"
+        assert len(items) == job.total
+        assert [i.index for i in items] == list(range(job.total))
+        succeeded = [i for i in items if i.state == "succeeded"]
+        failed = [i for i in items if i.state == "failed"]
+        for item in succeeded:
+            assert item.result is not None and item.error_code is None and item.finished_at is not None, item.index
+        for item in failed:
+            assert item.result is None and item.error_code is not None and item.finished_at is not None, item.index
+        if state != "cancelled":
+            assert len(succeeded) + len(failed) == job.total, [i.index for i in items if i.state == "queued"]
+            assert all(c.state == "done" for c in self.chunks(job_id))
+        assert (job.succeeded, job.failed) == (len(succeeded), len(failed)), "job counters drifted from the items"
+        return items
