@@ -159,3 +159,14 @@ def test_models_and_jobs_list_the_registry_and_recent_jobs(
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
     status = json.loads(run_cli(env, "status", job_id, "--json").stdout)
     assert (status["state"], status["total"], status["succeeded"]) == ("cancelled", 2, 0)
+
+
+def test_status_with_the_database_down_says_so_without_a_traceback_or_the_password() -> None:
+    # Given a database URL that nothing answers, with a password in it
+    env = {"INFERQ_DATABASE_URL": "postgresql://inferq:s3cret-pw@127.0.0.1:9/inferq"}
+    # When the user asks for a job's status
+    done = run_cli(env, "status", "0" * 32)
+    # Then it fails with the transient exit status and a one-line reason
+    assert done.returncode == 3
+    assert done.stderr.startswith("error [database_unavailable]")
+    assert "Traceback" not in done.stderr and "s3cret-pw" not in done.stderr
