@@ -11,7 +11,15 @@ import numpy as np
 
 from inferq.errors import InferenceError, InferqError
 from inferq.tasks import TaskName
-from worker.engines.batching import BatchOutputs, Features, RunOutputs, pad, plan_batches, run_batches
+from worker.engines.batching import (
+    CPU_BATCH_COST_TOKENS,
+    BatchOutputs,
+    Features,
+    RunOutputs,
+    pad,
+    plan_batches,
+    run_batches,
+)
 from worker.loaded import LoadedModel
 
 
@@ -89,7 +97,7 @@ class Engine(ABC):
         import torch
 
         features = self.preprocess(inputs, params)
-        plan = plan_batches(features.lengths, self.loaded.max_batch_tokens, self.loaded.max_batch_size)
+        plan = self.plan(features)
         with torch.inference_mode():
             outputs = run_batches(
                 plan,
@@ -111,6 +119,12 @@ class Engine(ABC):
         for item in np.unique(features.item_of[~ran]).tolist():
             results[item] = None
         return results
+
+    def plan(self, features: Features) -> list[np.ndarray]:
+        """The micro-batches: within the token budget; on a CPU also cut where padding would cost more than
+        another forward pass (`CPU_BATCH_COST_TOKENS`)."""
+        cost = CPU_BATCH_COST_TOKENS if self.device.type == "cpu" else None
+        return plan_batches(features.lengths, self.loaded.max_batch_tokens, self.loaded.max_batch_size, cost)
 
     def collate(self, features: Features, rows: np.ndarray) -> dict[str, Any]:
         """Pad the features ``rows`` into a batch of tensors on the device."""

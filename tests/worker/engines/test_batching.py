@@ -69,3 +69,41 @@ def test_should_stop_halts_between_batches() -> None:
 
     out = run_batches(plan, forward, should_stop=lambda: len(calls) >= 2, n_features=10)
     assert len(calls) == 2 and len(out.batches) == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=0, max_value=600), min_size=0, max_size=300),
+    max_tokens=st.integers(min_value=16, max_value=4096),
+    max_size=st.integers(min_value=1, max_value=64),
+    batch_cost=st.integers(min_value=0, max_value=10_000),
+)
+def test_the_least_cost_plan_keeps_the_budget_and_never_pads_more_than_filling_it(
+    lengths: list[int], max_tokens: int, max_size: int, batch_cost: int
+) -> None:
+    arr = np.array(lengths, dtype=np.int64)
+    greedy = plan_batches(arr, max_tokens, max_size)
+    plan = plan_batches(arr, max_tokens, max_size, batch_cost=batch_cost)
+    seen = np.concatenate(plan) if plan else np.array([], dtype=np.int64)
+    assert sorted(seen.tolist()) == list(range(len(lengths)))
+    for batch in plan:
+        assert len(batch) <= max_size
+        assert len(batch) * max(int(arr[batch].max()), 1) <= max_tokens or len(batch) == 1
+
+    def cost(p: list[np.ndarray]) -> int:
+        return sum(len(b) * max(int(arr[b].max()), 1) + batch_cost for b in p)
+
+    # The plan is the cheapest: never costlier than filling the budget, which makes the fewest batches.
+    assert cost(plan) <= cost(greedy)
+    assert len(plan) >= len(greedy)
+
+
+def test_the_least_cost_plan_cuts_where_lengths_drop() -> None:
+    # Given 8 sequences of ~100 tokens and 8 of ~10, with room for all 16 in one batch
+    lengths = np.array([100, 10] * 8)
+    # When the plan fills the budget, the short ones are padded to 100; with a small cost per batch they are not
+    assert [len(b) for b in plan_batches(lengths, max_tokens=4096, max_size=64)] == [16]
+    plan = plan_batches(lengths, max_tokens=4096, max_size=64, batch_cost=32)
+    assert [sorted(lengths[b].tolist()) for b in plan] == [[100] * 8, [10] * 8]
+    # And a cost above the padding saved keeps them together
+    assert len(plan_batches(lengths, max_tokens=4096, max_size=64, batch_cost=1000)) == 1

@@ -1,0 +1,220 @@
+"""In-process runs on one model and one list of inputs: the transformers pipeline (or, for question answering,
+a plain forward loop over the raw model: transformers 5.3+ ship no QA pipeline) and inferq's engine through the
+model registry, as a worker holds it. Every run is warmed up first, then timed once over all the items."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.measure import Measurement, Ranked, padded_in_order, padded_in_plan
+from bench.models import BenchModel
+from inferq.settings import Settings
+from inferq.tasks import MASK_PLACEHOLDER, TaskName, validate_params
+from worker.engines.base import Engine, Outcome
+
+log = logging.getLogger(__name__)
+
+#: Items run once, untimed, before a timed run (first-call costs: allocator, kernels, lazy imports).
+WARMUP_ITEMS = 8
+
+#: Parameters every variant of a task runs with: all labels for classification (so that every score is
+#: compared), the defaults elsewhere (5 fillers; the best answer, windows of 384 tokens with a stride of 128).
+TASK_PARAMS: dict[TaskName, dict[str, Any]] = {
+    TaskName.CLASSIFICATION: {"top_k": None},
+    TaskName.FILL_MASK: {"top_k": 5},
+    TaskName.QUESTION_ANSWERING: {},
+}
+
+
+def params_for(task: TaskName) -> dict[str, Any]:
+    return validate_params(task, dict(TASK_PARAMS[task]))
+
+
+# -- ranked results, for comparing runs ------------------------------------------------------------------
+
+
+def ranked(task: TaskName, result: list[Any] | None) -> Ranked | None:
+    """A stored (or engine) result as ``(key, score)`` best first: labels; the first mask's token ids; answer
+    spans."""
+    if result is None:
+        return None
+    if task is TaskName.CLASSIFICATION:
+        return [(r["label"], float(r["score"])) for r in result]
+    if task is TaskName.FILL_MASK:
+        return [(int(r["token"]), float(r["score"])) for r in result[0]]
+    return [((int(r["start"]), int(r["end"])), float(r["score"])) for r in result]
+
+
+def ranked_from_outcome(task: TaskName, outcome: Outcome | None) -> Ranked | None:
+    return None if outcome is None else ranked(task, outcome.result)
+
+
+def ranked_from_pipeline(task: TaskName, result: Any) -> Ranked:
+    if task is TaskName.CLASSIFICATION:
+        return [(r["label"], float(r["score"])) for r in result]
+    if task is TaskName.FILL_MASK:
+        one = result[0] if result and isinstance(result[0], list) else result
+        return [(int(r["token"]), float(r["score"])) for r in one]
+    raise ValueError(f"no pipeline for {task.value}")
+
+
+# -- the engine -----------------------------------------------------------------------------------------
+
+
+def make_engine(settings: Settings, model: BenchModel, precision: str) -> Engine:
+    from worker.registry import ModelRegistry
+
+    return ModelRegistry(settings, precision=precision).engine(model.name, model.task)
+
+
+def engine_tokens(
+    engine: Engine, inputs: Sequence[dict[str, Any]], params: dict[str, Any], chunk_size: int
+) -> tuple[int, int]:
+    """Real and padded tokens of the engine's micro-batches when the inputs come in chunks of ``chunk_size``
+    (all at once in-process: ``chunk_size >= len(inputs)``)."""
+    real = padded = 0
+    for start in range(0, len(inputs), chunk_size):
+        features = engine.preprocess(inputs[start : start + chunk_size], params)
+        plan = engine.plan(features)
+        real += int(features.lengths.sum())
+        padded += padded_in_plan(features.lengths, plan)
+    return real, padded
+
+
+def run_engine(
+    engine: Engine, model: BenchModel, inputs: Sequence[dict[str, Any]], precision: str, *, warm_up: bool = True
+) -> tuple[Measurement, list[Ranked | None]]:
+    params = params_for(model.task)
+    if warm_up:
+        engine.run(inputs[:WARMUP_ITEMS], params)
+    start, cpu = time.perf_counter(), time.process_time()
+    outcomes = engine.run(inputs, params)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    failed = sum(1 for o in outcomes if o is None or not o.ok)
+    real, padded = engine_tokens(engine, inputs, params, len(inputs))
+    m = Measurement(
+        model.task.value,
+        "engine (in-process)",
+        precision,
+        len(inputs),
+        seconds,
+        real,
+        padded,
+        cpu_seconds=cpu,
+        notes=f"{failed} failed" if failed else "",
+    )
+    return m, [ranked_from_outcome(model.task, o) for o in outcomes]
+
+
+# -- the transformers pipeline ----------------------------------------------------------------------------
+
+
+def load_pipeline(model: BenchModel) -> Any:
+    from transformers import pipeline
+
+    kind: Any = {TaskName.CLASSIFICATION: "text-classification", TaskName.FILL_MASK: "fill-mask"}[model.task]
+    return pipeline(kind, model=str(model.path), tokenizer=str(model.path), device="cpu")
+
+
+def run_pipeline(
+    pipe: Any, model: BenchModel, inputs: Sequence[dict[str, Any]], batch_size: int, *, warm_up: bool = True
+) -> tuple[Measurement, list[Ranked]]:
+    """The pipeline over every input in one call (it batches ``batch_size`` consecutive inputs, each batch
+    padded to its longest), with ``truncation=True``."""
+    task = model.task
+    tokenizer = pipe.tokenizer
+    if task is TaskName.CLASSIFICATION:
+        texts = [i["text"] for i in inputs]
+        kwargs: dict[str, Any] = {"truncation": True, "top_k": TASK_PARAMS[task]["top_k"]}
+    else:
+        texts = [i["text"].replace(MASK_PLACEHOLDER, tokenizer.mask_token) for i in inputs]
+        kwargs = {"tokenizer_kwargs": {"truncation": True}, "top_k": TASK_PARAMS[task]["top_k"]}
+    if warm_up:
+        pipe(texts[:WARMUP_ITEMS], batch_size=batch_size, **kwargs)
+    start, cpu = time.perf_counter(), time.process_time()
+    out = pipe(texts, batch_size=batch_size, **kwargs)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True)["input_ids"]]
+    m = Measurement(
+        task.value,
+        f"pipeline bs={batch_size}",
+        "fp32",
+        len(inputs),
+        seconds,
+        sum(lengths),
+        padded_in_order(lengths, batch_size) if batch_size > 1 else sum(lengths),
+        cpu_seconds=cpu,
+    )
+    return m, [ranked_from_pipeline(task, r) for r in out]
+
+
+# -- question answering: the raw model ---------------------------------------------------------------------
+
+
+@dataclass
+class RawQA:
+    """A QA model and its tokenizer, loaded by hand."""
+
+    tokenizer: Any
+    net: Any
+
+
+def load_raw_qa(model: BenchModel) -> RawQA:
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+    net = AutoModelForQuestionAnswering.from_pretrained(model.path).eval()
+    return RawQA(AutoTokenizer.from_pretrained(model.path), net)
+
+
+def run_raw_qa(
+    raw: RawQA, inputs: Sequence[dict[str, Any]], batch_size: int, *, warm_up: bool = True
+) -> tuple[Measurement, None]:
+    """What a user writes by hand without a QA pipeline: tokenize ``batch_size`` consecutive items into windows
+    (the engine's defaults: 384 tokens, stride 128, question first), pad to the longest window, forward. Span
+    decoding is left out, so this baseline does less work than the engine (and than the 5.2 pipeline did)."""
+    import torch
+
+    params = params_for(TaskName.QUESTION_ANSWERING)
+
+    def loop(items: Sequence[dict[str, Any]]) -> tuple[int, int]:
+        real = padded = 0
+        for i in range(0, len(items), batch_size):
+            batch = items[i : i + batch_size]
+            enc = raw.tokenizer(
+                [b["question"] for b in batch],
+                [b["context"] for b in batch],
+                truncation="only_second",
+                max_length=params["max_seq_len"],
+                stride=params["doc_stride"],
+                return_overflowing_tokens=True,
+                padding=True,
+                return_tensors="pt",
+            )
+            enc.pop("overflow_to_sample_mapping", None)
+            with torch.inference_mode():
+                raw.net(**enc)
+            real += int(enc["attention_mask"].sum())
+            padded += int(enc["attention_mask"].numel())
+        return real, padded
+
+    if warm_up:
+        loop(inputs[:WARMUP_ITEMS])
+    start, cpu = time.perf_counter(), time.process_time()
+    real, padded = loop(inputs)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    m = Measurement(
+        TaskName.QUESTION_ANSWERING.value,
+        f"raw model loop bs={batch_size}",
+        "fp32",
+        len(inputs),
+        seconds,
+        real,
+        padded,
+        cpu_seconds=cpu,
+        notes="no QA pipeline in transformers 5.24: tokenize+forward only, no span decoding",
+    )
+    return m, None

@@ -1,0 +1,402 @@
+"""The whole system: a private PostgreSQL database (migrated), private Redis queues, one real ``inferq worker``
+process, jobs submitted through `producer.Client` and waited for until done."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import func, select, text
+
+from bench.measure import RSS_SAMPLE_SECONDS, RssSampler, mib, tree_cpu_seconds, tree_rss_bytes
+from inferq import constants
+from inferq.schema import Item, Job, utcnow
+from inferq.settings import Settings
+from inferq.states import FINISHED_JOB_STATES, JobState
+from inferq.tasks import TaskName
+from producer.client import Client
+
+log = logging.getLogger(__name__)
+
+#: PostgreSQL server and database the benchmark creates its private database from (as the tests do).
+PG_ADMIN_URL = os.environ.get("INFERQ_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("INFERQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+#: Seconds between two status reads while waiting: the client's default. A job's time is taken from its own
+#: ``finished_at`` (written by the worker), so the poll interval does not round it; polling faster would take
+#: CPU from the worker on a small machine (at 50 polls a second, 2 cores: chunks ran up to 10% slower).
+POLL_SECONDS = constants.DEFAULT_POLL_SECONDS
+
+#: The finished job states, as stored.
+_FINISHED = [s.value for s in FINISHED_JOB_STATES]
+
+
+class ServicesUnavailable(Exception):
+    """PostgreSQL or Redis is not reachable: the system part of the benchmark is skipped."""
+
+
+@dataclass(frozen=True)
+class Services:
+    database_url: str
+    redis_url: str
+    #: The queue the benchmark's worker consumes.
+    queue: str
+    #: A queue no worker consumes: jobs for the submission/export scale runs, which must never run.
+    cold_queue: str
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def private_services(pg_admin_url: str = PG_ADMIN_URL, redis_url: str = REDIS_URL) -> Iterator[Services]:
+    """A new PostgreSQL database, migrated, and two queue names of this run's own; all removed afterwards."""
+    if not _reachable(pg_admin_url, 5432):
+        raise ServicesUnavailable(f"PostgreSQL is not reachable at {urlsplit(pg_admin_url).netloc}")
+    if not _reachable(redis_url, 6379):
+        raise ServicesUnavailable(f"Redis is not reachable at {urlsplit(redis_url).netloc}")
+    import psycopg
+
+    from inferq import migrate
+
+    tag = uuid.uuid4().hex[:10]
+    name = f"inferq_bench_{tag}"
+    try:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        raise ServicesUnavailable(f"PostgreSQL refused a connection: {exc}") from exc
+    base, _, _ = pg_admin_url.rpartition("/")
+    services = Services(f"{base}/{name}", redis_url, f"inferq-bench-{tag}", f"inferq-bench-{tag}-cold")
+    try:
+        migrate.upgrade(Settings(database_url=services.database_url))
+        yield services
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_queues(redis_url, [services.queue, services.cold_queue])
+
+
+def _drop_queues(redis_url: str, queues: Sequence[str]) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    try:
+        for q in queues:
+            keys = [*r.scan_iter(match=f"{q}*"), *r.scan_iter(match=f"_kombu.binding.{q}*")]
+            if keys:
+                r.delete(*keys)
+    finally:
+        r.close()
+
+
+def worker_env(services: Services, models_json: str) -> dict[str, str]:
+    return {
+        "INFERQ_DATABASE_URL": services.database_url,
+        "INFERQ_BROKER_URL": services.redis_url,
+        "INFERQ_MODELS": models_json,
+        "INFERQ_DEFAULT_QUEUE": services.queue,
+        "INFERQ_LOG_LEVEL": "INFO",
+    }
+
+
+def client_settings(env: dict[str, str]) -> Settings:
+    import json
+
+    return Settings(
+        database_url=env["INFERQ_DATABASE_URL"],
+        broker_url=env["INFERQ_BROKER_URL"],
+        models=json.loads(env["INFERQ_MODELS"]),
+        default_queue=env["INFERQ_DEFAULT_QUEUE"],
+    )
+
+
+@contextmanager
+def worker_process(
+    env: dict[str, str], log_path: Path, preload: Sequence[str], ready_timeout: float = 300
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``inferq worker --models PRELOAD`` (the default prefork pool, one child), until Celery says ready; the
+    process group is terminated afterwards."""
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inferq.cli", "worker", "--models", ",".join(preload)],
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while b" ready." not in log_path.read_bytes():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {proc.returncode}; log: {log_path}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"worker not ready after {ready_timeout}s; log: {log_path}")
+                time.sleep(0.2)
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+@dataclass
+class JobRun:
+    job_id: str
+    items: int
+    #: From the call to `Client.submit` to the job's ``finished_at``.
+    seconds: float
+    #: Of which `Client.submit` (validate, store, enqueue).
+    submit_seconds: float
+    state: str
+    succeeded: int
+    failed: int
+    peak_rss_mib: float | None = None
+    #: CPU seconds the worker tree spent meanwhile.
+    cpu_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_job(
+    client: Client,
+    task: TaskName,
+    model: str,
+    inputs: Sequence[dict[str, Any]],
+    params: dict[str, Any],
+    *,
+    worker_pid: int | None = None,
+    chunk_size: int | None = None,
+    timeout: float = 1800,
+) -> JobRun:
+    """Submit one job and poll its status until it is finished; sample the worker tree's RSS meanwhile."""
+    sampler = RssSampler(worker_pid, RSS_SAMPLE_SECONDS) if worker_pid is not None else None
+    if sampler is not None:
+        sampler.__enter__()
+    cpu = tree_cpu_seconds(worker_pid) if worker_pid is not None else None
+    try:
+        start, wall_start = time.perf_counter(), utcnow()
+        sub = client.submit(task, model, list(inputs), params, chunk_size=chunk_size)
+        submitted = time.perf_counter()
+        status = client.wait(sub.job_id, timeout=timeout, poll=POLL_SECONDS)
+        observed = time.perf_counter() - start
+        finished = status.finished_at
+        seconds = (finished - wall_start).total_seconds() if finished is not None else observed
+        if worker_pid is not None and cpu is not None:
+            # Also counts the idle worker until the poll saw the job finished: next to nothing.
+            cpu = tree_cpu_seconds(worker_pid) - cpu
+    finally:
+        if sampler is not None:
+            sampler.__exit__(None, None, None)
+    return JobRun(
+        sub.job_id,
+        sub.total,
+        seconds,
+        submitted - start,
+        status.state.value,
+        status.succeeded,
+        status.failed,
+        peak_rss_mib=mib(sampler.peak) if sampler is not None else None,
+        cpu_seconds=cpu,
+    )
+
+
+# -- memory across consecutive jobs -------------------------------------------------------------------------
+
+
+def memory_across_jobs(
+    client: Client,
+    task: TaskName,
+    model: str,
+    inputs: Sequence[dict[str, Any]],
+    params: dict[str, Any],
+    worker_pid: int,
+    jobs: int,
+) -> dict[str, Any]:
+    """Run ``jobs`` equal jobs one after the other; the worker tree's RSS after each and its peak during each."""
+    after: list[float] = []
+    peaks: list[float] = []
+    for _ in range(jobs):
+        run = run_job(client, task, model, inputs, params, worker_pid=worker_pid)
+        if run.state != JobState.SUCCEEDED.value:
+            raise RuntimeError(f"memory job {run.job_id} ended {run.state}")
+        time.sleep(0.3)  # the worker writes, acks and returns to idle
+        after.append(mib(tree_rss_bytes(worker_pid)))
+        peaks.append(run.peak_rss_mib or 0.0)
+    half = len(after) // 2
+    return {
+        "jobs": jobs,
+        "items_per_job": len(inputs),
+        "rss_after_mib": after,
+        "peak_during_mib": peaks,
+        # Growth: the second half's highest reading over the first half's highest (the first job may still
+        # grow caches and allocator pools legitimately).
+        "growth_mib": max(after[half:]) - max(after[:half]) if half else 0.0,
+        "growth_fraction": (max(after[half:]) - max(after[:half])) / max(after[:half]) if half else 0.0,
+    }
+
+
+# -- many small jobs ------------------------------------------------------------------------------------------
+
+
+def many_small_jobs(
+    client: Client,
+    task: TaskName,
+    model: str,
+    inputs: Sequence[dict[str, Any]],
+    params: dict[str, Any],
+    timeout: float = 1800,
+) -> dict[str, Any]:
+    """One one-item job per input, all submitted at once (back to back, from this process: on a small machine
+    the producer shares the CPU with the worker meanwhile), then waited for together. Times come from the
+    jobs' ``finished_at``."""
+    start, wall_start = time.perf_counter(), utcnow()
+    ids = [client.submit(task, model, [item], params).job_id for item in inputs]
+    submitted, wall_submitted = time.perf_counter(), utcnow()
+    deadline = time.monotonic() + timeout
+    done_when_submitted: int | None = None
+    while True:
+        with client.reader() as session:
+            done, ok, last = session.execute(
+                select(
+                    func.count(Job.id).filter(Job.state.in_(_FINISHED)),
+                    func.count(Job.id).filter(Job.state == JobState.SUCCEEDED.value),
+                    func.max(Job.finished_at),
+                ).where(Job.id.in_(ids))
+            ).one()
+        if done_when_submitted is None:
+            done_when_submitted = done
+        if done == len(ids):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{done} of {len(ids)} small jobs finished after {timeout}s")
+        time.sleep(POLL_SECONDS)
+    seconds = (last - wall_start).total_seconds() if last is not None else time.perf_counter() - start
+    drain = (last - wall_submitted).total_seconds() if last is not None else 0.0
+    left = len(ids) - (done_when_submitted or 0)
+    return {
+        "jobs": len(ids),
+        "seconds": seconds,
+        "submit_seconds": submitted - start,
+        "items_per_second": len(ids) / seconds,
+        "submits_per_second": len(ids) / (submitted - start),
+        # Once every job was submitted (the producer no longer shares the CPU): the worker's own rate.
+        "drain_jobs": left,
+        "drain_items_per_second": left / drain if left and drain > 0 else None,
+        "succeeded": ok,
+    }
+
+
+# -- submission and query scale ---------------------------------------------------------------------------------
+
+
+def submission_scale(
+    client: Client, model: str, rows: Sequence[dict[str, Any]], *, status_calls: int = 200, store_rounds: int = 2
+) -> dict[str, Any]:
+    """Submit ``rows`` as one job (to a model on the cold queue: it never runs); store the same rows again with
+    `store_job` and with `store_job_copy`, alternately, ``store_rounds`` times each (best of each reported); time
+    ``status`` on the big job against a 10-item job, interleaved; export the big job once its items carry
+    results."""
+    from bench.store import store_job_copy
+    from inferq import constants
+    from producer.client import store_job
+    from producer.export import write_jsonl
+    from producer.inputs import Limits, validate_rows
+
+    task = TaskName.CLASSIFICATION
+    params = {"top_k": 1, "function_to_apply": "default"}
+    n = len(rows)
+    out: dict[str, Any] = {"items": n}
+
+    # 1. The whole of Client.submit: validate every row, store in one transaction, enqueue the chunks.
+    start = time.perf_counter()
+    big = client.submit(task, model, list(rows), params)
+    out["submit_seconds"] = time.perf_counter() - start
+    out["submit_items_per_second"] = n / out["submit_seconds"]
+
+    # 2. The store alone, both ways, back to back on the same validated records (each commits its transaction).
+    limits = Limits(max_text_chars=client.settings.max_text_chars, max_items=max(n, client.settings.max_items))
+    start = time.perf_counter()
+    records = validate_rows(enumerate(rows, start=1), task, limits).records
+    out["validate_items_per_second"] = n / (time.perf_counter() - start)
+    queue = client.settings.queue_for(model)
+    stored: dict[str, str] = {}
+    best: dict[str, float] = {}
+    for how, store in [("executemany", store_job), ("copy", store_job_copy)] * store_rounds:
+        job_id = uuid.uuid4().hex
+        start = time.perf_counter()
+        with client.sessions.begin() as session:
+            store(session, job_id, task, model, params, records, constants.DEFAULT_CHUNK_SIZE, queue)
+        best[how] = max(best.get(how, 0.0), n / (time.perf_counter() - start))
+        stored[how] = job_id
+    out["store_rounds"] = store_rounds
+    out["store_executemany_items_per_second"] = best["executemany"]
+    out["store_copy_items_per_second"] = best["copy"]
+    out["copy_rows_equal"] = _same_items(client, stored["executemany"], stored["copy"])
+
+    # 3. status: one primary-key read, whatever the job's size.
+    small = client.submit(task, model, list(rows[:10]), params)
+    times: dict[str, list[float]] = {"big": [], "small": []}
+    for _ in range(status_calls):
+        for key, job_id in (("big", big.job_id), ("small", small.job_id)):
+            t = time.perf_counter()
+            client.status(job_id)
+            times[key].append(time.perf_counter() - t)
+    for key, values in times.items():
+        values.sort()
+        out[f"status_{key}_median_ms"] = 1000 * values[len(values) // 2]
+        out[f"status_{key}_p95_ms"] = 1000 * values[int(len(values) * 0.95)]
+
+    # 4. Export: give every item a result (one UPDATE, as if the job had run), then stream it out.
+    with client.sessions.begin() as session:
+        session.execute(
+            text(
+                "UPDATE items SET state = 'succeeded', label = CASE WHEN index % 3 = 0 THEN 'NEGATIVE' "
+                "ELSE 'POSITIVE' END, score = 0.5 + (index % 997) / 2000.0, finished_at = now(), "
+                "result = json_build_array(json_build_object('label', CASE WHEN index % 3 = 0 THEN 'NEGATIVE' "
+                "ELSE 'POSITIVE' END, 'score', 0.5 + (index % 997) / 2000.0)) WHERE job_id = :job"
+            ),
+            {"job": big.job_id},
+        )
+        session.execute(
+            text("UPDATE jobs SET state = 'succeeded', succeeded = total, finished_at = now() WHERE id = :job"),
+            {"job": big.job_id},
+        )
+    with open(os.devnull, "w", encoding="utf-8") as sink:
+        start = time.perf_counter()
+        exported = write_jsonl(client.results(big.job_id), sink)
+        out["export_seconds"] = time.perf_counter() - start
+    out["export_rows"] = exported
+    out["export_rows_per_second"] = exported / out["export_seconds"]
+    return out
+
+
+def _same_items(client: Client, a: str, b: str) -> bool:
+    """Whether two jobs hold the same items (index, id, input, state, attempts), compared in SQL."""
+    cols = (Item.index, Item.client_id, Item.input, Item.state, Item.attempts)
+    with client.reader() as session:
+        rows_a = session.execute(select(*cols).where(Item.job_id == a).order_by(Item.index)).all()
+        rows_b = session.execute(select(*cols).where(Item.job_id == b).order_by(Item.index)).all()
+    return [tuple(r) for r in rows_a] == [tuple(r) for r in rows_b]
