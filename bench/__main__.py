@@ -493,13 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         if system is not None and not args.skip_system:
             bench_worker_life(run, args, system, models[TaskName.CLASSIFICATION])
         if system is not None and not args.skip_scale:
-            from bench.system import submission_scale
-            from worker.tiny_models import corpus
+            from bench.system import scale_in_fresh_process
 
-            log.info("scale: %d items", args.scale_items)
-            run.scale = submission_scale(
-                system.client, system.cold_model, bench_inputs.scale_rows(corpus(), args.scale_items)
-            )
+            log.info("scale: %d items (in a fresh interpreter, as a producer runs: no torch)", args.scale_items)
+            run.scale = scale_in_fresh_process(system.client.settings, system.cold_model, args.scale_items)
 
     checks = targets(run, args)
     print(render(run, args, info, checks))

@@ -52,6 +52,8 @@ class Target:
     def line(self) -> str:
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[self.passed]
         value = "not measured" if self.value is None else _fmt_num(self.value)
+        if self.passed is False and value == _fmt_num(self.bound) and self.value is not None:
+            value = f"{self.value:.4f}"  # just short of the bound: show by how much
         tail = f"  ({self.detail})" if self.detail else ""
         return f"{verdict}  {self.name}: {value} (target {self.op} {_fmt_num(self.bound)}){tail}"
 

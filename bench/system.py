@@ -317,8 +317,8 @@ def submission_scale(
 ) -> dict[str, Any]:
     """Submit ``rows`` as one job (to a model on the cold queue: it never runs); store the same rows again with
     `store_job` and with `store_job_copy`, alternately, ``store_rounds`` times each (best of each reported); time
-    ``status`` on the big job against a 10-item job, interleaved; export the big job once its items carry
-    results."""
+    ``status`` on the big job against a 10-item job, interleaved; export the big job (best of three) once its
+    items carry results."""
     from bench.store import store_job_copy
     from inferq import constants
     from producer.client import store_job
@@ -384,10 +384,15 @@ def submission_scale(
             text("UPDATE jobs SET state = 'succeeded', succeeded = total, finished_at = now() WHERE id = :job"),
             {"job": big.job_id},
         )
-    with open(os.devnull, "w", encoding="utf-8") as sink:
-        start = time.perf_counter()
-        exported = write_jsonl(client.results(big.job_id), sink)
-        out["export_seconds"] = time.perf_counter() - start
+    # Best of three (each streams the whole job): one run is at the mercy of other load on a small machine.
+    seconds: list[float] = []
+    for _ in range(3):
+        with open(os.devnull, "w", encoding="utf-8") as sink:
+            start = time.perf_counter()
+            exported = write_jsonl(client.results(big.job_id), sink)
+            seconds.append(time.perf_counter() - start)
+    out["export_seconds"] = min(seconds)
+    out["export_seconds_runs"] = seconds
     out["export_rows"] = exported
     out["export_rows_per_second"] = exported / out["export_seconds"]
     return out
@@ -400,3 +405,22 @@ def _same_items(client: Client, a: str, b: str) -> bool:
         rows_a = session.execute(select(*cols).where(Item.job_id == a).order_by(Item.index)).all()
         rows_b = session.execute(select(*cols).where(Item.job_id == b).order_by(Item.index)).all()
     return [tuple(r) for r in rows_a] == [tuple(r) for r in rows_b]
+
+
+def scale_in_fresh_process(settings: Settings, model: str, n: int) -> dict[str, Any]:
+    """`submission_scale` in a new interpreter that imports the producer side only, as ``inferq submit`` and
+    ``inferq results`` do: in the benchmark's own process, with torch, transformers and a few models loaded,
+    Python's cyclic garbage collector walks a heap of millions of objects and the export ran ~25% slower."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result: dict[str, Any] = pool.apply(_scale_child, (settings.model_dump(mode="json"), model, n))
+    return result
+
+
+def _scale_child(settings: dict[str, Any], model: str, n: int) -> dict[str, Any]:
+    from bench.inputs import scale_rows
+    from worker.tiny_models import corpus
+
+    with Client(Settings(**settings)) as client:
+        return submission_scale(client, model, scale_rows(corpus(), n))

@@ -89,3 +89,7 @@ def test_paired_ratio_is_the_median_of_the_rounds_ratios() -> None:
     single = Measurement("classification", "engine", "bf16", 512, 4.0, 1, 1)
     assert paired_ratio(single, base) == pytest.approx(128.0 / 12.8)
     assert paired_ratio(single, None) is None
+
+
+def test_a_value_just_short_of_its_bound_shows_enough_digits() -> None:
+    assert Target("x", 3.9987, 4.0).line().startswith("FAIL  x: 3.9987 (target >= 4.00)")
