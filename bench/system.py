@@ -101,7 +101,9 @@ def _drop_queues(redis_url: str, queues: Sequence[str]) -> None:
     r = redis.Redis.from_url(redis_url)
     try:
         for q in queues:
-            keys = [*r.scan_iter(match=f"{q}*"), *r.scan_iter(match=f"_kombu.binding.{q}*")]
+            # The queue's list (and priority lists), and kombu's binding sets (``_kombu.binding.Q``, and
+            # ``_kombu.binding_permanent.Q`` in kombu 5.6+).
+            keys = [*r.scan_iter(match=f"{q}*"), *r.scan_iter(match=f"_kombu.binding*.{q}*")]
             if keys:
                 r.delete(*keys)
     finally:
