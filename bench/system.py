@@ -318,10 +318,9 @@ def submission_scale(
     client: Client, model: str, rows: Sequence[dict[str, Any]], *, status_calls: int = 200, store_rounds: int = 2
 ) -> dict[str, Any]:
     """Submit ``rows`` as one job (to a model on the cold queue: it never runs); store the same rows again with
-    `store_job` and with `store_job_copy`, alternately, ``store_rounds`` times each (best of each reported); time
+    `store_job` inserting and copying, alternately, ``store_rounds`` times each (best of each reported); time
     ``status`` on the big job against a 10-item job, interleaved; export the big job (best of three) once its
     items carry results."""
-    from bench.store import store_job_copy
     from inferq import constants
     from producer.client import store_job
     from producer.export import write_jsonl
@@ -346,11 +345,11 @@ def submission_scale(
     queue = client.settings.queue_for(model)
     stored: dict[str, str] = {}
     best: dict[str, float] = {}
-    for how, store in [("executemany", store_job), ("copy", store_job_copy)] * store_rounds:
+    for how, copy in [("executemany", False), ("copy", True)] * store_rounds:
         job_id = uuid.uuid4().hex
         start = time.perf_counter()
         with client.sessions.begin() as session:
-            store(session, job_id, task, model, params, records, constants.DEFAULT_CHUNK_SIZE, queue)
+            store_job(session, job_id, task, model, params, records, constants.DEFAULT_CHUNK_SIZE, queue, copy=copy)
         best[how] = max(best.get(how, 0.0), n / (time.perf_counter() - start))
         stored[how] = job_id
     out["store_rounds"] = store_rounds

@@ -366,8 +366,13 @@ def store_job(
     records: list[InputRecord],
     chunk_size: int,
     queue: str,
+    *,
+    copy: bool | None = None,
 ) -> None:
-    """Insert the job, its chunks and its items (flushed, not committed: the caller's transaction decides)."""
+    """Insert the job, its chunks and its items (flushed, not committed: the caller's transaction decides).
+
+    ``copy``: stream the items with COPY (PostgreSQL only) or insert them in batches; ``None`` picks COPY on
+    PostgreSQL."""
     total = len(records)
     n_chunks = -(-total // chunk_size)
     session.add(
@@ -401,7 +406,9 @@ def store_job(
             for seq in range(n_chunks)
         ],
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if copy is None:
+        copy = session.get_bind().dialect.name == "postgresql"
+    if copy:
         _copy_items(session, job_id, records)
         return
     for start in range(0, total, constants.INSERT_BATCH_ROWS):

@@ -24,7 +24,7 @@ TRICKY = [
 ]
 
 
-def round_trip(settings: Settings) -> None:
+def round_trip(settings: Settings, copy: bool | None = None) -> None:
     engine = make_engine(settings)
     sessions = make_sessionmaker(engine)
     job_id = uuid.uuid4().hex
@@ -33,7 +33,7 @@ def round_trip(settings: Settings) -> None:
         for i, t in enumerate(TRICKY * 50)
     ]
     with sessions.begin() as session:
-        store_job(session, job_id, TaskName.CLASSIFICATION, "m", {"top_k": 1}, records, 64, "q")
+        store_job(session, job_id, TaskName.CLASSIFICATION, "m", {"top_k": 1}, records, 64, "q", copy=copy)
     with sessions() as session:
         items = session.execute(
             select(Item.index, Item.client_id, Item.input, Item.state).where(Item.job_id == job_id).order_by(Item.index)
@@ -52,5 +52,6 @@ def test_sqlite_stores_every_input_exactly(sqlite_settings: Settings) -> None:
 
 
 @pytest.mark.services
-def test_postgres_copy_stores_every_input_exactly(migrated_postgres: str) -> None:
-    round_trip(Settings(database_url=migrated_postgres))
+@pytest.mark.parametrize("copy", [None, False], ids=["copy-by-default", "insert"])
+def test_postgres_stores_every_input_exactly(migrated_postgres: str, copy: bool | None) -> None:
+    round_trip(Settings(database_url=migrated_postgres), copy)
