@@ -323,7 +323,7 @@ def submission_scale(
     items carry results."""
     from inferq import constants
     from producer.client import store_job
-    from producer.export import write_jsonl
+    from producer.export import export_jsonl
     from producer.inputs import Limits, validate_rows
 
     task = TaskName.CLASSIFICATION
@@ -390,7 +390,8 @@ def submission_scale(
     for _ in range(3):
         with open(os.devnull, "w", encoding="utf-8") as sink:
             start = time.perf_counter()
-            exported = write_jsonl(client.results(big.job_id), sink)
+            with client.reader() as session:
+                exported = export_jsonl(session, big.job_id, sink)
             seconds.append(time.perf_counter() - start)
     out["export_seconds"] = min(seconds)
     out["export_seconds_runs"] = seconds

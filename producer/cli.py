@@ -157,17 +157,18 @@ def results(
     job_id: str, fmt: str, output: str | None, label: str | None, min_score: float | None, failed: bool
 ) -> None:
     """Stream a job's results in input order."""
-    from producer.export import write_csv, write_jsonl
+    from producer.export import export_jsonl, write_csv
 
     with _client() as client:
         job = client.status(job_id)
-        rows = client.results(job_id, label=label, min_score=min_score, failed=failed)
         out: TextIO
         with open(output, "w", encoding="utf-8", newline="") if output else _stdout() as out:
             if fmt == "csv":
+                rows = client.results(job_id, label=label, min_score=min_score, failed=failed)
                 write_csv(rows, out, TaskName(job.task))
             else:
-                write_jsonl(rows, out)
+                with client.reader() as session:
+                    export_jsonl(session, job_id, out, label=label, min_score=min_score, failed=failed)
 
 
 class _stdout:

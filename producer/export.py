@@ -1,6 +1,11 @@
 """Streaming export of results as JSONL or CSV: one row written per row read, whatever the job's size.
 
-JSONL holds each row's `ResultRow.to_json`: ``{"index", "id", "status", "result", "error"}``.
+JSONL holds each row's `ResultRow.to_json`: ``{"index", "id", "status", "result", "error"}``. `export_jsonl` (what
+``inferq results`` runs) reads a job's items itself and writes each stored result as the JSON text the database
+holds, never decoding it: decoding and re-encoding it took ~40% of an export. Its lines parse to exactly what
+`write_jsonl` writes for `Client.results` rows; only the result's spelling may differ, as stored (SQLAlchemy's
+``json.dumps`` writes ``", "`` and ``": "`` between items and escapes non-ASCII characters as ``\\uXXXX``).
+
 CSV flattens the top result into typed columns for spreadsheets, and keeps the full result as JSON in its last column:
 
 =========================  =========================================================================
@@ -23,6 +28,13 @@ from collections.abc import Iterable
 from operator import attrgetter
 from typing import TextIO
 
+from sqlalchemy import Text, cast, select
+from sqlalchemy.orm import Session
+
+from inferq import constants
+from inferq.errors import JobNotFound
+from inferq.schema import Item, Job
+from inferq.states import ItemState
 from inferq.tasks import TaskName
 from producer.results import ResultRow
 
@@ -49,6 +61,62 @@ def write_jsonl(rows: Iterable[ResultRow], out: TextIO) -> int:
     for row in rows:
         write(encode(row.to_json()) + "\n")
         n += 1
+    return n
+
+
+def export_jsonl(
+    session: Session,
+    job_id: str,
+    out: TextIO,
+    *,
+    label: str | None = None,
+    min_score: float | None = None,
+    failed: bool = False,
+    state: ItemState | None = None,
+) -> int:
+    """Stream the job's items in input order, filtered in SQL as `Client.results` filters them, as `write_jsonl`
+    lines; return how many were written. Raises `JobNotFound`.
+
+    Each result is read as its stored JSON text (the database's own ``json`` text on PostgreSQL, the column's
+    text on SQLite) and written as it is, without decoding: the line parses to the same values in the same order
+    as the decoded row's."""
+    if session.get(Job, job_id) is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    # The filters of `Client.results`, on the columns of `ResultRow.to_json` only.
+    query = (
+        select(Item.index, Item.client_id, Item.state, cast(Item.result, Text), Item.error_code, Item.error_message)
+        .where(Item.job_id == job_id)
+        .order_by(Item.index)
+    )
+    if label is not None:
+        query = query.where(Item.label == label)
+    if min_score is not None:
+        query = query.where(Item.score >= min_score)
+    if failed:
+        query = query.where(Item.state == ItemState.FAILED.value)
+    if state is not None:
+        query = query.where(Item.state == state.value)
+    # On the session's connection: a Core result skips the ORM's per-row loading, which cost more than the rest.
+    rows = session.connection().execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
+    write = out.write
+    encode = _compact
+    statuses = {s.value: encode(s.value) for s in ItemState}
+    n = 0
+    for batch in rows.partitions():
+        lines = []
+        for index, client_id, status, result, code, message in batch:
+            if result is None:  # SQL NULL: no result yet (a stored JSON null arrives as the text "null")
+                result = "null"
+            elif "\n" in result or "\r" in result:
+                # JSON allows line breaks between tokens (inside a string it does not): they would split the line.
+                result = encode(json.loads(result))
+            error = "null" if code is None else f'{{"code":{encode(code)},"message":{encode(message or "")}}}'
+            lines.append(
+                f'{{"index":{index},"id":{"null" if client_id is None else encode(client_id)},'
+                f'"status":{statuses.get(status) or encode(status)},"result":{result},"error":{error}}}\n'
+            )
+        write("".join(lines))
+        n += len(lines)
     return n
 
 
