@@ -15,6 +15,16 @@ MAX_CHUNK_SIZE = 10_000
 #: second on a CPU and fill a GPU.
 DEFAULT_MAX_BATCH_TOKENS = 8192
 
+#: Items a worker gathers into one run when the chunk it was sent is smaller: queued chunks of other jobs with the
+#: same task, model and parameters join it (1,000 one-item jobs run as a few full batches, not 1,000 forwards of
+#: one). One chunk's worth: the per-run overhead (a claim, a bulk write) is then as small as for large jobs.
+DEFAULT_COALESCE_ITEMS = DEFAULT_CHUNK_SIZE
+
+#: Seconds a chunk's own message waits before it looks again at a chunk that another worker's batch is running
+#: (doubling up to a minute). Its results are stored by that batch: the wait delays nothing a user sees.
+COALESCED_RECHECK_SECONDS = 5
+COALESCED_RECHECK_MAX_SECONDS = 60
+
 #: Most sequences per micro-batch, whatever their length.
 DEFAULT_MAX_BATCH_SIZE = 128
 

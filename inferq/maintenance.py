@@ -47,7 +47,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
 from inferq.errors import BrokerUnavailable, InvalidParameter
-from inferq.schema import Chunk, Item, Job, utcnow
+from inferq.schema import Chunk, Item, Job, as_utc, utcnow
 from inferq.settings import Settings, get_settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, JobState
 from inferq.tasks import RUN_CHUNK
@@ -119,10 +119,10 @@ def recover(
 
     lost: list[LostChunk] = []
     for r in rows:
-        if r.state == ChunkState.RUNNING.value and (r.lease_until is None or _aware(r.lease_until) < now):
+        if r.state == ChunkState.RUNNING.value and (r.lease_until is None or as_utc(r.lease_until) < now):
             lost.append(LostChunk(r.job_id, r.seq, r.queue, "lease_expired"))
     waiting = [
-        r for r in rows if r.state == ChunkState.QUEUED.value and _aware(r.enqueued_at or r.created_at) <= cutoff
+        r for r in rows if r.state == ChunkState.QUEUED.value and as_utc(r.enqueued_at or r.created_at) <= cutoff
     ]
     never = [r for r in waiting if r.enqueued_at is None]
     lost += [LostChunk(r.job_id, r.seq, r.queue, "never_enqueued") for r in never]
@@ -187,7 +187,7 @@ def _requeue(sessions: sessionmaker[Session], celery: Celery, chunk: LostChunk, 
                 update(Chunk)
                 .where(*key, Chunk.state == ChunkState.RUNNING.value)
                 .where((Chunk.lease_until.is_(None)) | (Chunk.lease_until < now))
-                .values(state=ChunkState.QUEUED.value, lease_until=None, worker=None, enqueued_at=now)
+                .values(state=ChunkState.QUEUED.value, lease_until=None, worker=None, leader=None, enqueued_at=now)
             )
         else:
             claimed = session.execute(
@@ -377,11 +377,6 @@ def parse_age(text: str) -> dt.timedelta:
     if match is None:
         raise InvalidParameter(f"{text!r} is not an age such as 30d, 12h, 90m, 45s or 3600", field="older_than")
     return dt.timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-
-
-def _aware(t: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t
 
 
 # -- commands -----------------------------------------------------------------------------------------------------

@@ -35,6 +35,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A stored time, zone-aware: SQLite hands timestamps back naive, and every stored time is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
 class Job(Base):
     __tablename__ = "jobs"
 
@@ -57,6 +62,10 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
+    #: `inferq.tasks.batch_key` of (task, model, params): jobs with equal keys share micro-batches on a worker.
+    batch_key: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_jobs_batch_key_state", "batch_key", "state"),)
 
 
 class Chunk(Base):
@@ -74,6 +83,9 @@ class Chunk(Base):
     worker: Mapped[str | None] = mapped_column(String(255))
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: While running as a batch-mate: the chunk (``"job_id/seq"``) whose claim took it into its batch. The
+    #: chunk's own message, delivered meanwhile, then leaves it to that batch (see `worker.runner`).
+    leader: Mapped[str | None] = mapped_column(String(48))
 
     __table_args__ = (Index("ix_chunks_state_lease", "state", "lease_until"),)
 

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     default_queue: str = constants.DEFAULT_QUEUE
     chunk_size: int = Field(constants.DEFAULT_CHUNK_SIZE, ge=1, le=constants.MAX_CHUNK_SIZE)
     max_batch_tokens: int = Field(constants.DEFAULT_MAX_BATCH_TOKENS, ge=16)
+    #: A worker sent a chunk with fewer items than this runs queued chunks of other jobs with the same task,
+    #: model and parameters with it, up to this many items; 0 turns coalescing off.
+    coalesce_items: int = Field(constants.DEFAULT_COALESCE_ITEMS, ge=0, le=constants.MAX_CHUNK_SIZE)
     max_batch_size: int = Field(constants.DEFAULT_MAX_BATCH_SIZE, ge=1)
     visibility_timeout: int = Field(constants.DEFAULT_VISIBILITY_TIMEOUT, ge=60)
     lease_seconds: int = Field(constants.DEFAULT_LEASE_SECONDS, ge=10)

@@ -5,6 +5,8 @@ Shared by the producer (which validates what it stores) and the worker (which re
 
 from __future__ import annotations
 
+import hashlib
+import json
 from enum import Enum
 from typing import Any, Literal
 
@@ -119,6 +121,14 @@ def validate_params(task: TaskName, raw: dict[str, Any]) -> dict[str, Any]:
             msg = f"unknown parameter for {task.value} (known: {known})"
         raise InvalidParameter(f"parameter {loc}: {msg}", field=loc) from None
     return params.model_dump(mode="json")
+
+
+def batch_key(task: TaskName, model: str, params: dict[str, Any]) -> str:
+    """What decides whether two jobs' items may share a forward pass: the same task, model name and complete
+    parameters. Stored on the job (`Job.batch_key`), so that a worker finds other jobs' queued chunks it can run
+    in one batch with an indexed equality, whatever the database's JSON support."""
+    canonical = json.dumps([task.value, model, params], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def parse_task(value: str) -> TaskName:

@@ -31,7 +31,7 @@ from inferq.models import mask_tokens, resolve_model
 from inferq.schema import Chunk, Item, Job, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
-from inferq.tasks import RUN_CHUNK, TaskName, parse_task, validate_params
+from inferq.tasks import RUN_CHUNK, TaskName, batch_key, parse_task, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
 from producer.results import ResultRow
 
@@ -389,6 +389,7 @@ def store_job(
             succeeded=0,
             failed=0,
             created_at=utcnow(),
+            batch_key=batch_key(task, model, params),
         )
     )
     session.flush()
