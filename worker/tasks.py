@@ -19,9 +19,10 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError
 
+from inferq import constants
 from inferq.errors import TransientError
 from inferq.tasks import RUN_CHUNK
-from worker.runner import HANDED_BACK, Runner, is_transient_db_error
+from worker.runner import DEFERRED, HANDED_BACK, Runner, is_transient_db_error
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,14 @@ def register_tasks(app: Celery, get_runner: Callable[[], Runner]) -> None:
             countdown = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** int(retries))
             log.warning("job %s chunk %s: %s; retrying in %ss", job_id, seq, type(exc).__name__, countdown)
             raise self.retry(exc=exc, countdown=countdown) from exc
+        if report.outcome == DEFERRED:
+            # Another worker's batch is running this chunk: look again later. The retry is a new message on the
+            # broker before this one is acknowledged, so the chunk always has a message until it is done.
+            retries = int(self.request.retries or 0)
+            countdown = min(
+                constants.COALESCED_RECHECK_MAX_SECONDS, constants.COALESCED_RECHECK_SECONDS * 2 ** min(retries, 8)
+            )
+            raise self.retry(countdown=countdown)
         if report.outcome == HANDED_BACK:
             log.warning("job %s chunk %s: handed back to the broker (worker shutting down)", job_id, seq)
             raise Reject(f"job {job_id} chunk {seq} handed back at shutdown", requeue=True)

@@ -61,6 +61,19 @@ class Record:
             session.expunge_all()
             return rows
 
+    def batches(self, job_ids: list[str]) -> dict[str, int]:
+        """Running batches among these jobs' chunks: leader (``job_id/seq``) → batch-mates running under it."""
+        from sqlalchemy import func
+        from sqlalchemy.orm import Session
+
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(Chunk.leader, func.count())
+                .where(Chunk.job_id.in_(job_ids), Chunk.state == "running", Chunk.leader.is_not(None))
+                .group_by(Chunk.leader)
+            ).all()
+        return {leader: n for leader, n in rows}
+
     def running_chunk(self, job_id: str) -> Chunk | None:
         return next((c for c in self.chunks(job_id) if c.state == "running"), None)
 

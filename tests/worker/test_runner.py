@@ -10,49 +10,14 @@ import pytest
 from sqlalchemy import func, select
 
 from inferq.db import make_engine, make_sessionmaker
-from inferq.schema import Chunk, Item, Job
+from inferq.schema import Chunk, Item
 from inferq.settings import Settings
-from inferq.tasks import TaskName
-from producer.client import store_job
-from producer.inputs import InputRecord
 from tests.reference import assert_same_labels, classification_reference
-from worker.registry import ModelRegistry
+from tests.worker.jobs import a_job, job_row
 from worker.runner import Runner
 from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture
-def settings(migrated_postgres: str, registry_json: str) -> Settings:
-    import json
-
-    return Settings(database_url=migrated_postgres, models=json.loads(registry_json), max_batch_tokens=1024)
-
-
-@pytest.fixture
-def runner(settings: Settings) -> Any:
-    engine = make_engine(settings)
-    yield Runner(settings, make_sessionmaker(engine), ModelRegistry(settings), worker="test")
-    engine.dispose()
-
-
-def a_job(runner: Runner, model: str, texts: list[str], chunk_size: int, **params: Any) -> str:
-    import uuid
-
-    job_id = uuid.uuid4().hex
-    records = [InputRecord(line=i + 1, client_id=str(i), data={"text": t}) for i, t in enumerate(texts)]
-    full = {"top_k": 1, "function_to_apply": "default", **params}
-    with runner.sessions.begin() as session:
-        store_job(session, job_id, TaskName.CLASSIFICATION, model, full, records, chunk_size, "q")
-    return job_id
-
-
-def job_row(runner: Runner, job_id: str) -> Job:
-    with runner.sessions() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        return job
 
 
 def test_a_redelivered_chunk_writes_nothing_twice(runner: Runner, tiny_models: dict[str, Path]) -> None:

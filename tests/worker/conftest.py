@@ -1,0 +1,25 @@
+"""A runner in this process against the tests' PostgreSQL database, holding the tiny classification models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from inferq.db import make_engine, make_sessionmaker
+from inferq.settings import Settings
+from worker.registry import ModelRegistry
+from worker.runner import Runner
+
+
+@pytest.fixture
+def settings(migrated_postgres: str, registry_json: str) -> Settings:
+    return Settings(database_url=migrated_postgres, models=json.loads(registry_json), max_batch_tokens=1024)
+
+
+@pytest.fixture
+def runner(settings: Settings) -> Iterator[Runner]:
+    engine = make_engine(settings)
+    yield Runner(settings, make_sessionmaker(engine), ModelRegistry(settings), worker="test")
+    engine.dispose()
