@@ -33,7 +33,7 @@ from inferq.settings import ModelSpec, Settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.tasks import RUN_CHUNK, TaskName, batch_key, parse_task, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
-from producer.results import ResultRow
+from producer.results import ResultRow, item_filters
 
 
 @dataclass(frozen=True)
@@ -288,16 +288,10 @@ class Client:
             .where(Item.job_id == job_id)
             .order_by(Item.index)
         )
-        if label is not None:
-            query = query.where(Item.label == label)
-        if min_score is not None:
-            query = query.where(Item.score >= min_score)
-        if failed:
-            query = query.where(Item.state == ItemState.FAILED.value)
-        if state is not None:
-            query = query.where(Item.state == state.value)
+        query = query.where(*item_filters(label=label, min_score=min_score, failed=failed, state=state))
         with self.reader() as session:
-            rows = session.execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
+            # A Core result on the session's connection: the ORM's per-row loading would cost more than the rest.
+            rows = session.connection().execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
             for r in rows:
                 yield ResultRow(
                     index=r[0],

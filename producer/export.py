@@ -36,7 +36,7 @@ from inferq.errors import JobNotFound
 from inferq.schema import Item, Job
 from inferq.states import ItemState
 from inferq.tasks import TaskName
-from producer.results import ResultRow
+from producer.results import ResultRow, item_filters
 
 #: Per task: the CSV columns between ``status`` and ``error_code``, and the `ResultRow` attribute of each.
 CSV_TASK_COLUMNS: dict[TaskName, tuple[tuple[str, str], ...]] = {
@@ -82,20 +82,13 @@ def export_jsonl(
     as the decoded row's."""
     if session.get(Job, job_id) is None:
         raise JobNotFound(f"no job {job_id!r}")
-    # The filters of `Client.results`, on the columns of `ResultRow.to_json` only.
+    # The columns of `ResultRow.to_json` only.
     query = (
         select(Item.index, Item.client_id, Item.state, cast(Item.result, Text), Item.error_code, Item.error_message)
         .where(Item.job_id == job_id)
         .order_by(Item.index)
     )
-    if label is not None:
-        query = query.where(Item.label == label)
-    if min_score is not None:
-        query = query.where(Item.score >= min_score)
-    if failed:
-        query = query.where(Item.state == ItemState.FAILED.value)
-    if state is not None:
-        query = query.where(Item.state == state.value)
+    query = query.where(*item_filters(label=label, min_score=min_score, failed=failed, state=state))
     # On the session's connection: a Core result skips the ORM's per-row loading, which cost more than the rest.
     rows = session.connection().execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
     write = out.write

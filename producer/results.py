@@ -15,7 +15,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
+from sqlalchemy import ColumnElement
+
+from inferq.schema import Item
+from inferq.states import ItemState
 from inferq.tasks import TaskName
+
+
+def item_filters(
+    *,
+    label: str | None = None,
+    min_score: float | None = None,
+    failed: bool = False,
+    state: ItemState | None = None,
+) -> list[ColumnElement[bool]]:
+    """The result filters (`Client.results`, ``inferq results``), as SQL criteria on the typed columns."""
+    criteria: list[ColumnElement[bool]] = []
+    if label is not None:
+        criteria.append(Item.label == label)
+    if min_score is not None:
+        criteria.append(Item.score >= min_score)
+    if failed:
+        criteria.append(Item.state == ItemState.FAILED.value)
+    if state is not None:
+        criteria.append(Item.state == state.value)
+    return criteria
 
 
 @dataclass(frozen=True, slots=True)
