@@ -545,9 +545,9 @@ def start_system(
         private_services,
         run_job,
         worker_env,
-        worker_process,
     )
     from producer.client import Client
+    from worker.process import running_worker
 
     try:
         services = stack.enter_context(private_services())
@@ -565,7 +565,9 @@ def start_system(
         logs = Path(tempfile.mkdtemp(prefix="inferq-bench-"))  # kept: the worker's log, for a look afterwards
         preload = [TASK_MODEL[t] for t in args.task_list]
         log.info("starting a worker (preloading %s)", ", ".join(preload))
-        worker = stack.enter_context(worker_process(env, logs / "worker.log", preload))
+        worker = stack.enter_context(
+            running_worker(env, logs / "worker.log", "--models", ",".join(preload), ready_timeout=300)
+        )
         pid = worker.pid
         run.worker_log = str(logs / "worker.log")
         # Ready is said before the pool's process has loaded its models: wait for that on one small job each.

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -129,40 +125,6 @@ def client_settings(env: dict[str, str]) -> Settings:
         models=json.loads(env["INFERQ_MODELS"]),
         default_queue=env["INFERQ_DEFAULT_QUEUE"],
     )
-
-
-@contextmanager
-def worker_process(
-    env: dict[str, str], log_path: Path, preload: Sequence[str], ready_timeout: float = 300
-) -> Iterator[subprocess.Popen[bytes]]:
-    """``inferq worker --models PRELOAD`` (the default prefork pool, one child), until Celery says ready; the
-    process group is terminated afterwards."""
-    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inferq.cli", "worker", "--models", ",".join(preload)],
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + ready_timeout
-            while b" ready." not in log_path.read_bytes():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"worker exited with {proc.returncode}; log: {log_path}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"worker not ready after {ready_timeout}s; log: {log_path}")
-                time.sleep(0.2)
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 from inferq.settings import Settings
 from producer.client import Client
 from tests.reference import assert_same_labels, classification_reference
-from tests.support.worker_process import running_worker
+from worker.process import running_worker
 from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services

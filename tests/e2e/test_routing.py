@@ -16,7 +16,7 @@ import redis
 
 from inferq.settings import Settings
 from producer.client import Client
-from tests.support.worker_process import running_worker
+from worker.process import running_worker
 
 pytestmark = pytest.mark.services
 

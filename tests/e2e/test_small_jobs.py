@@ -12,7 +12,8 @@ import pytest
 
 from tests.reference import assert_same_labels, classification_reference
 from tests.support.jobs import client_for, sentences, worker_env
-from tests.support.worker_process import running_worker, worker_log
+from tests.support.worker_process import worker_log
+from worker.process import running_worker
 
 pytestmark = pytest.mark.services
 

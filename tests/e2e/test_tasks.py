@@ -25,7 +25,7 @@ from tests.reference import (
     fill_mask_reference,
     token_classification_reference,
 )
-from tests.support.worker_process import running_worker
+from worker.process import running_worker
 from worker.tiny_models import build_model, corpus
 
 pytestmark = pytest.mark.services

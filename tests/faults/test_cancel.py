@@ -13,7 +13,8 @@ import pytest
 from tests.support.brokers import PrivateRedis
 from tests.support.jobs import client_for, inferq_cli, sentences, worker_env
 from tests.support.records import Record, wait_for
-from tests.support.worker_process import running_worker, worker_log
+from tests.support.worker_process import worker_log
+from worker.process import running_worker
 
 pytestmark = pytest.mark.services
 

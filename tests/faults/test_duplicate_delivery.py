@@ -13,7 +13,7 @@ import pytest
 from tests.support.jobs import client_for, sentences, worker_env
 from tests.support.records import Record, wait_for
 from tests.support.worker_process import worker_log
-from tests.support.workers import running_workers
+from worker.process import running_workers
 
 pytestmark = pytest.mark.services
 

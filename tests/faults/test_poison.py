@@ -23,7 +23,8 @@ from tests.reference import assert_same_labels, classification_reference
 from tests.support.brokers import PrivateRedis, ready_messages
 from tests.support.jobs import client_for, pid_of, sentences, worker_env
 from tests.support.records import Record, wait_for
-from tests.support.worker_process import running_worker, worker_log
+from tests.support.worker_process import worker_log
+from worker.process import running_worker
 from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services

@@ -14,7 +14,7 @@ import pytest
 from tests.reference import assert_same_labels, classification_reference
 from tests.support.brokers import delete_queue, ready_messages, require_amqp
 from tests.support.jobs import inferq_cli, sentences, worker_env
-from tests.support.worker_process import running_worker
+from worker.process import running_worker
 
 pytestmark = pytest.mark.services
 

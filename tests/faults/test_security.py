@@ -28,7 +28,8 @@ from producer.inputs import InputRecord
 from tests.support.brokers import PrivateRedis, private_redis, ready_messages
 from tests.support.jobs import inferq_cli, sentences, worker_env
 from tests.support.records import Record, wait_for
-from tests.support.worker_process import running_worker, worker_log
+from tests.support.worker_process import worker_log
+from worker.process import running_worker
 from worker.registry import ModelRegistry
 from worker.runner import Runner
 

@@ -17,8 +17,7 @@ import pytest
 
 from tests.support.jobs import client_for, pid_of, sentences, worker_env
 from tests.support.records import Record, wait_for
-from tests.support.worker_process import running_worker
-from tests.support.workers import running_workers
+from worker.process import running_worker, running_workers
 
 pytestmark = pytest.mark.services
 

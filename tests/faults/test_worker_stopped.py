@@ -18,7 +18,8 @@ import pytest
 from tests.support.brokers import ready_messages
 from tests.support.jobs import client_for, sentences, worker_env
 from tests.support.records import Record, wait_for
-from tests.support.worker_process import running_worker, worker_log
+from tests.support.worker_process import worker_log
+from worker.process import running_worker
 
 pytestmark = pytest.mark.services
 

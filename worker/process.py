@@ -1,0 +1,83 @@
+"""Real ``inferq worker`` processes started from Python and stopped again: what the benchmark and the tests run
+(and what a script supervising its own workers can use). Each process gets a process group of its own, so that
+stopping it reaches its pool too."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+#: What Celery logs (at INFO) once a worker consumes.
+_READY = b" ready."
+
+#: Log characters quoted in an error about a worker that did not start.
+_LOG_TAIL = 5_000
+
+
+@contextmanager
+def running_workers(
+    env: dict[str, str],
+    logs: Sequence[Path],
+    *args: str,
+    cwd: Path | None = None,
+    ready_timeout: float = 120,
+    stop_timeout: float = 60,
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start one ``inferq worker ARGS`` per log path (``-n w<i>@%h`` when there are several), with ``env`` over
+    this process's environment; wait until every one says it is ready (started side by side: each boots in
+    seconds); stop them afterwards: SIGTERM to each group (a warm shutdown), SIGKILL after ``stop_timeout``."""
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    with ExitStack() as files:
+        procs = []
+        for i, path in enumerate(logs):
+            out = files.enter_context(open(path, "wb"))
+            names = ["-n", f"w{i}@%h"] if len(logs) > 1 else []
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "inferq.cli", "worker", *args, *names],
+                    env=full_env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=cwd,
+                    start_new_session=True,
+                )
+            )
+        try:
+            deadline = time.monotonic() + ready_timeout
+            for proc, path in zip(procs, logs, strict=True):
+                while _READY not in path.read_bytes():
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"worker exited with {proc.returncode}:\n{_tail(path)}")
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"worker not ready after {ready_timeout}s:\n{_tail(path)}")
+                    time.sleep(0.1)
+            yield procs
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=stop_timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+@contextmanager
+def running_worker(
+    env: dict[str, str], log_path: Path, *args: str, cwd: Path | None = None, ready_timeout: float = 120
+) -> Iterator[subprocess.Popen[bytes]]:
+    """One worker: `running_workers` with one log."""
+    with running_workers(env, [log_path], *args, cwd=cwd, ready_timeout=ready_timeout) as (proc,):
+        yield proc
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-_LOG_TAIL:]
