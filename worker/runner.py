@@ -5,7 +5,7 @@ Idempotent: a chunk that is already done writes nothing; an item gets a result o
 
 Coalescing. A chunk smaller than ``INFERQ_COALESCE_ITEMS`` (the last chunk of a job, a job of a few items) does
 not run alone: its claim also takes queued chunks of other jobs with the same task, model and parameters
-(`Job.batch_key`), locked with ``SKIP LOCKED`` so that concurrent workers take different ones, and the whole
+(`Job.batch_key`) routed to the same queue, locked with ``SKIP LOCKED`` so that concurrent workers take different ones, and the whole
 batch runs as one engine call (full micro-batches, one bulk write for all of it). The chunk whose message came
 leads the batch; each batch-mate records its leader (`Chunk.leader`). A batch-mate's own message is still on
 the broker, and stays responsible for it:
@@ -180,30 +180,22 @@ class Runner:
         seconds = time.perf_counter() - started
         succeeded, failed, complete = counts[0]
         outcome = DONE if complete else (HANDED_BACK if self.stopping() else STOPPED)
-        if mates:
-            log.info(
-                "job %s chunk %d: %s, %d succeeded, %d failed in %.2fs, in one batch with %d chunks of other jobs"
-                " (%d items, %d of their chunks done)",
-                job_id,
-                seq,
-                outcome,
-                succeeded,
-                failed,
-                seconds,
-                len(mates),
-                sum(len(c.indices) for c in claims),
-                sum(1 for _, _, done in counts[1:] if done),
-            )
-        else:
-            log.info(
-                "job %s chunk %d: %s, %d succeeded, %d failed in %.2fs",
-                job_id,
-                seq,
-                outcome,
-                succeeded,
-                failed,
-                seconds,
-            )
+        batch = (
+            f", in one batch with {len(mates)} chunks of other jobs ({sum(len(c.indices) for c in claims)} items,"
+            f" {sum(1 for _, _, done in counts[1:] if done)} of their chunks done)"
+            if mates
+            else ""
+        )
+        log.info(
+            "job %s chunk %d: %s, %d succeeded, %d failed in %.2fs%s",
+            job_id,
+            seq,
+            outcome,
+            succeeded,
+            failed,
+            seconds,
+            batch,
+        )
         return ChunkReport(job_id, seq, outcome, succeeded, failed, seconds, len(mates))
 
     def _write(
