@@ -5,9 +5,9 @@ Idempotent: a chunk that is already done writes nothing; an item gets a result o
 
 Coalescing. A chunk smaller than ``INFERQ_COALESCE_ITEMS`` (the last chunk of a job, a job of a few items) does
 not run alone: its claim also takes queued chunks of other jobs with the same task, model and parameters
-(`Job.batch_key`) routed to the same queue, locked with ``SKIP LOCKED`` so that concurrent workers take different ones, and the whole
-batch runs as one engine call (full micro-batches, one bulk write for all of it). The chunk whose message came
-leads the batch; each batch-mate records its leader (`Chunk.leader`). A batch-mate's own message is still on
+(`Job.batch_key`) routed to the same queue, locked with ``SKIP LOCKED`` so that concurrent workers take different
+ones, and the whole batch runs as one engine call (full micro-batches, one bulk write for all of it). The chunk
+whose message came leads the batch; each batch-mate records its leader (`Chunk.leader`). A batch-mate's own message is still on
 the broker, and stays responsible for it:
 
 * delivered while the batch runs (its lease is live): it is sent again a little later (``DEFERRED``), never
