@@ -72,3 +72,36 @@ def test_function_to_apply_matches_the_pipeline(
     reference = classification_reference(tiny_models["cls-roberta"], inputs, top_k=None, function_to_apply=function)
     for i, (o, want) in enumerate(zip(outcomes, reference, strict=True)):
         assert_same_labels(o.result, want, where=str(i))
+
+
+def test_a_batch_that_runs_out_of_device_memory_is_split_and_every_item_still_gets_its_result(
+    tiny_models: dict[str, Path], registry_json: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    # Given a model whose device holds at most 4 sequences at a time (a forward hook raises the error a CUDA
+    # device raises when a batch does not fit)
+    settings = Settings(models=json.loads(registry_json), max_batch_tokens=512, max_batch_size=16)
+    engine = ModelRegistry(settings).engine("cls-roberta", TaskName.CLASSIFICATION)
+    batch_sizes: list[int] = []
+
+    def device_memory(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        rows = int(kwargs["input_ids"].shape[0])
+        batch_sizes.append(rows)
+        if rows > 4:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of {rows}")
+
+    hook = engine.model.register_forward_pre_hook(device_memory, with_kwargs=True)
+    inputs = [{"text": t} for t in corpus()[:40]]
+    try:
+        # When 40 texts run, in micro-batches of up to 16
+        outcomes = engine.run(inputs, validate_params(TaskName.CLASSIFICATION, {"top_k": 2}))
+    finally:
+        hook.remove()
+
+    # Then the batches that did not fit were split down to ones that did, and every result equals the pipeline's
+    assert max(batch_sizes) > 4 and "out of memory" in caplog.text
+    reference = classification_reference(tiny_models["cls-roberta"], inputs, top_k=2)
+    for i, (o, want) in enumerate(zip(outcomes, reference, strict=True)):
+        assert o is not None and o.ok, i
+        assert_same_labels(o.result, want, where=f"oom[{i}]")
