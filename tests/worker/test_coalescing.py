@@ -264,3 +264,26 @@ def test_concurrent_leaders_take_disjoint_batch_mates(runner: Runner, settings: 
     rows = items_of(runner, jobs)
     assert [i.state for i in rows] == ["succeeded"] * 40 and {i.attempts for i in rows} == {1}
     assert all((job_row(runner, j).succeeded, job_row(runner, j).failed) == (1, 0) for j in jobs)
+
+
+def test_small_jobs_share_a_batch_on_the_embedded_sqlite_database(
+    sqlite_settings: Settings, registry_json: str, tiny_models: dict[str, Path]
+) -> None:
+    import json
+
+    # Given one-item jobs in the embedded default's SQLite database (no row locks there: the database is the lock)
+    settings = Settings(database_url=sqlite_settings.database_url, models=json.loads(registry_json))
+    engine = make_engine(settings)
+    lite = Runner(settings, make_sessionmaker(engine), ModelRegistry(settings), worker="lite")
+    texts = list(corpus()[800:812])
+    jobs = small_jobs(lite, "q", texts)
+
+    # When the first job's message runs, then the others'
+    first = lite.run_chunk(jobs[0], 0)
+    later = [lite.run_chunk(j, 0) for j in jobs[1:]]
+    engine.dispose()
+
+    # Then they ran as one batch, each with the pipeline's result
+    assert (first.outcome, first.mates) == ("done", 11)
+    assert {r.outcome for r in later} == {"skipped"}
+    assert_pipeline_results(lite, tiny_models, jobs, texts)
