@@ -131,6 +131,8 @@ class Run:
     scale: dict[str, Any] | None = None
     skipped: list[str] = field(default_factory=list)
     worker_log: str | None = None
+    #: `bench.report.machine_info`.
+    machine: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -324,6 +326,8 @@ def targets(run: Run, args: argparse.Namespace) -> list[Target]:
                 if dev
                 else ""
             ) + _cores(engine_p, base)
+            if precision == "bf16" and not run.machine.get("native_bf16", True):
+                detail += "; this CPU has no native bf16 (emulated; `auto` picks fp32 here)"
             out.append(
                 Target(
                     f"{t}: engine {precision} / {base_name}",
@@ -472,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     if TaskName.CLASSIFICATION not in needed and not (args.skip_system and args.skip_scale):
         needed.append(TaskName.CLASSIFICATION)  # memory, small jobs and scale use the classifier
     models = {task: ensure_model(args.models_dir, TASK_MODEL[task]) for task in needed}
-    run = Run()
+    run = Run(machine=info)
 
     with ExitStack() as stack:
         system: System | None = None

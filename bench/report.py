@@ -158,6 +158,9 @@ def machine_info() -> dict[str, Any]:
             info[lib] = __import__(lib).__version__
         except ImportError:
             info[lib] = None
+    from worker.registry import cpu_has_native_bf16
+
+    info["native_bf16"] = cpu_has_native_bf16()
     try:
         import torch
 
@@ -172,7 +175,9 @@ def machine_line(info: dict[str, Any]) -> str:
     gpu = f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"
     load = info.get("load_average")
     return (
-        f"machine: {info['cpu']}, {info['cores']} cores{gpu}; torch {info.get('torch')} "
+        f"machine: {info['cpu']}, {info['cores']} cores{gpu}"
+        + ("" if info.get("native_bf16", True) else " (no native bf16: bf16 is emulated)")
+        + f"; torch {info.get('torch')} "
         f"({info.get('torch_threads')} threads), transformers {info.get('transformers')}, "
         f"tokenizers {info.get('tokenizers')}, Python {info['python']}; {info['date']}"
         + (f"; load average at start {load[0]}" if load else "")
