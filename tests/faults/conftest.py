@@ -52,6 +52,16 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path, queue_name: str) 
 
 
 @pytest.fixture
+def fault_env(
+    migrated_postgres: str, broker_url: str, queue_name: str, fault_registry: dict[str, Any]
+) -> dict[str, str]:
+    """The environment of this test's workers and client: the test's database, broker and queue, the slow model."""
+    from tests.support.jobs import worker_env
+
+    return worker_env(migrated_postgres, broker_url, queue_name, fault_registry)
+
+
+@pytest.fixture
 def record(migrated_postgres: str) -> Iterator[Record]:
     rec = Record(migrated_postgres)
     yield rec

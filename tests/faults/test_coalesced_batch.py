@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.jobs import client_for, pid_of, sentences, worker_env
+from tests.support.jobs import client_for, pid_of, sentences
 from tests.support.records import Record, wait_for
 from tests.support.worker_process import worker_log
 from worker.process import running_worker
@@ -22,20 +21,14 @@ JOBS = 200
 
 
 def test_a_pool_process_killed_mid_batch_loses_and_repeats_nothing(
-    tmp_path: Path,
-    migrated_postgres: str,
-    broker_url: str,
-    queue_name: str,
-    fault_registry: dict[str, Any],
-    record: Record,
+    tmp_path: Path, fault_env: dict[str, str], record: Record
 ) -> None:
     # Given 200 one-item jobs waiting for a worker that batches up to 256 items
-    env = worker_env(migrated_postgres, broker_url, queue_name, fault_registry)
-    with client_for(env) as client:
+    with client_for(fault_env) as client:
         jobs = [client.submit("classification", "slow", [row]).job_id for row in sentences(JOBS)]
 
         log_path = tmp_path / "worker.log"
-        with running_worker(env, log_path, "--models", "slow", "--concurrency", "2"):
+        with running_worker(fault_env, log_path, "--models", "slow", "--concurrency", "2"):
             # When the pool process leading the batch is SIGKILLed mid-batch
             def big_batch() -> str | None:
                 return next((lead for lead, mates in record.batches(jobs).items() if mates > 50), None)

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.jobs import client_for, sentences, worker_env
+from tests.support.jobs import client_for, sentences
 from tests.support.records import Record, wait_for
 from tests.support.worker_process import worker_log
 from worker.process import running_workers
@@ -22,16 +21,13 @@ CHUNK = 400
 
 def test_one_chunk_delivered_to_two_workers_at_once_gets_one_result_per_item(
     tmp_path: Path,
-    migrated_postgres: str,
-    broker_url: str,
+    fault_env: dict[str, str],
     queue_name: str,
-    fault_registry: dict[str, Any],
     record: Record,
 ) -> None:
     # Given two idle workers with their model loaded
-    env = worker_env(migrated_postgres, broker_url, queue_name, fault_registry)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    with running_workers(env, logs, "--models", "slow"), client_for(env) as client:
+    with running_workers(fault_env, logs, "--models", "slow"), client_for(fault_env) as client:
         wait_for(lambda: all("loaded slow" in worker_log(p) for p in logs), 60, "both workers to load the model")
 
         # When a job of one chunk is submitted and its message is published a second time

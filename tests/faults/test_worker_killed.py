@@ -26,18 +26,12 @@ CHUNK = 300
 
 
 def test_a_pool_process_killed_mid_chunk_hands_its_chunk_to_another(
-    tmp_path: Path,
-    migrated_postgres: str,
-    broker_url: str,
-    queue_name: str,
-    fault_registry: dict[str, Any],
-    record: Record,
+    tmp_path: Path, fault_env: dict[str, str], record: Record
 ) -> None:
     # Given a worker of two pool processes and a job of three chunks
-    env = worker_env(migrated_postgres, broker_url, queue_name, fault_registry)
     with (
-        running_worker(env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "2"),
-        client_for(env) as client,
+        running_worker(fault_env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "2"),
+        client_for(fault_env) as client,
     ):
         job_id = client.submit("classification", "slow", sentences(3 * CHUNK), chunk_size=CHUNK).job_id
 
