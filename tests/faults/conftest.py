@@ -62,6 +62,16 @@ def fault_env(
 
 
 @pytest.fixture
+def redis_env(
+    migrated_postgres: str, redis_server: PrivateRedis, queue_name: str, fault_registry: dict[str, Any]
+) -> dict[str, str]:
+    """`fault_env` on this test's private Redis (`redis_server`, which the test may restart or read)."""
+    from tests.support.jobs import worker_env
+
+    return worker_env(migrated_postgres, redis_server.url, queue_name, fault_registry)
+
+
+@pytest.fixture
 def record(migrated_postgres: str) -> Iterator[Record]:
     rec = Record(migrated_postgres)
     yield rec

@@ -7,16 +7,14 @@ covers malformed JSON, wrong types, unknown fields, empty text, unknown models a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from inferq.schema import Job
-from tests.support.brokers import PrivateRedis, ready_messages
-from tests.support.jobs import inferq_cli, worker_env
+from tests.support.brokers import ready_messages
+from tests.support.jobs import inferq_cli
 from tests.support.records import Record
 
 pytestmark = pytest.mark.services
@@ -76,17 +74,11 @@ CASES: dict[str, tuple[bytes, list[str], dict[str, str], list[str]]] = {
 }
 
 
-@pytest.fixture
-def env(
-    migrated_postgres: str, redis_server: PrivateRedis, queue_name: str, fault_registry: dict[str, Any]
-) -> Iterator[dict[str, str]]:
-    yield worker_env(migrated_postgres, redis_server.url, queue_name, fault_registry)
-
-
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_refused_naming_line_and_field_and_nothing_is_stored(
-    case: str, tmp_path: Path, env: dict[str, str], record: Record, queue_name: str
+    case: str, tmp_path: Path, redis_env: dict[str, str], record: Record, queue_name: str
 ) -> None:
+    env = redis_env
     content, args, settings, messages = CASES[case]
     source = tmp_path / "input"
     source.write_bytes(content)

@@ -38,14 +38,13 @@ def stall_after_a_redis_restart(record: Record, redis_server: PrivateRedis, job_
 
 def test_after_redis_restarts_empty_inferq_recover_completes_the_job(
     tmp_path: Path,
-    migrated_postgres: str,
     redis_server: PrivateRedis,
+    redis_env: dict[str, str],
     queue_name: str,
-    fault_registry: dict[str, Any],
     record: Record,
 ) -> None:
     # Given a worker (its reconciler off) computing a job of six chunks
-    env = worker_env(migrated_postgres, redis_server.url, queue_name, fault_registry)
+    env = redis_env
     with running_worker(env, tmp_path / "worker.log", "--models", "slow"), client_for(env) as client:
         job_id = client.submit("classification", "slow", sentences(CHUNKS * CHUNK), chunk_size=CHUNK).job_id
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.brokers import PrivateRedis
-from tests.support.jobs import client_for, inferq_cli, sentences, worker_env
+from tests.support.jobs import client_for, inferq_cli, sentences
 from tests.support.records import Record, wait_for
 from tests.support.worker_process import worker_log
 from worker.process import running_worker
@@ -23,15 +21,10 @@ CHUNK = 1000
 
 
 def test_cancel_stops_a_running_job_between_micro_batches_and_keeps_finished_results(
-    tmp_path: Path,
-    migrated_postgres: str,
-    redis_server: PrivateRedis,
-    queue_name: str,
-    fault_registry: dict[str, Any],
-    record: Record,
+    tmp_path: Path, redis_env: dict[str, str], record: Record
 ) -> None:
     # Given a worker computing the second chunk of a job of three
-    env = worker_env(migrated_postgres, redis_server.url, queue_name, fault_registry)
+    env = redis_env
     with running_worker(env, tmp_path / "worker.log", "--models", "slow"), client_for(env) as client:
         job_id = client.submit("classification", "slow", sentences(3 * CHUNK), chunk_size=CHUNK).job_id
         wait_for(

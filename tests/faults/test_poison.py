@@ -12,7 +12,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -108,15 +107,14 @@ def test_poison_items_fail_alone_and_their_neighbours_get_results(
 
 def test_a_chunk_that_kills_its_worker_every_time_is_given_up(
     tmp_path: Path,
-    migrated_postgres: str,
     redis_server: PrivateRedis,
+    redis_env: dict[str, str],
     queue_name: str,
-    fault_registry: dict[str, Any],
     record: Record,
 ) -> None:
     # Given a job of one chunk that already killed the worker that claimed it, all but twice of the allowed times
     # (counted on the chunk and its items, as claims count them: the kill tests show each claim counting one)
-    env = worker_env(migrated_postgres, redis_server.url, queue_name, fault_registry)
+    env = redis_env
     earlier = MAX_CHUNK_ATTEMPTS - 2
     with client_for(env) as client:
         job_id = client.submit("classification", "slow", sentences(400), chunk_size=400).job_id
