@@ -365,11 +365,7 @@ def claim_chunk(
                 seq,
                 released.rowcount,  # type: ignore[attr-defined]
             )
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == JobState.QUEUED.value)
-        .values(state=JobState.RUNNING.value, started_at=now)
-    )
+    start_jobs(session, [job_id], now)
     in_chunk = (Item.job_id == job_id, Item.index >= chunk.start, Item.index < chunk.stop)
     queued = Item.state == ItemState.QUEUED.value
     rows = session.execute(select(Item.index, Item.input).where(*in_chunk, queued).order_by(Item.index)).all()
@@ -390,8 +386,9 @@ def claim_chunk(
 
 def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: int, max_items: int) -> list[Claim]:
     """Take queued chunks of other jobs with the leader's batch key and queue into its batch, oldest jobs first,
-    never tried before, until the batch holds ``max_items`` items (the last one taken may overshoot). Chunks locked by another transaction are
-    skipped, not waited for. Nothing when the leader is full already, past its first attempt, or keyless."""
+    never tried before, until the batch holds ``max_items`` items (the last one taken may overshoot). Chunks
+    locked by another transaction are skipped, not waited for. Nothing when the leader is full already, past its
+    first attempt, or keyless."""
     room = max_items - len(lead.indices)
     if room <= 0 or lead.attempts != 1 or lead.batch_key is None:
         return []
@@ -435,11 +432,7 @@ def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: in
             leader=lead.key,
         )
     )
-    session.execute(
-        update(Job)
-        .where(Job.id.in_({j for j, _ in taken}), Job.state == JobState.QUEUED.value)
-        .values(state=JobState.RUNNING.value, started_at=now)
-    )
+    start_jobs(session, sorted({j for j, _ in taken}), now)
     rows = session.execute(
         select(Chunk.job_id, Chunk.seq, Item.index, Item.input)
         .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
@@ -554,6 +547,15 @@ def write_results(
             )
         finish_jobs_if_complete(session, sorted(per_job), now)
     return [counts.get(key, (0, 0, True)) for key in keys]
+
+
+def start_jobs(session: Session, job_ids: list[str], now: dt.datetime) -> None:
+    """A claimed chunk starts its job: ``queued`` jobs become ``running``."""
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.state == JobState.QUEUED.value)
+        .values(state=JobState.RUNNING.value, started_at=now)
+    )
 
 
 def keyed(job: Any, number: Any, keys: list[tuple[str, int]]) -> ColumnElement[bool]:
