@@ -164,9 +164,9 @@ def bench_task(
     system: System | None,
 ) -> None:
     """The task's rows, in interleaved rounds: each round runs the baseline at batch size 32 (the first two
-    rounds only: it is the slowest), the engine at every precision and the system at fp32, back to back, so that
+    rounds only: it is the slowest), then at every precision the engine and the system, back to back, so that
     a round's runs share the machine's load; the targets take the median of the rounds' paired ratios. The
-    baseline at batch size 1 (the reference results) and the system at reduced precision run once."""
+    baseline at batch size 1 (the reference results) runs once; ``--quick`` runs the system at fp32 only."""
     task = model.task
     rounds = args.rounds or (1 if args.quick else 3 if task is TaskName.CLASSIFICATION else 2)
     log.info("%s: %d items, %d round(s)", task.value, len(items), rounds)
@@ -197,7 +197,7 @@ def bench_task(
             m, out = run_engine(engine, model, items, precision, warm_up=r == 0)
             runs.setdefault(("engine", precision), []).append(m)
             results.setdefault(precision, out)
-            if system is not None and (precision == "fp32" or (r == 0 and not args.quick)):
+            if system is not None and (precision == "fp32" or not args.quick):
                 sm, stored = bench_system(system, engine, model, names[precision], items, precision, warm_up=r == 0)
                 runs.setdefault(("system", precision), []).append(sm)
                 if r == 0:
@@ -244,12 +244,12 @@ def bench_system(
     *,
     warm_up: bool = True,
 ) -> tuple[Measurement, list[Ranked | None]]:
-    from bench.inprocess import WARMUP_ITEMS
+    from bench.inprocess import warm_up_items
     from bench.system import run_job
 
     params = params_for(model.task)
     if warm_up:
-        warm = run_job(system.client, model.task, name, items[:WARMUP_ITEMS], params, worker_pid=system.worker_pid)
+        warm = run_job(system.client, model.task, name, warm_up_items(items), params, worker_pid=system.worker_pid)
         if warm.state != "succeeded":
             raise RuntimeError(f"warm-up job {warm.job_id} on {name} ended {warm.state}")
     job = run_job(system.client, model.task, name, items, params, worker_pid=system.worker_pid)
@@ -287,17 +287,18 @@ def targets(run: Run, args: argparse.Namespace) -> list[Target]:
         t = task.value
         base = next((m for m in ms if m.task == t and m.variant.endswith("bs=32")), None)
         engine32 = find(ms, t, "engine", "fp32")
-        system32 = find(ms, t, "system", "fp32")
         base_name = base.variant if base else "baseline"
-        if system32 is not None:
-            out.append(
-                Target(
-                    f"{t}: system / engine (fp32)",
-                    paired_ratio(system32, engine32),
-                    SYSTEM_OVER_ENGINE,
-                    detail=_cores(system32, engine32),
+        for precision in ["fp32", *args.precision_list]:
+            system_p, engine_p = find(ms, t, "system", precision), find(ms, t, "engine", precision)
+            if system_p is not None:
+                out.append(
+                    Target(
+                        f"{t}: system / engine ({precision})",
+                        paired_ratio(system_p, engine_p),
+                        SYSTEM_OVER_ENGINE,
+                        detail=_cores(system_p, engine_p),
+                    )
                 )
-            )
         out.append(
             Target(
                 f"{t}: engine / {base_name} (fp32)",

@@ -89,11 +89,14 @@ def padded_in_plan(lengths: Sequence[int] | np.ndarray, plan: Sequence[np.ndarra
 
 
 def tree_rss_bytes(pid: int) -> int:
-    """RSS of ``pid`` and all its descendants (0 once it is gone)."""
+    """RSS of ``pid`` and all its descendants (0 once it is gone): from ``/proc`` on Linux (a few small reads,
+    where psutil would scan every process for the tree), else with psutil."""
+    if Path("/proc/self/task").is_dir():
+        return sum(_proc_rss(p) for p in _proc_tree(pid))
     try:
         import psutil
     except ImportError:
-        return sum(_proc_rss(p) for p in _proc_tree(pid))
+        return 0
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
