@@ -176,7 +176,7 @@ def machine_line(info: dict[str, Any]) -> str:
     load = info.get("load_average")
     return (
         f"machine: {info['cpu']}, {info['cores']} cores{gpu}"
-        + ("" if info.get("native_bf16", True) else " (no native bf16: bf16 is emulated)")
+        + {True: ", native bf16", False: " (no native bf16: bf16 is emulated)"}.get(info.get("native_bf16"), "")
         + f"; torch {info.get('torch')} "
         f"({info.get('torch_threads')} threads), transformers {info.get('transformers')}, "
         f"tokenizers {info.get('tokenizers')}, Python {info['python']}; {info['date']}"

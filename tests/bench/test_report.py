@@ -68,6 +68,9 @@ def test_the_machine_line_names_cpu_cores_and_versions() -> None:
     line = machine_line(info)
     assert line.startswith("machine: ")
     assert f"{info['cores']} cores" in line and "torch" in line and "transformers" in line
+    assert ", native bf16" in machine_line({**info, "native_bf16": True})
+    assert "(no native bf16: bf16 is emulated)" in machine_line({**info, "native_bf16": False})
+    assert "bf16" not in machine_line({k: v for k, v in info.items() if k != "native_bf16"})
 
 
 def test_paired_ratio_is_the_median_of_the_rounds_ratios() -> None:
