@@ -33,7 +33,7 @@ from inferq.settings import ModelSpec, Settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.tasks import RUN_CHUNK, TaskName, batch_key, parse_task, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
-from producer.results import ResultRow, item_filters
+from producer.results import ResultRow, item_rows
 
 
 @dataclass(frozen=True)
@@ -270,28 +270,22 @@ class Client:
     ) -> Iterator[ResultRow]:
         """Stream the job's items in input order, filtered in SQL; never loads the job into memory."""
         task = TaskName(self.status(job_id).task)  # raises JobNotFound
-        query = (
-            select(
-                Item.index,
-                Item.client_id,
-                Item.state,
-                Item.result,
-                Item.error_code,
-                Item.error_message,
-                Item.label,
-                Item.score,
-                Item.answer,
-                Item.start_char,
-                Item.end_char,
-                Item.entity_count,
-            )
-            .where(Item.job_id == job_id)
-            .order_by(Item.index)
+        columns = (
+            Item.index,
+            Item.client_id,
+            Item.state,
+            Item.result,
+            Item.error_code,
+            Item.error_message,
+            Item.label,
+            Item.score,
+            Item.answer,
+            Item.start_char,
+            Item.end_char,
+            Item.entity_count,
         )
-        query = query.where(*item_filters(label=label, min_score=min_score, failed=failed, state=state))
         with self.reader() as session:
-            # A Core result on the session's connection: the ORM's per-row loading would cost more than the rest.
-            rows = session.connection().execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
+            rows = item_rows(session, job_id, columns, label=label, min_score=min_score, failed=failed, state=state)
             for r in rows:
                 yield ResultRow(
                     index=r[0],

@@ -28,15 +28,14 @@ from collections.abc import Iterable
 from operator import attrgetter
 from typing import TextIO
 
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Text, cast
 from sqlalchemy.orm import Session
 
-from inferq import constants
 from inferq.errors import JobNotFound
 from inferq.schema import Item, Job
 from inferq.states import ItemState
 from inferq.tasks import TaskName
-from producer.results import ResultRow, item_filters
+from producer.results import ResultRow, item_rows
 
 #: Per task: the CSV columns between ``status`` and ``error_code``, and the `ResultRow` attribute of each.
 CSV_TASK_COLUMNS: dict[TaskName, tuple[tuple[str, str], ...]] = {
@@ -83,14 +82,8 @@ def export_jsonl(
     if session.get(Job, job_id) is None:
         raise JobNotFound(f"no job {job_id!r}")
     # The columns of `ResultRow.to_json` only.
-    query = (
-        select(Item.index, Item.client_id, Item.state, cast(Item.result, Text), Item.error_code, Item.error_message)
-        .where(Item.job_id == job_id)
-        .order_by(Item.index)
-    )
-    query = query.where(*item_filters(label=label, min_score=min_score, failed=failed, state=state))
-    # On the session's connection: a Core result skips the ORM's per-row loading, which cost more than the rest.
-    rows = session.connection().execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
+    columns = (Item.index, Item.client_id, Item.state, cast(Item.result, Text), Item.error_code, Item.error_message)
+    rows = item_rows(session, job_id, columns, label=label, min_score=min_score, failed=failed, state=state)
     write = out.write
     encode = _compact
     statuses = {s.value: encode(s.value) for s in ItemState}

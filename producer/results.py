@@ -12,34 +12,42 @@ token_classification       ``[{"entity" | "entity_group", "score", "word", "star
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import Result, select
+from sqlalchemy.orm import Session
 
+from inferq import constants
 from inferq.schema import Item
 from inferq.states import ItemState
 from inferq.tasks import TaskName
 
 
-def item_filters(
+def item_rows(
+    session: Session,
+    job_id: str,
+    columns: Sequence[Any],
     *,
     label: str | None = None,
     min_score: float | None = None,
     failed: bool = False,
     state: ItemState | None = None,
-) -> list[ColumnElement[bool]]:
-    """The result filters (`Client.results`, ``inferq results``), as SQL criteria on the typed columns."""
-    criteria: list[ColumnElement[bool]] = []
+) -> Result[*tuple[Any, ...]]:
+    """``columns`` of the job's items in input order, filtered in SQL on the typed columns as `Client.results`
+    and ``inferq results`` filter them, streamed in batches of `EXPORT_FETCH_ROWS`. A Core result on the
+    session's connection: the ORM's per-row loading would cost more than the rest."""
+    query = select(*columns).where(Item.job_id == job_id).order_by(Item.index)
     if label is not None:
-        criteria.append(Item.label == label)
+        query = query.where(Item.label == label)
     if min_score is not None:
-        criteria.append(Item.score >= min_score)
+        query = query.where(Item.score >= min_score)
     if failed:
-        criteria.append(Item.state == ItemState.FAILED.value)
+        query = query.where(Item.state == ItemState.FAILED.value)
     if state is not None:
-        criteria.append(Item.state == state.value)
-    return criteria
+        query = query.where(Item.state == state.value)
+    return session.connection().execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
 
 
 @dataclass(frozen=True, slots=True)
