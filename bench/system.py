@@ -209,16 +209,17 @@ def memory_across_jobs(
         time.sleep(0.3)  # the worker writes, acks and returns to idle
         after.append(mib(tree_rss_bytes(worker_pid)))
         peaks.append(run.peak_rss_mib or 0.0)
+    # Growth: the second half's highest reading over the first half's highest (the first job may still grow
+    # caches and allocator pools legitimately).
     half = len(after) // 2
+    growth = max(after[half:]) - max(after[:half]) if half else 0.0
     return {
         "jobs": jobs,
         "items_per_job": len(inputs),
         "rss_after_mib": after,
         "peak_during_mib": peaks,
-        # Growth: the second half's highest reading over the first half's highest (the first job may still
-        # grow caches and allocator pools legitimately).
-        "growth_mib": max(after[half:]) - max(after[:half]) if half else 0.0,
-        "growth_fraction": (max(after[half:]) - max(after[:half])) / max(after[:half]) if half else 0.0,
+        "growth_mib": growth,
+        "growth_fraction": growth / max(after[:half]) if half else 0.0,
     }
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Reject
@@ -31,6 +30,11 @@ RETRY_BASE_SECONDS = 2
 RETRY_MAX_SECONDS = 60
 
 
+def backoff(retries: int, base: float, cap: float) -> float:
+    """Seconds before retry number ``retries + 1``: ``base`` doubled per retry so far, capped at ``cap``."""
+    return min(cap, base * 2 ** min(retries, 32))
+
+
 def register_tasks(app: Celery, get_runner: Callable[[], Runner]) -> None:
     @app.task(name=RUN_CHUNK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
     def run_chunk(self: Task, job_id: str, seq: int) -> None:
@@ -39,16 +43,16 @@ def register_tasks(app: Celery, get_runner: Callable[[], Runner]) -> None:
         except (TransientError, DBAPIError) as exc:
             if isinstance(exc, DBAPIError) and not is_transient_db_error(exc):
                 raise
-            retries: Any = self.request.retries or 0
-            countdown = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** int(retries))
+            countdown = backoff(int(self.request.retries or 0), RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)
             log.warning("job %s chunk %s: %s; retrying in %ss", job_id, seq, type(exc).__name__, countdown)
             raise self.retry(exc=exc, countdown=countdown) from exc
         if report.outcome == DEFERRED:
             # Another worker's batch is running this chunk: look again later. The retry is a new message on the
             # broker before this one is acknowledged, so the chunk always has a message until it is done.
-            retries = int(self.request.retries or 0)
-            countdown = min(
-                constants.COALESCED_RECHECK_MAX_SECONDS, constants.COALESCED_RECHECK_SECONDS * 2 ** min(retries, 8)
+            countdown = backoff(
+                int(self.request.retries or 0),
+                constants.COALESCED_RECHECK_SECONDS,
+                constants.COALESCED_RECHECK_MAX_SECONDS,
             )
             raise self.retry(countdown=countdown)
         if report.outcome == HANDED_BACK:
