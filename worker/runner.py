@@ -7,8 +7,8 @@ Coalescing. A chunk smaller than ``INFERQ_COALESCE_ITEMS`` (the last chunk of a 
 not run alone: its claim also takes queued chunks of other jobs with the same task, model and parameters
 (`Job.batch_key`) routed to the same queue, locked with ``SKIP LOCKED`` so that concurrent workers take different
 ones, and the whole batch runs as one engine call (full micro-batches, one bulk write for all of it). The chunk
-whose message came leads the batch; each batch-mate records its leader (`Chunk.leader`). A batch-mate's own message is still on
-the broker, and stays responsible for it:
+whose message came leads the batch; each batch-mate records its leader (`Chunk.leader`). A batch-mate's own
+message is still on the broker, and stays responsible for it:
 
 * delivered while the batch runs (its lease is live): it is sent again a little later (``DEFERRED``), never
   acknowledged before its chunk is done, so that nothing depends on the batch's worker surviving;
