@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from bench.measure import Measurement, Ranked, padded_in_order, padded_in_plan
 from bench.models import BenchModel
 from inferq.settings import Settings
-from inferq.tasks import MASK_PLACEHOLDER, TaskName, validate_params
+from inferq.tasks import MASK_PLACEHOLDER, TaskName, read_params, validate_params
 from worker.engines.base import Engine, Outcome
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def engine_tokens(
     (all at once in-process: ``chunk_size >= len(inputs)``)."""
     real = padded = 0
     for start in range(0, len(inputs), chunk_size):
-        features = engine.preprocess(inputs[start : start + chunk_size], params)
+        features = engine.preprocess(inputs[start : start + chunk_size], read_params(engine.task, params))
         plan = engine.plan(features)
         real += int(features.lengths.sum())
         padded += padded_in_plan(features.lengths, plan)

@@ -70,3 +70,7 @@ DEFAULT_RECOVER_OLDER_THAN = 60
 
 #: Items deleted per transaction by `inferq purge`: a huge job never holds one giant transaction or lock.
 PURGE_BATCH_ROWS = 5_000
+
+#: Most strings in one list field of an input line (a rerank line's ``documents``, a zero-shot line's labels):
+#: each becomes a sequence of its own, and one line must fit a chunk's work.
+MAX_LIST_TEXTS = 1_000

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text, func
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from inferq.states import ChunkState, ItemState, JobState
@@ -99,12 +99,17 @@ class Item(Base):
     client_id: Mapped[str | None] = mapped_column(String(255))
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default=ItemState.QUEUED.value)
-    #: The task's result: a list (top-k labels, answers, fillers per mask, entities).
-    result: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: The task's result as JSON (`inferq.results`): top-k labels, answers, fillers per mask, entities, ranked
+    #: documents; for embeddings what describes the vectors (``{"dim", "dtype"[, "windows"]}``).
+    result: Mapped[Any] = mapped_column(JSON, nullable=True)
+    #: Embeddings: the vectors' bytes, little-endian ``dtype`` (float32 or float16), one vector after another
+    #: (one per window with ``overflow=windows``). Compact and exact: 1.5 KiB per 384-d float32 vector.
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary)
     #: The top result in typed columns, so that queries filter in SQL.
-    #: classification: best label; fill-mask: best token_str; token classification: best entity's label.
+    #: classification, zero-shot: best label; fill-mask: best token_str; token classification: best entity's
+    #: label.
     label: Mapped[str | None] = mapped_column(String(255))
-    #: Score of the top result.
+    #: Score of the top result (rerank: the best document's).
     score: Mapped[float | None] = mapped_column(Float)
     #: Question answering: the best answer and its character span in the context.
     answer: Mapped[str | None] = mapped_column(Text)

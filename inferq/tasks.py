@@ -1,17 +1,22 @@
-"""Task names, their input fields and parameters, and the Celery message that carries a chunk.
+"""The per-task table (`TASKS`: one `TaskSpec` per task: input fields, typed parameters with their defaults,
+result parser, SQL and CSV columns) and the Celery message that carries a chunk.
 
-Shared by the producer (which validates what it stores) and the worker (which reads it back).
+Shared by the producer (which validates what it stores) and the worker (which reads it back, typed, at claim).
+Adding a task is one `TaskSpec` here and one engine in `worker.engines`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from inferq import results
 from inferq.errors import InvalidParameter
 
 #: The one Celery task: run one chunk of one job. Its message carries ids only: `(job_id, chunk_seq)`.
@@ -27,46 +32,45 @@ class TaskName(str, Enum):
     FILL_MASK = "fill_mask"
     #: Token classification (NER): entity spans.
     TOKEN_CLASSIFICATION = "token_classification"
+    #: Sentence embeddings, computed as sentence-transformers computes them for the model.
+    EMBEDDING = "embedding"
+    #: Cross-encoder scores of (query, document) pairs, documents ranked best first.
+    RERANK = "rerank"
+    #: Labels chosen at submit time, scored by an NLI model (entailment of "This example is {label}.").
+    ZERO_SHOT_CLASSIFICATION = "zero_shot_classification"
 
 
-class Field_(BaseModel):
+class InputField(BaseModel):
     """One field of an input line."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str
     required: bool
-    #: Text fields must be non-empty strings no longer than the configured limit.
-    text: bool = True
+    #: ``text``: a non-empty string no longer than the configured limit. ``texts``: a non-empty list of such
+    #: strings (at most `constants.MAX_LIST_TEXTS`); in a CSV cell, a JSON array.
+    kind: Literal["text", "texts"] = "text"
 
-
-#: The fields an input line may have, per task. ``id`` (a string or an integer) is optional everywhere.
-INPUT_FIELDS: dict[TaskName, tuple[Field_, ...]] = {
-    TaskName.CLASSIFICATION: (Field_(name="text", required=True), Field_(name="text_pair", required=False)),
-    TaskName.QUESTION_ANSWERING: (
-        Field_(name="question", required=True),
-        Field_(name="context", required=True),
-    ),
-    TaskName.FILL_MASK: (Field_(name="text", required=True),),
-    TaskName.TOKEN_CLASSIFICATION: (Field_(name="text", required=True),),
-}
 
 #: A model-independent mask placeholder for fill-mask inputs; workers replace it by the model's mask token.
 MASK_PLACEHOLDER = "[[MASK]]"
 
 
-class _Params(BaseModel):
+class TaskParams(BaseModel):
+    """A task's parameters: every default written here, once. Stored complete on the job (defaults filled in)
+    and read back typed by the worker when it claims a chunk."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
 
-class ClassificationParams(_Params):
+class ClassificationParams(TaskParams):
     #: Labels returned per item, best first; ``None`` returns every label.
     top_k: int | None = Field(1, ge=1)
     #: As in the transformers pipeline: ``default`` picks sigmoid or softmax from the model's config.
     function_to_apply: Literal["default", "sigmoid", "softmax", "none"] = "default"
 
 
-class QuestionAnsweringParams(_Params):
+class QuestionAnsweringParams(TaskParams):
     top_k: int = Field(1, ge=1, le=100)
     doc_stride: int = Field(128, ge=1)
     max_seq_len: int = Field(384, ge=16)
@@ -82,7 +86,7 @@ class QuestionAnsweringParams(_Params):
         return self
 
 
-class FillMaskParams(_Params):
+class FillMaskParams(TaskParams):
     top_k: int = Field(5, ge=1, le=1000)
     #: Restrict the candidates to these words (checked against the vocabulary by the worker).
     targets: list[str] | None = None
@@ -95,32 +99,247 @@ class FillMaskParams(_Params):
         return data
 
 
-class TokenClassificationParams(_Params):
+class TokenClassificationParams(TaskParams):
     aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = "none"
     ignore_labels: list[str] = Field(default_factory=lambda: ["O"])
 
 
-PARAMS: dict[TaskName, type[_Params]] = {
-    TaskName.CLASSIFICATION: ClassificationParams,
-    TaskName.QUESTION_ANSWERING: QuestionAnsweringParams,
-    TaskName.FILL_MASK: FillMaskParams,
-    TaskName.TOKEN_CLASSIFICATION: TokenClassificationParams,
+class EmbeddingParams(TaskParams):
+    #: Unit-length vectors. ``None``: as the model's sentence-transformers modules say (a ``Normalize`` module).
+    normalize: bool | None = None
+    #: Pooling of the token vectors. ``None``: as the model's ``1_Pooling/config.json`` says (mean without one).
+    pooling: Literal["mean", "cls", "max", "lasttoken"] | None = None
+    #: Keep the first ``dimensions`` components (Matryoshka truncation), re-normalized when normalizing.
+    dimensions: int | None = Field(None, ge=1)
+    #: A prefix put before every text (``"query: "``). Overrides the model's default prompt.
+    prompt: str | None = None
+    #: One of the prompts named in the model's ``config_sentence_transformers.json``.
+    prompt_name: str | None = None
+    #: How vectors are stored: float32 (exact), or float16 (half the size).
+    dtype: Literal["float32", "float16"] = "float32"
+    #: A text longer than the model's maximum: ``truncate`` it (as sentence-transformers does), or split it into
+    #: overlapping token ``windows``, each embedded, with its character span.
+    overflow: Literal["truncate", "windows"] = "truncate"
+    #: Tokens per window (special tokens not counted). ``None``: as many as the model takes.
+    window_tokens: int | None = Field(None, ge=1)
+    #: Tokens two neighbouring windows share; smaller than ``window_tokens``.
+    stride: int = Field(32, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EmbeddingParams:
+        if self.prompt is not None and self.prompt_name is not None:
+            raise ValueError("give prompt or prompt_name, not both")
+        if self.window_tokens is not None and self.overflow != "windows":
+            raise ValueError("window_tokens is used with overflow=windows only")
+        if self.window_tokens is not None and self.stride >= self.window_tokens:
+            raise ValueError(f"stride ({self.stride}) must be smaller than window_tokens ({self.window_tokens})")
+        return self
+
+
+class RerankParams(TaskParams):
+    #: Documents returned per line, best first; ``None`` returns all of them.
+    top_k: int | None = Field(None, ge=1)
+    #: Put each document's text in the result beside its index.
+    return_documents: bool = False
+    #: The function applied to the model's score. ``default``: as sentence-transformers' CrossEncoder applies it
+    #: for that model (sigmoid for a one-label model unless its config names another).
+    activation: Literal["default", "sigmoid", "none"] = "default"
+
+
+class ZeroShotParams(TaskParams):
+    #: Labels for every line that gives none of its own (``candidate_labels`` on a line wins). A string is split
+    #: at commas, as the transformers pipeline splits it.
+    candidate_labels: list[str] | None = None
+    #: Each label becomes the hypothesis ``hypothesis_template.format(label)``.
+    hypothesis_template: str = "This example is {}."
+    #: Score each label on its own (entailment against contradiction) instead of softmax over the labels.
+    multi_label: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_labels(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("candidate_labels"), str):
+            data = {**data, "candidate_labels": [s.strip() for s in data["candidate_labels"].split(",") if s.strip()]}
+        return data
+
+    @field_validator("hypothesis_template")
+    @classmethod
+    def _has_slot(cls, value: str) -> str:
+        if "{}" not in value:
+            raise ValueError(f"{value!r} has no {{}} for the label")
+        return value
+
+    @field_validator("candidate_labels")
+    @classmethod
+    def _labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must not be empty")
+            if any(not x.strip() for x in value):
+                raise ValueError("must be non-empty strings")
+        return value
+
+
+@dataclass(frozen=True)
+class LineContext:
+    """What a task's line check may look at besides the line: the job's parameters and the model's mask tokens."""
+
+    params: TaskParams
+    mask_tokens: tuple[str, ...] = ()
+
+
+#: A line check's complaint: the field (or None for the whole line) and what is wrong.
+LineProblem = tuple[str | None, str]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything the producer side knows of a task, in one place (the worker's half is `worker.engines.ENGINES`)."""
+
+    name: TaskName
+    #: The fields an input line may have. ``id`` (a string or an integer) is optional everywhere.
+    fields: tuple[InputField, ...]
+    #: The parameters, with their defaults.
+    params: type[TaskParams]
+    #: Reads a stored (exported) result into the task's typed objects (`inferq.results`).
+    parse: Callable[[Any], list[Any]]
+    #: The `Item` columns the top result fills, so that ``--label`` / ``--min-score`` filter in SQL.
+    top_columns: tuple[str, ...]
+    #: CSV columns between ``status`` and ``error_code``: (column, `ResultRow` attribute).
+    csv_columns: tuple[tuple[str, str], ...]
+    #: A check of one line's fields beyond their kinds (a mask in the text, a label set somewhere …).
+    check_line: Callable[[dict[str, Any], LineContext], LineProblem | None] | None = None
+    #: Results carry vectors, stored as bytes in `Item.vector` (exportable as NPY).
+    vectors: bool = False
+
+    @property
+    def single_text(self) -> bool:
+        """Lines may be plain strings (the task needs one ``text`` and nothing else)."""
+        return [f.name for f in self.fields if f.required] == ["text"] and self.check_line is None
+
+
+def _check_mask(data: dict[str, Any], ctx: LineContext) -> LineProblem | None:
+    masks = (MASK_PLACEHOLDER, *(t for t in ctx.mask_tokens if t))
+    if any(m in data["text"] for m in masks):
+        return None
+    model_masks = ", ".join(repr(t) for t in ctx.mask_tokens if t and t != MASK_PLACEHOLDER)
+    return "text", (
+        f"no mask token: put {MASK_PLACEHOLDER} or the model's mask token"
+        + (f" ({model_masks})" if model_masks else "")
+        + " in the text"
+    )
+
+
+def _check_rerank(data: dict[str, Any], ctx: LineContext) -> LineProblem | None:
+    query, pair = "query" in data or "documents" in data, "text" in data or "text_pair" in data
+    if query and pair:
+        return None, "give query and documents, or text and text_pair, not both"
+    for a, b in (("query", "documents"), ("documents", "query"), ("text", "text_pair"), ("text_pair", "text")):
+        if a in data and b not in data:
+            return b, f"missing required field {b!r} (a line with {a!r} needs it)"
+    if not query and not pair:
+        return None, "missing fields: give query and documents, or text and text_pair"
+    return None
+
+
+def _check_labels(data: dict[str, Any], ctx: LineContext) -> LineProblem | None:
+    if "candidate_labels" in data or getattr(ctx.params, "candidate_labels", None):
+        return None
+    return "candidate_labels", "no candidate labels: give them on the line or as --param candidate_labels=…"
+
+
+_TEXT = InputField(name="text", required=True)
+
+TASKS: dict[TaskName, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            name=TaskName.CLASSIFICATION,
+            fields=(_TEXT, InputField(name="text_pair", required=False)),
+            params=ClassificationParams,
+            parse=results.parse_labels,
+            top_columns=("label", "score"),
+            csv_columns=(("label", "label"), ("score", "score")),
+        ),
+        TaskSpec(
+            name=TaskName.QUESTION_ANSWERING,
+            fields=(InputField(name="question", required=True), InputField(name="context", required=True)),
+            params=QuestionAnsweringParams,
+            parse=results.parse_answers,
+            top_columns=("answer", "score", "start_char", "end_char"),
+            csv_columns=(("answer", "answer"), ("score", "score"), ("start", "start"), ("end", "end")),
+        ),
+        TaskSpec(
+            name=TaskName.FILL_MASK,
+            fields=(_TEXT,),
+            params=FillMaskParams,
+            parse=results.parse_mask_fills,
+            top_columns=("label", "score"),
+            csv_columns=(("token_str", "label"), ("score", "score")),
+            check_line=_check_mask,
+        ),
+        TaskSpec(
+            name=TaskName.TOKEN_CLASSIFICATION,
+            fields=(_TEXT,),
+            params=TokenClassificationParams,
+            parse=results.parse_entities,
+            top_columns=("entity_count", "label", "score"),
+            csv_columns=(("entity_count", "entity_count"), ("label", "label"), ("score", "score")),
+        ),
+        TaskSpec(
+            name=TaskName.EMBEDDING,
+            fields=(_TEXT,),
+            params=EmbeddingParams,
+            parse=results.parse_embeddings,
+            top_columns=(),
+            csv_columns=(),
+            vectors=True,
+        ),
+        TaskSpec(
+            name=TaskName.RERANK,
+            fields=(
+                InputField(name="query", required=False),
+                InputField(name="documents", required=False, kind="texts"),
+                InputField(name="text", required=False),
+                InputField(name="text_pair", required=False),
+            ),
+            params=RerankParams,
+            parse=results.parse_ranking,
+            top_columns=("score",),
+            csv_columns=(("score", "score"),),
+            check_line=_check_rerank,
+        ),
+        TaskSpec(
+            name=TaskName.ZERO_SHOT_CLASSIFICATION,
+            fields=(_TEXT, InputField(name="candidate_labels", required=False, kind="texts")),
+            params=ZeroShotParams,
+            parse=results.parse_labels,
+            top_columns=("label", "score"),
+            csv_columns=(("label", "label"), ("score", "score")),
+            check_line=_check_labels,
+        ),
+    )
 }
 
 
 def validate_params(task: TaskName, raw: dict[str, Any]) -> dict[str, Any]:
     """Validate ``raw`` against the task's parameters; return them complete (defaults filled in)."""
     try:
-        params = PARAMS[task].model_validate(raw)
+        params = TASKS[task].params.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "params"
-        msg = first["msg"]
+        msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
-            known = ", ".join(sorted(PARAMS[task].model_fields))
+            known = ", ".join(sorted(TASKS[task].params.model_fields))
             msg = f"unknown parameter for {task.value} (known: {known})"
         raise InvalidParameter(f"parameter {loc}: {msg}", field=loc) from None
     return params.model_dump(mode="json")
+
+
+def read_params(task: TaskName, stored: dict[str, Any]) -> TaskParams:
+    """A job's stored parameters, typed: what engines receive (read once, when a chunk is claimed)."""
+    return TASKS[task].params.model_validate(stored)
 
 
 def batch_key(task: TaskName, model: str, params: dict[str, Any]) -> str:

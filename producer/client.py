@@ -31,7 +31,7 @@ from inferq.models import mask_tokens, resolve_model
 from inferq.schema import Chunk, Item, Job, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
-from inferq.tasks import RUN_CHUNK, TaskName, batch_key, parse_task, validate_params
+from inferq.tasks import RUN_CHUNK, TaskName, batch_key, parse_task, read_params, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
 from producer.results import ResultRow, item_rows
 
@@ -177,17 +177,18 @@ class Client:
         task = task if isinstance(task, TaskName) else parse_task(task)
         spec = resolve_model(self.settings, model, task)
         full_params = validate_params(task, dict(params or {}))
+        typed = read_params(task, full_params)
         size = chunk_size or self.settings.chunk_size
         if not 1 <= size <= constants.MAX_CHUNK_SIZE:
             from inferq.errors import InvalidParameter
 
             raise InvalidParameter(f"chunk size must be between 1 and {constants.MAX_CHUNK_SIZE}", field="chunk_size")
         limits = Limits(max_text_chars=self.settings.max_text_chars, max_items=self.settings.max_items)
-        masks = mask_tokens(spec) if task is TaskName.FILL_MASK else ()
+        masks = mask_tokens(spec)
         if isinstance(inputs, str | os.PathLike) or hasattr(inputs, "read"):
-            read = read_inputs(inputs, task, limits, format=format, mask_tokens=masks)  # type: ignore[arg-type]
+            read = read_inputs(inputs, task, limits, format=format, mask_tokens=masks, params=typed)  # type: ignore[arg-type]
         else:
-            read = validate_rows(enumerate(inputs, start=1), task, limits, mask_tokens=masks)
+            read = validate_rows(enumerate(inputs, start=1), task, limits, mask_tokens=masks, params=typed)
         if read.errors and not skip_invalid:
             raise InvalidInput(read.errors, read.total_bad)
         if not read.records:

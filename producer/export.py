@@ -34,22 +34,14 @@ from sqlalchemy.orm import Session
 from inferq.errors import JobNotFound
 from inferq.schema import Item, Job
 from inferq.states import ItemState
-from inferq.tasks import TaskName
+from inferq.tasks import TASKS, TaskName
 from producer.results import ResultRow, item_rows
-
-#: Per task: the CSV columns between ``status`` and ``error_code``, and the `ResultRow` attribute of each.
-CSV_TASK_COLUMNS: dict[TaskName, tuple[tuple[str, str], ...]] = {
-    TaskName.CLASSIFICATION: (("label", "label"), ("score", "score")),
-    TaskName.QUESTION_ANSWERING: (("answer", "answer"), ("score", "score"), ("start", "start"), ("end", "end")),
-    TaskName.FILL_MASK: (("token_str", "label"), ("score", "score")),
-    TaskName.TOKEN_CLASSIFICATION: (("entity_count", "entity_count"), ("label", "label"), ("score", "score")),
-}
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def csv_header(task: TaskName) -> list[str]:
-    return ["index", "id", "status", *(c for c, _ in CSV_TASK_COLUMNS[task]), "error_code", "error_message", "result"]
+    return ["index", "id", "status", *(c for c, _ in TASKS[task].csv_columns), "error_code", "error_message", "result"]
 
 
 def write_jsonl(rows: Iterable[ResultRow], out: TextIO) -> int:
@@ -113,7 +105,7 @@ def write_csv(rows: Iterable[ResultRow], out: TextIO, task: TaskName) -> int:
     writer = csv.writer(out)
     writer.writerow(csv_header(task))
     writerow = writer.writerow
-    leading = attrgetter("index", "id", "status", *(attr for _, attr in CSV_TASK_COLUMNS[task]))
+    leading = attrgetter("index", "id", "status", *(attr for _, attr in TASKS[task].csv_columns))
     encode = _compact
     n = 0
     for row in rows:

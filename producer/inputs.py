@@ -16,8 +16,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
+from inferq import constants
 from inferq.errors import LineError
-from inferq.tasks import INPUT_FIELDS, MASK_PLACEHOLDER, TaskName
+from inferq.tasks import TASKS, LineContext, TaskName, TaskParams
 
 Format = Literal["auto", "jsonl", "csv"]
 
@@ -50,8 +51,9 @@ class InputRecord:
     line: int
     #: The optional ``id`` field, as a string.
     client_id: str | None
-    #: The task's fields only (``{"text": …, "text_pair": …}``); optional fields absent when not given.
-    data: dict[str, str]
+    #: The task's fields only (``{"text": …, "text_pair": …}``, lists for list fields); optional fields absent
+    #: when not given.
+    data: dict[str, Any]
 
 
 @dataclass
@@ -83,6 +85,7 @@ def read_inputs(
     *,
     format: Format = "auto",
     mask_tokens: Sequence[str] = (),
+    params: TaskParams | None = None,
 ) -> ReadResult:
     """Read and validate a JSONL or CSV file (a path, ``"-"`` for standard input, or a binary stream).
 
@@ -91,7 +94,7 @@ def read_inputs(
     A stream passed in is read but not closed."""
     if format not in ("auto", "jsonl", "csv"):
         raise ValueError(f"unknown input format {format!r} (known: auto, jsonl, csv)")
-    validator = _Validator(task, limits, mask_tokens)
+    validator = _Validator(task, limits, mask_tokens, params)
     with ExitStack() as stack:
         stream: IO[Any]
         if isinstance(source, str | os.PathLike):
@@ -121,10 +124,11 @@ def validate_rows(
     limits: Limits,
     *,
     mask_tokens: Sequence[str] = (),
+    params: TaskParams | None = None,
 ) -> ReadResult:
     """Validate decoded inputs, given as ``(line, object)`` pairs: dicts of the task's fields (plus ``id``), or,
     for the tasks that take a single ``text``, plain strings."""
-    validator = _Validator(task, limits, mask_tokens)
+    validator = _Validator(task, limits, mask_tokens, params)
     collector = _Collector(limits)
     for line, obj in rows:
         if not collector.next_item(line):
@@ -213,8 +217,9 @@ def _read_csv(lines: _Lines, validator: _Validator, collector: _Collector) -> No
             collector.add(LineError(start, None, f"row has {len(row)} cells; the header has {len(header)} columns"))
             continue
         # An empty cell is an absent field, except for required fields, which are then reported as empty.
-        obj = {name: cell for name, cell in zip(header, row, strict=True) if cell or name in required}
-        collector.add(validator.check(start, obj))
+        obj: dict[str, Any] = {name: cell for name, cell in zip(header, row, strict=True) if cell or name in required}
+        problem = validator.decode_lists(start, obj)
+        collector.add(problem if problem is not None else validator.check(start, obj))
 
 
 def _check_header(line: int, header: list[str], validator: _Validator) -> LineError | None:
@@ -325,25 +330,36 @@ class _Lines:
 
 
 class _Validator:
-    """Checks one decoded object against the task's fields."""
+    """Checks one decoded object against the task's fields (`inferq.tasks.TASKS`)."""
 
-    def __init__(self, task: TaskName, limits: Limits, mask_tokens: Sequence[str]) -> None:
+    def __init__(
+        self, task: TaskName, limits: Limits, mask_tokens: Sequence[str], params: TaskParams | None = None
+    ) -> None:
+        spec = TASKS[task]
         self.task = task
         self.limits = limits
-        self.fields = INPUT_FIELDS[task]
+        self.fields = spec.fields
+        self.check_line = spec.check_line
+        self.context = LineContext(params=params or spec.params(), mask_tokens=tuple(mask_tokens))
         names = [f.name for f in self.fields]
         self.allowed = frozenset(["id", *names])
         self.allowed_text = ", ".join(["id", *names])
-        self.single_text = [f.name for f in self.fields if f.required] == ["text"]
+        self.single_text = spec.single_text
         self.shape = f"an object with fields {', '.join(names)}" + (" (or a string)" if self.single_text else "")
-        self.masks = (MASK_PLACEHOLDER, *(t for t in mask_tokens if t)) if task is TaskName.FILL_MASK else ()
-        model_masks = ", ".join(repr(t) for t in mask_tokens if t)
-        self.no_mask = (
-            f"no mask token: put {MASK_PLACEHOLDER} or the model's mask token"
-            + (f" ({model_masks})" if model_masks else "")
-            + " in the text"
-        )
-        self.line_cap = _BYTES_PER_CHAR * (limits.max_text_chars * len(names) + MAX_ID_CHARS) + _LINE_SLACK_BYTES
+        texts = sum(constants.MAX_LIST_TEXTS if f.kind == "texts" else 1 for f in self.fields)
+        self.line_cap = _BYTES_PER_CHAR * (limits.max_text_chars * texts + MAX_ID_CHARS) + _LINE_SLACK_BYTES
+
+    def decode_lists(self, line: int, obj: dict[str, Any]) -> LineError | None:
+        """CSV: a list field's cell holds a JSON array; decode it in place."""
+        for f in self.fields:
+            cell = obj.get(f.name)
+            if f.kind != "texts" or not isinstance(cell, str):
+                continue
+            try:
+                obj[f.name] = json.loads(cell)
+            except ValueError:
+                return LineError(line, f.name, 'must be a JSON array of strings, as in ["a", "b"]')
+        return None
 
     def check(self, line: int, obj: dict[Any, Any]) -> InputRecord | LineError:
         for key in obj:
@@ -364,31 +380,53 @@ class _Validator:
                 return LineError(line, "id", "must not contain NUL characters")
             client_id = client_id or None  # an empty id is no id, as an empty CSV cell is
 
-        data: dict[str, str] = {}
-        max_chars = self.limits.max_text_chars
+        data: dict[str, Any] = {}
         for f in self.fields:
             value = obj.get(f.name)
             if value is None:
                 if not f.required:
                     continue
                 if f.name in obj:
-                    return LineError(line, f.name, "must be a string, got null")
+                    return LineError(line, f.name, f"must be a {_KIND_NAMES[f.kind]}, got null")
                 return LineError(line, f.name, f"missing required field {f.name!r}")
-            if not isinstance(value, str):
-                return LineError(line, f.name, f"must be a string, got {_type_name(value)}")
-            if not value or value.isspace():
-                return LineError(line, f.name, "must not be empty or whitespace only")
-            if len(value) > max_chars:
-                return LineError(
-                    line, f.name, f"is {len(value)} characters long; the limit is {max_chars} (INFERQ_MAX_TEXT_CHARS)"
-                )
+            problem = self._texts(line, f.name, value) if f.kind == "texts" else self._text(line, f.name, value)
+            if problem is not None:
+                return problem
             data[f.name] = value
 
-        if self.masks:
-            text = data["text"]
-            if not any(m in text for m in self.masks):
-                return LineError(line, "text", self.no_mask)
+        if self.check_line is not None:
+            complaint = self.check_line(data, self.context)
+            if complaint is not None:
+                return LineError(line, complaint[0], complaint[1])
         return InputRecord(line=line, client_id=client_id, data=data)
+
+    def _text(self, line: int, name: str, value: Any) -> LineError | None:
+        if not isinstance(value, str):
+            return LineError(line, name, f"must be a string, got {_type_name(value)}")
+        if not value or value.isspace():
+            return LineError(line, name, "must not be empty or whitespace only")
+        max_chars = self.limits.max_text_chars
+        if len(value) > max_chars:
+            return LineError(
+                line, name, f"is {len(value)} characters long; the limit is {max_chars} (INFERQ_MAX_TEXT_CHARS)"
+            )
+        return None
+
+    def _texts(self, line: int, name: str, value: Any) -> LineError | None:
+        if not isinstance(value, list):
+            return LineError(line, name, f"must be a list of strings, got {_type_name(value)}")
+        if not value:
+            return LineError(line, name, "must not be an empty list")
+        if len(value) > constants.MAX_LIST_TEXTS:
+            return LineError(line, name, f"has {len(value)} entries; the limit is {constants.MAX_LIST_TEXTS}")
+        for i, text in enumerate(value):
+            problem = self._text(line, f"{name}[{i}]", text)
+            if problem is not None:
+                return problem
+        return None
+
+
+_KIND_NAMES = {"text": "string", "texts": "list of strings"}
 
 
 @dataclass

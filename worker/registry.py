@@ -12,18 +12,11 @@ from inferq.errors import ModelLoadError
 from inferq.models import resolve_model
 from inferq.settings import ModelSpec, Settings
 from inferq.tasks import TaskName
-from worker.engines import engine_for
+from worker.engines import engine_class
 from worker.engines.base import Engine
 from worker.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
-
-_AUTO_CLASSES = {
-    TaskName.CLASSIFICATION: "AutoModelForSequenceClassification",
-    TaskName.QUESTION_ANSWERING: "AutoModelForQuestionAnswering",
-    TaskName.FILL_MASK: "AutoModelForMaskedLM",
-    TaskName.TOKEN_CLASSIFICATION: "AutoModelForTokenClassification",
-}
 
 
 def resolve_precision(precision: str, device: Any) -> str:
@@ -55,17 +48,21 @@ class ModelRegistry:
         self.device = torch.device(device or settings.device)
         self.precision_override = precision or settings.precision
         self._loaded: dict[tuple[str, TaskName], LoadedModel] = {}
-        self._engines: dict[tuple[str, TaskName], Engine] = {}
+        self._engines: dict[tuple[str, TaskName], Engine[Any]] = {}
         self._lock = threading.Lock()
 
-    def engine(self, name: str, task: TaskName) -> Engine:
+    def engine(self, name: str, task: TaskName) -> Engine[Any]:
         key = (name, task)
         engine = self._engines.get(key)
         if engine is None:
             with self._lock:
                 engine = self._engines.get(key)
                 if engine is None:
-                    engine = engine_for(task, self.load(name, task))
+                    loaded = self.load(name, task)
+                    try:
+                        engine = engine_class(task)(loaded)
+                    except (OSError, ValueError, KeyError) as exc:
+                        raise ModelLoadError(f"model {name!r} cannot run {task.value}: {exc}") from exc
                     self._engines[key] = engine
         return engine
 
@@ -89,9 +86,14 @@ class ModelRegistry:
 
         common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": False}
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, **common)
-        auto = getattr(transformers, _AUTO_CLASSES[task])
+        engine = engine_class(task)
+        auto = getattr(transformers, engine.auto_model)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
-        model = auto.from_pretrained(spec.source, dtype=dtype, use_safetensors=_prefer_safetensors(spec), **common)
+        model, info = auto.from_pretrained(
+            spec.source, dtype=dtype, use_safetensors=_prefer_safetensors(spec), output_loading_info=True, **common
+        )
+        if engine.needs_head:
+            _check_head(model, info, task)
         model.eval()
         if precision == "int8":
             if self.device.type != "cpu":
@@ -112,6 +114,16 @@ class ModelRegistry:
 
     def loaded_names(self) -> list[str]:
         return sorted({name for name, _ in self._loaded})
+
+
+def _check_head(model: Any, info: dict[str, Any], task: TaskName) -> None:
+    """Refuse a checkpoint that lacks the task's head (transformers would initialise one at random and warn):
+    the weights it would have to make up are those outside the base model."""
+    prefix = f"{model.base_model_prefix}."
+    made_up = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(prefix))
+    if made_up:
+        shown = ", ".join(made_up[:4]) + (", …" if len(made_up) > 4 else "")
+        raise ValueError(f"the checkpoint has no {task.value} head ({model.__class__.__name__}: {shown} missing)")
 
 
 def _prefer_safetensors(spec: ModelSpec) -> bool | None:

@@ -43,7 +43,7 @@ from inferq.errors import AttemptsExhausted, InferqError, ModelError
 from inferq.schema import Chunk, Item, Job, as_utc, utcnow
 from inferq.settings import Settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
-from inferq.tasks import TaskName
+from inferq.tasks import TaskName, TaskParams, read_params
 from worker.engines.base import Outcome
 from worker.registry import ModelRegistry
 
@@ -90,7 +90,8 @@ class Claim:
     seq: int
     task: TaskName
     model: str
-    params: dict[str, Any]
+    #: The job's parameters, typed (validated here, once, for the engine).
+    params: TaskParams
     indices: list[int]
     inputs: list[dict[str, Any]]
     #: Claimed more often than `MAX_CHUNK_ATTEMPTS`: its items are given up, not run again.
@@ -375,7 +376,7 @@ def claim_chunk(
         seq=seq,
         task=TaskName(job.task),
         model=job.model,
-        params=dict(job.params),
+        params=read_params(TaskName(job.task), job.params),
         indices=[r[0] for r in rows],
         inputs=[r[1] for r in rows],
         attempts=chunk.attempts,
@@ -588,34 +589,5 @@ def finish_jobs_if_complete(session: Session, job_ids: list[str], now: dt.dateti
 
 
 def _row(job_id: str, index: int, outcome: Outcome, now: dt.datetime) -> dict[str, Any]:
-    if outcome.error is not None:
-        return {
-            "job_id": job_id,
-            "index": index,
-            "state": ItemState.FAILED.value,
-            "result": None,
-            "label": None,
-            "score": None,
-            "answer": None,
-            "start_char": None,
-            "end_char": None,
-            "entity_count": None,
-            "error_code": outcome.error.code,
-            "error_message": outcome.error.message[:2000],
-            "finished_at": now,
-        }
-    return {
-        "job_id": job_id,
-        "index": index,
-        "state": ItemState.SUCCEEDED.value,
-        "result": outcome.result,
-        "label": outcome.label,
-        "score": outcome.score,
-        "answer": outcome.answer,
-        "start_char": outcome.start_char,
-        "end_char": outcome.end_char,
-        "entity_count": outcome.entity_count,
-        "error_code": None,
-        "error_message": None,
-        "finished_at": now,
-    }
+    state = ItemState.SUCCEEDED if outcome.ok else ItemState.FAILED
+    return {"job_id": job_id, "index": index, "state": state.value, **outcome.columns(), "finished_at": now}

@@ -117,14 +117,6 @@ def build_config(
     )
 
 
-_HEADS = {
-    TaskName.CLASSIFICATION: "AutoModelForSequenceClassification",
-    TaskName.QUESTION_ANSWERING: "AutoModelForQuestionAnswering",
-    TaskName.FILL_MASK: "AutoModelForMaskedLM",
-    TaskName.TOKEN_CLASSIFICATION: "AutoModelForTokenClassification",
-}
-
-
 def build_model(
     path: str | Path,
     task: TaskName,
@@ -142,6 +134,8 @@ def build_model(
     import torch
     import transformers
 
+    from worker.engines import engine_class
+
     path = Path(path)
     tokenizer = build_tokenizer(arch, max_length=max_length, vocab_size=vocab_size, lowercase=lowercase)
     labels = labels if labels is not None else DEFAULT_LABELS.get(task)
@@ -150,7 +144,7 @@ def build_model(
         extra.update(id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)})
     config = build_config(arch, len(tokenizer), max_length=max_length, size=size, **extra)
     torch.manual_seed(seed)
-    model = getattr(transformers, _HEADS[task]).from_config(config)
+    model = getattr(transformers, engine_class(task).auto_model).from_config(config)
     model.eval()
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

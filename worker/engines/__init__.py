@@ -1,34 +1,35 @@
 """Inference engines, one per task, each split the way transformers pipelines are:
 ``preprocess(inputs) → features``, ``forward(batch) → tensors`` (tensor work only), ``postprocess → results``.
-Batching (length sort, token budget, padding) lives in `worker.engines.batching`, shared by every task."""
+Batching (length sort, token budget, padding) lives in `worker.engines.batching`, shared by every task.
+
+`ENGINES` is the worker's half of the per-task table (the producer's half is `inferq.tasks.TASKS`): task → the
+engine class, named by module so that nothing imports torch before a model is needed. Each engine class names
+its transformers auto class (`Engine.auto_model`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from inferq.tasks import TaskName
 
 if TYPE_CHECKING:
     from worker.engines.base import Engine
-    from worker.loaded import LoadedModel
+
+#: task → ``"module:Class"`` of its engine.
+ENGINES: dict[TaskName, str] = {
+    TaskName.CLASSIFICATION: "worker.engines.classification:ClassificationEngine",
+    TaskName.QUESTION_ANSWERING: "worker.engines.question_answering:QuestionAnsweringEngine",
+    TaskName.FILL_MASK: "worker.engines.fill_mask:FillMaskEngine",
+    TaskName.TOKEN_CLASSIFICATION: "worker.engines.token_classification:TokenClassificationEngine",
+    TaskName.EMBEDDING: "worker.engines.embedding:EmbeddingEngine",
+    TaskName.RERANK: "worker.engines.rerank:RerankEngine",
+    TaskName.ZERO_SHOT_CLASSIFICATION: "worker.engines.zero_shot:ZeroShotEngine",
+}
 
 
-def engine_for(task: TaskName, loaded: LoadedModel) -> Engine:
-    """The engine for ``task`` over an already loaded model."""
-    if task is TaskName.CLASSIFICATION:
-        from worker.engines.classification import ClassificationEngine
-
-        return ClassificationEngine(loaded)
-    if task is TaskName.QUESTION_ANSWERING:
-        from worker.engines.question_answering import QuestionAnsweringEngine
-
-        return QuestionAnsweringEngine(loaded)
-    if task is TaskName.FILL_MASK:
-        from worker.engines.fill_mask import FillMaskEngine
-
-        return FillMaskEngine(loaded)
-    if task is TaskName.TOKEN_CLASSIFICATION:
-        from worker.engines.token_classification import TokenClassificationEngine
-
-        return TokenClassificationEngine(loaded)
-    raise ValueError(f"no engine for task {task!r}")
+def engine_class(task: TaskName) -> type[Engine[Any]]:
+    """The engine class for ``task`` (its module imported now)."""
+    module, _, name = ENGINES[task].partition(":")
+    cls: type[Engine[Any]] = getattr(importlib.import_module(module), name)
+    return cls

@@ -5,12 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 
 from inferq.errors import InferenceError, InferqError
-from inferq.tasks import TaskName
+from inferq.tasks import TaskName, TaskParams, read_params
 from worker.engines.batching import (
     CPU_BATCH_COST_TOKENS,
     BatchOutputs,
@@ -22,12 +22,16 @@ from worker.engines.batching import (
 )
 from worker.loaded import LoadedModel
 
+#: The `Item` columns of a top result (`TaskSpec.top_columns` names those a task fills), and of a vector.
+RESULT_COLUMNS = ("label", "score", "answer", "start_char", "end_char", "entity_count", "vector")
+
 
 @dataclass
 class Outcome:
     """One item's result (or error), with its top result in typed columns for SQL queries."""
 
-    result: list[Any] | None = None
+    #: The result as JSON (see `inferq.results`); for vector tasks, what describes the vectors.
+    result: Any = None
     error: InferqError | None = None
     label: str | None = None
     score: float | None = None
@@ -35,6 +39,8 @@ class Outcome:
     start_char: int | None = None
     end_char: int | None = None
     entity_count: int | None = None
+    #: Vector tasks: the vectors' bytes (little-endian, the dtype the result names), row after row.
+    vector: bytes | None = None
 
     @property
     def ok(self) -> bool:
@@ -44,14 +50,39 @@ class Outcome:
     def failure(cls, error: InferqError) -> Outcome:
         return cls(error=error)
 
+    def columns(self) -> dict[str, Any]:
+        """The item's columns this outcome sets (state aside): result, top-result columns, error."""
+        if self.error is not None:
+            return {
+                "result": None,
+                **dict.fromkeys(RESULT_COLUMNS),
+                "error_code": self.error.code,
+                "error_message": self.error.message[:2000],
+            }
+        return {
+            "result": self.result,
+            **{name: getattr(self, name) for name in RESULT_COLUMNS},
+            "error_code": None,
+            "error_message": None,
+        }
 
-class Engine(ABC):
+
+P = TypeVar("P", bound=TaskParams)
+
+
+class Engine(ABC, Generic[P]):
     """``run(inputs, params)``: preprocess every input, forward the features in micro-batches, postprocess.
 
-    Subclasses implement `preprocess`, `forward` and `postprocess`. ``forward`` is the hot path: tensor work
-    only, on tensors already on the device, under ``torch.inference_mode`` (set up here, not there)."""
+    Subclasses implement `preprocess`, `forward` and `postprocess`, which receive the job's typed parameters
+    (`inferq.tasks.TaskParams`, validated once when the chunk was claimed). ``forward`` is the hot path: tensor
+    work only, on tensors already on the device, under ``torch.inference_mode`` (set up here, not there)."""
 
     task: ClassVar[TaskName]
+    #: The transformers auto class the registry loads the model with (``AutoModelForSequenceClassification`` …).
+    auto_model: ClassVar[str]
+    #: The auto class must find its head in the checkpoint: a checkpoint without one (a bare encoder for a
+    #: classification task) is refused at load instead of running a randomly initialised head.
+    needs_head: ClassVar[bool] = True
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
@@ -66,11 +97,11 @@ class Engine(ABC):
     # -- the three steps -------------------------------------------------------------------------------
 
     @abstractmethod
-    def preprocess(self, inputs: Sequence[dict[str, Any]], params: dict[str, Any]) -> Features:
+    def preprocess(self, inputs: Sequence[dict[str, Any]], params: P) -> Features:
         """Tokenize every input (unpadded) into features."""
 
     @abstractmethod
-    def forward(self, batch: dict[str, Any], params: dict[str, Any]) -> BatchOutputs:
+    def forward(self, batch: dict[str, Any], params: P) -> BatchOutputs:
         """Run the model on one padded batch (tensors on the device); return numpy arrays on the CPU."""
 
     @abstractmethod
@@ -79,7 +110,7 @@ class Engine(ABC):
         inputs: Sequence[dict[str, Any]],
         features: Features,
         outputs: RunOutputs,
-        params: dict[str, Any],
+        params: P,
     ) -> list[Outcome]:
         """Turn the outputs into one `Outcome` per input, in input order."""
 
@@ -88,14 +119,17 @@ class Engine(ABC):
     def run(
         self,
         inputs: Sequence[dict[str, Any]],
-        params: dict[str, Any],
+        params: P | dict[str, Any],
         *,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> list[Outcome | None]:
         """One outcome per input, in order; ``None`` for an input whose features did not run because
-        ``should_stop`` said so between micro-batches."""
+        ``should_stop`` said so between micro-batches. ``params`` as typed parameters, or as stored (a dict,
+        read here)."""
         import torch
 
+        if isinstance(params, dict):
+            params = cast(P, read_params(self.task, params))
         features = self.preprocess(inputs, params)
         plan = self.plan(features)
         with torch.inference_mode():

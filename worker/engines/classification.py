@@ -8,15 +8,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from inferq.tasks import TaskName
+from inferq.tasks import ClassificationParams, TaskName
 from worker.engines.base import Engine, Outcome, sigmoid, softmax
 from worker.engines.batching import BatchOutputs, Features, RunOutputs
 
 
-class ClassificationEngine(Engine):
+class ClassificationEngine(Engine[ClassificationParams]):
     task: ClassVar[TaskName] = TaskName.CLASSIFICATION
+    auto_model: ClassVar[str] = "AutoModelForSequenceClassification"
 
-    def preprocess(self, inputs: Sequence[dict[str, Any]], params: dict[str, Any]) -> Features:
+    def preprocess(self, inputs: Sequence[dict[str, Any]], params: ClassificationParams) -> Features:
         texts = [i["text"] for i in inputs]
         pairs = [i.get("text_pair") for i in inputs]
         if all(p is None for p in pairs):
@@ -43,7 +44,7 @@ class ClassificationEngine(Engine):
     def _features(enc: Any, n: int) -> Features:
         return Features(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"), item_of=np.arange(n))
 
-    def forward(self, batch: dict[str, Any], params: dict[str, Any]) -> BatchOutputs:
+    def forward(self, batch: dict[str, Any], params: ClassificationParams) -> BatchOutputs:
         logits = self.model(**batch).logits
         return {"logits": logits.float().cpu().numpy()}
 
@@ -65,13 +66,12 @@ class ClassificationEngine(Engine):
         inputs: Sequence[dict[str, Any]],
         features: Features,
         outputs: RunOutputs,
-        params: dict[str, Any],
+        params: ClassificationParams,
     ) -> list[Outcome]:
         logits = outputs.stacked("logits")
-        fn = self._function(params.get("function_to_apply", "default"))
+        fn = self._function(params.function_to_apply)
         scores = sigmoid(logits) if fn == "sigmoid" else softmax(logits) if fn == "softmax" else logits
-        top_k = params.get("top_k", 1)
-        k = scores.shape[1] if top_k is None else min(int(top_k), scores.shape[1])
+        k = scores.shape[1] if params.top_k is None else min(params.top_k, scores.shape[1])
         # Best first; ties keep label order, as the pipeline's stable sort does.
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         top = np.take_along_axis(scores, order, axis=1)

@@ -27,13 +27,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from inferq.errors import InputError, InvalidParameter, ModelLoadError
-from inferq.tasks import MASK_PLACEHOLDER, TaskName
+from inferq.tasks import MASK_PLACEHOLDER, FillMaskParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import BatchOutputs, Features, RunOutputs
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_TOP_K = 5
 
 #: Masked-LM classes whose ``forward`` is ``logits = head(encoder(...)[0])`` and nothing else (read in the
 #: installed transformers' source): class name → (the encoder attribute, the head's modules in the order
@@ -49,7 +48,7 @@ _HEAD_SPLITS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class FillMaskEngine(Engine):
+class FillMaskEngine(Engine[FillMaskParams]):
     """Fill-mask engine.
 
     ``forward`` runs the encoder on the batch (``[B, T, H]`` hidden states), gathers the hidden states at the
@@ -65,6 +64,7 @@ class FillMaskEngine(Engine):
     """
 
     task: ClassVar[TaskName] = TaskName.FILL_MASK
+    auto_model: ClassVar[str] = "AutoModelForMaskedLM"
 
     def __init__(self, loaded: Any) -> None:
         super().__init__(loaded)
@@ -144,23 +144,23 @@ class FillMaskEngine(Engine):
             self._target_tensors[key] = tensor
         return tensor
 
-    def _k(self, params: dict[str, Any]) -> int:
+    def _k(self, params: FillMaskParams) -> int:
         """Candidates kept per mask: ``top_k``, capped at the number of targets (as the pipeline does) and at the
         vocabulary size."""
-        top_k = int(params.get("top_k") or _DEFAULT_TOP_K)
-        targets = params.get("targets")
+        top_k = params.top_k
+        targets = params.targets
         if targets is not None:
             top_k = min(top_k, len(self.target_ids(targets)))
         return max(1, min(top_k, int(self.config.vocab_size)))
 
     # -- the three steps -------------------------------------------------------------------------------
 
-    def preprocess(self, inputs: Sequence[dict[str, Any]], params: dict[str, Any]) -> Features:
+    def preprocess(self, inputs: Sequence[dict[str, Any]], params: FillMaskParams) -> Features:
         """Tokenize (truncated); only texts with a mask token after truncation become features."""
         empty = Features(input_ids=[], item_of=np.zeros(0, dtype=np.int64), extra={"mask_positions": []})
         if not inputs or self.mask_id is None or self.mask_token is None:
             return empty
-        targets = params.get("targets")
+        targets = params.targets
         if targets is not None:
             try:
                 self.target_ids(targets)
@@ -191,7 +191,7 @@ class FillMaskEngine(Engine):
             extra={"mask_positions": positions},
         )
 
-    def forward(self, batch: dict[str, Any], params: dict[str, Any]) -> BatchOutputs:
+    def forward(self, batch: dict[str, Any], params: FillMaskParams) -> BatchOutputs:
         import torch
 
         input_ids = batch["input_ids"]
@@ -200,7 +200,7 @@ class FillMaskEngine(Engine):
         rows, cols = is_mask.nonzero(as_tuple=True)  # row-major: each row's masks in position order
         logits = self._head(states[rows, cols])  # [M, V]
         probs = logits.float().softmax(dim=-1)  # [M, V]
-        targets = params.get("targets")
+        targets = params.targets
         target_ids = self._target_tensor(targets) if targets is not None else None
         if target_ids is not None:
             probs = probs[:, target_ids]
@@ -224,12 +224,12 @@ class FillMaskEngine(Engine):
         inputs: Sequence[dict[str, Any]],
         features: Features,
         outputs: RunOutputs,
-        params: dict[str, Any],
+        params: FillMaskParams,
     ) -> list[Outcome]:
         if self.mask_id is None:
             error = ModelLoadError(f"model {self.loaded.name!r}: its tokenizer defines no mask token")
             return [Outcome.failure(error) for _ in inputs]
-        targets = params.get("targets")
+        targets = params.targets
         if targets is not None:
             try:
                 self.target_ids(targets)

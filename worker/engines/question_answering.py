@@ -47,7 +47,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from inferq.errors import InferqError, InputError, ModelLoadError
-from inferq.tasks import TaskName
+from inferq.tasks import QuestionAnsweringParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import BatchOutputs, Features, RunOutputs
 from worker.loaded import LoadedModel
@@ -60,8 +60,9 @@ _MASKED_LOGIT = np.float32(-10000.0)
 _NO_NULL_SCORE = 1000000
 
 
-class QuestionAnsweringEngine(Engine):
+class QuestionAnsweringEngine(Engine[QuestionAnsweringParams]):
     task: ClassVar[TaskName] = TaskName.QUESTION_ANSWERING
+    auto_model: ClassVar[str] = "AutoModelForQuestionAnswering"
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__(loaded)
@@ -79,10 +80,9 @@ class QuestionAnsweringEngine(Engine):
 
     # -- windows ---------------------------------------------------------------------------------------
 
-    def window_sizes(self, params: dict[str, Any]) -> tuple[int, int]:
+    def window_sizes(self, params: QuestionAnsweringParams) -> tuple[int, int]:
         """``(max_seq_len, doc_stride)`` for the tokenizer: the parameters, cut to the model's maximum length."""
-        max_seq_len = int(params.get("max_seq_len", 384))
-        doc_stride = int(params.get("doc_stride", 128))
+        max_seq_len, doc_stride = params.max_seq_len, params.doc_stride
         limit = self.loaded.max_length
         if max_seq_len > limit:
             max_seq_len = limit
@@ -104,7 +104,7 @@ class QuestionAnsweringEngine(Engine):
             return_token_type_ids=self._accepts_token_types,
         )
 
-    def preprocess(self, inputs: Sequence[dict[str, Any]], params: dict[str, Any]) -> Features:
+    def preprocess(self, inputs: Sequence[dict[str, Any]], params: QuestionAnsweringParams) -> Features:
         """Every item's windows, in item order. ``extra["encodings"]`` keeps each window's `tokenizers.Encoding`
         (sequence ids, word ids and character offsets for postprocess); ``extra["errors"]`` the items that could
         not be tokenized, with their error."""
@@ -153,7 +153,7 @@ class QuestionAnsweringEngine(Engine):
 
     # -- the model -------------------------------------------------------------------------------------
 
-    def forward(self, batch: dict[str, Any], params: dict[str, Any]) -> BatchOutputs:
+    def forward(self, batch: dict[str, Any], params: QuestionAnsweringParams) -> BatchOutputs:
         if self._no_cache:
             batch = {**batch, "use_cache": False}
         out = self.model(**batch)
@@ -169,7 +169,7 @@ class QuestionAnsweringEngine(Engine):
         inputs: Sequence[dict[str, Any]],
         features: Features,
         outputs: RunOutputs,
-        params: dict[str, Any],
+        params: QuestionAnsweringParams,
     ) -> list[Outcome]:
         if not getattr(self.tokenizer, "is_fast", False):
             error = ModelLoadError(
@@ -177,10 +177,10 @@ class QuestionAnsweringEngine(Engine):
                 f"and {type(self.tokenizer).__name__} is not one"
             )
             return [Outcome.failure(error) for _ in inputs]
-        top_k = int(params.get("top_k", 1))
-        max_answer_len = int(params.get("max_answer_len", 15))
-        handle_impossible = bool(params.get("handle_impossible_answer", False))
-        align_to_words = bool(params.get("align_to_words", True))
+        top_k = params.top_k
+        max_answer_len = params.max_answer_len
+        handle_impossible = params.handle_impossible_answer
+        align_to_words = params.align_to_words
         # Some candidates may widen to the same words: the pipeline asks for more when aligning.
         pre_topk = top_k * 2 + 10 if align_to_words else top_k
 

@@ -17,22 +17,22 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from inferq.tasks import TaskName
+from inferq.tasks import TaskName, TokenClassificationParams
 from worker.engines.base import Engine, Outcome, softmax
 from worker.engines.batching import BatchOutputs, Features, RunOutputs
 
 log = logging.getLogger(__name__)
 
 _WORD_STRATEGIES = ("first", "average", "max")
-_STRATEGIES = ("none", "simple", *_WORD_STRATEGIES)
 
 
-class TokenClassificationEngine(Engine):
+class TokenClassificationEngine(Engine[TokenClassificationParams]):
     """``forward`` returns each token's logits (``[B, T, num_labels]``, read back per feature with
     `RunOutputs.rows`); ``postprocess`` follows the pipeline's ``gather_pre_entities``, ``aggregate`` and
     ``group_entities`` step by step."""
 
     task: ClassVar[TaskName] = TaskName.TOKEN_CLASSIFICATION
+    auto_model: ClassVar[str] = "AutoModelForTokenClassification"
 
     def __init__(self, loaded: Any) -> None:
         super().__init__(loaded)
@@ -49,7 +49,7 @@ class TokenClassificationEngine(Engine):
 
     # -- the three steps -------------------------------------------------------------------------------
 
-    def preprocess(self, inputs: Sequence[dict[str, Any]], params: dict[str, Any]) -> Features:
+    def preprocess(self, inputs: Sequence[dict[str, Any]], params: TokenClassificationParams) -> Features:
         if not inputs:
             return Features(input_ids=[], item_of=np.zeros(0, dtype=np.int64), extra={"special": [], "offsets": []})
         texts = [str(i["text"]) for i in inputs]
@@ -62,7 +62,7 @@ class TokenClassificationEngine(Engine):
             extra={"special": enc["special_tokens_mask"], "offsets": offsets},
         )
 
-    def forward(self, batch: dict[str, Any], params: dict[str, Any]) -> BatchOutputs:
+    def forward(self, batch: dict[str, Any], params: TokenClassificationParams) -> BatchOutputs:
         logits = self.model(**batch).logits  # [B, T, num_labels]
         return {"logits": logits.float().cpu().numpy()}
 
@@ -71,13 +71,10 @@ class TokenClassificationEngine(Engine):
         inputs: Sequence[dict[str, Any]],
         features: Features,
         outputs: RunOutputs,
-        params: dict[str, Any],
+        params: TokenClassificationParams,
     ) -> list[Outcome]:
-        strategy = str(params.get("aggregation_strategy") or "none").lower()
-        if strategy not in _STRATEGIES:
-            raise ValueError(f"unknown aggregation_strategy {strategy!r}")
-        ignore = params.get("ignore_labels")
-        ignore_labels: list[Any] = ["O"] if ignore is None else list(ignore)
+        strategy = params.aggregation_strategy
+        ignore_labels: list[Any] = list(params.ignore_labels)
         if strategy in _WORD_STRATEGIES and not self._word_aware and not self._warned_fallback:
             log.warning("tokenizer of %r does not mark subwords: words are found by whitespace", self.loaded.name)
             self._warned_fallback = True

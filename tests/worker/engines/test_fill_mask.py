@@ -22,7 +22,7 @@ import pytest
 
 from inferq.errors import InputError, InvalidParameter
 from inferq.settings import ModelSpec, Settings
-from inferq.tasks import MASK_PLACEHOLDER, TaskName, validate_params
+from inferq.tasks import MASK_PLACEHOLDER, TaskName, read_params, validate_params
 from worker.engines.base import Outcome
 from worker.engines.batching import plan_batches
 from worker.engines.fill_mask import FillMaskEngine
@@ -116,7 +116,7 @@ class Model:
         return [out] if out and isinstance(out[0], dict) else out
 
     def n_batches(self, texts: Sequence[str], params: dict[str, Any]) -> int:
-        features = self.engine.preprocess([{"text": t} for t in texts], params)
+        features = self.engine.preprocess([{"text": t} for t in texts], read_params(TaskName.FILL_MASK, params))
         return len(plan_batches(features.lengths, MAX_BATCH_TOKENS, self.engine.loaded.max_batch_size))
 
 
@@ -458,7 +458,7 @@ def test_head_runs_on_the_masks_only(request: pytest.FixtureRequest, arch: str) 
         registry, dirs = request.getfixturevalue("other_mlm_registry"), request.getfixturevalue("other_mlm_dirs")
         model = Model(registry, dirs, arch)
     texts = mixed_texts(model.mask_token)
-    features = model.engine.preprocess([{"text": t} for t in texts], validate_params(TaskName.FILL_MASK, {}))
+    features = model.engine.preprocess([{"text": t} for t in texts], read_params(TaskName.FILL_MASK, {}))
     n_masks = sum(len(p) for p in features.extra["mask_positions"])
 
     # When the engine fills them, watching the vocabulary projection

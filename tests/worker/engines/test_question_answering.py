@@ -21,7 +21,7 @@ import pytest
 
 from inferq.errors import InputError
 from inferq.settings import Settings
-from inferq.tasks import TaskName, validate_params
+from inferq.tasks import TaskName, read_params, validate_params
 from tests.reference import SCORE_TOLERANCE
 from worker.engines.base import Engine
 from worker.engines.batching import plan_batches
@@ -139,7 +139,7 @@ def test_a_context_longer_than_max_seq_len_is_split_into_overlapping_windows(reg
     params = validate_params(TaskName.QUESTION_ANSWERING, {"max_seq_len": 64, "doc_stride": 16, "top_k": 3})
 
     # When the inputs are preprocessed
-    features = engine.preprocess(inputs, params)
+    features = engine.preprocess(inputs, read_params(TaskName.QUESTION_ANSWERING, params))
 
     # Then the long context gives several features of the first item, the short one a single feature
     item_of = features.item_of.tolist()

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from inferq.settings import ModelSpec, Settings
-from inferq.tasks import TaskName, validate_params
+from inferq.tasks import TaskName, read_params, validate_params
 from worker.engines.base import Outcome
 from worker.engines.batching import plan_batches
 from worker.engines.token_classification import TokenClassificationEngine
@@ -191,7 +191,9 @@ def test_inputs_are_a_fair_test(models: dict[str, Model], arch: str) -> None:
     params = validate_params(TaskName.TOKEN_CLASSIFICATION, {})
 
     # When they are tokenized and planned
-    features = model.engine.preprocess([{"text": t} for t in inputs], params)
+    features = model.engine.preprocess(
+        [{"text": t} for t in inputs], read_params(TaskName.TOKEN_CLASSIFICATION, params)
+    )
     batches = plan_batches(features.lengths, MAX_BATCH_TOKENS, model.engine.loaded.max_batch_size)
 
     # Then they span several micro-batches, some are cut at the maximum length, and no token's two best labels
