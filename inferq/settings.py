@@ -63,6 +63,11 @@ DEFAULT_MODELS: dict[str, ModelSpec] = {
         task=TaskName.TOKEN_CLASSIFICATION,
         description="named entities (PER/ORG/LOC/MISC), BERT large fine-tuned on CoNLL-2003",
     ),
+    "minilm": ModelSpec(
+        source="sentence-transformers/all-MiniLM-L6-v2",
+        task=TaskName.EMBEDDING,
+        description="sentence embeddings (384 dimensions, normalized), all-MiniLM-L6-v2",
+    ),
 }
 
 
