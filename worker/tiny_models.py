@@ -150,3 +150,87 @@ def build_model(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+#: How `build_cross_encoder` stores the activation: as sentence-transformers 6 ``CrossEncoder.save`` writes it
+#: (``config_sentence_transformers.json`` beside ``modules.json``), in ``config.json``'s ``sentence_transformers``
+#: entry (as versions 4 and 5 saved it), or not at all (a plain transformers checkpoint).
+CrossEncoderLayout = Literal["sentence_transformers", "config", "transformers"]
+
+
+def build_cross_encoder(
+    path: str | Path,
+    arch: Arch = "bert",
+    *,
+    activation: str | None = "torch.nn.modules.activation.Sigmoid",
+    layout: CrossEncoderLayout = "sentence_transformers",
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
+    initializer_range: float = 0.3,
+    **kwargs: Any,
+) -> Path:
+    """A one-label sequence-classification model (a reranker, as sentence-transformers' ``CrossEncoder`` loads
+    it), random weights with a wide ``initializer_range`` so that scores rarely tie. ``activation``: the dotted
+    path of the activation stored with it, in the `CrossEncoderLayout` ``layout`` (``None``: none stored, so
+    CrossEncoder applies its default, Sigmoid). ``prompts``/``default_prompt_name`` go with the
+    ``sentence_transformers`` layout only. Other keyword arguments go to `build_model`."""
+    import json
+
+    extra: dict[str, Any] = {}
+    if layout == "config" and activation is not None:
+        extra["sentence_transformers"] = {"activation_fn": activation, "version": "5.0.0"}
+    path = build_model(
+        path,
+        TaskName.RERANK,
+        arch,
+        labels=["LABEL_0"],
+        initializer_range=initializer_range,
+        **extra,
+        **kwargs,
+    )
+    if layout == "sentence_transformers":
+        files: dict[str, Any] = {
+            "modules.json": [
+                {
+                    "idx": 0,
+                    "name": "0",
+                    "path": "",
+                    "type": "sentence_transformers.base.modules.transformer.Transformer",
+                }
+            ],
+            "sentence_bert_config.json": {
+                "transformer_task": "sequence-classification",
+                "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+                "module_output_name": "scores",
+            },
+            "config_sentence_transformers.json": {
+                "activation_fn": activation,
+                "default_prompt_name": default_prompt_name,
+                "model_type": "CrossEncoder",
+                "prompts": prompts or {},
+            },
+        }
+        for name, content in files.items():
+            (path / name).write_text(json.dumps(content, indent=2, sort_keys=True), encoding="utf-8")
+    return path
+
+
+def build_nli_model(
+    path: str | Path,
+    arch: Arch = "bert",
+    labels: tuple[str, ...] | list[str] = ("contradiction", "neutral", "entailment"),
+    *,
+    initializer_range: float = 0.3,
+    **kwargs: Any,
+) -> Path:
+    """A sequence-classification model with NLI labels (``("ENTAILMENT", "NEUTRAL", "CONTRADICTION")`` …, in
+    id order), random weights with a wide ``initializer_range``, for zero-shot classification. Other keyword
+    arguments go to `build_model`."""
+    return build_model(
+        path,
+        TaskName.ZERO_SHOT_CLASSIFICATION,
+        arch,
+        labels=list(labels),
+        initializer_range=initializer_range,
+        **kwargs,
+    )

@@ -1,0 +1,155 @@
+"""Zero-shot classification with an NLI model, equal to the transformers zero-shot-classification pipeline.
+
+* Labels: the line's ``candidate_labels`` (a string is split at commas, as the pipeline splits it), else the job's
+  parameter. Each label becomes the hypothesis ``hypothesis_template.format(label)``, and every (text, hypothesis)
+  pair is one feature (`Features.item_of` maps it to its line), batched under the token budget with every other
+  pair of the chunk.
+* Tokenization as the pipeline's: ``tokenizer(text, hypothesis, truncation="only_first")``, so that only the text
+  is cut, to the model's maximum length; a pair whose hypothesis alone leaves no room (the tokenizer raises
+  "… too short …") is tokenized without truncation, as the pipeline retries it.
+* The entailment logit is the one of the first ``label2id`` key starting with "entail" (any case); the
+  contradiction logit is, as in the pipeline, column 0, or the last column when entailment is 0.
+* Scores: without ``multi_label`` (and with more than one label), softmax of the labels' entailment logits;
+  with ``multi_label`` or a single label, per label the softmax over its [contradiction, entailment] logits.
+* The result lists every label, best first, in the pipeline's order (``reversed(scores.argsort())``).
+
+A model without an entailment label is refused at load (``ValueError``, reported by the registry as
+``ModelLoadError``); the pipeline only warns and then reads the last logit as entailment.
+
+Differences from the pipeline, on purpose: softmaxes are taken with the maximum subtracted first (the pipeline
+exponentiates the logits as they are, which overflows to NaN for large logits); a tokenizer without a maximum
+length truncates to the model's position table (`worker.loaded.effective_max_length`), where the pipeline does
+not truncate at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from inferq.errors import InputError
+from inferq.tasks import TaskName, ZeroShotParams
+from worker.engines.base import Engine, Outcome, softmax
+from worker.engines.batching import BatchOutputs, Features, RunOutputs
+from worker.loaded import LoadedModel
+
+
+class ZeroShotEngine(Engine[ZeroShotParams]):
+    task: ClassVar[TaskName] = TaskName.ZERO_SHOT_CLASSIFICATION
+    auto_model: ClassVar[str] = "AutoModelForSequenceClassification"
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__(loaded)
+        num_labels = int(self.config.num_labels)
+        entailment = entailment_id(self.config.label2id)
+        if entailment is None:
+            labels = ", ".join(repr(k) for k in self.config.label2id) or "none"
+            raise ValueError(
+                f"zero-shot classification needs an NLI model with an entailment label (a label starting with "
+                f"'entail'); this model's labels are {labels}"
+            )
+        if not 0 <= entailment < num_labels:
+            raise ValueError(f"the entailment label's id {entailment} is outside the model's {num_labels} logits")
+        #: Logit columns, as the pipeline picks them.
+        self.entailment_id = entailment
+        self.contradiction_id = num_labels - 1 if entailment == 0 else 0
+
+    def preprocess(self, inputs: Sequence[dict[str, Any]], params: ZeroShotParams) -> Features:
+        texts: list[str] = []
+        hypotheses: list[str] = []
+        item_of: list[int] = []
+        labels_of: list[list[str]] = []
+        for i, line in enumerate(inputs):
+            labels = labels_of_line(line, params)
+            labels_of.append(labels)
+            for label in labels:
+                texts.append(str(line["text"]))
+                hypotheses.append(params.hypothesis_template.format(label))
+                item_of.append(i)
+        extra = {"labels": labels_of}
+        if not texts:
+            return Features(input_ids=[], item_of=np.zeros(0, dtype=np.int64), extra=extra)
+        ids, types = self._tokenize_pairs(texts, hypotheses)
+        return Features(input_ids=ids, token_type_ids=types, item_of=np.asarray(item_of, dtype=np.int64), extra=extra)
+
+    def _tokenize_pairs(
+        self, texts: list[str], hypotheses: list[str]
+    ) -> tuple[list[list[int]], list[list[int]] | None]:
+        try:
+            enc = self.tokenize(texts, hypotheses, truncation="only_first")
+            return enc["input_ids"], enc.get("token_type_ids")
+        except Exception as exc:
+            if "too short" not in str(exc):
+                raise
+        # Some hypothesis leaves the text no room: as the pipeline (which tokenizes pair by pair), such a pair is
+        # tokenized without truncation, the others as before.
+        ids: list[list[int]] = []
+        types: list[list[int]] | None = [] if self._accepts_token_types else None
+        for text, hypothesis in zip(texts, hypotheses, strict=True):
+            try:
+                enc = self.tokenize([text], [hypothesis], truncation="only_first")
+            except Exception as exc:
+                if "too short" not in str(exc):
+                    raise
+                enc = self.tokenize([text], [hypothesis], truncation=False, max_length=None)
+            ids.append(enc["input_ids"][0])
+            if types is not None:
+                types.append(enc["token_type_ids"][0])
+        return ids, types
+
+    def forward(self, batch: dict[str, Any], params: ZeroShotParams) -> BatchOutputs:
+        logits = self.model(**batch).logits
+        return {"logits": logits.float().cpu().numpy()}
+
+    def postprocess(
+        self,
+        inputs: Sequence[dict[str, Any]],
+        features: Features,
+        outputs: RunOutputs,
+        params: ZeroShotParams,
+    ) -> list[Outcome]:
+        logits = outputs.stacked("logits")
+        if logits.ndim != 2 or logits.shape[1] != self.config.num_labels:  # nothing ran
+            logits = np.zeros((len(features), int(self.config.num_labels)), dtype=np.float32)
+        labels_of: list[list[str]] = features.extra["labels"]
+        outcomes: list[Outcome] = []
+        start = 0
+        for labels in labels_of:
+            end = start + len(labels)
+            own = logits[start:end]
+            start = end
+            if not labels:
+                outcomes.append(Outcome.failure(InputError("no candidate labels")))
+                continue
+            if params.multi_label or len(labels) == 1:
+                pair = own[:, [self.contradiction_id, self.entailment_id]]
+                scores = softmax(pair, axis=-1)[:, 1]
+            else:
+                scores = softmax(own[:, self.entailment_id], axis=-1)
+            # The pipeline's order: ascending argsort, reversed (equal scores come in reverse label order).
+            order = scores.argsort()[::-1]
+            result = [
+                {"label": labels[j], "score": s} for j, s in zip(order.tolist(), scores[order].tolist(), strict=True)
+            ]
+            outcomes.append(Outcome(result=result, label=result[0]["label"], score=result[0]["score"]))
+        return outcomes
+
+
+def entailment_id(label2id: dict[str, Any]) -> int | None:
+    """The id of the first label (in ``label2id`` order) starting with "entail", any case; as the pipeline."""
+    for label, index in label2id.items():
+        if str(label).lower().startswith("entail"):
+            return int(index)
+    return None
+
+
+def labels_of_line(line: dict[str, Any], params: ZeroShotParams) -> list[str]:
+    """The line's own ``candidate_labels`` (they win), else the job's; a string is split at commas."""
+    labels = line.get("candidate_labels")
+    if labels is None:
+        labels = params.candidate_labels
+    if isinstance(labels, str):
+        return [s.strip() for s in labels.split(",") if s.strip()]
+    return [str(x) for x in labels or []]
