@@ -165,7 +165,11 @@ class ZeroShotParams(TaskParams):
     @field_validator("hypothesis_template")
     @classmethod
     def _has_slot(cls, value: str) -> str:
-        if "{}" not in value:
+        try:
+            slotted = value.format("a") != value.format("b")
+        except (IndexError, KeyError, ValueError):
+            raise ValueError(f"{value!r} is not a template with one {{}} for the label") from None
+        if not slotted:
             raise ValueError(f"{value!r} has no {{}} for the label")
         return value
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -21,6 +23,40 @@ class LoadedModel:
     #: Padded tokens per micro-batch for this model.
     max_batch_tokens: int
     max_batch_size: int
+    #: The hub revision the registry pins (None: the default branch, or a local directory).
+    revision: str | None = None
+
+    def file(self, name: str) -> Path | None:
+        """A file of the checkpoint (``"modules.json"``, ``"1_Pooling/config.json"``): from its directory, or for
+        a hub id from the hub cache at the pinned revision (fetched if need be); None where there is none."""
+        source = Path(self.source)
+        if source.is_dir():
+            found = source / name
+            return found if found.is_file() else None
+        from transformers.utils import cached_file
+
+        try:
+            path = cached_file(
+                self.source,
+                name,
+                revision=self.revision,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
+        except OSError:
+            return None
+        return Path(path) if path else None
+
+    def read_json(self, name: str) -> Any:
+        """A JSON file of the checkpoint, decoded; None where there is none. Bad JSON raises ValueError (the
+        registry turns it into `ModelLoadError`)."""
+        found = self.file(name)
+        if found is None:
+            return None
+        try:
+            return json.loads(found.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{name} of {self.source!r} is not valid JSON: {exc}") from exc
 
     @property
     def config(self) -> Any:

@@ -110,6 +110,7 @@ class ModelRegistry:
             precision=precision,
             max_batch_tokens=spec.max_batch_tokens or self.settings.max_batch_tokens,
             max_batch_size=self.settings.max_batch_size,
+            revision=spec.revision,
         )
 
     def loaded_names(self) -> list[str]:

@@ -59,6 +59,8 @@ def test_every_task_has_one_spec_whose_columns_exist() -> None:
         (TaskName.EMBEDDING, {"pooling": "weighted"}, "pooling", "lasttoken"),
         (TaskName.RERANK, {"top_k": 0}, "top_k", "greater than or equal to 1"),
         (TaskName.ZERO_SHOT_CLASSIFICATION, {"hypothesis_template": "no slot"}, "hypothesis_template", "no {}"),
+        (TaskName.ZERO_SHOT_CLASSIFICATION, {"hypothesis_template": "{{}} escaped"}, "hypothesis_template", "no {}"),
+        (TaskName.ZERO_SHOT_CLASSIFICATION, {"hypothesis_template": "{x} is {}"}, "hypothesis_template", "one {}"),
         (TaskName.ZERO_SHOT_CLASSIFICATION, {"candidate_labels": []}, "candidate_labels", "must not be empty"),
         (TaskName.ZERO_SHOT_CLASSIFICATION, {"candidate_labels": ["a", " "]}, "candidate_labels", "non-empty"),
     ],

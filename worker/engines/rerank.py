@@ -27,17 +27,14 @@ run.
 Differences from CrossEncoder, on purpose: a tokenizer without a maximum length is truncated to the model's
 position table as `worker.loaded.effective_max_length` computes it (CrossEncoder takes
 ``max_position_embeddings`` itself, which overflows RoBERTa's table); ``processing_kwargs`` and ``do_lower_case``
-in ``sentence_bert_config.json`` are not read; for a hub model the sentence-transformers files are read at the
-hub's default revision (`LoadedModel` does not carry the registry's pinned revision).
+in ``sentence_bert_config.json`` are not read.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -190,51 +187,27 @@ def _cross_encoder_config(loaded: LoadedModel) -> tuple[dict[str, Any], dict[str
     and its ``Transformer`` module's ``sentence_bert_config.json``, as CrossEncoder reads them; ``({}, {})`` for any
     other checkpoint (a plain transformers one, or a save of another model type, whose settings CrossEncoder
     ignores). Raises ``ValueError`` for a CrossEncoder save with modules this engine does not run."""
-    modules_file = _model_file(loaded, "modules.json")
-    if modules_file is None:
+    modules = loaded.read_json("modules.json")
+    if modules is None:
         return {}, {}
-    try:
-        st_config = _read_json(_model_file(loaded, "config_sentence_transformers.json"))
-        if st_config.get("model_type", "SentenceTransformer") != "CrossEncoder":
-            return {}, {}
-        modules = json.loads(modules_file.read_text("utf-8"))
-        types = [str(m.get("type", "")) for m in modules] if isinstance(modules, list) else []
-        if len(types) != 1 or not types[0].endswith(".Transformer") or modules[0].get("path", "") != "":
-            raise ValueError(
-                f"this CrossEncoder save's modules ({', '.join(types) or 'none'}) are not one sequence-classification "
-                "Transformer module at the checkpoint's root, the only kind the rerank engine runs"
-            )
-        module_config = _read_json(_model_file(loaded, "sentence_bert_config.json"))
-    except (OSError, AttributeError, TypeError) as exc:
-        raise ValueError(f"unreadable sentence-transformers files: {exc}") from exc
-    return st_config, module_config
-
-
-def _read_json(file: Path | None) -> dict[str, Any]:
-    if file is None:
-        return {}
-    content = json.loads(file.read_text("utf-8"))  # a ValueError (bad JSON) fails the load as it is
-    if not isinstance(content, dict):
-        raise ValueError(f"{file.name} is not a JSON object")
-    return content
-
-
-def _model_file(loaded: LoadedModel, name: str) -> Path | None:
-    """A file of the model's checkpoint: from its directory, or for a hub id from the hub cache (fetched if need
-    be; ``None`` when the hub has no such file or cannot be reached)."""
-    source = Path(loaded.source)
-    if source.is_dir():
-        file = source / name
-        return file if file.is_file() else None
-    from transformers.utils import cached_file
-
-    try:
-        found = cached_file(
-            loaded.source,
-            name,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
+    st_config = _object(loaded, "config_sentence_transformers.json")
+    if st_config.get("model_type", "SentenceTransformer") != "CrossEncoder":
+        return {}, {}
+    types = (
+        [str(m.get("type", "")) if isinstance(m, dict) else "" for m in modules] if isinstance(modules, list) else []
+    )
+    if len(types) != 1 or not types[0].endswith(".Transformer") or modules[0].get("path", "") != "":
+        raise ValueError(
+            f"this CrossEncoder save's modules ({', '.join(types) or 'none'}) are not one sequence-classification "
+            "Transformer module at the checkpoint's root, the only kind the rerank engine runs"
         )
-    except OSError:
-        return None
-    return Path(found) if found else None
+    return st_config, _object(loaded, "sentence_bert_config.json")
+
+
+def _object(loaded: LoadedModel, name: str) -> dict[str, Any]:
+    content = loaded.read_json(name)
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{name} is not a JSON object")
+    return content
