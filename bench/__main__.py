@@ -1,11 +1,14 @@
 """``python -m bench``: run the benchmark, print the table and the targets, write the JSON under bench/results/.
 
-Per task, on one base-size model and one list of real inputs: the transformers pipeline at batch size 1 (its
-results are the reference) and 32 (for question answering a raw forward loop instead: transformers 5.24 has no
-QA pipeline), inferq's engine in-process at fp32, bf16 and int8, and the same items through the whole system
+Per task, on one realistic model and one list of real inputs: the reference implementation at batch size 32
+(the transformers pipeline; for question answering a raw forward loop instead, transformers 5.24 has no QA
+pipeline; ``SentenceTransformer.encode`` for embeddings; ``CrossEncoder.predict`` for rerank; the zero-shot
+pipeline), and for classification, QA and fill-mask also the pipeline at batch size 1 (its results are the
+reference), inferq's engine in-process at fp32, bf16 and int8, and the same items through the whole system
 (client → Redis → one worker process → PostgreSQL), in interleaved rounds so that compared runs share the
-machine's load. Then the worker's memory across consecutive jobs, many one-item jobs against one large job, and
-submission, export and status at 100k items."""
+machine's load. Then the worker's memory across consecutive jobs, many one-item jobs against one large job,
+submission, export and status at 100k items, and for embeddings the bytes of a stored vector and the NPY export
+of 100k stored vectors."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +29,25 @@ from typing import Any
 
 from bench import inputs as bench_inputs
 from bench.inprocess import (
+    Result,
     engine_tokens,
+    load_cross_encoder,
     load_pipeline,
     load_raw_qa,
+    load_sentence_transformer,
+    load_zero_shot_pipeline,
     make_engine,
     params_for,
     ranked,
+    run_cross_encoder,
+    run_encode,
     run_engine,
     run_pipeline,
     run_raw_qa,
+    run_zero_shot_pipeline,
 )
-from bench.measure import Deviation, Measurement, Ranked, compare
-from bench.models import MODELS, BenchModel, ensure_model, registry_json
+from bench.measure import Deviation, Measurement, VectorDeviation, compare, compare_vectors, describe
+from bench.models import DESCRIPTIONS, MODELS, BenchModel, ensure_model, registry_json
 from bench.report import Target, find, format_table, machine_info, machine_line, paired_ratio, write_json
 from inferq.tasks import TaskName
 
@@ -49,12 +60,25 @@ DEFAULT_MODELS_DIR = ROOT / ".cache" / "bench-models"
 #: Task → its benchmark model.
 TASK_MODEL = {task: name for name, task in MODELS.items()}
 
-#: Items per task (full, quick). A QA item (question + paragraph, ~130 tokens) costs ~4 classification items.
+#: The tasks of the first benchmark (``--tasks classic``), and those whose targets hold the whole system to a
+#: sentence-transformers or transformers reference (``--tasks encoders``).
+CLASSIC_TASKS = (TaskName.CLASSIFICATION, TaskName.QUESTION_ANSWERING, TaskName.FILL_MASK)
+ENCODER_TASKS = (TaskName.EMBEDDING, TaskName.ZERO_SHOT_CLASSIFICATION, TaskName.RERANK)
+TASK_GROUPS = {"all": CLASSIC_TASKS + ENCODER_TASKS, "classic": CLASSIC_TASKS, "encoders": ENCODER_TASKS}
+
+#: Items per task (full, quick). A QA item (question + paragraph, ~130 tokens) costs ~4 classification items; a
+#: zero-shot item is one pair per label (10), a rerank item one pair per document (50).
 DEFAULT_N = {
     TaskName.CLASSIFICATION: (512, 128),
     TaskName.FILL_MASK: (128, 48),
     TaskName.QUESTION_ANSWERING: (64, 24),
+    TaskName.EMBEDDING: (2000, 256),
+    TaskName.ZERO_SHOT_CLASSIFICATION: (1000, 32),
+    TaskName.RERANK: (200, 12),
 }
+
+#: Interleaved rounds per task in a full run (quick: 1); the baseline at batch size 32 runs in the first two.
+DEFAULT_ROUNDS = {TaskName.CLASSIFICATION: 3, TaskName.EMBEDDING: 3}
 
 #: The targets of the issue.
 SYSTEM_OVER_ENGINE = 0.9
@@ -68,25 +92,39 @@ STATUS_RATIO = 2.0
 #: allocator noise.
 MEMORY_GROWTH = 0.02
 SMALL_OVER_LARGE = 0.5
+#: The system over the task's reference (at batch size 32): at fp32, and at each reduced precision.
+SYSTEM_OVER_REFERENCE: dict[TaskName, tuple[float, float]] = {
+    TaskName.EMBEDDING: (1.0, 2.5),
+    TaskName.ZERO_SHOT_CLASSIFICATION: (1.5, 3.0),
+    TaskName.RERANK: (1.5, 3.0),
+}
+NPY_VECTORS_PER_SECOND = 200_000
+#: Items of the float16 storage job (a subset of the embedding items).
+FLOAT16_ITEMS = 256
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer items everywhere (about 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="fewer items everywhere (a few minutes)")
     p.add_argument(
         "--tasks",
-        default="classification,question_answering,fill_mask",
-        help="comma-separated tasks (default: all three)",
+        default="all",
+        help="comma-separated tasks, or all (the default), classic (classification, question_answering, "
+        "fill_mask) or encoders (embedding, zero_shot_classification, rerank)",
     )
     p.add_argument(
         "--n",
         type=int,
         default=None,
-        help="items per task (default: 512/64/128 classification/QA/fill-mask; quick: 128/24/48)",
+        help="items per task (default, quick: "
+        + "; ".join(f"{t.value} {full}, {quick}" for t, (full, quick) in DEFAULT_N.items())
+        + "); a zero-shot item is a text (x 10 labels), a rerank item a query (x 50 documents)",
     )
     p.add_argument("--precisions", default="bf16,int8", help="reduced precisions to compare (default: bf16,int8)")
     p.add_argument("--skip-system", action="store_true", help="no worker: in-process runs only")
-    p.add_argument("--skip-scale", action="store_true", help="no 100k-item submission/export/status runs")
+    p.add_argument(
+        "--skip-scale", action="store_true", help="no 100k-item submission/export/status runs, no NPY export"
+    )
     p.add_argument("--scale-items", type=int, default=None, help="items of the scale job (default 100000; quick 20000)")
     p.add_argument(
         "--small-jobs",
@@ -103,11 +141,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=None,
-        help="interleaved rounds per task (default: 3 classification, 2 others; quick 1)",
+        help="interleaved rounds per task (default: 3 classification and embedding, 2 others; quick 1)",
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.task_list = [TaskName(t.strip()) for t in args.tasks.split(",") if t.strip()]
+    args.task_list = task_list(args.tasks)
     args.precision_list = [x.strip() for x in args.precisions.split(",") if x.strip()]
     args.scale_items = args.scale_items or (20_000 if args.quick else 100_000)
     if args.small_jobs is None:
@@ -115,20 +153,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def task_list(spec: str) -> list[TaskName]:
+    """``--tasks``: task names (``-`` or ``_``) and group names (`TASK_GROUPS`), comma-separated; each task once, in
+    the order given."""
+    out: list[TaskName] = []
+    for word in (w.strip() for w in spec.split(",")):
+        if not word:
+            continue
+        try:
+            tasks = TASK_GROUPS.get(word) or (TaskName(word.replace("-", "_")),)
+        except ValueError:
+            known = ", ".join([*TASK_GROUPS, *(t.value for t in TASK_GROUPS["all"])])
+            raise SystemExit(f"python -m bench: unknown task {word!r} (known: {known})") from None
+        out.extend(t for t in tasks if t not in out)
+    if not out:
+        raise SystemExit("python -m bench: no task given")
+    return out
+
+
 @dataclass
 class Run:
     """Everything one benchmark run measured."""
 
     measurements: list[Measurement] = field(default_factory=list)
-    #: task → the engine at fp32 against the pipeline at batch size 1 (the reference).
-    parity: dict[str, Deviation] = field(default_factory=dict)
+    #: task → the engine at fp32 against the reference results (the pipeline at batch size 1; for embedding,
+    #: zero-shot and rerank the reference's first run at batch size 32).
+    parity: dict[str, Deviation | VectorDeviation] = field(default_factory=dict)
     #: task → precision → the engine at that precision against the engine at fp32.
-    deviation: dict[str, dict[str, Deviation]] = field(default_factory=dict)
+    deviation: dict[str, dict[str, Deviation | VectorDeviation]] = field(default_factory=dict)
     #: task → precision → the system's stored results against the in-process engine's.
-    system_vs_engine: dict[str, dict[str, Deviation]] = field(default_factory=dict)
+    system_vs_engine: dict[str, dict[str, Deviation | VectorDeviation]] = field(default_factory=dict)
     memory: dict[str, Any] | None = None
     small_jobs: dict[str, Any] | None = None
     scale: dict[str, Any] | None = None
+    #: Embeddings: bytes per stored vector at float32 and float16 (`bench.system.vector_storage`).
+    vectors: dict[str, Any] | None = None
+    #: Embeddings: exporting stored vectors as NPY (`bench.system.npy_export_scale`).
+    npy_export: dict[str, Any] | None = None
     skipped: list[str] = field(default_factory=list)
     worker_log: str | None = None
     #: `bench.report.machine_info`.
@@ -151,8 +212,40 @@ def items_for(task: TaskName, n: int, seed: int) -> list[dict[str, Any]]:
         TaskName.CLASSIFICATION: bench_inputs.classification_inputs,
         TaskName.QUESTION_ANSWERING: bench_inputs.qa_inputs,
         TaskName.FILL_MASK: bench_inputs.fill_mask_inputs,
+        TaskName.EMBEDDING: bench_inputs.embedding_inputs,
+        TaskName.ZERO_SHOT_CLASSIFICATION: bench_inputs.zero_shot_inputs,
+        TaskName.RERANK: bench_inputs.rerank_inputs,
     }[task]
     return make(corpus(), n, seed)
+
+
+def compare_results(task: TaskName, got: list[Result], want: list[Result]) -> Deviation | VectorDeviation:
+    """Vectors by cosine and component (embeddings), ranked results by key and score (the rest)."""
+    if task is TaskName.EMBEDDING:
+        return compare_vectors(got, want)  # type: ignore[arg-type]
+    return compare(got, want)  # type: ignore[arg-type]
+
+
+Baseline = Callable[[int, bool], tuple[Measurement, list[Result] | None]]
+
+
+def load_baseline(model: BenchModel, items: list[dict[str, Any]]) -> Baseline:
+    """The task's reference implementation, as ``baseline(batch_size, warm_up)``."""
+    task = model.task
+    if task is TaskName.QUESTION_ANSWERING:
+        raw = load_raw_qa(model)
+        return lambda bs, warm_up: run_raw_qa(raw, items, bs, warm_up=warm_up)
+    if task is TaskName.EMBEDDING:
+        st = load_sentence_transformer(model)
+        return lambda bs, warm_up: run_encode(st, items, bs, warm_up=warm_up)
+    if task is TaskName.RERANK:
+        ce = load_cross_encoder(model)
+        return lambda bs, warm_up: run_cross_encoder(ce, items, bs, warm_up=warm_up)
+    if task is TaskName.ZERO_SHOT_CLASSIFICATION:
+        zs = load_zero_shot_pipeline(model)
+        return lambda bs, warm_up: run_zero_shot_pipeline(zs, items, bs, warm_up=warm_up)
+    pipe = load_pipeline(model)
+    return lambda bs, warm_up: run_pipeline(pipe, model, items, bs, warm_up=warm_up)
 
 
 def bench_task(
@@ -166,51 +259,48 @@ def bench_task(
     """The task's rows, in interleaved rounds: each round runs the baseline at batch size 32 (the first two
     rounds only: it is the slowest), then at every precision the engine and the system, back to back, so that
     a round's runs share the machine's load; the targets take the median of the rounds' paired ratios. The
-    baseline at batch size 1 (the reference results) runs once; ``--quick`` runs the system at fp32 only."""
+    pipeline at batch size 1 (the reference results of classification, QA and fill-mask) runs once; the other
+    tasks' reference results are their baseline's first run. ``--quick`` runs the system at fp32 only, except
+    for the tasks whose targets are on the system (`SYSTEM_OVER_REFERENCE`)."""
     task = model.task
-    rounds = args.rounds or (1 if args.quick else 3 if task is TaskName.CLASSIFICATION else 2)
+    rounds = args.rounds or (1 if args.quick else DEFAULT_ROUNDS.get(task, 2))
     log.info("%s: %d items, %d round(s)", task.value, len(items), rounds)
-    if task is TaskName.QUESTION_ANSWERING:
-        raw = load_raw_qa(model)
-
-        def baseline(bs: int, warm_up: bool) -> tuple[Measurement, list[Ranked] | None]:
-            return run_raw_qa(raw, items, bs, warm_up=warm_up)
-    else:
-        pipe = load_pipeline(model)
-
-        def baseline(bs: int, warm_up: bool) -> tuple[Measurement, list[Ranked] | None]:
-            return run_pipeline(pipe, model, items, bs, warm_up=warm_up)
-
-    m, piped = baseline(1, True)
-    reference = list(piped) if piped is not None else None
-    _add(run, m)
+    baseline = load_baseline(model, items)
+    reference: list[Result] | None = None
+    if task not in SYSTEM_OVER_REFERENCE:
+        m, piped = baseline(1, True)
+        reference = list(piped) if piped is not None else None
+        _add(run, m)
 
     precisions = ["fp32", *args.precision_list]
     engines = {p: make_engine(settings, model, p) for p in precisions}
     names = {p: model.name if p == "fp32" else f"{model.name}@{p}" for p in precisions}
     runs: dict[tuple[str, str], list[Measurement]] = {}
-    results: dict[str, list[Ranked | None]] = {}
+    results: dict[str, list[Result]] = {}
     for r in range(rounds):
         if r < 2:
-            runs.setdefault((_BASELINE, "fp32"), []).append(baseline(32, r == 0)[0])
+            m, out = baseline(32, r == 0)
+            runs.setdefault((_BASELINE, "fp32"), []).append(m)
+            if reference is None and task in SYSTEM_OVER_REFERENCE:
+                reference = out
         for precision, engine in engines.items():
             m, out = run_engine(engine, model, items, precision, warm_up=r == 0)
             runs.setdefault(("engine", precision), []).append(m)
             results.setdefault(precision, out)
-            if system is not None and (precision == "fp32" or not args.quick):
+            if system is not None and (precision == "fp32" or not args.quick or task in SYSTEM_OVER_REFERENCE):
                 sm, stored = bench_system(system, engine, model, names[precision], items, precision, warm_up=r == 0)
                 runs.setdefault(("system", precision), []).append(sm)
                 if r == 0:
-                    run.system_vs_engine.setdefault(task.value, {})[precision] = compare(stored, out)
+                    run.system_vs_engine.setdefault(task.value, {})[precision] = compare_results(task, stored, out)
         log.info(
             "  round %d: %s",
             r + 1,
             ", ".join(f"{v} {p} {ms[-1].items_per_second:.1f}/s" for (v, p), ms in runs.items() if len(ms) == r + 1),
         )
     if reference is not None:
-        run.parity[task.value] = compare(results["fp32"], reference)
+        run.parity[task.value] = compare_results(task, results["fp32"], reference)
     for precision in args.precision_list:
-        run.deviation.setdefault(task.value, {})[precision] = compare(results[precision], results["fp32"])
+        run.deviation.setdefault(task.value, {})[precision] = compare_results(task, results[precision], results["fp32"])
     order = {key: precisions.index(key[1]) * 10 + _ROW_ORDER[key[0]] for key in runs}
     for key in sorted(runs, key=order.__getitem__):
         ms = runs[key]
@@ -243,19 +333,25 @@ def bench_system(
     precision: str,
     *,
     warm_up: bool = True,
-) -> tuple[Measurement, list[Ranked | None]]:
-    from bench.inprocess import warm_up_items
-    from bench.system import run_job
+) -> tuple[Measurement, list[Result]]:
+    from bench.inprocess import warm_up_for
+    from bench.system import run_job, stored_vectors
 
     params = params_for(model.task)
     if warm_up:
-        warm = run_job(system.client, model.task, name, warm_up_items(items), params, worker_pid=system.worker_pid)
+        warm = run_job(
+            system.client, model.task, name, warm_up_for(model.task, items), params, worker_pid=system.worker_pid
+        )
         if warm.state != "succeeded":
             raise RuntimeError(f"warm-up job {warm.job_id} on {name} ended {warm.state}")
     job = run_job(system.client, model.task, name, items, params, worker_pid=system.worker_pid)
     chunk = system.client.settings.chunk_size
     real, padded = engine_tokens(engine, items, params, chunk)
-    stored = [ranked(model.task, r.result) for r in system.client.results(job.job_id)]
+    stored: list[Result]
+    if model.task is TaskName.EMBEDDING:
+        stored = list(stored_vectors(system.client, job.job_id))
+    else:
+        stored = [ranked(model.task, r.result) for r in system.client.results(job.job_id)]
     m = Measurement(
         model.task.value,
         "system (1 worker)",
@@ -284,6 +380,9 @@ def targets(run: Run, args: argparse.Namespace) -> list[Target]:
     out: list[Target] = []
     ms = run.measurements
     for task in args.task_list:
+        if task in SYSTEM_OVER_REFERENCE:
+            out.extend(system_targets(run, args, task))
+            continue
         t = task.value
         base = next((m for m in ms if m.task == t and m.variant.endswith("bs=32")), None)
         engine32 = find(ms, t, "engine", "fp32")
@@ -337,6 +436,17 @@ def targets(run: Run, args: argparse.Namespace) -> list[Target]:
                     detail=detail,
                 )
             )
+    if run.npy_export is not None:
+        x = run.npy_export
+        out.append(
+            Target(
+                f"export {x['vectors']:,} stored {x['dim']}-d vectors as NPY (vectors/s)",
+                x["vectors_per_second"],
+                NPY_VECTORS_PER_SECOND,
+                detail=f"{x['function']}; {x['mib_per_second']:,.0f} MiB/s; file equals the stored vectors: "
+                f"{x['equal']}",
+            )
+        )
     if run.scale is not None:
         s = run.scale
         out.append(
@@ -400,6 +510,65 @@ def targets(run: Run, args: argparse.Namespace) -> list[Target]:
     return out
 
 
+def system_targets(run: Run, args: argparse.Namespace, task: TaskName) -> list[Target]:
+    """A task held to its reference: the system over the reference at batch size 32 at fp32 and at each reduced
+    precision (`SYSTEM_OVER_REFERENCE`), the system over the engine (`SYSTEM_OVER_ENGINE`, where the loss lies),
+    and the engine's fp32 results against the reference's."""
+    out: list[Target] = []
+    t = task.value
+    ms = run.measurements
+    base = next((m for m in ms if m.task == t and m.variant.endswith("bs=32")), None)
+    base_name = base.variant if base else "reference"
+    at_fp32, reduced = SYSTEM_OVER_REFERENCE[task]
+    system32 = find(ms, t, "system", "fp32")
+    out.append(
+        Target(
+            f"{t}: system / {base_name} (fp32)",
+            paired_ratio(system32, base),
+            at_fp32,
+            detail=_cores(system32, base),
+        )
+    )
+    for precision in args.precision_list:
+        system_p = find(ms, t, "system", precision)
+        dev = run.deviation.get(t, {}).get(precision)
+        parts = []
+        if isinstance(dev, VectorDeviation):
+            parts.append(f"engine vectors' cosine to fp32 min {dev.min_cosine:.5f}, mean {dev.mean_cosine:.5f}")
+        elif dev is not None:
+            parts.append(f"engine max |Δscore| vs fp32 {dev.max_abs:.2e}; {dev.top_changes}/{dev.items} top changed")
+        parts.append(_cores(system_p, base))
+        if precision == "bf16" and not run.machine.get("native_bf16", True):
+            parts.append("this CPU has no native bf16 (emulated; `auto` picks fp32 here)")
+        detail = "; ".join(p for p in parts if p)
+        out.append(
+            Target(f"{t}: system {precision} / {base_name}", paired_ratio(system_p, base), reduced, detail=detail)
+        )
+    for precision in ["fp32", *args.precision_list]:
+        system_p, engine_p = find(ms, t, "system", precision), find(ms, t, "engine", precision)
+        if system_p is not None:
+            out.append(
+                Target(
+                    f"{t}: system / engine ({precision})",
+                    paired_ratio(system_p, engine_p),
+                    SYSTEM_OVER_ENGINE,
+                    detail=_cores(system_p, engine_p),
+                )
+            )
+    parity = run.parity.get(t)
+    if parity is not None:
+        if isinstance(parity, VectorDeviation):
+            what = "a component differs by > 1e-5"
+            detail = f"of {parity.items}; max |Δ| {parity.max_abs:.1e}, cosine min {parity.min_cosine:.7f}"
+        else:
+            what = "top differs or |Δscore| > 1e-5"
+            detail = f"of {parity.items}; max |Δscore| {parity.max_abs:.1e}"
+        out.append(
+            Target(f"{t}: engine fp32 results unlike {base_name}'s ({what})", float(parity.mismatches), 0, "<=", detail)
+        )
+    return out
+
+
 def _cores(a: Measurement | None, b: Measurement | None) -> str:
     """The cores each side of a ratio had: a side well under its 2 threads ran on a busy machine."""
     if a is None or b is None or a.cores is None or b.cores is None:
@@ -421,10 +590,7 @@ def render(run: Run, args: argparse.Namespace, info: dict[str, Any], checks: lis
     lines.append("")
     for task, devs in run.system_vs_engine.items():
         for precision, dev in devs.items():
-            lines.append(
-                f"{task} {precision}: system results vs in-process engine: {dev.mismatches} of {dev.items} differ "
-                f"(max |Δscore| {dev.max_abs:.1e}, {dev.top_changes} top changed)"
-            )
+            lines.append(f"{task} {precision}: system results vs in-process engine: {describe(dev)}")
     if any(d.mismatches for devs in run.system_vs_engine.values() for p, d in devs.items() if p != "fp32"):
         lines.append(
             "  (at bf16/int8 an item's scores depend on its batch-mates: dynamic int8 quantizes activations with one "
@@ -432,8 +598,31 @@ def render(run: Run, args: argparse.Namespace, info: dict[str, Any], checks: lis
             "engine over all the items at once. Rerun on the same batches, both are bit-identical.)"
         )
     for task, dev in run.parity.items():
+        reference = "pipeline bs=1" if TaskName(task) not in SYSTEM_OVER_REFERENCE else _baseline_name(run, task)
+        lines.append(f"{task} fp32: engine vs {reference}: {describe(dev)}")
+    for task, devs in run.deviation.items():
+        for precision, dev in devs.items():
+            lines.append(f"{task} {precision}: engine vs engine fp32: {describe(dev)}")
+    if run.vectors is not None:
+        v = run.vectors
         lines.append(
-            f"{task} fp32: engine vs pipeline bs=1: {dev.mismatches} of {dev.items} differ (max |Δscore| {dev.max_abs:.1e})"
+            "stored embedding ("
+            + "; ".join(
+                f"{dtype}: {x['items']} items, vector {x['vector_bytes']:.0f} bytes of data, "
+                f"pg_column_size {x['vector_column_bytes']:.1f} bytes on average (max {x['vector_column_bytes_max']}), "
+                f"result JSON {x['result_column_bytes']:.0f} bytes"
+                for dtype, x in v["dtypes"].items()
+            )
+            + ")"
+        )
+        if v.get("float16_vs_float32"):
+            lines.append(f"  float16 stored vs float32 stored: {describe(v['float16_vs_float32'])}")
+    if run.npy_export is not None:
+        x = run.npy_export
+        lines.append(
+            f"NPY export ({x['function']}): {x['vectors']:,} vectors of {x['dim']} in {x['seconds']:.2f} s (best of "
+            f"{len(x['seconds_runs'])}): {x['vectors_per_second']:,.0f} vectors/s, {x['mib_per_second']:,.0f} MiB/s; "
+            f"storing them as the worker does took {x['store_seconds']:.1f} s"
         )
     if run.scale is not None:
         s = run.scale
@@ -463,7 +652,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\..*")
-    for noisy in ("alembic", "celery", "kombu", "transformers", "httpx", "worker", "inferq", "producer"):
+    for noisy in (
+        "alembic",
+        "celery",
+        "kombu",
+        "transformers",
+        "sentence_transformers",
+        "httpx",
+        "worker",
+        "inferq",
+        "producer",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import transformers
 
@@ -487,13 +686,17 @@ def main(argv: list[str] | None = None) -> int:
             system = start_system(stack, run, args, models, models_json)
         for task in args.task_list:
             n = args.n or DEFAULT_N[task][1 if args.quick else 0]
-            bench_task(
-                run,
-                args,
-                models[task],
-                items_for(task, n, args.seed),
-                settings,
-                system if not args.skip_system else None,
+            items = items_for(task, n, args.seed)
+            bench_task(run, args, models[task], items, settings, system if not args.skip_system else None)
+            if task is TaskName.EMBEDDING and system is not None and not args.skip_system:
+                bench_vector_storage(run, system, models[task], items)
+        if TaskName.EMBEDDING in args.task_list and system is not None and not args.skip_scale:
+            from bench.system import npy_export_in_fresh_process
+
+            log.info("NPY export: %d stored vectors (in a fresh interpreter, as a producer runs)", args.scale_items)
+            settings_ = system.client.settings
+            run.npy_export = npy_export_in_fresh_process(
+                settings_, settings_.queue_for(system.cold_model), args.scale_items
             )
         if system is not None and not args.skip_system:
             bench_worker_life(run, args, system, models[TaskName.CLASSIFICATION])
@@ -510,10 +713,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
         "models": {
-            "architecture": "distilbert base (6 layers, width 768, 12 heads), random weights, built by "
-            "worker.tiny_models.build_model(size='base')",
+            "architecture": {t.value: DESCRIPTIONS[m.name] for t, m in models.items()},
+            "path": {t.value: m.path for t, m in models.items()},
             "vocab_size": {t.value: _vocab(m) for t, m in models.items()},
             "max_length": 512,
+        },
+        "inputs": {
+            "items": {t.value: args.n or DEFAULT_N[t][1 if args.quick else 0] for t in args.task_list},
+            "zero_shot_labels": list(bench_inputs.ZERO_SHOT_LABELS),
+            "rerank_documents_per_query": bench_inputs.RERANK_DOCUMENTS,
         },
         "settings": {
             "max_batch_tokens": settings.max_batch_tokens,
@@ -527,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
         "memory": run.memory,
         "small_jobs": run.small_jobs,
         "scale": run.scale,
+        "vectors": run.vectors,
+        "npy_export": run.npy_export,
         "skipped": run.skipped,
         "worker_log": run.worker_log,
         "targets": checks,
@@ -534,6 +744,11 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json(out, payload)
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
+
+
+def _baseline_name(run: Run, task: str) -> str:
+    base = next((m for m in run.measurements if m.task == task and m.variant.endswith("bs=32")), None)
+    return base.variant if base else "reference"
 
 
 def _vocab(model: BenchModel) -> int:
@@ -577,12 +792,44 @@ def start_system(
         run.worker_log = str(logs / "worker.log")
         # Ready is said before the pool's process has loaded its models: wait for that on one small job each.
         for task in args.task_list:
-            warm = run_job(client, task, TASK_MODEL[task], items_for(task, 4, args.seed), params_for(task))
+            warm = run_job(client, task, TASK_MODEL[task], items_for(task, 2, args.seed), params_for(task))
             if warm.state != "succeeded":
                 raise RuntimeError(
                     f"first job on {TASK_MODEL[task]} ended {warm.state}; worker log: {logs / 'worker.log'}"
                 )
     return System(client, pid, cold)
+
+
+def bench_vector_storage(run: Run, system: System, model: BenchModel, items: list[dict[str, Any]]) -> None:
+    """The bytes of a stored vector: in the last fp32 system job of the embedding items (float32, the default),
+    and in a job of `FLOAT16_ITEMS` of them stored as float16; and how far the float16 vectors lie from the
+    float32 ones."""
+    from bench.system import run_job, stored_vectors, vector_storage
+
+    job32 = next(
+        (
+            m.extra["job_id"]
+            for m in run.measurements
+            if m.task == model.task.value and m.variant.startswith("system") and m.precision == "fp32"
+        ),
+        None,
+    )
+    if job32 is None:
+        return
+    subset = items[:FLOAT16_ITEMS]
+    params = {**params_for(model.task), "dtype": "float16"}
+    job16 = run_job(system.client, model.task, model.name, subset, params, worker_pid=system.worker_pid)
+    if job16.state != "succeeded":
+        raise RuntimeError(f"float16 job {job16.job_id} ended {job16.state}")
+    want = stored_vectors(system.client, job32)[: len(subset)]
+    run.vectors = {
+        "dtypes": {
+            "float32": vector_storage(system.client, job32),
+            "float16": vector_storage(system.client, job16.job_id),
+        },
+        "float16_vs_float32": compare_vectors(stored_vectors(system.client, job16.job_id), want),
+    }
+    log.info("  stored vectors: %s", run.vectors["dtypes"])
 
 
 def bench_worker_life(run: Run, args: argparse.Namespace, system: System, model: BenchModel) -> None:

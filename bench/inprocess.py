@@ -1,6 +1,8 @@
-"""In-process runs on one model and one list of inputs: the transformers pipeline (or, for question answering,
-a plain forward loop over the raw model: transformers 5.3+ ship no QA pipeline) and inferq's engine through the
-model registry, as a worker holds it. Every run is warmed up first, then timed once over all the items."""
+"""In-process runs on one model and one list of inputs: the reference implementation (the transformers pipeline;
+for question answering a plain forward loop over the raw model, transformers 5.3+ ship no QA pipeline;
+sentence-transformers' ``SentenceTransformer.encode`` for embeddings and ``CrossEncoder.predict`` for rerank) and
+inferq's engine through the model registry, as a worker holds it. Every run is warmed up first, then timed once
+over all the items."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bench.measure import Measurement, Ranked, padded_in_order, padded_in_plan
+import numpy as np
+
+from bench.inputs import ZERO_SHOT_LABELS
+from bench.measure import Measurement, Ranked, padded_in_order, padded_in_plan, vector_of
 from bench.models import BenchModel
 from inferq.settings import Settings
 from inferq.tasks import MASK_PLACEHOLDER, TaskName, read_params, validate_params
@@ -25,14 +30,30 @@ T = TypeVar("T")
 #: for the first time. Every variant, the system's worker included, warms up on the same items.
 WARMUP_ITEMS = 32
 
+#: Fewer for tasks whose item is many sequences: a zero-shot text is one per label (8 × 10 = 80 pairs), a rerank
+#: query one per document (2 × 50 = 100 pairs).
+WARMUP_ITEMS_OF: dict[TaskName, int] = {TaskName.ZERO_SHOT_CLASSIFICATION: 8, TaskName.RERANK: 2}
 
-def warm_up_items(inputs: Sequence[T]) -> list[T]:
-    """The `WARMUP_ITEMS` longest of ``inputs`` (by the length of their text fields)."""
+
+def warm_up_items(inputs: Sequence[T], n: int = WARMUP_ITEMS) -> list[T]:
+    """The ``n`` longest of ``inputs`` (by the length of their text fields, lists of texts counted whole)."""
+
+    def length(v: Any) -> int:
+        if isinstance(v, str):
+            return len(v)
+        if isinstance(v, list):
+            return sum(len(x) for x in v if isinstance(x, str))
+        return 0
 
     def size(x: Any) -> int:
-        return sum(len(v) for v in x.values() if isinstance(v, str)) if isinstance(x, dict) else len(str(x))
+        return sum(length(v) for v in x.values()) if isinstance(x, dict) else len(str(x))
 
-    return sorted(inputs, key=size, reverse=True)[:WARMUP_ITEMS]
+    return sorted(inputs, key=size, reverse=True)[:n]
+
+
+def warm_up_for(task: TaskName, inputs: Sequence[T]) -> list[T]:
+    """The warm-up items of ``task`` (`WARMUP_ITEMS_OF`)."""
+    return warm_up_items(inputs, WARMUP_ITEMS_OF.get(task, WARMUP_ITEMS))
 
 
 #: Parameters every variant of a task runs with: all labels for classification (so that every score is
@@ -41,7 +62,16 @@ TASK_PARAMS: dict[TaskName, dict[str, Any]] = {
     TaskName.CLASSIFICATION: {"top_k": None},
     TaskName.FILL_MASK: {"top_k": 5},
     TaskName.QUESTION_ANSWERING: {},
+    # The model's own pooling and normalization, float32 vectors.
+    TaskName.EMBEDDING: {},
+    TaskName.ZERO_SHOT_CLASSIFICATION: {"candidate_labels": list(ZERO_SHOT_LABELS)},
+    # Every document, ranked; the activation CrossEncoder takes for the model (sigmoid).
+    TaskName.RERANK: {},
 }
+
+#: A run's result for one item: ranked ``(key, score)`` pairs, or an embedding's vector(s) (float32, one row per
+#: vector), or ``None`` (no result).
+Result = Ranked | np.ndarray | None
 
 
 def params_for(task: TaskName) -> dict[str, Any]:
@@ -53,18 +83,31 @@ def params_for(task: TaskName) -> dict[str, Any]:
 
 def ranked(task: TaskName, result: list[Any] | None) -> Ranked | None:
     """A stored (or engine) result as ``(key, score)`` best first: labels; the first mask's token ids; answer
-    spans."""
+    spans; document indices."""
     if result is None:
         return None
-    if task is TaskName.CLASSIFICATION:
+    if task in (TaskName.CLASSIFICATION, TaskName.ZERO_SHOT_CLASSIFICATION):
         return [(r["label"], float(r["score"])) for r in result]
     if task is TaskName.FILL_MASK:
         return [(int(r["token"]), float(r["score"])) for r in result[0]]
+    if task is TaskName.RERANK:
+        return [(int(r["index"]), float(r["score"])) for r in result]
     return [((int(r["start"]), int(r["end"])), float(r["score"])) for r in result]
 
 
-def ranked_from_outcome(task: TaskName, outcome: Outcome | None) -> Ranked | None:
-    return None if outcome is None else ranked(task, outcome.result)
+def result_of_outcome(task: TaskName, outcome: Outcome | None) -> Result:
+    if outcome is None or not outcome.ok:
+        return None
+    if task is TaskName.EMBEDDING:
+        return vector_of(outcome.result, outcome.vector)
+    return ranked(task, outcome.result)
+
+
+def ranked_by_score(scores: Sequence[float] | np.ndarray) -> Ranked:
+    """Indices ``0..n-1`` with their scores, best first; equal scores keep their order (a stable sort, as
+    ``CrossEncoder.rank`` sorts)."""
+    values = [float(x) for x in scores]
+    return [(i, values[i]) for i in sorted(range(len(values)), key=lambda i: -values[i])]
 
 
 def ranked_from_pipeline(task: TaskName, result: Any) -> Ranked:
@@ -101,10 +144,10 @@ def engine_tokens(
 
 def run_engine(
     engine: Engine, model: BenchModel, inputs: Sequence[dict[str, Any]], precision: str, *, warm_up: bool = True
-) -> tuple[Measurement, list[Ranked | None]]:
+) -> tuple[Measurement, list[Result]]:
     params = params_for(model.task)
     if warm_up:
-        engine.run(warm_up_items(inputs), params)
+        engine.run(warm_up_for(model.task, inputs), params)
     start, cpu = time.perf_counter(), time.process_time()
     outcomes = engine.run(inputs, params)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -121,7 +164,7 @@ def run_engine(
         cpu_seconds=cpu,
         notes=f"{failed} failed" if failed else "",
     )
-    return m, [ranked_from_outcome(model.task, o) for o in outcomes]
+    return m, [result_of_outcome(model.task, o) for o in outcomes]
 
 
 # -- the transformers pipeline ----------------------------------------------------------------------------
@@ -232,3 +275,127 @@ def run_raw_qa(
         notes="no QA pipeline in transformers 5.24: tokenize+forward only, no span decoding",
     )
     return m, None
+
+
+# -- sentence-transformers: embeddings and cross-encoders -------------------------------------------------------
+
+
+def load_sentence_transformer(model: BenchModel) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model.path), device="cpu")
+
+
+def run_encode(
+    st: Any, inputs: Sequence[dict[str, Any]], batch_size: int, *, warm_up: bool = True
+) -> tuple[Measurement, list[Result]]:
+    """``SentenceTransformer.encode(texts, batch_size=…)``: it sorts the texts by length (characters, longest
+    first) and pads each batch of ``batch_size`` to its longest."""
+    texts = [i["text"] for i in inputs]
+    if warm_up:
+        st.encode(warm_up_items(texts), batch_size=batch_size, show_progress_bar=False)
+    start, cpu = time.perf_counter(), time.process_time()
+    vectors = st.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    lengths = np.array(
+        [len(ids) for ids in st.tokenizer(texts, truncation=True, max_length=st.max_seq_length)["input_ids"]]
+    )
+    order = np.argsort([-len(t) for t in texts], kind="stable")
+    m = Measurement(
+        TaskName.EMBEDDING.value,
+        f"ST encode bs={batch_size}",
+        "fp32",
+        len(inputs),
+        seconds,
+        int(lengths.sum()),
+        padded_in_order(lengths[order], batch_size),
+        cpu_seconds=cpu,
+        notes="SentenceTransformer.encode (sorts by length)",
+    )
+    return m, [np.asarray(v, dtype=np.float32).reshape(1, -1) for v in vectors]
+
+
+def load_cross_encoder(model: BenchModel) -> Any:
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(model.path), device="cpu")
+
+
+def rerank_pairs(inputs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Every (query, document) pair of the lines, line after line."""
+    return [(i["query"], d) for i in inputs for d in i["documents"]]
+
+
+def run_cross_encoder(
+    ce: Any, inputs: Sequence[dict[str, Any]], batch_size: int, *, warm_up: bool = True
+) -> tuple[Measurement, list[Result]]:
+    """``CrossEncoder.predict(pairs, batch_size=…)`` over every (query, document) pair at once (it sorts the pairs
+    by length, as encode does), then each query's documents ranked by score."""
+    pairs = rerank_pairs(inputs)
+    if warm_up:
+        ce.predict(rerank_pairs(warm_up_for(TaskName.RERANK, inputs)), batch_size=batch_size, show_progress_bar=False)
+    start, cpu = time.perf_counter(), time.process_time()
+    scores = ce.predict(pairs, batch_size=batch_size, show_progress_bar=False)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    enc = ce.tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation=True, max_length=ce.max_length)
+    lengths = np.array([len(ids) for ids in enc["input_ids"]])
+    order = np.argsort([-(len(q) + len(d)) for q, d in pairs], kind="stable")
+    out: list[Result] = []
+    at = 0
+    for item in inputs:
+        k = len(item["documents"])
+        out.append(ranked_by_score(scores[at : at + k]))
+        at += k
+    m = Measurement(
+        TaskName.RERANK.value,
+        f"CrossEncoder bs={batch_size}",
+        "fp32",
+        len(inputs),
+        seconds,
+        int(lengths.sum()),
+        padded_in_order(lengths[order], batch_size),
+        cpu_seconds=cpu,
+        notes=f"CrossEncoder.predict over {len(pairs)} pairs (sorts by length)",
+    )
+    return m, out
+
+
+# -- zero-shot: the transformers pipeline -------------------------------------------------------------------
+
+
+def load_zero_shot_pipeline(model: BenchModel) -> Any:
+    from transformers import pipeline
+
+    return pipeline("zero-shot-classification", model=str(model.path), tokenizer=str(model.path), device="cpu")
+
+
+def run_zero_shot_pipeline(
+    pipe: Any, inputs: Sequence[dict[str, Any]], batch_size: int, *, warm_up: bool = True
+) -> tuple[Measurement, list[Result]]:
+    """``pipeline("zero-shot-classification")(texts, candidate_labels=…, batch_size=…)``: one (text, hypothesis)
+    pair per label, batches of ``batch_size`` consecutive pairs (across texts), each padded to its longest."""
+    task = TaskName.ZERO_SHOT_CLASSIFICATION
+    labels = list(TASK_PARAMS[task]["candidate_labels"])
+    template = "This example is {}."
+    texts = [i["text"] for i in inputs]
+    if warm_up:
+        pipe(warm_up_for(task, texts), candidate_labels=labels, batch_size=batch_size)
+    start, cpu = time.perf_counter(), time.process_time()
+    out = pipe(texts, candidate_labels=labels, batch_size=batch_size)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    enc = pipe.tokenizer(
+        [t for t in texts for _ in labels], [template.format(x) for _ in texts for x in labels], truncation="only_first"
+    )
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    m = Measurement(
+        task.value,
+        f"pipeline bs={batch_size}",
+        "fp32",
+        len(inputs),
+        seconds,
+        sum(lengths),
+        padded_in_order(lengths, batch_size),
+        cpu_seconds=cpu,
+        notes=f"{len(labels)} labels: {len(lengths)} pairs",
+    )
+    return m, [[(lab, float(s)) for lab, s in zip(r["labels"], r["scores"], strict=True)] for r in out]

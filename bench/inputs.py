@@ -1,6 +1,9 @@
 """Benchmark inputs: real English sentences (`worker.tiny_models.corpus`, ~3,000 of them, ~19 words on average,
 with a long tail), drawn with a fixed seed so that every run and every variant sees the same items.
 
+Embedding and zero-shot items are single sentences (zero-shot scores each against the same `ZERO_SHOT_LABELS`);
+a rerank item is a short query and `RERANK_DOCUMENTS` sentences to rank, one of which the query was taken from.
+
 Pure functions of ``(sentences, n, seed)``: the tests pass their own sentences."""
 
 from __future__ import annotations
@@ -14,6 +17,23 @@ from inferq.tasks import MASK_PLACEHOLDER
 
 #: Sentences per QA context: a paragraph of 2 to 6 consecutive sentences (~40 to ~120 words).
 QA_CONTEXT_SENTENCES = (2, 6)
+
+#: Candidate labels of every zero-shot item: ten topics, as a user would pass them (``candidate_labels``).
+ZERO_SHOT_LABELS = (
+    "politics",
+    "sports",
+    "technology",
+    "business",
+    "science",
+    "health",
+    "entertainment",
+    "education",
+    "travel",
+    "programming",
+)
+
+#: Documents per rerank query.
+RERANK_DOCUMENTS = 50
 
 #: Words a fill-mask item may mask: a word of letters only, never the first (so that the mask has a left context).
 _MASKABLE = re.compile(r"^[A-Za-z]{3,}$")
@@ -69,6 +89,32 @@ def fill_mask_inputs(sentences: Sequence[str], n: int, seed: int = 0) -> list[di
         if len(out) == n:
             return out
     raise ValueError(f"only {len(out)} of {n} sentences have a maskable word")
+
+
+def embedding_inputs(sentences: Sequence[str], n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Single texts, one real sentence each (as classification)."""
+    return classification_inputs(sentences, n, seed)
+
+
+def zero_shot_inputs(sentences: Sequence[str], n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Single texts, one real sentence each; the labels come as the job's ``candidate_labels`` parameter."""
+    return classification_inputs(sentences, n, seed)
+
+
+def rerank_inputs(
+    sentences: Sequence[str], n: int, seed: int = 0, documents: int = RERANK_DOCUMENTS
+) -> list[dict[str, Any]]:
+    """``n`` queries, each with ``documents`` distinct sentences to rank: one sentence's first 3 to 8 words are the
+    query, and that sentence is among the documents at a random place (the others are drawn at random)."""
+    if len(sentences) < documents:
+        raise ValueError(f"{len(sentences)} sentences, fewer than the {documents} documents of a query")
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for _ in range(n):
+        docs = rng.sample(list(sentences), documents)
+        words = rng.choice(docs).rstrip(".!?").split()
+        out.append({"query": " ".join(words[: rng.randint(3, 8)]), "documents": docs})
+    return out
 
 
 def scale_rows(sentences: Sequence[str], n: int) -> list[dict[str, Any]]:

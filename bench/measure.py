@@ -260,3 +260,80 @@ def compare(got: Sequence[Ranked | None], want: Sequence[Ranked | None], tol: fl
         top_max_abs=max(top_diffs, default=0.0),
         top_mean_abs=float(np.mean(top_diffs)) if top_diffs else 0.0,
     )
+
+
+# -- comparing vectors ---------------------------------------------------------------------------------
+
+
+def vector_of(result: dict[str, Any] | None, raw: bytes | None) -> np.ndarray | None:
+    """An embedding's stored bytes (little-endian, the ``dtype`` its result names) as float32, one row per vector
+    (a single vector is one row); ``None`` without a result."""
+    if result is None or raw is None:
+        return None
+    dtype = np.dtype(result.get("dtype", "float32")).newbyteorder("<")
+    return np.frombuffer(raw, dtype=dtype).astype(np.float32).reshape(-1, int(result["dim"]))
+
+
+@dataclass(frozen=True)
+class VectorDeviation:
+    """How far ``got``'s vectors lie from ``want``'s, over the items both have."""
+
+    items: int
+    #: Items without a vector on either side, with vectors of another shape, or with a component that differs by
+    #: more than `SCORE_TOLERANCE`.
+    mismatches: int
+    #: Cosine similarity of each pair of vectors: the lowest and the mean (1.0: the same direction).
+    min_cosine: float
+    mean_cosine: float
+    #: Absolute differences of the components.
+    max_abs: float
+    mean_abs: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare_vectors(
+    got: Sequence[np.ndarray | None], want: Sequence[np.ndarray | None], tol: float = SCORE_TOLERANCE
+) -> VectorDeviation:
+    """Compare two runs' vectors item by item (``None``: no result, a mismatch)."""
+    if len(got) != len(want):
+        raise ValueError(f"{len(got)} results against {len(want)}")
+    cosines: list[np.ndarray] = []
+    max_abs = 0.0
+    abs_sum = 0.0
+    abs_n = 0
+    mismatches = 0
+    for g, w in zip(got, want, strict=True):
+        if g is None or w is None or np.shape(g) != np.shape(w):
+            mismatches += 1
+            continue
+        g64 = np.asarray(g, dtype=np.float64).reshape(-1, np.shape(g)[-1])
+        w64 = np.asarray(w, dtype=np.float64).reshape(-1, np.shape(w)[-1])
+        diff = np.abs(g64 - w64)
+        norms = np.linalg.norm(g64, axis=1) * np.linalg.norm(w64, axis=1)
+        cosines.append(np.where(norms > 0, (g64 * w64).sum(axis=1) / np.where(norms > 0, norms, 1.0), 0.0))
+        item_max = float(diff.max(initial=0.0))
+        max_abs = max(max_abs, item_max)
+        abs_sum += float(diff.sum())
+        abs_n += diff.size
+        mismatches += item_max > tol
+    cos = np.concatenate(cosines) if cosines else np.array([])
+    return VectorDeviation(
+        items=len(want),
+        mismatches=mismatches,
+        min_cosine=float(cos.min()) if cos.size else math.nan,
+        mean_cosine=float(cos.mean()) if cos.size else math.nan,
+        max_abs=max_abs,
+        mean_abs=abs_sum / abs_n if abs_n else 0.0,
+    )
+
+
+def describe(dev: Deviation | VectorDeviation) -> str:
+    """One line's worth of a comparison."""
+    if isinstance(dev, VectorDeviation):
+        return (
+            f"{dev.mismatches} of {dev.items} differ (cosine min {dev.min_cosine:.6f}, mean {dev.mean_cosine:.6f}; "
+            f"max |Δ| {dev.max_abs:.1e})"
+        )
+    return f"{dev.mismatches} of {dev.items} differ (max |Δscore| {dev.max_abs:.1e}, {dev.top_changes} top changed)"

@@ -18,7 +18,7 @@ from bench.measure import Measurement
 
 #: The table's columns: header, width, and how a measurement fills it.
 _COLUMNS: tuple[tuple[str, int], ...] = (
-    ("task", 19),
+    ("task", 24),
     ("variant", 24),
     ("prec", 5),
     ("items", 6),

@@ -1,5 +1,6 @@
 """The whole system: a private PostgreSQL database (migrated), private Redis queues, one real ``inferq worker``
-process, jobs submitted through `producer.Client` and waited for until done."""
+process, jobs submitted through `producer.Client` and waited for until done; stored vectors read back, measured
+in bytes, and exported as NPY."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 from sqlalchemy import func, select, text
 
-from bench.measure import RSS_SAMPLE_SECONDS, RssSampler, mib, tree_cpu_seconds, tree_rss_bytes
+from bench.measure import RSS_SAMPLE_SECONDS, RssSampler, mib, tree_cpu_seconds, tree_rss_bytes, vector_of
 from inferq import constants
 from inferq.schema import Item, Job, utcnow
 from inferq.settings import Settings
@@ -389,3 +391,152 @@ def _scale_child(settings: dict[str, Any], model: str, n: int) -> dict[str, Any]
 
     with Client(Settings(**settings)) as client:
         return submission_scale(client, model, scale_rows(corpus(), n))
+
+
+# -- stored vectors -------------------------------------------------------------------------------------------
+
+
+def stored_vectors(client: Client, job_id: str) -> list[np.ndarray | None]:
+    """Each item's stored vectors (float32, one row per vector), in input order, read from ``items.vector`` as
+    the worker wrote them."""
+    with client.reader() as session:
+        rows = session.execute(select(Item.result, Item.vector).where(Item.job_id == job_id).order_by(Item.index)).all()
+    return [vector_of(result, None if raw is None else bytes(raw)) for result, raw in rows]
+
+
+def vector_storage(client: Client, job_id: str) -> dict[str, Any]:
+    """What a job's stored vectors take in PostgreSQL, per item on average: the bytes of the vector itself
+    (``octet_length``), of the ``vector`` column as stored (``pg_column_size``: with its varlena header, after
+    any compression) and of the ``result`` column (the JSON that describes the vector)."""
+    with client.reader() as session:
+        row = session.execute(
+            text(
+                "SELECT count(*), avg(octet_length(vector)), avg(pg_column_size(vector)), "
+                "max(pg_column_size(vector)), avg(pg_column_size(result)), min(result::text) "
+                "FROM items WHERE job_id = :job AND vector IS NOT NULL"
+            ),
+            {"job": job_id},
+        ).one()
+    n, data, column, column_max, result, example = row
+    return {
+        "items": int(n),
+        "vector_bytes": float(data or 0),
+        "vector_column_bytes": float(column or 0),
+        "vector_column_bytes_max": int(column_max or 0),
+        "result_column_bytes": float(result or 0),
+        "result_example": example,
+    }
+
+
+# -- NPY export of stored vectors -------------------------------------------------------------------------------
+
+#: Chunks written per transaction when storing synthetic vectors (as a worker writes a batch and its mates).
+_WRITE_CHUNKS = 16
+
+
+def store_vectors_as_worker(
+    client: Client, model: str, queue: str, vectors: np.ndarray, *, dtype: str = "float32"
+) -> str:
+    """A succeeded embedding job of ``len(vectors)`` items, one vector each, stored as a worker stores it: the job
+    with `producer.client.store_job` (its items as ``inferq submit`` stores them; on a queue no worker consumes),
+    then each chunk's outcomes (``{"dim", "dtype"}`` and the vector's little-endian bytes) through
+    `worker.runner.write_results`, `_WRITE_CHUNKS` chunks per transaction. Returns the job's id."""
+    from bench.inputs import scale_rows
+    from inferq.tasks import read_params, validate_params
+    from producer.client import store_job
+    from producer.inputs import Limits, validate_rows
+    from worker.engines.base import Outcome
+    from worker.runner import Claim, write_results
+    from worker.tiny_models import corpus
+
+    task = TaskName.EMBEDDING
+    n, dim = vectors.shape
+    params = validate_params(task, {"dtype": dtype})
+    typed = read_params(task, params)
+    limits = Limits(max_text_chars=client.settings.max_text_chars, max_items=max(n, client.settings.max_items))
+    records = validate_rows(enumerate(scale_rows(corpus(), n), start=1), task, limits).records
+    chunk = constants.DEFAULT_CHUNK_SIZE
+    job_id = uuid.uuid4().hex
+    with client.sessions.begin() as session:
+        store_job(session, job_id, task, model, params, records, chunk, queue, copy=True)
+    blobs = vectors.astype(np.dtype(dtype).newbyteorder("<"), copy=False)
+    result = {"dim": int(dim), "dtype": dtype}
+    n_chunks = -(-n // chunk)
+    for first in range(0, n_chunks, _WRITE_CHUNKS):
+        claims, outcomes = [], []
+        for seq in range(first, min(first + _WRITE_CHUNKS, n_chunks)):
+            indices = list(range(seq * chunk, min((seq + 1) * chunk, n)))
+            claims.append(Claim(job_id, seq, task, model, typed, indices, [], batch_key=None, queue=queue))
+            outcomes.append([Outcome(result=dict(result), vector=blobs[i].tobytes()) for i in indices])
+        with client.sessions.begin() as session:
+            write_results(session, claims, outcomes)
+    return job_id
+
+
+def npy_export_function() -> tuple[str, Any]:
+    """The producer's NPY export: ``(name, function(session, job_id, out) -> vectors written)``."""
+    from producer import vectors
+
+    for name in ("export_npy", "write_npy"):
+        fn = getattr(vectors, name, None)
+        if callable(fn):
+            return f"producer.vectors.{name}", fn
+    raise RuntimeError("no NPY export function in producer.vectors")
+
+
+def npy_export_scale(client: Client, n: int, *, queue: str, dim: int = 384, runs: int = 3) -> dict[str, Any]:
+    """Store ``n`` random unit vectors of ``dim`` as a worker stores them (`store_vectors_as_worker`), then export
+    them to an NPY file ``runs`` times (best reported); the file read back must equal the vectors."""
+    import gc
+    import tempfile
+
+    name, export = npy_export_function()
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    start = time.perf_counter()
+    job_id = store_vectors_as_worker(client, "bench-emb", queue, vectors)
+    store_seconds = time.perf_counter() - start
+    seconds: list[float] = []
+    equal = True
+    with tempfile.TemporaryDirectory(prefix="inferq-bench-npy-") as tmp:
+        path = os.path.join(tmp, "vectors.npy")
+        for _ in range(runs):
+            gc.collect()
+            with open(path, "wb") as out:
+                start = time.perf_counter()
+                with client.reader() as session:
+                    export(session, job_id, out)
+                seconds.append(time.perf_counter() - start)
+            back = np.load(path)
+            equal = equal and back.shape == vectors.shape and bool(np.array_equal(back, vectors))
+            size = os.path.getsize(path)
+            del back
+    best = min(seconds)
+    return {
+        "function": name,
+        "vectors": n,
+        "dim": dim,
+        "store_seconds": store_seconds,
+        "seconds": best,
+        "seconds_runs": seconds,
+        "vectors_per_second": n / best,
+        "file_bytes": size,
+        "mib_per_second": mib(size) / best,
+        "equal": equal,
+    }
+
+
+def npy_export_in_fresh_process(settings: Settings, queue: str, n: int) -> dict[str, Any]:
+    """`npy_export_scale` in a new interpreter, as ``inferq results --format npy`` runs (see
+    `scale_in_fresh_process`)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        result: dict[str, Any] = pool.apply(_npy_child, (settings.model_dump(mode="json"), queue, n))
+    return result
+
+
+def _npy_child(settings: dict[str, Any], queue: str, n: int) -> dict[str, Any]:
+    with Client(Settings(**settings)) as client:
+        return npy_export_scale(client, n, queue=queue)

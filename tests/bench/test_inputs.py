@@ -70,3 +70,32 @@ def test_scale_rows_cycle_with_ids() -> None:
     rows = scale_rows(SENTENCES, 65)
     assert [r["id"] for r in rows[:2]] == ["r0", "r1"]
     assert rows[30]["text"] == SENTENCES[0] and rows[64]["text"] == SENTENCES[4]
+
+
+def test_embedding_and_zero_shot_inputs_are_single_texts() -> None:
+    from bench.inputs import embedding_inputs, zero_shot_inputs
+
+    assert embedding_inputs(SENTENCES, 7, seed=1) == classification_inputs(SENTENCES, 7, seed=1)
+    assert [list(i) for i in zero_shot_inputs(SENTENCES, 3, seed=2)] == [["text"]] * 3
+
+
+def test_rerank_queries_come_from_one_of_their_documents() -> None:
+    from bench.inputs import rerank_inputs
+
+    items = rerank_inputs(SENTENCES, 12, seed=3, documents=10)
+    assert len(items) == 12
+    for item in items:
+        assert set(item) == {"query", "documents"}
+        assert len(item["documents"]) == 10 and len(set(item["documents"])) == 10
+        assert all(d in SENTENCES for d in item["documents"])
+        # The query is the first 3 to 8 words of one of the documents.
+        assert 3 <= len(item["query"].split()) <= 8
+        assert any(d.startswith(item["query"]) for d in item["documents"])
+    assert items == rerank_inputs(SENTENCES, 12, seed=3, documents=10)
+
+
+def test_rerank_inputs_need_as_many_sentences_as_documents() -> None:
+    from bench.inputs import rerank_inputs
+
+    with pytest.raises(ValueError, match="documents"):
+        rerank_inputs(SENTENCES, 1, seed=0, documents=len(SENTENCES) + 1)

@@ -89,3 +89,50 @@ def test_tree_rss_counts_the_children() -> None:
         proc.kill()
         proc.wait()
     assert tree_rss_bytes(proc.pid) == 0
+
+
+def test_stored_vector_bytes_decode_as_float32_rows() -> None:
+    from bench.measure import vector_of
+
+    v = np.arange(6, dtype="<f4") / 7
+    assert vector_of({"dim": 3, "dtype": "float32"}, v.tobytes()).tolist() == v.reshape(2, 3).tolist()
+    half = vector_of({"dim": 6, "dtype": "float16"}, v.astype("<f2").tobytes())
+    assert half.dtype == np.float32 and half.shape == (1, 6)
+    assert np.allclose(half, v, atol=1e-3)
+    assert vector_of(None, b"") is None and vector_of({"dim": 3, "dtype": "float32"}, None) is None
+
+
+def test_equal_vectors_do_not_differ_and_a_turned_one_shows_in_its_cosine() -> None:
+    from bench.measure import compare_vectors
+
+    a = np.array([[1.0, 0.0]], dtype=np.float32)
+    b = np.array([[0.6, 0.8]], dtype=np.float32)
+    same = compare_vectors([a, b], [a.copy(), b.copy()])
+    assert (same.items, same.mismatches, same.max_abs) == (2, 0, 0.0)
+    assert same.min_cosine == pytest.approx(1.0) and same.mean_cosine == pytest.approx(1.0)
+    # Given one vector turned from a towards b, and one within tolerance
+    dev = compare_vectors([b, b + 1e-7], [a, b])
+    assert dev.mismatches == 1
+    assert dev.min_cosine == pytest.approx(0.6)
+    assert dev.mean_cosine == pytest.approx(0.8)
+    assert dev.max_abs == pytest.approx(0.8)
+
+
+def test_a_missing_or_misshapen_vector_is_a_mismatch() -> None:
+    from bench.measure import compare_vectors
+
+    a = np.ones((1, 4), dtype=np.float32)
+    dev = compare_vectors([None, np.ones((2, 4), dtype=np.float32), a], [a, a, a])
+    assert dev.mismatches == 2 and dev.min_cosine == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        compare_vectors([a], [])
+    empty = compare_vectors([None], [a])
+    assert empty.mismatches == 1 and np.isnan(empty.min_cosine)
+
+
+def test_describe_reads_either_comparison() -> None:
+    from bench.measure import compare_vectors, describe
+
+    a = np.ones((1, 4), dtype=np.float32)
+    assert describe(compare_vectors([a], [a])).startswith("0 of 1 differ (cosine min 1.000000")
+    assert describe(compare([[("A", 0.5)]], [[("A", 0.5)]])) == "0 of 1 differ (max |Δscore| 0.0e+00, 0 top changed)"
