@@ -473,24 +473,15 @@ def store_vectors_as_worker(
     return job_id
 
 
-def npy_export_function() -> tuple[str, Any]:
-    """The producer's NPY export: ``(name, function(session, job_id, out) -> vectors written)``."""
-    from producer import vectors
-
-    for name in ("export_npy", "write_npy"):
-        fn = getattr(vectors, name, None)
-        if callable(fn):
-            return f"producer.vectors.{name}", fn
-    raise RuntimeError("no NPY export function in producer.vectors")
-
-
 def npy_export_scale(client: Client, n: int, *, queue: str, dim: int = 384, runs: int = 3) -> dict[str, Any]:
     """Store ``n`` random unit vectors of ``dim`` as a worker stores them (`store_vectors_as_worker`), then export
-    them to an NPY file ``runs`` times (best reported); the file read back must equal the vectors."""
+    them with `producer.export.export_npy` (what ``inferq results JOB --format npy -o OUT.npy`` runs: the matrix
+    and its rows file) ``runs`` times, best reported; the matrix read back must equal the vectors."""
     import gc
     import tempfile
 
-    name, export = npy_export_function()
+    from producer.export import export_npy
+
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -503,18 +494,17 @@ def npy_export_scale(client: Client, n: int, *, queue: str, dim: int = 384, runs
         path = os.path.join(tmp, "vectors.npy")
         for _ in range(runs):
             gc.collect()
-            with open(path, "wb") as out:
-                start = time.perf_counter()
-                with client.reader() as session:
-                    export(session, job_id, out)
-                seconds.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            with client.reader() as session:
+                written = export_npy(session, job_id, path)
+            seconds.append(time.perf_counter() - start)
             back = np.load(path)
-            equal = equal and back.shape == vectors.shape and bool(np.array_equal(back, vectors))
-            size = os.path.getsize(path)
+            equal = equal and written.rows == n and bool(np.array_equal(back, vectors))
+            size, rows_size = os.path.getsize(path), os.path.getsize(written.rows_path)
             del back
     best = min(seconds)
     return {
-        "function": name,
+        "function": "producer.export.export_npy",
         "vectors": n,
         "dim": dim,
         "store_seconds": store_seconds,
@@ -522,6 +512,7 @@ def npy_export_scale(client: Client, n: int, *, queue: str, dim: int = 384, runs
         "seconds_runs": seconds,
         "vectors_per_second": n / best,
         "file_bytes": size,
+        "rows_file_bytes": rows_size,
         "mib_per_second": mib(size) / best,
         "equal": equal,
     }

@@ -30,3 +30,13 @@ def test_vectors_stored_as_the_worker_stores_them_read_back_exactly(migrated_pos
     assert 1500 < size32["vector_column_bytes"] <= 1540
     assert (size16["vector_bytes"], size16["vector_column_bytes_max"]) == (768, 772)
     assert size32["result_example"] == '{"dim": 384, "dtype": "float32"}'
+
+
+def test_the_npy_export_of_stored_vectors_is_timed_and_checked(migrated_postgres: str) -> None:
+    from bench.system import npy_export_scale
+
+    with Client(Settings(database_url=migrated_postgres)) as client:
+        out = npy_export_scale(client, 600, queue="inferq-bench-test-cold", dim=8, runs=2)
+    assert (out["vectors"], out["dim"], out["equal"]) == (600, 8, True)
+    assert len(out["seconds_runs"]) == 2 and out["seconds"] == min(out["seconds_runs"])
+    assert out["file_bytes"] == 128 + 600 * 8 * 4  # the NPY header, then the float32 rows
