@@ -148,19 +148,49 @@ def status(job_id: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("job_id")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None, help="Default: stdout.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv", "npy", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="npy: embedding jobs' vectors as a float32 matrix, with OUT.rows.jsonl saying whose each row is.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Default: stdout (jsonl, csv); required for npy and parquet.",
+)
 @click.option("--label", default=None, help="Only items whose top label (or token) is L.")
 @click.option("--min-score", type=float, default=None, help="Only items whose top score is at least S.")
 @click.option("--failed", is_flag=True, help="Only failed items.")
 def results(
     job_id: str, fmt: str, output: str | None, label: str | None, min_score: float | None, failed: bool
 ) -> None:
-    """Stream a job's results in input order."""
-    from producer.export import export_jsonl, write_csv
+    """Stream a job's results in input order (formats: see `producer.export`)."""
+    from producer.export import export_jsonl, export_npy, export_parquet, write_csv
 
+    if fmt in ("npy", "parquet") and not output:
+        raise click.UsageError(f"--format {fmt} writes a file: give it with -o/--output")
     with _client() as client:
         job = client.status(job_id)
+        if fmt == "npy":
+            assert output is not None
+            with client.reader() as session:
+                done = export_npy(session, job_id, output, label=label, min_score=min_score, failed=failed)
+            click.echo(
+                f"{done.rows} vectors ({done.dim}-d float32) of {done.items} items in {done.path}; "
+                f"whose each row is: {done.rows_path}",
+                err=True,
+            )
+            return
+        if fmt == "parquet":
+            assert output is not None
+            with client.reader() as session:
+                export_parquet(session, job_id, output, label=label, min_score=min_score, failed=failed)
+            return
         out: TextIO
         with open(output, "w", encoding="utf-8", newline="") if output else _stdout() as out:
             if fmt == "csv":

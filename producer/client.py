@@ -31,9 +31,10 @@ from inferq.models import check_model, mask_tokens, resolve_model
 from inferq.schema import Chunk, Item, Job, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
-from inferq.tasks import RUN_CHUNK, TaskName, batch_key, parse_task, read_params, validate_params
+from inferq.tasks import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
 from producer.results import ResultRow, item_rows
+from producer.vectors import exported
 
 
 @dataclass(frozen=True)
@@ -270,9 +271,11 @@ class Client:
         failed: bool = False,
         state: ItemState | None = None,
     ) -> Iterator[ResultRow]:
-        """Stream the job's items in input order, filtered in SQL; never loads the job into memory."""
+        """Stream the job's items in input order, filtered in SQL; never loads the job into memory. An embedding
+        job's results carry their vectors, decoded from the stored bytes (`producer.vectors.exported`)."""
         task = TaskName(self.status(job_id).task)  # raises JobNotFound
-        columns = (
+        with_vectors = TASKS[task].vectors
+        columns: tuple[Any, ...] = (
             Item.index,
             Item.client_id,
             Item.state,
@@ -286,6 +289,8 @@ class Client:
             Item.end_char,
             Item.entity_count,
         )
+        if with_vectors:
+            columns += (Item.vector,)
         with self.reader() as session:
             rows = item_rows(session, job_id, columns, label=label, min_score=min_score, failed=failed, state=state)
             for r in rows:
@@ -293,7 +298,7 @@ class Client:
                     index=r[0],
                     id=r[1],
                     status=r[2],
-                    result=r[3],
+                    result=exported(r[3], r[12]) if with_vectors else r[3],
                     error={"code": r[4], "message": r[5] or ""} if r[4] is not None else None,
                     label=r[6],
                     score=r[7],

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-from sqlalchemy import Result, select
+from sqlalchemy import Result, Select, select
 from sqlalchemy.orm import Session
 
 from inferq import constants
@@ -24,6 +24,7 @@ __all__ = [
     "MaskFill",
     "RankedDocument",
     "ResultRow",
+    "item_query",
     "item_rows",
     "parse_result",
 ]
@@ -42,6 +43,20 @@ def item_rows(
     """``columns`` of the job's items in input order, filtered in SQL on the typed columns as `Client.results`
     and ``inferq results`` filter them, streamed in batches of `EXPORT_FETCH_ROWS`. A Core result on the
     session's connection: the ORM's per-row loading would cost more than the rest."""
+    query = item_query(job_id, columns, label=label, min_score=min_score, failed=failed, state=state)
+    return session.connection().execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
+
+
+def item_query(
+    job_id: str,
+    columns: Sequence[Any],
+    *,
+    label: str | None = None,
+    min_score: float | None = None,
+    failed: bool = False,
+    state: ItemState | None = None,
+) -> Select[Any]:
+    """The query of `item_rows`, not executed: ``columns`` of the job's items in input order, filtered."""
     query = select(*columns).where(Item.job_id == job_id).order_by(Item.index)
     if label is not None:
         query = query.where(Item.label == label)
@@ -51,7 +66,7 @@ def item_rows(
         query = query.where(Item.state == ItemState.FAILED.value)
     if state is not None:
         query = query.where(Item.state == state.value)
-    return session.connection().execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
+    return query
 
 
 @dataclass(frozen=True, slots=True)
