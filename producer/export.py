@@ -59,10 +59,11 @@ NPY (embedding jobs only)
     matrix never holds a row of zeros for it.
 
 Both are written under ``….part`` names and renamed when complete; the header is written first and rewritten
-with the final row count. The rows file and the matrix are read in one transaction, one snapshot of the database
-(repeatable read on PostgreSQL), and checked to name the same items' vectors. On PostgreSQL the vectors come
-through a binary COPY cut into rows with numpy: stored float32 bytes go to the file as they are, with no Python
-step per number, nor per row when each item has one vector.
+with the final row count. The rows file and the matrix are read from one snapshot of the database and checked to
+name the same items' vectors. On PostgreSQL the matrix is written by a second connection that imports the first
+one's snapshot (``pg_export_snapshot``), at the same time as the rows file, through a binary COPY cut into rows
+with numpy: stored float32 bytes go to the file as they are, with no Python step per number, nor per row when each
+item has one vector.
 
 Parquet
 -------
@@ -89,6 +90,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -373,18 +375,39 @@ def _npy_one_connection(
 def _npy_postgresql(
     bind: Engine, job: Job, filters: dict[str, Any], npy: IO[bytes], side: TextIO
 ) -> tuple[int, int, int]:
-    """The rows file, then the matrix through a binary COPY, on a connection of its own in one repeatable-read
-    transaction (one snapshot)."""
+    """The rows file on a connection of its own in a repeatable-read transaction, while a second connection in the
+    same snapshot (``pg_export_snapshot``) writes the matrix through a binary COPY: each mostly waits on the
+    server, so the two overlap."""
     with bind.connect() as conn:
         conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
+            snapshot = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
             shape = _vector_shape(conn, job)
             dim = _dim(job, shape)
             npy.write(vectors.npy_header(0, dim))
-            items, rows, ledger = _write_rows_file(_pages(conn, _rows_file_query(job, filters)), job, shape, side)
-            matrix_rows, matrix_ledger = _write_matrix(_copy_batches(conn, job, shape, filters), npy, dim)
+            # The snapshot lives while this transaction does: it ends after the COPY's (a failure here waits too).
+            with ThreadPoolExecutor(1, thread_name_prefix="inferq-npy") as pool:
+                matrix = pool.submit(_copy_matrix, bind, snapshot, job, shape, filters, npy, dim)
+                items, rows, ledger = _write_rows_file(_pages(conn, _rows_file_query(job, filters)), job, shape, side)
+                matrix_rows, matrix_ledger = matrix.result()
     _check_same(rows, ledger, matrix_rows, matrix_ledger)
     return items, rows, dim
+
+
+def _copy_matrix(
+    bind: Engine,
+    snapshot: str,
+    job: Job,
+    shape: tuple[int, np.dtype[Any]] | None,
+    filters: dict[str, Any],
+    npy: IO[bytes],
+    dim: int,
+) -> tuple[int, _Ledger]:
+    with bind.connect() as conn:
+        conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            conn.exec_driver_sql("SET TRANSACTION SNAPSHOT '{}'".format(snapshot.replace("'", "''")))
+            return _write_matrix(_copy_batches(conn, job, shape, filters), npy, dim)
 
 
 def _check_same(rows: int, ledger: _Ledger, matrix_rows: int, matrix_ledger: _Ledger) -> None:

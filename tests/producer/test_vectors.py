@@ -400,6 +400,32 @@ def test_npy_with_filters_and_without_vectors(client: Client, tmp_path: Path) ->
     assert matrix.shape == (0, 32) and [s["row"] for s in side] == [None, None]
 
 
+def test_npy_reads_the_rows_file_and_the_matrix_in_one_snapshot(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a job whose queued item succeeds (committed) just as the matrix starts being read
+    job_id, vecs = plain_job(client)
+    postgres = client.settings.database_url.startswith("postgresql")
+    name = "_copy_matrix" if postgres else "_vector_batches"
+    read_matrix = getattr(producer.export, name)
+
+    def finish_an_item_first(*args: Any, **kwargs: Any) -> Any:
+        with client.sessions.begin() as session:
+            session.execute(update(Item), [{"job_id": job_id, "index": 3, **succeeded(vector(3))}])
+        return read_matrix(*args, **kwargs)
+
+    monkeypatch.setattr(producer.export, name, finish_an_item_first)
+
+    # when exported, then both files show the job as it was when the export began
+    matrix, side = npy(client, job_id, tmp_path / "e.npy")
+    assert np.array_equal(matrix, np.stack([vecs[i] for i in sorted(vecs)]))
+    assert side[3]["status"] == "queued" and side[3]["row"] is None
+    # and the next export has the new vector
+    monkeypatch.setattr(producer.export, name, read_matrix)
+    matrix, side = npy(client, job_id, tmp_path / "e.npy")
+    assert side[3]["row"] == 2 and np.array_equal(matrix[2], vector(3))
+
+
 def test_npy_overwrites_an_earlier_export(client: Client, tmp_path: Path) -> None:
     first, _ = plain_job(client)
     second = store(client, [succeeded(vector(99))])
