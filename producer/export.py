@@ -281,7 +281,7 @@ def _export_vector_jsonl(session: Session, job_id: str, out: TextIO, filters: di
 # -- NPY ---------------------------------------------------------------------------------------------------------------
 
 #: How many bytes of a binary COPY are gathered before they are cut into rows.
-_COPY_BATCH_BYTES = 4 << 20
+_COPY_BATCH_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
