@@ -73,8 +73,8 @@ DEFAULT_N = {
     TaskName.FILL_MASK: (128, 48),
     TaskName.QUESTION_ANSWERING: (64, 24),
     TaskName.EMBEDDING: (2000, 256),
-    TaskName.ZERO_SHOT_CLASSIFICATION: (1000, 32),
-    TaskName.RERANK: (200, 12),
+    TaskName.ZERO_SHOT_CLASSIFICATION: (1000, 24),
+    TaskName.RERANK: (200, 8),
 }
 
 #: Interleaved rounds per task in a full run (quick: 1); the baseline at batch size 32 runs in the first two.
