@@ -712,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "machine": info,
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "code": code_version(),
         "models": {
             "architecture": {t.value: DESCRIPTIONS[m.name] for t, m in models.items()},
             "path": {t.value: m.path for t, m in models.items()},
@@ -744,6 +745,23 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json(out, payload)
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
+
+
+def code_version() -> dict[str, Any]:
+    """The commit the run started from, and the files that differed from it (uncommitted work measured too)."""
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    status = git("status", "--porcelain", "--untracked-files=all", "--", "bench", "inferq", "producer", "worker")
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or None,
+        "uncommitted": [x[3:] for x in status.splitlines() if x],
+    }
 
 
 def _baseline_name(run: Run, task: str) -> str:
