@@ -226,7 +226,7 @@ class TaskSpec:
     @property
     def single_text(self) -> bool:
         """Lines may be plain strings (the task needs one ``text`` and nothing else)."""
-        return [f.name for f in self.fields if f.required] == ["text"] and self.check_line is None
+        return [f.name for f in self.fields if f.required] == ["text"]
 
 
 def _check_mask(data: dict[str, Any], ctx: LineContext) -> LineProblem | None:

@@ -469,6 +469,21 @@ def test_validate_rows_accepts_dicts_and_plain_strings_for_single_text_tasks() -
     assert "expected an object with fields text, text_pair (or a string), got integer" in result.errors[0].message
 
 
+def test_plain_strings_go_through_the_line_checks_of_single_text_tasks() -> None:
+    from inferq.tasks import TaskName, ZeroShotParams
+
+    # Fill-mask: a plain string is a text, and must hold a mask
+    result = validate_rows([(1, "a [[MASK]] here"), (2, "no mask")], TaskName.FILL_MASK, LIMITS)
+    assert [r.data for r in result.records] == [{"text": "a [[MASK]] here"}]
+    assert [(e.line, e.field) for e in result.errors] == [(2, "text")]
+    # Zero-shot: plain strings take the job's labels; without any, each names the missing field
+    zsc = TaskName.ZERO_SHOT_CLASSIFICATION
+    assert validate_rows([(1, "a text")], zsc, LIMITS, params=ZeroShotParams(candidate_labels=["a"])).ok
+    assert only_error(validate_rows([(1, "a text")], zsc, LIMITS)).field == "candidate_labels"
+    # Rerank needs two fields: never a plain string
+    assert "query, documents" in only_error(validate_rows([(1, "q")], TaskName.RERANK, LIMITS)).message
+
+
 def test_validate_rows_refuses_plain_strings_for_question_answering() -> None:
     error = only_error(validate_rows([(1, "what?")], QA, LIMITS))
     assert error.line == 1 and "question, context" in error.message
