@@ -31,7 +31,9 @@ the config's ``truncate_dim`` applies, as in ``encode``.
 ``overflow="windows"``: the prompt and the text are tokenized together (no special tokens, with character
 offsets); the tokens that end inside the prompt are the prompt's, the rest are the text's, cut into windows of
 ``window_tokens`` tokens (``None``: the model's maximum less the special and prompt tokens) of which neighbours
-share ``stride``; each window is embedded as ``[special] + prompt tokens + window tokens + [special]``, the
+share ``stride`` (a little more where a window would start inside a word: windows begin and end at word
+boundaries, a word longer than a window aside, so that for a WordPiece model the window's text
+``text[start:end]`` embeds to the very vector stored for it); each window is embedded as ``[special] + prompt tokens + window tokens + [special]``, the
 model's own template, and its span is the characters its tokens cover in the text (``text[start:end]``).
 
 Differences from sentence-transformers, on purpose:
@@ -53,11 +55,9 @@ Differences from sentence-transformers, on purpose:
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -403,11 +403,15 @@ class EmbeddingEngine(Engine[EmbeddingParams]):
             head_types = pre_types + [text_type] * n_prompt
             body = tokens[n_prompt:]
             where = offsets[n_prompt:]
+            words = enc.word_ids(i)[n_prompt:]
             n = len(body)
             item_spans: list[tuple[int, int]] = []
-            start = 0
+            start = reached = 0
             while True:
-                end = min(start + size, n)
+                end = _word_end(words, start, min(start + size, n))
+                if end <= reached:  # a word longer than what is left of the window: cut inside it
+                    end = min(start + size, n)
+                reached = end
                 ids.append(head + list(body[start:end]) + post)
                 types.append(head_types + [text_type] * (end - start) + post_types)
                 item_of.append(i)
@@ -417,7 +421,7 @@ class EmbeddingEngine(Engine[EmbeddingParams]):
                     item_spans.append((0, 0))
                 if end >= n:
                     break
-                start += size - setup.stride
+                start = _word_start(words, start, max(end - setup.stride, start + 1), end)
             spans.append(item_spans)
         return Features(
             input_ids=ids,
@@ -425,6 +429,35 @@ class EmbeddingEngine(Engine[EmbeddingParams]):
             item_of=np.asarray(item_of, dtype=np.int64),
             extra={"error": None, "errors": errors, "spans": spans},
         )
+
+
+def _word_end(words: Sequence[int | None], start: int, end: int) -> int:
+    """A window ``[start, end)`` cut back to end with a whole word, unless that leaves it empty (a word longer than
+    a window is cut where the window ends)."""
+    cut = end
+    while start < cut < len(words) and words[cut] is not None and words[cut] == words[cut - 1]:
+        cut -= 1
+    return cut if cut > start else end
+
+
+def _word_start(words: Sequence[int | None], previous: int, start: int, end: int) -> int:
+    """The first token of the window after ``[previous, end)``, proposed at ``start``: moved back to its word's
+    first token (the windows then share a little more than ``stride``), else forward to the next word's first
+    token inside the previous window (a little less), else ``start`` itself (a word longer than a window is cut
+    where it must be)."""
+
+    def begins_word(t: int) -> bool:
+        return words[t] is None or words[t] != words[t - 1]
+
+    back = start
+    while back > previous + 1 and not begins_word(back):
+        back -= 1
+    if begins_word(back):
+        return back
+    ahead = start + 1
+    while ahead < end and not begins_word(ahead):
+        ahead += 1
+    return ahead if ahead < end else start
 
 
 # -- pooling ---------------------------------------------------------------------------------------------
@@ -485,8 +518,8 @@ def read_sentence_modules(loaded: LoadedModel) -> SentenceModules:
     `OSError` when a file cannot be fetched) for what this engine does not compute."""
     source = loaded.source
     config = loaded.model.config
-    modules_json = _read_json(source, "modules.json")
-    st_config = _read_json(source, "config_sentence_transformers.json")
+    modules_json = loaded.read_json("modules.json")
+    st_config = loaded.read_json("config_sentence_transformers.json")
     if modules_json is None:
         is_causal_lm = bool(getattr(config, "architectures", None)) and (
             str(config.architectures[0]).endswith("ForCausalLM") and getattr(config, "is_causal", True)
@@ -522,12 +555,12 @@ def read_sentence_modules(loaded: LoadedModel) -> SentenceModules:
     for entry, kind in zip(entries[1:], kinds[1:], strict=True):
         path = str(entry.get("path", "") or "")
         if kind == "Pooling" and not seen_pooling and not dense and not normalize:
-            pooling, include_prompt = _pooling_config(_read_json(source, _join(path, "config.json")) or {})
+            pooling, include_prompt = _pooling_config(loaded.read_json(_join(path, "config.json")) or {})
             seen_pooling = True
         elif kind == "Dense" and seen_pooling and not normalize:
-            dense.append(_dense_layer(source, path, loaded.device))
+            dense.append(_dense_layer(loaded, path))
         elif kind == "Normalize" and seen_pooling and not normalize:
-            own = _read_json(source, _join(path, "config.json")) or {}
+            own = loaded.read_json(_join(path, "config.json")) or {}
             for key in ("module_input_name", "module_output_name"):
                 if own.get(key, "sentence_embedding") not in (None, "sentence_embedding"):
                     raise ValueError(f"modules.json: a Normalize module of {key}={own[key]!r} is not supported")
@@ -539,7 +572,7 @@ def read_sentence_modules(loaded: LoadedModel) -> SentenceModules:
             )
     if not seen_pooling:
         raise ValueError(f"modules.json has no Pooling module (this engine computes {order})")
-    transformer = _transformer_config(source)
+    transformer = _transformer_config(loaded)
     max_seq_length = _max_seq_length(transformer, loaded)
     prompts, default_prompt_name, truncate_dim = _prompts(st_config, source)
     return SentenceModules(
@@ -568,27 +601,6 @@ def _join(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
 
 
-def _read_json(source: str, name: str) -> Any:
-    """A JSON file of the model (a local directory, or a hub id through the transformers cache); None when the
-    model has no such file."""
-    file = _model_file(source, name)
-    if file is None:
-        return None
-    with open(file, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def _model_file(source: str, name: str) -> str | None:
-    directory = Path(source)
-    if directory.is_dir():
-        path = directory / name
-        return str(path) if path.is_file() else None
-    from transformers.utils import cached_file
-
-    found: str | None = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
-    return found
-
-
 def _pooling_config(config: dict[str, Any]) -> tuple[tuple[str, ...], bool]:
     """The pooling modes and ``include_prompt``, read as ``Pooling.load_config`` reads them (``pooling_mode``,
     else the legacy flags in their concatenation order, else mean)."""
@@ -604,9 +616,9 @@ def _pooling_config(config: dict[str, Any]) -> tuple[tuple[str, ...], bool]:
     return modes, bool(config.get("include_prompt", True))
 
 
-def _dense_layer(source: str, path: str, device: Any) -> DenseLayer:
+def _dense_layer(loaded: LoadedModel, path: str) -> DenseLayer:
 
-    config = _read_json(source, _join(path, "config.json")) or {}
+    config = loaded.read_json(_join(path, "config.json")) or {}
     for key in ("module_input_name", "module_output_name"):
         if config.get(key, "sentence_embedding") not in (None, "sentence_embedding"):
             raise ValueError(f"modules.json: a Dense module of {key}={config[key]!r} is not supported")
@@ -616,7 +628,7 @@ def _dense_layer(source: str, path: str, device: Any) -> DenseLayer:
     activation = _ACTIVATIONS.get(activation_path)
     if activation is None:
         raise ValueError(f"modules.json: a Dense module's activation {activation_path!r} is not supported")
-    weights_file = _model_file(source, _join(path, "model.safetensors"))
+    weights_file = loaded.file(_join(path, "model.safetensors"))
     if weights_file is None:
         raise ValueError(
             f"modules.json: the Dense module in {path!r} has no model.safetensors (pickled weights are refused)"
@@ -624,14 +636,14 @@ def _dense_layer(source: str, path: str, device: Any) -> DenseLayer:
     from safetensors.torch import load_file
 
     tensors = load_file(weights_file)
-    weight = tensors["linear.weight"].float().to(device)
-    bias = tensors["linear.bias"].float().to(device) if "linear.bias" in tensors else None
+    weight = tensors["linear.weight"].float().to(loaded.device)
+    bias = tensors["linear.bias"].float().to(loaded.device) if "linear.bias" in tensors else None
     return DenseLayer(weight=weight, bias=bias, activation=activation)
 
 
-def _transformer_config(source: str) -> dict[str, Any]:
+def _transformer_config(loaded: LoadedModel) -> dict[str, Any]:
     for name in _TRANSFORMER_CONFIGS:
-        config = _read_json(source, name)
+        config = loaded.read_json(name)
         if config:
             break
     else:
