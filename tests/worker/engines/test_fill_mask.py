@@ -13,7 +13,7 @@ import functools
 import json
 import math
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +50,10 @@ UNICODE_TEXTS = [
     "[[MASK]]",
 ]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 # -- fixtures ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: these models are tiny, and on a small shared machine more threads only contend."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
