@@ -89,6 +89,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -394,6 +395,10 @@ def _npy_postgresql(
     return items, rows, dim
 
 
+#: What ``pg_export_snapshot()`` returns: hexadecimal fields joined by dashes (``00000003-0000001B-1``).
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f]+(?:-[0-9A-Fa-f]+)+")
+
+
 def _copy_matrix(
     bind: Engine,
     snapshot: str,
@@ -406,7 +411,14 @@ def _copy_matrix(
     with bind.connect() as conn:
         conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
-            conn.exec_driver_sql("SET TRANSACTION SNAPSHOT '{}'".format(snapshot.replace("'", "''")))
+            # SET takes no bound parameters: the snapshot id (as pg_export_snapshot writes it) goes in as a
+            # literal quoted by psycopg, after a check of its form.
+            if not _SNAPSHOT_ID.fullmatch(snapshot):
+                raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
+            from psycopg import sql
+
+            statement = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
+            conn.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
             return _write_matrix(_copy_batches(conn, job, shape, filters), npy, dim)
 
 

@@ -84,3 +84,34 @@ def fill_mask_reference(model: Path, text: str, **params: Any) -> list[list[dict
 
 def token_classification_reference(model: Path, text: str, **params: Any) -> list[dict[str, Any]]:
     return list(_pipeline("token-classification", str(model))(text, **params))
+
+
+@functools.cache
+def sentence_transformer(model: str) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model, device="cpu")
+
+
+@functools.cache
+def cross_encoder(model: str) -> Any:
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(model, device="cpu")
+
+
+def embedding_reference(model: Path, texts: list[str], **params: Any) -> Any:
+    """``SentenceTransformer(model).encode(texts, **params)``: an N×d float32 array."""
+    return sentence_transformer(str(model)).encode(texts, convert_to_numpy=True, **params)
+
+
+def rerank_reference(model: Path, query: str, documents: list[str], **params: Any) -> list[dict[str, Any]]:
+    """``CrossEncoder(model).rank(query, documents, **params)``: ``[{"corpus_id", "score"[, "text"]}]``."""
+    ranked = cross_encoder(str(model)).rank(query, documents, **params)
+    return [{k: (float(v) if k == "score" else v) for k, v in r.items()} for r in ranked]
+
+
+def zero_shot_reference(model: Path, text: str, labels: list[str], **params: Any) -> list[dict[str, Any]]:
+    """``pipeline("zero-shot-classification")`` as ``[{"label", "score"}]``, best first."""
+    out = _pipeline("zero-shot-classification", str(model))(text, candidate_labels=labels, **params)
+    return [{"label": label, "score": score} for label, score in zip(out["labels"], out["scores"], strict=True)]

@@ -114,8 +114,16 @@ CASES: dict[str, tuple[bytes, list[str], dict[str, str], list[str]]] = {
     ),
     "zero-shot template without {}": (
         b'{"text": "t"}\n',
-        ["--task", "zero-shot-classification", "--model", NLI_MODEL, "-p", "candidate_labels=a,b"]
-        + ["-p", "hypothesis_template=This is it."],
+        [
+            "--task",
+            "zero-shot-classification",
+            "--model",
+            NLI_MODEL,
+            "-p",
+            "candidate_labels=a,b",
+            "-p",
+            "hypothesis_template=This is it.",
+        ],
         {},
         ["error [invalid_parameter]", "hypothesis_template", "has no {} for the label"],
     ),
@@ -133,8 +141,18 @@ CASES: dict[str, tuple[bytes, list[str], dict[str, str], list[str]]] = {
     ),
     "embedding windows whose stride is not below the window": (
         b'{"text": "t"}\n',
-        ["--task", "embedding", "--model", MINILM, "-p", "overflow=windows", "-p", "window_tokens=64"]
-        + ["-p", "stride=64"],
+        [
+            "--task",
+            "embedding",
+            "--model",
+            MINILM,
+            "-p",
+            "overflow=windows",
+            "-p",
+            "window_tokens=64",
+            "-p",
+            "stride=64",
+        ],
         {},
         ["error [invalid_parameter]", "stride (64) must be smaller than window_tokens (64)"],
     ),
