@@ -286,8 +286,7 @@ def _check_nli_model(params: TaskParams, files: ModelFiles) -> LineProblem | Non
     if any(label.lower().startswith("entail") for label in labels):
         return None
     return "model", (
-        f"not an NLI model: zero-shot classification needs an entailment label, and its labels are "
-        f"{', '.join(labels)}"
+        f"not an NLI model: zero-shot classification needs an entailment label, and its labels are {', '.join(labels)}"
     )
 
 
