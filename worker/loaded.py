@@ -76,8 +76,16 @@ def effective_max_length(tokenizer: Any, config: Any) -> int:
     limit = int(getattr(tokenizer, "model_max_length", _UNSET_MAX_LENGTH) or _UNSET_MAX_LENGTH)
     if limit < _UNSET_MAX_LENGTH:
         return limit
-    # No maximum in the tokenizer: the model's position table decides (RoBERTa reserves padding_idx + 1).
-    positions = int(getattr(config, "max_position_embeddings", 512))
+    # No maximum in the tokenizer: the model's position table decides.
+    return position_limit(config, default=512) or 512
+
+
+def position_limit(config: Any, default: int | None = None) -> int | None:
+    """The longest sequence the model's position table takes (the RoBERTa family reserves ``padding_idx + 1``
+    positions); None where the config names no table (and no ``default`` stands in for it)."""
+    positions = getattr(config, "max_position_embeddings", default)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
     if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
         positions -= int(getattr(config, "pad_token_id", 1) or 1) + 1
     return positions

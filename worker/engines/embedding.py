@@ -66,7 +66,7 @@ from inferq.errors import InferqError, InvalidParameter
 from inferq.tasks import EmbeddingParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import BatchOutputs, Features, RunOutputs
-from worker.loaded import LoadedModel
+from worker.loaded import LoadedModel, position_limit
 
 log = logging.getLogger(__name__)
 
@@ -669,7 +669,7 @@ def _max_seq_length(transformer: dict[str, Any], loaded: LoadedModel) -> int:
     given = processor.get("model_max_length", transformer.get("max_seq_length"))
     if given is None:
         return _default_max_length(loaded)
-    positions = _positions(loaded.model.config)
+    positions = position_limit(loaded.model.config)
     return int(given) if positions is None else min(int(given), positions)
 
 
@@ -681,16 +681,6 @@ def _default_max_length(loaded: LoadedModel) -> int:
     if isinstance(positions, int) and positions > 0:
         limit = min(limit, positions)
     return limit
-
-
-def _positions(config: Any) -> int | None:
-    """The longest sequence the position table takes (the RoBERTa family reserves ``padding_idx + 1``)."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if not isinstance(positions, int) or positions <= 0:
-        return None
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
-        positions -= int(getattr(config, "pad_token_id", 1) or 1) + 1
-    return positions
 
 
 def _prompts(st_config: dict[str, Any] | None, source: str) -> tuple[dict[str, str], str | None, int | None]:
