@@ -387,17 +387,7 @@ def targets(run: Run, args: argparse.Namespace) -> list[Target]:
         base = next((m for m in ms if m.task == t and m.variant.endswith("bs=32")), None)
         engine32 = find(ms, t, "engine", "fp32")
         base_name = base.variant if base else "baseline"
-        for precision in ["fp32", *args.precision_list]:
-            system_p, engine_p = find(ms, t, "system", precision), find(ms, t, "engine", precision)
-            if system_p is not None:
-                out.append(
-                    Target(
-                        f"{t}: system / engine ({precision})",
-                        paired_ratio(system_p, engine_p),
-                        SYSTEM_OVER_ENGINE,
-                        detail=_cores(system_p, engine_p),
-                    )
-                )
+        out.extend(system_over_engine(ms, t, ["fp32", *args.precision_list]))
         out.append(
             Target(
                 f"{t}: engine / {base_name} (fp32)",
@@ -544,17 +534,7 @@ def system_targets(run: Run, args: argparse.Namespace, task: TaskName) -> list[T
         out.append(
             Target(f"{t}: system {precision} / {base_name}", paired_ratio(system_p, base), reduced, detail=detail)
         )
-    for precision in ["fp32", *args.precision_list]:
-        system_p, engine_p = find(ms, t, "system", precision), find(ms, t, "engine", precision)
-        if system_p is not None:
-            out.append(
-                Target(
-                    f"{t}: system / engine ({precision})",
-                    paired_ratio(system_p, engine_p),
-                    SYSTEM_OVER_ENGINE,
-                    detail=_cores(system_p, engine_p),
-                )
-            )
+    out.extend(system_over_engine(ms, t, ["fp32", *args.precision_list]))
     parity = run.parity.get(t)
     if parity is not None:
         if isinstance(parity, VectorDeviation):
@@ -566,6 +546,23 @@ def system_targets(run: Run, args: argparse.Namespace, task: TaskName) -> list[T
         out.append(
             Target(f"{t}: engine fp32 results unlike {base_name}'s ({what})", float(parity.mismatches), 0, "<=", detail)
         )
+    return out
+
+
+def system_over_engine(ms: list[Measurement], task: str, precisions: list[str]) -> list[Target]:
+    """The system over the in-process engine at each precision the system ran (`SYSTEM_OVER_ENGINE`)."""
+    out = []
+    for precision in precisions:
+        system_p, engine_p = find(ms, task, "system", precision), find(ms, task, "engine", precision)
+        if system_p is not None:
+            out.append(
+                Target(
+                    f"{task}: system / engine ({precision})",
+                    paired_ratio(system_p, engine_p),
+                    SYSTEM_OVER_ENGINE,
+                    detail=_cores(system_p, engine_p),
+                )
+            )
     return out
 
 
