@@ -383,6 +383,7 @@ def _npy_postgresql(
         conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             snapshot = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
+            _in_index_order(conn)
             shape = _vector_shape(conn, job)
             dim = _dim(job, shape)
             npy.write(vectors.npy_header(0, dim))
@@ -419,7 +420,17 @@ def _copy_matrix(
 
             statement = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
             conn.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+            _in_index_order(conn)
             return _write_matrix(_copy_batches(conn, job, shape, filters), npy, dim)
+
+
+def _in_index_order(conn: Connection) -> None:
+    """PostgreSQL: read this transaction's items through the primary key (job, index), which yields them in input
+    order, rather than sorting them. Right after a job finishes, its items' statistics are stale (autovacuum has not
+    analyzed them), and the planner, expecting a handful of rows, sorts the job's vectors, 150 MB for 100k
+    384-d vectors, in temporary files: half of an NPY export's time. No effect elsewhere."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL enable_sort = off")
 
 
 def _check_same(rows: int, ledger: _Ledger, matrix_rows: int, matrix_ledger: _Ledger) -> None:
@@ -637,6 +648,7 @@ def _fixed_lists(pa: Any, data: bytes, n: int, dim: int, valid: list[bool] | Non
 
 def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: dict[str, Any], path: Path) -> int:
     conn = session.connection()
+    _in_index_order(conn)
     shape = _vector_shape(conn, job)
     dim = _dim(job, shape)
     dtype = shape[1] if shape is not None else vectors.FLOAT32

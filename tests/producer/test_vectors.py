@@ -549,3 +549,45 @@ def test_cli_refuses_npy_without_a_file_or_for_a_job_without_vectors(
     assert done.exit_code == 2
     assert "error [invalid_parameter]: NPY export is for jobs with vectors (embedding)" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.services
+def test_npy_on_postgresql_reads_the_vectors_in_key_order_never_sorting_them(client: Client, tmp_path: Path) -> None:
+    if not client.settings.database_url.startswith("postgresql"):
+        pytest.skip("a PostgreSQL plan")
+    from sqlalchemy import event
+
+    # given a job just written, its items never analyzed (as when a job has just finished)
+    job_id, _ = plain_job(client)
+    engine = client.sessions.kw["bind"]
+    query = producer.export._vector_query(
+        _job(client, job_id),
+        producer.export._filters(None, None, False, None),
+    ).compile(dialect=engine.dialect)
+    # then the vector query's plan, in a transaction set as the export sets it, has no Sort node
+    with engine.connect() as conn, conn.begin():
+        producer.export._in_index_order(conn)
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {query}", query.params))
+    assert "Sort" not in plan and "items" in plan, plan
+    # and the export sets it on both of its connections (the rows file's and the matrix's)
+    connections: list[int] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement == "SET LOCAL enable_sort = off":
+            connections.append(id(conn.connection.dbapi_connection))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        npy(client, job_id, tmp_path / "e.npy")
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(set(connections)) == 2
+
+
+def _job(client: Client, job_id: str) -> Any:
+    from inferq.schema import Job
+
+    with client.reader() as session:
+        job = session.get(Job, job_id)
+        session.expunge(job)
+        return job
