@@ -51,20 +51,13 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except TransientError as exc:
+            # A broker or database gone away (`inferq.db` raises DatabaseUnavailable for the database, under any
+            # command): one line, without a traceback or the URL.
             click.echo(f"error [{exc.code}]: {exc.message}", err=True)
             sys.exit(EXIT_UNAVAILABLE)
         except InferqError as exc:
             click.echo(f"error [{exc.code}]: {exc.message}", err=True)
             sys.exit(EXIT_USER_ERROR)
-        except Exception as exc:
-            from sqlalchemy.exc import OperationalError
-
-            if not isinstance(exc, OperationalError):
-                raise
-            # The database went away under a read (status, results …): say so, without a traceback or the URL.
-            reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
-            click.echo(f"error [database_unavailable]: database unreachable: {reason}", err=True)
-            sys.exit(EXIT_UNAVAILABLE)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,13 +1,21 @@
 """Engine and session factories. The caller owns the session: functions take a `Session`; commands and task
-bodies open ``with sessions.begin():``."""
+bodies open ``with sessions.begin():``.
+
+The boundary for the database's failures: on every engine made here, an error that means the database is
+unreachable or dropped the connection (`is_transient_db_error`) is raised as `DatabaseUnavailable`, from the
+driver's error, whichever statement, commit or connection attempt met it. Callers catch that one error (and
+retry with `inferq.errors.backoff`); any other database error (a bad statement, a constraint) stays SQLAlchemy's."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from inferq.errors import DatabaseUnavailable
 from inferq.settings import Settings
 
 
@@ -20,8 +28,33 @@ def make_engine(settings: Settings, **kwargs: Any) -> Engine:
     if is_sqlite(url):
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **kwargs)
         _serialise_sqlite_writers(engine)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)
+    event.listen(engine, "handle_error", _raise_unavailable)
+    return engine
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """The database is unreachable or dropped the connection (retry), as opposed to a bad statement (don't)."""
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def database_unavailable(exc: DBAPIError) -> DatabaseUnavailable:
+    """``exc`` as inferq's error: the driver's first line as the reason, never the statement or the URL."""
+    kind = type(exc.orig if exc.orig is not None else exc).__name__
+    lines = str(exc.orig).splitlines() if exc.orig is not None else []
+    reason = lines[0] if lines else kind
+    return DatabaseUnavailable(f"database unreachable: {reason}", reason=reason, kind=kind)
+
+
+def _raise_unavailable(context: ExceptionContext) -> None:
+    # SQLAlchemy's hook for every error met by a statement, a commit or a connection attempt: raising here
+    # replaces its exception (chained from the driver's) after its own cleanup, the connection invalidated as
+    # usual. Pool pre-pings are left alone: SQLAlchemy handles a stale pooled connection itself, by reconnecting.
+    exc = context.sqlalchemy_exception
+    if context.is_pre_ping or not isinstance(exc, DBAPIError) or not is_transient_db_error(exc):
+        return
+    raise database_unavailable(exc)
 
 
 def _serialise_sqlite_writers(engine: Engine) -> None:

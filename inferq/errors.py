@@ -15,6 +15,9 @@ InferqError
 └── TransientError              (retried with backoff)
     ├── DatabaseUnavailable     database_unavailable
     └── BrokerUnavailable       broker_unavailable
+
+A database that is unreachable or drops the connection surfaces as `DatabaseUnavailable` wherever inferq talks to
+it: `inferq.db` converts the driver's error once, on every engine it makes. Every retry waits `backoff`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,11 @@ from dataclasses import dataclass
 
 
 class InferqError(Exception):
-    """Root of every error inferq raises on purpose."""
+    """Root of every error inferq raises on purpose.
+
+    ``details``: what a caller can act on without parsing the message, as keywords given where the error is
+    raised; an `InvalidParameter` names the parameter at fault (``details["field"]``), so that a form or an API
+    in front of inferq can point at it."""
 
     code = "inferq_error"
 
@@ -106,14 +113,30 @@ class AttemptsExhausted(InferqError):
 
 
 class TransientError(InferqError):
-    """Something outside inferq is briefly unavailable; the operation is retried with backoff."""
+    """Something outside inferq is briefly unavailable; the operation is retried with `backoff`."""
 
     code = "transient_error"
 
 
 class DatabaseUnavailable(TransientError):
+    """The database is unreachable or dropped the connection (`inferq.db.is_transient_db_error`), raised from
+    the driver's error. ``reason``: the driver's first line, which never holds the URL; ``kind``: the class name
+    of the driver's error (``OperationalError`` …), for logs."""
+
     code = "database_unavailable"
+
+    def __init__(self, message: str = "", *, reason: str | None = None, kind: str | None = None) -> None:
+        # Both optional, so that a pickled copy (a Celery retry carries it across processes) is rebuilt.
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
+        self.kind = kind if kind is not None else type(self).__name__
 
 
 class BrokerUnavailable(TransientError):
     code = "broker_unavailable"
+
+
+def backoff(retries: int, base: float, cap: float) -> float:
+    """Seconds before retry number ``retries + 1`` of anything transient: ``base`` doubled per retry so far,
+    capped at ``cap``."""
+    return min(cap, base * 2 ** min(retries, 32))

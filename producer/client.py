@@ -20,7 +20,6 @@ from typing import IO, Any, Literal
 
 from celery import Celery
 from sqlalchemy import Engine, insert, select, update
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
@@ -204,16 +203,19 @@ class Client:
             with self.sessions() as session, session.begin():
                 store_job(session, job_id, task, model, full_params, read.records, size, queue)
                 committing = True
-        except OperationalError as exc:
+        except DatabaseUnavailable as exc:
             # One transaction, and nothing is enqueued before it commits: a database that went away stored nothing,
             # unless it went away during the commit itself, when only the database knows.
-            reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
             if committing:
                 raise DatabaseUnavailable(
                     f"the database went away while committing job {job_id}, which may or may not be stored "
-                    f"({reason}); `inferq status {job_id}` tells, and `inferq recover` enqueues it if it is"
+                    f"({exc.reason}); `inferq status {job_id}` tells, and `inferq recover` enqueues it if it is",
+                    reason=exc.reason,
+                    kind=exc.kind,
                 ) from exc
-            raise DatabaseUnavailable(f"database unreachable, nothing was submitted: {reason}") from exc
+            raise DatabaseUnavailable(
+                f"database unreachable, nothing was submitted: {exc.reason}", reason=exc.reason, kind=exc.kind
+            ) from exc
         self._enqueue(job_id, n_chunks, queue)
         return Submission(job_id, len(read.records), n_chunks, read.errors if skip_invalid else [], read.total_bad)
 

@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 from celery import Celery, Task
 from celery.exceptions import Reject
-from sqlalchemy.exc import DBAPIError
 
 from inferq import constants
-from inferq.errors import TransientError
+from inferq.errors import DatabaseUnavailable, TransientError, backoff
 from inferq.tasks import RUN_CHUNK
-from worker.runner import DEFERRED, HANDED_BACK, Runner, is_transient_db_error
+from worker.claims import ChunkOutcome
+from worker.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +30,18 @@ RETRY_BASE_SECONDS = 2
 RETRY_MAX_SECONDS = 60
 
 
-def backoff(retries: int, base: float, cap: float) -> float:
-    """Seconds before retry number ``retries + 1``: ``base`` doubled per retry so far, capped at ``cap``."""
-    return min(cap, base * 2 ** min(retries, 32))
-
-
 def register_tasks(app: Celery, get_runner: Callable[[], Runner]) -> None:
     @app.task(name=RUN_CHUNK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
     def run_chunk(self: Task, job_id: str, seq: int) -> None:
         try:
             report = get_runner().run_chunk(job_id, int(seq))
-        except (TransientError, DBAPIError) as exc:
-            if isinstance(exc, DBAPIError) and not is_transient_db_error(exc):
-                raise
+        except TransientError as exc:
+            # The database's failures arrive as DatabaseUnavailable (`inferq.db`); the log names the driver's error.
+            what = exc.kind if isinstance(exc, DatabaseUnavailable) else type(exc).__name__
             countdown = backoff(int(self.request.retries or 0), RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)
-            log.warning("job %s chunk %s: %s; retrying in %ss", job_id, seq, type(exc).__name__, countdown)
+            log.warning("job %s chunk %s: %s; retrying in %ss", job_id, seq, what, countdown)
             raise self.retry(exc=exc, countdown=countdown) from exc
-        if report.outcome == DEFERRED:
+        if report.outcome is ChunkOutcome.DEFERRED:
             # Another worker's batch is running this chunk: look again later. The retry is a new message on the
             # broker before this one is acknowledged, so the chunk always has a message until it is done.
             countdown = backoff(
@@ -55,6 +50,6 @@ def register_tasks(app: Celery, get_runner: Callable[[], Runner]) -> None:
                 constants.COALESCED_RECHECK_MAX_SECONDS,
             )
             raise self.retry(countdown=countdown)
-        if report.outcome == HANDED_BACK:
+        if report.outcome is ChunkOutcome.HANDED_BACK:
             log.warning("job %s chunk %s: handed back to the broker (worker shutting down)", job_id, seq)
             raise Reject(f"job {job_id} chunk {seq} handed back at shutdown", requeue=True)

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
 import inspect
+import pickle
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 import inferq.errors as errors
+from inferq.db import make_engine
+from inferq.settings import Settings
 
 
 def all_errors() -> list[type[errors.InferqError]]:
@@ -20,3 +29,30 @@ def test_the_module_docstring_draws_every_error() -> None:
     doc = errors.__doc__ or ""
     for cls in all_errors():
         assert cls.__name__ in doc, f"{cls.__name__} missing from the tree in errors.py"
+
+
+def test_an_unreachable_database_raises_database_unavailable_without_the_url(tmp_path: Path) -> None:
+    # Given an engine on a database file that cannot be opened (its directory does not exist)
+    engine = make_engine(Settings(database_url=f"sqlite:///{tmp_path}/missing/s3cret.db"))
+    # When a statement runs
+    with pytest.raises(errors.DatabaseUnavailable) as caught, engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    # Then it is inferq's transient error, raised from the driver's, its message the driver's first line
+    err = caught.value
+    assert isinstance(err, errors.TransientError) and err.code == "database_unavailable"
+    assert err.message == f"database unreachable: {err.reason}" and err.kind == "OperationalError"
+    assert "s3cret" not in err.message
+    assert isinstance(err.__cause__, sqlite3.OperationalError)
+
+
+def test_a_broken_constraint_stays_sqlalchemys_error(tmp_path: Path) -> None:
+    engine = make_engine(Settings(database_url=f"sqlite:///{tmp_path}/ok.db"))
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO t VALUES (1), (1)"))
+
+
+def test_database_unavailable_survives_a_pickle_as_a_celery_retry_carries_it() -> None:
+    err = errors.DatabaseUnavailable("database unreachable: gone", reason="gone", kind="OperationalError")
+    copy = pickle.loads(pickle.dumps(err))
+    assert (copy.message, copy.reason, copy.kind, copy.code) == (err.message, "gone", "OperationalError", err.code)

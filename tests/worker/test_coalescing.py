@@ -18,8 +18,9 @@ from inferq.schema import Chunk, Item, utcnow
 from inferq.settings import Settings
 from tests.reference import assert_same_labels, classification_reference
 from tests.worker.jobs import a_job, job_row
+from worker.claims import claim_chunk, claim_mates
 from worker.registry import ModelRegistry
-from worker.runner import Runner, claim_chunk, claim_mates
+from worker.runner import Runner
 from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services

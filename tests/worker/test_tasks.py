@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from inferq import constants
-from worker.tasks import RETRY_BASE_SECONDS, RETRY_MAX_SECONDS, backoff
+from inferq.errors import backoff
+from worker.tasks import RETRY_BASE_SECONDS, RETRY_MAX_SECONDS
 
 
 def test_a_transient_failure_waits_2_4_8_seconds_up_to_a_minute() -> None:

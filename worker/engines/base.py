@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 import numpy as np
 
 from inferq.errors import InferenceError, InferqError
+from inferq.states import ItemState
 from inferq.tasks import TaskName, TaskParams, read_params
 from worker.engines.batching import (
     CPU_BATCH_COST_TOKENS,
@@ -24,6 +25,10 @@ from worker.loaded import LoadedModel
 
 #: The `Item` columns of a top result (`TaskSpec.top_columns` names those a task fills), and of a vector.
 RESULT_COLUMNS = ("label", "score", "answer", "start_char", "end_char", "entity_count", "vector")
+
+#: Characters of an error's message stored on its item: enough for an exception's first lines, while a huge
+#: message (an input echoed back) does not bloat every failed row.
+ERROR_MESSAGE_CHARS = 2000
 
 
 @dataclass
@@ -51,19 +56,14 @@ class Outcome:
         return cls(error=error)
 
     def columns(self) -> dict[str, Any]:
-        """The item's columns this outcome sets (state aside): result, top-result columns, error."""
-        if self.error is not None:
-            return {
-                "result": None,
-                **dict.fromkeys(RESULT_COLUMNS),
-                "error_code": self.error.code,
-                "error_message": self.error.message[:2000],
-            }
+        """The item's columns this outcome sets: its state, result and top-result columns, or error."""
+        error = self.error
         return {
-            "result": self.result,
-            **{name: getattr(self, name) for name in RESULT_COLUMNS},
-            "error_code": None,
-            "error_message": None,
+            "state": (ItemState.SUCCEEDED if error is None else ItemState.FAILED).value,
+            "result": self.result if error is None else None,
+            **{name: getattr(self, name) if error is None else None for name in RESULT_COLUMNS},
+            "error_code": error.code if error is not None else None,
+            "error_message": error.message[:ERROR_MESSAGE_CHARS] if error is not None else None,
         }
 
 

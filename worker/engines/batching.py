@@ -136,10 +136,6 @@ class RunOutputs:
         return result
 
 
-class BatchTooLarge(Exception):
-    """The device ran out of memory on a batch; it is split and retried."""
-
-
 def run_batches(
     plan: list[np.ndarray],
     forward: Callable[[np.ndarray], BatchOutputs],

@@ -1,0 +1,435 @@
+"""The claim protocol in SQL: how a worker takes a chunk, keeps it, and stores its results, exactly once.
+
+One delivery of a chunk's message goes through three steps, each its own transaction:
+
+1. **Claim** (`claim_chunk`, then `claim_mates`): lock the chunk row, lease it to this worker (``running``,
+   ``lease_until``, ``attempts + 1``), start its job, read its still-``queued`` items. A small chunk also takes
+   queued chunks of other jobs into its batch (see `worker.runner` for coalescing).
+2. **Lease** (`LeaseKeeper`): while the batch computes, outside any transaction, renew the leases, so that an
+   expired lease means a dead worker, never a slow chunk.
+3. **Write** (`write_results`): lock the chunk rows, then their items still ``queued``; only those get a result.
+   Each chunk becomes ``done``, or ``queued`` again when it stopped early; the jobs' counters move and a job
+   whose every item ended finishes.
+
+Idempotent: a chunk already done claims nothing, and an item gets a result only while it is still ``queued``,
+under a row lock, so two deliveries of one chunk never write an item twice. Rows are locked in key order, so
+two writers never wait on each other in a circle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from inferq.errors import InferqError
+from inferq.schema import Chunk, Item, Job, as_utc, utcnow
+from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
+from inferq.tasks import TaskName, TaskParams, read_params
+from worker.engines.base import Outcome
+
+log = logging.getLogger(__name__)
+
+#: Most chunks one batch takes from other jobs (each a claim and, later, a skipped message).
+MAX_MATES = 1_000
+
+
+class ChunkOutcome(str, Enum):
+    """What one delivery of a chunk's message came to (`worker.runner.ChunkReport.outcome`)."""
+
+    #: Every item of the chunk has ended: the chunk is ``done`` and its message is acknowledged.
+    DONE = "done"
+    #: Nothing to do: the chunk was already done, or its job finished or is gone.
+    SKIPPED = "skipped"
+    #: Its job was cancelled mid-chunk: the micro-batches that ran are stored, the rest of the items are cancelled.
+    STOPPED = "stopped"
+    #: The worker is shutting down: the micro-batches that ran are stored, the chunk is ``queued`` again and its
+    #: message must go back to the broker (the task rejects it with requeue).
+    HANDED_BACK = "handed_back"
+    #: Another worker's batch is running the chunk (its lease is live): the message must come back later (the task
+    #: retries it with a countdown), and is acknowledged only once a new copy is on the broker.
+    DEFERRED = "deferred"
+
+
+#: Why `claim_chunk` claimed nothing, as the delivery's outcome.
+NotClaimed = Literal[ChunkOutcome.SKIPPED, ChunkOutcome.DEFERRED]
+
+
+@dataclass
+class Claim:
+    """A chunk leased to this worker, with the items it still has to run."""
+
+    job_id: str
+    seq: int
+    task: TaskName
+    model: str
+    #: The job's parameters, typed (validated here, once, for the engine).
+    params: TaskParams
+    indices: list[int]
+    inputs: list[dict[str, Any]]
+    #: Claimed more often than `worker.runner.MAX_CHUNK_ATTEMPTS`: its items are given up, not run again.
+    attempts: int = 1
+    #: The job's `Job.batch_key` and queue: chunks of jobs with the same key on the same queue may run in one batch.
+    batch_key: str | None = None
+    queue: str | None = None
+
+    @property
+    def key(self) -> str:
+        return chunk_key(self.job_id, self.seq)
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """What `write_results` stored for one claimed chunk."""
+
+    #: Items of this chunk given a result, and given an error, by this write.
+    succeeded: int = 0
+    failed: int = 0
+    #: Every item of the chunk has ended: the chunk is ``done``. Otherwise it is ``queued`` again, leaderless,
+    #: and its own message runs the rest.
+    complete: bool = True
+
+
+def chunk_key(job_id: str, seq: int) -> str:
+    """How `Chunk.leader` names a chunk."""
+    return f"{job_id}/{seq}"
+
+
+# -- 1. claim ----------------------------------------------------------------------------------------------
+
+
+def claim_chunk(session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int) -> Claim | NotClaimed:
+    """Lease a chunk to this worker and read its unfinished items. `ChunkOutcome.SKIPPED`: nothing to do.
+    `ChunkOutcome.DEFERRED`: another worker's batch is running it (see `worker.runner`)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        log.warning("job %s is gone; dropping chunk %d", job_id, seq)
+        return ChunkOutcome.SKIPPED
+    chunk = session.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq).with_for_update())
+    if chunk is None or chunk.state == ChunkState.DONE.value:
+        return ChunkOutcome.SKIPPED
+    now = utcnow()
+    if JobState(job.state) in FINISHED_JOB_STATES:
+        chunk.state, chunk.finished_at, chunk.leader = ChunkState.DONE.value, now, None
+        return ChunkOutcome.SKIPPED
+    if (
+        chunk.state == ChunkState.RUNNING.value
+        and chunk.leader is not None
+        and chunk.lease_until is not None
+        and as_utc(chunk.lease_until) > now
+    ):
+        return ChunkOutcome.DEFERRED
+    chunk.state = ChunkState.RUNNING.value
+    chunk.attempts += 1
+    chunk.lease_until = now + dt.timedelta(seconds=lease_seconds)
+    chunk.worker = worker
+    chunk.leader = None
+    if chunk.attempts > 1:
+        _release_earlier_batch(session, job_id, seq)
+    start_jobs(session, [job_id], now)
+    in_chunk = (Item.job_id == job_id, Item.index >= chunk.start, Item.index < chunk.stop)
+    queued = Item.state == ItemState.QUEUED.value
+    rows = session.execute(select(Item.index, Item.input).where(*in_chunk, queued).order_by(Item.index)).all()
+    session.execute(update(Item).where(*in_chunk, queued).values(attempts=Item.attempts + 1))
+    return Claim(
+        job_id=job_id,
+        seq=seq,
+        task=TaskName(job.task),
+        model=job.model,
+        params=read_params(TaskName(job.task), job.params),
+        indices=[r[0] for r in rows],
+        inputs=[r[1] for r in rows],
+        attempts=chunk.attempts,
+        batch_key=job.batch_key,
+        queue=job.queue,
+    )
+
+
+def _release_earlier_batch(session: Session, job_id: str, seq: int) -> None:
+    """A chunk claimed before: the batch it led then (if any) did not finish. Its unfinished batch-mates go back
+    to their own messages, so that this chunk runs alone and a poison item among them cannot take it down again."""
+    released = session.execute(
+        update(Chunk)
+        .where(Chunk.leader == chunk_key(job_id, seq), Chunk.state == ChunkState.RUNNING.value)
+        .values(state=ChunkState.QUEUED.value, leader=None, lease_until=None, worker=None)
+    )
+    if released.rowcount:  # type: ignore[attr-defined]
+        log.warning(
+            "job %s chunk %d: released %d chunks of its unfinished earlier batch",
+            job_id,
+            seq,
+            released.rowcount,  # type: ignore[attr-defined]
+        )
+
+
+def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: int, max_items: int) -> list[Claim]:
+    """Take queued chunks of other jobs with the leader's batch key and queue into its batch, oldest jobs first,
+    never tried before, until the batch holds ``max_items`` items (the last one taken may overshoot). Chunks
+    locked by another transaction are skipped, not waited for. Nothing when the leader is full already, past its
+    first attempt, or keyless."""
+    room = max_items - len(lead.indices)
+    if room <= 0 or lead.attempts != 1 or lead.batch_key is None:
+        return []
+    candidates = session.execute(
+        select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop)
+        .join(Job, Job.id == Chunk.job_id)
+        .where(
+            Job.batch_key == lead.batch_key,
+            Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+            Job.task == lead.task.value,
+            Job.model == lead.model,
+            # Routed where the leader's job was (a job sent to a GPU queue is not taken by a CPU worker).
+            Job.queue == lead.queue,
+            # Other jobs only: a job's own chunk size is the user's choice of how to spread it over workers.
+            Job.id != lead.job_id,
+            Chunk.state == ChunkState.QUEUED.value,
+            Chunk.attempts == 0,
+        )
+        .order_by(Job.created_at, Chunk.job_id, Chunk.seq)
+        .limit(min(room, MAX_MATES))
+        .with_for_update(of=Chunk, skip_locked=True)
+    ).all()
+    taken: list[tuple[str, int]] = []
+    items = 0
+    for job_id, seq, start, stop in candidates:
+        if items >= room:
+            break
+        taken.append((job_id, seq))
+        items += stop - start
+    if not taken:
+        return []
+    now = utcnow()
+    session.execute(
+        update(Chunk)
+        .where(keyed(Chunk.job_id, Chunk.seq, taken))
+        .values(
+            state=ChunkState.RUNNING.value,
+            attempts=Chunk.attempts + 1,
+            lease_until=now + dt.timedelta(seconds=lease_seconds),
+            worker=worker,
+            leader=lead.key,
+        )
+    )
+    start_jobs(session, sorted({j for j, _ in taken}), now)
+    rows = session.execute(
+        select(Chunk.job_id, Chunk.seq, Item.index, Item.input)
+        .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
+        .where(keyed(Chunk.job_id, Chunk.seq, taken), Item.state == ItemState.QUEUED.value)
+        .order_by(Chunk.job_id, Chunk.seq, Item.index)
+    ).all()
+    if rows:
+        session.execute(
+            update(Item)
+            .where(keyed(Item.job_id, Item.index, [(r[0], r[2]) for r in rows]))
+            .values(attempts=Item.attempts + 1)
+        )
+    by_chunk: dict[tuple[str, int], Claim] = {
+        key: Claim(
+            job_id=key[0],
+            seq=key[1],
+            task=lead.task,
+            model=lead.model,
+            params=lead.params,
+            indices=[],
+            inputs=[],
+            batch_key=lead.batch_key,
+            queue=lead.queue,
+        )
+        for key in taken
+    }
+    for job_id, seq, index, data in rows:
+        claim = by_chunk[(job_id, seq)]
+        claim.indices.append(index)
+        claim.inputs.append(data)
+    return list(by_chunk.values())
+
+
+def start_jobs(session: Session, job_ids: list[str], now: dt.datetime) -> None:
+    """A claimed chunk starts its job: ``queued`` jobs become ``running``."""
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.state == JobState.QUEUED.value)
+        .values(state=JobState.RUNNING.value, started_at=now)
+    )
+
+
+# -- 2. lease ----------------------------------------------------------------------------------------------
+
+
+class LeaseKeeper:
+    """Renews claimed chunks' leases every third of ``lease_seconds`` while they compute, in a thread, so that an
+    expired lease means a dead worker (or one cut off from the database), never a slow chunk: `inferq recover`
+    re-enqueues chunks whose lease expired."""
+
+    def __init__(self, sessions: sessionmaker[Session], claims: list[Claim], worker: str, lease_seconds: int) -> None:
+        self.sessions = sessions
+        self.claims = claims
+        self.keys = [(c.job_id, c.seq) for c in claims]
+        self.worker = worker
+        self.lease_seconds = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="inferq-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        # Not waiting long: a renewal stuck on an unreachable database must not hold the chunk up (it would only
+        # renew a lease the chunk no longer needs, and renews nothing once the chunk is no longer running).
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(max(1.0, self.lease_seconds / 3)):
+            try:
+                with self.sessions.begin() as session:
+                    renew_leases(session, self.keys, self.worker, self.lease_seconds)
+            except Exception as exc:
+                lead = self.claims[0]
+                log.debug("job %s chunk %d: lease not renewed (%s)", lead.job_id, lead.seq, exc)
+
+
+def renew_leases(session: Session, keys: list[tuple[str, int]], worker: str, lease_seconds: int) -> None:
+    """Extend the leases of the chunks ``keys`` that this worker still runs."""
+    session.execute(
+        update(Chunk)
+        .where(
+            keyed(Chunk.job_id, Chunk.seq, keys),
+            Chunk.state == ChunkState.RUNNING.value,
+            Chunk.worker == worker,
+        )
+        .values(lease_until=utcnow() + dt.timedelta(seconds=lease_seconds))
+    )
+
+
+# -- 3. write ----------------------------------------------------------------------------------------------
+
+
+def write_results(
+    session: Session,
+    claims: list[Claim],
+    outcomes: list[list[Outcome | None]],
+    *,
+    job_error: InferqError | None = None,
+) -> list[StoredChunk]:
+    """Store the outcomes of a claimed batch (a chunk and its batch-mates; ``None`` for an item that did not run),
+    and ``job_error`` on every job of the batch when the batch could not run at all. One `StoredChunk` per
+    claim, in order (a chunk found done already stored nothing and counts as complete)."""
+    chunks = _lock_unfinished_chunks(session, claims)
+    live = [(claim, out) for claim, out in zip(claims, outcomes, strict=True) if claim.key in chunks]
+    writable = _lock_queued_items(session, [(c.job_id, i) for c, _ in live for i in c.indices])
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    stored: dict[str, StoredChunk] = {}
+    succeeded_by_job: Counter[str] = Counter()
+    failed_by_job: Counter[str] = Counter()
+    for claim, out in live:
+        succeeded = failed = 0
+        for index, outcome in zip(claim.indices, out, strict=False):
+            if outcome is None or (claim.job_id, index) not in writable:
+                continue
+            rows.append({"job_id": claim.job_id, "index": index, **outcome.columns(), "finished_at": now})
+            if outcome.ok:
+                succeeded += 1
+            else:
+                failed += 1
+        complete = len(out) == len(claim.indices) and all(o is not None for o in out)
+        _settle_chunk(chunks[claim.key], complete, now)
+        stored[claim.key] = StoredChunk(succeeded, failed, complete)
+        succeeded_by_job[claim.job_id] += succeeded
+        failed_by_job[claim.job_id] += failed
+    if rows:
+        session.execute(update(Item), rows)
+    job_ids = sorted({claim.job_id for claim, _ in live})
+    if job_ids:
+        _count_into_jobs(session, [(j, succeeded_by_job[j], failed_by_job[j]) for j in job_ids])
+        if job_error is not None:
+            session.execute(
+                update(Job).where(Job.id.in_(job_ids)).values(error_code=job_error.code, error=job_error.message)
+            )
+        finish_jobs_if_complete(session, job_ids, now)
+    return [stored.get(claim.key, StoredChunk()) for claim in claims]
+
+
+def _lock_unfinished_chunks(session: Session, claims: list[Claim]) -> dict[str, Chunk]:
+    """The claims' chunk rows not yet done, by `chunk_key`, locked in key order."""
+    return {
+        chunk_key(c.job_id, c.seq): c
+        for c in session.scalars(
+            select(Chunk)
+            .where(keyed(Chunk.job_id, Chunk.seq, [(c.job_id, c.seq) for c in claims]))
+            .order_by(Chunk.job_id, Chunk.seq)
+            .with_for_update()
+        )
+        if c.state != ChunkState.DONE.value
+    }
+
+
+def _lock_queued_items(session: Session, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Of the items ``pairs`` (job, index), those still ``queued``, locked in key order: the only ones written."""
+    if not pairs:
+        return set()
+    return set(
+        session.execute(
+            select(Item.job_id, Item.index)
+            .where(keyed(Item.job_id, Item.index, pairs), Item.state == ItemState.QUEUED.value)
+            .order_by(Item.job_id, Item.index)
+            .with_for_update()
+        ).tuples()
+    )
+
+
+def _settle_chunk(chunk: Chunk, complete: bool, now: dt.datetime) -> None:
+    """A written chunk is ``done``, or ``queued`` again without a leader when it stopped early."""
+    chunk.state = ChunkState.DONE.value if complete else ChunkState.QUEUED.value
+    chunk.finished_at = now if complete else None
+    chunk.lease_until = None
+    chunk.leader = None
+
+
+def _count_into_jobs(session: Session, counts: list[tuple[str, int, int]]) -> None:
+    """Add (job, succeeded, failed) to each job's counters, in one executemany."""
+    jobs = Job.metadata.tables[Job.__tablename__]
+    session.execute(
+        update(jobs)
+        .where(jobs.c.id == bindparam("job"))
+        .values(succeeded=jobs.c.succeeded + bindparam("ok"), failed=jobs.c.failed + bindparam("bad")),
+        [{"job": job_id, "ok": ok, "bad": bad} for job_id, ok, bad in counts],
+    )
+
+
+def finish_jobs_if_complete(session: Session, job_ids: list[str], now: dt.datetime) -> None:
+    """Once every item has ended, the job ends: ``failed`` when the job itself could not run (its model would
+    not load) and nothing succeeded, else ``succeeded``."""
+    session.execute(
+        update(Job)
+        .where(
+            Job.id.in_(job_ids),
+            Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+            Job.succeeded + Job.failed >= Job.total,
+        )
+        .values(
+            state=case(
+                ((Job.error_code.is_not(None)) & (Job.succeeded == 0), JobState.FAILED.value),
+                else_=JobState.SUCCEEDED.value,
+            ),
+            finished_at=now,
+        )
+    )
+
+
+def keyed(job: Any, number: Any, keys: list[tuple[str, int]]) -> ColumnElement[bool]:
+    """``(job, number)`` is one of ``keys``, as one ``job = j AND number IN (…)`` term per job: an index range
+    scan each (a row-value IN list would be planned as one OR term per key)."""
+    by_job: dict[str, list[int]] = {}
+    for job_id, n in keys:
+        by_job.setdefault(job_id, []).append(n)
+    return or_(*(and_(job == job_id, number.in_(ns)) for job_id, ns in by_job.items()))
