@@ -19,9 +19,9 @@ COMMANDS = {
     "cancel": "producer.cli:cancel",
     "jobs": "producer.cli:jobs",
     "models": "producer.cli:models",
-    "db": "inferq.cli_db:db",
-    "recover": "inferq.maintenance:recover_command",
-    "purge": "inferq.maintenance:purge_command",
+    "db": "inferq.cli_core:db",
+    "recover": "inferq.cli_core:recover_command",
+    "purge": "inferq.cli_core:purge_command",
     "worker": "worker.cli:worker_command",
     "demo": "worker.demo:demo_command",
 }
