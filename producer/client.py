@@ -16,15 +16,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
-from celery import Celery
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
-from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, JobNotFound, LineError
 from inferq.models import check_model, mask_tokens, resolve_model
@@ -34,7 +32,10 @@ from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.tasks import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
 from producer.results import ResultRow, item_rows
-from producer.vectors import exported
+
+if TYPE_CHECKING:
+    # Celery (and kombu) load when the client first sends, not for a status or a results read.
+    from celery import Celery
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,8 @@ class Client:
     @property
     def celery(self) -> Celery:
         if self._celery is None:
+            from inferq.celery_app import create_celery
+
             self._celery = create_celery(self.settings, name="inferq-producer")
         return self._celery
 
@@ -273,6 +276,8 @@ class Client:
     ) -> Iterator[ResultRow]:
         """Stream the job's items in input order, filtered in SQL; never loads the job into memory. An embedding
         job's results carry their vectors, decoded from the stored bytes (`producer.vectors.exported`)."""
+        from producer.vectors import exported  # numpy: only for results, not for a status read
+
         task = TaskName(self.status(job_id).task)  # raises JobNotFound
         with_vectors = TASKS[task].vectors
         columns: tuple[Any, ...] = (
