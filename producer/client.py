@@ -26,7 +26,7 @@ from inferq import constants
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, JobNotFound, LineError
 from inferq.models import check_model, mask_tokens, resolve_model
-from inferq.schema import Chunk, Item, Job, utcnow
+from inferq.schema import Chunk, Item, Job, as_utc, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.tasks import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
@@ -183,11 +183,7 @@ class Client:
         full_params = validate_params(task, dict(params or {}))
         typed = read_params(task, full_params)
         check_model(spec, task, typed)
-        size = chunk_size or self.settings.chunk_size
-        if not 1 <= size <= constants.MAX_CHUNK_SIZE:
-            from inferq.errors import InvalidParameter
-
-            raise InvalidParameter(f"chunk size must be between 1 and {constants.MAX_CHUNK_SIZE}", field="chunk_size")
+        size = self.settings.chunk_size_for(chunk_size)
         limits = Limits(max_text_chars=self.settings.max_text_chars, max_items=self.settings.max_items)
         masks = mask_tokens(spec)
         if isinstance(inputs, str | os.PathLike) or hasattr(inputs, "read"):
@@ -198,14 +194,13 @@ class Client:
             raise InvalidInput(read.errors, read.total_bad)
         if not read.records:
             raise InvalidInput([LineError(0, None, "no valid input lines"), *read.errors], max(1, read.total_bad))
-        queue = spec.queue or self.settings.default_queue
+        queue = self.settings.queue_of(spec)
         self._check_broker()
         job_id = uuid.uuid4().hex
-        n_chunks = -(-len(read.records) // size)
         committing = False
         try:
             with self.sessions() as session, session.begin():
-                store_job(session, job_id, task, model, full_params, read.records, size, queue)
+                n_chunks = store_job(session, job_id, task, model, full_params, read.records, size, queue)
                 committing = True
         except OperationalError as exc:
             # One transaction, and nothing is enqueued before it commits: a database that went away stored nothing,
@@ -368,13 +363,14 @@ def store_job(
     queue: str,
     *,
     copy: bool | None = None,
-) -> None:
-    """Insert the job, its chunks and its items (flushed, not committed: the caller's transaction decides).
+) -> int:
+    """Insert the job, its chunks and its items (flushed, not committed: the caller's transaction decides); return
+    the number of chunks.
 
     ``copy``: stream the items with COPY (PostgreSQL only) or insert them in batches; ``None`` picks COPY on
     PostgreSQL."""
     total = len(records)
-    n_chunks = -(-total // chunk_size)
+    n_chunks = -(-total // chunk_size)  # rounded up: the last chunk holds the rest
     session.add(
         Job(
             id=job_id,
@@ -411,7 +407,7 @@ def store_job(
         copy = session.get_bind().dialect.name == "postgresql"
     if copy:
         _copy_items(session, job_id, records)
-        return
+        return n_chunks
     for start in range(0, total, constants.INSERT_BATCH_ROWS):
         session.execute(
             insert(Item),
@@ -427,6 +423,7 @@ def store_job(
                 for i, r in enumerate(records[start : start + constants.INSERT_BATCH_ROWS])
             ],
         )
+    return n_chunks
 
 
 def _copy_items(session: Session, job_id: str, records: list[InputRecord]) -> None:
@@ -443,12 +440,6 @@ def _copy_items(session: Session, job_id: str, records: list[InputRecord]) -> No
 
 
 def _status(job: Job) -> JobStatus:
-    def aware(t: dt.datetime | None) -> dt.datetime | None:
-        # SQLite hands back naive datetimes; every stored time is UTC.
-        return t.replace(tzinfo=dt.UTC) if t is not None and t.tzinfo is None else t
-
-    created = aware(job.created_at)
-    assert created is not None
     return JobStatus(
         id=job.id,
         task=job.task,
@@ -458,8 +449,8 @@ def _status(job: Job) -> JobStatus:
         succeeded=job.succeeded,
         failed=job.failed,
         params=dict(job.params),
-        created_at=created,
-        started_at=aware(job.started_at),
-        finished_at=aware(job.finished_at),
+        created_at=as_utc(job.created_at),
+        started_at=as_utc(job.started_at),
+        finished_at=as_utc(job.finished_at),
         error={"code": job.error_code, "message": job.error or ""} if job.error_code else None,
     )

@@ -49,8 +49,8 @@ def worker_command(
     settings = get_settings()
     consume = [settings.default_queue]
     for name in names:
-        queue = resolve_model(settings, name).queue
-        if queue and queue not in consume:
+        queue = settings.queue_of(resolve_model(settings, name))
+        if queue not in consume:
             consume.append(queue)
     consume += [q.strip() for q in queues.split(",") if q.strip() and q.strip() not in consume]
 
