@@ -197,10 +197,11 @@ class Client:
         queue = self.settings.queue_of(spec)
         self._check_broker()
         job_id = uuid.uuid4().hex
+        n_chunks = chunk_count(len(read.records), size)
         committing = False
         try:
             with self.sessions() as session, session.begin():
-                n_chunks = store_job(session, job_id, task, model, full_params, read.records, size, queue)
+                store_job(session, job_id, task, model, full_params, read.records, size, queue)
                 committing = True
         except OperationalError as exc:
             # One transaction, and nothing is enqueued before it commits: a database that went away stored nothing,
@@ -352,6 +353,11 @@ class Client:
             time.sleep(poll)
 
 
+def chunk_count(items: int, chunk_size: int) -> int:
+    """How many chunks ``items`` items make: all of ``chunk_size`` items but the last, which holds the rest."""
+    return -(-items // chunk_size)
+
+
 def store_job(
     session: Session,
     job_id: str,
@@ -363,14 +369,13 @@ def store_job(
     queue: str,
     *,
     copy: bool | None = None,
-) -> int:
-    """Insert the job, its chunks and its items (flushed, not committed: the caller's transaction decides); return
-    the number of chunks.
+) -> None:
+    """Insert the job, its chunks and its items (flushed, not committed: the caller's transaction decides).
 
     ``copy``: stream the items with COPY (PostgreSQL only) or insert them in batches; ``None`` picks COPY on
     PostgreSQL."""
     total = len(records)
-    n_chunks = -(-total // chunk_size)  # rounded up: the last chunk holds the rest
+    n_chunks = chunk_count(total, chunk_size)
     session.add(
         Job(
             id=job_id,
@@ -407,7 +412,7 @@ def store_job(
         copy = session.get_bind().dialect.name == "postgresql"
     if copy:
         _copy_items(session, job_id, records)
-        return n_chunks
+        return
     for start in range(0, total, constants.INSERT_BATCH_ROWS):
         session.execute(
             insert(Item),
@@ -423,7 +428,6 @@ def store_job(
                 for i, r in enumerate(records[start : start + constants.INSERT_BATCH_ROWS])
             ],
         )
-    return n_chunks
 
 
 def _copy_items(session: Session, job_id: str, records: list[InputRecord]) -> None:
