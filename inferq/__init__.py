@@ -1,12 +1,20 @@
 """inferq: batch inference jobs for Hugging Face Transformers models, on Celery, with results in SQL.
 
 This package is the shared core (settings, schema, task names and payloads, errors, the CLI entry).
-It never imports torch or transformers: the producer side stays light.
+It never imports torch or transformers: the producer side stays light. The settings (pydantic-settings) load on
+first use of `Settings`, `ModelSpec` or `get_settings`, so that ``inferq --help`` does not pay for them.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from inferq.errors import InferqError
-from inferq.settings import ModelSpec, Settings, get_settings
 from inferq.states import ChunkState, ItemState, JobState
+
+if TYPE_CHECKING:
+    from inferq.settings import ModelSpec, Settings, get_settings
 
 __all__ = [
     "ChunkState",
@@ -19,3 +27,15 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+#: Public names whose module is imported on first access.
+_LAZY = {"ModelSpec": "inferq.settings", "Settings": "inferq.settings", "get_settings": "inferq.settings"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'inferq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

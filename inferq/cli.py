@@ -1,5 +1,5 @@
 """The ``inferq`` command. A thin layer over `producer.Client` and the worker: each command's module is imported
-only when that command runs, so ``inferq status`` never imports torch."""
+only when that command runs, so ``inferq status`` never imports torch, and ``inferq --help`` imports none."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import click
 
 from inferq.errors import InferqError
 
-#: command name → "module:attribute" of its click command.
+#: command name → "module:attribute" of its click command, imported only when that command runs: the core's
+#: commands in `inferq.cli_core`, the producer's in `producer.cli`, the worker's in `worker.cli`.
 COMMANDS = {
     "submit": "producer.cli:submit",
     "status": "producer.cli:status",
@@ -19,11 +20,29 @@ COMMANDS = {
     "cancel": "producer.cli:cancel",
     "jobs": "producer.cli:jobs",
     "models": "producer.cli:models",
-    "db": "inferq.cli_db:db",
-    "recover": "inferq.maintenance:recover_command",
-    "purge": "inferq.maintenance:purge_command",
+    "db": "inferq.cli_core:db",
+    "recover": "inferq.cli_core:recover_command",
+    "purge": "inferq.cli_core:purge_command",
     "worker": "worker.cli:worker_command",
     "demo": "worker.demo:demo_command",
+}
+
+#: command name → its help's first sentence, for ``inferq --help``, which would otherwise import every command's
+#: module to list them (tests/inferq/test_cli.py holds each to its command's own help).
+SUMMARIES = {
+    "submit": "Submit FILE (JSONL or CSV, one input a line; - for stdin) as one job.",
+    "status": "State, counts, timestamps and rate of a job.",
+    "results": "Stream a job's results in input order (formats: see `producer.export`).",
+    "cancel": "Cancel a job: unfinished items stop; finished results stay.",
+    "jobs": "Recent jobs, one line each.",
+    "models": "The model registry.",
+    "db": "Database schema (Alembic migrations).",
+    "recover": "Re-enqueue every unfinished chunk whose broker message is gone (after a Redis flush or restart, a "
+    "dead worker, a failed enqueue).",
+    "purge": "Delete finished jobs (succeeded, failed, cancelled) and their items; running jobs are never touched.",
+    "worker": "Run a worker: consume the default queue and the queues of the models it preloads.",
+    "demo": "Run the seed examples (sentiment, paraphrase, question answering, fill-mask, entities), zero-shot "
+    "classification, reranking and a semantic search as jobs through a real worker and print the results.",
 }
 
 #: Exit status for errors inferq raises on purpose (bad input, unknown job …).
@@ -44,6 +63,14 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attr)
         assert isinstance(command, click.Command)
         return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands in ``--help``, one line each from `SUMMARIES`, as click writes them."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = [(name, click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         from inferq.errors import TransientError

@@ -9,7 +9,7 @@ nothing twice.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -35,9 +35,14 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """A stored time, zone-aware: SQLite hands timestamps back naive, and every stored time is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+@overload
+def as_utc(value: dt.datetime) -> dt.datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A stored time, zone-aware: SQLite hands timestamps back naive, and every stored time is UTC (``None``, a time
+    not yet reached, stays ``None``)."""
+    return value if value is None or value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 class Job(Base):

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inferq import constants
+from inferq.errors import InvalidParameter
 from inferq.tasks import TaskName
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "auto"]
+
+#: Items per chunk (one Celery message): the settings' default and a job's own choice alike.
+ChunkSize = Annotated[int, Field(ge=1, le=constants.MAX_CHUNK_SIZE)]
 
 
 class ModelSpec(BaseModel):
@@ -91,7 +95,7 @@ class Settings(BaseSettings):
     model_dirs: list[Path] = Field(default_factory=list)
     #: The queue that every worker consumes.
     default_queue: str = constants.DEFAULT_QUEUE
-    chunk_size: int = Field(constants.DEFAULT_CHUNK_SIZE, ge=1, le=constants.MAX_CHUNK_SIZE)
+    chunk_size: ChunkSize = constants.DEFAULT_CHUNK_SIZE
     max_batch_tokens: int = Field(constants.DEFAULT_MAX_BATCH_TOKENS, ge=16)
     #: A worker sent a chunk with fewer items than this runs queued chunks of other jobs with the same task,
     #: model and parameters with it, up to this many items; 0 turns coalescing off.
@@ -125,8 +129,28 @@ class Settings(BaseSettings):
         return value
 
     def queue_for(self, model: str) -> str:
+        """The queue of a registry name's jobs (a name not in the registry, a local directory: the default)."""
         spec = self.models.get(model)
-        return spec.queue if spec is not None and spec.queue else self.default_queue
+        return self.default_queue if spec is None else self.queue_of(spec)
+
+    def queue_of(self, spec: ModelSpec) -> str:
+        """The queue of a model's jobs: its own, else the default queue."""
+        return spec.queue or self.default_queue
+
+    def chunk_size_for(self, requested: int | None) -> int:
+        """A job's chunk size: ``requested`` when given (`InvalidParameter` outside `ChunkSize`'s range), else
+        ``chunk_size``. ``0`` counts as not given."""
+        if not requested:
+            return self.chunk_size
+        try:
+            return _CHUNK_SIZE.validate_python(requested)
+        except ValidationError:
+            raise InvalidParameter(
+                f"chunk size must be between 1 and {constants.MAX_CHUNK_SIZE}", field="chunk_size"
+            ) from None
+
+
+_CHUNK_SIZE: TypeAdapter[int] = TypeAdapter(ChunkSize)
 
 
 def normalise_database_url(url: str) -> str:

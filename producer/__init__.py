@@ -1,6 +1,33 @@
-"""inferq's producer side: submit jobs, poll them, export results. Light: imports no torch or transformers."""
+"""inferq's producer side: submit jobs, poll them, export results. Light: imports no torch or transformers.
 
-from producer.client import Client, JobStatus, Submission
-from producer.results import ResultRow
+The client (SQLAlchemy, and Celery when it sends) loads on first use of one of its names, so that importing a
+module of this package (the CLI's, the input reader) does not pay for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from producer.client import Client, JobStatus, Submission
+    from producer.results import ResultRow
 
 __all__ = ["Client", "JobStatus", "ResultRow", "Submission"]
+
+#: Public names → the module each is imported from on first access.
+_LAZY = {
+    "Client": "producer.client",
+    "JobStatus": "producer.client",
+    "Submission": "producer.client",
+    "ResultRow": "producer.results",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'producer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

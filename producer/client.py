@@ -16,24 +16,25 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
-from celery import Celery
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
-from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, JobNotFound, LineError
 from inferq.models import check_model, mask_tokens, resolve_model
-from inferq.schema import Chunk, Item, Job, utcnow
+from inferq.schema import Chunk, Item, Job, as_utc, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.tasks import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
 from producer.results import ResultRow, item_rows
-from producer.vectors import exported
+
+if TYPE_CHECKING:
+    # Celery (and kombu) load when the client first sends, not for a status or a results read.
+    from celery import Celery
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ class Client:
     @property
     def celery(self) -> Celery:
         if self._celery is None:
+            from inferq.celery_app import create_celery
+
             self._celery = create_celery(self.settings, name="inferq-producer")
         return self._celery
 
@@ -179,11 +182,7 @@ class Client:
         full_params = validate_params(task, dict(params or {}))
         typed = read_params(task, full_params)
         check_model(spec, task, typed)
-        size = chunk_size or self.settings.chunk_size
-        if not 1 <= size <= constants.MAX_CHUNK_SIZE:
-            from inferq.errors import InvalidParameter
-
-            raise InvalidParameter(f"chunk size must be between 1 and {constants.MAX_CHUNK_SIZE}", field="chunk_size")
+        size = self.settings.chunk_size_for(chunk_size)
         limits = Limits(max_text_chars=self.settings.max_text_chars, max_items=self.settings.max_items)
         masks = mask_tokens(spec)
         if isinstance(inputs, str | os.PathLike) or hasattr(inputs, "read"):
@@ -194,10 +193,10 @@ class Client:
             raise InvalidInput(read.errors, read.total_bad)
         if not read.records:
             raise InvalidInput([LineError(0, None, "no valid input lines"), *read.errors], max(1, read.total_bad))
-        queue = spec.queue or self.settings.default_queue
+        queue = self.settings.queue_of(spec)
         self._check_broker()
         job_id = uuid.uuid4().hex
-        n_chunks = -(-len(read.records) // size)
+        n_chunks = chunk_count(len(read.records), size)
         committing = False
         try:
             with self.sessions() as session, session.begin():
@@ -275,6 +274,8 @@ class Client:
     ) -> Iterator[ResultRow]:
         """Stream the job's items in input order, filtered in SQL; never loads the job into memory. An embedding
         job's results carry their vectors, decoded from the stored bytes (`producer.vectors.exported`)."""
+        from producer.vectors import exported  # numpy: only for results, not for a status read
+
         task = TaskName(self.status(job_id).task)  # raises JobNotFound
         with_vectors = TASKS[task].vectors
         columns: tuple[Any, ...] = (
@@ -354,6 +355,11 @@ class Client:
             time.sleep(poll)
 
 
+def chunk_count(items: int, chunk_size: int) -> int:
+    """How many chunks ``items`` items make: all of ``chunk_size`` items but the last, which holds the rest."""
+    return -(-items // chunk_size)
+
+
 def store_job(
     session: Session,
     job_id: str,
@@ -371,7 +377,7 @@ def store_job(
     ``copy``: stream the items with COPY (PostgreSQL only) or insert them in batches; ``None`` picks COPY on
     PostgreSQL."""
     total = len(records)
-    n_chunks = -(-total // chunk_size)
+    n_chunks = chunk_count(total, chunk_size)
     session.add(
         Job(
             id=job_id,
@@ -440,12 +446,6 @@ def _copy_items(session: Session, job_id: str, records: list[InputRecord]) -> No
 
 
 def _status(job: Job) -> JobStatus:
-    def aware(t: dt.datetime | None) -> dt.datetime | None:
-        # SQLite hands back naive datetimes; every stored time is UTC.
-        return t.replace(tzinfo=dt.UTC) if t is not None and t.tzinfo is None else t
-
-    created = aware(job.created_at)
-    assert created is not None
     return JobStatus(
         id=job.id,
         task=job.task,
@@ -455,8 +455,8 @@ def _status(job: Job) -> JobStatus:
         succeeded=job.succeeded,
         failed=job.failed,
         params=dict(job.params),
-        created_at=created,
-        started_at=aware(job.started_at),
-        finished_at=aware(job.finished_at),
+        created_at=as_utc(job.created_at),
+        started_at=as_utc(job.started_at),
+        finished_at=as_utc(job.finished_at),
         error={"code": job.error_code, "message": job.error or ""} if job.error_code else None,
     )

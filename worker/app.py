@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 
 from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
-from inferq.maintenance import Reconciler
+from inferq.reconciler import Reconciler
 from inferq.settings import Settings, get_settings
 from worker.runner import Runner
 from worker.tasks import register_tasks

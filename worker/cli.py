@@ -6,9 +6,6 @@ import os
 
 import click
 
-from inferq.models import resolve_model
-from inferq.settings import get_settings
-
 
 @click.command("worker")
 @click.option("--device", default=None, help="cpu or cuda:N (default: INFERQ_DEVICE, else cpu).")
@@ -35,6 +32,9 @@ def worker_command(
     hostname: str | None,
 ) -> None:
     """Run a worker: consume the default queue and the queues of the models it preloads."""
+    from inferq.models import resolve_model
+    from inferq.settings import get_settings
+
     if device:
         if device.startswith("cuda:"):
             # Pin this process (and its children) to one GPU before torch touches CUDA.
@@ -49,8 +49,8 @@ def worker_command(
     settings = get_settings()
     consume = [settings.default_queue]
     for name in names:
-        queue = resolve_model(settings, name).queue
-        if queue and queue not in consume:
+        queue = settings.queue_of(resolve_model(settings, name))
+        if queue not in consume:
             consume.append(queue)
     consume += [q.strip() for q in queues.split(",") if q.strip() and q.strip() not in consume]
 

@@ -15,21 +15,11 @@ import pytest
 from inferq.settings import Settings
 from producer.client import Client
 from tests.reference import assert_same_labels, classification_reference
+from tests.support.jobs import inferq_cli
 from worker.process import running_worker
 from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
-
-
-def inferq(env: dict[str, str], *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "inferq.cli", *args],
-        env={**os.environ, **env},
-        input=stdin,
-        capture_output=True,
-        timeout=600,
-        check=False,
-    )
 
 
 def realistic_inputs(n_single: int, n_pairs: int) -> list[dict[str, Any]]:
@@ -76,7 +66,7 @@ def test_cli_job_on_redis_and_postgres_matches_the_pipeline(
 
     with running_worker(env, tmp_path / "worker.log", "--models", "cls-bert-pair"):
         # When the user submits through the CLI and waits
-        done = inferq(
+        done = inferq_cli(
             env,
             "submit",
             "--task",
@@ -90,20 +80,21 @@ def test_cli_job_on_redis_and_postgres_matches_the_pipeline(
             "400",
             "--wait",
             "--json",
+            timeout=600,
         )
-        assert done.returncode == 0, done.stderr.decode()
+        assert done.returncode == 0, done.stderr
         summary = json.loads(done.stdout)
         job_id = summary["job_id"]
         # Then the job has succeeded with every item counted, and the progress bar went to stderr
         assert summary["status"]["state"] == "succeeded"
         assert summary["status"]["succeeded"] == len(rows)
         assert summary["status"]["failed"] == 0
-        assert f"{len(rows)}/{len(rows)}" in done.stderr.decode()
+        assert f"{len(rows)}/{len(rows)}" in done.stderr
 
     # And every exported line equals what the pipeline computes for the same input
-    exported = inferq(env, "results", job_id, "--format", "jsonl")
-    assert exported.returncode == 0, exported.stderr.decode()
-    lines = [json.loads(line) for line in exported.stdout.decode().splitlines()]
+    exported = inferq_cli(env, "results", job_id, "--format", "jsonl", timeout=600)
+    assert exported.returncode == 0, exported.stderr
+    lines = [json.loads(line) for line in exported.stdout.splitlines()]
     assert [line["index"] for line in lines] == list(range(len(rows)))
     assert [line["id"] for line in lines] == [r["id"] for r in rows]
     reference = classification_reference(tiny_models["cls-bert-pair"], rows, top_k=2)

@@ -29,6 +29,7 @@ from tests.reference import (
     rerank_reference,
     zero_shot_reference,
 )
+from tests.support.jobs import inferq_cli
 from worker.process import running_worker
 from worker.tiny_models import build_cross_encoder, build_nli_model, corpus
 
@@ -96,14 +97,7 @@ def client(worker_env: dict[str, str]) -> Iterator[Client]:
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "inferq.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = inferq_cli(env, *args, timeout=600)
     assert done.returncode == 0, done.stderr
     return done
 

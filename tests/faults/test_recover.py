@@ -14,9 +14,10 @@ import pytest
 from kombu import Connection
 from sqlalchemy import update
 
+from inferq.brokers import listed_chunk_messages
 from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
-from inferq.maintenance import Recovery, listed_chunk_messages, recover
+from inferq.recovery import Recovery, recover
 from inferq.schema import Chunk, Job, utcnow
 from inferq.settings import Settings
 from inferq.tasks import RUN_CHUNK, TaskName

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+from inferq.db import make_engine, make_sessionmaker
+from inferq.schema import Base
+from inferq.settings import Settings
+from inferq.tasks import TaskName
+from producer.client import store_job
+from producer.inputs import InputRecord
 
 
 def test_producer_and_core_import_neither_torch_nor_transformers() -> None:
@@ -32,3 +41,45 @@ def test_the_cli_status_command_does_not_load_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_help_imports_no_command_and_no_settings() -> None:
+    # Given a fresh interpreter that asks for the command list, as `inferq --help` does
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from inferq.cli import main\n"
+        "assert CliRunner().invoke(main, ['--help']).exit_code == 0\n"
+        "heavy = ('pydantic', 'pydantic_settings', 'sqlalchemy', 'celery', 'kombu', 'producer', 'worker')\n"
+        "print(','.join(sorted(m for m in heavy if m in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # Then no command's module, nor the settings, the database or the broker library came along
+    assert out.stdout.strip() == ""
+
+
+def test_status_reads_sql_without_the_broker(tmp_path: Path) -> None:
+    # Given a database with one job
+    url = f"sqlite:///{tmp_path / 'inferq.db'}"
+    settings = Settings(database_url=url, broker_url="redis://127.0.0.1:1/0")
+    engine = make_engine(settings)
+    Base.metadata.create_all(engine)
+    with make_sessionmaker(engine).begin() as session:
+        store_job(session, "a" * 32, TaskName.CLASSIFICATION, "m", {}, [InputRecord(1, None, {"text": "t"})], 1, "q")
+    engine.dispose()
+
+    # When `inferq status` runs in a fresh interpreter
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from inferq.cli import main\n"
+        f"done = CliRunner().invoke(main, ['status', {'a' * 32!r}, '--json'])\n"
+        "assert done.exit_code == 0, done.output\n"
+        "heavy = ('celery', 'kombu', 'numpy', 'torch', 'transformers', 'worker')\n"
+        "print(','.join(sorted(m for m in heavy if m in sys.modules)))\n"
+    )
+    env = {**os.environ, "INFERQ_DATABASE_URL": url, "INFERQ_BROKER_URL": settings.broker_url}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+
+    # Then it answered from SQL without importing Celery, kombu (the broker) or numpy
+    assert out.stdout.strip() == ""

@@ -5,6 +5,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from inferq import constants
+from inferq.errors import InvalidParameter
 from inferq.settings import DEFAULT_MODELS, Settings
 
 
@@ -36,3 +38,15 @@ def test_environment_with_prefix_and_plain_postgres_urls(monkeypatch: pytest.Mon
 def test_a_registry_entry_with_an_unknown_option_is_refused() -> None:
     with pytest.raises(ValidationError):
         Settings(models={"a": {"source": "x", "trust_remote_code": True}})
+
+
+def test_a_jobs_chunk_size_and_queue_come_from_the_settings_unless_its_own() -> None:
+    settings = Settings(chunk_size=100, default_queue="q", models={"own": {"source": "x", "queue": "gpu"}, "a": "y"})
+    assert settings.chunk_size_for(None) == 100 and settings.chunk_size_for(7) == 7
+    for bad in (-1, constants.MAX_CHUNK_SIZE + 1):
+        with pytest.raises(InvalidParameter, match="chunk size must be between 1 and"):
+            settings.chunk_size_for(bad)
+    with pytest.raises(ValidationError):
+        Settings(chunk_size=constants.MAX_CHUNK_SIZE + 1)
+    assert settings.queue_of(settings.models["own"]) == "gpu"
+    assert settings.queue_of(settings.models["a"]) == "q"

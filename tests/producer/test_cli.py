@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,19 +12,9 @@ from sqlalchemy import func, select
 from inferq.db import make_engine
 from inferq.schema import Item, Job
 from inferq.settings import Settings
+from tests.support.jobs import inferq_cli
 
 pytestmark = pytest.mark.services
-
-
-def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "inferq.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture
@@ -60,7 +47,7 @@ def test_a_file_with_bad_lines_is_refused_whole(
     before = count_jobs(migrated_postgres)
 
     # When it is submitted
-    done = run_cli(env, "submit", "--task", "classification", "--model", "cls-distilbert", str(source))
+    done = inferq_cli(env, "submit", "--task", "classification", "--model", "cls-distilbert", str(source))
 
     # Then the command fails, naming each bad line and field, and nothing was stored or enqueued
     assert done.returncode == 2
@@ -78,7 +65,7 @@ def test_skip_invalid_submits_the_good_lines_and_reports_the_rest(
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "fine", "id": "a"}\n{"text": ""}\n{"text": "also fine", "id": 7}\n', encoding="utf-8")
 
-    done = run_cli(
+    done = inferq_cli(
         env,
         "submit",
         "--task",
@@ -123,13 +110,13 @@ def test_unknown_models_and_bad_parameters_are_refused(
 ) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "fine"}\n', encoding="utf-8")
-    done = run_cli(env, "submit", "--task", "classification", *args, str(source))
+    done = inferq_cli(env, "submit", "--task", "classification", *args, str(source))
     assert done.returncode == 2
     assert message in done.stderr
 
 
 def test_status_of_an_unknown_job(env: dict[str, str]) -> None:
-    done = run_cli(env, "status", "0" * 32)
+    done = inferq_cli(env, "status", "0" * 32)
     assert done.returncode == 2 and "job_not_found" in done.stderr
 
 
@@ -139,14 +126,14 @@ def test_models_and_jobs_list_the_registry_and_recent_jobs(
     # Given a submitted job
     source = tmp_path / "in.csv"
     source.write_text("text,id\nhello,1\nworld,2\n", encoding="utf-8")
-    submitted = run_cli(env, "submit", "--task", "classification", "--model", "cls-roberta", str(source))
+    submitted = inferq_cli(env, "submit", "--task", "classification", "--model", "cls-roberta", str(source))
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip()
 
     # When the registry and the recent jobs are listed
-    models = run_cli(env, "models")
-    jobs = run_cli(env, "jobs", "--limit", "50")
-    as_json = json.loads(run_cli(env, "models", "--json").stdout)
+    models = inferq_cli(env, "models")
+    jobs = inferq_cli(env, "jobs", "--limit", "50")
+    as_json = json.loads(inferq_cli(env, "models", "--json").stdout)
 
     # Then each model and the job appear, one line each
     assert all(name in models.stdout for name in tiny_models)
@@ -155,9 +142,9 @@ def test_models_and_jobs_list_the_registry_and_recent_jobs(
     assert "queued" in line and "0/2" in line and "cls-roberta" in line
 
     # And cancelling it leaves it cancelled with its counts
-    cancelled = run_cli(env, "cancel", job_id)
+    cancelled = inferq_cli(env, "cancel", job_id)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
-    status = json.loads(run_cli(env, "status", job_id, "--json").stdout)
+    status = json.loads(inferq_cli(env, "status", job_id, "--json").stdout)
     assert (status["state"], status["total"], status["succeeded"]) == ("cancelled", 2, 0)
 
 
@@ -165,7 +152,7 @@ def test_status_with_the_database_down_says_so_without_a_traceback_or_the_passwo
     # Given a database URL that nothing answers, with a password in it
     env = {"INFERQ_DATABASE_URL": "postgresql://inferq:s3cret-pw@127.0.0.1:9/inferq"}
     # When the user asks for a job's status
-    done = run_cli(env, "status", "0" * 32)
+    done = inferq_cli(env, "status", "0" * 32)
     # Then it fails with the transient exit status and a one-line reason
     assert done.returncode == 3
     assert done.stderr.startswith("error [database_unavailable]")

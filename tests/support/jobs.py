@@ -53,14 +53,18 @@ def sentences(n: int, offset: int = 0) -> list[dict[str, str]]:
     return [{"text": texts[(offset + i) % len(texts)], "id": f"t{offset + i}"} for i in range(n)]
 
 
-def inferq_cli(env: dict[str, str], *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def inferq_cli(
+    env: dict[str, str], *args: str, stdin: bytes | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``inferq ARGS`` in a fresh interpreter, ``env`` over this process's environment. A failure does not raise:
+    the caller reads ``returncode``, ``stdout`` and ``stderr`` (text)."""
     return subprocess.run(
         [sys.executable, "-m", "inferq.cli", *args],
         env={**os.environ, **env},
         input=stdin.decode() if stdin is not None else None,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
