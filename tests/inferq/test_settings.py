@@ -36,3 +36,19 @@ def test_environment_with_prefix_and_plain_postgres_urls(monkeypatch: pytest.Mon
 def test_a_registry_entry_with_an_unknown_option_is_refused() -> None:
     with pytest.raises(ValidationError):
         Settings(models={"a": {"source": "x", "trust_remote_code": True}})
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [
+        ("sst2,mrpc", ["sst2", "mrpc"]),
+        (" sst2 , ,/models/b ", ["sst2", "/models/b"]),
+        ('["a", "b"]', ["a", "b"]),
+        ("", []),
+    ],
+)
+def test_the_models_to_preload_are_comma_separated_or_a_json_list(
+    monkeypatch: pytest.MonkeyPatch, value: str, names: list[str]
+) -> None:
+    monkeypatch.setenv("INFERQ_PRELOAD", value)
+    assert Settings(_env_file=None).preload == names  # type: ignore[call-arg]
