@@ -23,7 +23,7 @@ COMMANDS = {
     "recover": "inferq.maintenance:recover_command",
     "purge": "inferq.maintenance:purge_command",
     "worker": "worker.cli:worker_command",
-    "demo": "worker.demo:demo_command",
+    "demo": "inferq_demo.cli:demo_command",
 }
 
 #: Exit status for errors inferq raises on purpose (bad input, unknown job …).
