@@ -27,13 +27,13 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check inferq producer worker migrations tests bench
-	$(BIN)/ruff format --check inferq producer worker migrations tests bench
+	$(BIN)/ruff check inferq producer worker inferq_demo migrations tests bench
+	$(BIN)/ruff format --check inferq producer worker inferq_demo migrations tests bench
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix inferq producer worker migrations tests bench
-	$(BIN)/ruff format inferq producer worker migrations tests bench
+	$(BIN)/ruff check --fix inferq producer worker inferq_demo migrations tests bench
+	$(BIN)/ruff format inferq producer worker inferq_demo migrations tests bench
 
 bench: install
 	$(BIN)/python -m bench

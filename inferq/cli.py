@@ -24,7 +24,7 @@ COMMANDS = {
     "recover": "inferq.cli_core:recover_command",
     "purge": "inferq.cli_core:purge_command",
     "worker": "worker.cli:worker_command",
-    "demo": "worker.demo:demo_command",
+    "demo": "inferq_demo.cli:demo_command",
 }
 
 #: command name → its help's first sentence, for ``inferq --help``, which would otherwise import every command's

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from inferq import constants
 from inferq.errors import InvalidParameter
@@ -113,12 +114,25 @@ class Settings(BaseSettings):
     device: str = "cpu"
     #: Overrides every model's precision on this worker when set.
     precision: Precision | None = None
+    #: Models a worker loads when each of its processes starts (registry names or directories), and whose queues
+    #: ``inferq worker`` consumes. ``INFERQ_PRELOAD`` is comma-separated (``sst2,mrpc``) or a JSON list.
+    preload: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
 
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str) -> str:
         return normalise_database_url(value)
+
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
 
     @field_validator("models", mode="before")
     @classmethod

@@ -9,8 +9,12 @@ stop``) or the whole process group (a terminal, systemd): the main process sets 
 its children (`ShutdownFlag`), and a child that gets SIGTERM itself sets its own flag instead of dying on the spot.
 A second SIGTERM (Celery's cold shutdown) ends the child as before.
 
-The main process also runs the reconciler (`inferq.maintenance.Reconciler`) every ``INFERQ_RECOVER_INTERVAL``
+The main process also runs the reconciler (`inferq.reconciler.Reconciler`) every ``INFERQ_RECOVER_INTERVAL``
 seconds: chunks whose message the broker lost are re-enqueued without a human.
+
+All of it is one `WorkerState` per process, whose methods the Celery signals call. ``inferq worker`` hands it
+settings with its options applied (`run_worker`); ``celery -A worker.app`` leaves it to read the environment's. A
+prefork child starts as a copy of its parent's state (settings included) and drops what is the parent's own.
 """
 
 from __future__ import annotations
@@ -34,9 +38,6 @@ from worker.tasks import register_tasks
 
 log = logging.getLogger(__name__)
 
-#: Comma-separated models to load when a worker process starts (set by ``inferq worker --models``).
-PRELOAD_ENV = "INFERQ_PRELOAD"
-
 
 class ShutdownFlag:
     """Whether this worker is shutting down. One byte of anonymous shared memory, made in the main process before
@@ -59,55 +60,10 @@ class ShutdownFlag:
         return self.here or self.worker_stopping
 
 
-_app: Celery | None = None
-_runner: Runner | None = None
-_shutdown: ShutdownFlag | None = None
-_reconciler: Reconciler | None = None
-_reconciler_engine: Engine | None = None
-
-
-def shutdown_flag() -> ShutdownFlag:
-    global _shutdown
-    if _shutdown is None:
-        _shutdown = ShutdownFlag()
-    return _shutdown
-
-
 #: Seconds a new pool process may take to start, preloading its models, before billiard kills it as hung. Celery's
 #: default (4 s) is shorter than loading a large model (or a small one on a busy machine): the pool would kill and
 #: restart its processes forever.
 PROC_ALIVE_TIMEOUT = 300.0
-
-
-def create_worker_app(settings: Settings) -> Celery:
-    app = create_celery(settings, name="inferq-worker")
-    app.conf.worker_proc_alive_timeout = PROC_ALIVE_TIMEOUT
-    register_tasks(app, get_runner)
-    return app
-
-
-def get_app() -> Celery:
-    global _app
-    if _app is None:
-        _app = create_worker_app(get_settings())
-    return _app
-
-
-def get_runner() -> Runner:
-    """This process's runner, built on first use: a fresh database engine and the model registry."""
-    global _runner
-    if _runner is None:
-        from worker.registry import ModelRegistry
-
-        settings = get_settings()
-        _runner = Runner(
-            settings,
-            make_sessionmaker(make_engine(settings)),
-            ModelRegistry(settings),
-            worker=f"{socket.gethostname()}:{os.getpid()}",
-            stopping=shutdown_flag(),
-        )
-    return _runner
 
 
 def preload(runner: Runner, names: list[str]) -> None:
@@ -125,104 +81,163 @@ def preload(runner: Runner, names: list[str]) -> None:
             log.exception("could not preload %s; jobs that use it will record the error", name)
 
 
-def _preload_from_env() -> None:
-    names = [n for n in os.environ.get(PRELOAD_ENV, "").split(",") if n]
-    if names:
-        preload(get_runner(), names)
+class WorkerState:
+    """This process's part of a worker: its settings, Celery app, runner, shutdown flag and reconciler, and which
+    process is the worker's main one. Each is made on first use or by the signal that needs it."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._app: Celery | None = None
+        self._runner: Runner | None = None
+        self._shutdown: ShutdownFlag | None = None
+        #: The worker's main process (pool processes are forked from it): its own SIGTERM is Celery's business.
+        #: None outside a worker.
+        self._main_pid: int | None = None
+        #: The SIGTERM handler a pool process had before `_on_child_sigterm` (billiard's, which ends the process).
+        self._previous_sigterm: Any = signal.SIG_DFL
+        self._reconciler: Reconciler | None = None
+        self._reconciler_engine: Engine | None = None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings given to `configure`, else the environment's."""
+        if self._settings is None:
+            self._settings = get_settings()
+        return self._settings
+
+    def configure(self, settings: Settings) -> None:
+        """Run this worker with ``settings`` instead of the environment's (before the app is built)."""
+        if self._app is not None:
+            raise RuntimeError("the worker's app is already built")
+        self._settings = settings
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            app = create_celery(self.settings, name="inferq-worker")
+            app.conf.worker_proc_alive_timeout = PROC_ALIVE_TIMEOUT
+            register_tasks(app, self.runner)
+            self._app = app
+        return self._app
+
+    def runner(self) -> Runner:
+        """This process's runner, built on first use: a fresh database engine and the model registry."""
+        if self._runner is None:
+            from worker.registry import ModelRegistry
+
+            settings = self.settings
+            self._runner = Runner(
+                settings,
+                make_sessionmaker(make_engine(settings)),
+                ModelRegistry(settings),
+                worker=f"{socket.gethostname()}:{os.getpid()}",
+                stopping=self.shutdown_flag(),
+            )
+        return self._runner
+
+    def shutdown_flag(self) -> ShutdownFlag:
+        if self._shutdown is None:
+            self._shutdown = ShutdownFlag()
+        return self._shutdown
+
+    def _preload(self) -> None:
+        if self.settings.preload:
+            preload(self.runner(), self.settings.preload)
+
+    # -- what the Celery signals call ----------------------------------------------------------------------------
+
+    def on_worker_init(self, sender: Any = None, **_: Any) -> None:
+        # Made here, before the pool forks, so that every child shares it.
+        self._shutdown = ShutdownFlag()
+        self._main_pid = os.getpid()
+        # The solo and threads pools run tasks in this very process: preload here instead.
+        pool = getattr(getattr(sender, "pool_cls", None), "__module__", "") if sender is not None else ""
+        if "solo" in pool or "thread" in pool:
+            self._preload()
+
+    def on_process_init(self, **_: Any) -> None:
+        # A prefork child: drop anything inherited from the parent, then load models here.
+        self._runner = None
+        if self._reconciler_engine is not None:
+            # The parent's connections stay the parent's: forget them here without closing them.
+            self._reconciler_engine.dispose(close=False)
+        self._reconciler = self._reconciler_engine = None
+        self._preload()
+
+    def on_task_prerun(self, **_: Any) -> None:
+        flag = self._shutdown
+        if flag is not None and flag.here and not flag.worker_stopping:
+            # This pool process got a SIGTERM of its own (not a whole-worker shutdown) and handed its chunk back: it
+            # ends now, and the message it was just given goes back to the broker as for any lost pool process.
+            os.kill(os.getpid(), signal.SIGTERM)
+        # Installed here rather than at process start, where billiard installs its own handler after Celery's hooks.
+        current = signal.getsignal(signal.SIGTERM)
+        in_pool_process = self._main_pid not in (None, os.getpid())  # forked from a worker's main process
+        # `!=`, not `is not`: each access to a bound method makes a new object, equal to the others.
+        if current != self._on_child_sigterm and in_pool_process:
+            self._previous_sigterm = current
+            signal.signal(signal.SIGTERM, self._on_child_sigterm)
+
+    def _on_child_sigterm(self, signum: int, frame: Any) -> None:
+        """A pool process's SIGTERM: while a chunk runs, finish the current micro-batch and hand the rest back; when
+        idle, or at a second SIGTERM (Celery's cold shutdown), end as a pool process always did."""
+        signal.signal(signal.SIGTERM, self._previous_sigterm)
+        if self._runner is not None and self._runner.busy:
+            self.shutdown_flag().here = True
+            log.warning("SIGTERM: finishing the current micro-batch, then handing the rest of the chunk back")
+            return
+        if callable(self._previous_sigterm):
+            self._previous_sigterm(signum, frame)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_worker_ready(self, **_: Any) -> None:
+        settings = self.settings
+        if settings.recover_interval <= 0 or self._reconciler is not None:
+            return
+        self._reconciler_engine = make_engine(settings)
+        self._reconciler = Reconciler(
+            settings, make_sessionmaker(self._reconciler_engine), create_celery(settings, name="inferq-reconciler")
+        )
+        self._reconciler.start()
+
+    def on_shutting_down(self, **_: Any) -> None:
+        # In the main process's signal handler: set flags only.
+        self.shutdown_flag().request()
+        if self._reconciler is not None:
+            self._reconciler.stop(wait=False)
+
+    def on_worker_shutdown(self, **_: Any) -> None:
+        if self._reconciler is not None:
+            self._reconciler.stop()
+        if self._reconciler_engine is not None:
+            self._reconciler_engine.dispose()
+        self._reconciler = self._reconciler_engine = None
+
+    def connect(self) -> None:
+        """Have Celery's signals call this state's methods."""
+        signals.worker_init.connect(self.on_worker_init, weak=False)
+        signals.worker_process_init.connect(self.on_process_init, weak=False)
+        signals.task_prerun.connect(self.on_task_prerun, weak=False)
+        signals.worker_ready.connect(self.on_worker_ready, weak=False)
+        signals.worker_shutting_down.connect(self.on_shutting_down, weak=False)
+        signals.worker_shutdown.connect(self.on_worker_shutdown, weak=False)
 
 
-@signals.worker_process_init.connect
-def _on_process_init(**_: Any) -> None:
-    # A prefork child: drop anything inherited from the parent, then load models here.
-    global _runner, _reconciler, _reconciler_engine
-    _runner = None
-    if _reconciler_engine is not None:
-        # The parent's connections stay the parent's: forget them here without closing them.
-        _reconciler_engine.dispose(close=False)
-    _reconciler = _reconciler_engine = None
-    _preload_from_env()
+#: This process's worker.
+_state = WorkerState()
+_state.connect()
 
 
-#: The SIGTERM handler a pool process had before `_on_child_sigterm` (billiard's, which ends the process).
-_previous_sigterm: Any = signal.SIG_DFL
+def get_app() -> Celery:
+    return _state.app
 
 
-@signals.task_prerun.connect
-def _on_task_prerun(**_: Any) -> None:
-    global _previous_sigterm
-    flag = _shutdown
-    if flag is not None and flag.here and not flag.worker_stopping:
-        # This pool process got a SIGTERM of its own (not a whole-worker shutdown) and handed its chunk back: it
-        # ends now, and the message it was just given goes back to the broker as for any lost pool process.
-        os.kill(os.getpid(), signal.SIGTERM)
-    # Installed here rather than at process start, where billiard installs its own handler after Celery's hooks.
-    current = signal.getsignal(signal.SIGTERM)
-    in_pool_process = _main_pid not in (-1, os.getpid())  # forked from a worker's main process
-    if current is not _on_child_sigterm and in_pool_process:
-        _previous_sigterm = current
-        signal.signal(signal.SIGTERM, _on_child_sigterm)
-
-
-def _on_child_sigterm(signum: int, frame: Any) -> None:
-    """A pool process's SIGTERM: while a chunk runs, finish the current micro-batch and hand the rest back; when
-    idle, or at a second SIGTERM (Celery's cold shutdown), end as a pool process always did."""
-    signal.signal(signal.SIGTERM, _previous_sigterm)
-    if _runner is not None and _runner.busy:
-        shutdown_flag().here = True
-        log.warning("SIGTERM: finishing the current micro-batch, then handing the rest of the chunk back")
-        return
-    if callable(_previous_sigterm):
-        _previous_sigterm(signum, frame)
-    else:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-#: The worker's main process (pool processes are forked from it): its own SIGTERM is Celery's business. -1 outside
-#: a worker.
-_main_pid = -1
-
-
-@signals.worker_init.connect
-def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    global _shutdown, _main_pid
-    # Made here, before the pool forks, so that every child shares it.
-    _shutdown = ShutdownFlag()
-    _main_pid = os.getpid()
-    # The solo and threads pools run tasks in this very process: preload here instead.
-    pool = getattr(getattr(sender, "pool_cls", None), "__module__", "") if sender is not None else ""
-    if "solo" in pool or "thread" in pool:
-        _preload_from_env()
-
-
-@signals.worker_shutting_down.connect
-def _on_shutting_down(**_: Any) -> None:
-    # In the main process's signal handler: set flags only.
-    shutdown_flag().request()
-    if _reconciler is not None:
-        _reconciler.stop(wait=False)
-
-
-@signals.worker_ready.connect
-def _on_worker_ready(**_: Any) -> None:
-    global _reconciler, _reconciler_engine
-    settings = get_settings()
-    if settings.recover_interval <= 0 or _reconciler is not None:
-        return
-    _reconciler_engine = make_engine(settings)
-    _reconciler = Reconciler(
-        settings, make_sessionmaker(_reconciler_engine), create_celery(settings, name="inferq-reconciler")
-    )
-    _reconciler.start()
-
-
-@signals.worker_shutdown.connect
-def _on_worker_shutdown(**_: Any) -> None:
-    global _reconciler, _reconciler_engine
-    if _reconciler is not None:
-        _reconciler.stop()
-    if _reconciler_engine is not None:
-        _reconciler_engine.dispose()
-    _reconciler = _reconciler_engine = None
+def run_worker(settings: Settings, argv: list[str]) -> None:
+    """Run a Celery worker (``argv``: its command line after ``celery``) with these settings: its pool processes,
+    forked from this one, run with them too."""
+    _state.configure(settings)
+    _state.app.worker_main(argv)
 
 
 def __getattr__(name: str) -> Any:

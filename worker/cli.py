@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
@@ -33,28 +34,30 @@ def worker_command(
 ) -> None:
     """Run a worker: consume the default queue and the queues of the models it preloads."""
     from inferq.models import resolve_model
-    from inferq.settings import get_settings
+    from inferq.settings import Settings
 
+    options: dict[str, Any] = {}
     if device:
         if device.startswith("cuda:"):
             # Pin this process (and its children) to one GPU before torch touches CUDA.
             os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
             device = "cuda:0"
-        os.environ["INFERQ_DEVICE"] = device
+        options["device"] = device
     if precision:
-        os.environ["INFERQ_PRECISION"] = precision
+        options["precision"] = precision
     names = [m.strip() for m in models.split(",") if m.strip()]
-    os.environ["INFERQ_PRELOAD"] = ",".join(names)
-    get_settings.cache_clear()
-    settings = get_settings()
+    if names:
+        options["preload"] = names
+    # The environment's settings with these options over them; the pool processes inherit them when they fork.
+    settings = Settings(**options)
     consume = [settings.default_queue]
-    for name in names:
+    for name in settings.preload:
         queue = settings.queue_of(resolve_model(settings, name))
         if queue not in consume:
             consume.append(queue)
     consume += [q.strip() for q in queues.split(",") if q.strip() and q.strip() not in consume]
 
-    from worker.app import get_app
+    from worker.app import run_worker
 
     argv = [
         "worker",
@@ -71,4 +74,4 @@ def worker_command(
     ]
     if hostname:
         argv += ["--hostname", hostname]
-    get_app().worker_main(argv)
+    run_worker(settings, argv)

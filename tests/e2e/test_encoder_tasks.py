@@ -9,8 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,34 +64,13 @@ def encoder_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[s
 
 
 @pytest.fixture(scope="module")
-def worker_env(
-    encoder_models: dict[str, dict[str, Any]],
-    migrated_postgres: str,
-    redis_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, str]]:
-    env = {
-        "INFERQ_DATABASE_URL": migrated_postgres,
-        "INFERQ_BROKER_URL": redis_url,
-        "INFERQ_MODELS": json.dumps(encoder_models),
-        "INFERQ_DEFAULT_QUEUE": f"inferq-test-{uuid.uuid4().hex[:10]}",
-        "INFERQ_MAX_BATCH_TOKENS": "4096",
-    }
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with running_worker(env, log):
-        yield env
+def worker_models(encoder_models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return encoder_models
 
 
-@pytest.fixture
-def client(worker_env: dict[str, str]) -> Iterator[Client]:
-    settings = Settings(
-        database_url=worker_env["INFERQ_DATABASE_URL"],
-        broker_url=worker_env["INFERQ_BROKER_URL"],
-        models=json.loads(worker_env["INFERQ_MODELS"]),
-        default_queue=worker_env["INFERQ_DEFAULT_QUEUE"],
-    )
-    with Client(settings) as c:
-        yield c
+@pytest.fixture(scope="module")
+def worker_extra_env() -> dict[str, str]:
+    return {"INFERQ_MAX_BATCH_TOKENS": "4096"}
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from inferq.settings import Settings
 from inferq.tasks import MASK_PLACEHOLDER, TaskName
 from producer.client import Client
 from producer.results import Answer, Entity, MaskFill
@@ -25,7 +24,6 @@ from tests.reference import (
     fill_mask_reference,
     token_classification_reference,
 )
-from worker.process import running_worker
 from worker.tiny_models import build_model, corpus
 
 pytestmark = pytest.mark.services
@@ -53,36 +51,18 @@ def task_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str,
 
 
 @pytest.fixture(scope="module")
-def worker_env(
-    task_models: dict[str, dict[str, Any]],
-    migrated_postgres: str,
-    redis_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Any:
-    import uuid
-
-    env = {
-        "INFERQ_DATABASE_URL": migrated_postgres,
-        "INFERQ_BROKER_URL": redis_url,
-        "INFERQ_MODELS": json.dumps(task_models),
-        "INFERQ_DEFAULT_QUEUE": f"inferq-test-{uuid.uuid4().hex[:10]}",
-        "INFERQ_MAX_BATCH_TOKENS": "1024",
-    }
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with running_worker(env, log, "--models", "qa-bert,mlm-roberta"):
-        yield env
+def worker_models(task_models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return task_models
 
 
-@pytest.fixture
-def client(worker_env: dict[str, str]) -> Any:
-    settings = Settings(
-        database_url=worker_env["INFERQ_DATABASE_URL"],
-        broker_url=worker_env["INFERQ_BROKER_URL"],
-        models=json.loads(worker_env["INFERQ_MODELS"]),
-        default_queue=worker_env["INFERQ_DEFAULT_QUEUE"],
-    )
-    with Client(settings) as c:
-        yield c
+@pytest.fixture(scope="module")
+def worker_extra_env() -> dict[str, str]:
+    return {"INFERQ_MAX_BATCH_TOKENS": "1024"}
+
+
+@pytest.fixture(scope="module")
+def worker_args() -> tuple[str, ...]:
+    return ("--models", "qa-bert,mlm-roberta")
 
 
 def test_question_answering_matches_the_pinned_pipeline_output(client: Client, worker_env: dict[str, str]) -> None:

@@ -50,3 +50,19 @@ def test_a_jobs_chunk_size_and_queue_come_from_the_settings_unless_its_own() -> 
         Settings(chunk_size=constants.MAX_CHUNK_SIZE + 1)
     assert settings.queue_of(settings.models["own"]) == "gpu"
     assert settings.queue_of(settings.models["a"]) == "q"
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [
+        ("sst2,mrpc", ["sst2", "mrpc"]),
+        (" sst2 , ,/models/b ", ["sst2", "/models/b"]),
+        ('["a", "b"]', ["a", "b"]),
+        ("", []),
+    ],
+)
+def test_the_models_to_preload_are_comma_separated_or_a_json_list(
+    monkeypatch: pytest.MonkeyPatch, value: str, names: list[str]
+) -> None:
+    monkeypatch.setenv("INFERQ_PRELOAD", value)
+    assert Settings(_env_file=None).preload == names  # type: ignore[call-arg]

@@ -1,9 +1,20 @@
-"""The worker's Celery app: built from settings on first access, with the prefork parent kept free of torch."""
+"""The worker's Celery app: built from settings on first access, with the prefork parent kept free of torch, and
+``inferq worker``'s options reaching the pool processes that run the models."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.records import wait_for
+from tests.support.worker_process import worker_log
+from worker.process import running_worker
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def test_the_worker_app_loads_no_torch_in_the_parent_process() -> None:
@@ -22,3 +33,27 @@ def test_the_worker_app_loads_no_torch_in_the_parent_process() -> None:
     # Then it is configured for JSON only, late acks and prefetch 1, and torch has not been imported
     assert out[0] == "json ['json'] True 1 True True"
     assert out[1] == "False False"
+
+
+def test_the_options_of_inferq_worker_reach_its_pool_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a registry of one tiny model, and an environment that names no models to preload and no precision
+    for var in ("INFERQ_PRELOAD", "INFERQ_PRECISION"):
+        monkeypatch.delenv(var, raising=False)
+    env = {
+        "INFERQ_MODELS": json.dumps(
+            {"qa": {"source": str(FIXTURES / "models" / "qa-bert"), "task": "question_answering"}}
+        ),
+        "INFERQ_DATABASE_URL": f"sqlite:///{tmp_path / 'inferq.db'}",
+        "INFERQ_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'inferq-broker.db'}",
+        "INFERQ_RECOVER_INTERVAL": "0",
+    }
+    log = tmp_path / "worker.log"
+
+    # When `inferq worker --models qa --precision bf16` starts two pool processes
+    with running_worker(env, log, "--models", "qa", "--precision", "bf16", "--concurrency", "2", cwd=tmp_path):
+        wait_for(lambda: worker_log(log).count("loaded qa ") >= 2 or None, 120, "both pool processes to preload")
+
+    # Then each pool process, and only they, loaded the model at that precision
+    loads = [line for line in worker_log(log).splitlines() if "loaded qa " in line]
+    assert len(loads) == 2
+    assert all("ForkPoolWorker" in line and line.endswith(" at bf16") for line in loads)

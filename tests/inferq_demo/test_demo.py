@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from worker.demo import (
+from inferq_demo.cli import search_model_path
+from inferq_demo.examples import (
     NER_EXAMPLE,
     SEARCH_QUESTIONS,
     SEQUENCE_0,
     SEQUENCE_1,
     SEQUENCE_2,
     nearest,
-    search_model_path,
     search_passages,
     seed_texts,
     sentences,
