@@ -171,6 +171,9 @@ def results(
 ) -> None:
     """Stream a job's results in input order (formats: see `producer.export`)."""
     from producer.export import export_jsonl, export_npy, export_parquet, write_csv
+    from producer.results import ResultFilter
+
+    filters = ResultFilter(label=label, min_score=min_score, failed=failed)
 
     if fmt in ("npy", "parquet") and not output:
         raise click.UsageError(f"--format {fmt} writes a file: give it with -o/--output")
@@ -179,7 +182,7 @@ def results(
         if fmt == "npy":
             assert output is not None
             with client.reader() as session:
-                done = export_npy(session, job_id, output, label=label, min_score=min_score, failed=failed)
+                done = export_npy(session, job_id, output, filters)
             click.echo(
                 f"{done.rows} vectors ({done.dim}-d float32) of {done.items} items in {done.path}; "
                 f"whose each row is: {done.rows_path}",
@@ -189,7 +192,7 @@ def results(
         if fmt == "parquet":
             assert output is not None
             with client.reader() as session:
-                export_parquet(session, job_id, output, label=label, min_score=min_score, failed=failed)
+                export_parquet(session, job_id, output, filters)
             return
         out: TextIO
         with open(output, "w", encoding="utf-8", newline="") if output else _stdout() as out:
@@ -198,7 +201,7 @@ def results(
                 write_csv(rows, out, TaskName(job.task))
             else:
                 with client.reader() as session:
-                    export_jsonl(session, job_id, out, label=label, min_score=min_score, failed=failed)
+                    export_jsonl(session, job_id, out, filters)
 
 
 class _stdout:

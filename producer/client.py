@@ -30,7 +30,7 @@ from inferq.settings import ModelSpec, Settings
 from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.tasks import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
-from producer.results import ResultRow, item_rows
+from producer.results import ResultFilter, ResultRow, item_rows
 
 if TYPE_CHECKING:
     # Celery (and kombu) load when the client first sends, not for a status or a results read.
@@ -295,7 +295,7 @@ class Client:
         if with_vectors:
             columns += (Item.vector,)
         with self.reader() as session:
-            rows = item_rows(session, job_id, columns, label=label, min_score=min_score, failed=failed, state=state)
+            rows = item_rows(session, job_id, columns, ResultFilter(label, min_score, failed, state))
             for r in rows:
                 yield ResultRow(
                     index=r[0],

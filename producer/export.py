@@ -108,7 +108,7 @@ from inferq.schema import Item, Job
 from inferq.states import ItemState
 from inferq.tasks import TASKS, TaskName
 from producer import vectors
-from producer.results import ResultRow, item_query, item_rows
+from producer.results import ALL_ITEMS, ResultFilter, ResultRow, item_query, item_rows
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -132,11 +132,7 @@ def export_jsonl(
     session: Session,
     job_id: str,
     out: TextIO,
-    *,
-    label: str | None = None,
-    min_score: float | None = None,
-    failed: bool = False,
-    state: ItemState | None = None,
+    filters: ResultFilter = ALL_ITEMS,
 ) -> int:
     """Stream the job's items in input order, filtered in SQL as `Client.results` filters them, as `write_jsonl`
     lines; return how many were written. Raises `JobNotFound`.
@@ -146,10 +142,10 @@ def export_jsonl(
     as the decoded row's. Embedding jobs' results are built from the stored vectors (see the module's notes)."""
     job = _job(session, job_id)
     if TASKS[TaskName(job.task)].vectors:
-        return _export_vector_jsonl(session, job_id, out, _filters(label, min_score, failed, state))
+        return _export_vector_jsonl(session, job_id, out, filters)
     # The columns of `ResultRow.to_json` only.
     columns = (Item.index, Item.client_id, Item.state, cast(Item.result, Text), Item.error_code, Item.error_message)
-    rows = item_rows(session, job_id, columns, label=label, min_score=min_score, failed=failed, state=state)
+    rows = item_rows(session, job_id, columns, filters)
     write = out.write
     encode = _compact
     statuses = {s.value: encode(s.value) for s in ItemState}
@@ -222,10 +218,6 @@ def _vector_job(session: Session, job_id: str, what: str) -> Job:
     return job
 
 
-def _filters(label: str | None, min_score: float | None, failed: bool, state: ItemState | None) -> dict[str, Any]:
-    return {"label": label, "min_score": min_score, "failed": failed, "state": state}
-
-
 def _windows(job: Job) -> bool:
     return bool(job.params.get("overflow") == "windows")
 
@@ -268,9 +260,9 @@ def _vector_jsonl_line(
     )
 
 
-def _export_vector_jsonl(session: Session, job_id: str, out: TextIO, filters: dict[str, Any]) -> int:
+def _export_vector_jsonl(session: Session, job_id: str, out: TextIO, filters: ResultFilter) -> int:
     columns = (Item.index, Item.client_id, Item.state, Item.result, Item.vector, Item.error_code, Item.error_message)
-    rows = item_rows(session, job_id, columns, **filters)
+    rows = item_rows(session, job_id, columns, filters)
     n = 0
     for batch in rows.partitions():
         lines = [_vector_jsonl_line(*row) for row in batch]
@@ -327,11 +319,7 @@ def export_npy(
     session: Session,
     job_id: str,
     path: str | os.PathLike[str],
-    *,
-    label: str | None = None,
-    min_score: float | None = None,
-    failed: bool = False,
-    state: ItemState | None = None,
+    filters: ResultFilter = ALL_ITEMS,
 ) -> NpyExport:
     """Write the job's vectors to ``path`` as an NPY float32 matrix, and beside it (`npy_rows_path`) which rows
     are whose, as the module's notes describe. Raises `JobNotFound`, and `InvalidParameter` for a job whose task
@@ -339,7 +327,6 @@ def export_npy(
     job = _vector_job(session, job_id, "NPY")
     path = Path(path)
     rows_path = npy_rows_path(path)
-    filters = _filters(label, min_score, failed, state)
     parts = (_part(path), _part(rows_path))
     bind = session.get_bind()
     try:
@@ -360,7 +347,7 @@ def export_npy(
 
 
 def _npy_one_connection(
-    conn: Connection, job: Job, filters: dict[str, Any], npy: IO[bytes], side: TextIO
+    conn: Connection, job: Job, filters: ResultFilter, npy: IO[bytes], side: TextIO
 ) -> tuple[int, int, int]:
     """The rows file, then the matrix, on one connection in one transaction (one snapshot)."""
     shape = _vector_shape(conn, job)
@@ -374,7 +361,7 @@ def _npy_one_connection(
 
 
 def _npy_postgresql(
-    bind: Engine, job: Job, filters: dict[str, Any], npy: IO[bytes], side: TextIO
+    bind: Engine, job: Job, filters: ResultFilter, npy: IO[bytes], side: TextIO
 ) -> tuple[int, int, int]:
     """The rows file on a connection of its own in a repeatable-read transaction, while a second connection in the
     same snapshot (``pg_export_snapshot``) writes the matrix through a binary COPY: each mostly waits on the
@@ -405,7 +392,7 @@ def _copy_matrix(
     snapshot: str,
     job: Job,
     shape: tuple[int, np.dtype[Any]] | None,
-    filters: dict[str, Any],
+    filters: ResultFilter,
     npy: IO[bytes],
     dim: int,
 ) -> tuple[int, _Ledger]:
@@ -462,7 +449,7 @@ def _pages(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
         last = page[-1][0]
 
 
-def _rows_file_query(job: Job, filters: dict[str, Any]) -> Select[Any]:
+def _rows_file_query(job: Job, filters: ResultFilter) -> Select[Any]:
     columns: list[Any] = [
         Item.index,
         Item.client_id,
@@ -473,7 +460,7 @@ def _rows_file_query(job: Job, filters: dict[str, Any]) -> Select[Any]:
     ]
     if _windows(job):
         columns.append(Item.result)
-    return item_query(job.id, columns, **filters)
+    return item_query(job.id, columns, filters)
 
 
 def _write_rows_file(
@@ -523,9 +510,9 @@ def _write_rows_file(
     return items, row, ledger
 
 
-def _vector_query(job: Job, filters: dict[str, Any]) -> Select[Any]:
+def _vector_query(job: Job, filters: ResultFilter) -> Select[Any]:
     """(index, vector) of the items with vectors that the filters keep, in input order."""
-    return item_query(job.id, (Item.index, Item.vector), **filters).where(
+    return item_query(job.id, (Item.index, Item.vector), filters).where(
         Item.state == ItemState.SUCCEEDED.value, Item.vector.is_not(None)
     )
 
@@ -546,7 +533,7 @@ def _write_matrix(batches: Iterable[Batch], npy: IO[bytes], dim: int) -> tuple[i
 
 
 def _vector_batches(
-    conn: Connection, job: Job, shape: tuple[int, np.dtype[Any]] | None, filters: dict[str, Any]
+    conn: Connection, job: Job, shape: tuple[int, np.dtype[Any]] | None, filters: ResultFilter
 ) -> Iterator[Batch]:
     """The vectors through the Core, a batch of rows at a time."""
     if shape is None:
@@ -563,7 +550,7 @@ def _vector_batches(
 
 
 def _copy_batches(
-    conn: Connection, job: Job, shape: tuple[int, np.dtype[Any]] | None, filters: dict[str, Any]
+    conn: Connection, job: Job, shape: tuple[int, np.dtype[Any]] | None, filters: ResultFilter
 ) -> Iterator[Batch]:
     """PostgreSQL: the vectors through a binary COPY, cut into rows a few MiB at a time (`vectors.CopyVectors`)."""
     if shape is None:
@@ -614,11 +601,7 @@ def export_parquet(
     session: Session,
     job_id: str,
     path: str | os.PathLike[str],
-    *,
-    label: str | None = None,
-    min_score: float | None = None,
-    failed: bool = False,
-    state: ItemState | None = None,
+    filters: ResultFilter = ALL_ITEMS,
 ) -> int:
     """Write the job's items to ``path`` as Parquet (columns in the module's notes), a row group at a time; return
     how many rows were written. Raises `JobNotFound`, and `ConfigurationError` without pyarrow."""
@@ -626,7 +609,6 @@ def export_parquet(
     job = _job(session, job_id)
     path = Path(path)
     part = _part(path)
-    filters = _filters(label, min_score, failed, state)
     try:
         if TASKS[TaskName(job.task)].vectors:
             n = _parquet_vectors(pa, pq, session, job, filters, part)
@@ -646,7 +628,7 @@ def _fixed_lists(pa: Any, data: bytes, n: int, dim: int, valid: list[bool] | Non
     return pa.Array.from_buffers(pa.list_(pa.float32(), dim), n, [validity], children=[values])
 
 
-def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: dict[str, Any], path: Path) -> int:
+def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: ResultFilter, path: Path) -> int:
     conn = session.connection()
     _in_index_order(conn)
     shape = _vector_shape(conn, job)
@@ -666,7 +648,7 @@ def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: dict
         ]
     )
     columns = (Item.index, Item.client_id, Item.state, Item.result, Item.vector, Item.error_code, Item.error_message)
-    rows = item_rows(session, job.id, columns, **filters)
+    rows = item_rows(session, job.id, columns, filters)
     succeeded = ItemState.SUCCEEDED.value
     empty = bytes(dim * vectors.FLOAT32.itemsize)
     written = 0
@@ -739,7 +721,7 @@ def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: dict
     return written
 
 
-def _parquet_results(pa: Any, pq: Any, session: Session, job: Job, filters: dict[str, Any], path: Path) -> int:
+def _parquet_results(pa: Any, pq: Any, session: Session, job: Job, filters: ResultFilter, path: Path) -> int:
     spec = TASKS[TaskName(job.task)]
     tops = [(name, *_TOP_COLUMNS[attr]) for name, attr in spec.csv_columns]
     schema = pa.schema(
@@ -762,7 +744,7 @@ def _parquet_results(pa: Any, pq: Any, session: Session, job: Job, filters: dict
         Item.error_message,
         cast(Item.result, Text),
     )
-    rows = item_rows(session, job.id, columns, **filters)
+    rows = item_rows(session, job.id, columns, filters)
     written = 0
     with pq.ParquetWriter(path, schema) as writer:
         group: list[tuple[Any, ...]] = []

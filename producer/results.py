@@ -23,6 +23,7 @@ __all__ = [
     "Entity",
     "MaskFill",
     "RankedDocument",
+    "ResultFilter",
     "ResultRow",
     "item_query",
     "item_rows",
@@ -30,43 +31,50 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class ResultFilter:
+    """Which of a job's items a read keeps, filtered in SQL on the typed columns: what ``inferq results`` takes as
+    ``--label``, ``--min-score`` and ``--failed``, and `Client.results` and every export as keywords."""
+
+    #: Only items whose top label is this one.
+    label: str | None = None
+    #: Only items whose top score is at least this.
+    min_score: float | None = None
+    #: Only failed items.
+    failed: bool = False
+    #: Only items in this state.
+    state: ItemState | None = None
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        """``query`` (of items) with this filter's conditions."""
+        if self.label is not None:
+            query = query.where(Item.label == self.label)
+        if self.min_score is not None:
+            query = query.where(Item.score >= self.min_score)
+        if self.failed:
+            query = query.where(Item.state == ItemState.FAILED.value)
+        if self.state is not None:
+            query = query.where(Item.state == self.state.value)
+        return query
+
+
+#: Every item.
+ALL_ITEMS = ResultFilter()
+
+
 def item_rows(
-    session: Session,
-    job_id: str,
-    columns: Sequence[Any],
-    *,
-    label: str | None = None,
-    min_score: float | None = None,
-    failed: bool = False,
-    state: ItemState | None = None,
+    session: Session, job_id: str, columns: Sequence[Any], filters: ResultFilter = ALL_ITEMS
 ) -> Result[*tuple[Any, ...]]:
-    """``columns`` of the job's items in input order, filtered in SQL on the typed columns as `Client.results`
-    and ``inferq results`` filter them, streamed in batches of `EXPORT_FETCH_ROWS`. A Core result on the
-    session's connection: the ORM's per-row loading would cost more than the rest."""
-    query = item_query(job_id, columns, label=label, min_score=min_score, failed=failed, state=state)
+    """``columns`` of the job's items that ``filters`` keep, in input order, streamed in batches of
+    `EXPORT_FETCH_ROWS`. A Core result on the session's connection: the ORM's per-row loading would cost more than
+    the rest."""
+    query = item_query(job_id, columns, filters)
     return session.connection().execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
 
 
-def item_query(
-    job_id: str,
-    columns: Sequence[Any],
-    *,
-    label: str | None = None,
-    min_score: float | None = None,
-    failed: bool = False,
-    state: ItemState | None = None,
-) -> Select[Any]:
-    """The query of `item_rows`, not executed: ``columns`` of the job's items in input order, filtered."""
-    query = select(*columns).where(Item.job_id == job_id).order_by(Item.index)
-    if label is not None:
-        query = query.where(Item.label == label)
-    if min_score is not None:
-        query = query.where(Item.score >= min_score)
-    if failed:
-        query = query.where(Item.state == ItemState.FAILED.value)
-    if state is not None:
-        query = query.where(Item.state == state.value)
-    return query
+def item_query(job_id: str, columns: Sequence[Any], filters: ResultFilter = ALL_ITEMS) -> Select[Any]:
+    """The query of `item_rows`, not executed: ``columns`` of the job's items that ``filters`` keep, in input order."""
+    return filters.apply(select(*columns).where(Item.job_id == job_id).order_by(Item.index))
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from inferq.tasks import TaskName
 from producer.client import Client, store_job
 from producer.export import csv_header, export_jsonl, write_csv, write_jsonl
 from producer.inputs import InputRecord
-from producer.results import ResultRow
+from producer.results import ResultFilter, ResultRow
 
 SUCCEEDED = ResultRow(
     index=0,
@@ -257,7 +257,7 @@ def store(client: Client, items: list[dict[str, Any]]) -> str:
 def exported(client: Client, job_id: str, **filters: Any) -> tuple[int, str]:
     out = io.StringIO()
     with client.reader() as session:
-        n = export_jsonl(session, job_id, out, **filters)
+        n = export_jsonl(session, job_id, out, ResultFilter(**filters))
     return n, out.getvalue()
 
 

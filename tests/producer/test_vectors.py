@@ -35,6 +35,7 @@ from producer import vectors
 from producer.client import Client, store_job
 from producer.export import export_jsonl, export_npy, export_parquet, npy_rows_path, write_csv, write_jsonl
 from producer.inputs import InputRecord
+from producer.results import ResultFilter
 
 DIM = 6
 
@@ -268,7 +269,7 @@ def test_results_of_windows_give_one_embedding_per_window(client: Client, dtype:
 def jsonl(client: Client, job_id: str, **filters: Any) -> str:
     out = io.StringIO()
     with client.reader() as session:
-        n = export_jsonl(session, job_id, out, **filters)
+        n = export_jsonl(session, job_id, out, ResultFilter(**filters))
     assert out.getvalue().count("\n") == n
     return out.getvalue()
 
@@ -326,7 +327,7 @@ def test_csv_of_an_embedding_job_holds_the_exported_result(client: Client) -> No
 
 def npy(client: Client, job_id: str, path: Path, **filters: Any) -> tuple[np.ndarray, list[dict[str, Any]]]:
     with client.reader() as session:
-        done = export_npy(session, job_id, path, **filters)
+        done = export_npy(session, job_id, path, ResultFilter(**filters))
     matrix = np.load(path)
     side = [json.loads(line) for line in done.rows_path.read_text(encoding="utf-8").splitlines()]
     assert (done.path, done.rows_path) == (path, npy_rows_path(path))
@@ -448,7 +449,7 @@ def test_npy_of_a_job_without_vectors_is_refused(client: Client, tmp_path: Path)
 
 def parquet(client: Client, job_id: str, path: Path, **filters: Any) -> pa.Table:
     with client.reader() as session:
-        n = export_parquet(session, job_id, path, **filters)
+        n = export_parquet(session, job_id, path, ResultFilter(**filters))
     table = pq.read_table(path)
     assert table.num_rows == n
     return table
@@ -562,7 +563,7 @@ def test_npy_on_postgresql_reads_the_vectors_in_key_order_never_sorting_them(cli
     engine = client.sessions.kw["bind"]
     query = producer.export._vector_query(
         _job(client, job_id),
-        producer.export._filters(None, None, False, None),
+        ResultFilter(),
     ).compile(dialect=engine.dialect)
     # then the vector query's plan, in a transaction set as the export sets it, has no Sort node
     with engine.connect() as conn, conn.begin():
