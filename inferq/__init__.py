@@ -7,10 +7,10 @@ first use of `Settings`, `ModelSpec` or `get_settings`, so that ``inferq --help`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from inferq.errors import InferqError
+from inferq.lazy import lazy_attributes
 from inferq.states import ChunkState, ItemState, JobState
 
 if TYPE_CHECKING:
@@ -32,10 +32,4 @@ __version__ = "0.1.0"
 _LAZY = {"ModelSpec": "inferq.settings", "Settings": "inferq.settings", "get_settings": "inferq.settings"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'inferq' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
