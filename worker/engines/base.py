@@ -100,9 +100,10 @@ class Engine(ABC, Generic[P]):
     def preprocess(self, inputs: Sequence[dict[str, Any]], params: P) -> Features:
         """Tokenize every input (unpadded) into features."""
 
-    @abstractmethod
     def forward(self, batch: dict[str, Any], params: P) -> BatchOutputs:
-        """Run the model on one padded batch (tensors on the device); return numpy arrays on the CPU."""
+        """Run the model on one padded batch (tensors on the device); return numpy arrays on the CPU. By default
+        the head's ``logits``, as float32 (what classification, token classification, rerank and zero-shot read)."""
+        return {"logits": self.model(**batch).logits.float().cpu().numpy()}
 
     @abstractmethod
     def postprocess(

@@ -10,7 +10,7 @@ import numpy as np
 
 from inferq.tasks import ClassificationParams, TaskName
 from worker.engines.base import Engine, Outcome, sigmoid, softmax
-from worker.engines.batching import BatchOutputs, Features, RunOutputs
+from worker.engines.batching import Features, RunOutputs
 
 
 class ClassificationEngine(Engine[ClassificationParams]):
@@ -43,10 +43,6 @@ class ClassificationEngine(Engine[ClassificationParams]):
     @staticmethod
     def _features(enc: Any, n: int) -> Features:
         return Features(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"), item_of=np.arange(n))
-
-    def forward(self, batch: dict[str, Any], params: ClassificationParams) -> BatchOutputs:
-        logits = self.model(**batch).logits
-        return {"logits": logits.float().cpu().numpy()}
 
     def _function(self, requested: str) -> str:
         """The pipeline's choice of output function."""

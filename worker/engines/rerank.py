@@ -41,7 +41,7 @@ import numpy as np
 
 from inferq.tasks import RerankParams, TaskName
 from worker.engines.base import Engine, Outcome
-from worker.engines.batching import BatchOutputs, Features, RunOutputs
+from worker.engines.batching import Features, RunOutputs
 from worker.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,6 @@ class RerankEngine(Engine[RerankParams]):
             token_type_ids=enc.get("token_type_ids"),
             item_of=np.asarray(item_of, dtype=np.int64),
         )
-
-    def forward(self, batch: dict[str, Any], params: RerankParams) -> BatchOutputs:
-        logits = self.model(**batch).logits
-        return {"logits": logits.float().cpu().numpy()}
 
     def scores(self, logits: np.ndarray, activation: str) -> np.ndarray:
         """``[n, 1]`` logits → ``[n]`` scores, through the activation CrossEncoder would apply (on a

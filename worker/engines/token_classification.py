@@ -19,7 +19,7 @@ import numpy as np
 
 from inferq.tasks import TaskName, TokenClassificationParams
 from worker.engines.base import Engine, Outcome, softmax
-from worker.engines.batching import BatchOutputs, Features, RunOutputs
+from worker.engines.batching import Features, RunOutputs
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,6 @@ class TokenClassificationEngine(Engine[TokenClassificationParams]):
             item_of=np.arange(len(inputs)),
             extra={"special": enc["special_tokens_mask"], "offsets": offsets},
         )
-
-    def forward(self, batch: dict[str, Any], params: TokenClassificationParams) -> BatchOutputs:
-        logits = self.model(**batch).logits  # [B, T, num_labels]
-        return {"logits": logits.float().cpu().numpy()}
 
     def postprocess(
         self,

@@ -32,7 +32,7 @@ import numpy as np
 from inferq.errors import InputError
 from inferq.tasks import TaskName, ZeroShotParams
 from worker.engines.base import Engine, Outcome, softmax
-from worker.engines.batching import BatchOutputs, Features, RunOutputs
+from worker.engines.batching import Features, RunOutputs
 from worker.loaded import LoadedModel
 
 
@@ -98,10 +98,6 @@ class ZeroShotEngine(Engine[ZeroShotParams]):
             if types is not None:
                 types.append(enc["token_type_ids"][0])
         return ids, types
-
-    def forward(self, batch: dict[str, Any], params: ZeroShotParams) -> BatchOutputs:
-        logits = self.model(**batch).logits
-        return {"logits": logits.float().cpu().numpy()}
 
     def postprocess(
         self,
