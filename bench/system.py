@@ -37,9 +37,6 @@ REDIS_URL = os.environ.get("INFERQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: CPU from the worker on a small machine (at 50 polls a second, 2 cores: chunks ran up to 10% slower).
 POLL_SECONDS = constants.DEFAULT_POLL_SECONDS
 
-#: The finished job states, as stored.
-_FINISHED = [s.value for s in FINISHED_JOB_STATES]
-
 
 class ServicesUnavailable(Exception):
     """PostgreSQL or Redis is not reachable: the system part of the benchmark is skipped."""
@@ -206,7 +203,7 @@ def memory_across_jobs(
     peaks: list[float] = []
     for _ in range(jobs):
         run = run_job(client, task, model, inputs, params, worker_pid=worker_pid)
-        if run.state != JobState.SUCCEEDED.value:
+        if run.state != JobState.SUCCEEDED:
             raise RuntimeError(f"memory job {run.job_id} ended {run.state}")
         time.sleep(0.3)  # the worker writes, acks and returns to idle
         after.append(mib(tree_rss_bytes(worker_pid)))
@@ -248,8 +245,8 @@ def many_small_jobs(
         with client.reader() as session:
             done, ok, last = session.execute(
                 select(
-                    func.count(Job.id).filter(Job.state.in_(_FINISHED)),
-                    func.count(Job.id).filter(Job.state == JobState.SUCCEEDED.value),
+                    func.count(Job.id).filter(Job.state.in_(FINISHED_JOB_STATES)),
+                    func.count(Job.id).filter(Job.state == JobState.SUCCEEDED),
                     func.max(Job.finished_at),
                 ).where(Job.id.in_(ids))
             ).one()

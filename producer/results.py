@@ -63,9 +63,9 @@ def item_query(
     if min_score is not None:
         query = query.where(Item.score >= min_score)
     if failed:
-        query = query.where(Item.state == ItemState.FAILED.value)
+        query = query.where(Item.state == ItemState.FAILED)
     if state is not None:
-        query = query.where(Item.state == state.value)
+        query = query.where(Item.state == state)
     return query
 
 

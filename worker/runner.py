@@ -40,7 +40,6 @@ from inferq.db import make_sessionmaker
 from inferq.errors import AttemptsExhausted, DatabaseUnavailable, InferqError, ModelError, backoff
 from inferq.schema import Job
 from inferq.settings import Settings
-from inferq.states import FINISHED_JOB_STATES, JobState
 from worker.claims import (
     ChunkOutcome,
     Claim,
@@ -241,5 +240,5 @@ class _StopCheck:
         except DatabaseUnavailable:
             log.debug("job %s: cancellation check skipped, database unreachable", self.job_id)
             return False
-        self.stopped = state is None or JobState(state) in FINISHED_JOB_STATES
+        self.stopped = state is None or state.finished
         return self.stopped

@@ -59,7 +59,7 @@ class Outcome:
         """The item's columns this outcome sets: its state, result and top-result columns, or error."""
         error = self.error
         return {
-            "state": (ItemState.SUCCEEDED if error is None else ItemState.FAILED).value,
+            "state": ItemState.SUCCEEDED if error is None else ItemState.FAILED,
             "result": self.result if error is None else None,
             **{name: getattr(self, name) if error is None else None for name in RESULT_COLUMNS},
             "error_code": error.code if error is not None else None,
