@@ -23,7 +23,7 @@ from inferq import constants
 from inferq.schema import Item, Job, utcnow
 from inferq.settings import Settings
 from inferq.states import FINISHED_JOB_STATES, JobState
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from producer.client import Client
 
 log = logging.getLogger(__name__)
@@ -439,7 +439,7 @@ def store_vectors_as_worker(
     then each chunk's outcomes (``{"dim", "dtype"}`` and the vector's little-endian bytes) through
     `worker.claims.write_results`, `_WRITE_CHUNKS` chunks per transaction. Returns the job's id."""
     from bench.inputs import scale_rows
-    from inferq.tasks import read_params, validate_params
+    from inferq.task_specs import read_params, validate_params
     from producer.client import store_job
     from producer.inputs import Limits, validate_rows
     from worker.claims import Claim, write_results

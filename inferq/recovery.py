@@ -42,7 +42,7 @@ from inferq.errors import BrokerUnavailable
 from inferq.schema import Chunk, Job, as_utc, utcnow
 from inferq.settings import Settings
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState
-from inferq.tasks import RUN_CHUNK
+from inferq.task_specs import RUN_CHUNK
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -82,7 +82,7 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
-    #: `inferq.tasks.batch_key` of (task, model, params): jobs with equal keys share micro-batches on a worker.
+    #: `inferq.task_specs.batch_key` of (task, model, params): jobs with equal keys share micro-batches on a worker.
     batch_key: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_jobs_batch_key_state", "batch_key", "state"),)

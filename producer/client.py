@@ -24,11 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from inferq import constants
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, JobNotFound, LineError
-from inferq.models import check_model, mask_tokens, resolve_model
+from inferq.model_sources import check_model, mask_tokens, resolve_model
 from inferq.schema import Chunk, Item, Job, as_utc, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
-from inferq.tasks import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
+from inferq.task_specs import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
 from producer.results import ResultRow, item_rows
 

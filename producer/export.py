@@ -106,7 +106,7 @@ from inferq import constants
 from inferq.errors import ConfigurationError, InvalidParameter, JobNotFound
 from inferq.schema import Item, Job
 from inferq.states import ItemState
-from inferq.tasks import TASKS, TaskName
+from inferq.task_specs import TASKS, TaskName
 from producer import vectors
 from producer.results import ResultRow, item_query, item_rows
 

@@ -14,7 +14,7 @@ from inferq import constants
 from inferq.results import Answer, ClassLabel, Embedding, Entity, MaskFill, RankedDocument
 from inferq.schema import Item
 from inferq.states import ItemState
-from inferq.tasks import TASKS, TaskName
+from inferq.task_specs import TASKS, TaskName
 
 __all__ = [
     "Answer",

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from inferq.errors import InferqError
 from inferq.schema import Chunk, Item, Job, as_utc, utcnow
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
-from inferq.tasks import TaskName, TaskParams, read_params
+from inferq.task_specs import TaskName, TaskParams, read_params
 from worker.engines.base import Outcome
 
 log = logging.getLogger(__name__)
