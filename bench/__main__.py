@@ -49,7 +49,7 @@ from bench.inprocess import (
 from bench.measure import Deviation, Measurement, VectorDeviation, compare, compare_vectors, describe
 from bench.models import DESCRIPTIONS, MODELS, BenchModel, ensure_model, registry_json
 from bench.report import Target, find, format_table, machine_info, machine_line, paired_ratio, write_json
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 
 log = logging.getLogger("bench")
 

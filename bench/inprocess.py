@@ -1,7 +1,7 @@
 """In-process runs on one model and one list of inputs: the reference implementation (the transformers pipeline;
 for question answering a plain forward loop over the raw model, transformers 5.3+ ship no QA pipeline;
 sentence-transformers' ``SentenceTransformer.encode`` for embeddings and ``CrossEncoder.predict`` for rerank) and
-inferq's engine through the model registry, as a worker holds it. Every run is warmed up first, then timed once
+inferq's engine through the model cache, as a worker holds it. Every run is warmed up first, then timed once
 over all the items."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from bench.inputs import ZERO_SHOT_LABELS
 from bench.measure import Measurement, Ranked, padded_in_order, padded_in_plan, vector_of
 from bench.models import BenchModel
 from inferq.settings import Settings
-from inferq.tasks import MASK_PLACEHOLDER, TaskName, read_params, validate_params
+from inferq.task_specs import MASK_PLACEHOLDER, TaskName, read_params, validate_params
 from worker.engines.base import Engine, Outcome
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,9 @@ def ranked_from_pipeline(task: TaskName, result: Any) -> Ranked:
 
 
 def make_engine(settings: Settings, model: BenchModel, precision: str) -> Engine:
-    from worker.registry import ModelRegistry
+    from worker.model_cache import ModelCache
 
-    return ModelRegistry(settings, precision=precision).engine(model.name, model.task)
+    return ModelCache(settings, precision=precision).engine(model.name, model.task)
 
 
 def engine_tokens(

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from inferq.tasks import MASK_PLACEHOLDER
+from inferq.task_specs import MASK_PLACEHOLDER
 
 #: Sentences per QA context: a paragraph of 2 to 6 consecutive sentences (~40 to ~120 words).
 QA_CONTEXT_SENTENCES = (2, 6)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 
 log = logging.getLogger(__name__)
 

@@ -158,7 +158,7 @@ def machine_info() -> dict[str, Any]:
             info[lib] = __import__(lib).__version__
         except ImportError:
             info[lib] = None
-    from worker.registry import cpu_has_native_bf16
+    from worker.model_cache import cpu_has_native_bf16
 
     info["native_bf16"] = cpu_has_native_bf16()
     try:

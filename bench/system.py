@@ -23,7 +23,7 @@ from inferq import constants
 from inferq.schema import Item, Job, utcnow
 from inferq.settings import Settings
 from inferq.states import FINISHED_JOB_STATES, JobState
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from producer.client import Client
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,6 @@ REDIS_URL = os.environ.get("INFERQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: ``finished_at`` (written by the worker), so the poll interval does not round it; polling faster would take
 #: CPU from the worker on a small machine (at 50 polls a second, 2 cores: chunks ran up to 10% slower).
 POLL_SECONDS = constants.DEFAULT_POLL_SECONDS
-
-#: The finished job states, as stored.
-_FINISHED = [s.value for s in FINISHED_JOB_STATES]
 
 
 class ServicesUnavailable(Exception):
@@ -206,7 +203,7 @@ def memory_across_jobs(
     peaks: list[float] = []
     for _ in range(jobs):
         run = run_job(client, task, model, inputs, params, worker_pid=worker_pid)
-        if run.state != JobState.SUCCEEDED.value:
+        if run.state != JobState.SUCCEEDED:
             raise RuntimeError(f"memory job {run.job_id} ended {run.state}")
         time.sleep(0.3)  # the worker writes, acks and returns to idle
         after.append(mib(tree_rss_bytes(worker_pid)))
@@ -248,8 +245,8 @@ def many_small_jobs(
         with client.reader() as session:
             done, ok, last = session.execute(
                 select(
-                    func.count(Job.id).filter(Job.state.in_(_FINISHED)),
-                    func.count(Job.id).filter(Job.state == JobState.SUCCEEDED.value),
+                    func.count(Job.id).filter(Job.state.in_(FINISHED_JOB_STATES)),
+                    func.count(Job.id).filter(Job.state == JobState.SUCCEEDED),
                     func.max(Job.finished_at),
                 ).where(Job.id.in_(ids))
             ).one()
@@ -442,7 +439,7 @@ def store_vectors_as_worker(
     then each chunk's outcomes (``{"dim", "dtype"}`` and the vector's little-endian bytes) through
     `worker.claims.write_results`, `_WRITE_CHUNKS` chunks per transaction. Returns the job's id."""
     from bench.inputs import scale_rows
-    from inferq.tasks import read_params, validate_params
+    from inferq.task_specs import read_params, validate_params
     from producer.client import store_job
     from producer.inputs import Limits, validate_rows
     from worker.claims import Claim, write_results

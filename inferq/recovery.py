@@ -41,8 +41,8 @@ from inferq.brokers import listed_chunk_messages
 from inferq.errors import BrokerUnavailable
 from inferq.schema import Chunk, Job, as_utc, utcnow
 from inferq.settings import Settings
-from inferq.states import ChunkState, JobState
-from inferq.tasks import RUN_CHUNK
+from inferq.states import UNFINISHED_JOB_STATES, ChunkState
+from inferq.task_specs import RUN_CHUNK
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -88,7 +88,7 @@ class Recovery:
 class _Row:
     job_id: str
     seq: int
-    state: str
+    state: ChunkState
     lease_until: dt.datetime | None
     enqueued_at: dt.datetime | None
     queue: str
@@ -114,11 +114,9 @@ def recover(
 
     lost: list[LostChunk] = []
     for r in rows:
-        if r.state == ChunkState.RUNNING.value and (r.lease_until is None or as_utc(r.lease_until) < now):
+        if r.state == ChunkState.RUNNING and (r.lease_until is None or as_utc(r.lease_until) < now):
             lost.append(LostChunk(r.job_id, r.seq, r.queue, "lease_expired"))
-    waiting = [
-        r for r in rows if r.state == ChunkState.QUEUED.value and as_utc(r.enqueued_at or r.created_at) <= cutoff
-    ]
+    waiting = [r for r in rows if r.state == ChunkState.QUEUED and as_utc(r.enqueued_at or r.created_at) <= cutoff]
     never = [r for r in waiting if r.enqueued_at is None]
     lost += [LostChunk(r.job_id, r.seq, r.queue, "never_enqueued") for r in never]
     maybe_missing = [r for r in waiting if r.enqueued_at is not None]
@@ -161,8 +159,8 @@ def _unfinished_chunks(sessions: sessionmaker[Session], job_id: str | None) -> l
         )
         .join(Job, Job.id == Chunk.job_id)
         .where(
-            Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
-            Chunk.state.in_([ChunkState.QUEUED.value, ChunkState.RUNNING.value]),
+            Job.state.in_(UNFINISHED_JOB_STATES),
+            Chunk.state.in_([ChunkState.QUEUED, ChunkState.RUNNING]),
         )
         .order_by(Chunk.job_id, Chunk.seq)
     )
@@ -180,14 +178,14 @@ def _requeue(sessions: sessionmaker[Session], celery: Celery, chunk: LostChunk, 
         if chunk.reason == "lease_expired":
             claimed = session.execute(
                 update(Chunk)
-                .where(*key, Chunk.state == ChunkState.RUNNING.value)
+                .where(*key, Chunk.state == ChunkState.RUNNING)
                 .where((Chunk.lease_until.is_(None)) | (Chunk.lease_until < now))
-                .values(state=ChunkState.QUEUED.value, lease_until=None, worker=None, leader=None, enqueued_at=now)
+                .values(state=ChunkState.QUEUED, lease_until=None, worker=None, leader=None, enqueued_at=now)
             )
         else:
             claimed = session.execute(
                 update(Chunk)
-                .where(*key, Chunk.state == ChunkState.QUEUED.value)
+                .where(*key, Chunk.state == ChunkState.QUEUED)
                 .where((Chunk.enqueued_at.is_(None)) | (Chunk.enqueued_at <= cutoff))
                 .values(enqueued_at=now)
             )

@@ -37,11 +37,10 @@ def purge(
     Items go in batches of consecutive indices, one short transaction each, before the job row: a huge job never
     holds one giant transaction, and only rows of finished jobs are ever locked, so running jobs go on."""
     cutoff = utcnow() - older_than
-    finished = [s.value for s in FINISHED_JOB_STATES]
     with sessions() as session:
         jobs = session.execute(
             select(Job.id, Job.total)
-            .where(Job.state.in_(finished), Job.finished_at.is_not(None), Job.finished_at < cutoff)
+            .where(Job.state.in_(FINISHED_JOB_STATES), Job.finished_at.is_not(None), Job.finished_at < cutoff)
             .order_by(Job.finished_at)
         ).all()
     report = Purge()
@@ -59,5 +58,5 @@ def purge(
             report.batches += 1
         with sessions.begin() as session:
             session.execute(delete(Chunk).where(Chunk.job_id == job_id))
-            session.execute(delete(Job).where(Job.id == job_id, Job.state.in_(finished)))
+            session.execute(delete(Job).where(Job.id == job_id, Job.state.in_(FINISHED_JOB_STATES)))
     return report

@@ -9,9 +9,11 @@ nothing twice.
 from __future__ import annotations
 
 import datetime as dt
+from enum import Enum
 from typing import Any, overload
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, func
+from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from inferq.states import ChunkState, ItemState, JobState
@@ -29,6 +31,19 @@ NAMING_CONVENTION = {
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+def state_type(states: type[Enum]) -> SqlEnum:
+    """A state column's type: reads and writes the enum's members, stored as their values (``"queued"``, …) in a
+    plain VARCHAR(16), without a native enum or CHECK constraint, so that raw SQL and COPY write the same strings."""
+    return SqlEnum(
+        states,
+        native_enum=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+        create_constraint=False,
+    )
 
 
 def utcnow() -> dt.datetime:
@@ -54,7 +69,7 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(1024))
     #: Complete task parameters (defaults filled in at submit).
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)
+    state: Mapped[JobState] = mapped_column(state_type(JobState), default=JobState.QUEUED, index=True)
     queue: Mapped[str] = mapped_column(String(255))
     chunk_size: Mapped[int] = mapped_column(Integer)
     n_chunks: Mapped[int] = mapped_column(Integer)
@@ -67,7 +82,7 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
-    #: `inferq.tasks.batch_key` of (task, model, params): jobs with equal keys share micro-batches on a worker.
+    #: `inferq.task_specs.batch_key` of (task, model, params): jobs with equal keys share micro-batches on a worker.
     batch_key: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_jobs_batch_key_state", "batch_key", "state"),)
@@ -81,7 +96,7 @@ class Chunk(Base):
     #: Item indices ``start <= index < stop``.
     start: Mapped[int] = mapped_column(Integer)
     stop: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), default=ChunkState.QUEUED.value)
+    state: Mapped[ChunkState] = mapped_column(state_type(ChunkState), default=ChunkState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     #: While running: until when the claiming worker owns it.
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -103,7 +118,7 @@ class Item(Base):
     #: The ``id`` the user gave on the input line, if any.
     client_id: Mapped[str | None] = mapped_column(String(255))
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
-    state: Mapped[str] = mapped_column(String(16), default=ItemState.QUEUED.value)
+    state: Mapped[ItemState] = mapped_column(state_type(ItemState), default=ItemState.QUEUED)
     #: The task's result as JSON (`inferq.results`): top-k labels, answers, fillers per mask, entities, ranked
     #: documents; for embeddings what describes the vectors (``{"dim", "dtype"[, "windows"]}``).
     result: Mapped[Any] = mapped_column(JSON, nullable=True)

@@ -23,6 +23,8 @@ class JobState(str, Enum):
 
 
 FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+#: The others: a job that a worker may still claim, cancel or finish.
+UNFINISHED_JOB_STATES = frozenset(JobState) - FINISHED_JOB_STATES
 
 
 class ItemState(str, Enum):

@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from inferq.settings import ModelSpec, Settings, get_settings
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from inferq_demo.examples import (
     FILL_MASK_EXAMPLE,
     NER_EXAMPLE,

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import click
 
 from inferq.settings import get_settings
-from inferq.tasks import TaskName, parse_task
+from inferq.task_specs import TaskName, parse_task
 from producer.client import Client, JobStatus
 
 TASK_CHOICES = [t.value for t in TaskName]

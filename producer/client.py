@@ -24,11 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from inferq import constants
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, JobNotFound, LineError
-from inferq.models import check_model, mask_tokens, resolve_model
+from inferq.model_sources import check_model, mask_tokens, resolve_model
 from inferq.schema import Chunk, Item, Job, as_utc, utcnow
 from inferq.settings import ModelSpec, Settings
-from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
-from inferq.tasks import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
+from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
+from inferq.task_specs import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
 from producer.results import ResultFilter, ResultRow, item_rows
 
@@ -68,7 +68,7 @@ class JobStatus:
 
     @property
     def finished(self) -> bool:
-        return self.state in FINISHED_JOB_STATES
+        return self.state.finished
 
     @property
     def elapsed(self) -> float | None:
@@ -257,7 +257,7 @@ class Client:
         with self.reader() as session:
             query = select(Job).order_by(Job.created_at.desc()).limit(limit)
             if state is not None:
-                query = query.where(Job.state == state.value)
+                query = query.where(Job.state == state)
             return [_status(j) for j in session.scalars(query)]
 
     def models(self) -> dict[str, ModelSpec]:
@@ -300,7 +300,7 @@ class Client:
                 yield ResultRow(
                     index=r[0],
                     id=r[1],
-                    status=r[2],
+                    status=r[2].value,  # a plain string, as documented
                     result=exported(r[3], r[12]) if with_vectors else r[3],
                     error={"code": r[4], "message": r[5] or ""} if r[4] is not None else None,
                     label=r[6],
@@ -323,14 +323,14 @@ class Client:
                 raise JobNotFound(f"no job {job_id!r}")
             cancelled = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
-                .values(state=JobState.CANCELLED.value, finished_at=now)
+                .where(Job.id == job_id, Job.state.in_(UNFINISHED_JOB_STATES))
+                .values(state=JobState.CANCELLED, finished_at=now)
             )
             if cancelled.rowcount:  # type: ignore[attr-defined]
                 session.execute(
                     update(Item)
-                    .where(Item.job_id == job_id, Item.state == ItemState.QUEUED.value)
-                    .values(state=ItemState.CANCELLED.value, finished_at=now)
+                    .where(Item.job_id == job_id, Item.state == ItemState.QUEUED)
+                    .values(state=ItemState.CANCELLED, finished_at=now)
                 )
         return self.status(job_id)
 
@@ -384,7 +384,7 @@ def store_job(
             task=task.value,
             model=model,
             params=params,
-            state=JobState.QUEUED.value,
+            state=JobState.QUEUED,
             queue=queue,
             chunk_size=chunk_size,
             n_chunks=n_chunks,
@@ -404,7 +404,7 @@ def store_job(
                 "seq": seq,
                 "start": seq * chunk_size,
                 "stop": min(total, (seq + 1) * chunk_size),
-                "state": ChunkState.QUEUED.value,
+                "state": ChunkState.QUEUED,
                 "attempts": 0,
             }
             for seq in range(n_chunks)
@@ -424,7 +424,7 @@ def store_job(
                     "index": start + i,
                     "client_id": r.client_id,
                     "input": r.data,
-                    "state": ItemState.QUEUED.value,
+                    "state": ItemState.QUEUED,
                     "attempts": 0,
                 }
                 for i, r in enumerate(records[start : start + constants.INSERT_BATCH_ROWS])
@@ -450,7 +450,7 @@ def _status(job: Job) -> JobStatus:
         id=job.id,
         task=job.task,
         model=job.model,
-        state=JobState(job.state),
+        state=job.state,
         total=job.total,
         succeeded=job.succeeded,
         failed=job.failed,

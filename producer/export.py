@@ -106,7 +106,7 @@ from inferq import constants
 from inferq.errors import ConfigurationError, InvalidParameter, JobNotFound
 from inferq.schema import Item, Job
 from inferq.states import ItemState
-from inferq.tasks import TASKS, TaskName
+from inferq.task_specs import TASKS, TaskName
 from producer import vectors
 from producer.results import ALL_ITEMS, ResultFilter, ResultRow, item_query, item_rows
 
@@ -226,7 +226,7 @@ def _vector_shape(conn: Connection, job: Job) -> tuple[int, np.dtype[Any]] | Non
     """The job's vector size and stored dtype, read from one stored vector's description; None before any."""
     stored = conn.execute(
         select(Item.result)
-        .where(Item.job_id == job.id, Item.state == ItemState.SUCCEEDED.value, Item.vector.is_not(None))
+        .where(Item.job_id == job.id, Item.state == ItemState.SUCCEEDED, Item.vector.is_not(None))
         .limit(1)
     ).scalar()
     if stored is None:
@@ -470,7 +470,7 @@ def _write_rows_file(
     windows = _windows(job)
     row_bytes = shape[0] * shape[1].itemsize if shape is not None else 0
     encode = _compact
-    succeeded = ItemState.SUCCEEDED.value
+    succeeded = ItemState.SUCCEEDED
     statuses = {s.value: encode(s.value) for s in ItemState}
     ledger = _Ledger()
     items = row = 0
@@ -513,7 +513,7 @@ def _write_rows_file(
 def _vector_query(job: Job, filters: ResultFilter) -> Select[Any]:
     """(index, vector) of the items with vectors that the filters keep, in input order."""
     return item_query(job.id, (Item.index, Item.vector), filters).where(
-        Item.state == ItemState.SUCCEEDED.value, Item.vector.is_not(None)
+        Item.state == ItemState.SUCCEEDED, Item.vector.is_not(None)
     )
 
 
@@ -649,7 +649,7 @@ def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: Resu
     )
     columns = (Item.index, Item.client_id, Item.state, Item.result, Item.vector, Item.error_code, Item.error_message)
     rows = item_rows(session, job.id, columns, filters)
-    succeeded = ItemState.SUCCEEDED.value
+    succeeded = ItemState.SUCCEEDED
     empty = bytes(dim * vectors.FLOAT32.itemsize)
     written = 0
 

@@ -18,7 +18,7 @@ from typing import IO, Any, Literal
 
 from inferq import constants
 from inferq.errors import LineError
-from inferq.tasks import TASKS, LineContext, TaskName, TaskParams
+from inferq.task_specs import TASKS, LineContext, TaskName, TaskParams
 
 Format = Literal["auto", "jsonl", "csv"]
 
@@ -330,7 +330,7 @@ class _Lines:
 
 
 class _Validator:
-    """Checks one decoded object against the task's fields (`inferq.tasks.TASKS`)."""
+    """Checks one decoded object against the task's fields (`inferq.task_specs.TASKS`)."""
 
     def __init__(
         self, task: TaskName, limits: Limits, mask_tokens: Sequence[str], params: TaskParams | None = None

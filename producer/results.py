@@ -14,7 +14,7 @@ from inferq import constants
 from inferq.results import Answer, ClassLabel, Embedding, Entity, MaskFill, RankedDocument
 from inferq.schema import Item
 from inferq.states import ItemState
-from inferq.tasks import TASKS, TaskName
+from inferq.task_specs import TASKS, TaskName
 
 __all__ = [
     "Answer",
@@ -52,9 +52,9 @@ class ResultFilter:
         if self.min_score is not None:
             query = query.where(Item.score >= self.min_score)
         if self.failed:
-            query = query.where(Item.state == ItemState.FAILED.value)
+            query = query.where(Item.state == ItemState.FAILED)
         if self.state is not None:
-            query = query.where(Item.state == self.state.value)
+            query = query.where(Item.state == self.state)
         return query
 
 

@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Classification models of three families, built and saved here (random weights, local tokenizers)."""
-    from inferq.tasks import TaskName
+    from inferq.task_specs import TaskName
     from worker.tiny_models import build_model
 
     root = tmp_path_factory.mktemp("models")

@@ -1,4 +1,4 @@
-"""inferq's worker side: the Celery app and task, the model registry and the inference engines.
+"""inferq's worker side: the Celery app and task, the model cache and the inference engines.
 
 Importing this package imports neither torch nor transformers; engines import them when a model loads.
 """

@@ -69,14 +69,14 @@ PROC_ALIVE_TIMEOUT = 300.0
 def preload(runner: Runner, names: list[str]) -> None:
     """Load the named models (every task they may serve is loaded on first use; the registry's task, or
     classification when it names none, now)."""
-    from inferq.models import resolve_model
-    from inferq.tasks import TaskName
+    from inferq.model_sources import resolve_model
+    from inferq.task_specs import TaskName
 
     for name in names:
         spec = resolve_model(runner.settings, name)
         task = spec.task or TaskName.CLASSIFICATION
         try:
-            runner.registry.load(name, task)
+            runner.model_cache.load(name, task)
         except Exception:
             log.exception("could not preload %s; jobs that use it will record the error", name)
 
@@ -121,15 +121,15 @@ class WorkerState:
         return self._app
 
     def runner(self) -> Runner:
-        """This process's runner, built on first use: a fresh database engine and the model registry."""
+        """This process's runner, built on first use: a fresh database engine and the model cache."""
         if self._runner is None:
-            from worker.registry import ModelRegistry
+            from worker.model_cache import ModelCache
 
             settings = self.settings
             self._runner = Runner(
                 settings,
                 make_sessionmaker(make_engine(settings)),
-                ModelRegistry(settings),
+                ModelCache(settings),
                 worker=f"{socket.gethostname()}:{os.getpid()}",
                 stopping=self.shutdown_flag(),
             )

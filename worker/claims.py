@@ -31,8 +31,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.errors import InferqError
 from inferq.schema import Chunk, Item, Job, as_utc, utcnow
-from inferq.states import FINISHED_JOB_STATES, ChunkState, ItemState, JobState
-from inferq.tasks import TaskName, TaskParams, read_params
+from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
+from inferq.task_specs import TaskName, TaskParams, read_params
 from worker.engines.base import Outcome
 
 log = logging.getLogger(__name__)
@@ -113,20 +113,20 @@ def claim_chunk(session: Session, job_id: str, seq: int, *, worker: str, lease_s
         log.warning("job %s is gone; dropping chunk %d", job_id, seq)
         return ChunkOutcome.SKIPPED
     chunk = session.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq).with_for_update())
-    if chunk is None or chunk.state == ChunkState.DONE.value:
+    if chunk is None or chunk.state == ChunkState.DONE:
         return ChunkOutcome.SKIPPED
     now = utcnow()
-    if JobState(job.state) in FINISHED_JOB_STATES:
-        chunk.state, chunk.finished_at, chunk.leader = ChunkState.DONE.value, now, None
+    if job.state.finished:
+        chunk.state, chunk.finished_at, chunk.leader = ChunkState.DONE, now, None
         return ChunkOutcome.SKIPPED
     if (
-        chunk.state == ChunkState.RUNNING.value
+        chunk.state == ChunkState.RUNNING
         and chunk.leader is not None
         and chunk.lease_until is not None
         and as_utc(chunk.lease_until) > now
     ):
         return ChunkOutcome.DEFERRED
-    chunk.state = ChunkState.RUNNING.value
+    chunk.state = ChunkState.RUNNING
     chunk.attempts += 1
     chunk.lease_until = now + dt.timedelta(seconds=lease_seconds)
     chunk.worker = worker
@@ -135,7 +135,7 @@ def claim_chunk(session: Session, job_id: str, seq: int, *, worker: str, lease_s
         _release_earlier_batch(session, job_id, seq)
     start_jobs(session, [job_id], now)
     in_chunk = (Item.job_id == job_id, Item.index >= chunk.start, Item.index < chunk.stop)
-    queued = Item.state == ItemState.QUEUED.value
+    queued = Item.state == ItemState.QUEUED
     rows = session.execute(select(Item.index, Item.input).where(*in_chunk, queued).order_by(Item.index)).all()
     session.execute(update(Item).where(*in_chunk, queued).values(attempts=Item.attempts + 1))
     return Claim(
@@ -157,8 +157,8 @@ def _release_earlier_batch(session: Session, job_id: str, seq: int) -> None:
     to their own messages, so that this chunk runs alone and a poison item among them cannot take it down again."""
     released = session.execute(
         update(Chunk)
-        .where(Chunk.leader == chunk_key(job_id, seq), Chunk.state == ChunkState.RUNNING.value)
-        .values(state=ChunkState.QUEUED.value, leader=None, lease_until=None, worker=None)
+        .where(Chunk.leader == chunk_key(job_id, seq), Chunk.state == ChunkState.RUNNING)
+        .values(state=ChunkState.QUEUED, leader=None, lease_until=None, worker=None)
     )
     if released.rowcount:  # type: ignore[attr-defined]
         log.warning(
@@ -182,14 +182,14 @@ def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: in
         .join(Job, Job.id == Chunk.job_id)
         .where(
             Job.batch_key == lead.batch_key,
-            Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+            Job.state.in_(UNFINISHED_JOB_STATES),
             Job.task == lead.task.value,
             Job.model == lead.model,
             # Routed where the leader's job was (a job sent to a GPU queue is not taken by a CPU worker).
             Job.queue == lead.queue,
             # Other jobs only: a job's own chunk size is the user's choice of how to spread it over workers.
             Job.id != lead.job_id,
-            Chunk.state == ChunkState.QUEUED.value,
+            Chunk.state == ChunkState.QUEUED,
             Chunk.attempts == 0,
         )
         .order_by(Job.created_at, Chunk.job_id, Chunk.seq)
@@ -210,7 +210,7 @@ def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: in
         update(Chunk)
         .where(keyed(Chunk.job_id, Chunk.seq, taken))
         .values(
-            state=ChunkState.RUNNING.value,
+            state=ChunkState.RUNNING,
             attempts=Chunk.attempts + 1,
             lease_until=now + dt.timedelta(seconds=lease_seconds),
             worker=worker,
@@ -221,7 +221,7 @@ def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: in
     rows = session.execute(
         select(Chunk.job_id, Chunk.seq, Item.index, Item.input)
         .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
-        .where(keyed(Chunk.job_id, Chunk.seq, taken), Item.state == ItemState.QUEUED.value)
+        .where(keyed(Chunk.job_id, Chunk.seq, taken), Item.state == ItemState.QUEUED)
         .order_by(Chunk.job_id, Chunk.seq, Item.index)
     ).all()
     if rows:
@@ -255,8 +255,8 @@ def start_jobs(session: Session, job_ids: list[str], now: dt.datetime) -> None:
     """A claimed chunk starts its job: ``queued`` jobs become ``running``."""
     session.execute(
         update(Job)
-        .where(Job.id.in_(job_ids), Job.state == JobState.QUEUED.value)
-        .values(state=JobState.RUNNING.value, started_at=now)
+        .where(Job.id.in_(job_ids), Job.state == JobState.QUEUED)
+        .values(state=JobState.RUNNING, started_at=now)
     )
 
 
@@ -303,7 +303,7 @@ def renew_leases(session: Session, keys: list[tuple[str, int]], worker: str, lea
         update(Chunk)
         .where(
             keyed(Chunk.job_id, Chunk.seq, keys),
-            Chunk.state == ChunkState.RUNNING.value,
+            Chunk.state == ChunkState.RUNNING,
             Chunk.worker == worker,
         )
         .values(lease_until=utcnow() + dt.timedelta(seconds=lease_seconds))
@@ -369,7 +369,7 @@ def _lock_unfinished_chunks(session: Session, claims: list[Claim]) -> dict[str, 
             .order_by(Chunk.job_id, Chunk.seq)
             .with_for_update()
         )
-        if c.state != ChunkState.DONE.value
+        if c.state != ChunkState.DONE
     }
 
 
@@ -380,7 +380,7 @@ def _lock_queued_items(session: Session, pairs: list[tuple[str, int]]) -> set[tu
     return set(
         session.execute(
             select(Item.job_id, Item.index)
-            .where(keyed(Item.job_id, Item.index, pairs), Item.state == ItemState.QUEUED.value)
+            .where(keyed(Item.job_id, Item.index, pairs), Item.state == ItemState.QUEUED)
             .order_by(Item.job_id, Item.index)
             .with_for_update()
         ).tuples()
@@ -389,7 +389,7 @@ def _lock_queued_items(session: Session, pairs: list[tuple[str, int]]) -> set[tu
 
 def _settle_chunk(chunk: Chunk, complete: bool, now: dt.datetime) -> None:
     """A written chunk is ``done``, or ``queued`` again without a leader when it stopped early."""
-    chunk.state = ChunkState.DONE.value if complete else ChunkState.QUEUED.value
+    chunk.state = ChunkState.DONE if complete else ChunkState.QUEUED
     chunk.finished_at = now if complete else None
     chunk.lease_until = None
     chunk.leader = None
@@ -413,13 +413,13 @@ def finish_jobs_if_complete(session: Session, job_ids: list[str], now: dt.dateti
         update(Job)
         .where(
             Job.id.in_(job_ids),
-            Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+            Job.state.in_(UNFINISHED_JOB_STATES),
             Job.succeeded + Job.failed >= Job.total,
         )
         .values(
             state=case(
-                ((Job.error_code.is_not(None)) & (Job.succeeded == 0), JobState.FAILED.value),
-                else_=JobState.SUCCEEDED.value,
+                ((Job.error_code.is_not(None)) & (Job.succeeded == 0), JobState.FAILED),
+                else_=JobState.SUCCEEDED,
             ),
             finished_at=now,
         )

@@ -33,7 +33,7 @@ def worker_command(
     hostname: str | None,
 ) -> None:
     """Run a worker: consume the default queue and the queues of the models it preloads."""
-    from inferq.models import resolve_model
+    from inferq.model_sources import resolve_model
     from inferq.settings import Settings
 
     options: dict[str, Any] = {}

@@ -49,7 +49,7 @@ class LoadedModel:
 
     def read_json(self, name: str) -> Any:
         """A JSON file of the checkpoint, decoded; None where there is none. Bad JSON raises ValueError (the
-        registry turns it into `ModelLoadError`)."""
+        model cache turns it into `ModelLoadError`)."""
         found = self.file(name)
         if found is None:
             return None

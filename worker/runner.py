@@ -40,7 +40,6 @@ from inferq.db import make_sessionmaker
 from inferq.errors import AttemptsExhausted, DatabaseUnavailable, InferqError, ModelError, backoff
 from inferq.schema import Job
 from inferq.settings import Settings
-from inferq.states import FINISHED_JOB_STATES, JobState
 from worker.claims import (
     ChunkOutcome,
     Claim,
@@ -52,7 +51,7 @@ from worker.claims import (
     write_results,
 )
 from worker.engines.base import Outcome
-from worker.registry import ModelRegistry
+from worker.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class ChunkReport:
 
 
 class Runner:
-    """Runs chunks for one worker process. Holds the model registry; the caller owns nothing else.
+    """Runs chunks for one worker process. Holds the model cache; the caller owns nothing else.
 
     ``stopping`` says whether this worker is shutting down (warm shutdown): it is asked between micro-batches,
     and a chunk that has not finished is stored as far as it ran and handed back."""
@@ -95,7 +94,7 @@ class Runner:
         self,
         settings: Settings,
         sessions: sessionmaker[Session],
-        registry: ModelRegistry,
+        model_cache: ModelCache,
         worker: str,
         *,
         stopping: Callable[[], bool] = lambda: False,
@@ -103,7 +102,7 @@ class Runner:
         self.settings = settings
         self.sessions = sessions
         self.reader = make_sessionmaker(sessions.kw["bind"], read_only=True)
-        self.registry = registry
+        self.model_cache = model_cache
         self.worker = worker
         self.stopping = stopping
         #: True while a chunk runs (a SIGTERM then waits for the current micro-batch instead of killing).
@@ -199,7 +198,7 @@ class Runner:
             log.error("job %s: %s; giving its %d unfinished items up", lead.job_id, exc, len(lead.inputs))
             return [[Outcome.failure(exc) for _ in lead.inputs]], None
         try:
-            engine = self.registry.engine(lead.model, lead.task)
+            engine = self.model_cache.engine(lead.model, lead.task)
         except (ModelError, InferqError) as exc:
             # The model cannot run: every item records why, and so does every job of the batch.
             log.error("job %s: %s", lead.job_id, exc)
@@ -241,5 +240,5 @@ class _StopCheck:
         except DatabaseUnavailable:
             log.debug("job %s: cancellation check skipped, database unreachable", self.job_id)
             return False
-        self.stopped = state is None or JobState(state) in FINISHED_JOB_STATES
+        self.stopped = state is None or state.finished
         return self.stopped

@@ -19,7 +19,7 @@ from celery.exceptions import Reject
 
 from inferq import constants
 from inferq.errors import DatabaseUnavailable, TransientError, backoff
-from inferq.tasks import RUN_CHUNK
+from inferq.task_specs import RUN_CHUNK
 from worker.claims import ChunkOutcome
 from worker.runner import Runner
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 
 Arch = Literal["bert", "distilbert", "roberta"]
 

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from inferq.brokers import ChunkKey, Listed
-from inferq.tasks import RUN_CHUNK
+from inferq.task_specs import RUN_CHUNK
 
 if TYPE_CHECKING:
     from kombu import Connection

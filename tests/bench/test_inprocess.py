@@ -14,7 +14,7 @@ from bench.inprocess import (
     warm_up_items,
 )
 from inferq.errors import InferenceError
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from worker.engines.base import Outcome
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.inputs import classification_inputs, draw, fill_mask_inputs, qa_inputs, scale_rows
-from inferq.tasks import MASK_PLACEHOLDER
+from inferq.task_specs import MASK_PLACEHOLDER
 
 SENTENCES = tuple(f"Sentence number {i} says something about the {w} here." for i, w in enumerate("abcdefghij" * 3))
 

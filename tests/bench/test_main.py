@@ -8,7 +8,7 @@ import pytest
 
 from bench.__main__ import Run, targets
 from bench.measure import Measurement
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 
 
 def measured(variant: str, precision: str, per_round: list[float]) -> Measurement:

@@ -18,7 +18,7 @@ import pytest
 
 from inferq.results import Embedding, RankedDocument
 from inferq.settings import Settings
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from producer.client import Client
 from tests.reference import (
     SCORE_TOLERANCE,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from inferq.tasks import MASK_PLACEHOLDER, TaskName
+from inferq.task_specs import MASK_PLACEHOLDER, TaskName
 from producer.client import Client
 from producer.results import Answer, Entity, MaskFill
 from tests.reference import (

@@ -37,7 +37,7 @@ def broken_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny classifier whose embedding table was cut to its first `EMBEDDINGS` rows."""
     from transformers import AutoModelForSequenceClassification
 
-    from inferq.tasks import TaskName
+    from inferq.task_specs import TaskName
     from worker.tiny_models import build_model
 
     path = build_model(tmp_path_factory.mktemp("models") / "broken", TaskName.CLASSIFICATION, "distilbert")

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select, text, update
 from inferq.db import make_engine, make_sessionmaker
 from inferq.schema import Chunk, Item, Job, utcnow
 from inferq.settings import Settings
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from producer.client import store_job
 from producer.inputs import InputRecord
 from tests.support.jobs import inferq_cli

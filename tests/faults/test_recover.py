@@ -20,7 +20,7 @@ from inferq.db import make_engine, make_sessionmaker
 from inferq.recovery import Recovery, recover
 from inferq.schema import Chunk, Job, utcnow
 from inferq.settings import Settings
-from inferq.tasks import RUN_CHUNK, TaskName
+from inferq.task_specs import RUN_CHUNK, TaskName
 from producer.client import store_job
 from producer.inputs import InputRecord
 from tests.support.brokers import PrivateRedis, ready_messages, require_amqp

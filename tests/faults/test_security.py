@@ -22,15 +22,15 @@ from kombu import Connection, Exchange, Queue
 
 from inferq.db import make_engine, make_sessionmaker
 from inferq.settings import Settings
-from inferq.tasks import RUN_CHUNK, TaskName
+from inferq.task_specs import RUN_CHUNK, TaskName
 from producer.client import store_job
 from producer.inputs import InputRecord
 from tests.support.brokers import PrivateRedis, private_redis, ready_messages
 from tests.support.jobs import inferq_cli, sentences, worker_env
 from tests.support.records import Record, wait_for
 from tests.support.worker_process import worker_log
+from worker.model_cache import ModelCache
 from worker.process import running_worker
-from worker.registry import ModelRegistry
 from worker.runner import Runner
 
 pytestmark = pytest.mark.services
@@ -158,7 +158,7 @@ def runner_for(migrated_postgres: str) -> Iterator[Any]:
     def make(settings: Settings) -> Runner:
         engine = make_engine(settings)
         engines.append(engine)
-        return Runner(settings, make_sessionmaker(engine), ModelRegistry(settings), worker="test")
+        return Runner(settings, make_sessionmaker(engine), ModelCache(settings), worker="test")
 
     yield make
     for engine in engines:
@@ -201,7 +201,7 @@ def test_a_model_directory_outside_the_allowed_ones_is_refused_at_submit_and_by_
     runner = runner_for(Settings(database_url=migrated_postgres, model_dirs=[allowed]))
     job_id = a_job_naming(runner, str(slow_model))
     runner.run_chunk(job_id, 0)
-    assert runner.registry.loaded_names() == []
+    assert runner.model_cache.loaded_names() == []
     (item,) = record.items(job_id)
     assert item.error_code == "unknown_model" and "outside the allowed model directories" in (item.error_message or "")
 
@@ -235,14 +235,14 @@ def test_remote_code_never_runs_and_pickled_weights_are_never_read_beside_safete
     (both / "pytorch_model.bin").write_bytes(pickle.dumps(_CreatesAFile(marker)))
 
     # When a worker loads it, the safetensors are read and the pickle is never opened
-    loaded = ModelRegistry(Settings(database_url=migrated_postgres)).load(str(both), TaskName.CLASSIFICATION)
+    loaded = ModelCache(Settings(database_url=migrated_postgres)).load(str(both), TaskName.CLASSIFICATION)
     assert loaded.model is not None and not marker.exists()
 
     # And no code in the packages ever enables remote code
     for package in ("inferq", "producer", "worker"):
         for path in (ROOT / package).rglob("*.py"):
             assert "trust_remote_code=True" not in path.read_text(encoding="utf-8"), path
-    assert '"trust_remote_code": False' in (ROOT / "worker" / "registry.py").read_text(encoding="utf-8")
+    assert '"trust_remote_code": False' in (ROOT / "worker" / "model_cache.py").read_text(encoding="utf-8")
 
 
 def test_sql_is_never_built_from_strings() -> None:

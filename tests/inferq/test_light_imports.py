@@ -10,7 +10,7 @@ from pathlib import Path
 from inferq.db import make_engine, make_sessionmaker
 from inferq.schema import Base
 from inferq.settings import Settings
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from producer.client import store_job
 from producer.inputs import InputRecord
 
@@ -19,7 +19,7 @@ def test_producer_and_core_import_neither_torch_nor_transformers() -> None:
     # Given a fresh interpreter
     code = (
         "import sys\n"
-        "import inferq, inferq.cli, inferq.db, inferq.schema, inferq.migrate, inferq.celery_app, inferq.models\n"
+        "import inferq, inferq.cli, inferq.db, inferq.schema, inferq.migrate, inferq.celery_app, inferq.model_sources\n"
         "import producer, producer.client, producer.cli, producer.inputs, producer.export, producer.results\n"
         "from inferq.cli import main\n"
         "main.list_commands(None)\n"

@@ -20,7 +20,7 @@ from inferq.errors import JobNotFound
 from inferq.schema import Item
 from inferq.settings import Settings
 from inferq.states import ItemState
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from producer.client import Client, store_job
 from producer.export import csv_header, export_jsonl, write_csv, write_jsonl
 from producer.inputs import InputRecord

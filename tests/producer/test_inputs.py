@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inferq.errors import InvalidInput, LineError
-from inferq.tasks import MASK_PLACEHOLDER, TaskName
+from inferq.task_specs import MASK_PLACEHOLDER, TaskName
 from producer.inputs import InputRecord, Limits, ReadResult, read_inputs, validate_rows
 
 LIMITS = Limits(max_text_chars=100, max_items=1000)
@@ -470,7 +470,7 @@ def test_validate_rows_accepts_dicts_and_plain_strings_for_single_text_tasks() -
 
 
 def test_plain_strings_go_through_the_line_checks_of_single_text_tasks() -> None:
-    from inferq.tasks import TaskName, ZeroShotParams
+    from inferq.task_specs import TaskName, ZeroShotParams
 
     # Fill-mask: a plain string is a text, and must hold a mask
     result = validate_rows([(1, "a [[MASK]] here"), (2, "no mask")], TaskName.FILL_MASK, LIMITS)

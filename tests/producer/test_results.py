@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from producer.results import Answer, ClassLabel, Entity, MaskFill, ResultRow, parse_result
 
 

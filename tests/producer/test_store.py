@@ -10,7 +10,7 @@ from sqlalchemy import select
 from inferq.db import make_engine, make_sessionmaker
 from inferq.schema import Chunk, Item, Job
 from inferq.settings import Settings
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from producer.client import store_job
 from producer.inputs import InputRecord
 

@@ -30,7 +30,7 @@ from inferq.results import Embedding
 from inferq.schema import Item
 from inferq.settings import Settings
 from inferq.states import ItemState
-from inferq.tasks import TaskName, validate_params
+from inferq.task_specs import TaskName, validate_params
 from producer import vectors
 from producer.client import Client, store_job
 from producer.export import export_jsonl, export_npy, export_parquet, npy_rows_path, write_csv, write_jsonl

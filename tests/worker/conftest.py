@@ -9,7 +9,7 @@ import pytest
 
 from inferq.db import make_engine, make_sessionmaker
 from inferq.settings import Settings
-from worker.registry import ModelRegistry
+from worker.model_cache import ModelCache
 from worker.runner import Runner
 
 
@@ -21,5 +21,5 @@ def settings(migrated_postgres: str, registry_json: str) -> Settings:
 @pytest.fixture
 def runner(settings: Settings) -> Iterator[Runner]:
     engine = make_engine(settings)
-    yield Runner(settings, make_sessionmaker(engine), ModelRegistry(settings), worker="test")
+    yield Runner(settings, make_sessionmaker(engine), ModelCache(settings), worker="test")
     engine.dispose()

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from inferq.schema import Job
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from producer.client import store_job
 from producer.inputs import InputRecord
 from worker.runner import Runner

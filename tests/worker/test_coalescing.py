@@ -19,7 +19,7 @@ from inferq.settings import Settings
 from tests.reference import assert_same_labels, classification_reference
 from tests.worker.jobs import a_job, job_row
 from worker.claims import claim_chunk, claim_mates
-from worker.registry import ModelRegistry
+from worker.model_cache import ModelCache
 from worker.runner import Runner
 from worker.tiny_models import corpus
 
@@ -118,7 +118,7 @@ def test_a_batch_mixes_only_jobs_of_the_same_model_parameters_and_queue(runner: 
 def test_a_jobs_own_chunks_and_full_chunks_do_not_coalesce(runner: Runner, queue: str) -> None:
     # Given a job of three chunks of 10, with coalescing up to 10 items
     settings = runner.settings.model_copy(update={"coalesce_items": 10})
-    capped = Runner(settings, runner.sessions, runner.registry, worker="test")
+    capped = Runner(settings, runner.sessions, runner.model_cache, worker="test")
     job = a_job(runner, MODEL, list(corpus()[:30]), chunk_size=10, queue=queue)
     one = a_job(runner, MODEL, list(corpus()[30:31]), chunk_size=10, queue=queue)
 
@@ -133,7 +133,7 @@ def test_a_jobs_own_chunks_and_full_chunks_do_not_coalesce(runner: Runner, queue
 
 def test_coalescing_can_be_turned_off(runner: Runner, queue: str) -> None:
     settings = runner.settings.model_copy(update={"coalesce_items": 0})
-    alone = Runner(settings, runner.sessions, runner.registry, worker="test")
+    alone = Runner(settings, runner.sessions, runner.model_cache, worker="test")
     jobs = small_jobs(runner, queue, list(corpus()[:3]))
     assert alone.run_chunk(jobs[0], 0).mates == 0
     assert [job_row(runner, j).state for j in jobs] == ["succeeded", "queued", "queued"]
@@ -204,7 +204,7 @@ def test_a_batch_stopped_by_a_shutdown_returns_its_mates_to_their_messages(
         return asked > 2  # run_chunk asks once before claiming, the engine once before each micro-batch
 
     small = settings.model_copy(update={"max_batch_size": 2})
-    stopper = Runner(small, runner.sessions, ModelRegistry(small), worker="stopping", stopping=stopping)
+    stopper = Runner(small, runner.sessions, ModelCache(small), worker="stopping", stopping=stopping)
     texts = list(corpus()[500:508])
     jobs = small_jobs(runner, queue, texts)
 
@@ -243,7 +243,7 @@ def test_concurrent_leaders_take_disjoint_batch_mates(runner: Runner, settings: 
     # Given 40 one-item jobs and two workers leading batches at the same moment
     jobs = small_jobs(runner, queue, list(corpus()[600:640]))
     engine2 = make_engine(settings)
-    other = Runner(settings, make_sessionmaker(engine2), runner.registry, worker="other")
+    other = Runner(settings, make_sessionmaker(engine2), runner.model_cache, worker="other")
     barrier = threading.Barrier(2)
     reports: list[Any] = []
 
@@ -275,7 +275,7 @@ def test_small_jobs_share_a_batch_on_the_embedded_sqlite_database(
     # Given one-item jobs in the embedded default's SQLite database (no row locks there: the database is the lock)
     settings = Settings(database_url=sqlite_settings.database_url, models=json.loads(registry_json))
     engine = make_engine(settings)
-    lite = Runner(settings, make_sessionmaker(engine), ModelRegistry(settings), worker="lite")
+    lite = Runner(settings, make_sessionmaker(engine), ModelCache(settings), worker="lite")
     texts = list(corpus()[800:812])
     jobs = small_jobs(lite, "q", texts)
 

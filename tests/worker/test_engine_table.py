@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import re
 
-from inferq.tasks import TASKS, TaskName
+from inferq.task_specs import TASKS, TaskName
 from worker.engines import ENGINES, engine_class
 
 
@@ -19,7 +19,7 @@ def test_every_task_has_an_engine_that_names_its_task_and_auto_class() -> None:
 
 
 def test_engines_never_spell_a_parameter_default() -> None:
-    # Defaults live in the parameter models (inferq.tasks); an engine reading ``params.get("top_k", 1)`` or
+    # Defaults live in the parameter models (inferq.task_specs); an engine reading ``params.get("top_k", 1)`` or
     # ``params["top_k"]`` would write one a second time.
     for task in TaskName:
         source = inspect.getsource(inspect.getmodule(engine_class(task)))  # type: ignore[arg-type]

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from inferq.settings import Settings
-from inferq.tasks import TaskName, validate_params
-from worker.registry import ModelRegistry
+from inferq.task_specs import TaskName, validate_params
+from worker.model_cache import ModelCache
 from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.gpu
@@ -20,9 +20,9 @@ def test_classification_on_cuda_matches_the_cpu(registry_json: str, precision: s
     settings = Settings(models=json.loads(registry_json), max_batch_tokens=4096)
     inputs = [{"text": t} for t in corpus()[:500]]
     params = validate_params(TaskName.CLASSIFICATION, {"top_k": None})
-    cpu = ModelRegistry(settings, device="cpu").engine("cls-roberta", TaskName.CLASSIFICATION).run(inputs, params)
+    cpu = ModelCache(settings, device="cpu").engine("cls-roberta", TaskName.CLASSIFICATION).run(inputs, params)
     gpu = (
-        ModelRegistry(settings, device="cuda:0", precision=precision)
+        ModelCache(settings, device="cuda:0", precision=precision)
         .engine("cls-roberta", TaskName.CLASSIFICATION)
         .run(inputs, params)
     )

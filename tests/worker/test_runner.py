@@ -48,7 +48,7 @@ def test_concurrent_duplicate_deliveries_give_one_result_per_item(runner: Runner
     # Given one chunk delivered to two workers at the same time
     job_id = a_job(runner, "cls-roberta", list(corpus()[:60]), chunk_size=60)
     engine2 = make_engine(settings)
-    other = Runner(settings, make_sessionmaker(engine2), runner.registry, worker="other")
+    other = Runner(settings, make_sessionmaker(engine2), runner.model_cache, worker="other")
     reports: list[Any] = []
     barrier = threading.Barrier(2)
 

@@ -2,7 +2,7 @@
 ``preprocess(inputs) → features``, ``forward(batch) → tensors`` (tensor work only), ``postprocess → results``.
 Batching (length sort, token budget, padding) lives in `worker.engines.batching`, shared by every task.
 
-`ENGINES` is the worker's half of the per-task table (the producer's half is `inferq.tasks.TASKS`): task → the
+`ENGINES` is the worker's half of the per-task table (the producer's half is `inferq.task_specs.TASKS`): task → the
 engine class, named by module so that nothing imports torch before a model is needed. Each engine class names
 its transformers auto class (`Engine.auto_model`)."""
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 
 if TYPE_CHECKING:
     from worker.engines.base import Engine

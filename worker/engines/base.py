@@ -11,7 +11,7 @@ import numpy as np
 
 from inferq.errors import InferenceError, InferqError
 from inferq.states import ItemState
-from inferq.tasks import TaskName, TaskParams, read_params
+from inferq.task_specs import TaskName, TaskParams, read_params
 from worker.engines.batching import (
     CPU_BATCH_COST_TOKENS,
     BatchOutputs,
@@ -59,7 +59,7 @@ class Outcome:
         """The item's columns this outcome sets: its state, result and top-result columns, or error."""
         error = self.error
         return {
-            "state": (ItemState.SUCCEEDED if error is None else ItemState.FAILED).value,
+            "state": ItemState.SUCCEEDED if error is None else ItemState.FAILED,
             "result": self.result if error is None else None,
             **{name: getattr(self, name) if error is None else None for name in RESULT_COLUMNS},
             "error_code": error.code if error is not None else None,
@@ -74,11 +74,11 @@ class Engine(ABC, Generic[P]):
     """``run(inputs, params)``: preprocess every input, forward the features in micro-batches, postprocess.
 
     Subclasses implement `preprocess`, `forward` and `postprocess`, which receive the job's typed parameters
-    (`inferq.tasks.TaskParams`, validated once when the chunk was claimed). ``forward`` is the hot path: tensor
+    (`inferq.task_specs.TaskParams`, validated once when the chunk was claimed). ``forward`` is the hot path: tensor
     work only, on tensors already on the device, under ``torch.inference_mode`` (set up here, not there)."""
 
     task: ClassVar[TaskName]
-    #: The transformers auto class the registry loads the model with (``AutoModelForSequenceClassification`` …).
+    #: The transformers auto class the model cache loads the model with (``AutoModelForSequenceClassification`` …).
     auto_model: ClassVar[str]
     #: The auto class must find its head in the checkpoint: a checkpoint without one (a bare encoder for a
     #: classification task) is refused at load instead of running a randomly initialised head.

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from inferq.tasks import ClassificationParams, TaskName
+from inferq.task_specs import ClassificationParams, TaskName
 from worker.engines.base import Engine, Outcome, sigmoid, softmax
 from worker.engines.batching import Features, RunOutputs
 

@@ -5,7 +5,7 @@ The model's sentence-transformers files say what to compute; they are read once,
 
 * ``modules.json``: a ``Transformer`` (its files at the model's root), then ``Pooling``, any ``Dense`` layers, and
   an optional ``Normalize``. Any other module (``Asym``/``Router``, ``CNN``, ``WordEmbeddings``, custom code …) is
-  refused with `ValueError` naming it (the registry makes that a `ModelLoadError`);
+  refused with `ValueError` naming it (the model cache makes that a `ModelLoadError`);
 * ``sentence_bert_config.json`` (or one of its legacy names): ``max_seq_length`` (the truncation length),
   ``do_lower_case`` (a ``Lowercase`` normalizer put in front of the tokenizer's, as sentence-transformers does);
 * ``1_Pooling/config.json`` (the pooling module's own directory): the pooling modes (``pooling_mode``, or the
@@ -23,7 +23,7 @@ kept count (clamped to 1e-9), ``lasttoken`` takes the last kept position. With `
 first ``prompt_length`` positions leave the mask, ``prompt_length`` being the length of the prompt tokenized
 alone, less a trailing special token (`Engine` measures it as sentence-transformers' ``_get_prompt_length`` does).
 
-Parameters (`inferq.tasks.EmbeddingParams`): ``normalize`` ``None`` follows the ``Normalize`` module;
+Parameters (`inferq.task_specs.EmbeddingParams`): ``normalize`` ``None`` follows the ``Normalize`` module;
 ``False`` gives the pooled (and ``Dense``) vector; ``dimensions`` keeps the first components and, when
 normalizing, normalizes again (``encode(truncate_dim=d, normalize_embeddings=True)``); without ``dimensions``
 the config's ``truncate_dim`` applies, as in ``encode``.
@@ -63,7 +63,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from inferq.errors import InferqError, InvalidParameter
-from inferq.tasks import EmbeddingParams, TaskName
+from inferq.task_specs import EmbeddingParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import BatchOutputs, Features, RunOutputs
 from worker.loaded import LoadedModel, position_limit

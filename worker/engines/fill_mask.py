@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from inferq.errors import InputError, InvalidParameter, ModelLoadError
-from inferq.tasks import MASK_PLACEHOLDER, FillMaskParams, TaskName
+from inferq.task_specs import MASK_PLACEHOLDER, FillMaskParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import BatchOutputs, Features, RunOutputs
 

@@ -47,7 +47,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from inferq.errors import InferqError, InputError, ModelLoadError
-from inferq.tasks import QuestionAnsweringParams, TaskName
+from inferq.task_specs import QuestionAnsweringParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import BatchOutputs, Features, RunOutputs
 from worker.loaded import LoadedModel

@@ -12,14 +12,14 @@ first.
   takes for the model (`resolve_activation`): the ``activation_fn`` of a CrossEncoder save's
   ``config_sentence_transformers.json``, else ``config.json``'s ``sentence_transformers.activation_fn`` (saves of
   sentence-transformers 4 and 5), else the older ``sbert_ce_default_activation_function``, else ``Sigmoid``. As
-  CrossEncoder does without ``trust_remote_code`` (the registry never trusts remote code), only ``torch.*``
+  CrossEncoder does without ``trust_remote_code`` (the model cache never trusts remote code), only ``torch.*``
   classes are taken from a config; any other falls back to the next rule's default.
 * A saved CrossEncoder's default prompt (``default_prompt_name`` in ``config_sentence_transformers.json``) is put
   before every query, as ``CrossEncoder.predict`` puts it; its ``max_seq_length`` (``sentence_bert_config.json``)
   is the maximum length.
 * Ranking: by score, best first; equal scores keep the documents' order (CrossEncoder's stable ``sorted``).
 
-Refused at load (``ValueError``, which the registry reports as ``ModelLoadError``): a model with more than one
+Refused at load (``ValueError``, which the model cache reports as ``ModelLoadError``): a model with more than one
 label (``CrossEncoder.rank`` refuses it too), and a sentence-transformers save whose modules are more than the one
 ``Transformer`` module (a ``Dense`` score head, a ``LogitScore`` over a causal LM …) that this engine would not
 run.
@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from inferq.tasks import RerankParams, TaskName
+from inferq.task_specs import RerankParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import Features, RunOutputs
 from worker.loaded import LoadedModel

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from inferq.tasks import TaskName, TokenClassificationParams
+from inferq.task_specs import TaskName, TokenClassificationParams
 from worker.engines.base import Engine, Outcome, softmax
 from worker.engines.batching import Features, RunOutputs
 

@@ -13,7 +13,7 @@
   with ``multi_label`` or a single label, per label the softmax over its [contradiction, entailment] logits.
 * The result lists every label, best first, in the pipeline's order (``reversed(scores.argsort())``).
 
-A model without an entailment label is refused at load (``ValueError``, reported by the registry as
+A model without an entailment label is refused at load (``ValueError``, reported by the model cache as
 ``ModelLoadError``); the pipeline only warns and then reads the last logit as entailment.
 
 Differences from the pipeline, on purpose: softmaxes are taken with the maximum subtracted first (the pipeline
@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from inferq.errors import InputError
-from inferq.tasks import TaskName, ZeroShotParams
+from inferq.task_specs import TaskName, ZeroShotParams
 from worker.engines.base import Engine, Outcome, softmax
 from worker.engines.batching import Features, RunOutputs
 from worker.loaded import LoadedModel

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from inferq.settings import Settings
-from inferq.tasks import TaskName, validate_params
+from inferq.task_specs import TaskName, validate_params
 from tests.reference import assert_same_labels, classification_reference
-from worker.registry import ModelRegistry
+from worker.model_cache import ModelCache
 from worker.tiny_models import corpus
 
 EDGE_TEXTS = [
@@ -26,7 +26,7 @@ EDGE_TEXTS = [
 
 def run_engine(registry_json: str, model: str, inputs: list[dict[str, Any]], **params: Any) -> list[Any]:
     settings = Settings(models=json.loads(registry_json), max_batch_tokens=512, max_batch_size=16)
-    engine = ModelRegistry(settings).engine(model, TaskName.CLASSIFICATION)
+    engine = ModelCache(settings).engine(model, TaskName.CLASSIFICATION)
     outcomes = engine.run(inputs, validate_params(TaskName.CLASSIFICATION, params))
     assert all(o is not None and o.ok for o in outcomes)
     return outcomes
@@ -82,7 +82,7 @@ def test_a_batch_that_runs_out_of_device_memory_is_split_and_every_item_still_ge
     # Given a model whose device holds at most 4 sequences at a time (a forward hook raises the error a CUDA
     # device raises when a batch does not fit)
     settings = Settings(models=json.loads(registry_json), max_batch_tokens=512, max_batch_size=16)
-    engine = ModelRegistry(settings).engine("cls-roberta", TaskName.CLASSIFICATION)
+    engine = ModelCache(settings).engine("cls-roberta", TaskName.CLASSIFICATION)
     batch_sizes: list[int] = []
 
     def device_memory(module: Any, args: Any, kwargs: dict[str, Any]) -> None:

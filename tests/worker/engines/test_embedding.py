@@ -2,7 +2,7 @@
 all-MiniLM-L6-v2 (mean pooling + Normalize, max_seq_length 256, legacy pooling config) and on tiny models built
 here as sentence-transformers directories (`worker.tiny_models.build_sentence_transformer`).
 
-Every engine is loaded as a worker loads it (`ModelRegistry`), and every vector is read back from the bytes the
+Every engine is loaded as a worker loads it (`ModelCache`), and every vector is read back from the bytes the
 engine stores (`Outcome.vector`)."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 
 from inferq.errors import ModelLoadError
 from inferq.settings import Settings
-from inferq.tasks import TaskName, validate_params
+from inferq.task_specs import TaskName, validate_params
 from worker.engines.base import Engine, Outcome
 from worker.engines.embedding import EmbeddingEngine
-from worker.registry import ModelRegistry
+from worker.model_cache import ModelCache
 from worker.tiny_models import build_model, build_sentence_transformer, corpus
 
 #: Largest accepted difference between an engine's component and sentence-transformers'.
@@ -60,7 +60,7 @@ def make_engine(source: str | Path, *, precision: str = "fp32", max_batch_tokens
         max_batch_tokens=max_batch_tokens,
         max_batch_size=64,
     )
-    engine = ModelRegistry(settings).engine("m", TaskName.EMBEDDING)
+    engine = ModelCache(settings).engine("m", TaskName.EMBEDDING)
     assert isinstance(engine, EmbeddingEngine)
     return engine
 
@@ -360,7 +360,7 @@ def test_include_prompt_false_leaves_the_prompt_out_of_pooling(tiny: TinyModels)
 
 
 def engine_params(**params: Any) -> Any:
-    from inferq.tasks import read_params
+    from inferq.task_specs import read_params
 
     return read_params(TaskName.EMBEDDING, validate_params(TaskName.EMBEDDING, params))
 

@@ -22,11 +22,11 @@ import pytest
 
 from inferq.errors import InputError, InvalidParameter
 from inferq.settings import ModelSpec, Settings
-from inferq.tasks import MASK_PLACEHOLDER, TaskName, read_params, validate_params
+from inferq.task_specs import MASK_PLACEHOLDER, TaskName, read_params, validate_params
 from worker.engines.base import Outcome
 from worker.engines.batching import plan_batches
 from worker.engines.fill_mask import FillMaskEngine
-from worker.registry import ModelRegistry
+from worker.model_cache import ModelCache
 from worker.tiny_models import Arch, build_model, corpus
 
 SCORE_TOLERANCE = 1e-5
@@ -66,12 +66,12 @@ def fill_mask_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def fill_mask_registry(fill_mask_dirs: dict[str, Path]) -> ModelRegistry:
+def fill_mask_cache(fill_mask_dirs: dict[str, Path]) -> ModelCache:
     settings = Settings(
         models={arch: ModelSpec(source=str(path.resolve())) for arch, path in fill_mask_dirs.items()},
         max_batch_tokens=MAX_BATCH_TOKENS,
     )
-    return ModelRegistry(settings, device="cpu", precision="fp32")
+    return ModelCache(settings, device="cpu", precision="fp32")
 
 
 @functools.cache
@@ -82,11 +82,11 @@ def _pipeline(path: str) -> Any:
 
 
 class Model:
-    """One arch under test: the engine (through the registry) and the pipeline on the same directory."""
+    """One arch under test: the engine (through the model cache) and the pipeline on the same directory."""
 
-    def __init__(self, registry: ModelRegistry, dirs: dict[str, Path], arch: str) -> None:
+    def __init__(self, model_cache: ModelCache, dirs: dict[str, Path], arch: str) -> None:
         self.arch = arch
-        engine = registry.engine(arch, TaskName.FILL_MASK)
+        engine = model_cache.engine(arch, TaskName.FILL_MASK)
         assert isinstance(engine, FillMaskEngine)
         self.engine = engine
         self.pipe = _pipeline(str(dirs[arch].resolve()))
@@ -112,9 +112,9 @@ class Model:
 
 
 def _model(request: pytest.FixtureRequest, arch: str) -> Model:
-    registry = request.getfixturevalue("fill_mask_registry")
+    model_cache = request.getfixturevalue("fill_mask_cache")
     dirs = request.getfixturevalue("fill_mask_dirs")
-    return Model(registry, dirs, arch)
+    return Model(model_cache, dirs, arch)
 
 
 # -- inputs --------------------------------------------------------------------------------------------
@@ -409,17 +409,17 @@ def other_mlm_dirs(fill_mask_dirs: dict[str, Path], tmp_path_factory: pytest.Tem
     return dirs
 
 
-def _registry(dirs: dict[str, Path], precision: str) -> ModelRegistry:
+def _model_cache(dirs: dict[str, Path], precision: str) -> ModelCache:
     settings = Settings(
         models={arch: ModelSpec(source=str(path.resolve())) for arch, path in dirs.items()},
         max_batch_tokens=MAX_BATCH_TOKENS,
     )
-    return ModelRegistry(settings, device="cpu", precision=precision)
+    return ModelCache(settings, device="cpu", precision=precision)
 
 
 @pytest.fixture(scope="session")
-def other_mlm_registry(other_mlm_dirs: dict[str, Path]) -> ModelRegistry:
-    return _registry(other_mlm_dirs, "fp32")
+def other_mlm_cache(other_mlm_dirs: dict[str, Path]) -> ModelCache:
+    return _model_cache(other_mlm_dirs, "fp32")
 
 
 def projection_inputs(engine: FillMaskEngine, run: Callable[[], Any]) -> tuple[Any, list[tuple[int, ...]]]:
@@ -446,8 +446,8 @@ def test_head_runs_on_the_masks_only(request: pytest.FixtureRequest, arch: str) 
     if arch in ARCHS:
         model = _model(request, arch)
     else:
-        registry, dirs = request.getfixturevalue("other_mlm_registry"), request.getfixturevalue("other_mlm_dirs")
-        model = Model(registry, dirs, arch)
+        model_cache, dirs = request.getfixturevalue("other_mlm_cache"), request.getfixturevalue("other_mlm_dirs")
+        model = Model(model_cache, dirs, arch)
     texts = mixed_texts(model.mask_token)
     features = model.engine.preprocess([{"text": t} for t in texts], read_params(TaskName.FILL_MASK, {}))
     n_masks = sum(len(p) for p in features.extra["mask_positions"])
@@ -467,8 +467,8 @@ def test_head_runs_on_the_masks_only(request: pytest.FixtureRequest, arch: str) 
 
 def test_unknown_architecture_runs_the_whole_model(request: pytest.FixtureRequest) -> None:
     # Given a masked-LM architecture without a known encoder/head split (ELECTRA's generator)
-    registry, dirs = request.getfixturevalue("other_mlm_registry"), request.getfixturevalue("other_mlm_dirs")
-    model = Model(registry, dirs, "electra")
+    model_cache, dirs = request.getfixturevalue("other_mlm_cache"), request.getfixturevalue("other_mlm_dirs")
+    model = Model(model_cache, dirs, "electra")
     texts = mixed_texts(model.mask_token)
 
     # When the engine fills texts with it
@@ -486,7 +486,7 @@ def test_int8_head_runs_the_quantized_modules_on_the_masks(fill_mask_dirs: dict[
     # Given the model loaded at int8 (dynamic quantization replaces every nn.Linear, the head's too)
     import torch
 
-    engine = _registry({arch: fill_mask_dirs[arch]}, "int8").engine(arch, TaskName.FILL_MASK)
+    engine = _model_cache({arch: fill_mask_dirs[arch]}, "int8").engine(arch, TaskName.FILL_MASK)
     assert isinstance(engine, FillMaskEngine)
     assert isinstance(engine.model.get_output_embeddings(), torch.ao.nn.quantized.dynamic.Linear)
     texts = mixed_texts(engine.tokenizer.mask_token)

@@ -3,7 +3,7 @@
 transformers 5.3+ has no question-answering pipeline, so the reference is stored: tests/fixtures/qa_reference/
 reference.json, written by make_reference.py (next to it) with transformers 5.2.0 in a separate environment, for
 the two committed tiny models in tests/fixtures/models (qa-bert: WordPiece, lower-cased; qa-roberta: byte-level
-BPE). Every case is run here through the engine, loaded as a worker loads it (`ModelRegistry`), with a small
+BPE). Every case is run here through the engine, loaded as a worker loads it (`ModelCache`), with a small
 token budget so that the windows of one long context land in different micro-batches.
 """
 
@@ -21,12 +21,12 @@ import pytest
 
 from inferq.errors import InputError
 from inferq.settings import Settings
-from inferq.tasks import TaskName, read_params, validate_params
+from inferq.task_specs import TaskName, read_params, validate_params
 from tests.reference import SCORE_TOLERANCE
 from worker.engines.base import Engine
 from worker.engines.batching import plan_batches
 from worker.engines.question_answering import _band_spans, _decode_spans_full, select_spans
-from worker.registry import ModelRegistry
+from worker.model_cache import ModelCache
 from worker.tiny_models import corpus
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -55,17 +55,17 @@ def _group_id(key: tuple[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def registry() -> ModelRegistry:
+def model_cache() -> ModelCache:
     settings = Settings(
         models={name: str(FIXTURES / "models" / name) for name in MODELS},
         max_batch_tokens=MAX_BATCH_TOKENS,
         max_batch_size=16,
     )
-    return ModelRegistry(settings, device="cpu", precision="fp32")
+    return ModelCache(settings, device="cpu", precision="fp32")
 
 
-def qa_engine(registry: ModelRegistry, model: str) -> Engine:
-    return registry.engine(model, TaskName.QUESTION_ANSWERING)
+def qa_engine(model_cache: ModelCache, model: str) -> Engine:
+    return model_cache.engine(model, TaskName.QUESTION_ANSWERING)
 
 
 def test_the_reference_covers_what_the_engine_must_match() -> None:
@@ -89,7 +89,7 @@ def test_the_reference_covers_what_the_engine_must_match() -> None:
 
 
 @pytest.mark.parametrize("key", list(GROUPS), ids=[_group_id(k) for k in GROUPS])
-def test_answers_match_the_transformers_5_2_pipeline(key: tuple[str, str], registry: ModelRegistry) -> None:
+def test_answers_match_the_transformers_5_2_pipeline(key: tuple[str, str], model_cache: ModelCache) -> None:
     # Given the reference cases of one model and one set of parameters
     model, params_json = key
     cases = GROUPS[key]
@@ -98,7 +98,7 @@ def test_answers_match_the_transformers_5_2_pipeline(key: tuple[str, str], regis
 
     # When the engine answers all of them in one run
     inputs = [{"question": c["question"], "context": c["context"]} for c in cases]
-    outcomes = qa_engine(registry, model).run(inputs, params)
+    outcomes = qa_engine(model_cache, model).run(inputs, params)
 
     # Then every answer is the pipeline's: same texts and character offsets, in the same order, scores within
     # tolerance, each answer being the context's slice at its offsets
@@ -128,9 +128,9 @@ def _same_answers(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> bool
     )
 
 
-def test_a_context_longer_than_max_seq_len_is_split_into_overlapping_windows(registry: ModelRegistry) -> None:
+def test_a_context_longer_than_max_seq_len_is_split_into_overlapping_windows(model_cache: ModelCache) -> None:
     # Given a long context (hundreds of tokens) and a short one, with windows of 64 tokens and a stride of 16
-    engine = qa_engine(registry, "qa-bert")
+    engine = qa_engine(model_cache, "qa-bert")
     long_context = " ".join(corpus()[100:130])
     inputs = [
         {"question": "What is raised?", "context": long_context},
@@ -170,9 +170,9 @@ def test_a_context_longer_than_max_seq_len_is_split_into_overlapping_windows(reg
             assert answer["answer"] == item["context"][answer["start"] : answer["end"]]
 
 
-def test_a_question_that_leaves_no_room_for_the_context_fails_alone(registry: ModelRegistry) -> None:
+def test_a_question_that_leaves_no_room_for_the_context_fails_alone(model_cache: ModelCache) -> None:
     # Given windows of 64 tokens with a stride of 32, and one question that takes most of a window
-    engine = qa_engine(registry, "qa-roberta")
+    engine = qa_engine(model_cache, "qa-roberta")
     context = " ".join(corpus()[:20])
     inputs = [
         {"question": "What is raised?", "context": context},

@@ -4,7 +4,7 @@ a real one is met: a sentence-transformers 6 save (activation in ``config_senten
 sentence-transformers 4/5 save (activation in ``config.json``), a plain transformers checkpoint (no activation:
 Sigmoid), and a save with a default query prompt and an activation CrossEncoder does not trust.
 
-Engines are loaded as a worker loads them (`ModelRegistry`), with a small token budget so that one line's pairs
+Engines are loaded as a worker loads them (`ModelCache`), with a small token budget so that one line's pairs
 land in several micro-batches, mixed with other lines' pairs.
 """
 
@@ -24,11 +24,11 @@ import pytest
 
 from inferq.errors import ModelLoadError
 from inferq.settings import Settings
-from inferq.tasks import TaskName, validate_params
+from inferq.task_specs import TaskName, validate_params
 from tests.reference import SCORE_TOLERANCE, assert_same_ranking
 from worker.engines.base import Outcome
 from worker.engines.rerank import DEFAULT_ACTIVATION, RerankEngine, pairs_of, resolve_activation
-from worker.registry import ModelRegistry
+from worker.model_cache import ModelCache
 from worker.tiny_models import build_config, build_cross_encoder, build_model, build_tokenizer, corpus
 
 MAX_BATCH_TOKENS = 256
@@ -58,11 +58,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def registry(models: dict[str, Path]) -> ModelRegistry:
+def model_cache(models: dict[str, Path]) -> ModelCache:
     settings = Settings(
         models={name: str(path) for name, path in models.items()}, max_batch_tokens=MAX_BATCH_TOKENS, max_batch_size=16
     )
-    return ModelRegistry(settings)
+    return ModelCache(settings)
 
 
 @functools.cache
@@ -99,8 +99,8 @@ def lines() -> list[dict[str, Any]]:
 LINES = lines()
 
 
-def run(registry: ModelRegistry, model: str, inputs: list[dict[str, Any]], **params: Any) -> list[Outcome]:
-    engine = registry.engine(model, TaskName.RERANK)
+def run(model_cache: ModelCache, model: str, inputs: list[dict[str, Any]], **params: Any) -> list[Outcome]:
+    engine = model_cache.engine(model, TaskName.RERANK)
     outcomes = engine.run(inputs, validate_params(TaskName.RERANK, params))
     assert all(o is not None and o.ok for o in outcomes), [o.error for o in outcomes if o is not None]
     return [o for o in outcomes if o is not None]
@@ -116,15 +116,15 @@ def reference(path: Path, line: dict[str, Any], **params: Any) -> list[dict[str,
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_scores_and_ranking_match_the_cross_encoder(
-    model: str, models: dict[str, Path], registry: ModelRegistry
+    model: str, models: dict[str, Path], model_cache: ModelCache
 ) -> None:
     # The activation CrossEncoder chose for the saved model is the engine's default
     ce = cross_encoder(str(models[model]))
     expected_activation = MODELS[model][2]
     assert f"{type(ce.activation_fn).__module__}.{type(ce.activation_fn).__name__}" == expected_activation
-    assert registry.engine(model, TaskName.RERANK).default_activation == expected_activation  # type: ignore[attr-defined]
+    assert model_cache.engine(model, TaskName.RERANK).default_activation == expected_activation  # type: ignore[attr-defined]
 
-    outcomes = run(registry, model, LINES)
+    outcomes = run(model_cache, model, LINES)
 
     # Every pair's score equals CrossEncoder.predict on all pairs at once
     pairs = [[q, d] for line in LINES for q, docs in [pairs_of(line)] for d in docs]
@@ -142,9 +142,9 @@ def test_scores_and_ranking_match_the_cross_encoder(
 @pytest.mark.parametrize("model", ["ce-bert", "ce-roberta"])
 @pytest.mark.parametrize(("top_k", "return_documents"), [(1, True), (5, False), (5, True), (None, True)])
 def test_top_k_and_return_documents_match_rank(
-    model: str, top_k: int | None, return_documents: bool, models: dict[str, Path], registry: ModelRegistry
+    model: str, top_k: int | None, return_documents: bool, models: dict[str, Path], model_cache: ModelCache
 ) -> None:
-    outcomes = run(registry, model, LINES, top_k=top_k, return_documents=return_documents)
+    outcomes = run(model_cache, model, LINES, top_k=top_k, return_documents=return_documents)
     for i, (line, o) in enumerate(zip(LINES, outcomes, strict=True)):
         want = reference(models[model], line, top_k=top_k, return_documents=return_documents)
         assert_same_ranking(o.result, want, key=("index",), where=f"{model}[{i}]")
@@ -157,12 +157,12 @@ def test_top_k_and_return_documents_match_rank(
 @pytest.mark.parametrize("model", ["ce-bert", "ce-roberta"])
 @pytest.mark.parametrize("activation", ["none", "sigmoid"])
 def test_activation_parameter_matches_rank_with_that_activation(
-    model: str, activation: str, models: dict[str, Path], registry: ModelRegistry
+    model: str, activation: str, models: dict[str, Path], model_cache: ModelCache
 ) -> None:
     from torch import nn
 
     fn = nn.Identity() if activation == "none" else nn.Sigmoid()
-    outcomes = run(registry, model, LINES, activation=activation, top_k=10)
+    outcomes = run(model_cache, model, LINES, activation=activation, top_k=10)
     for i, (line, o) in enumerate(zip(LINES, outcomes, strict=True)):
         want = reference(models[model], line, top_k=10, activation_fn=fn)
         assert_same_ranking(o.result, want, key=("index",), where=f"{model}/{activation}[{i}]")
@@ -174,14 +174,14 @@ def test_activation_parameter_matches_rank_with_that_activation(
 
 
 def test_a_line_with_200_documents_is_200_features_split_across_micro_batches(
-    models: dict[str, Path], registry: ModelRegistry
+    models: dict[str, Path], model_cache: ModelCache
 ) -> None:
     # Given a line with 200 documents beside two small lines
     rng = random.Random(11)
     sentences = corpus()
     big = {"query": "How are exceptions raised?", "documents": [rng.choice(sentences) for _ in range(200)]}
     inputs = [LINES[0], big, LINES[2]]
-    engine = registry.engine("ce-bert", TaskName.RERANK)
+    engine = model_cache.engine("ce-bert", TaskName.RERANK)
     assert isinstance(engine, RerankEngine)
     params = validate_params(TaskName.RERANK, {"top_k": 20})
 
@@ -200,19 +200,19 @@ def test_a_line_with_200_documents_is_200_features_split_across_micro_batches(
     assert sorted(np.concatenate(plan).tolist()) == list(range(len(features)))
 
     # And the result equals CrossEncoder.rank
-    outcomes = run(registry, "ce-bert", inputs, top_k=20)
+    outcomes = run(model_cache, "ce-bert", inputs, top_k=20)
     for i, (line, o) in enumerate(zip(inputs, outcomes, strict=True)):
         assert_same_ranking(o.result, reference(models["ce-bert"], line, top_k=20), key=("index",), where=str(i))
 
 
 def engine_params(stored: dict[str, Any]) -> Any:
-    from inferq.tasks import read_params
+    from inferq.task_specs import read_params
 
     return read_params(TaskName.RERANK, stored)
 
 
-def test_the_default_prompt_of_a_saved_cross_encoder_goes_before_the_query(registry: ModelRegistry) -> None:
-    engine = registry.engine("ce-bert-prompt", TaskName.RERANK)
+def test_the_default_prompt_of_a_saved_cross_encoder_goes_before_the_query(model_cache: ModelCache) -> None:
+    engine = model_cache.engine("ce-bert-prompt", TaskName.RERANK)
     assert engine.prompt == "query: "  # type: ignore[attr-defined]
     features = engine.preprocess([{"query": "q", "documents": ["d"]}], engine_params({}))
     assert features.input_ids[0] == engine.tokenizer("query: q", "d")["input_ids"]
@@ -223,9 +223,9 @@ def test_a_saved_max_seq_length_truncates_as_in_the_cross_encoder(models: dict[s
     shutil.copytree(models["ce-bert"], path)
     module = json.loads((path / "sentence_bert_config.json").read_text())
     (path / "sentence_bert_config.json").write_text(json.dumps({**module, "max_seq_length": 24}))
-    registry = ModelRegistry(Settings(models={"short": str(path)}, max_batch_tokens=MAX_BATCH_TOKENS))
-    outcomes = run(registry, "short", LINES[:8])
-    assert max(registry.engine("short", TaskName.RERANK).preprocess(LINES[:8], engine_params({})).lengths) == 24
+    model_cache = ModelCache(Settings(models={"short": str(path)}, max_batch_tokens=MAX_BATCH_TOKENS))
+    outcomes = run(model_cache, "short", LINES[:8])
+    assert max(model_cache.engine("short", TaskName.RERANK).preprocess(LINES[:8], engine_params({})).lengths) == 24
     for i, (line, o) in enumerate(zip(LINES, outcomes, strict=False)):
         assert_same_ranking(o.result, reference(path, line), key=("index",), where=f"short[{i}]")
 
@@ -235,9 +235,9 @@ def test_a_saved_max_seq_length_truncates_as_in_the_cross_encoder(models: dict[s
 
 def test_a_model_with_more_than_one_label_is_refused(tmp_path: Path) -> None:
     path = build_model(tmp_path / "two", TaskName.RERANK, "bert", labels=["no", "yes"])
-    registry = ModelRegistry(Settings(models={"two": str(path)}))
+    model_cache = ModelCache(Settings(models={"two": str(path)}))
     with pytest.raises(ModelLoadError, match=r"2 labels \(no, yes\).*CrossEncoder.rank refuses"):
-        registry.engine("two", TaskName.RERANK)
+        model_cache.engine("two", TaskName.RERANK)
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
@@ -251,11 +251,11 @@ def test_an_embedding_checkpoint_without_a_classification_head_is_refused(arch: 
     model = AutoModel.from_config(build_config(arch, len(tokenizer), max_length=64))  # type: ignore[arg-type]
     model.save_pretrained(tmp_path / "bare")
     tokenizer.save_pretrained(tmp_path / "bare")
-    registry = ModelRegistry(Settings(models={"bare": str(tmp_path / "bare")}))
+    model_cache = ModelCache(Settings(models={"bare": str(tmp_path / "bare")}))
 
-    # Then the registry's head check refuses it instead of running a random head
+    # Then the model cache's head check refuses it instead of running a random head
     with pytest.raises(ModelLoadError, match=r"no rerank head .*classifier"):
-        registry.engine("bare", TaskName.RERANK)
+        model_cache.engine("bare", TaskName.RERANK)
 
 
 def test_a_cross_encoder_save_with_other_modules_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
@@ -264,9 +264,9 @@ def test_a_cross_encoder_save_with_other_modules_is_refused(models: dict[str, Pa
     modules = json.loads((path / "modules.json").read_text())
     modules.append({"idx": 1, "name": "1", "path": "1_Dense", "type": "sentence_transformers.base.modules.Dense"})
     (path / "modules.json").write_text(json.dumps(modules))
-    registry = ModelRegistry(Settings(models={"m": str(path)}))
+    model_cache = ModelCache(Settings(models={"m": str(path)}))
     with pytest.raises(ModelLoadError, match="not one sequence-classification Transformer module"):
-        registry.engine("m", TaskName.RERANK)
+        model_cache.engine("m", TaskName.RERANK)
 
 
 # -- the activation CrossEncoder would choose ------------------------------------------------------------
@@ -295,9 +295,9 @@ def test_default_activation_is_the_one_cross_encoder_chooses(
     assert resolve_activation(st_config, SimpleNamespace(**config)) == want
 
 
-def test_scores_are_floats_and_ties_keep_document_order(registry: ModelRegistry) -> None:
+def test_scores_are_floats_and_ties_keep_document_order(model_cache: ModelCache) -> None:
     # The same document three times scores the same (within float noise): the earlier comes first, as in rank
-    outcomes = run(registry, "ce-roberta", [{"query": "q", "documents": ["a b", "a b", "a b"]}])
+    outcomes = run(model_cache, "ce-roberta", [{"query": "q", "documents": ["a b", "a b", "a b"]}])
     result = outcomes[0].result
     assert all(isinstance(r["score"], float) for r in result)
     if math.isclose(result[0]["score"], result[-1]["score"], abs_tol=0.0):

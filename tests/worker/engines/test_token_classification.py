@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from inferq.settings import ModelSpec, Settings
-from inferq.tasks import TaskName, read_params, validate_params
+from inferq.task_specs import TaskName, read_params, validate_params
 from worker.engines.base import Outcome
 from worker.engines.batching import plan_batches
 from worker.engines.token_classification import TokenClassificationEngine
-from worker.registry import ModelRegistry
+from worker.model_cache import ModelCache
 from worker.tiny_models import Arch, build_model, corpus
 
 SCORE_TOLERANCE = 1e-5
@@ -67,12 +67,12 @@ def token_classification_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[
 
 
 @pytest.fixture(scope="session")
-def token_classification_registry(token_classification_dirs: dict[str, Path]) -> ModelRegistry:
+def token_classification_cache(token_classification_dirs: dict[str, Path]) -> ModelCache:
     settings = Settings(
         models={arch: ModelSpec(source=str(path.resolve())) for arch, path in token_classification_dirs.items()},
         max_batch_tokens=MAX_BATCH_TOKENS,
     )
-    return ModelRegistry(settings, device="cpu", precision="fp32")
+    return ModelCache(settings, device="cpu", precision="fp32")
 
 
 @functools.cache
@@ -90,9 +90,9 @@ def texts() -> tuple[str, ...]:
 
 
 class Model:
-    def __init__(self, registry: ModelRegistry, dirs: dict[str, Path], arch: str) -> None:
+    def __init__(self, model_cache: ModelCache, dirs: dict[str, Path], arch: str) -> None:
         self.arch = arch
-        engine = registry.engine(arch, TaskName.TOKEN_CLASSIFICATION)
+        engine = model_cache.engine(arch, TaskName.TOKEN_CLASSIFICATION)
         assert isinstance(engine, TokenClassificationEngine)
         self.engine = engine
         self.pipe = _pipeline(str(dirs[arch].resolve()))
@@ -125,10 +125,8 @@ class Model:
 
 
 @pytest.fixture(scope="session")
-def models(
-    token_classification_registry: ModelRegistry, token_classification_dirs: dict[str, Path]
-) -> dict[str, Model]:
-    return {arch: Model(token_classification_registry, token_classification_dirs, arch) for arch in ARCHS}
+def models(token_classification_cache: ModelCache, token_classification_dirs: dict[str, Path]) -> dict[str, Model]:
+    return {arch: Model(token_classification_cache, token_classification_dirs, arch) for arch in ARCHS}
 
 
 # -- comparison ----------------------------------------------------------------------------------------

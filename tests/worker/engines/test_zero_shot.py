@@ -2,7 +2,7 @@
 families (BERT and DistilBERT WordPiece, RoBERTa byte-level BPE) and four label layouts (entailment last, first,
 a two-label entailment/not_entailment head, and neutral in column 0, which the pipeline reads as contradiction).
 
-Engines are loaded as a worker loads them (`ModelRegistry`), with a small token budget so that one line's
+Engines are loaded as a worker loads them (`ModelCache`), with a small token budget so that one line's
 (text, hypothesis) pairs land in several micro-batches, mixed with other lines' pairs. Labels and their order must
 equal the pipeline's (labels whose scores tie within `SCORE_TOLERANCE` may swap), scores within the tolerance.
 """
@@ -19,11 +19,11 @@ import pytest
 
 from inferq.errors import ModelLoadError
 from inferq.settings import Settings
-from inferq.tasks import TaskName, read_params, validate_params
+from inferq.task_specs import TaskName, read_params, validate_params
 from tests.reference import assert_same_labels
 from worker.engines.base import Outcome
 from worker.engines.zero_shot import ZeroShotEngine, entailment_id
-from worker.registry import ModelRegistry
+from worker.model_cache import ModelCache
 from worker.tiny_models import build_model, build_nli_model, corpus
 
 MAX_BATCH_TOKENS = 256
@@ -50,11 +50,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def registry(models: dict[str, Path]) -> ModelRegistry:
+def model_cache(models: dict[str, Path]) -> ModelCache:
     settings = Settings(
         models={name: str(path) for name, path in models.items()}, max_batch_tokens=MAX_BATCH_TOKENS, max_batch_size=16
     )
-    return ModelRegistry(settings)
+    return ModelCache(settings)
 
 
 @functools.cache
@@ -96,9 +96,9 @@ LINES = lines()
 
 
 def run(
-    registry: ModelRegistry, model: str, inputs: list[dict[str, Any]], **params: Any
+    model_cache: ModelCache, model: str, inputs: list[dict[str, Any]], **params: Any
 ) -> tuple[list[Outcome], dict[str, Any]]:
-    engine = registry.engine(model, TaskName.ZERO_SHOT_CLASSIFICATION)
+    engine = model_cache.engine(model, TaskName.ZERO_SHOT_CLASSIFICATION)
     stored = validate_params(TaskName.ZERO_SHOT_CLASSIFICATION, params)
     outcomes = engine.run(inputs, stored)
     assert all(o is not None and o.ok for o in outcomes), [o.error for o in outcomes if o is not None]
@@ -126,19 +126,19 @@ def check(
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("multi_label", [False, True])
 def test_labels_from_the_job_and_from_lines_match_the_pipeline(
-    model: str, multi_label: bool, models: dict[str, Path], registry: ModelRegistry
+    model: str, multi_label: bool, models: dict[str, Path], model_cache: ModelCache
 ) -> None:
-    outcomes, stored = run(registry, model, LINES, candidate_labels=TOPICS, multi_label=multi_label)
+    outcomes, stored = run(model_cache, model, LINES, candidate_labels=TOPICS, multi_label=multi_label)
     check(models[model], LINES, outcomes, stored, where=f"{model}/multi={multi_label}")
 
 
 @pytest.mark.parametrize("model", ["nli-bert", "nli-roberta"])
 def test_a_custom_template_and_labels_given_as_a_string_match_the_pipeline(
-    model: str, models: dict[str, Path], registry: ModelRegistry
+    model: str, models: dict[str, Path], model_cache: ModelCache
 ) -> None:
     inputs = [line for line in LINES if "candidate_labels" not in line][:15]
     outcomes, stored = run(
-        registry, model, inputs, candidate_labels="sports, politics ,, programming", hypothesis_template="Topic: {}!"
+        model_cache, model, inputs, candidate_labels="sports, politics ,, programming", hypothesis_template="Topic: {}!"
     )
     assert stored["candidate_labels"] == ["sports", "politics", "programming"]
     check(models[model], inputs, outcomes, stored, where=model)
@@ -146,25 +146,25 @@ def test_a_custom_template_and_labels_given_as_a_string_match_the_pipeline(
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_one_label_scores_entailment_against_contradiction_as_the_pipeline(
-    model: str, models: dict[str, Path], registry: ModelRegistry
+    model: str, models: dict[str, Path], model_cache: ModelCache
 ) -> None:
     inputs = [{"text": line["text"]} for line in LINES[:12]]
-    outcomes, stored = run(registry, model, inputs, candidate_labels=["programming"])
+    outcomes, stored = run(model_cache, model, inputs, candidate_labels=["programming"])
     check(models[model], inputs, outcomes, stored, where=model)
     assert len({round(o.score, 6) for o in outcomes if o.score is not None}) > 1  # not all 1.0
 
 
 @pytest.mark.parametrize("model", ["nli-bert", "nli-roberta"])
 def test_a_hypothesis_longer_than_the_model_maximum_is_not_truncated_as_in_the_pipeline(
-    model: str, models: dict[str, Path], registry: ModelRegistry
+    model: str, models: dict[str, Path], model_cache: ModelCache
 ) -> None:
     # A label whose hypothesis alone exceeds 64 tokens: the tokenizer cannot cut only the text, and the pipeline
     # then tokenizes that pair without truncation; the other pairs are truncated as usual
     long_label = " ".join(["very long label"] * 30)
     inputs = [{"text": " ".join([s for s in corpus() if 80 < len(s) < 160][:3])}, {"text": "short text"}]
-    outcomes, stored = run(registry, model, inputs, candidate_labels=["sports", long_label], multi_label=True)
+    outcomes, stored = run(model_cache, model, inputs, candidate_labels=["sports", long_label], multi_label=True)
     check(models[model], inputs, outcomes, stored, where=model)
-    engine = registry.engine(model, TaskName.ZERO_SHOT_CLASSIFICATION)
+    engine = model_cache.engine(model, TaskName.ZERO_SHOT_CLASSIFICATION)
     params = read_params(TaskName.ZERO_SHOT_CLASSIFICATION, stored)
     features = engine.preprocess(inputs, params)
     assert features.lengths.tolist()[0] == 64 and features.lengths.tolist()[1] > 64
@@ -179,9 +179,9 @@ def test_a_hypothesis_longer_than_the_model_maximum_is_not_truncated_as_in_the_p
 
 
 def test_each_text_and_label_pair_is_one_feature_in_the_token_budget_batches(
-    models: dict[str, Path], registry: ModelRegistry
+    models: dict[str, Path], model_cache: ModelCache
 ) -> None:
-    engine = registry.engine("nli-roberta", TaskName.ZERO_SHOT_CLASSIFICATION)
+    engine = model_cache.engine("nli-roberta", TaskName.ZERO_SHOT_CLASSIFICATION)
     assert isinstance(engine, ZeroShotEngine)
     labels = [f"label number {i}" for i in range(40)]
     inputs = [{"text": " ".join(corpus()[:5]), "candidate_labels": labels}, {"text": "short"}]
@@ -192,14 +192,14 @@ def test_each_text_and_label_pair_is_one_feature_in_the_token_budget_batches(
     assert sum(bool(np.any(features.item_of[rows] == 0)) for rows in plan) >= 3
     for rows in plan:
         assert len(rows) == 1 or len(rows) * int(features.lengths[rows].max()) <= MAX_BATCH_TOKENS
-    outcomes, stored = run(registry, "nli-roberta", inputs, candidate_labels=["a", "b"])
+    outcomes, stored = run(model_cache, "nli-roberta", inputs, candidate_labels=["a", "b"])
     check(models["nli-roberta"], inputs, outcomes, stored, where="40 labels")
 
 
-def test_entailment_and_contradiction_columns_are_the_pipelines(registry: ModelRegistry) -> None:
+def test_entailment_and_contradiction_columns_are_the_pipelines(model_cache: ModelCache) -> None:
     columns = {}
     for name in MODELS:
-        engine = registry.engine(name, TaskName.ZERO_SHOT_CLASSIFICATION)
+        engine = model_cache.engine(name, TaskName.ZERO_SHOT_CLASSIFICATION)
         assert engine.entailment_id == zero_shot_pipeline(str(engine.loaded.source)).entailment_id  # type: ignore[attr-defined]
         columns[name] = (engine.entailment_id, engine.contradiction_id)  # type: ignore[attr-defined]
     assert columns == {
@@ -216,6 +216,6 @@ def test_a_model_without_an_entailment_label_is_refused(tmp_path: Path) -> None:
     path = build_model(
         tmp_path / "sst", TaskName.ZERO_SHOT_CLASSIFICATION, "distilbert", labels=["NEGATIVE", "POSITIVE"]
     )
-    registry = ModelRegistry(Settings(models={"sst": str(path)}))
+    model_cache = ModelCache(Settings(models={"sst": str(path)}))
     with pytest.raises(ModelLoadError, match=r"entailment label.*'NEGATIVE', 'POSITIVE'"):
-        registry.engine("sst", TaskName.ZERO_SHOT_CLASSIFICATION)
+        model_cache.engine("sst", TaskName.ZERO_SHOT_CLASSIFICATION)

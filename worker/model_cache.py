@@ -1,5 +1,5 @@
-"""Model names → loaded models on this worker's device. A model loads on first use, in the process that runs
-it, and stays loaded."""
+"""The worker's model cache: model names → loaded models on this worker's device. A model loads on first use, in
+the process that runs it, and stays loaded."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from inferq.errors import ModelLoadError
-from inferq.models import resolve_model
+from inferq.model_sources import resolve_model
 from inferq.settings import ModelSpec, Settings
-from inferq.tasks import TaskName
+from inferq.task_specs import TaskName
 from worker.engines import engine_class
 from worker.engines.base import Engine
 from worker.loaded import LoadedModel
@@ -38,8 +38,8 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-class ModelRegistry:
-    """Loads and keeps models for one worker process."""
+class ModelCache:
+    """Loads and keeps models (and their engines) for one worker process."""
 
     def __init__(self, settings: Settings, device: str | None = None, precision: str | None = None) -> None:
         import torch

@@ -8,7 +8,7 @@ from typing import Any
 
 from inferq.errors import InvalidParameter, UnknownModel
 from inferq.settings import ModelSpec, Settings
-from inferq.tasks import MASK_PLACEHOLDER, TASKS, ModelFiles, TaskName, TaskParams
+from inferq.task_specs import MASK_PLACEHOLDER, TASKS, ModelFiles, TaskName, TaskParams
 
 #: Mask tokens of the common families, accepted at submit for models whose tokenizer is not on this machine.
 COMMON_MASK_TOKENS = ("[MASK]", "<mask>")

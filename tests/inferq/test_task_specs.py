@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from inferq.errors import InvalidParameter, UnknownTask
-from inferq.tasks import TaskName, parse_task, validate_params
+from inferq.task_specs import TaskName, parse_task, validate_params
 
 
 def test_defaults_are_filled_in() -> None:
@@ -36,7 +36,7 @@ def test_task_names_accept_dashes_and_reject_unknown() -> None:
 
 def test_every_task_has_one_spec_whose_columns_exist() -> None:
     from inferq.schema import Item
-    from inferq.tasks import TASKS
+    from inferq.task_specs import TASKS
 
     # Given the per-task table
     assert set(TASKS) == set(TaskName)
