@@ -30,7 +30,7 @@ from inferq.settings import ModelSpec, Settings
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.task_specs import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
-from producer.results import ResultFilter, ResultRow, item_rows
+from producer.results import STORED_STATE, ResultFilter, ResultRow, item_rows
 
 if TYPE_CHECKING:
     # Celery (and kombu) load when the client first sends, not for a status or a results read.
@@ -281,7 +281,7 @@ class Client:
         columns: tuple[Any, ...] = (
             Item.index,
             Item.client_id,
-            Item.state,
+            STORED_STATE,
             Item.result,
             Item.error_code,
             Item.error_message,
@@ -300,7 +300,7 @@ class Client:
                 yield ResultRow(
                     index=r[0],
                     id=r[1],
-                    status=r[2].value,  # a plain string, as documented
+                    status=r[2],
                     result=exported(r[3], r[12]) if with_vectors else r[3],
                     error={"code": r[4], "message": r[5] or ""} if r[4] is not None else None,
                     label=r[6],

@@ -108,7 +108,7 @@ from inferq.schema import Item, Job
 from inferq.states import ItemState
 from inferq.task_specs import TASKS, TaskName
 from producer import vectors
-from producer.results import ALL_ITEMS, ResultFilter, ResultRow, item_query, item_rows
+from producer.results import ALL_ITEMS, STORED_STATE, ResultFilter, ResultRow, item_query, item_rows
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -144,7 +144,7 @@ def export_jsonl(
     if TASKS[TaskName(job.task)].vectors:
         return _export_vector_jsonl(session, job_id, out, filters)
     # The columns of `ResultRow.to_json` only.
-    columns = (Item.index, Item.client_id, Item.state, cast(Item.result, Text), Item.error_code, Item.error_message)
+    columns = (Item.index, Item.client_id, STORED_STATE, cast(Item.result, Text), Item.error_code, Item.error_message)
     rows = item_rows(session, job_id, columns, filters)
     write = out.write
     encode = _compact
@@ -261,7 +261,7 @@ def _vector_jsonl_line(
 
 
 def _export_vector_jsonl(session: Session, job_id: str, out: TextIO, filters: ResultFilter) -> int:
-    columns = (Item.index, Item.client_id, Item.state, Item.result, Item.vector, Item.error_code, Item.error_message)
+    columns = (Item.index, Item.client_id, STORED_STATE, Item.result, Item.vector, Item.error_code, Item.error_message)
     rows = item_rows(session, job_id, columns, filters)
     n = 0
     for batch in rows.partitions():
@@ -453,7 +453,7 @@ def _rows_file_query(job: Job, filters: ResultFilter) -> Select[Any]:
     columns: list[Any] = [
         Item.index,
         Item.client_id,
-        Item.state,
+        STORED_STATE,
         func.length(Item.vector),
         Item.error_code,
         Item.error_message,
@@ -647,7 +647,7 @@ def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: Resu
             ("error_message", pa.string()),
         ]
     )
-    columns = (Item.index, Item.client_id, Item.state, Item.result, Item.vector, Item.error_code, Item.error_message)
+    columns = (Item.index, Item.client_id, STORED_STATE, Item.result, Item.vector, Item.error_code, Item.error_message)
     rows = item_rows(session, job.id, columns, filters)
     succeeded = ItemState.SUCCEEDED
     empty = bytes(dim * vectors.FLOAT32.itemsize)
@@ -738,7 +738,7 @@ def _parquet_results(pa: Any, pq: Any, session: Session, job: Job, filters: Resu
     columns = (
         Item.index,
         Item.client_id,
-        Item.state,
+        STORED_STATE,
         *(column for _, column, _ in tops),
         Item.error_code,
         Item.error_message,

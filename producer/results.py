@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-from sqlalchemy import Result, Select, select
+from sqlalchemy import Result, Select, String, select, type_coerce
 from sqlalchemy.orm import Session
 
 from inferq import constants
@@ -17,6 +17,7 @@ from inferq.states import ItemState
 from inferq.task_specs import TASKS, TaskName
 
 __all__ = [
+    "STORED_STATE",
     "Answer",
     "ClassLabel",
     "Embedding",
@@ -29,6 +30,11 @@ __all__ = [
     "item_rows",
     "parse_result",
 ]
+
+
+#: An item's state as the stored string, for reads of many rows (results, exports): without the enum conversion per
+#: row, which halved an export's speed. `ItemState` members equal these strings.
+STORED_STATE = type_coerce(Item.state, String(16))
 
 
 @dataclass(frozen=True, slots=True)
