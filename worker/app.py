@@ -35,6 +35,7 @@ from inferq.reconciler import Reconciler
 from inferq.settings import Settings, get_settings
 from worker.runner import Runner
 from worker.tasks import register_tasks
+from worker.threads import torch_threads, use_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ class WorkerState:
         self._previous_sigterm: Any = signal.SIG_DFL
         self._reconciler: Reconciler | None = None
         self._reconciler_engine: Engine | None = None
+        #: torch's intra-op threads in each process that runs models (`torch_threads`), decided at worker start.
+        self._torch_threads: int | None = None
 
     @property
     def settings(self) -> Settings:
@@ -152,7 +155,12 @@ class WorkerState:
         self._main_pid = os.getpid()
         # The solo and threads pools run tasks in this very process: preload here instead.
         pool = getattr(getattr(sender, "pool_cls", None), "__module__", "") if sender is not None else ""
-        if "solo" in pool or "thread" in pool:
+        in_this_process = "solo" in pool or "thread" in pool
+        # Prefork: this many processes share the cores (a threads pool shares one process's torch threads).
+        processes = 1 if in_this_process else int(getattr(sender, "concurrency", None) or 1)
+        self._torch_threads = torch_threads(self.settings, processes)
+        if in_this_process:
+            use_torch_threads(self._torch_threads)
             self._preload()
 
     def on_process_init(self, **_: Any) -> None:
@@ -162,6 +170,7 @@ class WorkerState:
             # The parent's connections stay the parent's: forget them here without closing them.
             self._reconciler_engine.dispose(close=False)
         self._reconciler = self._reconciler_engine = None
+        use_torch_threads(self._torch_threads)
         self._preload()
 
     def on_task_prerun(self, **_: Any) -> None:

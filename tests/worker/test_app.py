@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from inferq.settings import Settings
 from tests.support.records import wait_for
 from tests.support.worker_process import worker_log
 from worker.process import running_worker
+from worker.threads import torch_threads
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -37,7 +40,7 @@ def test_the_worker_app_loads_no_torch_in_the_parent_process() -> None:
 
 def test_the_options_of_inferq_worker_reach_its_pool_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a registry of one tiny model, and an environment that names no models to preload and no precision
-    for var in ("INFERQ_PRELOAD", "INFERQ_PRECISION"):
+    for var in ("INFERQ_PRELOAD", "INFERQ_PRECISION", "INFERQ_TORCH_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     env = {
         "INFERQ_MODELS": json.dumps(
@@ -54,6 +57,36 @@ def test_the_options_of_inferq_worker_reach_its_pool_processes(tmp_path: Path, m
         wait_for(lambda: worker_log(log).count("loaded qa ") >= 2 or None, 120, "both pool processes to preload")
 
     # Then each pool process, and only they, loaded the model at that precision
+    # (a third may appear: the stop's SIGTERM to the process group can end a pool process before it handles
+    # SIGTERM itself, and Celery replaces it while shutting down)
     loads = [line for line in worker_log(log).splitlines() if "loaded qa " in line]
-    assert len(loads) == 2
+    assert len(loads) >= 2
     assert all("ForkPoolWorker" in line and line.endswith(" at bf16") for line in loads)
+    # and each took its share of the cores as torch threads, so that the two never oversubscribe them
+    threads = [line for line in worker_log(log).splitlines() if "torch threads: " in line]
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert len(threads) >= 2
+    assert all("ForkPoolWorker" in line and line.endswith(f"torch threads: {share}") for line in threads)
+
+
+@pytest.mark.parametrize(
+    ("setting", "omp", "processes", "expected"),
+    [
+        (3, "1", 2, 3),  # the setting wins
+        (None, "4", 2, None),  # the user's OMP_NUM_THREADS: torch's own choice
+        (None, None, 1, "cores"),
+        (None, None, 2, "cores // 2"),
+        (None, None, 1_000, 1),  # never below one
+    ],
+)
+def test_each_pool_process_takes_its_share_of_the_cores_as_torch_threads(
+    setting: int | None, omp: str | None, processes: int, expected: int | str | None
+) -> None:
+    cores = len(os.sched_getaffinity(0))
+    want = (
+        {"cores": cores, "cores // 2": max(1, cores // 2)}.get(expected, expected)
+        if isinstance(expected, str)
+        else expected
+    )
+    environ = {} if omp is None else {"OMP_NUM_THREADS": omp}
+    assert torch_threads(Settings(torch_threads=setting), processes, environ) == want
