@@ -1,4 +1,5 @@
-"""The producer side stays light: importing it never imports torch or transformers."""
+"""The producer side stays light: importing it never imports torch or transformers, and the CLI imports what a
+command needs only when it runs."""
 
 from __future__ import annotations
 
@@ -15,47 +16,43 @@ from producer.client import store_job
 from producer.inputs import InputRecord
 
 
+def imported_after(code: str, modules: tuple[str, ...], env: dict[str, str] | None = None) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported once it has run ``code``."""
+    script = f"import sys\n{code}\nprint(','.join(sorted(m for m in {modules!r} if m in sys.modules)))\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
 def test_producer_and_core_import_neither_torch_nor_transformers() -> None:
-    # Given a fresh interpreter
+    # When the producer side and the CLI entry are imported in a fresh interpreter
     code = (
-        "import sys\n"
         "import inferq, inferq.cli, inferq.db, inferq.schema, inferq.migrate, inferq.celery_app, inferq.model_sources\n"
         "import producer, producer.client, producer.cli, producer.inputs, producer.export, producer.results\n"
         "from inferq.cli import main\n"
         "main.list_commands(None)\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'worker') if m in sys.modules)\n"
-        "print(','.join(heavy))\n"
     )
-    # When the producer side and the CLI entry are imported
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # Then neither torch, transformers nor the worker package came along
-    assert out.stdout.strip() == ""
+    assert imported_after(code, ("torch", "transformers", "worker")) == []
 
 
 def test_the_cli_status_command_does_not_load_torch() -> None:
     code = (
-        "import sys\n"
         "from inferq.cli import main\n"
         "main.get_command(None, 'status'); main.get_command(None, 'submit'); main.get_command(None, 'results')\n"
-        "print('torch' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert imported_after(code, ("torch",)) == []
 
 
 def test_help_imports_no_command_and_no_settings() -> None:
-    # Given a fresh interpreter that asks for the command list, as `inferq --help` does
+    # When a fresh interpreter asks for the command list, as `inferq --help` does
     code = (
-        "import sys\n"
         "from click.testing import CliRunner\n"
         "from inferq.cli import main\n"
         "assert CliRunner().invoke(main, ['--help']).exit_code == 0\n"
-        "heavy = ('pydantic', 'pydantic_settings', 'sqlalchemy', 'celery', 'kombu', 'producer', 'worker')\n"
-        "print(','.join(sorted(m for m in heavy if m in sys.modules)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # Then no command's module, nor the settings, the database or the broker library came along
-    assert out.stdout.strip() == ""
+    heavy = ("pydantic", "pydantic_settings", "sqlalchemy", "celery", "kombu", "producer", "worker")
+    assert imported_after(code, heavy) == []
 
 
 def test_status_reads_sql_without_the_broker(tmp_path: Path) -> None:
@@ -70,16 +67,13 @@ def test_status_reads_sql_without_the_broker(tmp_path: Path) -> None:
 
     # When `inferq status` runs in a fresh interpreter
     code = (
-        "import sys\n"
         "from click.testing import CliRunner\n"
         "from inferq.cli import main\n"
         f"done = CliRunner().invoke(main, ['status', {'a' * 32!r}, '--json'])\n"
         "assert done.exit_code == 0, done.output\n"
-        "heavy = ('celery', 'kombu', 'numpy', 'torch', 'transformers', 'worker')\n"
-        "print(','.join(sorted(m for m in heavy if m in sys.modules)))\n"
     )
     env = {**os.environ, "INFERQ_DATABASE_URL": url, "INFERQ_BROKER_URL": settings.broker_url}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    heavy = ("celery", "kombu", "numpy", "torch", "transformers", "worker")
 
     # Then it answered from SQL without importing Celery, kombu (the broker) or numpy
-    assert out.stdout.strip() == ""
+    assert imported_after(code, heavy, env) == []
