@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     #: Overrides every model's precision on this worker when set.
     precision: Precision | None = None
     #: torch's intra-op threads in each worker process. Default: the cores this worker may use ÷ its pool processes
-    #: (at least 1), or torch's own choice where ``OMP_NUM_THREADS`` is set (`worker.app.torch_threads`).
+    #: (at least 1), or torch's own choice where ``OMP_NUM_THREADS`` is set (`worker.threads.torch_threads`).
     torch_threads: int | None = Field(default=None, ge=1)
     #: Models a worker loads when each of its processes starts (registry names or directories), and whose queues
     #: ``inferq worker`` consumes. ``INFERQ_PRELOAD`` is comma-separated (``sst2,mrpc``) or a JSON list.

@@ -40,7 +40,7 @@ STORED_STATE = type_coerce(Item.state, String(16))
 @dataclass(frozen=True, slots=True)
 class ResultFilter:
     """Which of a job's items a read keeps, filtered in SQL on the typed columns: what ``inferq results`` takes as
-    ``--label``, ``--min-score`` and ``--failed``, and `Client.results` and every export as keywords."""
+    ``--label``, ``--min-score`` and ``--failed``, `Client.results` as keywords, and every export as this object."""
 
     #: Only items whose top label is this one.
     label: str | None = None

@@ -143,7 +143,9 @@ class WorkerState:
             self._shutdown = ShutdownFlag()
         return self._shutdown
 
-    def _preload(self) -> None:
+    def _ready_to_run(self) -> None:
+        """This process runs the models: its share of torch threads, then the models to preload."""
+        use_torch_threads(self._torch_threads)
         if self.settings.preload:
             preload(self.runner(), self.settings.preload)
 
@@ -160,8 +162,7 @@ class WorkerState:
         processes = 1 if in_this_process else int(getattr(sender, "concurrency", None) or 1)
         self._torch_threads = torch_threads(self.settings, processes)
         if in_this_process:
-            use_torch_threads(self._torch_threads)
-            self._preload()
+            self._ready_to_run()
 
     def on_process_init(self, **_: Any) -> None:
         # A prefork child: drop anything inherited from the parent, then load models here.
@@ -170,8 +171,7 @@ class WorkerState:
             # The parent's connections stay the parent's: forget them here without closing them.
             self._reconciler_engine.dispose(close=False)
         self._reconciler = self._reconciler_engine = None
-        use_torch_threads(self._torch_threads)
-        self._preload()
+        self._ready_to_run()
 
     def on_task_prerun(self, **_: Any) -> None:
         flag = self._shutdown

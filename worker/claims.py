@@ -134,6 +134,7 @@ def claim_chunk(session: Session, job_id: str, seq: int, *, worker: str, lease_s
     if chunk.attempts > 1:
         _release_earlier_batch(session, job_id, seq)
     start_jobs(session, [job_id], now)
+    task = TaskName(job.task)
     in_chunk = (Item.job_id == job_id, Item.index >= chunk.start, Item.index < chunk.stop)
     queued = Item.state == ItemState.QUEUED
     rows = session.execute(select(Item.index, Item.input).where(*in_chunk, queued).order_by(Item.index)).all()
@@ -141,9 +142,9 @@ def claim_chunk(session: Session, job_id: str, seq: int, *, worker: str, lease_s
     return Claim(
         job_id=job_id,
         seq=seq,
-        task=TaskName(job.task),
+        task=task,
         model=job.model,
-        params=read_params(TaskName(job.task), job.params),
+        params=read_params(task, job.params),
         indices=[r[0] for r in rows],
         inputs=[r[1] for r in rows],
         attempts=chunk.attempts,
