@@ -34,6 +34,7 @@ from inferq.schema import Chunk, Item, Job, as_utc, utcnow
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.task_specs import TaskName, TaskParams, read_params
 from worker.engines.base import Outcome
+from worker.stages import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,12 @@ def chunk_key(job_id: str, seq: int) -> str:
 # -- 1. claim ----------------------------------------------------------------------------------------------
 
 
-def claim_chunk(session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int) -> Claim | NotClaimed:
+def claim_chunk(
+    session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int, clock: StageClock | None = None
+) -> Claim | NotClaimed:
     """Lease a chunk to this worker and read its unfinished items. `ChunkOutcome.SKIPPED`: nothing to do.
-    `ChunkOutcome.DEFERRED`: another worker's batch is running it (see `worker.runner`)."""
+    `ChunkOutcome.DEFERRED`: another worker's batch is running it (see `worker.runner`). ``clock`` times the
+    claim and the input read apart."""
     job = session.get(Job, job_id)
     if job is None:
         log.warning("job %s is gone; dropping chunk %d", job_id, seq)
@@ -137,7 +141,11 @@ def claim_chunk(session: Session, job_id: str, seq: int, *, worker: str, lease_s
     task = TaskName(job.task)
     in_chunk = (Item.job_id == job_id, Item.index >= chunk.start, Item.index < chunk.stop)
     queued = Item.state == ItemState.QUEUED
+    if clock is not None:
+        clock.lap("claim")
     rows = session.execute(select(Item.index, Item.input).where(*in_chunk, queued).order_by(Item.index)).all()
+    if clock is not None:
+        clock.lap("read")
     session.execute(update(Item).where(*in_chunk, queued).values(attempts=Item.attempts + 1))
     return Claim(
         job_id=job_id,
@@ -170,7 +178,15 @@ def _release_earlier_batch(session: Session, job_id: str, seq: int) -> None:
         )
 
 
-def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: int, max_items: int) -> list[Claim]:
+def claim_mates(
+    session: Session,
+    lead: Claim,
+    *,
+    worker: str,
+    lease_seconds: int,
+    max_items: int,
+    clock: StageClock | None = None,
+) -> list[Claim]:
     """Take queued chunks of other jobs with the leader's batch key and queue into its batch, oldest jobs first,
     never tried before, until the batch holds ``max_items`` items (the last one taken may overshoot). Chunks
     locked by another transaction are skipped, not waited for. Nothing when the leader is full already, past its
@@ -219,12 +235,16 @@ def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: in
         )
     )
     start_jobs(session, sorted({j for j, _ in taken}), now)
+    if clock is not None:
+        clock.lap("claim")
     rows = session.execute(
         select(Chunk.job_id, Chunk.seq, Item.index, Item.input)
         .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
         .where(keyed(Chunk.job_id, Chunk.seq, taken), Item.state == ItemState.QUEUED)
         .order_by(Chunk.job_id, Chunk.seq, Item.index)
     ).all()
+    if clock is not None:
+        clock.lap("read")
     if rows:
         session.execute(
             update(Item)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,6 +52,7 @@ from worker.claims import (
 )
 from worker.engines.base import Outcome
 from worker.model_cache import ModelCache
+from worker.stages import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,9 @@ class ChunkReport:
     seconds: float = 0.0
     #: Chunks of other jobs that ran in the same batch.
     mates: int = 0
+    #: Seconds per stage (`worker.stages.STAGES`; ``gap`` before ``seconds``, the rest within it); empty for a
+    #: delivery that claimed nothing.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 class Runner:
@@ -107,26 +111,33 @@ class Runner:
         self.stopping = stopping
         #: True while a chunk runs (a SIGTERM then waits for the current micro-batch instead of killing).
         self.busy = False
+        #: When this process's previous chunk ended (`time.perf_counter`): the next chunk's ``gap`` starts there.
+        self._last_end: float | None = None
 
     def run_chunk(self, job_id: str, seq: int) -> ChunkReport:
         if self.stopping():
             # Not even claimed: the message goes straight back.
             return ChunkReport(job_id, seq, ChunkOutcome.HANDED_BACK)
         self.busy = True
+        clock = StageClock()
+        if self._last_end is not None:
+            clock.add("gap", clock.started - self._last_end)
         try:
-            return self._run_chunk(job_id, seq)
+            return self._run_chunk(job_id, seq, clock)
         finally:
             self.busy = False
+            self._last_end = time.perf_counter()
 
-    def _run_chunk(self, job_id: str, seq: int) -> ChunkReport:
-        started = time.perf_counter()
-        claims = self._claim(job_id, seq)
+    def _run_chunk(self, job_id: str, seq: int, clock: StageClock) -> ChunkReport:
+        claims = self._claim(job_id, seq, clock)
         if not isinstance(claims, list):
             return ChunkReport(job_id, seq, claims)
+        clock.lap("claim")
         with LeaseKeeper(self.sessions, claims, self.worker, self.settings.lease_seconds):
-            outcomes, job_error = self._infer(claims)
-        lead, *mates = self._write(claims, outcomes, job_error)
-        seconds = time.perf_counter() - started
+            outcomes, job_error = self._infer(claims, clock)
+        clock.skip()
+        lead, *mates = self._write(claims, outcomes, job_error, clock)
+        seconds = clock.wall()
         if lead.complete:
             outcome = ChunkOutcome.DONE
         else:
@@ -138,7 +149,7 @@ class Runner:
             else ""
         )
         log.info(
-            "job %s chunk %d: %s, %d succeeded, %d failed in %.2fs%s",
+            "job %s chunk %d: %s, %d succeeded, %d failed in %.2fs%s; %s",
             job_id,
             seq,
             outcome.value,
@@ -146,25 +157,37 @@ class Runner:
             lead.failed,
             seconds,
             batch,
+            clock.summary(seconds),
         )
-        return ChunkReport(job_id, seq, outcome, lead.succeeded, lead.failed, seconds, len(mates))
+        return ChunkReport(
+            job_id, seq, outcome, lead.succeeded, lead.failed, seconds, len(mates), stages=dict(clock.seconds)
+        )
 
-    def _claim(self, job_id: str, seq: int) -> list[Claim] | NotClaimed:
+    def _claim(self, job_id: str, seq: int, clock: StageClock) -> list[Claim] | NotClaimed:
         """The chunk and its batch-mates, claimed in one transaction; or why there is nothing to run."""
         lease_seconds = self.settings.lease_seconds
         with self.sessions.begin() as session:
-            claim = claim_chunk(session, job_id, seq, worker=self.worker, lease_seconds=lease_seconds)
+            claim = claim_chunk(session, job_id, seq, worker=self.worker, lease_seconds=lease_seconds, clock=clock)
             if claim is ChunkOutcome.DEFERRED:
                 log.info("job %s chunk %d: running in another worker's batch; looking again later", job_id, seq)
             if not isinstance(claim, Claim):
                 return claim
             mates = claim_mates(
-                session, claim, worker=self.worker, lease_seconds=lease_seconds, max_items=self.settings.coalesce_items
+                session,
+                claim,
+                worker=self.worker,
+                lease_seconds=lease_seconds,
+                max_items=self.settings.coalesce_items,
+                clock=clock,
             )
         return [claim, *mates]
 
     def _write(
-        self, claims: list[Claim], outcomes: list[list[Outcome | None]], job_error: InferqError | None
+        self,
+        claims: list[Claim],
+        outcomes: list[list[Outcome | None]],
+        job_error: InferqError | None,
+        clock: StageClock,
     ) -> list[StoredChunk]:
         """`write_results` in one transaction, tried again with `backoff` while the database is unreachable.
         Idempotent: a commit whose answer was lost is found done by the next try."""
@@ -173,7 +196,11 @@ class Runner:
         while True:
             try:
                 with self.sessions.begin() as session:
-                    return write_results(session, claims, outcomes, job_error=job_error)
+                    stored = write_results(session, claims, outcomes, job_error=job_error)
+                    session.flush()
+                    clock.lap("write")
+                clock.lap("commit")
+                return stored
             except DatabaseUnavailable as exc:
                 delay = backoff(tries, WRITE_RETRY_FIRST_DELAY, WRITE_RETRY_MAX_DELAY)
                 if time.monotonic() + delay > deadline or self.stopping():
@@ -188,7 +215,7 @@ class Runner:
                 time.sleep(delay)
                 tries += 1
 
-    def _infer(self, claims: list[Claim]) -> tuple[list[list[Outcome | None]], InferqError | None]:
+    def _infer(self, claims: list[Claim], clock: StageClock) -> tuple[list[list[Outcome | None]], InferqError | None]:
         """Outcomes per claim. The batch shares task, model and parameters (the leader's)."""
         lead = claims[0]
         if not any(c.inputs for c in claims):
@@ -206,7 +233,9 @@ class Runner:
         # Cancelled or shutting down mid-chunk: items whose micro-batches did not run come back as None and stay
         # unwritten.
         should_stop = _StopCheck(self.reader, lead.job_id, self.stopping)
-        flat = engine.run([x for c in claims for x in c.inputs], lead.params, should_stop=should_stop)
+        inputs = [x for c in claims for x in c.inputs]
+        clock.skip()
+        flat = engine.run(inputs, lead.params, should_stop=should_stop, clock=clock)
         split: list[list[Outcome | None]] = []
         at = 0
         for c in claims:

@@ -22,6 +22,7 @@ from worker.engines.batching import (
     run_batches,
 )
 from worker.loaded import LoadedModel
+from worker.stages import StageClock
 
 #: The `Item` columns of a top result (`TaskSpec.top_columns` names those a task fills), and of a vector.
 RESULT_COLUMNS = ("label", "score", "answer", "start_char", "end_char", "entity_count", "vector")
@@ -123,16 +124,19 @@ class Engine(ABC, Generic[P]):
         params: P | dict[str, Any],
         *,
         should_stop: Callable[[], bool] = lambda: False,
+        clock: StageClock | None = None,
     ) -> list[Outcome | None]:
         """One outcome per input, in order; ``None`` for an input whose features did not run because
         ``should_stop`` said so between micro-batches. ``params`` as typed parameters, or as stored (a dict,
-        read here)."""
+        read here). ``clock`` takes the time of the tokenize, forward and postprocess stages."""
         import torch
 
         if isinstance(params, dict):
             params = cast(P, read_params(self.task, params))
         features = self.preprocess(inputs, params)
         plan = self.plan(features)
+        if clock is not None:
+            clock.lap("tokenize")
         with torch.inference_mode():
             outputs = run_batches(
                 plan,
@@ -141,6 +145,8 @@ class Engine(ABC, Generic[P]):
                 should_stop=should_stop,
                 n_features=len(features),
             )
+        if clock is not None:
+            clock.lap("forward")
         results: list[Outcome | None] = list(self.postprocess(inputs, features, outputs, params))
         # An item any of whose features failed gets the error, whatever postprocess made of the rest.
         for f, exc in outputs.failed.items():
@@ -153,6 +159,8 @@ class Engine(ABC, Generic[P]):
         ran[list(outputs.failed)] = True
         for item in np.unique(features.item_of[~ran]).tolist():
             results[item] = None
+        if clock is not None:
+            clock.lap("postprocess")
         return results
 
     def plan(self, features: Features) -> list[np.ndarray]:
