@@ -8,7 +8,8 @@ reference), inferq's engine in-process at fp32, bf16 and int8, and the same item
 (client → Redis → one worker process → PostgreSQL), in interleaved rounds so that compared runs share the
 machine's load. Then the worker's memory across consecutive jobs, many one-item jobs against one large job,
 submission, export and status at 100k items, and for embeddings the bytes of a stored vector and the NPY export
-of 100k stored vectors."""
+of 100k stored vectors. ``--tasks sim`` (part of ``all``): the whole system on a simulated accelerator
+(`bench.simulated`): items/s, the device's busy fraction and where each chunk's time goes."""
 
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tasks",
         default="all",
         help="comma-separated tasks, or all (the default), classic (classification, question_answering, "
-        "fill_mask) or encoders (embedding, zero_shot_classification, rerank)",
+        "fill_mask), encoders (embedding, zero_shot_classification, rerank) or sim (the whole system on a "
+        "simulated accelerator, bench.simulated)",
     )
     p.add_argument(
         "--n",
@@ -145,7 +147,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.task_list = task_list(args.tasks)
+    words = [w.strip() for w in args.tasks.split(",")]
+    args.sim = "sim" in words or "all" in words
+    rest = ",".join(w for w in words if w != "sim")
+    args.task_list = task_list(rest) if rest or not args.sim else []
     args.precision_list = [x.strip() for x in args.precisions.split(",") if x.strip()]
     args.scale_items = args.scale_items or (20_000 if args.quick else 100_000)
     if args.small_jobs is None:
@@ -194,6 +199,8 @@ class Run:
     worker_log: str | None = None
     #: `bench.report.machine_info`.
     machine: dict[str, Any] = field(default_factory=dict)
+    #: The whole system on a simulated accelerator (`bench.simulated.bench_simulated`).
+    sim: dict[str, Any] | None = None
 
 
 @dataclass
@@ -378,6 +385,11 @@ def _short(m: Measurement) -> str:
 
 def targets(run: Run, args: argparse.Namespace) -> list[Target]:
     out: list[Target] = []
+    if run.sim is not None:
+        from bench.simulated import sim_targets
+        from inferq import constants
+
+        out.extend(sim_targets(run.sim, constants.DEFAULT_CHUNK_SIZE))
     ms = run.measurements
     for task in args.task_list:
         if task in SYSTEM_OVER_REFERENCE:
@@ -575,6 +587,20 @@ def _cores(a: Measurement | None, b: Measurement | None) -> str:
 
 def render(run: Run, args: argparse.Namespace, info: dict[str, Any], checks: list[Target]) -> str:
     lines = [machine_line(info), ""]
+    if run.sim is not None:
+        from bench.simulated import breakdown_table
+
+        lines.append(f"simulated device ({run.sim['items']} classification items a job, {run.sim['rounds']} rounds):")
+        lines.append(breakdown_table(run.sim["_runs"]))
+        lines.append(
+            "items/s: from the job's started_at to its finished_at (both stamped by the worker). busy: the device's "
+            "computing time over that. Stages: worker.stages; gap: between two chunks of the job in one process "
+            f"(broker round trip, Celery); worker logs under {run.sim['worker_logs']}."
+        )
+        lines.append("")
+    if not run.measurements:
+        lines.extend(t.line() for t in checks)
+        return "\n".join(lines)
     lines.append(format_table(run.measurements))
     lines.append(
         "items/s: items over wall time; system: from Client.submit to the job's finished_at (stamped by the worker "
@@ -669,43 +695,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from inferq.settings import Settings
 
-    needed = list(args.task_list)
-    if TaskName.CLASSIFICATION not in needed and not (args.skip_system and args.skip_scale):
-        needed.append(TaskName.CLASSIFICATION)  # memory, small jobs and scale use the classifier
-    models = {task: ensure_model(args.models_dir, TASK_MODEL[task]) for task in needed}
     run = Run(machine=info)
-
-    with ExitStack() as stack:
-        system: System | None = None
-        models_json = registry_json(list(models.values()), tuple(args.precision_list))
-        settings = Settings(models=json.loads(models_json))
-        if not (args.skip_system and args.skip_scale):
-            system = start_system(stack, run, args, models, models_json)
-        for task in args.task_list:
-            n = args.n or DEFAULT_N[task][1 if args.quick else 0]
-            items = items_for(task, n, args.seed)
-            bench_task(run, args, models[task], items, settings, system if not args.skip_system else None)
-            if task is TaskName.EMBEDDING and system is not None and not args.skip_system:
-                bench_vector_storage(run, system, models[task], items)
-        if TaskName.EMBEDDING in args.task_list and system is not None and not args.skip_scale:
-            from bench.system import npy_export_in_fresh_process
-
-            log.info("NPY export: %d stored vectors (in a fresh interpreter, as a producer runs)", args.scale_items)
-            settings_ = system.client.settings
-            run.npy_export = npy_export_in_fresh_process(
-                settings_, settings_.queue_for(system.cold_model), args.scale_items
-            )
-        if system is not None and not args.skip_system:
-            bench_worker_life(run, args, system, models[TaskName.CLASSIFICATION])
-        if system is not None and not args.skip_scale:
-            from bench.system import scale_in_fresh_process
-
-            log.info("scale: %d items (in a fresh interpreter, as a producer runs: no torch)", args.scale_items)
-            run.scale = scale_in_fresh_process(system.client.settings, system.cold_model, args.scale_items)
-
+    if args.sim:
+        bench_sim(run, args)
+    if args.task_list:
+        bench_tasks(run, args)
     checks = targets(run, args)
     print(render(run, args, info, checks))
     out = args.out or RESULTS_DIR / f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}{'-quick' if args.quick else ''}.json"
+    settings = Settings()
+    models = {t: ensure_model(args.models_dir, TASK_MODEL[t]) for t in args.task_list}
     payload = {
         "machine": info,
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
@@ -735,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": run.scale,
         "vectors": run.vectors,
         "npy_export": run.npy_export,
+        "simulated_device": {k: v for k, v in run.sim.items() if not k.startswith("_")} if run.sim else None,
         "skipped": run.skipped,
         "worker_log": run.worker_log,
         "targets": checks,
@@ -742,6 +742,61 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json(out, payload)
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
+
+
+def bench_sim(run: Run, args: argparse.Namespace) -> None:
+    """The whole system on the simulated device (`bench.simulated`)."""
+    from bench.simulated import ITEMS, ROUNDS, bench_simulated
+    from bench.system import ServicesUnavailable
+
+    model = ensure_model(args.models_dir, TASK_MODEL[TaskName.CLASSIFICATION])
+    n = args.n or ITEMS[1 if args.quick else 0]
+    rounds = args.rounds or ROUNDS[1 if args.quick else 0]
+    log.info("simulated device: %d items a job, %d round(s)", n, rounds)
+    try:
+        run.sim = bench_simulated(
+            model, items_for(TaskName.CLASSIFICATION, n, args.seed), params_for(model.task), rounds=rounds
+        )
+    except ServicesUnavailable as exc:
+        run.skipped.append(f"simulated device: {exc}")
+
+
+def bench_tasks(run: Run, args: argparse.Namespace) -> None:
+    """Every task of ``--tasks``: in-process, the system, memory, small jobs, scale."""
+    from inferq.settings import Settings
+
+    needed = list(args.task_list)
+    if TaskName.CLASSIFICATION not in needed and not (args.skip_system and args.skip_scale):
+        needed.append(TaskName.CLASSIFICATION)  # memory, small jobs and scale use the classifier
+    models = {task: ensure_model(args.models_dir, TASK_MODEL[task]) for task in needed}
+
+    with ExitStack() as stack:
+        system: System | None = None
+        models_json = registry_json(list(models.values()), tuple(args.precision_list))
+        settings = Settings(models=json.loads(models_json))
+        if not (args.skip_system and args.skip_scale):
+            system = start_system(stack, run, args, models, models_json)
+        for task in args.task_list:
+            n = args.n or DEFAULT_N[task][1 if args.quick else 0]
+            items = items_for(task, n, args.seed)
+            bench_task(run, args, models[task], items, settings, system if not args.skip_system else None)
+            if task is TaskName.EMBEDDING and system is not None and not args.skip_system:
+                bench_vector_storage(run, system, models[task], items)
+        if TaskName.EMBEDDING in args.task_list and system is not None and not args.skip_scale:
+            from bench.system import npy_export_in_fresh_process
+
+            log.info("NPY export: %d stored vectors (in a fresh interpreter, as a producer runs)", args.scale_items)
+            settings_ = system.client.settings
+            run.npy_export = npy_export_in_fresh_process(
+                settings_, settings_.queue_for(system.cold_model), args.scale_items
+            )
+        if system is not None and not args.skip_system:
+            bench_worker_life(run, args, system, models[TaskName.CLASSIFICATION])
+        if system is not None and not args.skip_scale:
+            from bench.system import scale_in_fresh_process
+
+            log.info("scale: %d items (in a fresh interpreter, as a producer runs: no torch)", args.scale_items)
+            run.scale = scale_in_fresh_process(system.client.settings, system.cold_model, args.scale_items)
 
 
 def code_version() -> dict[str, Any]:

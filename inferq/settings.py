@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     #: ``inferq worker`` consumes. ``INFERQ_PRELOAD`` is comma-separated (``sst2,mrpc``) or a JSON list.
     preload: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    #: BENCHMARK ONLY, never in production: run every model's forward pass on a simulated device of this many
+    #: items/s (``0``: the null device, no time at all) that sleeps instead of computing and stores made-up
+    #: results (`worker.engines.simulated`). ``None`` (the default): the real device.
+    bench_simulated_device: float | None = Field(default=None, ge=0)
 
     @field_validator("database_url")
     @classmethod

@@ -19,6 +19,7 @@ two writers never wait on each other in a circle.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 from collections import Counter
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.errors import InferqError
@@ -143,10 +144,18 @@ def claim_chunk(
     queued = Item.state == ItemState.QUEUED
     if clock is not None:
         clock.lap("claim")
-    rows = session.execute(select(Item.index, Item.input).where(*in_chunk, queued).order_by(Item.index)).all()
+    # Count the attempt and read the inputs in one statement (RETURNING comes in no particular order).
+    rows = sorted(
+        session.execute(
+            update(Item)
+            .where(*in_chunk, queued)
+            .values(attempts=Item.attempts + 1)
+            .returning(Item.index, Item.input)
+            .execution_options(synchronize_session=False)
+        ).tuples()
+    )
     if clock is not None:
         clock.lap("read")
-    session.execute(update(Item).where(*in_chunk, queued).values(attempts=Item.attempts + 1))
     return Claim(
         job_id=job_id,
         seq=seq,
@@ -346,18 +355,25 @@ def write_results(
     claim, in order (a chunk found done already stored nothing and counts as complete)."""
     chunks = _lock_unfinished_chunks(session, claims)
     live = [(claim, out) for claim, out in zip(claims, outcomes, strict=True) if claim.key in chunks]
-    writable = _lock_queued_items(session, [(c.job_id, i) for c, _ in live for i in c.indices])
     now = utcnow()
-    rows: list[dict[str, Any]] = []
+    written = _store_outcomes(
+        session,
+        [
+            (claim.job_id, index, outcome)
+            for claim, out in live
+            for index, outcome in zip(claim.indices, out, strict=False)
+            if outcome is not None
+        ],
+        now,
+    )
     stored: dict[str, StoredChunk] = {}
     succeeded_by_job: Counter[str] = Counter()
     failed_by_job: Counter[str] = Counter()
     for claim, out in live:
         succeeded = failed = 0
         for index, outcome in zip(claim.indices, out, strict=False):
-            if outcome is None or (claim.job_id, index) not in writable:
+            if outcome is None or (claim.job_id, index) not in written:
                 continue
-            rows.append({"job_id": claim.job_id, "index": index, **outcome.columns(), "finished_at": now})
             if outcome.ok:
                 succeeded += 1
             else:
@@ -367,8 +383,6 @@ def write_results(
         stored[claim.key] = StoredChunk(succeeded, failed, complete)
         succeeded_by_job[claim.job_id] += succeeded
         failed_by_job[claim.job_id] += failed
-    if rows:
-        session.execute(update(Item), rows)
     job_ids = sorted({claim.job_id for claim, _ in live})
     if job_ids:
         _count_into_jobs(session, [(j, succeeded_by_job[j], failed_by_job[j]) for j in job_ids])
@@ -392,6 +406,75 @@ def _lock_unfinished_chunks(session: Session, claims: list[Claim]) -> dict[str, 
         )
         if c.state != ChunkState.DONE
     }
+
+
+def _store_outcomes(
+    session: Session, outcomes: list[tuple[str, int, Outcome]], now: dt.datetime
+) -> set[tuple[str, int]]:
+    """Give each item ``(job, index)`` of ``outcomes`` its outcome if it is still ``queued``; return the items
+    written. On PostgreSQL one statement (an ``UPDATE … FROM unnest(…) … RETURNING``: the row locks, the check of
+    the state and the write in one round trip, where one UPDATE per item cost ~2 ms of server time each on a busy
+    machine); elsewhere the queued items are locked in key order, then updated in one executemany."""
+    if not outcomes:
+        return set()
+    if session.get_bind().dialect.name == "postgresql":
+        return _store_outcomes_unnest(session, outcomes, now)
+    writable = _lock_queued_items(session, [(job_id, index) for job_id, index, _ in outcomes])
+    rows = [
+        {"job_id": job_id, "index": index, **outcome.columns(), "finished_at": now}
+        for job_id, index, outcome in outcomes
+        if (job_id, index) in writable
+    ]
+    if rows:
+        session.execute(update(Item), rows)
+    return writable
+
+
+#: The item columns an outcome sets, with their PostgreSQL array types, for `_store_outcomes_unnest`.
+_OUTCOME_COLUMNS = (
+    ("state", "text"),
+    ("result", "text"),
+    ("label", "text"),
+    ("score", "float8"),
+    ("answer", "text"),
+    ("start_char", "int4"),
+    ("end_char", "int4"),
+    ("entity_count", "int4"),
+    ("vector", "bytea"),
+    ("error_code", "text"),
+    ("error_message", "text"),
+)
+
+
+def _store_outcomes_unnest(
+    session: Session, outcomes: list[tuple[str, int, Outcome]], now: dt.datetime
+) -> set[tuple[str, int]]:
+    """`_store_outcomes` in one statement: every outcome's columns as one array per column, unnested and joined to
+    the items by key; only rows still ``queued`` are updated (a concurrent writer's row is waited for, then
+    re-checked, under READ COMMITTED: never written twice). Each chunk's row is locked before (`write_results`),
+    so two writers of one chunk never reach its items together. ``result`` goes as the JSON text SQLAlchemy's
+    JSON type would write."""
+    columns: dict[str, list[Any]] = {name: [] for name, _ in _OUTCOME_COLUMNS}
+    jobs: list[str] = []
+    indices: list[int] = []
+    for job_id, index, outcome in outcomes:
+        jobs.append(job_id)
+        indices.append(index)
+        for name, value in outcome.columns().items():
+            columns[name].append(value)
+    columns["state"] = [s.value for s in columns["state"]]
+    columns["result"] = [None if r is None else json.dumps(r) for r in columns["result"]]
+    names = ", ".join(name for name, _ in _OUTCOME_COLUMNS)
+    arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _OUTCOME_COLUMNS)
+    sets = ", ".join(f"{name} = v.{name}" + ("::json" if name == "result" else "") for name, _ in _OUTCOME_COLUMNS)
+    statement = text(
+        f"UPDATE items AS i SET {sets}, finished_at = :now "
+        f"FROM unnest(CAST(:job_ids AS text[]), CAST(:indices AS int4[]), {arrays}) AS v(job_id, index, {names}) "
+        f"WHERE i.job_id = v.job_id AND i.index = v.index AND i.state = :queued "
+        f"RETURNING i.job_id, i.index"
+    )
+    params = {**columns, "job_ids": jobs, "indices": indices, "now": now, "queued": ItemState.QUEUED.value}
+    return {(job_id, index) for job_id, index in session.execute(statement, params).tuples()}
 
 
 def _lock_queued_items(session: Session, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:

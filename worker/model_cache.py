@@ -60,11 +60,19 @@ class ModelCache:
                 if engine is None:
                     loaded = self.load(name, task)
                     try:
-                        engine = engine_class(task)(loaded)
+                        engine = self._make_engine(task, loaded)
                     except (OSError, ValueError, KeyError) as exc:
                         raise ModelLoadError(f"model {name!r} cannot run {task.value}: {exc}") from exc
                     self._engines[key] = engine
         return engine
+
+    def _make_engine(self, task: TaskName, loaded: LoadedModel) -> Engine[Any]:
+        simulated = self.settings.bench_simulated_device
+        if simulated is None:
+            return engine_class(task)(loaded)
+        from worker.engines.simulated import make_simulated
+
+        return make_simulated(engine_class(task), loaded, simulated)
 
     def load(self, name: str, task: TaskName) -> LoadedModel:
         key = (name, task)

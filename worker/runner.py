@@ -28,6 +28,7 @@ its worker takes no batch-mate down with it twice.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,24 +110,34 @@ class Runner:
         self.model_cache = model_cache
         self.worker = worker
         self.stopping = stopping
-        #: True while a chunk runs (a SIGTERM then waits for the current micro-batch instead of killing).
-        self.busy = False
-        #: When this process's previous chunk ended (`time.perf_counter`): the next chunk's ``gap`` starts there.
-        self._last_end: float | None = None
+        #: Chunks running now: one per pool thread under ``--pool threads``, which share this runner and its
+        #: loaded models.
+        self._running = 0
+        self._running_lock = threading.Lock()
+        #: Per thread: when its previous chunk ended (`time.perf_counter`), where the next chunk's ``gap`` starts.
+        self._last = threading.local()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a chunk is running (a SIGTERM then waits for the current micro-batch instead of killing)."""
+        return self._running > 0
 
     def run_chunk(self, job_id: str, seq: int) -> ChunkReport:
         if self.stopping():
             # Not even claimed: the message goes straight back.
             return ChunkReport(job_id, seq, ChunkOutcome.HANDED_BACK)
-        self.busy = True
+        with self._running_lock:
+            self._running += 1
         clock = StageClock()
-        if self._last_end is not None:
-            clock.add("gap", clock.started - self._last_end)
+        last_end: float | None = getattr(self._last, "end", None)
+        if last_end is not None:
+            clock.add("gap", clock.started - last_end)
         try:
             return self._run_chunk(job_id, seq, clock)
         finally:
-            self.busy = False
-            self._last_end = time.perf_counter()
+            with self._running_lock:
+                self._running -= 1
+            self._last.end = time.perf_counter()
 
     def _run_chunk(self, job_id: str, seq: int, clock: StageClock) -> ChunkReport:
         claims = self._claim(job_id, seq, clock)

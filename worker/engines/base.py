@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,9 @@ class Engine(ABC, Generic[P]):
         pad_id = self.tokenizer.pad_token_id
         self.pad_id = int(pad_id) if pad_id is not None else 0
         self._accepts_token_types = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
+        # Pool threads (``--pool threads``) share the engine: a fast tokenizer's Rust object must not be called
+        # from two threads at once (a call that changes its truncation would fail with "Already borrowed").
+        self._preprocess_lock = threading.Lock()
 
     # -- the three steps -------------------------------------------------------------------------------
 
@@ -133,7 +137,8 @@ class Engine(ABC, Generic[P]):
 
         if isinstance(params, dict):
             params = cast(P, read_params(self.task, params))
-        features = self.preprocess(inputs, params)
+        with self._preprocess_lock:
+            features = self.preprocess(inputs, params)
         plan = self.plan(features)
         if clock is not None:
             clock.lap("tokenize")
