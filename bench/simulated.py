@@ -38,7 +38,7 @@ log = logging.getLogger("bench")
 
 #: Simulated device speeds (items/s; 0 is the null device), worker pools, chunk sizes.
 DEVICES = (0, 2_000, 10_000)
-CHUNK_SIZES = (256, 1024, 2048)
+CHUNK_SIZES = (256, 1024)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Pool:
 POOLS = (Pool("prefork", 1), Pool("threads", 2), Pool("prefork", 2))
 
 #: Items per job (full, quick), and rounds.
-ITEMS = (8192, 2048)
+ITEMS = (4096, 2048)
 ROUNDS = (3, 1)
 
 #: The issue's targets.

@@ -467,14 +467,29 @@ def _store_outcomes_unnest(
     names = ", ".join(name for name, _ in _OUTCOME_COLUMNS)
     arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _OUTCOME_COLUMNS)
     sets = ", ".join(f"{name} = v.{name}" + ("::json" if name == "result" else "") for name, _ in _OUTCOME_COLUMNS)
+    # Planned the same way whatever the statistics say (a job's rows are new, rarely analyzed yet): each job's
+    # items by a primary-key range scan (the state is tested in a form no index serves, so that the planner cannot
+    # pick the (job, state) index and read every queued item of the job), hashed against the arrays (not a nested
+    # loop, which on an estimate of one row rescans the arrays once per item).
+    ranges: dict[str, tuple[int, int]] = {}
+    for job_id, index in zip(jobs, indices, strict=True):
+        lo, hi = ranges.get(job_id, (index, index))
+        ranges[job_id] = (min(lo, index), max(hi, index))
+    within = " OR ".join(f"(i.job_id = :j{k} AND i.index BETWEEN :lo{k} AND :hi{k})" for k in range(len(ranges)))
+    bounds: dict[str, Any] = {}
+    for k, (job_id, (lo, hi)) in enumerate(ranges.items()):
+        bounds.update({f"j{k}": job_id, f"lo{k}": lo, f"hi{k}": hi})
     statement = text(
         f"UPDATE items AS i SET {sets}, finished_at = :now "
         f"FROM unnest(CAST(:job_ids AS text[]), CAST(:indices AS int4[]), {arrays}) AS v(job_id, index, {names}) "
-        f"WHERE i.job_id = v.job_id AND i.index = v.index AND i.state = :queued "
+        f"WHERE ({within}) AND i.job_id = v.job_id AND i.index = v.index AND i.state || '' = :queued "
         f"RETURNING i.job_id, i.index"
     )
-    params = {**columns, "job_ids": jobs, "indices": indices, "now": now, "queued": ItemState.QUEUED.value}
-    return {(job_id, index) for job_id, index in session.execute(statement, params).tuples()}
+    session.execute(text("SET LOCAL enable_nestloop = off"))
+    params = {**columns, **bounds, "job_ids": jobs, "indices": indices, "now": now, "queued": ItemState.QUEUED.value}
+    written = {(job_id, index) for job_id, index in session.execute(statement, params).tuples()}
+    session.execute(text("SET LOCAL enable_nestloop = on"))
+    return written
 
 
 def _lock_queued_items(session: Session, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
