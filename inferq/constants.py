@@ -74,3 +74,9 @@ PURGE_BATCH_ROWS = 5_000
 #: Most strings in one list field of an input line (a rerank line's ``documents``, a zero-shot line's labels):
 #: each becomes a sequence of its own, and one line must fit a chunk's work.
 MAX_LIST_TEXTS = 1_000
+
+#: A job's metadata: as many string key-values as the batch APIs users know allow (16 keys, 64-character keys,
+#: 512-character values), enough to tag a job with its origin and owner without making it a document store.
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
