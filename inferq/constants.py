@@ -80,3 +80,8 @@ MAX_LIST_TEXTS = 1_000
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
+
+#: Seconds a metrics endpoint reuses the state it read from SQL: Prometheus scrapes every 15 s by default, so one
+#: scraper costs the database at most one set of queries a scrape, and several scrapers (or a 1 s interval) no more
+#: than one set every 5 s.
+DEFAULT_METRICS_CACHE_SECONDS = 5.0

@@ -121,6 +121,17 @@ class Settings(BaseSettings):
     #: ``inferq worker`` consumes. ``INFERQ_PRELOAD`` is comma-separated (``sst2,mrpc``) or a JSON list.
     preload: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    #: ``text`` (the usual lines) or ``json``: one JSON object a line, with ``job_id``, ``chunk``, ``model``,
+    #: ``outcome`` and timing fields where a line has them (`inferq.logs`). Secrets are redacted in both.
+    log_format: Literal["text", "json"] = "text"
+    #: The port a worker serves Prometheus metrics on (``/metrics``, `inferq.metrics`); ``None``: no metrics.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: The address the metrics endpoint listens on.
+    metrics_host: str = "0.0.0.0"
+    #: Seconds the state read from SQL on a scrape (jobs by state, unfinished items, the oldest queued chunk) is
+    #: reused: scrapes from several Prometheus servers, or a fast scrape interval, cost the database one set of
+    #: queries per period.
+    metrics_cache_seconds: float = Field(default=constants.DEFAULT_METRICS_CACHE_SECONDS, ge=0)
 
     @field_validator("database_url")
     @classmethod

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.errors import InferqError
@@ -79,6 +79,8 @@ class Claim:
     #: The job's `Job.batch_key` and queue: chunks of jobs with the same key on the same queue may run in one batch.
     batch_key: str | None = None
     queue: str | None = None
+    #: Since when the chunk has been waiting for a worker: its last enqueueing, else its job's creation.
+    waiting_since: dt.datetime | None = None
 
     @property
     def key(self) -> str:
@@ -150,6 +152,7 @@ def claim_chunk(session: Session, job_id: str, seq: int, *, worker: str, lease_s
         attempts=chunk.attempts,
         batch_key=job.batch_key,
         queue=job.queue,
+        waiting_since=chunk.enqueued_at or job.created_at,
     )
 
 
@@ -179,7 +182,7 @@ def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: in
     if room <= 0 or lead.attempts != 1 or lead.batch_key is None:
         return []
     candidates = session.execute(
-        select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop)
+        select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop, func.coalesce(Chunk.enqueued_at, Job.created_at))
         .join(Job, Job.id == Chunk.job_id)
         .where(
             Job.batch_key == lead.batch_key,
@@ -198,11 +201,13 @@ def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: in
         .with_for_update(of=Chunk, skip_locked=True)
     ).all()
     taken: list[tuple[str, int]] = []
+    waiting_since: dict[tuple[str, int], dt.datetime | None] = {}
     items = 0
-    for job_id, seq, start, stop in candidates:
+    for job_id, seq, start, stop, since in candidates:
         if items >= room:
             break
         taken.append((job_id, seq))
+        waiting_since[(job_id, seq)] = since
         items += stop - start
     if not taken:
         return []
@@ -242,6 +247,7 @@ def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: in
             inputs=[],
             batch_key=lead.batch_key,
             queue=lead.queue,
+            waiting_since=waiting_since[key],
         )
         for key in taken
     }

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from celery import Celery, Task
 from celery.exceptions import Reject
 
-from inferq import constants
+from inferq import constants, logs, metrics
 from inferq.errors import DatabaseUnavailable, TransientError, backoff
 from inferq.task_specs import RUN_CHUNK
 from worker.claims import ChunkOutcome
@@ -34,13 +34,18 @@ def register_tasks(app: Celery, get_runner: Callable[[], Runner]) -> None:
     @app.task(name=RUN_CHUNK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
     def run_chunk(self: Task, job_id: str, seq: int) -> None:
         try:
-            report = get_runner().run_chunk(job_id, int(seq))
+            with logs.context(job_id=job_id, chunk=int(seq)), metrics.chunk_in_progress():
+                report = get_runner().run_chunk(job_id, int(seq))
         except TransientError as exc:
+            metrics.chunk_delivered("retried")
+            if isinstance(exc, DatabaseUnavailable):
+                metrics.database_retry("chunk")
             # The database's failures arrive as DatabaseUnavailable (`inferq.db`); the log names the driver's error.
             what = exc.kind if isinstance(exc, DatabaseUnavailable) else type(exc).__name__
             countdown = backoff(int(self.request.retries or 0), RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)
             log.warning("job %s chunk %s: %s; retrying in %ss", job_id, seq, what, countdown)
             raise self.retry(exc=exc, countdown=countdown) from exc
+        metrics.chunk_delivered(report.outcome)
         if report.outcome is ChunkOutcome.DEFERRED:
             # Another worker's batch is running this chunk: look again later. The retry is a new message on the
             # broker before this one is acknowledged, so the chunk always has a message until it is done.
