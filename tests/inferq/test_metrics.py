@@ -238,3 +238,23 @@ def test_an_unreachable_database_shows_as_state_down() -> None:
     # Then the state is down and nothing else is made up
     assert found == {"inferq_state_up": {(): 0.0}}
     engine.dispose()
+
+
+def test_the_reconcilers_re_enqueues_are_counted_by_reason(
+    sqlite_settings: Settings, registry: CollectorRegistry, recorder: metrics.WorkerMetrics
+) -> None:
+    from inferq.celery_app import create_celery
+    from inferq.recovery import recover
+
+    # Given a job of three chunks whose messages were never sent (on the embedded SQLite database and broker)
+    store(sqlite_settings, "q-lost", "sst2", 9, 3)
+    engine = make_engine(sqlite_settings)
+    celery = create_celery(sqlite_settings, name="test-reconciler")
+
+    # When recovery runs with metrics on
+    report = recover(sqlite_settings, make_sessionmaker(engine), celery, older_than=0, grace=0)
+
+    # Then each re-enqueued chunk is counted under its queue and reason
+    assert len(report.requeued) == 3
+    assert value(registry, "inferq_chunks_requeued_total", queue="q-lost", reason="never_enqueued") == 3
+    engine.dispose()
