@@ -222,7 +222,10 @@ class WorkerState:
 
     def on_worker_ready(self, **_: Any) -> None:
         if self._metrics_server is not None:
-            self._metrics_server.start()
+            try:
+                self._metrics_server.start()
+            except OSError as exc:  # the port is taken: the worker runs on, without its endpoint
+                log.error("metrics: cannot serve on port %s: %s", self.settings.metrics_port, exc)
         settings = self.settings
         if settings.recover_interval <= 0 or self._reconciler is not None:
             return

@@ -147,6 +147,8 @@ def run(
     settings = Settings(database_url=database_url, broker_url=redis_url, default_queue=queue, models=registry)
     args = ("--concurrency", "2", "--metrics-port", str(port), "--models", "broken")
     with running_worker(env, log, *args) as proc, Client(settings) as client:
+        # Both pool processes up (each has loaded the model), so that both take chunks from the start.
+        wait_for(lambda: log.read_text().count("loaded broken (") >= 2, timeout=300, what="both pool processes")
         job_id = client.submit("classification", "broken", [{"text": t} for t in texts], chunk_size=CHUNK).job_id
         lost_job_id = client.submit("classification", "leaky", [{"text": t} for t in texts[:3]]).job_id
         status = client.wait(job_id, timeout=120)
