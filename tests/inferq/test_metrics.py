@@ -4,11 +4,13 @@ cache, and metrics that cost nothing when they are off."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +260,34 @@ def test_the_reconcilers_re_enqueues_are_counted_by_reason(
     assert len(report.requeued) == 3
     assert value(registry, "inferq_chunks_requeued_total", queue="q-lost", reason="never_enqueued") == 3
     engine.dispose()
+
+
+def test_a_dead_process_keeps_its_counts_and_loses_its_share_of_the_live_gauge(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    # Given a process that counted an item and held a chunk in progress when it died (killed: no goodbye)
+    code = (
+        "import os\n"
+        "from inferq import metrics\n"
+        "from inferq.task_specs import TaskName\n"
+        "m = metrics.WorkerMetrics()\n"
+        "m.items.labels('classification', 'm', 'q', 'succeeded').inc()\n"
+        "m.chunks_in_progress.inc()\n"
+        "print(os.getpid())\n"
+        "os._exit(0)\n"
+    )
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path)}
+    pid = int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    assert (tmp_path / f"gauge_livesum_{pid}.db").exists()
+
+    # When the endpoint's collector sweeps the directory
+    metrics._forget_dead_processes(tmp_path)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+
+    # Then its item still counts, and its chunk is no longer in progress
+    assert not (tmp_path / f"gauge_livesum_{pid}.db").exists()
+    assert 'inferq_items_total{model="m",outcome="succeeded",queue="q",task="classification"} 1.0' in text
+    assert "inferq_chunks_in_progress 0.0" in text or "inferq_chunks_in_progress" not in text
