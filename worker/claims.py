@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.errors import InferqError
@@ -182,7 +182,7 @@ def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: in
     if room <= 0 or lead.attempts != 1 or lead.batch_key is None:
         return []
     candidates = session.execute(
-        select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop, func.coalesce(Chunk.enqueued_at, Job.created_at))
+        select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop, Chunk.enqueued_at, Job.created_at)
         .join(Job, Job.id == Chunk.job_id)
         .where(
             Job.batch_key == lead.batch_key,
@@ -203,11 +203,11 @@ def claim_mates(session: Session, lead: Claim, *, worker: str, lease_seconds: in
     taken: list[tuple[str, int]] = []
     waiting_since: dict[tuple[str, int], dt.datetime | None] = {}
     items = 0
-    for job_id, seq, start, stop, since in candidates:
+    for job_id, seq, start, stop, enqueued_at, created_at in candidates:
         if items >= room:
             break
         taken.append((job_id, seq))
-        waiting_since[(job_id, seq)] = since
+        waiting_since[(job_id, seq)] = enqueued_at or created_at
         items += stop - start
     if not taken:
         return []
