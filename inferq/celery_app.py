@@ -6,6 +6,7 @@ from celery import Celery
 from kombu import Queue
 
 from inferq.settings import Settings
+from inferq.task_specs import DELIVER_WEBHOOK
 
 
 def create_celery(settings: Settings, *, name: str = "inferq") -> Celery:
@@ -31,7 +32,9 @@ def create_celery(settings: Settings, *, name: str = "inferq") -> Celery:
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.default_queue,
-        task_queues=[Queue(settings.default_queue)],
+        task_queues=[Queue(settings.default_queue), Queue(settings.webhook_queue)],
+        # Webhook deliveries have a queue of their own, consumed by every `inferq worker` (`inferq.webhooks`).
+        task_routes={DELIVER_WEBHOOK: {"queue": settings.webhook_queue}},
         task_create_missing_queues=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
