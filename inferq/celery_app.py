@@ -32,8 +32,10 @@ def create_celery(settings: Settings, *, name: str = "inferq") -> Celery:
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.default_queue,
-        task_queues=[Queue(settings.default_queue), Queue(settings.webhook_queue)],
-        # Webhook deliveries have a queue of their own, consumed by every `inferq worker` (`inferq.webhooks`).
+        task_queues=[Queue(settings.default_queue)],
+        # Webhook deliveries have a queue of their own, consumed by every `inferq worker` (`inferq.webhooks`). Made
+        # as a missing queue is (its own exchange and routing key): declared here as a bare `Queue` it would share
+        # the default queue's binding, and each message would land in both queues.
         task_routes={DELIVER_WEBHOOK: {"queue": settings.webhook_queue}},
         task_create_missing_queues=True,
         worker_hijack_root_logger=False,
