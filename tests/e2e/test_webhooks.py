@@ -6,6 +6,7 @@ job's end and the delivery loses nothing: the next worker's reconciler sends it.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -17,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
+from inferq import constants
 from inferq.db import make_sessionmaker
-from inferq.schema import Tenant, WebhookDelivery
+from inferq.schema import Tenant, WebhookDelivery, utcnow
 from inferq.settings import Settings
 from inferq.webhooks import delivery_history
 from producer.client import Client, JobOptions
-from tests.support.brokers import private_redis
+from tests.support.brokers import private_redis, ready_messages
 from tests.support.jobs import sentences, settings_of, worker_env
 from tests.support.records import wait_for
 from tests.support.webhook_receiver import Received, Receiver
@@ -107,7 +109,7 @@ def settled(client: Client, job_id: str, attempts: int) -> list[dict[str, Any]]:
         h = history(client, job_id)
         return h if h and h[0]["state"] != "pending" and h[0]["attempts"] >= attempts else None
 
-    return wait_for(done, 60, f"job {job_id}'s webhook to settle")
+    return wait_for(done, 120, f"job {job_id}'s webhook to settle")
 
 
 def stored_payload(client: Client, delivery_id: str) -> bytes:
@@ -122,8 +124,8 @@ def test_a_finished_job_posts_its_recorded_event_signed(hooks_client: Client) ->
         job_id = hooks_client.submit("classification", "cls", sentences(5), options=options).job_id
 
         # When it ends
-        status = hooks_client.wait(job_id, timeout=120)
-        [call] = receiver.wait_for(1, 30)
+        status = hooks_client.wait(job_id, timeout=300)
+        [call] = receiver.wait_for(1, 120)
         [entry] = settled(hooks_client, job_id, 1)
 
     # Then the receiver got the recorded body, byte for byte, with the delivery's id and a valid signature
@@ -161,8 +163,8 @@ def test_a_receiver_that_fails_at_first_gets_the_same_bytes_later(hooks_client: 
         ).job_id
 
         # When the job ends
-        hooks_client.wait(job_id, timeout=120)
-        calls = receiver.wait_for(3, 60)
+        hooks_client.wait(job_id, timeout=300)
+        calls = receiver.wait_for(3, 120)
         [entry] = settled(hooks_client, job_id, 3)
 
     # Then the third call delivered it: every call carried the recorded bytes and the same id, each signed
@@ -188,7 +190,7 @@ def test_a_cancelled_job_sends_job_cancelled(hooks_client: Client) -> None:
 
         # When it is cancelled
         hooks_client.cancel(job_id)
-        [call] = receiver.wait_for(1, 30)
+        [call] = receiver.wait_for(1, 120)
         [entry] = settled(hooks_client, job_id, 1)
 
     # Then a worker delivered job.cancelled
@@ -203,8 +205,8 @@ def test_a_job_that_fails_as_a_whole_sends_job_failed(hooks_client: Client) -> N
         job_id = hooks_client.submit(
             "classification", "broken", sentences(2), options=JobOptions(webhook_url=receiver.url)
         ).job_id
-        status = hooks_client.wait(job_id, timeout=120)
-        [call] = receiver.wait_for(1, 30)
+        status = hooks_client.wait(job_id, timeout=300)
+        [call] = receiver.wait_for(1, 120)
 
     assert status.state.value == "failed"
     event = json.loads(call.body)
@@ -216,37 +218,45 @@ def test_a_worker_killed_before_delivering_loses_no_event(
     tmp_path: Path, tiny_models: dict[str, Path], migrated_postgres: str, queue_name: str
 ) -> None:
     registry = {"cls": {"source": str(tiny_models["cls-distilbert"]), "task": "classification"}}
-    # Given a receiver that is down, and a worker whose next attempt would come 3 s after a failed one
+    # Given a receiver that is down, and workers whose second attempt comes long after the first: no message is
+    # sent for it (it is past the countdown limit); a reconciler sends it once it is due
     receiver = Receiver()
     with private_redis(tmp_path) as redis:
         env = {
             **worker_env(migrated_postgres, redis.url, queue_name, registry),
             **WEBHOOK_ENV,
-            "INFERQ_WEBHOOK_RETRY_DELAYS": "0,3,3",
+            "INFERQ_WEBHOOK_RETRY_DELAYS": f"0,{constants.WEBHOOK_COUNTDOWN_MAX_SECONDS + 100}",
         }
         with Client(settings_of(env).model_copy(update={"webhook_allow_private": True})) as client:
             with running_worker(env, tmp_path / "first.log") as first:
                 job_id = client.submit(
                     "classification", "cls", sentences(3), options=JobOptions(webhook_url=receiver.url)
                 ).job_id
-                client.wait(job_id, timeout=120)
-                # When the job has ended and its first attempt failed (nobody listens), the worker is killed,
-                # holding the message of the next attempt
-                wait_for(lambda: (h := history(client, job_id)) and h[0]["attempts"] == 1, 30, "a first attempt")
+                client.wait(job_id, timeout=300)
+                # When the job has ended and its first attempt failed (nobody listens), the worker is killed
+                wait_for(lambda: (h := history(client, job_id)) and h[0]["attempts"] == 1, 120, "a first attempt")
                 os.killpg(first.pid, signal.SIGKILL)
                 first.wait(timeout=30)
             [before] = history(client, job_id)
             assert (before["state"], before["attempts"]) == ("pending", 1)
             assert "Connect" in before["attempt_log"][0]["error"]
+            assert ready_messages(redis.url, f"{queue_name}.webhooks") == 0
 
-            # And later the receiver comes up, and a new worker starts
+            # And time passes: the next attempt is due (and has been for longer than INFERQ_RECOVER_OLDER_THAN)
+            with client.sessions.begin() as session:
+                session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == before["id"])
+                    .values(next_attempt_at=utcnow() - dt.timedelta(seconds=10))
+                )
+            # And the receiver comes up, and a new worker starts
             with receiver, running_worker(env, tmp_path / "second.log"):
-                [call] = receiver.wait_for(1, 60)
+                [call] = receiver.wait_for(1, 120)
                 [entry] = settled(client, job_id, 2)
                 second_log = worker_log(tmp_path / "second.log")
 
     # Then the new worker's reconciler sent it, and the receiver got the recorded event
-    assert "re-enqueued 1 webhook" in second_log, second_log[-3000:]
+    assert f"re-enqueued 1 webhook deliver(ies) that were due: {before['id']}" in second_log, second_log[-3000:]
     assert (entry["state"], entry["attempts"]) == ("delivered", 2)
     assert [a["status_code"] for a in entry["attempt_log"]] == [None, 200]
     assert call.body == stored_payload(client, entry["id"])
