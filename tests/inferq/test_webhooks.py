@@ -11,7 +11,9 @@ import hmac
 import json
 import socket
 import threading
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,6 +41,7 @@ from inferq.webhooks import (
 )
 from producer.client import Client, JobOptions, store_job
 from producer.inputs import InputRecord
+from tests.support.brokers import delete_queue, ready_messages
 from tests.support.webhook_receiver import Receiver
 from worker.claims import finish_jobs_if_complete
 
@@ -451,3 +454,71 @@ def test_two_senders_at_once_post_once(sqlite_settings: Settings, sessions: sess
     assert len(receiver.received) == 1
     with sessions() as session:
         assert session.get_one(WebhookDelivery, delivery_id).state == DeliveryState.DELIVERED
+
+
+@pytest.mark.services
+def test_a_cancel_racing_the_last_write_on_postgresql_makes_one_delivery(
+    migrated_postgres: str, redis_url: str, queue_name: str
+) -> None:
+    # Given jobs whose last items are being written while a user cancels them, at the same moment
+    settings = Settings(database_url=migrated_postgres, broker_url=redis_url, default_queue=queue_name)
+    engine = make_engine(settings)
+    sessions = make_sessionmaker(engine)
+    jobs = [a_job(sessions, "https://hooks.example/inferq") for _ in range(12)]
+
+    with Client(settings, engine=engine) as client:
+
+        def race(job_id: str) -> None:
+            barrier = threading.Barrier(2)
+
+            def write() -> None:
+                barrier.wait()
+                end_job(sessions, job_id, 2, 0)
+
+            def cancel() -> None:
+                barrier.wait()
+                client.cancel(job_id)
+
+            threads = [threading.Thread(target=write), threading.Thread(target=cancel)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        for job_id in jobs:
+            race(job_id)
+
+    # Then each job ended once, and made exactly one delivery, whose event is the state it ended in
+    with sessions() as session:
+        rows = session.execute(
+            select(WebhookDelivery.job_id, WebhookDelivery.event, Job.state)
+            .join(Job, Job.id == WebhookDelivery.job_id)
+            .where(WebhookDelivery.job_id.in_(jobs))
+        ).all()
+    engine.dispose()
+    sent_by_cancel = ready_messages(redis_url, settings.webhook_queue)
+    delete_queue(redis_url, settings.webhook_queue)
+    assert sorted(r[0] for r in rows) == sorted(jobs)
+    assert all(event == f"job.{state.value}" for _, event, state in rows)
+    # And each cancel that ended its job enqueued its delivery (the write's are the worker task's to send)
+    assert sent_by_cancel == sum(1 for r in rows if r[1] == "job.cancelled")
+    print("ended by the write:", sum(1 for r in rows if r[1] == "job.succeeded"), "of", len(jobs))
+
+
+def test_the_readme_verification_snippet_verifies_inferqs_signatures() -> None:
+    # Given the README's stdlib-only snippet, as a user copies it
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Webhooks", 1)[1].split("\n## ", 1)[0]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)
+    readme_verify = namespace["verify"]
+
+    # Then it takes what inferq signs, and refuses a changed body, a wrong secret and an old request
+    body = b'{"type":"job.succeeded"}'
+    headers = signature_headers(SPEC_SECRET, "msg_1", body)
+    assert readme_verify(SPEC_SECRET, headers, body) is True
+    assert readme_verify(SPEC_SECRET, headers, body + b" ") is False
+    assert readme_verify("whsec_" + base64.b64encode(b"k" * 32).decode(), headers, body) is False
+    old = signature_headers(SPEC_SECRET, "msg_1", body, int(time.time()) - 3600)
+    assert readme_verify(SPEC_SECRET, old, body) is False
