@@ -522,3 +522,52 @@ def test_the_readme_verification_snippet_verifies_inferqs_signatures() -> None:
     assert readme_verify("whsec_" + base64.b64encode(b"k" * 32).decode(), headers, body) is False
     old = signature_headers(SPEC_SECRET, "msg_1", body, int(time.time()) - 3600)
     assert readme_verify(SPEC_SECRET, old, body) is False
+
+
+@pytest.mark.services
+def test_reconcilers_send_each_long_due_delivery_once(migrated_postgres: str, redis_url: str, queue_name: str) -> None:
+    from inferq.celery_app import create_celery
+    from inferq.webhooks import enqueue_due
+
+    # Given a delivery due for long (its message lost) and one just recorded (its message on its way)
+    settings = Settings(
+        database_url=migrated_postgres, broker_url=redis_url, default_queue=queue_name, recover_older_than=60
+    )
+    engine = make_engine(settings)
+    sessions = make_sessionmaker(engine)
+    [lost] = end_job(sessions, a_job(sessions, "https://hooks.example/a"), 2, 0)
+    [fresh] = end_job(sessions, a_job(sessions, "https://hooks.example/b"), 2, 0)
+    with sessions.begin() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == lost)
+            .values(next_attempt_at=utcnow() - dt.timedelta(minutes=5))
+        )
+    celery = create_celery(settings)
+    try:
+        # When three reconcilers look at once, and again right after
+        barrier = threading.Barrier(3)
+        sent: list[list[str]] = []
+
+        def sweep() -> None:
+            barrier.wait()
+            sent.append(enqueue_due(settings, sessions, celery))
+
+        threads = [threading.Thread(target=sweep) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        again = enqueue_due(settings, sessions, celery)
+        waiting = ready_messages(redis_url, settings.webhook_queue)
+    finally:
+        delete_queue(redis_url, settings.webhook_queue)
+        engine.dispose()
+
+    # Then the lost one was sent once, the fresh one not at all, and neither again before its time
+    # (the database is shared with other tests: their deliveries may be swept too, and are left out here)
+    mine = [d for batch in sent for d in batch if d in (lost, fresh)]
+    assert mine == [lost]
+    assert lost not in again and fresh not in again
+    # And every delivery sent is one message on the webhook queue
+    assert waiting == sum(len(batch) for batch in sent) + len(again)
