@@ -32,7 +32,7 @@ def worker_command(
     loglevel: str | None,
     hostname: str | None,
 ) -> None:
-    """Run a worker: consume the default queue, the webhook queue and the queues of the models it preloads."""
+    """Run a worker: consume the default queue and the queues of the models it preloads."""
     from inferq.model_sources import resolve_model
     from inferq.settings import Settings
 
