@@ -34,7 +34,7 @@ RUN pip install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC" \
 # Then the project with the worker extras (transformers, tokenizers …); the installed torch satisfies its range.
 WORKDIR /src
 COPY . .
-RUN pip install ".[worker]" \
+RUN pip install ".[worker,server]" \
     && python -c "import torch; print('torch after project install:', torch.__version__)" \
     && inferq --help >/dev/null
 

@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(FIND_LINKS) torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q $(FIND_LINKS) -e ".[worker,dev]"
+	$(BIN)/python -m pip install -q $(FIND_LINKS) -e ".[worker,server,dev]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -27,13 +27,13 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check inferq producer worker inferq_demo migrations tests bench
-	$(BIN)/ruff format --check inferq producer worker inferq_demo migrations tests bench
+	$(BIN)/ruff check inferq producer worker server inferq_demo migrations tests bench
+	$(BIN)/ruff format --check inferq producer worker server inferq_demo migrations tests bench
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix inferq producer worker inferq_demo migrations tests bench
-	$(BIN)/ruff format inferq producer worker inferq_demo migrations tests bench
+	$(BIN)/ruff check --fix inferq producer worker server inferq_demo migrations tests bench
+	$(BIN)/ruff format inferq producer worker server inferq_demo migrations tests bench
 
 bench: install
 	$(BIN)/python -m bench

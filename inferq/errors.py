@@ -5,9 +5,11 @@ InferqError
 ├── InputError                  (never retried: the input itself is wrong)
 │   ├── InvalidInput            invalid_input        a bad line in a submitted file
 │   ├── InvalidParameter        invalid_parameter
+│   │   └── WebhookUrlRefused   webhook_url_refused  not http(s), or resolves to a private/loopback/… address
 │   ├── UnknownTask             unknown_task
 │   ├── UnknownModel            unknown_model
-│   └── JobNotFound             job_not_found
+│   ├── JobNotFound             job_not_found
+│   └── InvalidSignature        invalid_signature    a webhook's signature or timestamp does not verify
 ├── ModelError
 │   ├── ModelLoadError          model_load_error     the model or tokenizer would not load
 │   └── InferenceError          inference_error      the forward pass raised on this item
@@ -84,6 +86,14 @@ class InvalidParameter(InputError):
     code = "invalid_parameter"
 
 
+class WebhookUrlRefused(InvalidParameter):
+    """A webhook URL inferq will not POST to (`inferq.webhooks.check_url`): not http(s), no host, a host that does
+    not resolve, or one that resolves to an address users must not reach through inferq (private, loopback,
+    link-local …). ``details["field"]`` is ``"webhook_url"``."""
+
+    code = "webhook_url_refused"
+
+
 class UnknownTask(InputError):
     code = "unknown_task"
 
@@ -94,6 +104,13 @@ class UnknownModel(InputError):
 
 class JobNotFound(InputError):
     code = "job_not_found"
+
+
+class InvalidSignature(InputError):
+    """A received webhook does not verify (`inferq.webhooks.verify`): no or a wrong signature, or a timestamp
+    outside the tolerance."""
+
+    code = "invalid_signature"
 
 
 class ModelError(InferqError):

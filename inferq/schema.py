@@ -12,11 +12,25 @@ import datetime as dt
 from enum import Enum
 from typing import Any, overload
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, func
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from inferq.states import ChunkState, ItemState, JobState
+from inferq.states import ChunkState, DeliveryState, ItemState, JobState
 
 #: Constraint names fixed by convention, so that migrations are the same on PostgreSQL and SQLite.
 NAMING_CONVENTION = {
@@ -44,6 +58,10 @@ def state_type(states: type[Enum]) -> SqlEnum:
         validate_strings=True,
         create_constraint=False,
     )
+
+
+#: The tenant of every job created without the HTTP API (the CLI and `producer.Client` on the database).
+DEFAULT_TENANT = "default"
 
 
 def utcnow() -> dt.datetime:
@@ -84,8 +102,25 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     #: `inferq.task_specs.batch_key` of (task, model, params): jobs with equal keys share micro-batches on a worker.
     batch_key: Mapped[str | None] = mapped_column(String(64))
+    #: The tenant whose key created the job (`Tenant.name`); jobs submitted without the HTTP API belong to
+    #: `DEFAULT_TENANT`.
+    tenant: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
+    #: Free-form string key-values the user attached at submit, stored and returned as given.
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    #: Where the job's end event is POSTed (`inferq.webhooks`); ``None``: no webhook.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    #: The ``Idempotency-Key`` the job was created with, unique per tenant, and a digest of the request it came
+    #: with: the same key with the same request returns this job; with another request, a conflict.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    #: A job created to retry another job's failed items: that job's id.
+    retry_of: Mapped[str | None] = mapped_column(String(32))
 
-    __table_args__ = (Index("ix_jobs_batch_key_state", "batch_key", "state"),)
+    __table_args__ = (
+        Index("ix_jobs_batch_key_state", "batch_key", "state"),
+        Index("ix_jobs_tenant_created_at", "tenant", "created_at"),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+    )
 
 
 class Chunk(Base):
@@ -146,6 +181,79 @@ class Item(Base):
         Index("ix_items_job_state", "job_id", "state"),
         Index("ix_items_job_label", "job_id", "label"),
     )
+
+
+class Tenant(Base):
+    """Who owns jobs behind the HTTP API. Created with the first key (`inferq keys create --tenant NAME`)."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: Unfinished items (of queued and running jobs) the tenant may hold at once; ``None``: no limit.
+    max_queued_items: Mapped[int | None] = mapped_column(Integer)
+    #: Signs the tenant's webhooks (Standard Webhooks: ``whsec_`` + base64 of the key bytes). Kept in clear because
+    #: signing needs it; shown to the tenant's admin once, at creation.
+    webhook_secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key. Only a hash is stored: the key (``iq_<id>_<secret>``) is shown once, when it is created."""
+
+    __tablename__ = "api_keys"
+
+    #: The key's public part, shown by ``inferq keys list`` and used to find the key's row.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(ForeignKey("tenants.name", ondelete="CASCADE"), index=True)
+    #: SHA-256 (hex) of the whole key; keys carry 256 random bits, so a fast hash is enough.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    #: An admin key sees and acts on every tenant's jobs.
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Set by ``inferq keys revoke``: the key is refused from the next request on.
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """A job's end event, recorded in the transaction that ended the job (an outbox) and sent by a Celery task
+    until the endpoint takes it: at-least-once, and every attempt is kept."""
+
+    __tablename__ = "webhook_deliveries"
+
+    #: ``msg_…``: the ``webhook-id`` header, the same on every attempt, so that a receiver can drop duplicates.
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    #: ``job.succeeded``, ``job.failed`` or ``job.cancelled``.
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    #: The request body, exactly as signed and sent on every attempt.
+    payload: Mapped[str] = mapped_column(Text)
+    state: Mapped[DeliveryState] = mapped_column(state_type(DeliveryState), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: While pending: when the next attempt is due.
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),)
+
+
+class WebhookAttempt(Base):
+    """One try at delivering a `WebhookDelivery`: what the endpoint answered, or why nothing came back."""
+
+    __tablename__ = "webhook_attempts"
+
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), primary_key=True)
+    #: 1 for the first attempt, 2 for the next …
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: The HTTP status the endpoint answered; ``None`` when it did not answer (see `error`).
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    #: Why the attempt failed (timeout, connection refused, a non-2xx status); ``None`` on success.
+    error: Mapped[str | None] = mapped_column(Text)
+    #: Seconds from sending the request to the answer (or the failure).
+    duration: Mapped[float] = mapped_column(Float)
 
 
 def sql_now() -> Any:

@@ -45,3 +45,12 @@ class ChunkState(str, Enum):
     RUNNING = "running"
     #: Every item of the chunk has ended.
     DONE = "done"
+
+
+class DeliveryState(str, Enum):
+    #: Not yet received by the endpoint; its next attempt is due at `WebhookDelivery.next_attempt_at`.
+    PENDING = "pending"
+    #: The endpoint answered 2xx.
+    DELIVERED = "delivered"
+    #: Every attempt failed for longer than the retry schedule allows; kept, with its attempts, for the user.
+    FAILED = "failed"

@@ -9,6 +9,7 @@ for row in client.results(job.job_id, min_score=0.9):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -23,18 +24,59 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
 from inferq.db import make_engine, make_sessionmaker
-from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, JobNotFound, LineError
+from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, InvalidParameter, JobNotFound, LineError
 from inferq.model_sources import check_model, mask_tokens, resolve_model
-from inferq.schema import Chunk, Item, Job, as_utc, utcnow
+from inferq.schema import DEFAULT_TENANT, Chunk, Item, Job, as_utc, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.task_specs import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
+from inferq.webhooks import check_url, record_job_ends, send_deliveries
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
 from producer.results import STORED_STATE, ResultFilter, ResultRow, item_rows
 
 if TYPE_CHECKING:
     # Celery (and kombu) load when the client first sends, not for a status or a results read.
     from celery import Celery
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a job carries besides its task, model, parameters and inputs: its owner and the HTTP API's extras."""
+
+    #: The tenant that owns the job (the HTTP API sets the key's tenant).
+    tenant: str = DEFAULT_TENANT
+    #: Free-form string key-values, stored and returned as given (`check_metadata`'s limits).
+    metadata: dict[str, str] | None = None
+    #: Where the job's end event is POSTed.
+    webhook_url: str | None = None
+    #: The request's ``Idempotency-Key`` and a digest of the request (see `Job.idempotency_key`).
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    #: The job whose failed items this job retries.
+    retry_of: str | None = None
+
+
+def check_metadata(metadata: Any) -> dict[str, str] | None:
+    """A job's metadata as stored: at most `constants.MAX_METADATA_KEYS` string keys of at most
+    `constants.MAX_METADATA_KEY_CHARS` characters, with string values of at most `constants.MAX_METADATA_VALUE_CHARS`
+    (`InvalidParameter` naming the key otherwise). ``None`` and ``{}`` store nothing."""
+    if metadata is None or metadata == {}:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidParameter("metadata must be an object of string keys and string values", field="metadata")
+    if len(metadata) > constants.MAX_METADATA_KEYS:
+        raise InvalidParameter(f"metadata holds at most {constants.MAX_METADATA_KEYS} keys", field="metadata")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or len(key) > constants.MAX_METADATA_KEY_CHARS:
+            raise InvalidParameter(
+                f"metadata keys are strings of 1 to {constants.MAX_METADATA_KEY_CHARS} characters", field="metadata"
+            )
+        if not isinstance(value, str) or len(value) > constants.MAX_METADATA_VALUE_CHARS:
+            raise InvalidParameter(
+                f"metadata[{key!r}] must be a string of at most {constants.MAX_METADATA_VALUE_CHARS} characters",
+                field=f"metadata.{key}",
+            )
+    return dict(metadata)
 
 
 @dataclass(frozen=True)
@@ -173,11 +215,16 @@ class Client:
         chunk_size: int | None = None,
         skip_invalid: bool = False,
         format: Literal["auto", "jsonl", "csv"] = "auto",
+        options: JobOptions | None = None,
     ) -> Submission:
         """Validate everything, store the job and its items in one transaction, then enqueue one message per
         chunk. Bad input raises `InvalidInput` (every bad line, with line number and field) and stores nothing,
         unless ``skip_invalid``."""
         task = task if isinstance(task, TaskName) else parse_task(task)
+        options = options or JobOptions()
+        options = dataclasses.replace(options, metadata=check_metadata(options.metadata))
+        if options.webhook_url is not None:
+            check_url(options.webhook_url, self.settings)  # before anything is stored
         spec = resolve_model(self.settings, model, task)
         full_params = validate_params(task, dict(params or {}))
         typed = read_params(task, full_params)
@@ -200,7 +247,7 @@ class Client:
         committing = False
         try:
             with self.sessions() as session, session.begin():
-                store_job(session, job_id, task, model, full_params, read.records, size, queue)
+                store_job(session, job_id, task, model, full_params, read.records, size, queue, options=options)
                 committing = True
         except DatabaseUnavailable as exc:
             # One transaction, and nothing is enqueued before it commits: a database that went away stored nothing,
@@ -316,8 +363,10 @@ class Client:
 
     def cancel(self, job_id: str) -> JobStatus:
         """Stop a job: unfinished items become ``cancelled``; a running chunk stops at its next micro-batch.
-        Finished results stay."""
+        Finished results stay. A job with a webhook records its ``job.cancelled`` event in the same transaction and
+        enqueues it after the commit."""
         now = utcnow()
+        webhooks: list[str] = []
         with self.sessions.begin() as session:
             if session.get(Job, job_id) is None:
                 raise JobNotFound(f"no job {job_id!r}")
@@ -332,6 +381,9 @@ class Client:
                     .where(Item.job_id == job_id, Item.state == ItemState.QUEUED)
                     .values(state=ItemState.CANCELLED, finished_at=now)
                 )
+                webhooks = record_job_ends(session, [job_id])
+        if webhooks:
+            send_deliveries(self.celery, self.settings, webhooks)
         return self.status(job_id)
 
     def wait(
@@ -371,6 +423,7 @@ def store_job(
     queue: str,
     *,
     copy: bool | None = None,
+    options: JobOptions | None = None,
 ) -> None:
     """Insert the job, its chunks and its items (flushed, not committed: the caller's transaction decides).
 
@@ -378,6 +431,7 @@ def store_job(
     PostgreSQL."""
     total = len(records)
     n_chunks = chunk_count(total, chunk_size)
+    options = options or JobOptions()
     session.add(
         Job(
             id=job_id,
@@ -393,6 +447,12 @@ def store_job(
             failed=0,
             created_at=utcnow(),
             batch_key=batch_key(task, model, params),
+            tenant=options.tenant,
+            meta=options.metadata,
+            webhook_url=options.webhook_url,
+            idempotency_key=options.idempotency_key,
+            request_hash=options.request_hash,
+            retry_of=options.retry_of,
         )
     )
     session.flush()
