@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import httpx
@@ -299,6 +300,24 @@ def test_a_submit_past_the_tenants_quota_is_429_with_retry_after(
     # And once the first job is cancelled, its items no longer count
     assert api.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=bearer(key)).status_code == 200
     assert api.post(submit_url(), content=jsonl(ROWS[:2]), headers={**bearer(key), **JSONL}).status_code == 201
+
+
+def test_concurrent_submits_never_pass_the_tenants_quota_together(
+    api: TestClient, make_key: MakeKey, sessions: sessionmaker[Session]
+) -> None:
+    # Given a tenant allowed 9 unfinished items, and six clients submitting 3 items each at once (no worker runs
+    # here, so nothing finishes meanwhile; each submit stores in its own transaction, in the app's thread pool)
+    key, tenant = make_key(quota=9)
+
+    def send(_: int) -> int:
+        return api.post(submit_url(), content=jsonl(ROWS), headers={**bearer(key), **JSONL}).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = sorted(pool.map(send, range(6)))
+
+    # Then exactly three fit, and the others are refused
+    assert codes == [201] * 3 + [429] * 3
+    assert items_of(sessions, tenant) == 9
 
 
 # -- listing -----------------------------------------------------------------------------------------------------------
