@@ -12,6 +12,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import anyio
 import httpx
@@ -104,6 +105,20 @@ def test_the_job_object_holds_every_key_of_the_clis_json_with_the_same_values(
     with Client(api_settings) as client:
         cli_json = client.status(job["id"]).to_json()
     assert {k: job[k] for k in cli_json} == cli_json
+
+
+def test_a_job_submitted_without_the_api_belongs_to_the_default_tenant(
+    api: TestClient, make_key: MakeKey, api_settings: Settings
+) -> None:
+    # Given a job submitted with the Python client on the database, as the CLI does
+    with Client(api_settings) as client:
+        job_id = client.submit("classification", MODEL, ROWS).job_id
+        assert client.status(job_id).tenant == "default"
+    # Then a tenant's key does not see it, and an admin key does
+    key, _ = make_key()
+    admin, _ = make_key(admin=True)
+    assert api.get(f"/v1/jobs/{job_id}", headers=bearer(key)).status_code == 404
+    assert api.get(f"/v1/jobs/{job_id}", headers=bearer(admin)).json()["tenant"] == "default"
 
 
 def test_invalid_lines_are_refused_with_line_and_field_and_nothing_is_stored(
@@ -392,6 +407,24 @@ def test_results_and_errors_stream_in_input_order_as_the_cli_exports_them(
     assert lines[0]["error"] == {"code": "inference_error", "message": "boom"}
     assert failed_only.text == errors.text
     assert [json.loads(ln)["index"] for ln in queued_only.text.splitlines()] == [0, 2, 4]
+
+
+def test_parquet_results_come_as_a_file_and_npy_only_for_jobs_with_vectors(
+    api: TestClient, make_key: MakeKey, stored_job: StoreJob, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    key, tenant = make_key()
+    job_id = stored_job(tenant, n=5, failed=(2,))
+
+    parquet = api.get(f"/v1/jobs/{job_id}/results?format=parquet", headers=bearer(key))
+    npy = api.get(f"/v1/jobs/{job_id}/results?format=npy", headers=bearer(key))
+
+    assert parquet.status_code == 200 and parquet.headers["content-type"] == "application/octet-stream"
+    (tmp_path / "r.parquet").write_bytes(parquet.content)
+    table = pq.read_table(tmp_path / "r.parquet").to_pydict()
+    assert table["index"] == [0, 1, 2, 3, 4] and table["error_code"][2] == "inference_error"
+    assert npy.status_code == 422 and npy.json()["error"]["field"] == "format"
 
 
 def test_cancel_stops_a_job_and_a_finished_job_comes_back_unchanged(
