@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from inferq import metrics
 from inferq.brokers import listed_chunk_messages
 from inferq.errors import BrokerUnavailable
 from inferq.schema import Chunk, Job, as_utc, utcnow
@@ -143,6 +144,7 @@ def recover(
             len(report.requeued),
             ", ".join(f"{c.job_id}/{c.seq} ({c.reason})" for c in report.requeued),
         )
+        metrics.chunks_requeued(report.requeued)
     return report
 
 

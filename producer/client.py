@@ -42,6 +42,7 @@ from inferq.schema import DEFAULT_TENANT, Chunk, Item, Job, Tenant, as_utc, utcn
 from inferq.settings import ModelSpec, Settings
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.task_specs import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
+from inferq.webhooks import check_url, record_job_ends, send_deliveries
 from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
 from producer.results import STORED_STATE, ResultFilter, ResultRow, item_rows
 
@@ -253,6 +254,8 @@ class Client:
         replayed = self._replayed(options)
         if replayed is not None:
             return replayed
+        if options.webhook_url is not None:
+            check_url(options.webhook_url, self.settings)  # before anything is stored
         spec = resolve_model(self.settings, model, task)
         full_params = validate_params(task, dict(params or {}))
         typed = read_params(task, full_params)
@@ -446,8 +449,10 @@ class Client:
 
     def cancel(self, job_id: str, *, tenant: str | None = None) -> JobStatus:
         """Stop a job: unfinished items become ``cancelled``; a running chunk stops at its next micro-batch.
-        Finished results stay. With ``tenant``, another tenant's job is `JobNotFound`."""
+        Finished results stay. With ``tenant``, another tenant's job is `JobNotFound`. A job with a webhook records its ``job.cancelled`` event in the same transaction and
+        enqueues it after the commit."""
         now = utcnow()
+        webhooks: list[str] = []
         with self.sessions.begin() as session:
             _job_of(session, job_id, tenant)
             cancelled = session.execute(
@@ -461,6 +466,9 @@ class Client:
                     .where(Item.job_id == job_id, Item.state == ItemState.QUEUED)
                     .values(state=ItemState.CANCELLED, finished_at=now)
                 )
+                webhooks = record_job_ends(session, [job_id])
+        if webhooks:
+            send_deliveries(self.celery, self.settings, webhooks)
         return self.status(job_id)
 
     def retry(self, job_id: str, *, tenant: str | None = None) -> Submission:

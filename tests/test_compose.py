@@ -22,7 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DEFAULT_SERVICES = {"redis", "postgres", "migrate", "worker-cpu", "api", "flower"}
 GPU_SERVICES = {"worker-gpu"}
+MONITORING_SERVICES = {"prometheus", "grafana"}
 WORKERS = ("worker-cpu", "worker-gpu")
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
 
 yaml: Any
 try:
@@ -103,6 +106,13 @@ def services(gpu_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return gpu_config["services"]
 
 
+@pytest.fixture(scope="module")
+def all_services(tool: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Every service, as rendered with both profiles on."""
+    services: dict[str, dict[str, Any]] = render(tool, profiles=("gpu", "monitoring"))["services"]
+    return services
+
+
 # -- normalising the two tools' renderings ---------------------------------------------------------------------------
 
 
@@ -178,11 +188,11 @@ def test_every_service_is_there_and_only_the_gpu_worker_needs_the_gpu_profile(to
     plain_services = set(plain.stdout.split())
     gpu_services = set(with_gpu.stdout.split())
 
-    # then a plain `up` has everything but the GPU worker, and the gpu profile adds it
+    # then a plain `up` has everything but the GPU worker and monitoring, and the gpu profile adds the worker
     assert plain_services >= DEFAULT_SERVICES
-    assert gpu_services == DEFAULT_SERVICES | GPU_SERVICES
-    # (docker-compose 1.x lists services of inactive profiles too; whatever is listed, only the GPU worker is extra)
-    assert plain_services - DEFAULT_SERVICES <= GPU_SERVICES
+    assert gpu_services - MONITORING_SERVICES == DEFAULT_SERVICES | GPU_SERVICES
+    # (docker-compose 1.x lists services of inactive profiles too; whatever is listed, only those are extra)
+    assert plain_services - DEFAULT_SERVICES <= GPU_SERVICES | MONITORING_SERVICES
 
 
 def test_the_gpu_worker_is_behind_the_gpu_profile_and_nothing_else_is(services: dict[str, dict[str, Any]]) -> None:
@@ -193,6 +203,7 @@ def test_the_gpu_worker_is_behind_the_gpu_profile_and_nothing_else_is(services: 
     # then the GPU worker needs the gpu profile, and the rest start on a machine without a GPU
     assert profiles["worker-gpu"] == ["gpu"]
     assert all(not profiles[name] for name in DEFAULT_SERVICES), profiles
+    assert all(profiles[name] == ["monitoring"] for name in MONITORING_SERVICES if name in profiles), profiles
 
 
 def test_redis_keeps_queued_chunks_appendonly_and_never_evicts(services: dict[str, dict[str, Any]]) -> None:
@@ -358,3 +369,116 @@ def test_the_api_serves_on_port_8000_after_the_migration_with_a_healthcheck(
         dependencies(api).get("postgres") == "service_healthy" and dependencies(api).get("redis") == "service_healthy"
     )
     assert "/healthz" in " ".join(argv(api["healthcheck"]["test"]))
+
+
+# -- monitoring: Prometheus, Grafana, and what they read ---------------------------------------------------------
+
+
+def _yaml_file(path: Path) -> Any:
+    if yaml is None:
+        pytest.skip("pyyaml is not installed")
+    return yaml.safe_load(path.read_text())
+
+
+def scrape_ports(config: dict[str, Any]) -> dict[str, set[int]]:
+    """Per scrape job, the ports it scrapes (static ``host:port`` targets and DNS discovery's ``port``)."""
+    ports: dict[str, set[int]] = {}
+    for job in config["scrape_configs"]:
+        found = ports.setdefault(job["job_name"], set())
+        for static in job.get("static_configs") or []:
+            found |= {int(target.rsplit(":", 1)[1]) for target in static["targets"]}
+        for dns in job.get("dns_sd_configs") or []:
+            found.add(int(dns["port"]))
+    return ports
+
+
+def scrape_hosts(config: dict[str, Any]) -> set[str]:
+    hosts: set[str] = set()
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs") or []:
+            hosts |= {target.rsplit(":", 1)[0] for target in static["targets"]}
+        for dns in job.get("dns_sd_configs") or []:
+            hosts |= set(dns["names"])
+    return hosts
+
+
+def dashboard_metrics(dashboard: dict[str, Any]) -> set[str]:
+    """Every metric name the dashboard's queries use, without the histogram suffixes."""
+    import re
+
+    names: set[str] = set()
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets") or []:
+            for name in re.findall(r"\b(inferq_[a-z0-9_]+)", target["expr"]):
+                names.add(re.sub(r"_(bucket|sum|count)$", "", name))
+    return names
+
+
+def test_monitoring_runs_behind_its_profile_with_the_repositorys_configuration(
+    all_services: dict[str, dict[str, Any]],
+) -> None:
+    # given Prometheus and Grafana as rendered with every profile on
+    prometheus, grafana = all_services["prometheus"], all_services["grafana"]
+
+    # then both need the monitoring profile, and mount the repository's configuration
+    assert list(prometheus.get("profiles") or []) == ["monitoring"]
+    assert list(grafana.get("profiles") or []) == ["monitoring"]
+    assert "/etc/prometheus/prometheus.yml" in mount_targets(prometheus)
+    assert {"/etc/grafana/provisioning", "/var/lib/grafana/dashboards"} <= mount_targets(grafana)
+    assert option(full_command(prometheus), "--config.file") == "/etc/prometheus/prometheus.yml"
+    assert 9090 in published_targets(prometheus) and 3000 in published_targets(grafana)
+
+
+def test_prometheus_scrapes_every_worker_on_the_port_it_serves_metrics_on(
+    all_services: dict[str, dict[str, Any]],
+) -> None:
+    # given the scrape configuration and each worker's command
+    config = _yaml_file(PROMETHEUS_CONFIG)
+    ports = {worker: option(full_command(all_services[worker]), "--metrics-port") for worker in WORKERS}
+
+    # then every worker serves metrics, on the one port Prometheus scrapes, and every worker service is a target
+    assert all(ports.values()), ports
+    scraped = set().union(*scrape_ports(config).values())
+    assert {int(p) for p in ports.values() if p} == scraped
+    assert scrape_hosts(config) == set(WORKERS)
+
+
+def test_the_scrape_configuration_matches_the_workers_port_without_the_compose_tool() -> None:
+    # given the compose file as written (no tool needed) and the scrape configuration
+    compose_file = _yaml_file(COMPOSE_FILE)
+    config = _yaml_file(PROMETHEUS_CONFIG)
+
+    # when each worker's --metrics-port is read
+    ports = {option(argv(compose_file["services"][w]["command"]), "--metrics-port") for w in WORKERS}
+
+    # then it is the port Prometheus scrapes, and the monitoring services sit behind their profile
+    assert ports == {str(p) for p in set().union(*scrape_ports(config).values())}
+    for name in MONITORING_SERVICES:
+        assert compose_file["services"][name]["profiles"] == ["monitoring"]
+
+
+def test_every_metric_the_dashboard_queries_is_one_the_code_exports() -> None:
+    from inferq.metrics import STATE_METRICS, WORKER_METRICS
+
+    # given the dashboard and the names the metrics module exports
+    dashboard = json.loads((GRAFANA / "dashboards" / "inferq.json").read_text())
+    used = dashboard_metrics(dashboard)
+
+    # then it queries something, and nothing the code does not export
+    assert len(used) >= 10, used
+    assert used <= set(WORKER_METRICS) | set(STATE_METRICS), used - set(WORKER_METRICS) - set(STATE_METRICS)
+
+
+def test_the_dashboard_reads_the_provisioned_prometheus_data_source() -> None:
+    # given the provisioned data source, the dashboard provider and the dashboard
+    datasources = _yaml_file(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
+    provider = _yaml_file(GRAFANA / "provisioning" / "dashboards" / "inferq.yml")["providers"][0]
+    dashboard = json.loads((GRAFANA / "dashboards" / "inferq.json").read_text())
+
+    # then every panel reads the provisioned Prometheus (by uid), which is the compose service
+    (source,) = datasources
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    uids |= {p["datasource"]["uid"] for p in dashboard["panels"]}
+    assert uids == {source["uid"]}
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"

@@ -29,6 +29,7 @@ from typing import Any
 from celery import Celery, signals
 from sqlalchemy import Engine
 
+from inferq import logs, metrics
 from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
 from inferq.reconciler import Reconciler
@@ -100,6 +101,8 @@ class WorkerState:
         self._reconciler_engine: Engine | None = None
         #: torch's intra-op threads in each process that runs models (`torch_threads`), decided at worker start.
         self._torch_threads: int | None = None
+        #: The ``/metrics`` endpoint, served by the main process (``INFERQ_METRICS_PORT``; `inferq.metrics`).
+        self._metrics_server: metrics.MetricsServer | None = None
 
     @property
     def settings(self) -> Settings:
@@ -155,6 +158,10 @@ class WorkerState:
         # Made here, before the pool forks, so that every child shares it.
         self._shutdown = ShutdownFlag()
         self._main_pid = os.getpid()
+        if self.settings.metrics_port is not None and self._metrics_server is None:
+            # Before the pool forks too: every process keeps its metrics in the directory the endpoint reads.
+            self._metrics_server = metrics.MetricsServer(self.settings, metrics.prepare_multiprocess())
+            metrics.activate(metrics.WorkerMetrics())
         # The solo and threads pools run tasks in this very process: preload here instead.
         pool = getattr(getattr(sender, "pool_cls", None), "__module__", "") if sender is not None else ""
         in_this_process = "solo" in pool or "thread" in pool
@@ -171,7 +178,20 @@ class WorkerState:
             # The parent's connections stay the parent's: forget them here without closing them.
             self._reconciler_engine.dispose(close=False)
         self._reconciler = self._reconciler_engine = None
+        if self._metrics_server is not None:
+            self._metrics_server.forget()
         self._ready_to_run()
+
+    def on_process_shutdown(self, pid: int | None = None, **_: Any) -> None:
+        # A pool process ends: its share of the live gauges goes.
+        metrics.process_exited(pid or os.getpid())
+
+    def on_logging_setup(self, logger: logging.Logger | None = None, **_: Any) -> None:
+        """Celery has set up a logger's handlers: they write ``INFERQ_LOG_FORMAT``, redacted."""
+        if logger is not None:
+            logs.use_format(logger, self.settings.log_format)
+            if logger is logging.getLogger():
+                logs.use_format(logging.getLogger("multiprocessing"), self.settings.log_format)
 
     def on_task_prerun(self, **_: Any) -> None:
         flag = self._shutdown
@@ -201,6 +221,11 @@ class WorkerState:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_worker_ready(self, **_: Any) -> None:
+        if self._metrics_server is not None:
+            try:
+                self._metrics_server.start()
+            except OSError as exc:  # the port is taken: the worker runs on, without its endpoint
+                log.error("metrics: cannot serve on port %s: %s", self.settings.metrics_port, exc)
         settings = self.settings
         if settings.recover_interval <= 0 or self._reconciler is not None:
             return
@@ -222,6 +247,10 @@ class WorkerState:
         if self._reconciler_engine is not None:
             self._reconciler_engine.dispose()
         self._reconciler = self._reconciler_engine = None
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
+            metrics.activate(None)
 
     def connect(self) -> None:
         """Have Celery's signals call this state's methods."""
@@ -231,6 +260,9 @@ class WorkerState:
         signals.worker_ready.connect(self.on_worker_ready, weak=False)
         signals.worker_shutting_down.connect(self.on_shutting_down, weak=False)
         signals.worker_shutdown.connect(self.on_worker_shutdown, weak=False)
+        signals.worker_process_shutdown.connect(self.on_process_shutdown, weak=False)
+        signals.after_setup_logger.connect(self.on_logging_setup, weak=False)
+        signals.after_setup_task_logger.connect(self.on_logging_setup, weak=False)
 
 
 #: This process's worker.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -22,6 +23,12 @@ import click
 @click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
 @click.option("--loglevel", "-l", default=None, help="Log level (default: INFERQ_LOG_LEVEL).")
 @click.option("--hostname", "-n", default=None, help="Celery node name.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port, at /metrics (default: INFERQ_METRICS_PORT, else none).",
+)
 def worker_command(
     device: str | None,
     models: str,
@@ -31,6 +38,7 @@ def worker_command(
     pool: str,
     loglevel: str | None,
     hostname: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Run a worker: consume the default queue and the queues of the models it preloads."""
     from inferq.model_sources import resolve_model
@@ -45,18 +53,22 @@ def worker_command(
         options["device"] = device
     if precision:
         options["precision"] = precision
+    if metrics_port is not None:
+        options["metrics_port"] = metrics_port
     names = [m.strip() for m in models.split(",") if m.strip()]
     if names:
         options["preload"] = names
     # The environment's settings with these options over them; the pool processes inherit them when they fork.
     settings = Settings(**options)
-    consume = [settings.default_queue]
+    # Every worker sends webhooks, from a queue of their own: an event never waits behind a backlog of chunks.
+    consume = [settings.default_queue, settings.webhook_queue]
     for name in settings.preload:
         queue = settings.queue_of(resolve_model(settings, name))
         if queue not in consume:
             consume.append(queue)
     consume += [q.strip() for q in queues.split(",") if q.strip() and q.strip() not in consume]
 
+    from inferq import logs
     from worker.app import run_worker
 
     argv = [
@@ -74,4 +86,10 @@ def worker_command(
     ]
     if hostname:
         argv += ["--hostname", hostname]
+    if settings.log_format == "json":
+        # Celery's banner is text, and so are warnings given before Celery sets its logging up: without the one,
+        # and with the others logged as JSON from now on, every line a JSON worker writes is a JSON object.
+        argv.insert(0, "--quiet")
+        logs.configure("json", settings.log_level)
+        logging.captureWarnings(True)
     run_worker(settings, argv)

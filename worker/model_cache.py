@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from inferq import metrics
 from inferq.errors import ModelLoadError
 from inferq.model_sources import resolve_model
 from inferq.settings import ModelSpec, Settings
@@ -72,10 +74,12 @@ class ModelCache:
             return self._loaded[key]
         spec = resolve_model(self.settings, name)
         precision = resolve_precision(self.precision_override or spec.precision, self.device)
+        started = time.perf_counter()
         try:
             loaded = self._load(name, spec, task, precision)
         except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
             raise ModelLoadError(f"could not load model {name!r} from {spec.source!r}: {exc}") from exc
+        metrics.model_loaded(task, name, time.perf_counter() - started)
         self._loaded[key] = loaded
         log.info("loaded %s (%s) for %s on %s at %s", name, spec.source, task.value, self.device, precision)
         return loaded

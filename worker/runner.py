@@ -30,12 +30,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from inferq import constants
+from inferq import constants, metrics
 from inferq.db import make_sessionmaker
 from inferq.errors import AttemptsExhausted, DatabaseUnavailable, InferqError, ModelError, backoff
 from inferq.schema import Job
@@ -45,7 +45,7 @@ from worker.claims import (
     Claim,
     LeaseKeeper,
     NotClaimed,
-    StoredChunk,
+    Written,
     claim_chunk,
     claim_mates,
     write_results,
@@ -82,6 +82,8 @@ class ChunkReport:
     seconds: float = 0.0
     #: Chunks of other jobs that ran in the same batch.
     mates: int = 0
+    #: Webhook deliveries recorded by this delivery's write (the jobs it ended), committed: the task enqueues them.
+    webhooks: list[str] = field(default_factory=list)
 
 
 class Runner:
@@ -125,12 +127,14 @@ class Runner:
             return ChunkReport(job_id, seq, claims)
         with LeaseKeeper(self.sessions, claims, self.worker, self.settings.lease_seconds):
             outcomes, job_error = self._infer(claims)
-        lead, *mates = self._write(claims, outcomes, job_error)
+        written = self._write(claims, outcomes, job_error)
+        lead, *mates = written.chunks
         seconds = time.perf_counter() - started
         if lead.complete:
             outcome = ChunkOutcome.DONE
         else:
             outcome = ChunkOutcome.HANDED_BACK if self.stopping() else ChunkOutcome.STOPPED
+        metrics.chunk_stored(claims, [lead, *mates], seconds)
         batch = (
             f", in one batch with {len(mates)} chunks of other jobs ({sum(len(c.indices) for c in claims)} items,"
             f" {sum(1 for m in mates if m.complete)} of their chunks done)"
@@ -146,8 +150,11 @@ class Runner:
             lead.failed,
             seconds,
             batch,
+            extra=chunk_fields(claims[0], outcome, lead.succeeded, lead.failed, seconds, len(mates)),
         )
-        return ChunkReport(job_id, seq, outcome, lead.succeeded, lead.failed, seconds, len(mates))
+        return ChunkReport(
+            job_id, seq, outcome, lead.succeeded, lead.failed, seconds, len(mates), webhooks=written.webhooks
+        )
 
     def _claim(self, job_id: str, seq: int) -> list[Claim] | NotClaimed:
         """The chunk and its batch-mates, claimed in one transaction; or why there is nothing to run."""
@@ -161,11 +168,13 @@ class Runner:
             mates = claim_mates(
                 session, claim, worker=self.worker, lease_seconds=lease_seconds, max_items=self.settings.coalesce_items
             )
-        return [claim, *mates]
+        claims = [claim, *mates]
+        metrics.chunk_claimed(claims)
+        return claims
 
     def _write(
         self, claims: list[Claim], outcomes: list[list[Outcome | None]], job_error: InferqError | None
-    ) -> list[StoredChunk]:
+    ) -> Written:
         """`write_results` in one transaction, tried again with `backoff` while the database is unreachable.
         Idempotent: a commit whose answer was lost is found done by the next try."""
         deadline = time.monotonic() + WRITE_RETRY_SECONDS
@@ -178,6 +187,7 @@ class Runner:
                 delay = backoff(tries, WRITE_RETRY_FIRST_DELAY, WRITE_RETRY_MAX_DELAY)
                 if time.monotonic() + delay > deadline or self.stopping():
                     raise
+                metrics.database_retry("write")
                 log.warning(
                     "job %s chunk %d: database unreachable while storing results (%s); trying again in %.0fs",
                     claims[0].job_id,
@@ -196,6 +206,7 @@ class Runner:
         if lead.attempts > MAX_CHUNK_ATTEMPTS:  # a leader past its first attempt has no batch-mates
             exc = AttemptsExhausted(f"chunk {lead.seq} was started {lead.attempts - 1} times without finishing")
             log.error("job %s: %s; giving its %d unfinished items up", lead.job_id, exc, len(lead.inputs))
+            metrics.chunk_exhausted(lead)
             return [[Outcome.failure(exc) for _ in lead.inputs]], None
         try:
             engine = self.model_cache.engine(lead.model, lead.task)
@@ -213,6 +224,22 @@ class Runner:
             split.append(flat[at : at + len(c.inputs)])
             at += len(c.inputs)
         return split, None
+
+
+def chunk_fields(
+    lead: Claim, outcome: ChunkOutcome, succeeded: int, failed: int, seconds: float, mates: int
+) -> dict[str, object]:
+    """The structured fields of a chunk's log line (`inferq.logs`: the JSON format writes them out)."""
+    return {
+        "model": lead.model,
+        "task": lead.task.value,
+        "queue": lead.queue,
+        "outcome": outcome.value,
+        "succeeded": succeeded,
+        "failed": failed,
+        "seconds": round(seconds, 6),
+        "mates": mates,
+    }
 
 
 class _StopCheck:

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 
+from inferq import metrics
 from inferq.errors import InferenceError, InferqError
 from inferq.states import ItemState
 from inferq.task_specs import TaskName, TaskParams, read_params
@@ -129,19 +130,26 @@ class Engine(ABC, Generic[P]):
         read here)."""
         import torch
 
+        recorder = metrics.active()
         if isinstance(params, dict):
             params = cast(P, read_params(self.task, params))
         features = self.preprocess(inputs, params)
         plan = self.plan(features)
         with torch.inference_mode():
+
+            def one_batch(rows: np.ndarray) -> BatchOutputs:
+                return self.forward(self.collate(features, rows), params)
+
             outputs = run_batches(
                 plan,
-                lambda rows: self.forward(self.collate(features, rows), params),
+                one_batch if recorder is None else recorder.timed_forward(self.task, self.loaded.name, one_batch),
                 is_oom=_is_oom,
                 should_stop=should_stop,
                 n_features=len(features),
             )
         results: list[Outcome | None] = list(self.postprocess(inputs, features, outputs, params))
+        if recorder is not None:
+            recorder.micro_batches_ran(self.task, self.loaded.name, features.lengths, outputs.batches)
         # An item any of whose features failed gets the error, whatever postprocess made of the rest.
         for f, exc in outputs.failed.items():
             item = int(features.item_of[f])
