@@ -80,3 +80,18 @@ MAX_LIST_TEXTS = 1_000
 MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
+
+#: Seconds the HTTP client (`producer.remote`) waits to connect to the API: a server that does not accept in this
+#: long is down or unreachable, and the user hears so instead of waiting.
+HTTP_CONNECT_TIMEOUT_SECONDS = 10.0
+
+#: Seconds the HTTP client waits for a read, a write or a pooled connection. The answer to a submit comes once the
+#: server has read, validated and stored the whole file: a million lines take well over a minute on a small
+#: machine, so this is generous.
+HTTP_TIMEOUT_SECONDS = 600.0
+
+#: Jobs asked for per page when the HTTP client lists jobs (`RemoteClient.jobs`); the server may answer fewer.
+HTTP_JOBS_PAGE = 100
+
+#: Bytes per read when a file is streamed as a request body, and per JSONL batch generated from Python objects.
+HTTP_BODY_CHUNK_BYTES = 1 << 20

@@ -12,9 +12,12 @@ InferqError
 │   ├── ModelLoadError          model_load_error     the model or tokenizer would not load
 │   └── InferenceError          inference_error      the forward pass raised on this item
 ├── AttemptsExhausted           attempts_exhausted   a chunk kept failing; its items were given up
+├── Unauthorized                unauthorized         the HTTP API refused the API key (none, bad or revoked)
+├── QuotaExceeded               quota_exceeded       a tenant's unfinished items would pass its quota; retry later
 └── TransientError              (retried with backoff)
     ├── DatabaseUnavailable     database_unavailable
-    └── BrokerUnavailable       broker_unavailable
+    ├── BrokerUnavailable       broker_unavailable
+    └── ServerUnavailable       server_unavailable   the HTTP API did not answer (or answered 5xx without a code)
 
 A database that is unreachable or drops the connection surfaces as `DatabaseUnavailable` wherever inferq talks to
 it: `inferq.db` converts the driver's error once, on every engine it makes. Every retry waits `backoff`.
@@ -112,6 +115,19 @@ class AttemptsExhausted(InferqError):
     code = "attempts_exhausted"
 
 
+class Unauthorized(InferqError):
+    """The HTTP API refused the request's key: none was sent, or it is unknown, malformed or revoked."""
+
+    code = "unauthorized"
+
+
+class QuotaExceeded(InferqError):
+    """The tenant's unfinished items plus this job's would pass its ``max_queued_items``; nothing was stored.
+    ``details["retry_after"]``: seconds the server suggests waiting (its ``Retry-After``), when it said."""
+
+    code = "quota_exceeded"
+
+
 class TransientError(InferqError):
     """Something outside inferq is briefly unavailable; the operation is retried with `backoff`."""
 
@@ -134,6 +150,13 @@ class DatabaseUnavailable(TransientError):
 
 class BrokerUnavailable(TransientError):
     code = "broker_unavailable"
+
+
+class ServerUnavailable(TransientError):
+    """inferq's HTTP API could not be reached (connection refused, reset, timed out) or answered a server error
+    without one of inferq's codes (a proxy's 502, say)."""
+
+    code = "server_unavailable"
 
 
 def backoff(retries: int, base: float, cap: float) -> float:
