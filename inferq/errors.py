@@ -12,8 +12,6 @@ InferqError
 │   ├── ModelLoadError          model_load_error     the model or tokenizer would not load
 │   └── InferenceError          inference_error      the forward pass raised on this item
 ├── AttemptsExhausted           attempts_exhausted   a chunk kept failing; its items were given up
-├── Unauthorized                unauthorized         the HTTP API refused the API key (none, bad or revoked)
-├── QuotaExceeded               quota_exceeded       a tenant's unfinished items would pass its quota; retry later
 └── TransientError              (retried with backoff)
     ├── DatabaseUnavailable     database_unavailable
     ├── BrokerUnavailable       broker_unavailable
@@ -113,19 +111,6 @@ class InferenceError(ModelError):
 
 class AttemptsExhausted(InferqError):
     code = "attempts_exhausted"
-
-
-class Unauthorized(InferqError):
-    """The HTTP API refused the request's key: none was sent, or it is unknown, malformed or revoked."""
-
-    code = "unauthorized"
-
-
-class QuotaExceeded(InferqError):
-    """The tenant's unfinished items plus this job's would pass its ``max_queued_items``; nothing was stored.
-    ``details["retry_after"]``: seconds the server suggests waiting (its ``Retry-After``), when it said."""
-
-    code = "quota_exceeded"
 
 
 class TransientError(InferqError):

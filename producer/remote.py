@@ -8,8 +8,8 @@ for row in remote.results(job.job_id, min_score=0.9):
 
 It returns what `Client` returns (`Submission`, `JobStatus`, `ResultRow`, `ModelSpec`) and raises what it raises:
 the API's error codes map back to inferq's error classes (`InvalidInput` with its `LineError` s, `JobNotFound`,
-`DatabaseUnavailable` …), plus `Unauthorized` for a refused key, `QuotaExceeded` for a full tenant and
-`ServerUnavailable` when the API cannot be reached. The machine it runs on needs neither the database's nor the
+`DatabaseUnavailable`, `Unauthorized`, `QuotaExceeded` …), and `ServerUnavailable` says the API could not be
+reached. The machine it runs on needs neither the database's nor the
 broker's credentials, nor torch.
 
 Uploads stream: a file (a path or a binary stream) is sent as the request body as it is read, and an iterable of
@@ -30,7 +30,6 @@ import csv
 import datetime as dt
 import json
 import os
-import re
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -41,15 +40,7 @@ import httpx
 
 import inferq
 from inferq import constants
-from inferq.errors import (
-    InferqError,
-    InvalidInput,
-    LineError,
-    QuotaExceeded,
-    ServerUnavailable,
-    TransientError,
-    Unauthorized,
-)
+from inferq.errors import InferqError, InvalidInput, LineError, ServerUnavailable, TransientError
 from inferq.settings import ModelSpec, Settings
 from inferq.states import ItemState, JobState
 from inferq.task_specs import TASKS, TaskName, parse_task
@@ -530,17 +521,15 @@ def _error_classes() -> dict[str, type[InferqError]]:
     return found
 
 
-_TOTAL_BAD = re.compile(r"^(\d+) invalid input line")
-
-
 def _line_error(obj: dict[str, Any]) -> LineError:
     return LineError(int(obj.get("line") or 0), obj.get("field"), str(obj.get("message") or ""))
 
 
 def raise_for_answer(response: httpx.Response, method: str, path: str) -> None:
     """Nothing for a 2xx answer; otherwise the inferq error that the answer's ``{"error": {"code", "message"}}``
-    names, with the server's message (a code this client does not know: an `InferqError`, or a `TransientError`
-    for a 5xx, carrying that code)."""
+    names, with the server's message. `InvalidInput` is rebuilt from the answer's ``lines`` (and ``lines_total``),
+    so that its message lists them as the database path's does. A code this client does not know: an
+    `InferqError` carrying it (a `TransientError` for a 5xx); an answer without a code (a proxy's): by its status."""
     if response.is_success:
         return
     status = response.status_code
@@ -551,7 +540,7 @@ def raise_for_answer(response: httpx.Response, method: str, path: str) -> None:
         error, code, message = {}, "", ""
     if not code:
         if status == 401:
-            code, message = Unauthorized.code, "the server refused the API key"
+            code, message = "unauthorized", "the server refused the API key"
         elif status >= 500:
             code = ServerUnavailable.code
             message = f"the server answered {status} {response.reason_phrase} to {method} {path}"
@@ -561,28 +550,24 @@ def raise_for_answer(response: httpx.Response, method: str, path: str) -> None:
     exc: InferqError
     if cls is InvalidInput:
         lines = [_line_error(e) for e in error.get("lines") or []]
-        total = error.get("total_bad")
-        if not isinstance(total, int):
-            match = _TOTAL_BAD.match(message)
-            total = int(match.group(1)) if match else len(lines)
-        exc = InvalidInput(lines, total)
-    elif cls is QuotaExceeded:
-        exc = QuotaExceeded(message, retry_after=_retry_after(response))
-    elif cls is not None:
-        exc = cls(message)
+        total = error.get("lines_total")
+        exc = InvalidInput(lines, total if isinstance(total, int) else len(lines))
     else:
-        exc = TransientError(message) if status >= 500 else InferqError(message)
+        if cls is None:
+            cls = TransientError if status >= 500 else InferqError
+        exc = cls(message)
         exc.code = code
-    exc.details.update({k: v for k, v in error.items() if k not in ("code", "message", "lines")})
-    exc.details["status"] = status
-    if message:
         exc.message = message
-        exc.args = (message,)
+        if code == "quota_exceeded":
+            exc.retry_after = _retry_after(response)  # type: ignore[attr-defined]
+    exc.details.update({k: v for k, v in error.items() if k not in ("code", "message", "lines", "lines_total")})
+    exc.details["status"] = status
     raise exc
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: httpx.Response) -> int | None:
+    """The answer's ``Retry-After`` in seconds (a delay; a date is not read), if it has one."""
     try:
-        return float(response.headers["Retry-After"])
+        return int(response.headers["Retry-After"])
     except (KeyError, ValueError):
         return None

@@ -73,7 +73,7 @@ def test_status_reads_sql_without_the_broker(tmp_path: Path) -> None:
         "assert done.exit_code == 0, done.output\n"
     )
     env = {**os.environ, "INFERQ_DATABASE_URL": url, "INFERQ_BROKER_URL": settings.broker_url}
-    heavy = ("celery", "kombu", "numpy", "torch", "transformers", "worker")
+    heavy = ("celery", "kombu", "numpy", "torch", "transformers", "worker", "httpx")
 
-    # Then it answered from SQL without importing Celery, kombu (the broker) or numpy
+    # Then it answered from SQL without importing Celery, kombu (the broker), numpy or httpx (the HTTP API's client)
     assert imported_after(code, heavy, env) == []
