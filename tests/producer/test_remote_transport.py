@@ -460,7 +460,7 @@ def test_an_answer_without_a_code_is_read_by_its_status(
 def test_the_client_of_the_settings_needs_both_url_and_key() -> None:
     with pytest.raises(InferqError, match="INFERQ_API_KEY"):
         RemoteClient.from_settings(Settings(server_url="http://inferq.test"))
-    with RemoteClient.from_settings(Settings(server_url="http://inferq.test/", api_key="iq_a_b")) as client:  # type: ignore[arg-type]
+    with RemoteClient.from_settings(Settings(server_url="http://inferq.test/", api_key="iq_a_b")) as client:  # type: ignore[arg-type,unused-ignore]
         assert client.base_url == "http://inferq.test"
 
 
