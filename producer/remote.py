@@ -41,6 +41,7 @@ import httpx
 import inferq
 from inferq import constants
 from inferq.errors import InferqError, InvalidInput, LineError, ServerUnavailable, TransientError
+from inferq.schema import DEFAULT_TENANT
 from inferq.settings import ModelSpec, Settings
 from inferq.states import ItemState, JobState
 from inferq.task_specs import TASKS, TaskName, parse_task
@@ -145,17 +146,14 @@ class RemoteClient:
             "Idempotency-Key": options.idempotency_key or uuid.uuid4().hex,
         }
         try:
-            job = self._json("POST", "/v1/jobs", params=query, headers=headers, body=body)
+            response = self._request("POST", "/v1/jobs", params=query, headers=headers, body=body)
         finally:
             body.close()
-        total = int(job["total"])
-        return Submission(
-            job_id=job["id"],
-            total=total,
-            chunks=chunk_count(total, int(job["chunk_size"])) if job.get("chunk_size") else 0,
-            skipped=[_line_error(e) for e in job.get("skipped") or []],
-            skipped_total=int(job.get("skipped_total") or 0),
-        )
+        return _submission(response)
+
+    def retry(self, job_id: str) -> Submission:
+        """`Client.retry` over HTTP: a new job with the failed items of the finished job ``job_id``."""
+        return _submission(self._request("POST", f"{_job_path(job_id)}/retry"))
 
     # -- read ------------------------------------------------------------------------------------------
 
@@ -250,7 +248,10 @@ class RemoteClient:
 
     # -- plumbing --------------------------------------------------------------------------------------
 
-    def _json(
+    def _json(self, method: str, path: str, *, params: dict[str, str] | None = None) -> Any:
+        return self._request(method, path, params=params).json()
+
+    def _request(
         self,
         method: str,
         path: str,
@@ -258,12 +259,12 @@ class RemoteClient:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         body: _Body | None = None,
-    ) -> Any:
-        """Send a request (once more on a network error, when its body can be sent again) and return its JSON,
-        or raise the inferq error its answer names."""
+    ) -> httpx.Response:
+        """Send a request (once more on a network error, when its body can be sent again) and return its answer,
+        or raise the inferq error the answer names."""
         response = self._send(method, path, params=params, headers=headers, body=body, stream=False)
         raise_for_answer(response, method, path)
-        return response.json()
+        return response
 
     def _stream(self, method: str, path: str, *, params: dict[str, str]) -> _Streamed:
         return _Streamed(self._send(method, path, params=params, headers=None, body=None, stream=True), method, path)
@@ -481,6 +482,19 @@ def _row_parser(task: TaskName, header: list[str]) -> Callable[[list[str]], Resu
     return parse
 
 
+def _submission(response: httpx.Response) -> Submission:
+    job = response.json()
+    total = int(job["total"])
+    return Submission(
+        job_id=job["id"],
+        total=total,
+        chunks=chunk_count(total, int(job["chunk_size"])) if job.get("chunk_size") else 0,
+        skipped=[_line_error(e) for e in job.get("skipped") or []],
+        skipped_total=int(job.get("skipped_total") or 0),
+        replayed=response.headers.get("Idempotent-Replayed", "").lower() == "true",
+    )
+
+
 def job_status(job: dict[str, Any]) -> JobStatus:
     """A `JobStatus` from the API's job object (its ``to_json`` is the object's keys that it knows)."""
 
@@ -503,6 +517,11 @@ def job_status(job: dict[str, Any]) -> JobStatus:
         started_at=when(job.get("started_at")),
         finished_at=when(job.get("finished_at")),
         error={"code": error["code"], "message": error.get("message") or ""} if error else None,
+        tenant=job.get("tenant") or DEFAULT_TENANT,
+        metadata=dict(job.get("metadata") or {}),
+        webhook_url=job.get("webhook_url"),
+        retry_of=job.get("retry_of"),
+        chunk_size=job.get("chunk_size"),
     )
 
 

@@ -16,12 +16,16 @@ import pytest
 
 from inferq.errors import (
     DatabaseUnavailable,
+    IdempotencyConflict,
     InferqError,
     InvalidInput,
+    InvalidParameter,
     JobNotFound,
     LineError,
+    QuotaExceeded,
     ServerUnavailable,
     TransientError,
+    Unauthorized,
 )
 from inferq.settings import ModelSpec, Settings
 from inferq.states import ItemState, JobState
@@ -55,6 +59,11 @@ def a_status(**changes: Any) -> JobStatus:
         started_at=T0 + dt.timedelta(seconds=1),
         finished_at=T0 + dt.timedelta(seconds=4),
         error=None,
+        tenant="acme",
+        metadata={"team": "search"},
+        webhook_url="https://hooks.example.com/x",
+        retry_of="f" * 32,
+        chunk_size=2,
     )
     fields.update(changes)
     return JobStatus(**fields)
@@ -65,14 +74,14 @@ def job_object(status: JobStatus) -> dict[str, Any]:
     return {
         "id": status.id,
         "object": "job",
-        "tenant": "acme",
+        "tenant": status.tenant,
         **status.to_json(),
         "done": status.done,
-        "metadata": {},
-        "chunk_size": 2,
-        "eta_seconds": None,
-        "webhook_url": None,
-        "retry_of": None,
+        "metadata": status.metadata,
+        "chunk_size": status.chunk_size,
+        "eta_seconds": status.eta_seconds,
+        "webhook_url": status.webhook_url,
+        "retry_of": status.retry_of,
     }
 
 
@@ -354,6 +363,7 @@ def test_a_network_error_resends_the_same_request_with_the_same_key(tmp_path: Pa
     assert len(seen_file) == 2 and seen_file[0] == seen_file[1] and seen_file[0][1] == source.read_bytes()
     assert sub.job_id == JOB_ID
     assert seen == [("mine", b'{"text":"a"}\n')] * 2
+    assert sub.replayed
 
 
 def test_a_body_that_cannot_be_read_twice_is_not_resent() -> None:
@@ -411,9 +421,9 @@ def test_invalid_input_comes_back_with_its_lines_and_the_clis_message() -> None:
     [
         (404, "job_not_found", JobNotFound),
         (503, "database_unavailable", DatabaseUnavailable),
-        (400, "invalid_parameter", InferqError),
-        (401, "unauthorized", InferqError),
-        (409, "idempotency_conflict", InferqError),
+        (422, "invalid_parameter", InvalidParameter),
+        (401, "unauthorized", Unauthorized),
+        (409, "idempotency_conflict", IdempotencyConflict),
         (418, "a_code_of_tomorrow", InferqError),
         (500, "internal_error", TransientError),
     ],
@@ -436,16 +446,16 @@ def test_a_quota_refusal_says_when_to_come_back() -> None:
         answer.headers["Retry-After"] = "30"
         return answer
 
-    with remote(handler) as client, pytest.raises(InferqError) as caught:
+    with remote(handler) as client, pytest.raises(QuotaExceeded) as caught:
         client.submit("classification", "sst2", ["a"])
-    assert caught.value.code == "quota_exceeded" and caught.value.retry_after == 30  # type: ignore[attr-defined]
+    assert caught.value.code == "quota_exceeded" and caught.value.retry_after == 30
 
 
 @pytest.mark.parametrize(
     ("answer", "code", "cls"),
     [
         (httpx.Response(502, text="<html>Bad Gateway</html>"), "server_unavailable", ServerUnavailable),
-        (httpx.Response(401, json={"detail": "Not authenticated"}), "unauthorized", InferqError),
+        (httpx.Response(401, json={"detail": "Not authenticated"}), "unauthorized", Unauthorized),
         (httpx.Response(404, json={"detail": "Not Found"}), "http_error", InferqError),
     ],
 )
