@@ -232,6 +232,15 @@ def _export_over_http(client: RemoteClient, job_id: str, fmt: str, output: str |
         return
     with _LazyFile(output) as out:
         client.export(job_id, out, format=fmt, **kwargs)  # type: ignore[arg-type]
+    if fmt == "npy":
+        import numpy as np
+
+        rows, dim = np.load(output, mmap_mode="r").shape
+        click.echo(
+            f"{rows} vectors ({dim}-d float32) in {output}: the succeeded items' vectors in input order (over HTTP, "
+            "the matrix only, without its rows file)",
+            err=True,
+        )
 
 
 class _LazyFile:
