@@ -6,8 +6,12 @@ with the same exit statuses. `RemoteClient` gives what `Client` gives for the sa
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,31 +91,65 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def both(http_env: dict[str, str], db_env: dict[str, str], *args: str) -> tuple[Any, Any]:
-    """``inferq ARGS`` over HTTP and on the database."""
-    return inferq_cli(http_env, *args), inferq_cli(db_env, *args)
+@dataclass(frozen=True)
+class Done:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+#: Runs each command line of argv[1] (JSON) with click's runner in this one interpreter: a fresh interpreter for a
+#: batch of commands, each of which builds its client anew, at a fraction of an interpreter's start per command.
+_BATCH = """
+import json, sys
+from click.testing import CliRunner
+from inferq.cli import main
+done = [CliRunner().invoke(main, args) for args in json.loads(sys.argv[1])]
+print(json.dumps([[d.exit_code, d.stdout, d.stderr] for d in done]))
+"""
+
+
+def inferq_batch(env: dict[str, str], *commands: tuple[str, ...]) -> list[Done]:
+    """Each of ``commands`` (``inferq`` arguments) in one fresh interpreter with ``env``; their exit statuses and
+    outputs."""
+    ran = subprocess.run(
+        [sys.executable, "-c", _BATCH, json.dumps(commands)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return [Done(*d) for d in json.loads(ran.stdout)]
+
+
+def both(http_env: dict[str, str], db_env: dict[str, str], *commands: tuple[str, ...]) -> list[tuple[Done, Done]]:
+    """Each of ``commands`` over HTTP and on the database."""
+    return list(zip(inferq_batch(http_env, *commands), inferq_batch(db_env, *commands), strict=True))
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------------------
 
 
 def test_the_cli_over_http_prints_what_the_cli_on_the_database_prints(
-    tmp_path: Path, http_env: dict[str, str], worker_env: dict[str, str]
+    tmp_path: Path, http_env: dict[str, str], worker_env: dict[str, str], local: Client
 ) -> None:
     # Given a file of 12 lines submitted over HTTP with --wait, by a machine that reaches neither database nor broker
     source = write_jsonl(tmp_path / "in.jsonl", sentences(12, offset=300))
     sub = inferq_cli(http_env, "submit", "-t", "classification", "-m", MODEL, str(source), "-p", "top_k=2",
-                     "--chunk-size", "5", "--wait", "--json")  # fmt: skip
+                     "--chunk-size", "5", "--wait", "--json", timeout=600)  # fmt: skip
     assert sub.returncode == 0, sub.stderr
     out = json.loads(sub.stdout)
     job_id = out["job_id"]
     # Then it waited with the progress bar on stderr, and the job ended with every item done
     assert f"submitted job {job_id}: 12 items in 3 chunks" in sub.stderr
     assert "12/12 100.0%" in sub.stderr and "succeeded" in sub.stderr.splitlines()[-1]
-    assert (out["total"], out["skipped"], out["status"]["state"], out["status"]["succeeded"]) == (12, 0, "succeeded", 12)
+    assert (out["total"], out["skipped"]) == (12, 0)
+    assert (out["status"]["state"], out["status"]["succeeded"]) == ("succeeded", 12)
 
     # When every reading command runs over HTTP and on the database for that job
-    label = json.loads(inferq_cli(worker_env, "results", job_id).stdout.splitlines()[0])["result"][0]["label"]
+    label = next(local.results(job_id)).label
+    assert label is not None
     commands = [
         ("status", job_id, "--json"),
         ("status", job_id),
@@ -125,51 +163,56 @@ def test_the_cli_over_http_prints_what_the_cli_on_the_database_prints(
         ("models",),
         ("models", "--json"),
     ]
-    for args in commands:
-        over_http, on_db = both(http_env, worker_env, *args)
+    for args, (over_http, on_db) in zip(commands, both(http_env, worker_env, *commands), strict=True):
         # Then each prints the same, byte for byte, and succeeds
-        assert (over_http.returncode, on_db.returncode) == (0, 0), (args, over_http.stderr, on_db.stderr)
+        assert (over_http.exit_code, on_db.exit_code) == (0, 0), (args, over_http.stderr, on_db.stderr)
         assert over_http.stdout == on_db.stdout, args
         assert over_http.stdout.strip() or args[-1] == "--failed", args
     # And the status over HTTP is the one of the job submitted, as submit --wait printed it
-    status = json.loads(inferq_cli(http_env, "status", job_id, "--json").stdout)
-    assert status == out["status"]
-
+    files = {(env, fmt): tmp_path / f"{env}.{fmt}" for env in ("http", "db") for fmt in ("jsonl", "csv")}
+    exports = {env: [("results", job_id, "--format", f, "-o", str(files[env, f])) for f in ("jsonl", "csv")]
+               for env in ("http", "db")}  # fmt: skip
+    status, *to_files = inferq_batch(http_env, ("status", job_id, "--json"), *exports["http"])
+    assert json.loads(status.stdout) == out["status"]
     # And an export to a file is the database path's file, byte for byte
+    to_files += inferq_batch(worker_env, *exports["db"])
+    assert [d.exit_code for d in to_files] == [0] * 4, [d.stderr for d in to_files]
     for fmt in ("jsonl", "csv"):
-        files = [tmp_path / f"http.{fmt}", tmp_path / f"db.{fmt}"]
-        for env, path in zip((http_env, worker_env), files, strict=True):
-            done = inferq_cli(env, "results", job_id, "--format", fmt, "-o", str(path))
-            assert done.returncode == 0, done.stderr
-        assert files[0].read_bytes() == files[1].read_bytes() and files[0].stat().st_size > 0
+        assert files["http", fmt].read_bytes() == files["db", fmt].read_bytes()
+        assert files["http", fmt].stat().st_size > 0
 
 
 def test_the_cli_over_http_fails_as_the_cli_on_the_database_fails(
     tmp_path: Path, http_env: dict[str, str], worker_env: dict[str, str], server_url: str
 ) -> None:
-    # A file with bad lines: refused whole, the same lines named, exit status 2
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": 3}\n{not json\n{"txt": "typo"}\n', encoding="utf-8")
-    over_http, on_db = both(http_env, worker_env, "submit", "-t", "classification", "-m", MODEL, str(bad))
-    assert (over_http.returncode, on_db.returncode) == (2, 2)
-    assert over_http.stderr == on_db.stderr
-    assert "line 2, field 'text'" in over_http.stderr and "line 4, field 'txt'" in over_http.stderr
-
-    # An unknown job, for each command that names one: exit status 2 and the same message
-    unknown = uuid.uuid4().hex
-    for args in (("status", unknown), ("results", unknown), ("results", unknown, "-o", str(tmp_path / "x")),
-                 ("cancel", unknown)):  # fmt: skip
-        over_http, on_db = both(http_env, worker_env, *args)
-        assert (over_http.returncode, on_db.returncode) == (2, 2), args
-        assert over_http.stderr == on_db.stderr == f"error [job_not_found]: no job {unknown!r}\n", args
-        assert over_http.stdout == on_db.stdout == ""
-    assert not (tmp_path / "x").exists()
-
-    # An unknown model: the same refusal
     good = write_jsonl(tmp_path / "good.jsonl", sentences(2))
-    over_http, on_db = both(http_env, worker_env, "submit", "-t", "classification", "-m", "no-such-model", str(good))
-    assert (over_http.returncode, on_db.returncode) == (2, 2)
-    assert over_http.stderr == on_db.stderr and "unknown_model" in over_http.stderr
+    unknown = uuid.uuid4().hex
+    missing = tmp_path / "x"
+    commands = [
+        ("submit", "-t", "classification", "-m", MODEL, str(bad)),  # bad lines
+        ("submit", "-t", "classification", "-m", "no-such-model", str(good)),
+        ("status", unknown),
+        ("results", unknown),
+        ("results", unknown, "-o", str(missing)),
+        ("cancel", unknown),
+    ]
+    bad_file, bad_model, *unknown_job = both(http_env, worker_env, *commands)
+
+    # A file with bad lines: refused whole, the same lines named, exit status 2
+    for over_http, on_db in (bad_file, bad_model):
+        assert (over_http.exit_code, on_db.exit_code) == (2, 2)
+        assert over_http.stderr == on_db.stderr
+    assert "line 2, field 'text'" in bad_file[0].stderr and "line 4, field 'txt'" in bad_file[0].stderr
+    # An unknown model: the same refusal
+    assert "unknown_model" in bad_model[0].stderr
+    # An unknown job, for each command that names one: exit status 2 and the same message, no file made
+    for over_http, on_db in unknown_job:
+        assert (over_http.exit_code, on_db.exit_code) == (2, 2)
+        assert over_http.stderr == on_db.stderr == f"error [job_not_found]: no job {unknown!r}\n"
+        assert over_http.stdout == on_db.stdout == ""
+    assert not missing.exists()
 
     # A key the server does not know: exit status 2, one line, the key not echoed
     wrong = inferq_cli({**http_env, "INFERQ_API_KEY": "iq_0000000000000000_nope"}, "jobs")
@@ -191,7 +234,7 @@ def test_submit_from_stdin_over_http(http_env: dict[str, str], local: Client) ->
                       stdin="".join(json.dumps(r) + "\n" for r in rows).encode())  # fmt: skip
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip()
-    status = local.wait(job_id, timeout=120)
+    status = local.wait(job_id, timeout=300)
     assert (status.total, status.succeeded) == (3, 3)
     assert [r.id for r in local.results(job_id)] == [r["id"] for r in rows]
 
@@ -219,7 +262,7 @@ def test_remote_client_gives_what_client_gives_for_the_same_job(
     assert (sub.total, sub.chunks, sub.skipped_total) == (6, 3, 1)
     assert [(e.line, e.field) for e in sub.skipped] == [(3, "text")]
     seen: list[JobStatus] = []
-    final = remote.wait(sub.job_id, timeout=120, poll=0.1, on_progress=seen.append)
+    final = remote.wait(sub.job_id, timeout=300, poll=0.1, on_progress=seen.append)
 
     # Then its status, its results (every filter) and its exports equal the database's
     assert final.finished and seen[-1] == final and seen[0].done <= final.done == 6
@@ -250,7 +293,7 @@ def test_remote_client_submits_python_rows_and_retries_nothing_twice(remote: Rem
 
     # Then one job holds them, in order, and the second request found it
     assert (first.total, first.replayed, again.job_id, again.replayed) == (5, False, first.job_id, True)
-    done = remote.wait(first.job_id, timeout=120)
+    done = remote.wait(first.job_id, timeout=300)
     assert done.metadata == {"a": "b"} and done.succeeded == 5
     assert [r.id for r in remote.results(first.job_id)] == [None, "t900", "t901", "t902", "t903"]
     assert list(remote.results(first.job_id)) == list(local.results(first.job_id))
