@@ -298,7 +298,8 @@ class RemoteClient:
 
 
 class _Streamed:
-    """A streamed answer, checked on entry (the inferq error its answer names) and closed on exit."""
+    """A streamed answer, checked on entry (the inferq error its answer names) and closed on exit; an answer cut
+    off on the network while it is read is `ServerUnavailable`."""
 
     def __init__(self, response: httpx.Response, method: str, path: str) -> None:
         self.response = response
@@ -314,8 +315,12 @@ class _Streamed:
             raise_for_answer(self.response, self.method, self.path)
         return self.response
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.response.close()
+        if isinstance(exc, httpx.TransportError):
+            raise ServerUnavailable(
+                f"the answer to {self.method} {self.path} was cut off: {type(exc).__name__}: {exc}"
+            ) from exc
 
 
 class _Body:

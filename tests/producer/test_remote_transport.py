@@ -479,3 +479,17 @@ def test_job_objects_from_json_round_trip() -> None:
     text = json.dumps(job_object(status))
     with remote(lambda request: httpx.Response(200, content=text.encode())) as client:
         assert client.status(JOB_ID).to_json() == status.to_json()
+
+
+def test_an_answer_cut_off_while_it_streams_is_server_unavailable() -> None:
+    def cut_off() -> Iterator[bytes]:
+        yield b'{"index":0}\n'
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=cut_off())
+
+    out = io.BytesIO()
+    with remote(handler) as client, pytest.raises(ServerUnavailable, match="cut off"):
+        client.export(JOB_ID, out)
+    assert out.getvalue() == b'{"index":0}\n'
