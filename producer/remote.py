@@ -81,6 +81,8 @@ class RemoteClient:
         timeout: float = constants.HTTP_TIMEOUT_SECONDS,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        #: The URL as errors show it: without a user or password it may hold.
+        self._shown_url = str(httpx.URL(self.base_url).copy_with(username=None, password=None))
         self._http = httpx.Client(
             base_url=self.base_url,
             transport=transport,
@@ -285,14 +287,14 @@ class RemoteClient:
             try:
                 return self._http.send(request, stream=stream)
             except (httpx.UnsupportedProtocol, httpx.ProxyError) as exc:
-                raise ServerUnavailable(f"cannot reach {self.base_url}: {type(exc).__name__}: {exc}") from exc
+                raise ServerUnavailable(f"cannot reach {self._shown_url}: {type(exc).__name__}: {exc}") from exc
             except httpx.TransportError as exc:
                 # The request may or may not have reached the server: sent again, a submit carries the same
                 # Idempotency-Key, so the server answers with the job the first one made, if it made one.
                 if attempt == 1 and (body is None or body.replayable):
                     continue
                 raise ServerUnavailable(
-                    f"the server at {self.base_url} did not answer {method} {path}: {type(exc).__name__}: {exc}"
+                    f"the server at {self._shown_url} did not answer {method} {path}: {type(exc).__name__}: {exc}"
                 ) from exc
         raise AssertionError("unreachable")
 

@@ -169,15 +169,16 @@ def test_the_cli_over_http_prints_what_the_cli_on_the_database_prints(
         assert over_http.stdout == on_db.stdout, args
         assert over_http.stdout.strip() or args[-1] == "--failed", args
     # And the status over HTTP is the one of the job submitted, as submit --wait printed it
-    files = {(env, fmt): tmp_path / f"{env}.{fmt}" for env in ("http", "db") for fmt in ("jsonl", "csv")}
-    exports = {env: [("results", job_id, "--format", f, "-o", str(files[env, f])) for f in ("jsonl", "csv")]
+    formats = ("jsonl", "csv", "parquet")
+    files = {(env, fmt): tmp_path / f"{env}.{fmt}" for env in ("http", "db") for fmt in formats}
+    exports = {env: [("results", job_id, "--format", f, "-o", str(files[env, f])) for f in formats]
                for env in ("http", "db")}  # fmt: skip
     status, *to_files = inferq_batch(http_env, ("status", job_id, "--json"), *exports["http"])
     assert json.loads(status.stdout) == out["status"]
     # And an export to a file is the database path's file, byte for byte
     to_files += inferq_batch(worker_env, *exports["db"])
-    assert [d.exit_code for d in to_files] == [0] * 4, [d.stderr for d in to_files]
-    for fmt in ("jsonl", "csv"):
+    assert [d.exit_code for d in to_files] == [0] * 2 * len(formats), [d.stderr for d in to_files]
+    for fmt in formats:
         assert files["http", fmt].read_bytes() == files["db", fmt].read_bytes()
         assert files["http", fmt].stat().st_size > 0
 

@@ -388,10 +388,15 @@ def test_a_refused_connection_is_tried_twice_then_server_unavailable() -> None:
         calls.append(1)
         raise httpx.ConnectError("connection refused", request=request)
 
-    with remote(handler) as client, pytest.raises(ServerUnavailable) as caught:
+    transport = httpx.MockTransport(handler)
+    with (
+        RemoteClient("http://me:pw@inferq.test", "k", transport=transport) as client,
+        pytest.raises(ServerUnavailable) as caught,
+    ):
         client.status(JOB_ID)
     assert len(calls) == 2 and isinstance(caught.value, TransientError)
-    assert caught.value.code == "server_unavailable" and "inferq.test" in caught.value.message
+    assert caught.value.code == "server_unavailable" and "http://inferq.test" in caught.value.message
+    assert "pw" not in caught.value.message
 
 
 # -- errors ----------------------------------------------------------------------------------------------------------
