@@ -131,6 +131,7 @@ def both(http_env: dict[str, str], db_env: dict[str, str], *commands: tuple[str,
 # -- the CLI -----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_cli_over_http_prints_what_the_cli_on_the_database_prints(
     tmp_path: Path, http_env: dict[str, str], worker_env: dict[str, str], local: Client
 ) -> None:
@@ -147,7 +148,7 @@ def test_the_cli_over_http_prints_what_the_cli_on_the_database_prints(
     assert (out["total"], out["skipped"]) == (12, 0)
     assert (out["status"]["state"], out["status"]["succeeded"]) == ("succeeded", 12)
 
-    # When every reading command runs over HTTP and on the database for that job
+    # When every reading command runs over HTTP and on the database for that job, and each export to a file
     label = next(local.results(job_id)).label
     assert label is not None
     commands = [
@@ -163,28 +164,29 @@ def test_the_cli_over_http_prints_what_the_cli_on_the_database_prints(
         ("models",),
         ("models", "--json"),
     ]
-    for args, (over_http, on_db) in zip(commands, both(http_env, worker_env, *commands), strict=True):
-        # Then each prints the same, byte for byte, and succeeds
-        assert (over_http.exit_code, on_db.exit_code) == (0, 0), (args, over_http.stderr, on_db.stderr)
-        assert over_http.stdout == on_db.stdout, args
-        assert over_http.stdout.strip() or args[-1] == "--failed", args
-    # And the status over HTTP is the one of the job submitted, as submit --wait printed it
     formats = ("jsonl", "csv", "parquet")
-    files = {(env, fmt): tmp_path / f"{env}.{fmt}" for env in ("http", "db") for fmt in formats}
-    exports = {env: [("results", job_id, "--format", f, "-o", str(files[env, f])) for f in formats]
-               for env in ("http", "db")}  # fmt: skip
-    status, *to_files = inferq_batch(http_env, ("status", job_id, "--json"), *exports["http"])
-    assert json.loads(status.stdout) == out["status"]
+    files = {(side, fmt): tmp_path / f"{side}.{fmt}" for side in ("http", "db") for fmt in formats}
+    exports = {side: [("results", job_id, "--format", f, "-o", str(files[side, f])) for f in formats]
+               for side in ("http", "db")}  # fmt: skip
+    over_http = inferq_batch(http_env, *commands, *exports["http"])
+    on_db = inferq_batch(worker_env, *commands, *exports["db"])
+
+    # Then each succeeds and prints the same, byte for byte
+    for args, a, b in zip([*commands, *exports["http"]], over_http, on_db, strict=True):
+        assert (a.exit_code, b.exit_code) == (0, 0), (args, a.stderr, b.stderr)
+        assert a.stdout == b.stdout, args
+        assert a.stdout.strip() or args[-1] == "--failed" or "-o" in args, args
+    # And the status over HTTP is the one of the job submitted, as submit --wait printed it
+    assert json.loads(over_http[0].stdout) == out["status"]
     # And an export to a file is the database path's file, byte for byte
-    to_files += inferq_batch(worker_env, *exports["db"])
-    assert [d.exit_code for d in to_files] == [0] * 2 * len(formats), [d.stderr for d in to_files]
     for fmt in formats:
         assert files["http", fmt].read_bytes() == files["db", fmt].read_bytes()
         assert files["http", fmt].stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_the_cli_over_http_fails_as_the_cli_on_the_database_fails(
-    tmp_path: Path, http_env: dict[str, str], worker_env: dict[str, str], server_url: str
+    tmp_path: Path, http_env: dict[str, str], worker_env: dict[str, str]
 ) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": 3}\n{not json\n{"txt": "typo"}\n', encoding="utf-8")

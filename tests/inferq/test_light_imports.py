@@ -31,8 +31,8 @@ def test_producer_and_core_import_neither_torch_nor_transformers() -> None:
         "from inferq.cli import main\n"
         "main.list_commands(None)\n"
     )
-    # Then neither torch, transformers nor the worker package came along
-    assert imported_after(code, ("torch", "transformers", "worker")) == []
+    # Then neither torch, transformers nor the worker package came along, nor httpx (the HTTP API's client only)
+    assert imported_after(code, ("torch", "transformers", "worker", "httpx")) == []
 
 
 def test_the_cli_status_command_does_not_load_torch() -> None:
