@@ -200,8 +200,9 @@ def test_the_cli_over_http_fails_as_the_cli_on_the_database_fails(
         ("results", unknown),
         ("results", unknown, "-o", str(missing)),
         ("cancel", unknown),
+        ("submit", "-t", "classification", "-m", MODEL, str(bad), "--skip-invalid", "--json"),
     ]
-    bad_file, bad_model, *unknown_job = both(http_env, worker_env, *commands)
+    bad_file, bad_model, *unknown_job, skipping = both(http_env, worker_env, *commands)
 
     # A file with bad lines: refused whole, the same lines named, exit status 2
     for over_http, on_db in (bad_file, bad_model):
@@ -212,10 +213,15 @@ def test_the_cli_over_http_fails_as_the_cli_on_the_database_fails(
     assert "unknown_model" in bad_model[0].stderr
     # An unknown job, for each command that names one: exit status 2 and the same message, no file made
     for over_http, on_db in unknown_job:
-        assert (over_http.exit_code, on_db.exit_code) == (2, 2)
+        assert (over_http.exit_code, on_db.exit_code) == (2, 2), (over_http.stderr, on_db.stderr)
         assert over_http.stderr == on_db.stderr == f"error [job_not_found]: no job {unknown!r}\n"
         assert over_http.stdout == on_db.stdout == ""
     assert not missing.exists()
+    # With --skip-invalid: the good line goes, the same bad ones are reported (each run made its own job)
+    jobs = [json.loads(done.stdout)["job_id"] for done in skipping]
+    assert [done.exit_code for done in skipping] == [0, 0]
+    assert skipping[0].stderr.replace(jobs[0], "JOB") == skipping[1].stderr.replace(jobs[1], "JOB")
+    assert "skipped line 3: malformed JSON" in skipping[0].stderr and "1 items in 1 chunks" in skipping[0].stderr
 
     # A key the server does not know: exit status 2, one line, the key not echoed
     wrong = inferq_cli({**http_env, "INFERQ_API_KEY": "iq_0000000000000000_nope"}, "jobs")

@@ -498,3 +498,16 @@ def test_an_answer_cut_off_while_it_streams_is_server_unavailable() -> None:
     with remote(handler) as client, pytest.raises(ServerUnavailable, match="cut off"):
         client.export(JOB_ID, out)
     assert out.getvalue() == b'{"index":0}\n'
+
+
+def test_retry_submits_the_failed_items_as_a_new_job() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        return httpx.Response(201, json=job_object(a_status(id="e" * 32, total=5, retry_of=JOB_ID)))
+
+    with remote(handler) as client:
+        sub = client.retry(JOB_ID)
+    assert seen == [f"POST /v1/jobs/{JOB_ID}/retry"]
+    assert (sub.job_id, sub.total, sub.chunks, sub.replayed) == ("e" * 32, 5, 3, False)
