@@ -340,7 +340,9 @@ def test_flower_watches_the_redis_broker_on_port_5555(services: dict[str, dict[s
     assert dependencies(flower).get("redis") == "service_healthy"
 
 
-def test_the_api_serves_on_port_8000_after_the_migration_with_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+def test_the_api_serves_on_port_8000_after_the_migration_with_a_healthcheck(
+    services: dict[str, dict[str, Any]],
+) -> None:
     # given the api service
     api = services["api"]
 
@@ -352,5 +354,7 @@ def test_the_api_serves_on_port_8000_after_the_migration_with_a_healthcheck(serv
     assert option(command, "--port") == "8000" and option(command, "--host") == "0.0.0.0"
     assert 8000 in published_targets(api)
     assert dependencies(api).get("migrate") == "service_completed_successfully"
-    assert dependencies(api).get("postgres") == "service_healthy" and dependencies(api).get("redis") == "service_healthy"
+    assert (
+        dependencies(api).get("postgres") == "service_healthy" and dependencies(api).get("redis") == "service_healthy"
+    )
     assert "/healthz" in " ".join(argv(api["healthcheck"]["test"]))

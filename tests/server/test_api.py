@@ -11,6 +11,8 @@ import importlib.util
 import io
 import json
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import anyio
 import httpx
@@ -103,6 +105,20 @@ def test_the_job_object_holds_every_key_of_the_clis_json_with_the_same_values(
     with Client(api_settings) as client:
         cli_json = client.status(job["id"]).to_json()
     assert {k: job[k] for k in cli_json} == cli_json
+
+
+def test_a_job_submitted_without_the_api_belongs_to_the_default_tenant(
+    api: TestClient, make_key: MakeKey, api_settings: Settings
+) -> None:
+    # Given a job submitted with the Python client on the database, as the CLI does
+    with Client(api_settings) as client:
+        job_id = client.submit("classification", MODEL, ROWS).job_id
+        assert client.status(job_id).tenant == "default"
+    # Then a tenant's key does not see it, and an admin key does
+    key, _ = make_key()
+    admin, _ = make_key(admin=True)
+    assert api.get(f"/v1/jobs/{job_id}", headers=bearer(key)).status_code == 404
+    assert api.get(f"/v1/jobs/{job_id}", headers=bearer(admin)).json()["tenant"] == "default"
 
 
 def test_invalid_lines_are_refused_with_line_and_field_and_nothing_is_stored(
@@ -301,6 +317,24 @@ def test_a_submit_past_the_tenants_quota_is_429_with_retry_after(
     assert api.post(submit_url(), content=jsonl(ROWS[:2]), headers={**bearer(key), **JSONL}).status_code == 201
 
 
+def test_concurrent_submits_never_pass_the_tenants_quota_together(
+    api: TestClient, make_key: MakeKey, sessions: sessionmaker[Session]
+) -> None:
+    # Given a tenant allowed 9 unfinished items, and six clients submitting 3 items each at once (no worker runs
+    # here, so nothing finishes meanwhile; each submit stores in its own transaction, in the app's thread pool)
+    key, tenant = make_key(quota=9)
+
+    def send(_: int) -> int:
+        return api.post(submit_url(), content=jsonl(ROWS), headers={**bearer(key), **JSONL}).status_code
+
+    with ThreadPoolExecutor(6) as pool:
+        codes = sorted(pool.map(send, range(6)))
+
+    # Then exactly three fit, and the others are refused
+    assert codes == [201] * 3 + [429] * 3
+    assert items_of(sessions, tenant) == 9
+
+
 # -- listing -----------------------------------------------------------------------------------------------------------
 
 
@@ -373,6 +407,24 @@ def test_results_and_errors_stream_in_input_order_as_the_cli_exports_them(
     assert lines[0]["error"] == {"code": "inference_error", "message": "boom"}
     assert failed_only.text == errors.text
     assert [json.loads(ln)["index"] for ln in queued_only.text.splitlines()] == [0, 2, 4]
+
+
+def test_parquet_results_come_as_a_file_and_npy_only_for_jobs_with_vectors(
+    api: TestClient, make_key: MakeKey, stored_job: StoreJob, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    key, tenant = make_key()
+    job_id = stored_job(tenant, n=5, failed=(2,))
+
+    parquet = api.get(f"/v1/jobs/{job_id}/results?format=parquet", headers=bearer(key))
+    npy = api.get(f"/v1/jobs/{job_id}/results?format=npy", headers=bearer(key))
+
+    assert parquet.status_code == 200 and parquet.headers["content-type"] == "application/octet-stream"
+    (tmp_path / "r.parquet").write_bytes(parquet.content)
+    table = pq.read_table(tmp_path / "r.parquet").to_pydict()
+    assert table["index"] == [0, 1, 2, 3, 4] and table["error_code"][2] == "inference_error"
+    assert npy.status_code == 422 and npy.json()["error"]["field"] == "format"
 
 
 def test_cancel_stops_a_job_and_a_finished_job_comes_back_unchanged(
