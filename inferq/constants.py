@@ -118,3 +118,18 @@ WEBHOOK_COUNTDOWN_MAX_SECONDS = 300.0
 
 #: Longest webhook URL accepted: what browsers and servers commonly handle.
 MAX_WEBHOOK_URL_CHARS = 2048
+
+#: Seconds the HTTP client (`producer.remote`) waits to connect to the API: a server that does not accept in this
+#: long is down or unreachable, and the user hears so instead of waiting.
+HTTP_CONNECT_TIMEOUT_SECONDS = 10.0
+
+#: Seconds the HTTP client waits for a read, a write or a pooled connection. The answer to a submit comes once the
+#: server has read, validated and stored the whole file: a million lines take well over a minute on a small
+#: machine, so this is generous.
+HTTP_TIMEOUT_SECONDS = 600.0
+
+#: Jobs asked for per page when the HTTP client lists jobs (`RemoteClient.jobs`): as many as the server gives.
+HTTP_JOBS_PAGE = MAX_LIST_LIMIT
+
+#: Bytes per read when a file is streamed as a request body, and per JSONL batch generated from Python objects.
+HTTP_BODY_CHUNK_BYTES = 1 << 20

@@ -24,7 +24,8 @@ InferqError
 ├── AttemptsExhausted           attempts_exhausted   a chunk kept failing; its items were given up
 └── TransientError              (retried with backoff)
     ├── DatabaseUnavailable     database_unavailable
-    └── BrokerUnavailable       broker_unavailable
+    ├── BrokerUnavailable       broker_unavailable
+    └── ServerUnavailable       server_unavailable   the HTTP API did not answer (or answered 5xx without a code)
 
 A database that is unreachable or drops the connection surfaces as `DatabaseUnavailable` wherever inferq talks to
 it: `inferq.db` converts the driver's error once, on every engine it makes. Every retry waits `backoff`.
@@ -204,6 +205,13 @@ class DatabaseUnavailable(TransientError):
 
 class BrokerUnavailable(TransientError):
     code = "broker_unavailable"
+
+
+class ServerUnavailable(TransientError):
+    """inferq's HTTP API could not be reached (connection refused, reset, timed out) or answered a server error
+    without one of inferq's codes (a proxy's 502, say)."""
+
+    code = "server_unavailable"
 
 
 def backoff(retries: int, base: float, cap: float) -> float:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from inferq import constants
@@ -146,6 +146,12 @@ class Settings(BaseSettings):
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(constants.WEBHOOK_RETRY_DELAYS), min_length=1
     )
+    #: The HTTP API's base URL (``https://inferq.example.com``). When set, ``inferq submit / status / results /
+    #: cancel / jobs / models`` go through the API (`producer.remote.RemoteClient`) with `api_key`, and need neither
+    #: the database's nor the broker's credentials.
+    server_url: str | None = None
+    #: The API key (``iq_<id>_<secret>``, from ``inferq keys create``) sent to `server_url`.
+    api_key: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod

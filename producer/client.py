@@ -501,16 +501,29 @@ class Client:
         on_progress: Callable[[JobStatus], None] | None = None,
     ) -> JobStatus:
         """Poll until the job ends (or ``timeout`` seconds pass: `TimeoutError`)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.status(job_id)
-            if on_progress is not None:
-                on_progress(status)
-            if status.finished:
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {status.state.value} after {timeout}s")
-            time.sleep(poll)
+        return poll_until_finished(self.status, job_id, timeout=timeout, poll=poll, on_progress=on_progress)
+
+
+def poll_until_finished(
+    status_of: Callable[[str], JobStatus],
+    job_id: str,
+    *,
+    timeout: float | None,
+    poll: float,
+    on_progress: Callable[[JobStatus], None] | None,
+) -> JobStatus:
+    """``status_of(job_id)`` every ``poll`` seconds, each one given to ``on_progress``, until the job ends (or
+    ``timeout`` seconds pass: `TimeoutError`): `Client.wait` and `RemoteClient.wait` alike."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = status_of(job_id)
+        if on_progress is not None:
+            on_progress(status)
+        if status.finished:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {status.state.value} after {timeout}s")
+        time.sleep(poll)
 
 
 def _job_of(session: Session, job_id: str, tenant: str | None) -> Job:
