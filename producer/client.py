@@ -535,15 +535,22 @@ def _seekable(stream: IO[Any]) -> bool:
 def _copy_items(session: Session, job_id: str, numbered: Iterable[tuple[int, InputRecord]]) -> None:
     """PostgreSQL: stream the items with COPY, in the session's transaction (several times faster than INSERT).
     An error while the rows are read ends the COPY with a failure, so that none of them is stored."""
+    import psycopg  # the PostgreSQL driver: only here
+
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     queued = ItemState.QUEUED.value
     raw = session.connection().connection.driver_connection
-    with (
-        raw.cursor() as cursor,  # type: ignore[union-attr]
-        cursor.copy('COPY items (job_id, "index", client_id, input, state, attempts) FROM STDIN') as copy,
-    ):
-        for i, r in numbered:
-            copy.write_row((job_id, i, r.client_id, dumps(r.data), queued, 0))
+    try:
+        with (
+            raw.cursor() as cursor,  # type: ignore[union-attr]
+            cursor.copy('COPY items (job_id, "index", client_id, input, state, attempts) FROM STDIN') as copy,
+        ):
+            for i, r in numbered:
+                copy.write_row((job_id, i, r.client_id, dumps(r.data), queued, 0))
+    except psycopg.OperationalError as exc:
+        # The driver's own connection, under SQLAlchemy's error hook: converted here, as `inferq.db` does.
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DatabaseUnavailable(f"database unreachable: {reason}", reason=reason, kind=type(exc).__name__) from exc
 
 
 def _status(job: Job) -> JobStatus:

@@ -23,7 +23,24 @@ from inferq.settings import ModelSpec, Settings
 from inferq.task_specs import TaskName
 from producer.client import Client
 
-_WORDS = "the a model batch input line queue worker result score label text token stream memory file".split()
+_WORDS = [
+    "the",
+    "a",
+    "model",
+    "batch",
+    "input",
+    "line",
+    "queue",
+    "worker",
+    "result",
+    "score",
+    "label",
+    "text",
+    "token",
+    "stream",
+    "memory",
+    "file",
+]
 
 
 def write_file(path: Path, lines: int, seed: int = 0) -> int:
