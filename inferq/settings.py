@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     #: ``inferq worker`` consumes. ``INFERQ_PRELOAD`` is comma-separated (``sst2,mrpc``) or a JSON list.
     preload: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    #: Largest request body ``inferq serve`` takes (a submitted file with its form fields), in bytes; a larger one
+    #: is refused with 413 as soon as the count passes it, while it streams.
+    max_upload_bytes: int = Field(constants.DEFAULT_MAX_UPLOAD_BYTES, ge=1)
 
     @field_validator("database_url")
     @classmethod
