@@ -337,7 +337,7 @@ def _sniff(lines: _Lines) -> Literal["jsonl", "csv"]:
             return "jsonl" if head.startswith("{") else "csv"
 
 
-_scan_json = json.JSONDecoder().scan_once
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def _decode(text: str) -> Any:
