@@ -29,6 +29,8 @@ def create_app(settings: Settings) -> FastAPI:
         engine = make_engine(settings)
         celery = create_celery(settings, name="inferq-api")
         client = Client(settings, engine=engine, celery=celery)
+        # Made now, once, rather than by whichever request thread comes first (neither connects).
+        _ = client.sessions, client.reader
         app.state.runtime = Runtime(settings, client)
         try:
             yield
