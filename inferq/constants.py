@@ -81,6 +81,21 @@ MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
 
+#: Largest request body the HTTP API takes (``INFERQ_MAX_UPLOAD_BYTES``): 1 GiB holds a 1-million-line file of
+#: paragraphs (~300 MB) three times over, and the body goes to a temporary file, never to memory.
+DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
+
+#: Seconds a refused submit (``429 quota_exceeded``) is told to wait (``Retry-After``): long enough for a worker to
+#: finish a few chunks and free room under the quota, short enough that a waiting client is not idle for long.
+QUOTA_RETRY_AFTER_SECONDS = 30
+
+#: Random bytes in an API key's secret: 256 bits, so a plain SHA-256 of the key is as good as a slow password hash.
+API_KEY_SECRET_BYTES = 32
+
+#: Jobs a list request returns at most (``GET /v1/jobs?limit=``), and by default.
+MAX_LIST_LIMIT = 100
+DEFAULT_LIST_LIMIT = 20
+
 #: Seconds a metrics endpoint reuses the state it read from SQL: Prometheus scrapes every 15 s by default, so one
 #: scraper costs the database at most one set of queries a scrape, and several scrapers (or a 1 s interval) no more
 #: than one set every 5 s.
@@ -103,3 +118,18 @@ WEBHOOK_COUNTDOWN_MAX_SECONDS = 300.0
 
 #: Longest webhook URL accepted: what browsers and servers commonly handle.
 MAX_WEBHOOK_URL_CHARS = 2048
+
+#: Seconds the HTTP client (`producer.remote`) waits to connect to the API: a server that does not accept in this
+#: long is down or unreachable, and the user hears so instead of waiting.
+HTTP_CONNECT_TIMEOUT_SECONDS = 10.0
+
+#: Seconds the HTTP client waits for a read, a write or a pooled connection. The answer to a submit comes once the
+#: server has read, validated and stored the whole file: a million lines take well over a minute on a small
+#: machine, so this is generous.
+HTTP_TIMEOUT_SECONDS = 600.0
+
+#: Jobs asked for per page when the HTTP client lists jobs (`RemoteClient.jobs`): as many as the server gives.
+HTTP_JOBS_PAGE = MAX_LIST_LIMIT
+
+#: Bytes per read when a file is streamed as a request body, and per JSONL batch generated from Python objects.
+HTTP_BODY_CHUNK_BYTES = 1 << 20

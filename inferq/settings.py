@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from inferq import constants
@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     #: ``inferq worker`` consumes. ``INFERQ_PRELOAD`` is comma-separated (``sst2,mrpc``) or a JSON list.
     preload: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    #: Largest request body ``inferq serve`` takes (a submitted file with its form fields), in bytes; a larger one
+    #: is refused with 413 as soon as the count passes it, while it streams.
+    max_upload_bytes: int = Field(constants.DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     #: ``text`` (the usual lines) or ``json``: one JSON object a line, with ``job_id``, ``chunk``, ``model``,
     #: ``outcome`` and timing fields where a line has them (`inferq.logs`). Secrets are redacted in both.
     log_format: Literal["text", "json"] = "text"
@@ -143,6 +146,12 @@ class Settings(BaseSettings):
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: list(constants.WEBHOOK_RETRY_DELAYS), min_length=1
     )
+    #: The HTTP API's base URL (``https://inferq.example.com``). When set, ``inferq submit / status / results /
+    #: cancel / jobs / models`` go through the API (`producer.remote.RemoteClient`) with `api_key`, and need neither
+    #: the database's nor the broker's credentials.
+    server_url: str | None = None
+    #: The API key (``iq_<id>_<secret>``, from ``inferq keys create``) sent to `server_url`.
+    api_key: SecretStr | None = None
     #: BENCHMARK ONLY, never in production: run every model's forward pass on a simulated device of this many
     #: items/s (``0``: the null device, no time at all) that sleeps instead of computing and stores made-up
     #: results (`worker.engines.simulated`). ``None`` (the default): the real device.
