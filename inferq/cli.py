@@ -12,7 +12,7 @@ import click
 from inferq.errors import InferqError
 
 #: command name → "module:attribute" of its click command, imported only when that command runs: the core's
-#: commands in `inferq.cli_core`, the producer's in `producer.cli`, the worker's in `worker.cli`.
+#: commands in `inferq.cli_core`, the producer's in `producer.cli`, the worker's in `worker.cli`, the HTTP API's in `server.cli`.
 COMMANDS = {
     "submit": "producer.cli:submit",
     "status": "producer.cli:status",
@@ -25,6 +25,8 @@ COMMANDS = {
     "purge": "inferq.cli_core:purge_command",
     "worker": "worker.cli:worker_command",
     "demo": "inferq_demo.cli:demo_command",
+    "serve": "server.cli:serve",
+    "keys": "server.cli:keys",
 }
 
 #: command name → its help's first sentence, for ``inferq --help``, which would otherwise import every command's
@@ -41,6 +43,8 @@ SUMMARIES = {
     "dead worker, a failed enqueue).",
     "purge": "Delete finished jobs (succeeded, failed, cancelled) and their items; running jobs are never touched.",
     "worker": "Run a worker: consume the default queue and the queues of the models it preloads.",
+    "serve": "Run the HTTP API (FastAPI on uvicorn); OpenAPI at /docs.",
+    "keys": "API keys of the HTTP API: create (shown once), list, revoke.",
     "demo": "Run the seed examples (sentiment, paraphrase, question answering, fill-mask, entities), zero-shot "
     "classification, reranking and a semantic search as jobs through a real worker and print the results.",
 }

@@ -85,3 +85,18 @@ MAX_METADATA_VALUE_CHARS = 512
 #: scraper costs the database at most one set of queries a scrape, and several scrapers (or a 1 s interval) no more
 #: than one set every 5 s.
 DEFAULT_METRICS_CACHE_SECONDS = 5.0
+
+#: Largest request body the HTTP API takes (``INFERQ_MAX_UPLOAD_BYTES``): 1 GiB holds a 1-million-line file of
+#: paragraphs (~300 MB) three times over, and the body goes to a temporary file, never to memory.
+DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
+
+#: Seconds a refused submit (``429 quota_exceeded``) is told to wait (``Retry-After``): long enough for a worker to
+#: finish a few chunks and free room under the quota, short enough that a waiting client is not idle for long.
+QUOTA_RETRY_AFTER_SECONDS = 30
+
+#: Random bytes in an API key's secret: 256 bits, so a plain SHA-256 of the key is as good as a slow password hash.
+API_KEY_SECRET_BYTES = 32
+
+#: Jobs a list request returns at most (``GET /v1/jobs?limit=``), and by default.
+MAX_LIST_LIMIT = 100
+DEFAULT_LIST_LIMIT = 20

@@ -7,7 +7,15 @@ InferqError
 │   ├── InvalidParameter        invalid_parameter
 │   ├── UnknownTask             unknown_task
 │   ├── UnknownModel            unknown_model
-│   └── JobNotFound             job_not_found
+│   ├── JobNotFound             job_not_found
+│   └── RequestError            (the HTTP API: a request that cannot be served as sent)
+│       ├── Unauthorized            unauthorized            no key, an unknown key, a revoked key
+│       ├── PayloadTooLarge         payload_too_large       an upload over INFERQ_MAX_UPLOAD_BYTES
+│       ├── UnsupportedMediaType    unsupported_media_type
+│       ├── IdempotencyConflict     idempotency_conflict    an Idempotency-Key reused for another request
+│       ├── QuotaExceeded           quota_exceeded          the tenant's unfinished items would pass its quota
+│       ├── JobNotFinished          job_not_finished        a retry of a job that has not ended
+│       └── NothingToRetry          nothing_to_retry        a retry of a job without failed items
 ├── ModelError
 │   ├── ModelLoadError          model_load_error     the model or tokenizer would not load
 │   └── InferenceError          inference_error      the forward pass raised on this item
@@ -94,6 +102,51 @@ class UnknownModel(InputError):
 
 class JobNotFound(InputError):
     code = "job_not_found"
+
+
+class RequestError(InputError):
+    """A request to the HTTP API that cannot be served as it was sent (`server.errors` maps each to its status)."""
+
+    code = "request_error"
+
+
+class Unauthorized(RequestError):
+    """No API key, a key that is not one, or a revoked key: all alike, so that a caller learns nothing more."""
+
+    code = "unauthorized"
+
+
+class PayloadTooLarge(RequestError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    code = "unsupported_media_type"
+
+
+class IdempotencyConflict(RequestError):
+    """An ``Idempotency-Key`` the tenant already used, sent with another request."""
+
+    code = "idempotency_conflict"
+
+
+class QuotaExceeded(RequestError):
+    """The tenant's unfinished items plus this job's would pass its ``max_queued_items``. ``retry_after``: seconds
+    worth waiting before trying again."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str = "", *, retry_after: int = 30) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class JobNotFinished(RequestError):
+    code = "job_not_finished"
+
+
+class NothingToRetry(RequestError):
+    code = "nothing_to_retry"
 
 
 class ModelError(InferqError):

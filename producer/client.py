@@ -19,14 +19,26 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
 from inferq.db import make_engine, make_sessionmaker
-from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput, InvalidParameter, JobNotFound, LineError
+from inferq.errors import (
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidInput,
+    InvalidParameter,
+    JobNotFinished,
+    JobNotFound,
+    LineError,
+    NothingToRetry,
+    QuotaExceeded,
+)
 from inferq.model_sources import check_model, mask_tokens, resolve_model
-from inferq.schema import DEFAULT_TENANT, Chunk, Item, Job, as_utc, utcnow
+from inferq.schema import DEFAULT_TENANT, Chunk, Item, Job, Tenant, as_utc, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.task_specs import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
@@ -86,6 +98,8 @@ class Submission:
     #: Lines left out with ``skip_invalid`` (at most `Limits.max_errors` of them listed).
     skipped: list[LineError] = field(default_factory=list)
     skipped_total: int = 0
+    #: True when the submit found the job its ``Idempotency-Key`` made before (same request): nothing new stored.
+    replayed: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,12 @@ class JobStatus:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     error: dict[str, str] | None
+    #: What the HTTP API shows besides (`to_json` leaves them out, so that the CLI prints what it always printed).
+    tenant: str = DEFAULT_TENANT
+    metadata: dict[str, str] = field(default_factory=dict)
+    webhook_url: str | None = None
+    retry_of: str | None = None
+    chunk_size: int | None = None
 
     @property
     def done(self) -> int:
@@ -122,6 +142,14 @@ class JobStatus:
     def items_per_second(self) -> float | None:
         elapsed = self.elapsed
         return None if elapsed is None or self.done == 0 else self.done / elapsed
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds until the last item ends at the rate so far; ``None`` when finished or before any item ended."""
+        rate = self.items_per_second
+        if self.finished or not rate:
+            return None
+        return max(self.total - self.done, 0) / rate
 
     def to_json(self) -> dict[str, Any]:
         def iso(t: dt.datetime | None) -> str | None:
@@ -222,6 +250,9 @@ class Client:
         task = task if isinstance(task, TaskName) else parse_task(task)
         options = options or JobOptions()
         options = dataclasses.replace(options, metadata=check_metadata(options.metadata))
+        replayed = self._replayed(options)
+        if replayed is not None:
+            return replayed
         spec = resolve_model(self.settings, model, task)
         full_params = validate_params(task, dict(params or {}))
         typed = read_params(task, full_params)
@@ -244,8 +275,15 @@ class Client:
         committing = False
         try:
             with self.sessions() as session, session.begin():
+                check_quota(session, options.tenant, len(read.records))
                 store_job(session, job_id, task, model, full_params, read.records, size, queue, options=options)
                 committing = True
+        except IntegrityError:
+            # Another request with the same Idempotency-Key stored its job first: that job, or a conflict.
+            replayed = self._replayed(options)
+            if replayed is None:
+                raise
+            return replayed
         except DatabaseUnavailable as exc:
             # One transaction, and nothing is enqueued before it commits: a database that went away stored nothing,
             # unless it went away during the commit itself, when only the database knows.
@@ -261,6 +299,23 @@ class Client:
             ) from exc
         self._enqueue(job_id, n_chunks, queue)
         return Submission(job_id, len(read.records), n_chunks, read.errors if skip_invalid else [], read.total_bad)
+
+    def _replayed(self, options: JobOptions) -> Submission | None:
+        """The job this tenant made with ``options.idempotency_key`` (`IdempotencyConflict` when it came with another
+        request), or ``None`` when there is none (or no key)."""
+        if options.idempotency_key is None:
+            return None
+        with self.reader() as session:
+            job = session.scalars(
+                select(Job).where(Job.tenant == options.tenant, Job.idempotency_key == options.idempotency_key)
+            ).one_or_none()
+            if job is None:
+                return None
+            if job.request_hash != options.request_hash:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {options.idempotency_key!r} was used for another request (job {job.id})"
+                )
+            return Submission(job.id, job.total, job.n_chunks, replayed=True)
 
     def _check_broker(self) -> None:
         try:
@@ -290,18 +345,49 @@ class Client:
 
     # -- read ------------------------------------------------------------------------------------------
 
-    def status(self, job_id: str) -> JobStatus:
+    def status(self, job_id: str, *, tenant: str | None = None) -> JobStatus:
+        """The job's status. With ``tenant``, another tenant's job is `JobNotFound`, as a job that does not exist."""
         with self.reader() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                raise JobNotFound(f"no job {job_id!r}")
-            return _status(job)
+            return _status(_job_of(session, job_id, tenant))
 
-    def jobs(self, limit: int = 20, state: JobState | None = None) -> list[JobStatus]:
+    def jobs(
+        self,
+        limit: int = 20,
+        state: JobState | None = None,
+        *,
+        tenant: str | None = None,
+        task: str | None = None,
+        model: str | None = None,
+        metadata: dict[str, str] | None = None,
+        after: str | None = None,
+    ) -> list[JobStatus]:
+        """Jobs newest first (created, then id, descending), filtered: of ``tenant`` only (``None``: every
+        tenant's), in ``state``, of ``task`` or ``model``, whose metadata hold every key-value of ``metadata``; after
+        the job ``after`` in that order (a cursor: the last id of the previous page; `InvalidParameter` when it
+        names no job of the tenant)."""
         with self.reader() as session:
-            query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+            query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+            if tenant is not None:
+                query = query.where(Job.tenant == tenant)
             if state is not None:
                 query = query.where(Job.state == state)
+            if task is not None:
+                query = query.where(Job.task == task)
+            if model is not None:
+                query = query.where(Job.model == model)
+            for key, value in (metadata or {}).items():
+                query = query.where(Job.meta[key].as_string() == value)
+            if after is not None:
+                try:
+                    cursor = _job_of(session, after, tenant)
+                except JobNotFound:
+                    raise InvalidParameter(f"no job {after!r} to list after", field="after") from None
+                query = query.where(
+                    or_(
+                        Job.created_at < cursor.created_at,
+                        and_(Job.created_at == cursor.created_at, Job.id < cursor.id),
+                    )
+                )
             return [_status(j) for j in session.scalars(query)]
 
     def models(self) -> dict[str, ModelSpec]:
@@ -358,13 +444,12 @@ class Client:
 
     # -- control ---------------------------------------------------------------------------------------
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, *, tenant: str | None = None) -> JobStatus:
         """Stop a job: unfinished items become ``cancelled``; a running chunk stops at its next micro-batch.
-        Finished results stay."""
+        Finished results stay. With ``tenant``, another tenant's job is `JobNotFound`."""
         now = utcnow()
         with self.sessions.begin() as session:
-            if session.get(Job, job_id) is None:
-                raise JobNotFound(f"no job {job_id!r}")
+            _job_of(session, job_id, tenant)
             cancelled = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state.in_(UNFINISHED_JOB_STATES))
@@ -377,6 +462,27 @@ class Client:
                     .values(state=ItemState.CANCELLED, finished_at=now)
                 )
         return self.status(job_id)
+
+    def retry(self, job_id: str, *, tenant: str | None = None) -> Submission:
+        """Submit the failed items of the finished job ``job_id`` as a new job: same task, model, parameters,
+        chunk size, metadata, webhook and tenant, its `JobStatus.retry_of` naming the first job, whose items keep
+        their errors. The items keep their ids; the new job's indices count from 0 in the first job's order.
+        `JobNotFinished` while the job runs, `NothingToRetry` when none of its items failed."""
+        with self.reader() as session:
+            job = _job_of(session, job_id, tenant)
+            if not job.state.finished:
+                raise JobNotFinished(f"job {job_id} is {job.state.value}: retry it once it has ended")
+            failed = session.execute(
+                select(Item.client_id, Item.input)
+                .where(Item.job_id == job_id, Item.state == ItemState.FAILED)
+                .order_by(Item.index)
+            ).all()
+            if not failed:
+                raise NothingToRetry(f"job {job_id} has no failed items")
+            task, model, params, chunk_size = job.task, job.model, dict(job.params), job.chunk_size
+            options = JobOptions(tenant=job.tenant, metadata=job.meta, webhook_url=job.webhook_url, retry_of=job.id)
+        rows = [dict(data, id=client_id) if client_id is not None else dict(data) for client_id, data in failed]
+        return self.submit(task, model, rows, params, chunk_size=chunk_size, options=options)
 
     def wait(
         self,
@@ -397,6 +503,38 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {status.state.value} after {timeout}s")
             time.sleep(poll)
+
+
+def _job_of(session: Session, job_id: str, tenant: str | None) -> Job:
+    """The job ``job_id`` (of ``tenant`` only, when given), or `JobNotFound`: another tenant's job is not told apart
+    from a job that does not exist."""
+    job = session.get(Job, job_id)
+    if job is None or (tenant is not None and job.tenant != tenant):
+        raise JobNotFound(f"no job {job_id!r}")
+    return job
+
+
+def check_quota(session: Session, tenant: str, adding: int) -> None:
+    """`QuotaExceeded` when the tenant's unfinished items (of its queued and running jobs) plus ``adding`` would pass
+    its ``max_queued_items``. Run in the transaction that stores the job: the tenant's row is locked (PostgreSQL;
+    SQLite has one writer anyway), so two submits of one tenant cannot both pass the quota."""
+    row = session.get(Tenant, tenant)
+    if row is None or row.max_queued_items is None:
+        return
+    row = session.get(Tenant, tenant, with_for_update=True, populate_existing=True)
+    if row is None or row.max_queued_items is None:
+        return
+    unfinished = session.scalar(
+        select(func.coalesce(func.sum(Job.total - Job.succeeded - Job.failed), 0)).where(
+            Job.tenant == tenant, Job.state.in_(UNFINISHED_JOB_STATES)
+        )
+    )
+    if int(unfinished or 0) + adding > row.max_queued_items:
+        raise QuotaExceeded(
+            f"tenant {tenant!r} has {unfinished} unfinished items; {adding} more would pass its quota of "
+            f"{row.max_queued_items}",
+            retry_after=constants.QUOTA_RETRY_AFTER_SECONDS,
+        )
 
 
 def chunk_count(items: int, chunk_size: int) -> int:
@@ -511,4 +649,9 @@ def _status(job: Job) -> JobStatus:
         started_at=as_utc(job.started_at),
         finished_at=as_utc(job.finished_at),
         error={"code": job.error_code, "message": job.error or ""} if job.error_code else None,
+        tenant=job.tenant,
+        metadata=dict(job.meta or {}),
+        webhook_url=job.webhook_url,
+        retry_of=job.retry_of,
+        chunk_size=job.chunk_size,
     )

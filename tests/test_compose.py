@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DEFAULT_SERVICES = {"redis", "postgres", "migrate", "worker-cpu", "flower"}
+DEFAULT_SERVICES = {"redis", "postgres", "migrate", "worker-cpu", "api", "flower"}
 GPU_SERVICES = {"worker-gpu"}
 MONITORING_SERVICES = {"prometheus", "grafana"}
 WORKERS = ("worker-cpu", "worker-gpu")
@@ -263,7 +263,7 @@ def test_workers_start_after_the_migration_completes_and_the_services_are_health
     assert depends.get("postgres") == "service_healthy"
 
 
-@pytest.mark.parametrize("service", ["migrate", *WORKERS])
+@pytest.mark.parametrize("service", ["migrate", "api", *WORKERS])
 def test_inferq_containers_share_the_broker_database_and_model_cache_settings(
     services: dict[str, dict[str, Any]], service: str
 ) -> None:
@@ -462,3 +462,23 @@ def test_the_dashboard_reads_the_provisioned_prometheus_data_source() -> None:
     uids |= {p["datasource"]["uid"] for p in dashboard["panels"]}
     assert uids == {source["uid"]}
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_the_api_serves_on_port_8000_after_the_migration_with_a_healthcheck(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # given the api service
+    api = services["api"]
+
+    # when its command, ports, dependencies and healthcheck are read
+    command = full_command(api)
+
+    # then it is `inferq serve` on 0.0.0.0:8000, published, started once the schema is migrated, checked on /healthz
+    assert command[:2] == ["inferq", "serve"]
+    assert option(command, "--port") == "8000" and option(command, "--host") == "0.0.0.0"
+    assert 8000 in published_targets(api)
+    assert dependencies(api).get("migrate") == "service_completed_successfully"
+    assert (
+        dependencies(api).get("postgres") == "service_healthy" and dependencies(api).get("redis") == "service_healthy"
+    )
+    assert "/healthz" in " ".join(argv(api["healthcheck"]["test"]))

@@ -1,0 +1,109 @@
+"""The server's commands: ``inferq serve`` (the HTTP API on uvicorn) and ``inferq keys`` (API keys and tenants).
+
+``keys`` needs only the database: it imports neither FastAPI nor uvicorn."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from inferq.settings import get_settings
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Server processes.")
+@click.option("--log-level", default=None, help="uvicorn's log level (default: INFERQ_LOG_LEVEL).")
+def serve(host: str, port: int, workers: int, log_level: str | None) -> None:
+    """Run the HTTP API (FastAPI on uvicorn); OpenAPI at /docs."""
+    import uvicorn
+
+    settings = get_settings()
+    level = (log_level or settings.log_level).lower()
+    if workers > 1:
+        # Each uvicorn worker process imports the factory and builds its own app from the environment.
+        uvicorn.run(
+            "server.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=level,
+        )
+        return
+    from server.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=level)
+
+
+@click.group()
+def keys() -> None:
+    """API keys of the HTTP API: create (shown once), list, revoke."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="The tenant the key acts for (made on its first key).")
+@click.option("--admin", is_flag=True, help="An admin key: sees and acts on every tenant's jobs.")
+@click.option(
+    "--max-queued-items",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Set the tenant's quota on unfinished items (429 past it).",
+)
+def create_key_command(tenant: str, admin: bool, max_queued_items: int | None) -> None:
+    """Create a key and print it: it is shown this once, only its hash is stored."""
+    from inferq.db import make_engine, make_sessionmaker
+    from inferq.keys import create_key
+
+    engine = make_engine(get_settings())
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            key, info = create_key(session, tenant, admin=admin, max_queued_items=max_queued_items)
+    finally:
+        engine.dispose()
+    click.echo(f"key {info.id} for tenant {info.tenant}{' (admin)' if admin else ''}; it is shown this once:", err=True)
+    click.echo(key)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.option("--json", "as_json", is_flag=True)
+def list_keys_command(tenant: str | None, as_json: bool) -> None:
+    """Every key: id, tenant, admin, created, revoked (never the key)."""
+    from inferq.db import make_engine, make_sessionmaker
+    from inferq.keys import list_keys
+
+    engine = make_engine(get_settings())
+    try:
+        with make_sessionmaker(engine, read_only=True)() as session:
+            found = list_keys(session, tenant)
+    finally:
+        engine.dispose()
+    for k in found:
+        created = k.created_at.isoformat()
+        revoked = k.revoked_at.isoformat() if k.revoked_at else None
+        if as_json:
+            row = {"id": k.id, "tenant": k.tenant, "admin": k.admin, "created_at": created, "revoked_at": revoked}
+            click.echo(json.dumps(row))
+        else:
+            click.echo(f"{k.id}  {k.tenant:<24}  {'admin' if k.admin else '-':<5}  {created}  {revoked or '-'}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def revoke_key_command(key_id: str) -> None:
+    """Revoke a key: refused from the next request on."""
+    from inferq.db import make_engine, make_sessionmaker
+    from inferq.errors import InvalidParameter
+    from inferq.keys import revoke_key
+
+    engine = make_engine(get_settings())
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            if not revoke_key(session, key_id):
+                raise InvalidParameter(f"no key {key_id!r}", field="key_id")
+    finally:
+        engine.dispose()
+    click.echo(f"key {key_id} revoked", err=True)

@@ -1,0 +1,131 @@
+"""inferq's errors as HTTP answers: a status per error class, and one JSON body for every error::
+
+    {"error": {"code": "<stable code from inferq.errors>", "message": "...",
+               "lines": [{"line": 3, "field": "text", "message": "..."}]}}
+
+``lines`` only for `InvalidInput`; ``field`` where an error names the parameter at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from inferq.errors import (
+    IdempotencyConflict,
+    InferqError,
+    InputError,
+    InvalidInput,
+    InvalidParameter,
+    JobNotFinished,
+    JobNotFound,
+    NothingToRetry,
+    PayloadTooLarge,
+    QuotaExceeded,
+    TransientError,
+    Unauthorized,
+    UnknownModel,
+    UnknownTask,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("inferq.server")
+
+#: Each error class's HTTP status; the first class an error is an instance of decides.
+STATUS: tuple[tuple[type[InferqError], int], ...] = (
+    (Unauthorized, 401),
+    (PayloadTooLarge, 413),
+    (UnsupportedMediaType, 415),
+    (IdempotencyConflict, 409),
+    (JobNotFinished, 409),
+    (QuotaExceeded, 429),
+    (NothingToRetry, 400),
+    (JobNotFound, 404),
+    (UnknownModel, 404),
+    (UnknownTask, 400),
+    (InvalidInput, 400),
+    # A parameter that does not parse (malformed JSON in params or metadata) or has a value out of its range.
+    (InvalidParameter, 422),
+    (InputError, 400),
+    (TransientError, 503),
+    (InferqError, 500),
+)
+
+#: Codes of the errors FastAPI and Starlette raise themselves (a route that does not exist, a wrong method).
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def status_of(exc: InferqError) -> int:
+    return next(status for cls, status in STATUS if isinstance(exc, cls))
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def inferq_error_response(exc: InferqError) -> JSONResponse:
+    extra: dict[str, Any] = {}
+    if isinstance(exc, InvalidInput):
+        extra["lines"] = [{"line": e.line, "field": e.field, "message": e.message} for e in exc.errors]
+        extra["lines_total"] = exc.total_bad
+        message = f"{exc.total_bad} invalid input line(s); nothing was submitted"
+    else:
+        message = exc.message
+    field = exc.details.get("field")
+    if isinstance(field, str):
+        extra["field"] = field
+    headers: dict[str, str] = {}
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, QuotaExceeded):
+        headers["Retry-After"] = str(exc.retry_after)
+    status = status_of(exc)
+    if status >= 500:
+        log.warning("request failed: [%s] %s", exc.code, exc.message)
+    return JSONResponse(error_body(exc.code, message, **extra), status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+
+    async def on_inferq_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InferqError)
+        return inferq_error_response(exc)
+
+    async def on_validation_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg', '')}" for e in exc.errors()
+        )
+        return JSONResponse(
+            error_body(InvalidParameter.code, message or "invalid request", field=field), status_code=422
+        )
+
+    async def on_http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=dict(exc.headers or {})
+        )
+
+    async def on_disconnect(_request: Request, _exc: Exception) -> Response:
+        # The client went away mid-upload: nobody reads this answer, and nothing was stored.
+        return Response(status_code=400)
+
+    async def on_unexpected(_request: Request, exc: Exception) -> Response:
+        log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+    app.add_exception_handler(InferqError, on_inferq_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
+    app.add_exception_handler(Exception, on_unexpected)
