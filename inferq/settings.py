@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     #: reused: scrapes from several Prometheus servers, or a fast scrape interval, cost the database one set of
     #: queries per period.
     metrics_cache_seconds: float = Field(default=constants.DEFAULT_METRICS_CACHE_SECONDS, ge=0)
+    #: Whether ``inferq serve`` answers ``GET /metrics`` (Prometheus, no key needed; `server.metrics`).
+    api_metrics: bool = True
     #: Largest request body ``inferq serve`` takes (a submitted file with its form fields), in bytes; a larger one
     #: is refused with 413 as soon as the count passes it, while it streams.
     max_upload_bytes: int = Field(constants.DEFAULT_MAX_UPLOAD_BYTES, ge=1)
