@@ -114,12 +114,27 @@ class _Forward:
 
 
 def route_template(scope: Scope) -> str:
-    """The template of the route that answered (``/v1/jobs/{job_id}``), or `UNMATCHED`."""
+    """The template of the route that answered (``/v1/jobs/{job_id}``), or `UNMATCHED`: the request's path with
+    each segment that is a path parameter's value put back as ``{name}`` (this holds whatever prefix a router was
+    included under, which a route object alone may not know)."""
+    from starlette.routing import Mount
+
     route = scope.get("route")
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if isinstance(path, str):
-        return path
-    return UNMATCHED
+    if isinstance(route, Mount):  # a mounted app (the page's static files): one series for all its paths
+        return f"{route.path}/{{path}}"
+    if route is None and scope.get("endpoint") is None:
+        return UNMATCHED
+    if route is None and scope.get("root_path"):  # a mount, as newer Starlette leaves the scope
+        return f"{scope['root_path']}/{{path}}"
+    params: dict[str, Any] = scope.get("path_params") or {}
+    if not params:
+        return str(scope.get("path", ""))
+    names = {str(v): k for k, v in params.items()}
+    path = str(scope.get("path", ""))
+    for value, name in names.items():
+        if "/" in value and path.endswith("/" + value):  # a {name:path} parameter (a static file's path)
+            return path[: -len(value)] + "{" + name + "}"
+    return "/".join("{" + names[segment] + "}" if segment in names else segment for segment in path.split("/"))
 
 
 class ObserveRequests:
