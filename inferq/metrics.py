@@ -499,7 +499,7 @@ class StateCollector:
                 ):
                     oldest[queue] = as_utc(_datetime(since)).timestamp() if since is not None else None
                 deliveries = {s.value: 0 for s in DeliveryState}
-                for state, count in session.execute(
+                for delivery_state, count in session.execute(
                     select(WebhookDelivery.state, func.count()).group_by(WebhookDelivery.state)
                 ):
                     deliveries[_name(state)] = int(count)

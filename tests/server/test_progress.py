@@ -129,7 +129,7 @@ def test_the_error_summary_lists_codes_by_frequency_with_a_sample_message_as_sql
 def test_another_tenants_key_reads_neither_and_an_admin_key_reads_both(
     api: TestClient, make_key: MakeKey, stored_job: StoreJob
 ) -> None:
-    key, tenant = make_key()
+    _, tenant = make_key()
     other, _ = make_key()
     admin, _ = make_key(admin=True)
     job_id = stored_job(tenant, n=2)
