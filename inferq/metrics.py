@@ -502,7 +502,7 @@ class StateCollector:
                 for delivery_state, count in session.execute(
                     select(WebhookDelivery.state, func.count()).group_by(WebhookDelivery.state)
                 ):
-                    deliveries[_name(state)] = int(count)
+                    deliveries[_name(delivery_state)] = int(count)
         except (DatabaseUnavailable, SQLAlchemyError) as exc:
             log.warning("metrics: could not read the state from SQL: %s", exc)
             return None
