@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,18 @@ def submit(http: httpx.Client, key: str, rows: list[dict[str, str]]) -> dict[str
     return dict(response.json())
 
 
+def scrape(http: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = http.get("/metrics")
+    assert response.status_code == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
 def use_key(page: Any, key: str) -> None:
     page.fill("#key-input", key)
     page.click("#key-save")
@@ -78,11 +91,15 @@ def test_the_job_page_shows_a_job_advance_and_finish_and_cancels_another_in_a_re
     other_key, _ = make_key()
     texts = corpus()
     rows = [{"text": texts[i % len(texts)]} for i in range(ITEMS)]
-    env = {**api_env, "INFERQ_LOG_FORMAT": "json"}
+    env = {**api_env, "INFERQ_LOG_FORMAT": "json", "INFERQ_METRICS_CACHE_SECONDS": "0"}
     shots = tmp_path / "screenshots"
     shots.mkdir()
 
-    with running_server(env, tmp_path / "server.log") as url, httpx.Client(base_url=url, timeout=60) as http:
+    # Two server processes: the page's requests spread over both, and one scrape must add up both processes' counts.
+    with (
+        running_server(env, tmp_path / "server.log", "--workers", "2") as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
         # Given two jobs of one tenant, submitted while no worker runs
         watched = submit(http, key, rows)
         doomed = submit(http, key, rows[:500])
@@ -162,11 +179,28 @@ def test_the_job_page_shows_a_job_advance_and_finish_and_cancels_another_in_a_re
         stranger.screenshot(path=str(shots / "other-tenant.png"), full_page=True)
         context.close()
 
-    # And the server's log is JSON access lines by route template, without any key
+        # And one scrape of the server's metrics agrees with the jobs and with its own access log
+        time.sleep(1)  # requests the closed tab left in flight end
+        metrics = scrape(http)
+        time.sleep(0.5)  # their access lines reach the log file
+
     log = (tmp_path / "server.log").read_text()
+    access = [json.loads(line) for line in log.splitlines() if '"inferq.access"' in line]
+    by_route = Counter((a["route"], a["method"], str(a["status"])) for a in access)
+    for (route, method, status), n in by_route.items():
+        assert (
+            metrics.get(("inferq_api_requests_total", (("method", method), ("route", route), ("status", status)))) == n
+        )
+    assert by_route[("/v1/jobs", "POST", "201")] == 2
+    sizes = len(jsonl(rows)) + len(jsonl(rows[:500]))
+    assert metrics[("inferq_api_upload_bytes_total", (("route", "/v1/jobs"),))] == sizes
+    assert metrics[("inferq_jobs", (("state", "succeeded"),))] >= 1
+    assert metrics[("inferq_jobs", (("state", "cancelled"),))] >= 1
+    assert ("inferq_webhook_deliveries", (("state", "pending"),)) in metrics
+
+    # And the server's log is JSON access lines by route template, without any key
     assert key not in log and other_key not in log
     assert key.rsplit("_", 1)[1] not in log
-    access = [json.loads(line) for line in log.splitlines() if '"inferq.access"' in line]
     routes = {(a["route"], a["status"]) for a in access}
     assert ("/v1/jobs/{job_id}/timeline", 200) in routes and ("/v1/jobs/{job_id}", 404) in routes
     assert ("/v1/jobs/{job_id}/cancel", 200) in routes and ("/v1/jobs", 201) in routes
