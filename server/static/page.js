@@ -96,16 +96,19 @@ function listPage() {
       body.replaceChildren(...page.data.map((job) => {
         const row = document.createElement("tr");
         row.dataset.job = job.id;
-        row.className = "job state-" + job.state;
+        row.className = "job";
         const link = document.createElement("a");
         link.href = "/jobs/" + job.id;
         link.textContent = job.id.slice(0, 12);
         cell(row, link);
-        cell(row, job.state, "state");
+        const state = document.createElement("span");
+        state.className = "state state-" + job.state;
+        state.textContent = job.state;
+        cell(row, state);
         cell(row, job.task);
         cell(row, job.model);
         const bar = document.createElement("div");
-        bar.className = "progress small";
+        bar.className = "progress small state-" + job.state;
         bar.innerHTML = '<div class="bar"></div>';
         bar.firstChild.style.width = percent(job) + "%";
         const progress = cell(row, bar, "progress-cell");
