@@ -144,6 +144,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="interleaved rounds per task (default: 3 classification and embedding, 2 others; quick 1)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--http",
+        action="store_true",
+        help="the HTTP API's section alone (bench/http_api.py: status under 50 clients, uploads and results "
+        "over HTTP against the client and the CLI, the server's memory through a 1M-line upload)",
+    )
+    p.add_argument("--skip-http", action="store_true", help="no HTTP API section in a full run")
+    p.add_argument("--http-rounds", type=int, default=1, help="alternating upload rounds of the HTTP section")
     args = p.parse_args(argv)
     args.task_list = task_list(args.tasks)
     args.precision_list = [x.strip() for x in args.precisions.split(",") if x.strip()]
@@ -645,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s bench: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
     )
+    if args.http:
+        return main_http(args, argv)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -702,9 +712,16 @@ def main(argv: list[str] | None = None) -> int:
 
             log.info("scale: %d items (in a fresh interpreter, as a producer runs: no torch)", args.scale_items)
             run.scale = scale_in_fresh_process(system.client.settings, system.cold_model, args.scale_items)
+    http: dict[str, Any] | None = None
+    if not args.skip_http:
+        http = bench_http_section(args)
 
     checks = targets(run, args)
     print(render(run, args, info, checks))
+    if http is not None:
+        from bench.http_api import render as render_http
+
+        print("\n" + render_http(http))
     out = args.out or RESULTS_DIR / f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}{'-quick' if args.quick else ''}.json"
     payload = {
         "machine": info,
@@ -738,6 +755,45 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": run.skipped,
         "worker_log": run.worker_log,
         "targets": checks,
+        "http": http,
+    }
+    path = write_json(out, payload)
+    print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return 0
+
+
+def bench_http_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The HTTP API's section (`bench.http_api`), or why it was skipped."""
+    try:
+        import server.app  # noqa: F401  (the server extra: FastAPI, uvicorn)
+    except ImportError as exc:
+        return {"skipped": f"the server package does not import ({exc})"}
+    from bench.http_api import bench_http
+
+    return bench_http(args.models_dir, quick=args.quick, rounds=args.http_rounds)
+
+
+def main_http(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--http``: the HTTP API's section alone; its JSON under bench/results/ (``-http``)."""
+    from bench.http_api import render as render_http
+    from bench.http_api import targets as http_targets
+
+    for noisy in ("alembic", "celery", "kombu", "httpx", "worker", "inferq", "producer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    info = machine_info()
+    log.info("%s", machine_line(info))
+    http = bench_http_section(args)
+    print(render_http(http))
+    out = args.out or RESULTS_DIR / f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-http{'-quick' if args.quick else ''}.json"
+    payload = {
+        "machine": info,
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "code": code_version(),
+        "http": http,
+        "targets": [
+            {"what": what, "value": value, "target": target, "met": met}
+            for what, value, target, met in http_targets(http)
+        ],
     }
     path = write_json(out, payload)
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
@@ -754,7 +810,9 @@ def code_version() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    status = git("status", "--porcelain", "--untracked-files=all", "--", "bench", "inferq", "producer", "worker")
+    status = git(
+        "status", "--porcelain", "--untracked-files=all", "--", "bench", "inferq", "producer", "worker", "server"
+    )
     return {
         "commit": git("rev-parse", "HEAD").strip() or None,
         "uncommitted": [x[3:] for x in status.splitlines() if x],

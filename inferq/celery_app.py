@@ -6,6 +6,7 @@ from celery import Celery
 from kombu import Queue
 
 from inferq.settings import Settings
+from inferq.task_specs import DELIVER_WEBHOOK
 
 
 def create_celery(settings: Settings, *, name: str = "inferq") -> Celery:
@@ -32,6 +33,10 @@ def create_celery(settings: Settings, *, name: str = "inferq") -> Celery:
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.default_queue,
         task_queues=[Queue(settings.default_queue)],
+        # Webhook deliveries have a queue of their own, consumed by every `inferq worker` (`inferq.webhooks`). Made
+        # as a missing queue is (its own exchange and routing key): declared here as a bare `Queue` it would share
+        # the default queue's binding, and each message would land in both queues.
+        task_routes={DELIVER_WEBHOOK: {"queue": settings.webhook_queue}},
         task_create_missing_queues=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

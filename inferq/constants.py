@@ -81,11 +81,6 @@ MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY_CHARS = 64
 MAX_METADATA_VALUE_CHARS = 512
 
-#: Seconds a metrics endpoint reuses the state it read from SQL: Prometheus scrapes every 15 s by default, so one
-#: scraper costs the database at most one set of queries a scrape, and several scrapers (or a 1 s interval) no more
-#: than one set every 5 s.
-DEFAULT_METRICS_CACHE_SECONDS = 5.0
-
 #: Largest request body the HTTP API takes (``INFERQ_MAX_UPLOAD_BYTES``): 1 GiB holds a 1-million-line file of
 #: paragraphs (~300 MB) three times over, and the body goes to a temporary file, never to memory.
 DEFAULT_MAX_UPLOAD_BYTES = 1 << 30
@@ -100,3 +95,41 @@ API_KEY_SECRET_BYTES = 32
 #: Jobs a list request returns at most (``GET /v1/jobs?limit=``), and by default.
 MAX_LIST_LIMIT = 100
 DEFAULT_LIST_LIMIT = 20
+
+#: Seconds a metrics endpoint reuses the state it read from SQL: Prometheus scrapes every 15 s by default, so one
+#: scraper costs the database at most one set of queries a scrape, and several scrapers (or a 1 s interval) no more
+#: than one set every 5 s.
+DEFAULT_METRICS_CACHE_SECONDS = 5.0
+
+#: Seconds before each attempt at delivering a webhook, counted from the previous attempt's failure (the first from
+#: the job's end): the Standard Webhooks schedule (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), so a
+#: receiver that is down for about a day and a half still gets the event. After the last attempt fails the
+#: delivery is ``failed`` and kept, with its attempts, for the user to see.
+WEBHOOK_RETRY_DELAYS = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+#: Seconds a webhook POST may wait to connect, to send, and for each read of the answer. Receivers are meant to
+#: answer at once and do their work later; ten seconds is what the webhook services users know allow.
+DEFAULT_WEBHOOK_TIMEOUT = 10.0
+
+#: A retry due within this many seconds is sent as a Celery message with a countdown (held by a worker until due);
+#: a later one is left to the reconciler, which sends deliveries that are due. Keeps hours-long waits out of the
+#: broker (a Redis message unacknowledged past its visibility timeout would be delivered twice).
+WEBHOOK_COUNTDOWN_MAX_SECONDS = 300.0
+
+#: Longest webhook URL accepted: what browsers and servers commonly handle.
+MAX_WEBHOOK_URL_CHARS = 2048
+
+#: Seconds the HTTP client (`producer.remote`) waits to connect to the API: a server that does not accept in this
+#: long is down or unreachable, and the user hears so instead of waiting.
+HTTP_CONNECT_TIMEOUT_SECONDS = 10.0
+
+#: Seconds the HTTP client waits for a read, a write or a pooled connection. The answer to a submit comes once the
+#: server has read, validated and stored the whole file: a million lines take well over a minute on a small
+#: machine, so this is generous.
+HTTP_TIMEOUT_SECONDS = 600.0
+
+#: Jobs asked for per page when the HTTP client lists jobs (`RemoteClient.jobs`): as many as the server gives.
+HTTP_JOBS_PAGE = MAX_LIST_LIMIT
+
+#: Bytes per read when a file is streamed as a request body, and per JSONL batch generated from Python objects.
+HTTP_BODY_CHUNK_BYTES = 1 << 20

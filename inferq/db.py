@@ -23,13 +23,15 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(settings: Settings, **kwargs: Any) -> Engine:
+def make_engine(settings: Settings, *, pool_size: int = 5, **kwargs: Any) -> Engine:
+    """An engine on ``settings.database_url``; ``kwargs`` go to `create_engine`. On PostgreSQL it keeps
+    ``pool_size`` connections and opens as many more at a peak (5 suits a worker or a CLI process)."""
     url = settings.database_url
     if is_sqlite(url):
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **kwargs)
         _serialise_sqlite_writers(engine)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, **kwargs)
     event.listen(engine, "handle_error", _raise_unavailable)
     return engine
 

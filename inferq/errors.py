@@ -5,24 +5,27 @@ InferqError
 ├── InputError                  (never retried: the input itself is wrong)
 │   ├── InvalidInput            invalid_input        a bad line in a submitted file
 │   ├── InvalidParameter        invalid_parameter
+│   │   └── WebhookUrlRefused   webhook_url_refused  not http(s), or resolves to a private/loopback/… address
 │   ├── UnknownTask             unknown_task
 │   ├── UnknownModel            unknown_model
 │   ├── JobNotFound             job_not_found
-│   └── RequestError            (the HTTP API: a request that cannot be served as sent)
-│       ├── Unauthorized            unauthorized            no key, an unknown key, a revoked key
-│       ├── PayloadTooLarge         payload_too_large       an upload over INFERQ_MAX_UPLOAD_BYTES
-│       ├── UnsupportedMediaType    unsupported_media_type
-│       ├── IdempotencyConflict     idempotency_conflict    an Idempotency-Key reused for another request
-│       ├── QuotaExceeded           quota_exceeded          the tenant's unfinished items would pass its quota
-│       ├── JobNotFinished          job_not_finished        a retry of a job that has not ended
-│       └── NothingToRetry          nothing_to_retry        a retry of a job without failed items
+│   ├── RequestError            (the HTTP API: a request that cannot be served as sent)
+│   │   ├── Unauthorized            unauthorized            no key, an unknown key, a revoked key
+│   │   ├── PayloadTooLarge         payload_too_large       an upload over INFERQ_MAX_UPLOAD_BYTES
+│   │   ├── UnsupportedMediaType    unsupported_media_type
+│   │   ├── IdempotencyConflict     idempotency_conflict    an Idempotency-Key reused for another request
+│   │   ├── QuotaExceeded           quota_exceeded          the tenant's unfinished items would pass its quota
+│   │   ├── JobNotFinished          job_not_finished        a retry of a job that has not ended
+│   │   └── NothingToRetry          nothing_to_retry        a retry of a job without failed items
+│   └── InvalidSignature        invalid_signature    a webhook's signature or timestamp does not verify
 ├── ModelError
 │   ├── ModelLoadError          model_load_error     the model or tokenizer would not load
 │   └── InferenceError          inference_error      the forward pass raised on this item
 ├── AttemptsExhausted           attempts_exhausted   a chunk kept failing; its items were given up
 └── TransientError              (retried with backoff)
     ├── DatabaseUnavailable     database_unavailable
-    └── BrokerUnavailable       broker_unavailable
+    ├── BrokerUnavailable       broker_unavailable
+    └── ServerUnavailable       server_unavailable   the HTTP API did not answer (or answered 5xx without a code)
 
 A database that is unreachable or drops the connection surfaces as `DatabaseUnavailable` wherever inferq talks to
 it: `inferq.db` converts the driver's error once, on every engine it makes. Every retry waits `backoff`.
@@ -92,6 +95,14 @@ class InvalidParameter(InputError):
     code = "invalid_parameter"
 
 
+class WebhookUrlRefused(InvalidParameter):
+    """A webhook URL inferq will not POST to (`inferq.webhooks.check_url`): not http(s), no host, a host that does
+    not resolve, or one that resolves to an address users must not reach through inferq (private, loopback,
+    link-local …). ``details["field"]`` is ``"webhook_url"``."""
+
+    code = "webhook_url_refused"
+
+
 class UnknownTask(InputError):
     code = "unknown_task"
 
@@ -149,6 +160,13 @@ class NothingToRetry(RequestError):
     code = "nothing_to_retry"
 
 
+class InvalidSignature(InputError):
+    """A received webhook does not verify (`inferq.webhooks.verify`): no or a wrong signature, or a timestamp
+    outside the tolerance."""
+
+    code = "invalid_signature"
+
+
 class ModelError(InferqError):
     code = "model_error"
 
@@ -187,6 +205,13 @@ class DatabaseUnavailable(TransientError):
 
 class BrokerUnavailable(TransientError):
     code = "broker_unavailable"
+
+
+class ServerUnavailable(TransientError):
+    """inferq's HTTP API could not be reached (connection refused, reset, timed out) or answered a server error
+    without one of inferq's codes (a proxy's 502, say)."""
+
+    code = "server_unavailable"
 
 
 def backoff(retries: int, base: float, cap: float) -> float:

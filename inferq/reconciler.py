@@ -1,5 +1,7 @@
 """The reconciler: `inferq.recovery.recover` every ``INFERQ_RECOVER_INTERVAL`` seconds, in a daemon thread of each
-worker's main process, so that chunks whose message the broker lost are re-enqueued without a human."""
+worker's main process, so that chunks whose message the broker lost are re-enqueued without a human; and
+`inferq.webhooks.enqueue_due`, so that a webhook delivery whose message was lost (or whose next attempt is hours
+away) is sent once it is due."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.recovery import recover
 from inferq.settings import Settings
+from inferq.webhooks import enqueue_due
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -44,9 +47,15 @@ class Reconciler:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.settings.recover_interval):
-            try:
-                recover(self.settings, self.sessions, self.celery)
-            except Exception as exc:
-                log.warning(
-                    "reconciler: %s: %s; trying again in %ss", type(exc).__name__, exc, self.settings.recover_interval
-                )
+            for what in (recover, enqueue_due):
+                # Each on its own: a failure of one does not keep the other from running.
+                try:
+                    what(self.settings, self.sessions, self.celery)
+                except Exception as exc:
+                    log.warning(
+                        "reconciler: %s: %s: %s; trying again in %ss",
+                        what.__name__,
+                        type(exc).__name__,
+                        exc,
+                        self.settings.recover_interval,
+                    )

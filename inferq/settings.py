@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from inferq import constants
@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     #: ``inferq worker`` consumes. ``INFERQ_PRELOAD`` is comma-separated (``sst2,mrpc``) or a JSON list.
     preload: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    #: Largest request body ``inferq serve`` takes (a submitted file with its form fields), in bytes; a larger one
+    #: is refused with 413 as soon as the count passes it, while it streams.
+    max_upload_bytes: int = Field(constants.DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     #: ``text`` (the usual lines) or ``json``: one JSON object a line, with ``job_id``, ``chunk``, ``model``,
     #: ``outcome`` and timing fields where a line has them (`inferq.logs`). Secrets are redacted in both.
     log_format: Literal["text", "json"] = "text"
@@ -134,16 +137,30 @@ class Settings(BaseSettings):
     metrics_cache_seconds: float = Field(default=constants.DEFAULT_METRICS_CACHE_SECONDS, ge=0)
     #: Whether ``inferq serve`` answers ``GET /metrics`` (Prometheus, no key needed; `server.metrics`).
     api_metrics: bool = True
-    #: Largest request body ``inferq serve`` takes (a submitted file with its form fields), in bytes; a larger one
-    #: is refused with 413 as soon as the count passes it, while it streams.
-    max_upload_bytes: int = Field(constants.DEFAULT_MAX_UPLOAD_BYTES, ge=1)
+    #: Let webhook URLs reach private, loopback, link-local and other non-public addresses (a receiver on the same
+    #: host or network, tests). Off: such URLs are refused at submit and at each delivery (server-side request
+    #: forgery).
+    webhook_allow_private: bool = False
+    #: Seconds a webhook POST may wait to connect, to send, and for each read of the answer.
+    webhook_timeout: float = Field(constants.DEFAULT_WEBHOOK_TIMEOUT, gt=0)
+    #: Seconds before each delivery attempt (the first from the job's end, the others from the previous failure);
+    #: as many attempts as delays. ``INFERQ_WEBHOOK_RETRY_DELAYS`` is comma-separated (``0,5,300``) or a JSON list.
+    webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(constants.WEBHOOK_RETRY_DELAYS), min_length=1
+    )
+    #: The HTTP API's base URL (``https://inferq.example.com``). When set, ``inferq submit / status / results /
+    #: cancel / jobs / models`` go through the API (`producer.remote.RemoteClient`) with `api_key`, and need neither
+    #: the database's nor the broker's credentials.
+    server_url: str | None = None
+    #: The API key (``iq_<id>_<secret>``, from ``inferq keys create``) sent to `server_url`.
+    api_key: SecretStr | None = None
 
     @field_validator("database_url")
     @classmethod
     def _normalise_database_url(cls, value: str) -> str:
         return normalise_database_url(value)
 
-    @field_validator("preload", mode="before")
+    @field_validator("preload", "webhook_retry_delays", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -160,6 +177,19 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {k: ({"source": v} if isinstance(v, str) else v) for k, v in value.items()}
         return value
+
+    @field_validator("webhook_retry_delays")
+    @classmethod
+    def _no_negative_delay(cls, value: list[float]) -> list[float]:
+        if any(d < 0 for d in value):
+            raise ValueError("webhook retry delays are seconds, none negative")
+        return value
+
+    @property
+    def webhook_queue(self) -> str:
+        """The queue of webhook deliveries: one of its own, next to the default queue, that every ``inferq worker``
+        consumes, so that an event never waits behind a backlog of chunks (`inferq.webhooks`)."""
+        return f"{self.default_queue}.webhooks"
 
     def queue_for(self, model: str) -> str:
         """The queue of a registry name's jobs (a name not in the registry, a local directory: the default)."""

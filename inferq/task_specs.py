@@ -22,6 +22,10 @@ from inferq.errors import InvalidParameter
 #: The one Celery task: run one chunk of one job. Its message carries ids only: `(job_id, chunk_seq)`.
 RUN_CHUNK = "inferq.run_chunk"
 
+#: Send one webhook delivery (`inferq.webhooks.deliver`). Its message carries the delivery's id only; it goes to
+#: `Settings.webhook_queue`.
+DELIVER_WEBHOOK = "inferq.deliver_webhook"
+
 
 class TaskName(str, Enum):
     #: Sequence classification of single texts or text pairs (sentiment, paraphrase, NLI …).

@@ -1,7 +1,8 @@
 """inferq's producer side: submit jobs, poll them, export results. Light: imports no torch or transformers.
 
 The client (SQLAlchemy, and Celery when it sends) loads on first use of one of its names, so that importing a
-module of this package (the CLI's, the input reader) does not pay for it.
+module of this package (the CLI's, the input reader) does not pay for it; so does `RemoteClient` (httpx), the client
+over the HTTP API.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from inferq.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from producer.client import Client, JobStatus, Submission
+    from producer.remote import RemoteClient
     from producer.results import ResultRow
 
-__all__ = ["Client", "JobStatus", "ResultRow", "Submission"]
+__all__ = ["Client", "JobStatus", "RemoteClient", "ResultRow", "Submission"]
 
 #: Public names → the module each is imported from on first access.
 _LAZY = {
@@ -22,6 +24,7 @@ _LAZY = {
     "JobStatus": "producer.client",
     "Submission": "producer.client",
     "ResultRow": "producer.results",
+    "RemoteClient": "producer.remote",
 }
 
 

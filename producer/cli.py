@@ -1,4 +1,7 @@
-"""The producer's commands: submit, status, results, cancel, jobs, models."""
+"""The producer's commands: submit, status, results, cancel, jobs, models.
+
+On the database and the broker (`Client`), or, with ``INFERQ_SERVER_URL`` and ``INFERQ_API_KEY`` set, through the
+HTTP API (`producer.remote.RemoteClient`, imported only then): the same flags, output and exit codes either way."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 import click
 
@@ -14,11 +17,22 @@ from inferq.settings import get_settings
 from inferq.task_specs import TaskName, parse_task
 from producer.client import Client, JobStatus
 
+if TYPE_CHECKING:
+    from producer.remote import RemoteClient
+    from producer.results import ResultFilter
+
 TASK_CHOICES = [t.value for t in TaskName]
 
 
-def _client() -> Client:
-    return Client(get_settings())
+def _client() -> Client | RemoteClient:
+    """The HTTP API's client where ``INFERQ_SERVER_URL`` is set, else the database's (httpx loads only for the
+    first)."""
+    settings = get_settings()
+    if settings.server_url:
+        from producer.remote import RemoteClient
+
+        return RemoteClient.from_settings(settings)
+    return Client(settings)
 
 
 def _parse_params(values: tuple[str, ...]) -> dict[str, Any]:
@@ -179,6 +193,9 @@ def results(
         raise click.UsageError(f"--format {fmt} writes a file: give it with -o/--output")
     with _client() as client:
         job = client.status(job_id)
+        if not isinstance(client, Client):
+            _export_over_http(client, job_id, fmt, output, filters)
+            return
         if fmt == "npy":
             assert output is not None
             with client.reader() as session:
@@ -202,6 +219,50 @@ def results(
             else:
                 with client.reader() as session:
                     export_jsonl(session, job_id, out, filters)
+
+
+def _export_over_http(client: RemoteClient, job_id: str, fmt: str, output: str | None, filters: ResultFilter) -> None:
+    """The server's export, written as it arrives: byte for byte what the database path writes. The file is made
+    only once the server has answered with the export, so that a refusal leaves none."""
+    kwargs = {"label": filters.label, "min_score": filters.min_score, "failed": filters.failed}
+    if output is None:
+        sys.stdout.flush()
+        client.export(job_id, sys.stdout.buffer, format=fmt, **kwargs)  # type: ignore[arg-type]
+        sys.stdout.buffer.flush()
+        return
+    with _LazyFile(output) as out:
+        client.export(job_id, out, format=fmt, **kwargs)  # type: ignore[arg-type]
+    if fmt == "npy":
+        import numpy as np
+
+        rows, dim = np.load(output, mmap_mode="r").shape
+        click.echo(
+            f"{rows} vectors ({dim}-d float32) in {output}: the succeeded items' vectors in input order (over HTTP, "
+            "the matrix only, without its rows file)",
+            err=True,
+        )
+
+
+class _LazyFile:
+    """A binary file opened on its first write (and made, empty, on a clean exit if nothing was written)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._file is None:
+            self._file = open(self.path, "wb")  # noqa: SIM115 (closed on exit)
+        return self._file.write(data)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._file is None and exc_type is None:
+            self._file = open(self.path, "wb")  # noqa: SIM115
+        if self._file is not None:
+            self._file.close()
 
 
 class _stdout:
@@ -242,7 +303,8 @@ def jobs(limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
     """The model registry."""
-    registry = get_settings().models
+    with _client() as client:
+        registry = client.models()
     if as_json:
         click.echo(json.dumps({k: v.model_dump(mode="json") for k, v in registry.items()}))
         return

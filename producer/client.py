@@ -15,8 +15,10 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
@@ -42,7 +44,8 @@ from inferq.schema import DEFAULT_TENANT, Chunk, Item, Job, Tenant, as_utc, utcn
 from inferq.settings import ModelSpec, Settings
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.task_specs import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
-from producer.inputs import InputRecord, Limits, read_inputs, validate_rows
+from inferq.webhooks import check_url, record_job_ends, send_deliveries
+from producer.inputs import InputRecord, Limits, iter_inputs, open_input, read_inputs, scan_inputs, validate_rows
 from producer.results import STORED_STATE, ResultFilter, ResultRow, item_rows
 
 if TYPE_CHECKING:
@@ -246,13 +249,21 @@ class Client:
     ) -> Submission:
         """Validate everything, store the job and its items in one transaction, then enqueue one message per
         chunk. Bad input raises `InvalidInput` (every bad line, with line number and field) and stores nothing,
-        unless ``skip_invalid``."""
+        unless ``skip_invalid``.
+
+        A file (a path, or a seekable stream: standard input redirected from a file is one) is read twice, in
+        constant memory: once to validate every line (keeping only the errors and the count), then, when it is to be
+        stored, again, each valid record going straight into the database. Other inputs (a pipe, Python objects)
+        are validated into a list first, so their memory grows with their size. A file whose count of valid lines
+        changes between the two reads is refused (`InvalidInput`) and nothing is stored."""
         task = task if isinstance(task, TaskName) else parse_task(task)
         options = options or JobOptions()
         options = dataclasses.replace(options, metadata=check_metadata(options.metadata))
         replayed = self._replayed(options)
         if replayed is not None:
             return replayed
+        if options.webhook_url is not None:
+            check_url(options.webhook_url, self.settings)  # before anything is stored
         spec = resolve_model(self.settings, model, task)
         full_params = validate_params(task, dict(params or {}))
         typed = read_params(task, full_params)
@@ -260,45 +271,59 @@ class Client:
         size = self.settings.chunk_size_for(chunk_size)
         limits = Limits(max_text_chars=self.settings.max_text_chars, max_items=self.settings.max_items)
         masks = mask_tokens(spec)
-        if isinstance(inputs, str | os.PathLike) or hasattr(inputs, "read"):
-            read = read_inputs(inputs, task, limits, format=format, mask_tokens=masks, params=typed)  # type: ignore[arg-type]
-        else:
-            read = validate_rows(enumerate(inputs, start=1), task, limits, mask_tokens=masks, params=typed)
-        if read.errors and not skip_invalid:
-            raise InvalidInput(read.errors, read.total_bad)
-        if not read.records:
-            raise InvalidInput([LineError(0, None, "no valid input lines"), *read.errors], max(1, read.total_bad))
-        queue = self.settings.queue_of(spec)
-        self._check_broker()
-        job_id = uuid.uuid4().hex
-        n_chunks = chunk_count(len(read.records), size)
-        committing = False
-        try:
-            with self.sessions() as session, session.begin():
-                check_quota(session, options.tenant, len(read.records))
-                store_job(session, job_id, task, model, full_params, read.records, size, queue, options=options)
-                committing = True
-        except IntegrityError:
-            # Another request with the same Idempotency-Key stored its job first: that job, or a conflict.
-            replayed = self._replayed(options)
-            if replayed is None:
-                raise
-            return replayed
-        except DatabaseUnavailable as exc:
-            # One transaction, and nothing is enqueued before it commits: a database that went away stored nothing,
-            # unless it went away during the commit itself, when only the database knows.
-            if committing:
+        with ExitStack() as stack:
+            records: Iterable[InputRecord]
+            if isinstance(inputs, str | os.PathLike) or hasattr(inputs, "read"):
+                stream, fmt = stack.enter_context(open_input(inputs, format))  # type: ignore[arg-type]
+                if _seekable(stream):
+                    start = stream.tell()
+                    scan = scan_inputs(stream, task, limits, format=fmt, mask_tokens=masks, params=typed)
+                    errors, total_bad, total = scan.errors, scan.total_bad, scan.valid
+                    stream.seek(start)
+                    records = iter_inputs(stream, task, limits, format=scan.format, mask_tokens=masks, params=typed)
+                else:
+                    read = read_inputs(stream, task, limits, format=fmt, mask_tokens=masks, params=typed)
+                    errors, total_bad, records, total = read.errors, read.total_bad, read.records, len(read.records)
+            else:
+                read = validate_rows(enumerate(inputs, start=1), task, limits, mask_tokens=masks, params=typed)
+                errors, total_bad, records, total = read.errors, read.total_bad, read.records, len(read.records)
+            if errors and not skip_invalid:
+                raise InvalidInput(errors, total_bad)
+            if not total:
+                raise InvalidInput([LineError(0, None, "no valid input lines"), *errors], max(1, total_bad))
+            queue = self.settings.queue_of(spec)
+            self._check_broker()
+            job_id = uuid.uuid4().hex
+            n_chunks = chunk_count(total, size)
+            committing = False
+            try:
+                with self.sessions() as session, session.begin():
+                    check_quota(session, options.tenant, total)
+                    store_job(
+                        session, job_id, task, model, full_params, records, size, queue, total=total, options=options
+                    )
+                    committing = True
+            except IntegrityError:
+                # Another request with the same Idempotency-Key stored its job first: that job, or a conflict.
+                replayed = self._replayed(options)
+                if replayed is None:
+                    raise
+                return replayed
+            except DatabaseUnavailable as exc:
+                # One transaction, and nothing is enqueued before it commits: a database that went away stored
+                # nothing, unless it went away during the commit itself, when only the database knows.
+                if committing:
+                    raise DatabaseUnavailable(
+                        f"the database went away while committing job {job_id}, which may or may not be stored "
+                        f"({exc.reason}); `inferq status {job_id}` tells, and `inferq recover` enqueues it if it is",
+                        reason=exc.reason,
+                        kind=exc.kind,
+                    ) from exc
                 raise DatabaseUnavailable(
-                    f"the database went away while committing job {job_id}, which may or may not be stored "
-                    f"({exc.reason}); `inferq status {job_id}` tells, and `inferq recover` enqueues it if it is",
-                    reason=exc.reason,
-                    kind=exc.kind,
+                    f"database unreachable, nothing was submitted: {exc.reason}", reason=exc.reason, kind=exc.kind
                 ) from exc
-            raise DatabaseUnavailable(
-                f"database unreachable, nothing was submitted: {exc.reason}", reason=exc.reason, kind=exc.kind
-            ) from exc
         self._enqueue(job_id, n_chunks, queue)
-        return Submission(job_id, len(read.records), n_chunks, read.errors if skip_invalid else [], read.total_bad)
+        return Submission(job_id, total, n_chunks, errors if skip_invalid else [], total_bad)
 
     def _replayed(self, options: JobOptions) -> Submission | None:
         """The job this tenant made with ``options.idempotency_key`` (`IdempotencyConflict` when it came with another
@@ -446,8 +471,10 @@ class Client:
 
     def cancel(self, job_id: str, *, tenant: str | None = None) -> JobStatus:
         """Stop a job: unfinished items become ``cancelled``; a running chunk stops at its next micro-batch.
-        Finished results stay. With ``tenant``, another tenant's job is `JobNotFound`."""
+        Finished results stay. With ``tenant``, another tenant's job is `JobNotFound`. A job with a webhook records its ``job.cancelled`` event in the same transaction and
+        enqueues it after the commit."""
         now = utcnow()
+        webhooks: list[str] = []
         with self.sessions.begin() as session:
             _job_of(session, job_id, tenant)
             cancelled = session.execute(
@@ -461,6 +488,9 @@ class Client:
                     .where(Item.job_id == job_id, Item.state == ItemState.QUEUED)
                     .values(state=ItemState.CANCELLED, finished_at=now)
                 )
+                webhooks = record_job_ends(session, [job_id])
+        if webhooks:
+            send_deliveries(self.celery, self.settings, webhooks)
         return self.status(job_id)
 
     def retry(self, job_id: str, *, tenant: str | None = None) -> Submission:
@@ -493,16 +523,29 @@ class Client:
         on_progress: Callable[[JobStatus], None] | None = None,
     ) -> JobStatus:
         """Poll until the job ends (or ``timeout`` seconds pass: `TimeoutError`)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.status(job_id)
-            if on_progress is not None:
-                on_progress(status)
-            if status.finished:
-                return status
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {status.state.value} after {timeout}s")
-            time.sleep(poll)
+        return poll_until_finished(self.status, job_id, timeout=timeout, poll=poll, on_progress=on_progress)
+
+
+def poll_until_finished(
+    status_of: Callable[[str], JobStatus],
+    job_id: str,
+    *,
+    timeout: float | None,
+    poll: float,
+    on_progress: Callable[[JobStatus], None] | None,
+) -> JobStatus:
+    """``status_of(job_id)`` every ``poll`` seconds, each one given to ``on_progress``, until the job ends (or
+    ``timeout`` seconds pass: `TimeoutError`): `Client.wait` and `RemoteClient.wait` alike."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = status_of(job_id)
+        if on_progress is not None:
+            on_progress(status)
+        if status.finished:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {status.state.value} after {timeout}s")
+        time.sleep(poll)
 
 
 def _job_of(session: Session, job_id: str, tenant: str | None) -> Job:
@@ -548,18 +591,26 @@ def store_job(
     task: TaskName,
     model: str,
     params: dict[str, Any],
-    records: list[InputRecord],
+    records: Iterable[InputRecord],
     chunk_size: int,
     queue: str,
     *,
+    total: int | None = None,
     copy: bool | None = None,
     options: JobOptions | None = None,
 ) -> None:
     """Insert the job, its chunks and its items (flushed, not committed: the caller's transaction decides).
 
-    ``copy``: stream the items with COPY (PostgreSQL only) or insert them in batches; ``None`` picks COPY on
-    PostgreSQL."""
-    total = len(records)
+    ``records`` is read once, one record at a time, so that a stream of them (`producer.inputs.iter_inputs`) is
+    stored in constant memory; the job and its chunks are written first, from ``total`` (the count of records;
+    ``None``: a sequence's length, or the records are listed first). Records that turn out more or fewer than
+    ``total`` raise `InvalidInput`, and the caller's transaction then stores nothing.
+
+    ``copy``: stream the items with COPY (PostgreSQL only) or insert them in batches of
+    `constants.INSERT_BATCH_ROWS`; ``None`` picks COPY on PostgreSQL."""
+    if total is None:
+        records = records if isinstance(records, Sequence) else list(records)
+        total = len(records)
     n_chunks = chunk_count(total, chunk_size)
     options = options or JobOptions()
     session.add(
@@ -602,37 +653,63 @@ def store_job(
     )
     if copy is None:
         copy = session.get_bind().dialect.name == "postgresql"
+    numbered = _numbered(records, total)
     if copy:
-        _copy_items(session, job_id, records)
+        _copy_items(session, job_id, numbered)
         return
-    for start in range(0, total, constants.INSERT_BATCH_ROWS):
-        session.execute(
-            insert(Item),
-            [
-                {
-                    "job_id": job_id,
-                    "index": start + i,
-                    "client_id": r.client_id,
-                    "input": r.data,
-                    "state": ItemState.QUEUED,
-                    "attempts": 0,
-                }
-                for i, r in enumerate(records[start : start + constants.INSERT_BATCH_ROWS])
-            ],
-        )
+    queued = ItemState.QUEUED
+    while batch := [
+        {"job_id": job_id, "index": i, "client_id": r.client_id, "input": r.data, "state": queued, "attempts": 0}
+        for i, r in islice(numbered, constants.INSERT_BATCH_ROWS)
+    ]:
+        session.execute(insert(Item), batch)
 
 
-def _copy_items(session: Session, job_id: str, records: list[InputRecord]) -> None:
-    """PostgreSQL: stream the items with COPY, in the session's transaction (several times faster than INSERT)."""
+def _numbered(records: Iterable[InputRecord], total: int) -> Iterator[tuple[int, InputRecord]]:
+    """Each record with its item index; `InvalidInput` as soon as the records are not ``total`` in number."""
+    count = 0
+    for record in records:
+        if count == total:
+            raise _changed(total, f"more than {total}")
+        yield count, record
+        count += 1
+    if count != total:
+        raise _changed(total, str(count))
+
+
+def _changed(expected: int, found: str) -> InvalidInput:
+    return InvalidInput(
+        [LineError(0, None, f"the input changed while it was being stored: {expected} valid lines, then {found}")]
+    )
+
+
+def _seekable(stream: IO[Any]) -> bool:
+    """Whether a stream can be read twice: a regular file, or a file standard input was redirected from; not a pipe."""
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def _copy_items(session: Session, job_id: str, numbered: Iterable[tuple[int, InputRecord]]) -> None:
+    """PostgreSQL: stream the items with COPY, in the session's transaction (several times faster than INSERT).
+    An error while the rows are read ends the COPY with a failure, so that none of them is stored."""
+    import psycopg  # the PostgreSQL driver: only here
+
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     queued = ItemState.QUEUED.value
     raw = session.connection().connection.driver_connection
-    with (
-        raw.cursor() as cursor,  # type: ignore[union-attr]
-        cursor.copy('COPY items (job_id, "index", client_id, input, state, attempts) FROM STDIN') as copy,
-    ):
-        for i, r in enumerate(records):
-            copy.write_row((job_id, i, r.client_id, dumps(r.data), queued, 0))
+    try:
+        with (
+            raw.cursor() as cursor,  # type: ignore[union-attr]
+            cursor.copy('COPY items (job_id, "index", client_id, input, state, attempts) FROM STDIN') as copy,
+        ):
+            for i, r in numbered:
+                copy.write_row((job_id, i, r.client_id, dumps(r.data), queued, 0))
+    except psycopg.OperationalError as exc:
+        # The driver's own connection, under SQLAlchemy's error hook: converted here, as `inferq.db` does.
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DatabaseUnavailable(f"database unreachable: {reason}", reason=reason, kind=type(exc).__name__) from exc
 
 
 def _status(job: Job) -> JobStatus:

@@ -3,6 +3,11 @@
 Every bad line is collected as a `LineError` (its line, its field, what is wrong), never raised: the caller decides
 whether to refuse the whole submission (`InvalidInput`) or to submit the valid lines only. Files are read one line at a
 time, as bytes, so that invalid UTF-8 is reported with its line number and no line is held longer than it must be.
+
+Two ways to read a file: `read_inputs` returns every valid record in a list (memory grows with the file); a seekable
+file can instead be read twice in constant memory, `scan_inputs` first (validate every line, keep only the count and
+the errors), then, once the scan says to go on, `iter_inputs` from the same position (the valid records, one at a
+time, straight to wherever they are stored). Both passes run the same readers, so they see the same lines.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 
@@ -87,35 +92,93 @@ def read_inputs(
     mask_tokens: Sequence[str] = (),
     params: TaskParams | None = None,
 ) -> ReadResult:
-    """Read and validate a JSONL or CSV file (a path, ``"-"`` for standard input, or a binary stream).
+    """Read and validate a JSONL or CSV file (a path, ``"-"`` for standard input, or a binary stream), keeping every
+    valid record in memory.
 
     ``format="auto"`` goes by the file's extension (``.jsonl``, ``.ndjson``, ``.json``, ``.csv``); for standard
     input, streams and other names it looks at the first non-blank character: ``{`` means JSONL, anything else CSV.
     A stream passed in is read but not closed."""
-    if format not in ("auto", "jsonl", "csv"):
-        raise ValueError(f"unknown input format {format!r} (known: auto, jsonl, csv)")
     validator = _Validator(task, limits, mask_tokens, params)
-    with ExitStack() as stack:
-        stream: IO[Any]
-        if isinstance(source, str | os.PathLike):
-            path = os.fspath(source)
-            if path == "-":
-                stream = sys.stdin.buffer
-            else:
-                stream = stack.enter_context(open(path, "rb"))
-                if format == "auto":
-                    format = _EXTENSIONS.get(os.path.splitext(path)[1].lower(), "auto")
-        else:
-            stream = source
+    collector = _Collector(limits)
+    with open_input(source, format) as (stream, format):
         lines = _Lines(stream, validator.line_cap)
-        if format == "auto":
-            format = _sniff(lines)
-        collector = _Collector(limits)
-        if format == "jsonl":
-            _read_jsonl(lines, validator, collector)
-        else:
-            _read_csv(lines, validator, collector)
-        return collector.result()
+        records = list(_records(lines, _format(format, lines), validator, collector))
+    return ReadResult(records, collector.errors, collector.total_bad, collector.truncated)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What a first pass over a file found (`scan_inputs`): the count of valid lines and the errors, no records."""
+
+    #: Valid lines: the records `iter_inputs` yields from the same start.
+    valid: int
+    #: The first `Limits.max_errors` problems, in line order.
+    errors: list[LineError]
+    #: How many lines were bad in all.
+    total_bad: int
+    #: True when reading stopped at `Limits.max_items`.
+    truncated: bool
+    #: The format read (``auto`` resolved): pass it to `iter_inputs`.
+    format: Literal["jsonl", "csv"]
+
+    @property
+    def ok(self) -> bool:
+        return self.total_bad == 0
+
+
+def scan_inputs(
+    stream: IO[Any],
+    task: TaskName,
+    limits: Limits,
+    *,
+    format: Format = "auto",
+    mask_tokens: Sequence[str] = (),
+    params: TaskParams | None = None,
+) -> Scan:
+    """Pass one over a stream (from where it stands): validate every line, keeping only the errors and the count, so
+    that memory stays flat whatever the file's size. ``format="auto"`` sniffs the first non-blank character."""
+    validator = _Validator(task, limits, mask_tokens, params)
+    collector = _Collector(limits)
+    lines = _Lines(stream, validator.line_cap)
+    resolved = _format(format, lines)
+    valid = 0
+    for _ in _records(lines, resolved, validator, collector):
+        valid += 1
+    return Scan(valid, collector.errors, collector.total_bad, collector.truncated, resolved)
+
+
+def iter_inputs(
+    stream: IO[Any],
+    task: TaskName,
+    limits: Limits,
+    *,
+    format: Format = "auto",
+    mask_tokens: Sequence[str] = (),
+    params: TaskParams | None = None,
+) -> Iterator[InputRecord]:
+    """Pass two over a stream (seek it back to where `scan_inputs` started): the valid records, one at a time, with
+    the same line numbers; bad lines are passed over (the scan has them)."""
+    validator = _Validator(task, limits, mask_tokens, params)
+    collector = _Collector(limits)
+    lines = _Lines(stream, validator.line_cap)
+    yield from _records(lines, _format(format, lines), validator, collector)
+
+
+@contextmanager
+def open_input(source: str | os.PathLike[str] | IO[Any], format: Format = "auto") -> Iterator[tuple[IO[Any], Format]]:
+    """The stream to read a source from (a path is opened, and closed after; ``"-"`` is standard input; a stream is
+    used as it is, not closed) and its format, resolved by the file's extension where ``auto`` and a path has one."""
+    if not isinstance(source, str | os.PathLike):
+        yield source, format
+        return
+    path = os.fspath(source)
+    if path == "-":
+        yield sys.stdin.buffer, format
+        return
+    if format == "auto":
+        format = _EXTENSIONS.get(os.path.splitext(path)[1].lower(), "auto")
+    with open(path, "rb") as stream:
+        yield stream, format
 
 
 def validate_rows(
@@ -130,22 +193,38 @@ def validate_rows(
     for the tasks that take a single ``text``, plain strings."""
     validator = _Validator(task, limits, mask_tokens, params)
     collector = _Collector(limits)
+    records: list[InputRecord] = []
     for line, obj in rows:
         if not collector.next_item(line):
             break
         if isinstance(obj, str) and validator.single_text:
             obj = {"text": obj}
         if isinstance(obj, dict):
-            collector.add(validator.check(line, obj))
+            records.extend(collector.take(validator.check(line, obj)))
         else:
             collector.add(LineError(line, None, f"expected {validator.shape}, got {_type_name(obj)}"))
-    return collector.result()
+    return ReadResult(records, collector.errors, collector.total_bad, collector.truncated)
+
+
+def _format(format: Format, lines: _Lines) -> Literal["jsonl", "csv"]:
+    if format not in ("auto", "jsonl", "csv"):
+        raise ValueError(f"unknown input format {format!r} (known: auto, jsonl, csv)")
+    return _sniff(lines) if format == "auto" else format
+
+
+def _records(
+    lines: _Lines, format: Literal["jsonl", "csv"], validator: _Validator, collector: _Collector
+) -> Iterator[InputRecord]:
+    """The valid records of a file, in order; the errors go to ``collector``."""
+    if format == "jsonl":
+        return _read_jsonl(lines, validator, collector)
+    return _read_csv(lines, validator, collector)
 
 
 # -- formats ---------------------------------------------------------------------------------------------------------
 
 
-def _read_jsonl(lines: _Lines, validator: _Validator, collector: _Collector) -> None:
+def _read_jsonl(lines: _Lines, validator: _Validator, collector: _Collector) -> Iterator[InputRecord]:
     for text in lines:
         lineno = lines.count
         if lines.bad is not None:
@@ -158,7 +237,7 @@ def _read_jsonl(lines: _Lines, validator: _Validator, collector: _Collector) -> 
         if not collector.next_item(lineno):
             return
         try:
-            obj = json.loads(text)
+            obj = _decode(text)
         except json.JSONDecodeError as exc:
             collector.add(LineError(lineno, None, f"malformed JSON: {exc.msg} (column {exc.colno})"))
             continue
@@ -166,12 +245,12 @@ def _read_jsonl(lines: _Lines, validator: _Validator, collector: _Collector) -> 
             collector.add(LineError(lineno, None, f"malformed JSON: {exc}"))
             continue
         if isinstance(obj, dict):
-            collector.add(validator.check(lineno, obj))
+            yield from collector.take(validator.check(lineno, obj))
         else:
             collector.add(LineError(lineno, None, f"expected a JSON object, got {_type_name(obj)}"))
 
 
-def _read_csv(lines: _Lines, validator: _Validator, collector: _Collector) -> None:
+def _read_csv(lines: _Lines, validator: _Validator, collector: _Collector) -> Iterator[InputRecord]:
     # A field longer than csv's limit raises csv.Error (reported as a bad row); keep the limit above the text limit
     # so that over-long texts get the clearer message from the validator.
     if csv.field_size_limit() <= validator.limits.max_text_chars:
@@ -219,7 +298,7 @@ def _read_csv(lines: _Lines, validator: _Validator, collector: _Collector) -> No
         # An empty cell is an absent field, except for required fields, which are then reported as empty.
         obj: dict[str, Any] = {name: cell for name, cell in zip(header, row, strict=True) if cell or name in required}
         problem = validator.decode_lists(start, obj)
-        collector.add(problem if problem is not None else validator.check(start, obj))
+        yield from collector.take(problem if problem is not None else validator.check(start, obj))
 
 
 def _check_header(line: int, header: list[str], validator: _Validator) -> LineError | None:
@@ -256,6 +335,25 @@ def _sniff(lines: _Lines) -> Literal["jsonl", "csv"]:
         head = raw.lstrip(_BOM).lstrip()
         if head:
             return "jsonl" if head.startswith("{") else "csv"
+
+
+_scan_json = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _decode(text: str) -> Any:
+    """`json.loads`, without its wrapping where a line is one JSON value that starts at its first character (C's
+    scanner straight away; the common case); anything else goes through `json.loads` for its exact error."""
+    try:
+        obj, end = _scan_json(text, 0)
+    except (StopIteration, ValueError):
+        return json.loads(text)
+    if end != len(text) and text[end:].strip(_JSON_SPACE):
+        return json.loads(text)
+    return obj
+
+
+#: What JSON counts as white space (``str.isspace`` counts more).
+_JSON_SPACE = " \t\n\r"
 
 
 # -- lines -----------------------------------------------------------------------------------------------------------
@@ -342,6 +440,8 @@ class _Validator:
         self.check_line = spec.check_line
         self.context = LineContext(params=params or spec.params(), mask_tokens=tuple(mask_tokens))
         names = [f.name for f in self.fields]
+        #: (name, required, is a list of texts) per field: read once per line, so kept as plain tuples.
+        self._fields = tuple((f.name, f.required, f.kind == "texts") for f in self.fields)
         self.allowed = frozenset(["id", *names])
         self.allowed_text = ", ".join(["id", *names])
         self.single_text = spec.single_text
@@ -362,16 +462,17 @@ class _Validator:
         return None
 
     def check(self, line: int, obj: dict[Any, Any]) -> InputRecord | LineError:
-        for key in obj:
-            if key not in self.allowed:
-                return LineError(
-                    line, str(key), f"unknown field {_shorten(str(key))!r} (allowed fields: {self.allowed_text})"
-                )
+        if not self.allowed.issuperset(obj):
+            for key in obj:
+                if key not in self.allowed:
+                    return LineError(
+                        line, str(key), f"unknown field {_shorten(str(key))!r} (allowed fields: {self.allowed_text})"
+                    )
 
         client_id: str | None = None
         raw_id = obj.get("id")
         if raw_id is not None:
-            if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+            if isinstance(raw_id, bool) or not isinstance(raw_id, _ID_TYPES):
                 return LineError(line, "id", f"must be a string or an integer, got {_type_name(raw_id)}")
             client_id = raw_id if isinstance(raw_id, str) else str(raw_id)
             if len(client_id) > MAX_ID_CHARS:
@@ -381,18 +482,22 @@ class _Validator:
             client_id = client_id or None  # an empty id is no id, as an empty CSV cell is
 
         data: dict[str, Any] = {}
-        for f in self.fields:
-            value = obj.get(f.name)
+        max_chars = self.limits.max_text_chars
+        for name, required, is_list in self._fields:
+            value = obj.get(name)
             if value is None:
-                if not f.required:
+                if not required:
                     continue
-                if f.name in obj:
-                    return LineError(line, f.name, f"must be a {_KIND_NAMES[f.kind]}, got null")
-                return LineError(line, f.name, f"missing required field {f.name!r}")
-            problem = self._texts(line, f.name, value) if f.kind == "texts" else self._text(line, f.name, value)
-            if problem is not None:
-                return problem
-            data[f.name] = value
+                if name in obj:
+                    return LineError(line, name, f"must be a {'list of strings' if is_list else 'string'}, got null")
+                return LineError(line, name, f"missing required field {name!r}")
+            # A plain text that is fine passes the first test alone (the common case, inlined); anything else gets
+            # the checks that say what is wrong.
+            if is_list or not (type(value) is str and 0 < len(value) <= max_chars and not value.isspace()):
+                problem = self._texts(line, name, value) if is_list else self._text(line, name, value)
+                if problem is not None:
+                    return problem
+            data[name] = value
 
         if self.check_line is not None:
             complaint = self.check_line(data, self.context)
@@ -426,13 +531,14 @@ class _Validator:
         return None
 
 
-_KIND_NAMES = {"text": "string", "texts": "list of strings"}
+_ID_TYPES = (str, int)
 
 
 @dataclass
 class _Collector:
+    """Counts item lines against `Limits.max_items` and keeps the errors; valid records pass through (`take`)."""
+
     limits: Limits
-    records: list[InputRecord] = field(default_factory=list)
     errors: list[LineError] = field(default_factory=list)
     total_bad: int = 0
     items: int = 0
@@ -454,16 +560,17 @@ class _Collector:
         self.items += 1
         return True
 
-    def add(self, outcome: InputRecord | LineError) -> None:
-        if isinstance(outcome, InputRecord):
-            self.records.append(outcome)
-            return
+    def add(self, error: LineError) -> None:
         self.total_bad += 1
         if len(self.errors) < self.limits.max_errors:
-            self.errors.append(outcome)
+            self.errors.append(error)
 
-    def result(self) -> ReadResult:
-        return ReadResult(self.records, self.errors, self.total_bad, self.truncated)
+    def take(self, outcome: InputRecord | LineError) -> tuple[InputRecord, ...]:
+        """A valid record, to pass on; an error is kept here instead."""
+        if isinstance(outcome, InputRecord):
+            return (outcome,)
+        self.add(outcome)
+        return ()
 
 
 _TYPE_NAMES: dict[type, str] = {

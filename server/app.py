@@ -20,6 +20,10 @@ from server.routes import health, jobs, models, page, progress
 
 API_VERSION = "v1"
 
+#: Database connections a server process keeps (and as many more at a peak): its routes run in a pool of 40
+#: threads (anyio's default), and a request that waits for a connection waits for nothing else.
+API_DB_POOL_SIZE = 20
+
 
 def create_app(settings: Settings) -> FastAPI:
     """The HTTP API on ``settings``' database and broker (see the API contract in the README), the job pages at
@@ -31,7 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
         from inferq.celery_app import create_celery
         from inferq.db import make_engine, make_sessionmaker
 
-        engine = make_engine(settings)
+        engine = make_engine(settings, pool_size=API_DB_POOL_SIZE)
         if metrics is not None:
             metrics.watch_state(make_sessionmaker(engine, read_only=True), settings.metrics_cache_seconds)
         celery = create_celery(settings, name="inferq-api")

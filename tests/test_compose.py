@@ -351,6 +351,26 @@ def test_flower_watches_the_redis_broker_on_port_5555(services: dict[str, dict[s
     assert dependencies(flower).get("redis") == "service_healthy"
 
 
+def test_the_api_serves_on_port_8000_after_the_migration_with_a_healthcheck(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # given the api service
+    api = services["api"]
+
+    # when its command, ports, dependencies and healthcheck are read
+    command = full_command(api)
+
+    # then it is `inferq serve` on 0.0.0.0:8000, published, started once the schema is migrated, checked on /healthz
+    assert command[:2] == ["inferq", "serve"]
+    assert option(command, "--port") == "8000" and option(command, "--host") == "0.0.0.0"
+    assert 8000 in published_targets(api)
+    assert dependencies(api).get("migrate") == "service_completed_successfully"
+    assert (
+        dependencies(api).get("postgres") == "service_healthy" and dependencies(api).get("redis") == "service_healthy"
+    )
+    assert "/healthz" in " ".join(argv(api["healthcheck"]["test"]))
+
+
 # -- monitoring: Prometheus, Grafana, and what they read ---------------------------------------------------------
 
 
@@ -462,23 +482,3 @@ def test_the_dashboard_reads_the_provisioned_prometheus_data_source() -> None:
     uids |= {p["datasource"]["uid"] for p in dashboard["panels"]}
     assert uids == {source["uid"]}
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
-
-
-def test_the_api_serves_on_port_8000_after_the_migration_with_a_healthcheck(
-    services: dict[str, dict[str, Any]],
-) -> None:
-    # given the api service
-    api = services["api"]
-
-    # when its command, ports, dependencies and healthcheck are read
-    command = full_command(api)
-
-    # then it is `inferq serve` on 0.0.0.0:8000, published, started once the schema is migrated, checked on /healthz
-    assert command[:2] == ["inferq", "serve"]
-    assert option(command, "--port") == "8000" and option(command, "--host") == "0.0.0.0"
-    assert 8000 in published_targets(api)
-    assert dependencies(api).get("migrate") == "service_completed_successfully"
-    assert (
-        dependencies(api).get("postgres") == "service_healthy" and dependencies(api).get("redis") == "service_healthy"
-    )
-    assert "/healthz" in " ".join(argv(api["healthcheck"]["test"]))

@@ -9,7 +9,7 @@ One delivery of a chunk's message goes through three steps, each its own transac
    expired lease means a dead worker, never a slow chunk.
 3. **Write** (`write_results`): lock the chunk rows, then their items still ``queued``; only those get a result.
    Each chunk becomes ``done``, or ``queued`` again when it stopped early; the jobs' counters move and a job
-   whose every item ended finishes.
+   whose every item ended finishes, recording its webhook delivery (`inferq.webhooks`) in the same transaction.
 
 Idempotent: a chunk already done claims nothing, and an item gets a result only while it is still ``queued``,
 under a row lock, so two deliveries of one chunk never write an item twice. Rows are locked in key order, so
@@ -33,6 +33,7 @@ from inferq.errors import InferqError
 from inferq.schema import Chunk, Item, Job, as_utc, utcnow
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.task_specs import TaskName, TaskParams, read_params
+from inferq.webhooks import record_job_ends
 from worker.engines.base import Outcome
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,16 @@ class StoredChunk:
     #: Every item of the chunk has ended: the chunk is ``done``. Otherwise it is ``queued`` again, leaderless,
     #: and its own message runs the rest.
     complete: bool = True
+
+
+@dataclass(frozen=True)
+class Written:
+    """What `write_results` stored."""
+
+    #: One per claim, in order.
+    chunks: list[StoredChunk]
+    #: Webhook deliveries of the jobs this write ended: the caller enqueues them once it has committed.
+    webhooks: list[str]
 
 
 def chunk_key(job_id: str, seq: int) -> str:
@@ -326,10 +337,11 @@ def write_results(
     outcomes: list[list[Outcome | None]],
     *,
     job_error: InferqError | None = None,
-) -> list[StoredChunk]:
+) -> Written:
     """Store the outcomes of a claimed batch (a chunk and its batch-mates; ``None`` for an item that did not run),
     and ``job_error`` on every job of the batch when the batch could not run at all. One `StoredChunk` per
-    claim, in order (a chunk found done already stored nothing and counts as complete)."""
+    claim, in order (a chunk found done already stored nothing and counts as complete), and the webhook
+    deliveries of the jobs it ended."""
     chunks = _lock_unfinished_chunks(session, claims)
     live = [(claim, out) for claim, out in zip(claims, outcomes, strict=True) if claim.key in chunks]
     writable = _lock_queued_items(session, [(c.job_id, i) for c, _ in live for i in c.indices])
@@ -356,14 +368,15 @@ def write_results(
     if rows:
         session.execute(update(Item), rows)
     job_ids = sorted({claim.job_id for claim, _ in live})
+    webhooks: list[str] = []
     if job_ids:
         _count_into_jobs(session, [(j, succeeded_by_job[j], failed_by_job[j]) for j in job_ids])
         if job_error is not None:
             session.execute(
                 update(Job).where(Job.id.in_(job_ids)).values(error_code=job_error.code, error=job_error.message)
             )
-        finish_jobs_if_complete(session, job_ids, now)
-    return [stored.get(claim.key, StoredChunk()) for claim in claims]
+        webhooks = finish_jobs_if_complete(session, job_ids, now)
+    return Written([stored.get(claim.key, StoredChunk()) for claim in claims], webhooks)
 
 
 def _lock_unfinished_chunks(session: Session, claims: list[Claim]) -> dict[str, Chunk]:
@@ -413,10 +426,12 @@ def _count_into_jobs(session: Session, counts: list[tuple[str, int, int]]) -> No
     )
 
 
-def finish_jobs_if_complete(session: Session, job_ids: list[str], now: dt.datetime) -> None:
+def finish_jobs_if_complete(session: Session, job_ids: list[str], now: dt.datetime) -> list[str]:
     """Once every item has ended, the job ends: ``failed`` when the job itself could not run (its model would
-    not load) and nothing succeeded, else ``succeeded``."""
-    session.execute(
+    not load) and nothing succeeded, else ``succeeded``. The jobs this statement ended (and no other: another
+    transaction that ended one first leaves it finished, outside the guard) record their webhook deliveries,
+    whose ids are returned."""
+    ended = session.execute(
         update(Job)
         .where(
             Job.id.in_(job_ids),
@@ -430,7 +445,10 @@ def finish_jobs_if_complete(session: Session, job_ids: list[str], now: dt.dateti
             ),
             finished_at=now,
         )
-    )
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    ).scalars()
+    return record_job_ends(session, sorted(ended))
 
 
 def keyed(job: Any, number: Any, keys: list[tuple[str, int]]) -> ColumnElement[bool]:

@@ -60,7 +60,8 @@ def worker_command(
         options["preload"] = names
     # The environment's settings with these options over them; the pool processes inherit them when they fork.
     settings = Settings(**options)
-    consume = [settings.default_queue]
+    # Every worker sends webhooks, from a queue of their own: an event never waits behind a backlog of chunks.
+    consume = [settings.default_queue, settings.webhook_queue]
     for name in settings.preload:
         queue = settings.queue_of(resolve_model(settings, name))
         if queue not in consume:

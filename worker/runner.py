@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,7 +45,7 @@ from worker.claims import (
     Claim,
     LeaseKeeper,
     NotClaimed,
-    StoredChunk,
+    Written,
     claim_chunk,
     claim_mates,
     write_results,
@@ -82,6 +82,8 @@ class ChunkReport:
     seconds: float = 0.0
     #: Chunks of other jobs that ran in the same batch.
     mates: int = 0
+    #: Webhook deliveries recorded by this delivery's write (the jobs it ended), committed: the task enqueues them.
+    webhooks: list[str] = field(default_factory=list)
 
 
 class Runner:
@@ -125,7 +127,8 @@ class Runner:
             return ChunkReport(job_id, seq, claims)
         with LeaseKeeper(self.sessions, claims, self.worker, self.settings.lease_seconds):
             outcomes, job_error = self._infer(claims)
-        lead, *mates = self._write(claims, outcomes, job_error)
+        written = self._write(claims, outcomes, job_error)
+        lead, *mates = written.chunks
         seconds = time.perf_counter() - started
         if lead.complete:
             outcome = ChunkOutcome.DONE
@@ -149,7 +152,9 @@ class Runner:
             batch,
             extra=chunk_fields(claims[0], outcome, lead.succeeded, lead.failed, seconds, len(mates)),
         )
-        return ChunkReport(job_id, seq, outcome, lead.succeeded, lead.failed, seconds, len(mates))
+        return ChunkReport(
+            job_id, seq, outcome, lead.succeeded, lead.failed, seconds, len(mates), webhooks=written.webhooks
+        )
 
     def _claim(self, job_id: str, seq: int) -> list[Claim] | NotClaimed:
         """The chunk and its batch-mates, claimed in one transaction; or why there is nothing to run."""
@@ -169,7 +174,7 @@ class Runner:
 
     def _write(
         self, claims: list[Claim], outcomes: list[list[Outcome | None]], job_error: InferqError | None
-    ) -> list[StoredChunk]:
+    ) -> Written:
         """`write_results` in one transaction, tried again with `backoff` while the database is unreachable.
         Idempotent: a commit whose answer was lost is found done by the next try."""
         deadline = time.monotonic() + WRITE_RETRY_SECONDS

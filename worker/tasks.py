@@ -1,4 +1,5 @@
-"""The Celery task: thin. It carries ids, delegates to the runner, and retries only transient failures.
+"""The Celery tasks: thin. They carry ids, delegate to the runner (a chunk) or `inferq.webhooks.deliver` (a webhook
+delivery), and retry only transient failures.
 
 A chunk handed back at a warm shutdown is rejected with ``requeue=True``. With ``acks_late`` the message is still
 unacknowledged while the task runs, so the rejection returns that very message to the broker: under prefork the
@@ -19,7 +20,8 @@ from celery.exceptions import Reject
 
 from inferq import constants, logs, metrics
 from inferq.errors import DatabaseUnavailable, TransientError, backoff
-from inferq.task_specs import RUN_CHUNK
+from inferq.task_specs import DELIVER_WEBHOOK, RUN_CHUNK
+from inferq.webhooks import Sent, deliver, send_deliveries
 from worker.claims import ChunkOutcome
 from worker.runner import Runner
 
@@ -46,6 +48,9 @@ def register_tasks(app: Celery, get_runner: Callable[[], Runner]) -> None:
             log.warning("job %s chunk %s: %s; retrying in %ss", job_id, seq, what, countdown)
             raise self.retry(exc=exc, countdown=countdown) from exc
         metrics.chunk_delivered(report.outcome)
+        if report.webhooks:
+            # The jobs this chunk ended recorded their webhooks in the write that committed: enqueue them now.
+            send_deliveries(self.app, get_runner().settings, report.webhooks)
         if report.outcome is ChunkOutcome.DEFERRED:
             # Another worker's batch is running this chunk: look again later. The retry is a new message on the
             # broker before this one is acknowledged, so the chunk always has a message until it is done.
@@ -58,3 +63,17 @@ def register_tasks(app: Celery, get_runner: Callable[[], Runner]) -> None:
         if report.outcome is ChunkOutcome.HANDED_BACK:
             log.warning("job %s chunk %s: handed back to the broker (worker shutting down)", job_id, seq)
             raise Reject(f"job {job_id} chunk {seq} handed back at shutdown", requeue=True)
+
+    @app.task(name=DELIVER_WEBHOOK, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+    def deliver_webhook(self: Task, delivery_id: str) -> None:
+        runner = get_runner()
+        try:
+            sent = deliver(runner.settings, runner.sessions, delivery_id)
+        except TransientError as exc:
+            countdown = backoff(int(self.request.retries or 0), RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)
+            log.warning("webhook %s: %s; retrying in %ss", delivery_id, type(exc).__name__, countdown)
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        soon = sent.retry_in is not None and sent.retry_in <= constants.WEBHOOK_COUNTDOWN_MAX_SECONDS
+        if sent.outcome is Sent.RETRYING and soon:
+            # A new message for the next attempt; a later one is sent by a reconciler once it is due.
+            send_deliveries(self.app, runner.settings, [delivery_id], countdown=sent.retry_in)

@@ -14,19 +14,10 @@ router = APIRouter(tags=["models"])
 
 @router.get("/models")
 def list_models(made: Made, _caller: Caller) -> dict[str, Any]:
-    """The registry's models: name, source, task (``null``: any task), queue, precision, description."""
-    settings = made.settings
+    """The registry's models: name, source, task (``null``: any task), queue (``null``: the default queue),
+    precision, revision, max_batch_tokens, description: each entry as the registry (``INFERQ_MODELS``) holds it, so
+    that ``inferq models`` prints the same over HTTP as on the server's machine."""
     return {
         "object": "list",
-        "data": [
-            {
-                "name": name,
-                "source": spec.source,
-                "task": spec.task.value if spec.task else None,
-                "queue": settings.queue_of(spec),
-                "precision": spec.precision,
-                "description": spec.description,
-            }
-            for name, spec in sorted(settings.models.items())
-        ],
+        "data": [{"name": name, **spec.model_dump(mode="json")} for name, spec in sorted(made.settings.models.items())],
     }

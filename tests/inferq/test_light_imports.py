@@ -31,8 +31,8 @@ def test_producer_and_core_import_neither_torch_nor_transformers() -> None:
         "from inferq.cli import main\n"
         "main.list_commands(None)\n"
     )
-    # Then neither torch, transformers nor the worker package came along
-    assert imported_after(code, ("torch", "transformers", "worker")) == []
+    # Then neither torch, transformers nor the worker package came along, nor httpx (the HTTP API's client only)
+    assert imported_after(code, ("torch", "transformers", "worker", "httpx")) == []
 
 
 def test_the_cli_status_command_does_not_load_torch() -> None:
@@ -73,7 +73,7 @@ def test_status_reads_sql_without_the_broker(tmp_path: Path) -> None:
         "assert done.exit_code == 0, done.output\n"
     )
     env = {**os.environ, "INFERQ_DATABASE_URL": url, "INFERQ_BROKER_URL": settings.broker_url}
-    heavy = ("celery", "kombu", "numpy", "torch", "transformers", "worker")
+    heavy = ("celery", "kombu", "numpy", "torch", "transformers", "worker", "httpx")
 
-    # Then it answered from SQL without importing Celery, kombu (the broker) or numpy
+    # Then it answered from SQL without importing Celery, kombu (the broker), numpy or httpx (the HTTP API's client)
     assert imported_after(code, heavy, env) == []

@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 
 from inferq.errors import InvalidInput, LineError
 from inferq.task_specs import MASK_PLACEHOLDER, TaskName
-from producer.inputs import InputRecord, Limits, ReadResult, read_inputs, validate_rows
+from producer.inputs import (
+    InputRecord,
+    Limits,
+    ReadResult,
+    _decode,
+    iter_inputs,
+    read_inputs,
+    scan_inputs,
+    validate_rows,
+)
 
 LIMITS = Limits(max_text_chars=100, max_items=1000)
 CLS = TaskName.CLASSIFICATION
@@ -32,7 +41,21 @@ def read(
     mask_tokens: tuple[str, ...] = (),
 ) -> ReadResult:
     raw = content.encode() if isinstance(content, str) else content
-    return read_inputs(io.BytesIO(raw), task, limits, format=format, mask_tokens=mask_tokens)
+    result = read_inputs(io.BytesIO(raw), task, limits, format=format, mask_tokens=mask_tokens)
+    # Every case also checks the two reads of a streamed submit: the scan finds the same errors and count, the
+    # second read the same records.
+    stream = io.BytesIO(raw)
+    scan = scan_inputs(stream, task, limits, format=format, mask_tokens=mask_tokens)
+    stream.seek(0)
+    records = list(iter_inputs(stream, task, limits, format=scan.format, mask_tokens=mask_tokens))
+    assert (scan.valid, scan.errors, scan.total_bad, scan.truncated) == (
+        len(result.records),
+        result.errors,
+        result.total_bad,
+        result.truncated,
+    )
+    assert records == result.records
+    return result
 
 
 def jsonl(*objs: Any) -> str:
@@ -559,3 +582,29 @@ def test_any_line_that_is_not_a_json_object_is_reported_on_its_line(layout: list
     assert [e.line for e in result.errors] == bad
     assert all(e.field is None for e in result.errors)
     assert [r.line for r in result.records] == good
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300)
+@given(
+    text=st.one_of(
+        st.text(max_size=12),
+        st.tuples(
+            st.sampled_from(["", " ", "\t", "\u2028", "x"]), json_values, st.sampled_from(["", "\n", " \n", "x"])
+        ).map(lambda t: t[0] + json.dumps(t[1]) + t[2]),
+    )
+)
+def test_a_line_decodes_exactly_as_json_loads_decodes_it(text: str) -> None:
+    def outcome(decode: Any) -> tuple[Any, ...]:
+        try:
+            return ("value", json.dumps(decode(text)))
+        except (ValueError, RecursionError) as exc:
+            return ("error", type(exc), str(exc))
+
+    assert outcome(_decode) == outcome(json.loads)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
+from inferq.constants import INSERT_BATCH_ROWS
 from inferq.db import make_engine, make_sessionmaker
+from inferq.errors import InvalidInput
 from inferq.schema import Chunk, Item, Job
 from inferq.settings import Settings
 from inferq.task_specs import TaskName
@@ -24,7 +26,7 @@ TRICKY = [
 ]
 
 
-def round_trip(settings: Settings, copy: bool | None = None) -> None:
+def round_trip(settings: Settings, copy: bool | None = None, streamed: bool = False) -> None:
     engine = make_engine(settings)
     sessions = make_sessionmaker(engine)
     job_id = uuid.uuid4().hex
@@ -32,8 +34,11 @@ def round_trip(settings: Settings, copy: bool | None = None) -> None:
         InputRecord(line=i + 1, client_id=None if i % 2 else f"id-{i}", data={"text": t, "text_pair": t[::-1]})
         for i, t in enumerate(TRICKY * 50)
     ]
+    # A list, or a stream of records read once with their count given (as a submitted file's second read)
+    given = (r for r in records) if streamed else records
+    total = len(records) if streamed else None
     with sessions.begin() as session:
-        store_job(session, job_id, TaskName.CLASSIFICATION, "m", {"top_k": 1}, records, 64, "q", copy=copy)
+        store_job(session, job_id, TaskName.CLASSIFICATION, "m", {"top_k": 1}, given, 64, "q", copy=copy, total=total)
     with sessions() as session:
         items = session.execute(
             select(Item.index, Item.client_id, Item.input, Item.state).where(Item.job_id == job_id).order_by(Item.index)
@@ -47,11 +52,28 @@ def round_trip(settings: Settings, copy: bool | None = None) -> None:
     assert job is not None and (job.total, job.n_chunks, job.state) == (300, 5, "queued")
 
 
-def test_sqlite_stores_every_input_exactly(sqlite_settings: Settings) -> None:
-    round_trip(sqlite_settings)
+@pytest.mark.parametrize("streamed", [False, True], ids=["list", "stream"])
+def test_sqlite_stores_every_input_exactly(sqlite_settings: Settings, streamed: bool) -> None:
+    round_trip(sqlite_settings, streamed=streamed)
 
 
 @pytest.mark.services
+@pytest.mark.parametrize("streamed", [False, True], ids=["list", "stream"])
 @pytest.mark.parametrize("copy", [None, False], ids=["copy-by-default", "insert"])
-def test_postgres_stores_every_input_exactly(migrated_postgres: str, copy: bool | None) -> None:
-    round_trip(Settings(database_url=migrated_postgres), copy)
+def test_postgres_stores_every_input_exactly(migrated_postgres: str, copy: bool | None, streamed: bool) -> None:
+    round_trip(Settings(database_url=migrated_postgres), copy, streamed)
+
+
+@pytest.mark.parametrize("count", [INSERT_BATCH_ROWS - 1, INSERT_BATCH_ROWS + 1], ids=["fewer", "more"])
+def test_records_other_than_their_total_store_nothing(sqlite_settings: Settings, count: int) -> None:
+    # Given a stream of records that turns out fewer or more than the total given
+    engine = make_engine(sqlite_settings)
+    sessions = make_sessionmaker(engine)
+    records = (InputRecord(line=i + 1, client_id=None, data={"text": "t"}) for i in range(count))
+
+    # When they are stored, Then the mismatch is refused and the transaction leaves nothing
+    with pytest.raises(InvalidInput, match="changed while it was being stored"), sessions.begin() as session:
+        store_job(session, "a" * 32, TaskName.CLASSIFICATION, "m", {}, records, 64, "q", total=INSERT_BATCH_ROWS)
+    with sessions() as session:
+        assert [session.scalar(select(func.count()).select_from(t)) for t in (Job, Chunk, Item)] == [0, 0, 0]
+    engine.dispose()

@@ -22,9 +22,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.keys import revoke_key
-from inferq.schema import Item, Job
+from inferq.schema import Item, Job, WebhookAttempt, WebhookDelivery, utcnow
 from inferq.settings import Settings
-from inferq.states import JobState
+from inferq.states import DeliveryState, JobState
 from inferq.task_specs import TaskName
 from producer.client import Client
 from producer.export import export_jsonl, write_csv
@@ -477,8 +477,10 @@ def test_models_lists_the_registry(api: TestClient, make_key: MakeKey, api_setti
     assert listed["object"] == "list"
     assert [m["name"] for m in listed["data"]] == sorted(api_settings.models)
     first = listed["data"][0]
-    assert first["task"] == "classification" and first["queue"] == api_settings.default_queue
-    assert set(first) == {"name", "source", "task", "queue", "precision", "description"}
+    # Each entry as the registry holds it (queue null: the default queue), as `inferq models --json` prints it
+    assert first["task"] == "classification" and first["queue"] is None
+    name = first.pop("name")
+    assert first == api_settings.models[name].model_dump(mode="json")
 
 
 def test_health_and_readiness(api: TestClient) -> None:
@@ -505,11 +507,67 @@ def test_readiness_is_503_naming_the_database_when_it_is_unreachable(api_setting
 @pytest.mark.skipif(
     importlib.util.find_spec("inferq.webhooks") is None, reason="inferq.webhooks (webhook delivery) is not in this tree"
 )
-def test_webhook_deliveries_of_a_job_are_listed(api: TestClient, make_key: MakeKey, stored_job: StoreJob) -> None:
+def test_webhook_deliveries_of_a_job_are_listed(
+    api: TestClient, make_key: MakeKey, stored_job: StoreJob, sessions: sessionmaker[Session]
+) -> None:
+    # Given a job without deliveries, and a job whose end event took two attempts
     key, tenant = make_key()
-    job_id = stored_job(tenant)
+    quiet = stored_job(tenant)
+    job_id = stored_job(tenant, state=JobState.SUCCEEDED)
+    at = utcnow()
+    with sessions.begin() as session:
+        session.add(
+            WebhookDelivery(
+                id=f"msg_{job_id}",
+                job_id=job_id,
+                tenant=tenant,
+                event="job.succeeded",
+                url="https://example.com/hook",
+                payload="{}",
+                state=DeliveryState.DELIVERED,
+                attempts=2,
+                created_at=at,
+                delivered_at=at,
+            )
+        )
+        session.flush()
+        session.add_all(
+            [
+                WebhookAttempt(
+                    delivery_id=f"msg_{job_id}", number=1, at=at, status_code=500, error="HTTP 500", duration=0.1
+                ),
+                WebhookAttempt(delivery_id=f"msg_{job_id}", number=2, at=at, status_code=200, error=None, duration=0.2),
+            ]
+        )
+
+    # When their deliveries are read
+    none = api.get(f"/v1/jobs/{quiet}/webhooks", headers=bearer(key))
     listed = api.get(f"/v1/jobs/{job_id}/webhooks", headers=bearer(key))
+
+    # Then each delivery comes with its attempts, in the contract's shape
+    assert none.status_code == 200 and none.json() == {"object": "list", "data": []}
     assert listed.status_code == 200, listed.text
-    assert listed.json() == {"object": "list", "data": []}
+    (delivery,) = listed.json()["data"]
+    assert delivery.keys() >= {
+        "id",
+        "event",
+        "url",
+        "state",
+        "attempts",
+        "created_at",
+        "delivered_at",
+        "next_attempt_at",
+    }
+    assert (delivery["id"], delivery["event"], delivery["state"], delivery["attempts"]) == (
+        f"msg_{job_id}",
+        "job.succeeded",
+        "delivered",
+        2,
+    )
+    assert [(a["number"], a["status_code"], a["error"]) for a in delivery["attempt_log"]] == [
+        (1, 500, "HTTP 500"),
+        (2, 200, None),
+    ]
+    # And another tenant's key gets 404
     other, _ = make_key()
     assert api.get(f"/v1/jobs/{job_id}/webhooks", headers=bearer(other)).status_code == 404

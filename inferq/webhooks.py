@@ -1,0 +1,535 @@
+"""Webhooks: when a job ends, inferq POSTs an event to the job's webhook URL, signed per the Standard Webhooks spec,
+at least once, surviving restarts.
+
+The protocol:
+
+1. **Record** (`record_job_ends`): the transaction that ends a job (`worker.claims.finish_jobs_if_complete`,
+   `producer.client.Client.cancel`) inserts the job's `WebhookDelivery` (an outbox row: the event, the URL, the
+   body serialized once) when the job has a webhook URL. Only a job whose guarded state change this very
+   transaction made gets one, so a job's end makes exactly one delivery whichever paths race to end it.
+2. **Enqueue**: after that commit, the same process sends the Celery task `DELIVER_WEBHOOK` with the delivery's id
+   to `Settings.webhook_queue`; if the message is lost (a crash between commit and send, a broker that forgets),
+   every worker's reconciler sends the deliveries that have been due for longer than ``INFERQ_RECOVER_OLDER_THAN``
+   (`enqueue_due`), claiming each by a conditional UPDATE so that concurrent reconcilers send one message.
+3. **Send** (`deliver`, the task's body): claim the delivery (a conditional UPDATE that pushes ``next_attempt_at``
+   past the attempt's longest duration, so that a second message for it finds it not due and leaves it), check the
+   URL again (DNS may have changed since submit), sign and POST the stored body, then record a `WebhookAttempt`:
+   2xx → ``delivered``; anything else → the next attempt is due after the next delay of
+   ``INFERQ_WEBHOOK_RETRY_DELAYS``, or the delivery is ``failed`` after the last one. Every attempt sends the same
+   bytes with the same ``webhook-id``; the timestamp and signature are the attempt's own.
+
+At-least-once: a worker that dies between the POST and recording it leaves the delivery pending, and it is sent
+again once its claim runs out; receivers drop duplicates by ``webhook-id``.
+
+URLs (`check_url`): http(s) only, and every address the host resolves to must be public, unless
+``INFERQ_WEBHOOK_ALLOW_PRIVATE`` is set. Checked at submit and before each attempt. Redirects are not followed
+(a 3xx is a failed attempt), so a receiver cannot bounce a request to an address the check refused. The address is
+resolved twice, once by the check and once by the HTTP client, so a DNS answer that changes in between (rebinding)
+is not caught by this check alone: a deployment that must rule it out sends webhooks through an egress proxy.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from inferq import __version__, constants
+from inferq.errors import InvalidSignature, WebhookUrlRefused
+from inferq.schema import Job, WebhookAttempt, WebhookDelivery, as_utc, utcnow
+from inferq.settings import Settings
+from inferq.states import DeliveryState, JobState
+from inferq.task_specs import DELIVER_WEBHOOK
+from inferq.tenants import ensure_tenant
+
+if TYPE_CHECKING:
+    import httpx
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+#: The event a job's end sends, by the state it ended in.
+EVENTS = {
+    JobState.SUCCEEDED: "job.succeeded",
+    JobState.FAILED: "job.failed",
+    JobState.CANCELLED: "job.cancelled",
+}
+
+#: Seconds a claimed delivery stays out of other senders' reach beyond its timeout: httpx's timeout bounds each of
+#: connecting, sending and every read, so an attempt may take a few timeouts; this covers recording it too.
+CLAIM_MARGIN_SECONDS = 30.0
+
+#: Most due deliveries one reconciler round sends (the rest wait for the next round).
+SWEEP_BATCH = 1_000
+
+#: Seconds either side of now a received webhook's timestamp may be (the Standard Webhooks default): a replayed
+#: old request is refused.
+DEFAULT_TOLERANCE_SECONDS = 300
+
+#: Characters of an error kept on an attempt.
+MAX_ERROR_CHARS = 500
+
+
+# -- URLs ----------------------------------------------------------------------------------------------------
+
+
+def check_url(url: str, settings: Settings) -> str:
+    """``url`` if inferq may POST to it, else `WebhookUrlRefused` (``field="webhook_url"``): an http or https URL
+    with a host, and, unless ``settings.webhook_allow_private``, a host whose every address (it is resolved) is a
+    public one: no private, loopback, link-local, unspecified, multicast, reserved or shared (carrier-grade NAT)
+    address, IPv4-mapped IPv6 included."""
+    if not isinstance(url, str) or not url:
+        raise WebhookUrlRefused("webhook_url must be an http or https URL", field="webhook_url")
+    if len(url) > constants.MAX_WEBHOOK_URL_CHARS:
+        raise WebhookUrlRefused(
+            f"webhook_url is longer than {constants.MAX_WEBHOOK_URL_CHARS} characters", field="webhook_url"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise WebhookUrlRefused(f"webhook_url is not a valid URL: {exc}", field="webhook_url") from None
+    if parts.scheme not in ("http", "https"):
+        raise WebhookUrlRefused("webhook_url must use http or https", field="webhook_url")
+    host = parts.hostname
+    if not host:
+        raise WebhookUrlRefused("webhook_url has no host", field="webhook_url")
+    if any(ch.isspace() for ch in url):
+        raise WebhookUrlRefused("webhook_url must not contain spaces", field="webhook_url")
+    if settings.webhook_allow_private:
+        return url
+    for address in _resolve(host, port or (443 if parts.scheme == "https" else 80)):
+        if not is_public(address):
+            raise WebhookUrlRefused(
+                f"webhook_url's host {host!r} resolves to {address}, a non-public address "
+                "(set INFERQ_WEBHOOK_ALLOW_PRIVATE to allow it)",
+                field="webhook_url",
+            )
+    return url
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a webhook may go to ``address``: globally routable unicast (an IPv4-mapped IPv6 address is judged as
+    the IPv4 address it carries)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_unspecified
+        or address.is_multicast
+        or address.is_reserved
+        or not address.is_global
+    )
+
+
+def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address ``host`` stands for: itself when it is an IP literal, else what the resolver answers."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise WebhookUrlRefused(f"webhook_url's host {host!r} does not resolve: {exc}", field="webhook_url") from None
+    addresses = []
+    for info in infos:
+        # An IPv6 address may carry a zone (``fe80::1%eth0``): the part before it is the address.
+        text = str(info[4][0]).split("%", 1)[0]
+        addresses.append(ipaddress.ip_address(text))
+    if not addresses:
+        raise WebhookUrlRefused(f"webhook_url's host {host!r} has no address", field="webhook_url")
+    return addresses
+
+
+# -- signing (Standard Webhooks) -------------------------------------------------------------------------------
+
+
+def secret_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_…`` secret: the base64-decoded part after the prefix."""
+    return base64.b64decode(secret.removeprefix("whsec_"))
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes | str) -> str:
+    """The ``webhook-signature`` value: ``v1,`` + base64 of HMAC-SHA256 over ``{id}.{timestamp}.{body}``."""
+    data = body.encode() if isinstance(body, str) else body
+    signed = f"{msg_id}.{timestamp}.".encode() + data
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def signature_headers(secret: str, msg_id: str, body: bytes | str, timestamp: int | None = None) -> dict[str, str]:
+    """The three Standard Webhooks headers for one attempt at sending ``body``."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(secret, msg_id, ts, body),
+    }
+
+
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes | str,
+    tolerance: float = DEFAULT_TOLERANCE_SECONDS,
+    *,
+    now: float | None = None,
+) -> None:
+    """Check a received webhook (what a receiver does; header names in any case): its timestamp is within
+    ``tolerance`` seconds of ``now`` and one of its ``v1`` signatures matches. `InvalidSignature` otherwise."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    msg_id = lower.get("webhook-id")
+    stamp = lower.get("webhook-timestamp")
+    signatures = lower.get("webhook-signature")
+    if not msg_id or not stamp or not signatures:
+        raise InvalidSignature("missing webhook-id, webhook-timestamp or webhook-signature header")
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        raise InvalidSignature("webhook-timestamp is not a number of seconds") from None
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance:
+        raise InvalidSignature(f"webhook-timestamp is more than {tolerance:g}s away from now")
+    expected = sign(secret, msg_id, timestamp, body).encode()
+    for candidate in signatures.split():
+        version, _, _ = candidate.partition(",")
+        if version == "v1" and hmac.compare_digest(candidate.encode(), expected):
+            return
+    raise InvalidSignature("no matching v1 signature")
+
+
+# -- 1. record ----------------------------------------------------------------------------------------------
+
+
+def new_delivery_id() -> str:
+    """``msg_`` + 32 hex digits: the ``webhook-id`` of every attempt at one delivery."""
+    return "msg_" + uuid.uuid4().hex
+
+
+def event_payload(job: Job) -> str:
+    """The body of a job's end event, serialized once (every attempt sends these bytes)."""
+    state = JobState(job.state)
+
+    def iso(t: dt.datetime | None) -> str | None:
+        return as_utc(t).isoformat() if t is not None else None
+
+    event = {
+        "type": EVENTS[state],
+        "timestamp": iso(job.finished_at) or utcnow().isoformat(),
+        "data": {
+            "id": job.id,
+            "state": state.value,
+            "task": job.task,
+            "model": job.model,
+            "total": job.total,
+            "succeeded": job.succeeded,
+            "failed": job.failed,
+            "metadata": dict(job.meta or {}),
+            "created_at": iso(job.created_at),
+            "started_at": iso(job.started_at),
+            "finished_at": iso(job.finished_at),
+            "error": {"code": job.error_code, "message": job.error or ""} if job.error_code else None,
+        },
+    }
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def record_job_ends(session: Session, job_ids: Sequence[str]) -> list[str]:
+    """Insert the delivery of each of ``job_ids`` that has a webhook URL; the ids of the deliveries made.
+
+    The caller passes only jobs that THIS transaction has just ended, by a guarded UPDATE whose rowcount or
+    RETURNING said so: the job row stays locked until the commit, so no other transaction can end it too, and a
+    job's end makes exactly one delivery. Flushed in the caller's transaction; the caller enqueues the ids after
+    its commit (`send_deliveries`)."""
+    if not job_ids:
+        return []
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.id.in_(list(job_ids)), Job.webhook_url.is_not(None))
+        .order_by(Job.id)
+        .execution_options(populate_existing=True)
+    ).all()
+    made = []
+    now = utcnow()
+    for job in jobs:
+        if job.webhook_url is None or job.state not in EVENTS:
+            continue
+        delivery = WebhookDelivery(
+            id=new_delivery_id(),
+            job_id=job.id,
+            tenant=job.tenant,
+            event=EVENTS[JobState(job.state)],
+            url=job.webhook_url,
+            payload=event_payload(job),
+            state=DeliveryState.PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        session.add(delivery)
+        made.append(delivery.id)
+    session.flush()
+    return made
+
+
+# -- 2. enqueue ------------------------------------------------------------------------------------------------
+
+
+def send_deliveries(
+    celery: Celery, settings: Settings, delivery_ids: Sequence[str], *, countdown: float | None = None
+) -> None:
+    """Enqueue ``delivery_ids`` (after the commit that recorded them; ``countdown``: to run that many seconds from
+    now). A broker that fails is logged, not raised: the deliveries are recorded, and a reconciler sends them once
+    they have been due for a while."""
+    for delivery_id in delivery_ids:
+        try:
+            celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=settings.webhook_queue, countdown=countdown)
+        except Exception as exc:
+            log.warning(
+                "webhook %s recorded but not enqueued (%s: %s); a reconciler will send it",
+                delivery_id,
+                type(exc).__name__,
+                exc,
+            )
+
+
+def enqueue_due(settings: Settings, sessions: sessionmaker[Session], celery: Celery) -> list[str]:
+    """Send the pending deliveries that have been due for longer than ``settings.recover_older_than`` (their message
+    is lost, or was never sent). Each is claimed by a conditional UPDATE that sets its ``next_attempt_at`` to now,
+    so that concurrent reconcilers send it once and it is not looked at again before that time has passed."""
+    now = utcnow()
+    cutoff = now - dt.timedelta(seconds=settings.recover_older_than)
+    with sessions() as session:
+        due = session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
+            .where(WebhookDelivery.state == DeliveryState.PENDING, WebhookDelivery.next_attempt_at <= cutoff)
+            .order_by(WebhookDelivery.next_attempt_at)
+            .limit(SWEEP_BATCH)
+        ).all()
+    sent = []
+    for delivery_id, due_at in due:
+        with sessions.begin() as session:
+            claimed = session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == delivery_id,
+                    WebhookDelivery.state == DeliveryState.PENDING,
+                    WebhookDelivery.next_attempt_at == due_at,
+                )
+                .values(next_attempt_at=now)
+            )
+        if not claimed.rowcount:  # type: ignore[attr-defined]
+            continue  # sent, or claimed by another reconciler, meanwhile
+        celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=settings.webhook_queue)
+        sent.append(delivery_id)
+    if sent:
+        log.warning("re-enqueued %d webhook deliver(ies) that were due: %s", len(sent), ", ".join(sent))
+    return sent
+
+
+# -- 3. send ----------------------------------------------------------------------------------------------------
+
+
+class Sent(str, Enum):
+    """What one call of `deliver` came to."""
+
+    #: The endpoint answered 2xx: the delivery is ``delivered``.
+    DELIVERED = "delivered"
+    #: The attempt failed; the next one is due after `Delivered.retry_in` seconds.
+    RETRYING = "retrying"
+    #: The last attempt failed: the delivery is ``failed``.
+    FAILED = "failed"
+    #: Nothing sent: the delivery is gone, no longer pending, not yet due, or being sent by another process.
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Delivered:
+    outcome: Sent
+    #: With `Sent.RETRYING`: seconds until the next attempt is due.
+    retry_in: float | None = None
+    #: The attempt's number (1 for the first), when one was made.
+    attempt: int | None = None
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    id: str
+    job_id: str
+    url: str
+    payload: str
+    secret: str
+
+
+def deliver(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    delivery_id: str,
+    *,
+    transport: httpx.BaseTransport | None = None,
+) -> Delivered:
+    """One attempt at a delivery, if it is pending and due (the protocol is this module's docstring): claim it,
+    check its URL, POST it signed, record the attempt. ``transport``: httpx's, for tests that need no network."""
+    import httpx  # only where webhooks are sent: a worker
+
+    claimed = _claim(settings, sessions, delivery_id)
+    if claimed is None:
+        return Delivered(Sent.SKIPPED)
+    at = utcnow()
+    started = time.perf_counter()
+    status_code: int | None = None
+    error: str | None = None
+    try:
+        check_url(claimed.url, settings)
+        body = claimed.payload.encode()
+        headers = {
+            "content-type": "application/json",
+            "user-agent": f"inferq-webhooks/{__version__}",
+            **signature_headers(claimed.secret, claimed.id, body),
+        }
+        with httpx.Client(timeout=settings.webhook_timeout, follow_redirects=False, transport=transport) as client:
+            response = client.post(claimed.url, content=body, headers=headers)
+        status_code = response.status_code
+        if not 200 <= status_code < 300:
+            error = f"HTTP {status_code}"
+    except WebhookUrlRefused as exc:
+        error = f"refused: {exc.message}"
+    except Exception as exc:  # a timeout, a refused connection, a broken answer: every one is a failed attempt
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    duration = time.perf_counter() - started
+    return _record(settings, sessions, claimed, at, status_code, error[:MAX_ERROR_CHARS] if error else None, duration)
+
+
+def _claim(settings: Settings, sessions: sessionmaker[Session], delivery_id: str) -> _Claimed | None:
+    """Take a pending, due delivery for one attempt: push its ``next_attempt_at`` past the attempt's longest
+    duration (one conditional UPDATE: of two senders, one wins), and read what sending needs."""
+    now = utcnow()
+    hold = now + dt.timedelta(seconds=4 * settings.webhook_timeout + CLAIM_MARGIN_SECONDS)
+    with sessions.begin() as session:
+        claimed = session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.state == DeliveryState.PENDING,
+                WebhookDelivery.next_attempt_at <= now,
+            )
+            .values(next_attempt_at=hold)
+        )
+        if not claimed.rowcount:  # type: ignore[attr-defined]
+            return None
+        row = session.get_one(WebhookDelivery, delivery_id)
+        secret = ensure_tenant(session, row.tenant).webhook_secret
+        return _Claimed(row.id, row.job_id, row.url, row.payload, secret)
+
+
+def _record(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    claimed: _Claimed,
+    at: dt.datetime,
+    status_code: int | None,
+    error: str | None,
+    duration: float,
+) -> Delivered:
+    """Store the attempt and what follows from it, under the delivery's row lock (numbered after the attempts
+    already stored, so that a late second sender's attempt is kept too)."""
+    delays = settings.webhook_retry_delays
+    with sessions.begin() as session:
+        row = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == claimed.id).with_for_update())
+        if row is None:
+            return Delivered(Sent.SKIPPED)  # the job was purged meanwhile
+        number = row.attempts + 1
+        session.add(
+            WebhookAttempt(
+                delivery_id=row.id, number=number, at=at, status_code=status_code, error=error, duration=duration
+            )
+        )
+        row.attempts = number
+        if row.state != DeliveryState.PENDING:
+            # Another sender finished it meanwhile: this attempt is kept, the outcome stays.
+            outcome = Delivered(Sent.SKIPPED, attempt=number)
+        elif error is None:
+            row.state, row.delivered_at, row.next_attempt_at = DeliveryState.DELIVERED, utcnow(), None
+            outcome = Delivered(Sent.DELIVERED, attempt=number)
+        elif number >= len(delays):
+            row.state, row.next_attempt_at = DeliveryState.FAILED, None
+            outcome = Delivered(Sent.FAILED, attempt=number)
+        else:
+            row.next_attempt_at = utcnow() + dt.timedelta(seconds=delays[number])
+            outcome = Delivered(Sent.RETRYING, retry_in=delays[number], attempt=number)
+    level = logging.INFO if outcome.outcome is Sent.DELIVERED else logging.WARNING
+    log.log(
+        level,
+        "webhook %s (job %s) attempt %d: %s%s",
+        claimed.id,
+        claimed.job_id,
+        number,
+        error or f"HTTP {status_code}",
+        f"; next attempt in {outcome.retry_in:g}s" if outcome.retry_in is not None else f", {outcome.outcome.value}",
+    )
+    return outcome
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
+
+
+def delivery_history(session: Session, job_id: str) -> list[dict[str, Any]]:
+    """The job's webhook deliveries (oldest first), each with its attempts, as ``GET /v1/jobs/{id}/webhooks``
+    shows them: plain JSON values, times as ISO 8601 UTC strings."""
+
+    def iso(t: dt.datetime | None) -> str | None:
+        return as_utc(t).isoformat() if t is not None else None
+
+    deliveries = session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.job_id == job_id)
+        .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
+    ).all()
+    attempts: dict[str, list[dict[str, Any]]] = {d.id: [] for d in deliveries}
+    if deliveries:
+        for a in session.scalars(
+            select(WebhookAttempt)
+            .where(WebhookAttempt.delivery_id.in_(list(attempts)))
+            .order_by(WebhookAttempt.delivery_id, WebhookAttempt.number)
+        ):
+            attempts[a.delivery_id].append(
+                {
+                    "number": a.number,
+                    "at": iso(a.at),
+                    "status_code": a.status_code,
+                    "error": a.error,
+                    "duration": a.duration,
+                }
+            )
+    return [
+        {
+            "id": d.id,
+            "event": d.event,
+            "url": d.url,
+            "state": DeliveryState(d.state).value,
+            "attempts": d.attempts,
+            "created_at": iso(d.created_at),
+            "delivered_at": iso(d.delivered_at),
+            "next_attempt_at": iso(d.next_attempt_at) if d.state == DeliveryState.PENDING else None,
+            "attempt_log": attempts[d.id],
+        }
+        for d in deliveries
+    ]

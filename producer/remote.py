@@ -1,0 +1,599 @@
+"""The Python client over HTTP: `RemoteClient` offers `Client`'s methods through inferq's HTTP API (``/v1``).
+
+remote = RemoteClient("https://inferq.example.com", "iq_…")
+job = remote.submit("classification", "sst2", "inputs.jsonl", params={"top_k": 2})
+remote.wait(job.job_id)
+for row in remote.results(job.job_id, min_score=0.9):
+    ...
+
+It returns what `Client` returns (`Submission`, `JobStatus`, `ResultRow`, `ModelSpec`) and raises what it raises:
+the API's error codes map back to inferq's error classes (`InvalidInput` with its `LineError` s, `JobNotFound`,
+`DatabaseUnavailable`, `Unauthorized`, `QuotaExceeded` …), and `ServerUnavailable` says the API could not be
+reached. The machine it runs on needs neither the database's nor the
+broker's credentials, nor torch.
+
+Uploads stream: a file (a path or a binary stream) is sent as the request body as it is read, and an iterable of
+dicts or strings is written as JSONL while it is sent, never held whole. Every submit carries an
+``Idempotency-Key`` (the caller's, in `JobOptions`, or a fresh one): a request that fails on the network is sent
+once more with the same key, and the server answers the second with the job the first created, if it did, instead
+of making another. A body that cannot be read twice (standard input, an iterator already started) is not resent.
+
+`results` reads the API's CSV export, which carries each item's top result in typed columns (label, score, answer
+…) besides the full result: the rows equal `Client.results`'s for the same job, field for field. An empty cell of
+a string column (a label, an answer) is an empty string where the row has a score, the worker storing the two
+together, and no value otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any, Literal
+from urllib.parse import quote
+
+import httpx
+
+import inferq
+from inferq import constants
+from inferq.errors import InferqError, InvalidInput, LineError, ServerUnavailable, TransientError
+from inferq.schema import DEFAULT_TENANT
+from inferq.settings import ModelSpec, Settings
+from inferq.states import ItemState, JobState
+from inferq.task_specs import TASKS, TaskName, parse_task
+from producer.client import Inputs, JobOptions, JobStatus, Submission, chunk_count, poll_until_finished
+from producer.results import ResultRow
+
+__all__ = ["RemoteClient"]
+
+Format = Literal["auto", "jsonl", "csv"]
+
+#: The media type a body of each input format is sent as; ``auto`` lets the server look at the first line.
+_MEDIA_TYPES = {"jsonl": "application/jsonl", "csv": "text/csv", "auto": "application/octet-stream"}
+
+#: File extensions the server would not see (it gets a body, not a name), read here as `read_inputs` reads them.
+_EXTENSIONS: dict[str, Literal["jsonl", "csv"]] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".csv": "csv",
+}
+
+#: CSV columns of the typed top result: how a cell reads back into its `ResultRow` attribute.
+_INT_ATTRS = frozenset({"start", "end", "entity_count"})
+_FLOAT_ATTRS = frozenset({"score"})
+
+
+class RemoteClient:
+    """`Client`'s methods over inferq's HTTP API. ``transport``: an httpx transport (``httpx.MockTransport`` in
+    tests); ``timeout``: seconds for a read or a write (connecting waits `HTTP_CONNECT_TIMEOUT_SECONDS`)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = constants.HTTP_TIMEOUT_SECONDS,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        #: The URL as errors show it: without a user or password it may hold.
+        self._shown_url = str(httpx.URL(self.base_url).copy_with(username=None, password=None))
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=min(timeout, constants.HTTP_CONNECT_TIMEOUT_SECONDS)),
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"inferq/{inferq.__version__}"},
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RemoteClient:
+        """The client of ``INFERQ_SERVER_URL`` with ``INFERQ_API_KEY`` (`ConfigurationError` without both)."""
+        from inferq.errors import ConfigurationError
+
+        if not settings.server_url:
+            raise ConfigurationError("INFERQ_SERVER_URL is not set")
+        if settings.api_key is None or not settings.api_key.get_secret_value():
+            raise ConfigurationError(
+                "INFERQ_SERVER_URL is set but INFERQ_API_KEY is not: create a key with `inferq keys create`"
+            )
+        return cls(settings.server_url, settings.api_key.get_secret_value())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RemoteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- submit ----------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        task: TaskName | str,
+        model: str,
+        inputs: Inputs,
+        params: dict[str, Any] | None = None,
+        *,
+        chunk_size: int | None = None,
+        skip_invalid: bool = False,
+        format: Format = "auto",
+        options: JobOptions | None = None,
+    ) -> Submission:
+        """`Client.submit` over HTTP: the server validates and stores the job as `Client.submit` does, and refuses
+        bad input the same way (`InvalidInput` listing every bad line, nothing stored). Of ``options``, the
+        metadata, webhook URL and idempotency key are sent; the job's tenant is the key's."""
+        task = task if isinstance(task, TaskName) else parse_task(task)
+        options = options or JobOptions()
+        body = _Body.of(inputs, format, single_text=TASKS[task].single_text)
+        query: dict[str, str] = {"task": task.value, "model": model, "format": body.format}
+        if params:
+            query["params"] = json.dumps(params)
+        if options.metadata:
+            query["metadata"] = json.dumps(options.metadata)
+        if chunk_size:
+            query["chunk_size"] = str(chunk_size)
+        if options.webhook_url:
+            query["webhook_url"] = options.webhook_url
+        if skip_invalid:
+            query["skip_invalid"] = "true"
+        headers = {
+            "Content-Type": _MEDIA_TYPES[body.format],
+            "Idempotency-Key": options.idempotency_key or uuid.uuid4().hex,
+        }
+        try:
+            response = self._request("POST", "/v1/jobs", params=query, headers=headers, body=body)
+        finally:
+            body.close()
+        return _submission(response)
+
+    def retry(self, job_id: str) -> Submission:
+        """`Client.retry` over HTTP: a new job with the failed items of the finished job ``job_id``."""
+        return _submission(self._request("POST", f"{_job_path(job_id)}/retry"))
+
+    # -- read ------------------------------------------------------------------------------------------
+
+    def status(self, job_id: str) -> JobStatus:
+        return job_status(self._json("GET", _job_path(job_id)))
+
+    def jobs(self, limit: int = 20, state: JobState | None = None) -> list[JobStatus]:
+        """The tenant's ``limit`` most recent jobs (every tenant's for an admin key), newest first."""
+        found: list[JobStatus] = []
+        after: str | None = None
+        while len(found) < limit:
+            query: dict[str, str] = {"limit": str(min(limit - len(found), constants.HTTP_JOBS_PAGE))}
+            if state is not None:
+                query["state"] = JobState(state).value
+            if after is not None:
+                query["after"] = after
+            page = self._json("GET", "/v1/jobs", params=query)
+            found.extend(job_status(j) for j in page["data"])
+            after = page.get("next_after")
+            if not page.get("has_more") or not after or not page["data"]:
+                break
+        return found[:limit]
+
+    def models(self) -> dict[str, ModelSpec]:
+        """The server's model registry."""
+        fields = ModelSpec.model_fields
+        return {
+            m["name"]: ModelSpec(**{k: v for k, v in m.items() if k in fields})
+            for m in self._json("GET", "/v1/models")["data"]
+        }
+
+    def results(
+        self,
+        job_id: str,
+        *,
+        label: str | None = None,
+        min_score: float | None = None,
+        failed: bool = False,
+        state: ItemState | None = None,
+    ) -> Iterator[ResultRow]:
+        """Stream the job's items in input order, filtered by the server as `Client.results` filters them; the
+        rows equal `Client.results`'s (see the module's notes)."""
+        task = TaskName(self.status(job_id).task)  # raises JobNotFound
+        query = _result_query("csv", label, min_score, failed, state)
+        with self._stream("GET", f"{_job_path(job_id)}/results", params=query) as response:
+            reader = csv.reader(_text_lines(response))
+            header = next(reader, None)
+            if header is None:
+                return
+            parse = _row_parser(task, header)
+            for cells in reader:
+                yield parse(cells)
+
+    def export(
+        self,
+        job_id: str,
+        out: IO[bytes],
+        *,
+        format: Literal["jsonl", "csv", "npy", "parquet"] = "jsonl",
+        label: str | None = None,
+        min_score: float | None = None,
+        failed: bool = False,
+        state: ItemState | None = None,
+    ) -> int:
+        """Write the server's export of the job's results in ``format`` to ``out`` as it arrives, byte for byte
+        what ``inferq results`` writes on the database; return the bytes written. Nothing is written when the
+        server refuses (`JobNotFound` …)."""
+        query = _result_query(format, label, min_score, failed, state)
+        written = 0
+        with self._stream("GET", f"{_job_path(job_id)}/results", params=query) as response:
+            for block in response.iter_bytes():
+                out.write(block)
+                written += len(block)
+        return written
+
+    # -- control ---------------------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """`Client.cancel` over HTTP (a finished job comes back unchanged)."""
+        return job_status(self._json("POST", f"{_job_path(job_id)}/cancel"))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = constants.DEFAULT_POLL_SECONDS,
+        on_progress: Callable[[JobStatus], None] | None = None,
+    ) -> JobStatus:
+        """Poll until the job ends (or ``timeout`` seconds pass: `TimeoutError`)."""
+        return poll_until_finished(self.status, job_id, timeout=timeout, poll=poll, on_progress=on_progress)
+
+    # -- plumbing --------------------------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, *, params: dict[str, str] | None = None) -> Any:
+        return self._request(method, path, params=params).json()
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        body: _Body | None = None,
+    ) -> httpx.Response:
+        """Send a request (once more on a network error, when its body can be sent again) and return its answer,
+        or raise the inferq error the answer names."""
+        response = self._send(method, path, params=params, headers=headers, body=body, stream=False)
+        raise_for_answer(response, method, path)
+        return response
+
+    def _stream(self, method: str, path: str, *, params: dict[str, str]) -> _Streamed:
+        return _Streamed(self._send(method, path, params=params, headers=None, body=None, stream=True), method, path)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None,
+        headers: dict[str, str] | None,
+        body: _Body | None,
+        stream: bool,
+    ) -> httpx.Response:
+        for attempt in (1, 2):
+            content = body.open() if body is not None else None
+            request = self._http.build_request(method, path, params=params, headers=headers, content=content)
+            try:
+                return self._http.send(request, stream=stream)
+            except (httpx.UnsupportedProtocol, httpx.ProxyError) as exc:
+                raise ServerUnavailable(f"cannot reach {self._shown_url}: {type(exc).__name__}: {exc}") from exc
+            except httpx.TransportError as exc:
+                # The request may or may not have reached the server: sent again, a submit carries the same
+                # Idempotency-Key, so the server answers with the job the first one made, if it made one.
+                if attempt == 1 and (body is None or body.replayable):
+                    continue
+                raise ServerUnavailable(
+                    f"the server at {self._shown_url} did not answer {method} {path}: {type(exc).__name__}: {exc}"
+                ) from exc
+        raise AssertionError("unreachable")
+
+
+class _Streamed:
+    """A streamed answer, checked on entry (the inferq error its answer names) and closed on exit; an answer cut
+    off on the network while it is read is `ServerUnavailable`."""
+
+    def __init__(self, response: httpx.Response, method: str, path: str) -> None:
+        self.response = response
+        self.method = method
+        self.path = path
+
+    def __enter__(self) -> httpx.Response:
+        if not self.response.is_success:
+            try:
+                self.response.read()
+            finally:
+                self.response.close()
+            raise_for_answer(self.response, self.method, self.path)
+        return self.response
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self.response.close()
+        if isinstance(exc, httpx.TransportError):
+            raise ServerUnavailable(
+                f"the answer to {self.method} {self.path} was cut off: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+class _Body:
+    """A submit's request body: a file, a binary stream, or JSONL written from Python objects as it is sent.
+
+    ``open`` gives the body to send; ``replayable`` says whether it can give it again (after a network error)."""
+
+    def __init__(self, source: Callable[[], Iterable[bytes] | IO[bytes]], format: Format, replayable: bool) -> None:
+        self._source = source
+        self.format = format
+        self._replayable = replayable
+        self._opened: list[IO[bytes]] = []
+        self._started = False
+
+    @classmethod
+    def of(cls, inputs: Inputs, format: Format, *, single_text: bool) -> _Body:
+        if format not in _MEDIA_TYPES:
+            raise ValueError(f"unknown input format {format!r} (known: auto, jsonl, csv)")
+        if isinstance(inputs, str | os.PathLike):
+            path = os.fspath(inputs)
+            if path == "-":
+                return cls._stream(sys.stdin.buffer, format)
+            if format == "auto":
+                format = _EXTENSIONS.get(os.path.splitext(path)[1].lower(), "auto")
+            opened = cls(lambda: opened._open_file(path), format, replayable=True)
+            return opened
+        if hasattr(inputs, "read"):
+            return cls._stream(inputs, format)  # type: ignore[arg-type]
+        rows: Iterable[Any] = inputs
+        reusable = iter(rows) is not rows  # a list, a tuple: iterated afresh each time
+        return cls(lambda: _jsonl(rows, single_text), "jsonl", replayable=reusable)
+
+    @classmethod
+    def _stream(cls, stream: IO[bytes], format: Format) -> _Body:
+        try:
+            start: int | None = stream.tell() if stream.seekable() else None
+        except (AttributeError, OSError, ValueError):
+            start = None
+
+        def reopen() -> IO[bytes] | Iterable[bytes]:
+            if start is not None:
+                stream.seek(start)
+            # httpx sends a stream's whole size as its Content-Length: only one read from its start may go as it is.
+            return stream if start == 0 else _blocks(stream)
+
+        return cls(reopen, format, replayable=start is not None)
+
+    def _open_file(self, path: str) -> IO[bytes]:
+        f = open(path, "rb")  # noqa: SIM115 (closed by `close`, once the request is done)
+        self._opened.append(f)
+        return f
+
+    @property
+    def replayable(self) -> bool:
+        return self._replayable or not self._started
+
+    def open(self) -> Iterable[bytes] | IO[bytes]:
+        content = self._source()
+        if isinstance(content, Iterable) and not hasattr(content, "read"):
+            return self._watch(content)
+        self._started = True  # httpx reads a file as it likes: count it read
+        return content
+
+    def _watch(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            self._started = True
+            yield block
+
+    def close(self) -> None:
+        for f in self._opened:
+            f.close()
+        self._opened.clear()
+
+
+def _blocks(stream: IO[bytes]) -> Iterator[bytes]:
+    while block := stream.read(constants.HTTP_BODY_CHUNK_BYTES):
+        yield block
+
+
+def _jsonl(rows: Iterable[Any], single_text: bool) -> Iterator[bytes]:
+    """One JSONL line per row, as `validate_rows` would read the row: a plain string is ``{"text": …}`` for the
+    tasks that take a single text. A row that is not JSON (a set, an object) becomes a line that is not JSON
+    either, so that the server names its line as malformed, as `validate_rows` would name it."""
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    batch: list[str] = []
+    size = 0
+    for row in rows:
+        obj = {"text": row} if single_text and isinstance(row, str) else row
+        try:
+            line = encode(obj)
+        except (TypeError, ValueError):
+            line = f"<not JSON: {type(row).__name__}>"
+        batch.append(line)
+        size += len(line) + 1
+        if size >= constants.HTTP_BODY_CHUNK_BYTES:
+            yield ("\n".join(batch) + "\n").encode()
+            batch, size = [], 0
+    if batch:
+        yield ("\n".join(batch) + "\n").encode()
+
+
+def _job_path(job_id: str) -> str:
+    return f"/v1/jobs/{quote(job_id, safe='')}"
+
+
+def _result_query(
+    format: str, label: str | None, min_score: float | None, failed: bool, state: ItemState | None
+) -> dict[str, str]:
+    query = {"format": format}
+    if label is not None:
+        query["label"] = label
+    if min_score is not None:
+        query["min_score"] = repr(float(min_score))
+    if failed:
+        query["failed"] = "true"
+    if state is not None:
+        query["state"] = ItemState(state).value
+    return query
+
+
+def _text_lines(response: httpx.Response) -> Iterator[str]:
+    """The answer's text cut at ``\\n`` only, each line with its ``\\n``, as `csv.reader` wants them (a quoted
+    field may hold line breaks; ``str.splitlines`` would also cut at U+2028 and others)."""
+    rest = ""
+    for text in response.iter_text():
+        rest += text
+        *lines, rest = rest.split("\n")
+        for line in lines:
+            yield line + "\n"
+    if rest:
+        yield rest
+
+
+def _row_parser(task: TaskName, header: list[str]) -> Callable[[list[str]], ResultRow]:
+    spec = TASKS[task]
+    attrs = [attr for _, attr in spec.csv_columns]
+    expected = ["index", "id", "status", *(c for c, _ in spec.csv_columns), "error_code", "error_message", "result"]
+    if header != expected:
+        raise InferqError(f"the server's CSV header {header} is not the {task.value} export's {expected}")
+    n = len(attrs)
+
+    def parse(cells: list[str]) -> ResultRow:
+        top = dict(zip(attrs, cells[3 : 3 + n], strict=True))
+        score = top.get("score")
+        values: dict[str, Any] = {}
+        for attr, cell in top.items():
+            if attr in _FLOAT_ATTRS:
+                values[attr] = float(cell) if cell else None
+            elif attr in _INT_ATTRS:
+                values[attr] = int(cell) if cell else None
+            else:  # a label or an answer: stored with its score, so empty is "" where there is a score
+                values[attr] = cell if cell or score else None
+        code, message, result = cells[3 + n :]
+        return ResultRow(
+            index=int(cells[0]),
+            id=cells[1] or None,
+            status=cells[2],
+            result=json.loads(result) if result else None,
+            error={"code": code, "message": message} if code else None,
+            task=task,
+            **values,
+        )
+
+    return parse
+
+
+def _submission(response: httpx.Response) -> Submission:
+    job = response.json()
+    total = int(job["total"])
+    return Submission(
+        job_id=job["id"],
+        total=total,
+        chunks=chunk_count(total, int(job["chunk_size"])) if job.get("chunk_size") else 0,
+        skipped=[_line_error(e) for e in job.get("skipped") or []],
+        skipped_total=int(job.get("skipped_total") or 0),
+        replayed=response.headers.get("Idempotent-Replayed", "").lower() == "true",
+    )
+
+
+def job_status(job: dict[str, Any]) -> JobStatus:
+    """A `JobStatus` from the API's job object (its ``to_json`` is the object's keys that it knows)."""
+
+    def when(value: str | None) -> dt.datetime | None:
+        return None if value is None else dt.datetime.fromisoformat(value)
+
+    created = when(job["created_at"])
+    assert created is not None
+    error = job.get("error")
+    return JobStatus(
+        id=job["id"],
+        task=job["task"],
+        model=job["model"],
+        state=JobState(job["state"]),
+        total=int(job["total"]),
+        succeeded=int(job["succeeded"]),
+        failed=int(job["failed"]),
+        params=dict(job.get("params") or {}),
+        created_at=created,
+        started_at=when(job.get("started_at")),
+        finished_at=when(job.get("finished_at")),
+        error={"code": error["code"], "message": error.get("message") or ""} if error else None,
+        tenant=job.get("tenant") or DEFAULT_TENANT,
+        metadata=dict(job.get("metadata") or {}),
+        webhook_url=job.get("webhook_url"),
+        retry_of=job.get("retry_of"),
+        chunk_size=job.get("chunk_size"),
+    )
+
+
+# -- errors ------------------------------------------------------------------------------------------------------------
+
+
+def _error_classes() -> dict[str, type[InferqError]]:
+    """Every error of `inferq.errors` by its code."""
+    found: dict[str, type[InferqError]] = {}
+    todo: list[type[InferqError]] = [InferqError]
+    while todo:
+        cls = todo.pop()
+        if cls.__module__ == "inferq.errors":
+            found.setdefault(cls.code, cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def _line_error(obj: dict[str, Any]) -> LineError:
+    return LineError(int(obj.get("line") or 0), obj.get("field"), str(obj.get("message") or ""))
+
+
+def raise_for_answer(response: httpx.Response, method: str, path: str) -> None:
+    """Nothing for a 2xx answer; otherwise the inferq error that the answer's ``{"error": {"code", "message"}}``
+    names, with the server's message. `InvalidInput` is rebuilt from the answer's ``lines`` (and ``lines_total``),
+    so that its message lists them as the database path's does. A code this client does not know: an
+    `InferqError` carrying it (a `TransientError` for a 5xx); an answer without a code (a proxy's): by its status."""
+    if response.is_success:
+        return
+    status = response.status_code
+    try:
+        error = response.json()["error"]
+        code, message = str(error["code"]), str(error.get("message") or "")
+    except (ValueError, KeyError, TypeError):
+        error, code, message = {}, "", ""
+    if not code:
+        if status == 401:
+            code, message = "unauthorized", "the server refused the API key"
+        elif status >= 500:
+            code = ServerUnavailable.code
+            message = f"the server answered {status} {response.reason_phrase} to {method} {path}"
+        else:
+            code, message = "http_error", f"the server answered {status} {response.reason_phrase} to {method} {path}"
+    cls = _error_classes().get(code)
+    exc: InferqError
+    if cls is InvalidInput:
+        lines = [_line_error(e) for e in error.get("lines") or []]
+        total = error.get("lines_total")
+        exc = InvalidInput(lines, total if isinstance(total, int) else len(lines))
+    else:
+        if cls is None:
+            cls = TransientError if status >= 500 else InferqError
+        exc = cls(message)
+        exc.code = code
+        exc.message = message
+        if code == "quota_exceeded":
+            exc.retry_after = _retry_after(response)  # type: ignore[attr-defined]
+    exc.details.update({k: v for k, v in error.items() if k not in ("code", "message", "lines", "lines_total")})
+    exc.details["status"] = status
+    raise exc
+
+
+def _retry_after(response: httpx.Response) -> int | None:
+    """The answer's ``Retry-After`` in seconds (a delay; a date is not read), if it has one."""
+    try:
+        return int(response.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
