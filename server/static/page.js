@@ -78,7 +78,8 @@ function listPage() {
   let timer = null;
 
   function query() {
-    const params = new URLSearchParams({ limit: "20" });
+    // A page of 20 jobs, or of the page's own ?limit= (1 to 100, as the API takes).
+    const params = new URLSearchParams({ limit: new URLSearchParams(location.search).get("limit") || "20" });
     const form = new FormData($("filters"));
     for (const [name, value] of form.entries()) if (value) params.set(name, value);
     const after = cursors[cursors.length - 1];

@@ -3,9 +3,10 @@
 
 Story: a tenant submits two jobs over HTTP while no worker runs yet. On the second job's page it presses *Cancel job*
 and sees the job cancelled. A worker starts; on the first job's page it sees the progress advance (the page polls)
-and the job finish, with the items/s plot drawn (a canvas with points). The job list shows both jobs. Another
-tenant's key sees neither. Screenshots go to the test's temporary directory. The server logs JSON
-(``INFERQ_LOG_FORMAT=json``): its access lines carry route templates, and no key appears in its log.
+and the job finish, with the items/s plot drawn (a canvas with points). The job list shows both jobs, a page at a
+time and filtered by state. Another tenant's key sees neither. Screenshots go to the test's temporary directory.
+The server runs two processes and logs JSON (``INFERQ_LOG_FORMAT=json``): one scrape of its ``/metrics`` agrees
+with its access lines (route templates), and no key appears in its log.
 
 Skips where Chromium or Playwright is missing (saying which); fails instead under ``CI=true``."""
 
@@ -165,6 +166,22 @@ def test_the_job_page_shows_a_job_advance_and_finish_and_cancels_another_in_a_re
         expect(page.locator(f"tr[data-job='{watched['id']}'] .state")).to_have_text("succeeded")
         expect(page.locator(f"tr[data-job='{doomed['id']}'] .state")).to_have_text("cancelled")
         page.screenshot(path=str(shots / "job-list.png"), full_page=True)
+
+        # and a page at a time: with one job a page, the newest first, then the older one, then back
+        page.goto("/?limit=1")
+        expect(page.locator(f"tr[data-job='{doomed['id']}']")).to_be_visible()
+        assert page.locator("tr[data-job]").count() == 1
+        page.click("#next")
+        expect(page.locator(f"tr[data-job='{watched['id']}']")).to_be_visible()
+        expect(page.locator("#next")).to_be_disabled()
+        page.click("#first")
+        expect(page.locator(f"tr[data-job='{doomed['id']}']")).to_be_visible()
+        # and filtered: only the cancelled one
+        page.goto("/")
+        page.select_option("#filters select[name=state]", "cancelled")
+        page.click("#filters button[type=submit]")
+        expect(page.locator(f"tr[data-job='{watched['id']}']")).to_have_count(0)
+        expect(page.locator(f"tr[data-job='{doomed['id']}']")).to_be_visible()
 
         # When another tenant's key is used (a new tab: its own sessionStorage)
         stranger = context.new_page()
