@@ -19,7 +19,8 @@ its counts (its files stay); only its share of the live gauge (``inferq_chunks_i
 one function call that finds no `WorkerMetrics` and returns; the engine asks once per chunk.
 
 **State from SQL** (`StateCollector`): jobs by state, unfinished items by queue and model, the age of the oldest
-queued chunk by queue, read on a scrape with three indexed queries and reused for ``INFERQ_METRICS_CACHE_SECONDS``.
+queued chunk by queue, webhook deliveries by state (sent by workers; the table is their record), read on a scrape
+with four queries and reused for ``INFERQ_METRICS_CACHE_SECONDS``.
 They describe the whole database: every worker shows the same values (aggregate them with ``max``, not ``sum``).
 """
 
@@ -288,6 +289,7 @@ STATE_METRICS = (
     "inferq_jobs",
     "inferq_unfinished_items",
     "inferq_oldest_queued_chunk_age_seconds",
+    "inferq_webhook_deliveries",
     "inferq_state_up",
 )
 
@@ -406,7 +408,8 @@ def _alive(pid: int) -> bool:
 
 class StateCollector:
     """The system's state from SQL, on a scrape, reused for ``cache_seconds``: ``inferq_jobs{state}``,
-    ``inferq_unfinished_items{queue,model}``, ``inferq_oldest_queued_chunk_age_seconds{queue}``, and
+    ``inferq_unfinished_items{queue,model}``, ``inferq_oldest_queued_chunk_age_seconds{queue}``,
+    ``inferq_webhook_deliveries{state}``, and
     ``inferq_state_up`` (0 when the last read failed; the other families are then left out)."""
 
     def __init__(self, sessions: sessionmaker[Session], cache_seconds: float) -> None:
@@ -448,6 +451,15 @@ class StateCollector:
         for queue, oldest in sorted(state.oldest.items()):
             age.add_metric([queue], 0.0 if oldest is None else max(0.0, now - oldest))
         yield age
+        deliveries = GaugeMetricFamily(
+            "inferq_webhook_deliveries",
+            "Webhook deliveries in the database, by state (pending, delivered, failed). Workers send them; the"
+            " table is their record, so every process that reads it shows the same numbers.",
+            labels=["state"],
+        )
+        for name, count in state.deliveries.items():
+            deliveries.add_metric([name], count)
+        yield deliveries
 
     def state(self) -> _State | None:
         """The state, read again once ``cache_seconds`` have passed since the last read (failed or not)."""
@@ -463,8 +475,8 @@ class StateCollector:
         from sqlalchemy.exc import SQLAlchemyError
 
         from inferq.errors import DatabaseUnavailable
-        from inferq.schema import Chunk, Job, as_utc
-        from inferq.states import UNFINISHED_JOB_STATES, ChunkState, JobState
+        from inferq.schema import Chunk, Job, WebhookDelivery, as_utc
+        from inferq.states import UNFINISHED_JOB_STATES, ChunkState, DeliveryState, JobState
 
         try:
             with self.sessions() as session:
@@ -486,10 +498,15 @@ class StateCollector:
                     .group_by(Job.queue)
                 ):
                     oldest[queue] = as_utc(_datetime(since)).timestamp() if since is not None else None
+                deliveries = {s.value: 0 for s in DeliveryState}
+                for delivery_state, count in session.execute(
+                    select(WebhookDelivery.state, func.count()).group_by(WebhookDelivery.state)
+                ):
+                    deliveries[_name(delivery_state)] = int(count)
         except (DatabaseUnavailable, SQLAlchemyError) as exc:
             log.warning("metrics: could not read the state from SQL: %s", exc)
             return None
-        return _State(jobs, unfinished, oldest)
+        return _State(jobs, unfinished, oldest, deliveries)
 
 
 def _datetime(value: Any) -> dt.datetime:
@@ -499,11 +516,16 @@ def _datetime(value: Any) -> dt.datetime:
 
 class _State:
     def __init__(
-        self, jobs: dict[str, int], unfinished: dict[tuple[str, str], int], oldest: dict[str, float | None]
+        self,
+        jobs: dict[str, int],
+        unfinished: dict[tuple[str, str], int],
+        oldest: dict[str, float | None],
+        deliveries: dict[str, int],
     ) -> None:
         self.jobs = jobs
         self.unfinished = unfinished
         self.oldest = oldest
+        self.deliveries = deliveries
 
 
 class MetricsServer:

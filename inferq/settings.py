@@ -135,6 +135,8 @@ class Settings(BaseSettings):
     #: reused: scrapes from several Prometheus servers, or a fast scrape interval, cost the database one set of
     #: queries per period.
     metrics_cache_seconds: float = Field(default=constants.DEFAULT_METRICS_CACHE_SECONDS, ge=0)
+    #: Whether ``inferq serve`` answers ``GET /metrics`` (Prometheus, no key needed; `server.metrics`).
+    api_metrics: bool = True
     #: Let webhook URLs reach private, loopback, link-local and other non-public addresses (a receiver on the same
     #: host or network, tests). Off: such URLs are refused at submit and at each delivery (server-side request
     #: forgery).

@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 from inferq.settings import Settings, get_settings
 from producer.client import Client
 from server import errors
 from server.deps import Runtime
-from server.routes import health, jobs, models
+from server.metrics import ApiMetrics, ObserveRequests
+from server.routes import health, jobs, models, page, progress
 
 API_VERSION = "v1"
 
@@ -23,14 +26,18 @@ API_DB_POOL_SIZE = 20
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The HTTP API on ``settings``' database and broker (see the API contract in the README)."""
+    """The HTTP API on ``settings``' database and broker (see the API contract in the README), the job pages at
+    ``/`` and its Prometheus metrics at ``/metrics`` (`server.metrics`)."""
+    metrics = ApiMetrics() if settings.api_metrics else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from inferq.celery_app import create_celery
-        from inferq.db import make_engine
+        from inferq.db import make_engine, make_sessionmaker
 
         engine = make_engine(settings, pool_size=API_DB_POOL_SIZE)
+        if metrics is not None:
+            metrics.watch_state(make_sessionmaker(engine, read_only=True), settings.metrics_cache_seconds)
         celery = create_celery(settings, name="inferq-api")
         client = Client(settings, engine=engine, celery=celery)
         # Made now, once, rather than by whichever request thread comes first (neither connects).
@@ -52,11 +59,26 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router, prefix=f"/{API_VERSION}")
+    app.include_router(progress.router, prefix=f"/{API_VERSION}")
     app.include_router(models.router, prefix=f"/{API_VERSION}")
+    app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
+    if metrics is not None:
+
+        @app.get("/metrics", include_in_schema=False)
+        def scrape() -> Response:
+            body, content_type = metrics.exposition()
+            return Response(body, media_type=content_type)
+
+    app.add_middleware(ObserveRequests, metrics=metrics)
     return app
 
 
 def app_from_environment() -> FastAPI:
     """`create_app` on the settings of the environment: the factory ``inferq serve --workers N`` hands uvicorn,
-    which imports it in each worker process."""
-    return create_app(get_settings())
+    which imports it in each worker process (and sets up its logging: uvicorn leaves it alone there)."""
+    from inferq import logs
+
+    settings = get_settings()
+    logs.configure(settings.log_format, settings.log_level.upper())
+    return create_app(settings)

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from typing import Any
 
 import click
 
@@ -20,22 +22,31 @@ def serve(host: str, port: int, workers: int, log_level: str | None) -> None:
     """Run the HTTP API (FastAPI on uvicorn); OpenAPI at /docs."""
     import uvicorn
 
+    from inferq import logs
+
     settings = get_settings()
-    level = (log_level or settings.log_level).lower()
+    level = (log_level or settings.log_level).upper()
+    # inferq's own logging (text or INFERQ_LOG_FORMAT=json, secrets redacted) for uvicorn's lines too; the access
+    # lines are the app's own (`server.metrics`: route template, status, duration), so uvicorn's are off.
+    logs.configure(settings.log_format, level)
+    common: dict[str, Any] = {"host": host, "port": port, "log_config": None, "access_log": False}
     if workers > 1:
-        # Each uvicorn worker process imports the factory and builds its own app from the environment.
-        uvicorn.run(
-            "server.app:app_from_environment",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=level,
-        )
+        if settings.api_metrics:
+            # Every server process writes its counts to files in one fresh directory; a scrape of any of them adds
+            # up all (prometheus-client's multiprocess mode). The processes inherit the variable.
+            from inferq.metrics import prepare_multiprocess
+
+            path = prepare_multiprocess()
+        try:
+            # Each uvicorn worker process imports the factory and builds its own app from the environment.
+            uvicorn.run("server.app:app_from_environment", factory=True, workers=workers, **common)
+        finally:
+            if settings.api_metrics:
+                shutil.rmtree(path, ignore_errors=True)
         return
     from server.app import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=level)
+    uvicorn.run(create_app(settings), **common)
 
 
 @click.group()

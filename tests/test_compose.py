@@ -380,6 +380,15 @@ def _yaml_file(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
+#: The scrape jobs of the workers and of the HTTP API.
+WORKERS_JOB, API_JOB = "inferq-workers", "inferq-api"
+
+
+def scrape_job(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == name]
+    return dict(job)
+
+
 def scrape_ports(config: dict[str, Any]) -> dict[str, set[int]]:
     """Per scrape job, the ports it scrapes (static ``host:port`` targets and DNS discovery's ``port``)."""
     ports: dict[str, set[int]] = {}
@@ -392,9 +401,10 @@ def scrape_ports(config: dict[str, Any]) -> dict[str, set[int]]:
     return ports
 
 
-def scrape_hosts(config: dict[str, Any]) -> set[str]:
+def scrape_hosts(config: dict[str, Any], name: str) -> set[str]:
+    """The hosts the scrape job ``name`` scrapes."""
     hosts: set[str] = set()
-    for job in config["scrape_configs"]:
+    for job in [scrape_job(config, name)]:
         for static in job.get("static_configs") or []:
             hosts |= {target.rsplit(":", 1)[0] for target in static["targets"]}
         for dns in job.get("dns_sd_configs") or []:
@@ -438,9 +448,20 @@ def test_prometheus_scrapes_every_worker_on_the_port_it_serves_metrics_on(
 
     # then every worker serves metrics, on the one port Prometheus scrapes, and every worker service is a target
     assert all(ports.values()), ports
-    scraped = set().union(*scrape_ports(config).values())
-    assert {int(p) for p in ports.values() if p} == scraped
-    assert scrape_hosts(config) == set(WORKERS)
+    assert {int(p) for p in ports.values() if p} == scrape_ports(config)[WORKERS_JOB]
+    assert scrape_hosts(config, WORKERS_JOB) == set(WORKERS)
+
+
+def test_prometheus_scrapes_the_api_on_the_port_it_serves(all_services: dict[str, dict[str, Any]]) -> None:
+    # given the scrape configuration and the api service's command
+    config = _yaml_file(PROMETHEUS_CONFIG)
+    port = option(full_command(all_services["api"]), "--port")
+
+    # then the API's scrape job reads /metrics of the api service on the port it serves on
+    job = scrape_job(config, API_JOB)
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert scrape_hosts(config, API_JOB) == {"api"}
+    assert port is not None and scrape_ports(config)[API_JOB] == {int(port)}
 
 
 def test_the_scrape_configuration_matches_the_workers_port_without_the_compose_tool() -> None:
@@ -452,7 +473,7 @@ def test_the_scrape_configuration_matches_the_workers_port_without_the_compose_t
     ports = {option(argv(compose_file["services"][w]["command"]), "--metrics-port") for w in WORKERS}
 
     # then it is the port Prometheus scrapes, and the monitoring services sit behind their profile
-    assert ports == {str(p) for p in set().union(*scrape_ports(config).values())}
+    assert ports == {str(p) for p in scrape_ports(config)[WORKERS_JOB]}
     for name in MONITORING_SERVICES:
         assert compose_file["services"][name]["profiles"] == ["monitoring"]
 
