@@ -1,10 +1,13 @@
 """The reconciler: `inferq.recovery.recover` every ``INFERQ_RECOVER_INTERVAL`` seconds, in a daemon thread of each
-worker's main process, so that chunks whose message the broker lost are re-enqueued without a human."""
+worker's main process, so that chunks whose message the broker lost are re-enqueued without a human; and, between
+those rounds, its expired-lease rule alone every half lease, so that a dead worker's chunks go back to the broker
+within a lease and a half (45 s by default)."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,7 +23,8 @@ log = logging.getLogger(__name__)
 
 class Reconciler:
     """Runs `recover` every ``settings.recover_interval`` seconds in a daemon thread (a worker's main process
-    starts one). Failures are logged and retried at the next round."""
+    starts one), and its expired-lease rule every `lease_check_interval` in between. Failures are logged and
+    retried at the next round."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], celery: Celery) -> None:
         self.settings = settings
@@ -34,7 +38,11 @@ class Reconciler:
             return
         self._thread = threading.Thread(target=self._loop, name="inferq-reconciler", daemon=True)
         self._thread.start()
-        log.info("reconciler: every %ss", self.settings.recover_interval)
+        log.info(
+            "reconciler: every %ss, expired leases every %ss",
+            self.settings.recover_interval,
+            lease_check_interval(self.settings),
+        )
 
     def stop(self, *, wait: bool = True, timeout: float = 10.0) -> None:
         """Stop after the current round; ``wait=False`` only asks (safe in a signal handler)."""
@@ -43,10 +51,19 @@ class Reconciler:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.recover_interval):
+        tick = lease_check_interval(self.settings)
+        next_full = time.monotonic() + self.settings.recover_interval
+        while not self._stop.wait(tick):
+            full = time.monotonic() >= next_full - tick / 2
             try:
-                recover(self.settings, self.sessions, self.celery)
+                recover(self.settings, self.sessions, self.celery, leases_only=not full)
             except Exception as exc:
-                log.warning(
-                    "reconciler: %s: %s; trying again in %ss", type(exc).__name__, exc, self.settings.recover_interval
-                )
+                log.warning("reconciler: %s: %s; trying again in %ss", type(exc).__name__, exc, tick)
+            if full:
+                next_full = time.monotonic() + self.settings.recover_interval
+
+
+def lease_check_interval(settings: Settings) -> float:
+    """Seconds between two looks at expired leases: half a lease (a dead worker's chunk then waits at most a lease
+    and a half), or the full rounds' interval when that is shorter; at least a second."""
+    return max(1.0, min(float(settings.recover_interval), settings.lease_seconds / 2))
