@@ -129,10 +129,17 @@ class Workers:
         log.info("started worker %s (pid %d, %s x%d)", name, proc.pid, config.pool, config.concurrency)
         return worker
 
-    def wait_ready(self, workers: list[Worker], timeout: float = 180) -> None:
+    def wait_ready(self, workers: list[Worker], timeout: float = 600) -> None:
+        """Until each worker consumes and has its models loaded (in each pool process under prefork; once under
+        the solo and threads pools, which run tasks in the main process)."""
+        last = f"loaded {self.models.split(',')[-1]} ".encode()
         deadline = time.monotonic() + timeout
         for w in workers:
-            while _READY not in w.log_path.read_bytes():
+            needed = w.config.concurrency if w.config.pool == "prefork" else 1
+            while True:
+                text = w.log_path.read_bytes()
+                if _READY in text and text.count(last) >= needed:
+                    break
                 if not w.alive:
                     raise RuntimeError(f"worker {w.name} exited:\n{w.log_path.read_text(errors='replace')[-3000:]}")
                 if time.monotonic() > deadline:
