@@ -130,12 +130,13 @@ class Workers:
         return worker
 
     def wait_ready(self, workers: list[Worker], timeout: float = 600) -> None:
-        """Until each worker consumes and has its models loaded (in each pool process under prefork; once under
-        the solo and threads pools, which run tasks in the main process)."""
+        """Until each worker consumes and has its models loaded (in each pool process under prefork, after the
+        worker says ready; the solo and threads pools load them in the main process before it does)."""
         last = f"loaded {self.models.split(',')[-1]} ".encode()
         deadline = time.monotonic() + timeout
         for w in workers:
-            needed = w.config.concurrency if w.config.pool == "prefork" else 1
+            # The solo and threads pools load their models before the worker says ready.
+            needed = w.config.concurrency if w.config.pool == "prefork" else 0
             while True:
                 text = w.log_path.read_bytes()
                 if _READY in text and text.count(last) >= needed:
