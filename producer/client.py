@@ -321,6 +321,12 @@ class Client:
         with self.sessions.begin() as session:
             if session.get(Job, job_id) is None:
                 raise JobNotFound(f"no job {job_id!r}")
+            # Locks in the order a worker's write takes them (`worker.claims`: chunks, then items, then the job),
+            # so that a cancel never waits on a write that waits on it (a deadlock, which PostgreSQL breaks by
+            # failing one of the two): the job's chunks first, which waits for any write of its chunks to commit.
+            session.execute(
+                select(Chunk.seq).where(Chunk.job_id == job_id).order_by(Chunk.job_id, Chunk.seq).with_for_update()
+            )
             cancelled = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state.in_(UNFINISHED_JOB_STATES))
