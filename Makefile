@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench soak clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,16 +27,21 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check inferq producer worker server inferq_demo migrations tests bench
-	$(BIN)/ruff format --check inferq producer worker server inferq_demo migrations tests bench
+	$(BIN)/ruff check inferq producer worker server inferq_demo migrations tests bench soak
+	$(BIN)/ruff format --check inferq producer worker server inferq_demo migrations tests bench soak
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix inferq producer worker server inferq_demo migrations tests bench
-	$(BIN)/ruff format inferq producer worker server inferq_demo migrations tests bench
+	$(BIN)/ruff check --fix inferq producer worker server inferq_demo migrations tests bench soak
+	$(BIN)/ruff format inferq producer worker server inferq_demo migrations tests bench soak
 
 bench: install
 	$(BIN)/python -m bench
+
+#: The chaos soak (not part of `make test`, which runs a one-minute version): SOAK_ARGS="--duration 600 --seed 3".
+SOAK_ARGS ?= --json soak/results/latest.json
+soak: install
+	$(BIN)/python -m soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info inferq.db* inferq-broker.db* .inferq-demo

@@ -32,11 +32,22 @@ DEFAULT_MAX_BATCH_SIZE = 128
 #: (a 10k-item chunk of long texts on a CPU), or a slow chunk would be delivered twice.
 DEFAULT_VISIBILITY_TIMEOUT = 6 * 3600
 
-#: Seconds a claimed chunk stays leased to its worker, which renews the lease every third of it while it computes.
-#: Past it, `inferq recover` (and every worker's reconciler) hands the chunk to another worker: so this bounds how
-#: long the chunk of a worker that died whole (on Redis, where nobody hands its message back) waits. Ten minutes
-#: rides out a database outage of several minutes without a needless second run.
-DEFAULT_LEASE_SECONDS = 600
+#: Seconds a claimed chunk stays leased to its worker, which renews the lease every third of it (10 s: one small
+#: UPDATE per running batch) while it computes, and every 2 s after a renewal failed. Past it, `inferq recover` (and
+#: every worker's reconciler, which looks at leases every half lease) hands the chunk to another worker: so a worker
+#: that died whole (killed, OOM, machine lost; on Redis nobody hands its message back) has its chunks back on the
+#: broker within lease + half a lease, 45 s. A live worker is never robbed of a slow chunk (it keeps renewing);
+#: a worker cut off from the database for longer than the lease may see its chunk run a second time elsewhere,
+#: which costs time but never a second result (items are written once, under row locks). Assumes the machines'
+#: clocks agree to within a few seconds (NTP).
+DEFAULT_LEASE_SECONDS = 30
+
+#: Seconds a chunk's message may sit delivered and unacknowledged on Redis, its chunk still ``queued``, before the
+#: message counts as stranded with a dead worker (`inferq.recovery`). A live worker claims a delivered chunk at
+#: once, or holds it for a retry's countdown (a minute at most) and then claims it; twice that leaves a margin. A
+#: message wrongly found stranded (a worker whose every process is busy) costs one redundant message, never a
+#: second result.
+STRANDED_MESSAGE_SECONDS = 120
 
 #: Longest input text, in characters (guards memory on both sides; a tokenizer is truncating anyway).
 DEFAULT_MAX_TEXT_CHARS = 100_000
@@ -59,9 +70,10 @@ MAX_CHUNK_ATTEMPTS = 5
 #: Queue consumed by every worker; models without a queue of their own are routed here.
 DEFAULT_QUEUE = "inferq"
 
-#: Seconds between two runs of a worker's reconciler (`inferq recover` without a human). A minute bounds how
+#: Seconds between two full runs of a worker's reconciler (`inferq recover` without a human). A minute bounds how
 #: long a job waits after its broker lost messages, and costs one indexed query (and, on Redis, one read of the
-#: queue) per worker per minute.
+#: queue) per worker per minute. Expired leases are looked for more often, every half lease (15 s by default; one
+#: indexed query of the expired running chunks), so that a dead worker's chunks are found within a minute.
 DEFAULT_RECOVER_INTERVAL = 60
 
 #: Seconds since a chunk was last enqueued before its missing message counts as lost. Covers the moment between a

@@ -7,6 +7,11 @@ SQL is the record; a broker message is only a wake-up call for one chunk. `recov
 * **lease expired**: the chunk is ``running`` and ``lease_until`` has passed. A live worker renews its lease while
   it computes (every third of ``INFERQ_LEASE_SECONDS``), so an expired lease means the worker died or lost the
   database. The chunk goes back to ``queued`` in the same statement that checks the lease, so one process wins.
+  SQL alone decides: the broker is not asked, so a dead worker's message still sitting unacknowledged in Redis
+  (handed back only after the visibility timeout, hours) does not hold the chunk up. When that old message does
+  come back, or the robbed worker was alive after all, the chunk's second run writes nothing twice: an item gets a
+  result only while it is still ``queued``, under a row lock (`worker.claims`). The reconciler applies this rule
+  every half lease (``leases_only``), the others every ``INFERQ_RECOVER_INTERVAL``.
 * **never enqueued**: the chunk is ``queued``, has no ``enqueued_at`` (the producer stored the job but could not
   send its message) and its job was created more than ``older_than`` seconds ago.
 * **message missing** (brokers whose messages can be listed: Redis): the chunk is ``queued``, was last enqueued
@@ -14,7 +19,7 @@ SQL is the record; a broker message is only a wake-up call for one chunk. `recov
   its queue nor delivered and unacknowledged. A chunk found missing is looked for again after ``grace`` seconds
   (a message may be caught between the two), and only then counts as lost.
 * **message stranded** (the same brokers): the chunk is ``queued`` and its only message was delivered,
-  unacknowledged, longer than ``INFERQ_LEASE_SECONDS`` ago. A live worker claims a delivered chunk at once (or
+  unacknowledged, longer than `STRANDED_MESSAGE_SECONDS` ago. A live worker claims a delivered chunk at once (or
   within a retry's countdown, a minute at most), which makes it ``running``: that message belongs to a worker that
   died, and Redis would hand it back only after the visibility timeout (hours).
 
@@ -39,6 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import metrics
 from inferq.brokers import listed_chunk_messages
+from inferq.constants import STRANDED_MESSAGE_SECONDS
 from inferq.errors import BrokerUnavailable
 from inferq.schema import Chunk, Job, as_utc, utcnow
 from inferq.settings import Settings
@@ -105,12 +111,15 @@ def recover(
     older_than: float | None = None,
     grace: float = RECOVER_GRACE_SECONDS,
     dry_run: bool = False,
+    leases_only: bool = False,
 ) -> Recovery:
-    """Re-enqueue every unfinished chunk whose message is gone (the rules are in this module's docstring)."""
+    """Re-enqueue every unfinished chunk whose message is gone (the rules are in this module's docstring).
+    ``leases_only``: apply the expired-lease rule alone (one indexed query of the expired running chunks; the
+    reconciler's frequent rounds)."""
     min_age = settings.recover_older_than if older_than is None else older_than
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=min_age)
-    rows = _unfinished_chunks(sessions, job_id)
+    rows = _unfinished_chunks(sessions, job_id, expired_before=now if leases_only else None)
     report = Recovery(checked=len(rows))
 
     lost: list[LostChunk] = []
@@ -123,13 +132,13 @@ def recover(
     maybe_missing = [r for r in waiting if r.enqueued_at is not None]
     if maybe_missing:
         queues = {r.queue for r in maybe_missing}
-        listed = listed_chunk_messages(celery, queues, stranded_after=settings.lease_seconds)
+        listed = listed_chunk_messages(celery, queues, stranded_after=STRANDED_MESSAGE_SECONDS)
         report.broker_listed = listed is not None
         if listed is not None:
             missing = [r for r in maybe_missing if (r.job_id, r.seq) not in listed.live]
             if missing and grace > 0:
                 time.sleep(grace)
-                listed = listed_chunk_messages(celery, queues, stranded_after=settings.lease_seconds) or listed
+                listed = listed_chunk_messages(celery, queues, stranded_after=STRANDED_MESSAGE_SECONDS) or listed
                 missing = [r for r in missing if (r.job_id, r.seq) not in listed.live]
             for r in missing:
                 stranded = (r.job_id, r.seq) in listed.stranded
@@ -148,7 +157,11 @@ def recover(
     return report
 
 
-def _unfinished_chunks(sessions: sessionmaker[Session], job_id: str | None) -> list[_Row]:
+def _unfinished_chunks(
+    sessions: sessionmaker[Session], job_id: str | None, *, expired_before: dt.datetime | None = None
+) -> list[_Row]:
+    """The queued and running chunks of unfinished jobs; with ``expired_before``, only the running ones whose lease
+    ended before it (on the ``(state, lease_until)`` index)."""
     query = (
         select(
             Chunk.job_id,
@@ -168,6 +181,11 @@ def _unfinished_chunks(sessions: sessionmaker[Session], job_id: str | None) -> l
     )
     if job_id is not None:
         query = query.where(Chunk.job_id == job_id)
+    if expired_before is not None:
+        query = query.where(
+            Chunk.state == ChunkState.RUNNING,
+            Chunk.lease_until.is_(None) | (Chunk.lease_until < expired_before),
+        )
     with sessions() as session:
         return [_Row(*r) for r in session.execute(query)]
 

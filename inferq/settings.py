@@ -103,8 +103,11 @@ class Settings(BaseSettings):
     coalesce_items: int = Field(constants.DEFAULT_COALESCE_ITEMS, ge=0, le=constants.MAX_CHUNK_SIZE)
     max_batch_size: int = Field(constants.DEFAULT_MAX_BATCH_SIZE, ge=1)
     visibility_timeout: int = Field(constants.DEFAULT_VISIBILITY_TIMEOUT, ge=60)
-    lease_seconds: int = Field(constants.DEFAULT_LEASE_SECONDS, ge=10)
-    #: Seconds between two runs of each worker's reconciler (`inferq recover`, automatic); 0 turns it off.
+    #: Seconds a claimed chunk is leased to its worker (renewed every third while it computes); a dead worker's
+    #: chunks go back to the broker once it has passed (see `inferq.constants.DEFAULT_LEASE_SECONDS`).
+    lease_seconds: int = Field(constants.DEFAULT_LEASE_SECONDS, ge=5)
+    #: Seconds between two full runs of each worker's reconciler (`inferq recover`, automatic; expired leases are
+    #: looked for every half lease, or this often if that is sooner); 0 turns it off.
     recover_interval: int = Field(constants.DEFAULT_RECOVER_INTERVAL, ge=0)
     #: A queued chunk whose message is missing is re-enqueued only once it was enqueued this long ago.
     recover_older_than: int = Field(constants.DEFAULT_RECOVER_OLDER_THAN, ge=0)

@@ -471,12 +471,18 @@ class Client:
 
     def cancel(self, job_id: str, *, tenant: str | None = None) -> JobStatus:
         """Stop a job: unfinished items become ``cancelled``; a running chunk stops at its next micro-batch.
-        Finished results stay. With ``tenant``, another tenant's job is `JobNotFound`. A job with a webhook records its ``job.cancelled`` event in the same transaction and
-        enqueues it after the commit."""
+        Finished results stay. With ``tenant``, another tenant's job is `JobNotFound`. A job with a webhook records its
+        ``job.cancelled`` event in the same transaction and enqueues it after the commit."""
         now = utcnow()
         webhooks: list[str] = []
         with self.sessions.begin() as session:
             _job_of(session, job_id, tenant)
+            # Locks in the order a worker's write takes them (`worker.claims`: chunks, then items, then the job),
+            # so that a cancel never waits on a write that waits on it (a deadlock, which PostgreSQL breaks by
+            # failing one of the two): the job's chunks first, which waits for any write of its chunks to commit.
+            session.execute(
+                select(Chunk.seq).where(Chunk.job_id == job_id).order_by(Chunk.job_id, Chunk.seq).with_for_update()
+            )
             cancelled = session.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state.in_(UNFINISHED_JOB_STATES))

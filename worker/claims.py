@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 #: Most chunks one batch takes from other jobs (each a claim and, later, a skipped message).
 MAX_MATES = 1_000
 
+#: Seconds before a lease renewal that failed (the database unreachable for a moment) is tried again: a short
+#: outage then costs no lease.
+RENEW_RETRY_SECONDS = 2.0
+
 
 class ChunkOutcome(str, Enum):
     """What one delivery of a chunk's message came to (`worker.runner.ChunkReport.outcome`)."""
@@ -311,9 +315,9 @@ def start_jobs(session: Session, job_ids: list[str], now: dt.datetime) -> None:
 
 
 class LeaseKeeper:
-    """Renews claimed chunks' leases every third of ``lease_seconds`` while they compute, in a thread, so that an
-    expired lease means a dead worker (or one cut off from the database), never a slow chunk: `inferq recover`
-    re-enqueues chunks whose lease expired."""
+    """Renews claimed chunks' leases every third of ``lease_seconds`` while they compute (every `RENEW_RETRY_SECONDS`
+    after a renewal failed), in a thread, so that an expired lease means a dead worker (or one cut off from the
+    database), never a slow chunk: `inferq recover` re-enqueues chunks whose lease expired."""
 
     def __init__(self, sessions: sessionmaker[Session], claims: list[Claim], worker: str, lease_seconds: int) -> None:
         self.sessions = sessions
@@ -335,13 +339,17 @@ class LeaseKeeper:
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        while not self._stop.wait(max(1.0, self.lease_seconds / 3)):
+        every = max(1.0, self.lease_seconds / 3)
+        wait = every
+        while not self._stop.wait(wait):
             try:
                 with self.sessions.begin() as session:
                     renew_leases(session, self.keys, self.worker, self.lease_seconds)
+                wait = every
             except Exception as exc:
                 lead = self.claims[0]
                 log.debug("job %s chunk %d: lease not renewed (%s)", lead.job_id, lead.seq, exc)
+                wait = min(every, RENEW_RETRY_SECONDS)
 
 
 def renew_leases(session: Session, keys: list[tuple[str, int]], worker: str, lease_seconds: int) -> None:

@@ -192,3 +192,25 @@ def test_on_rabbitmq_only_expired_leases_and_unsent_chunks_count(migrated_postgr
     finally:
         w.close()
         delete_queue(amqp, queue_name)
+
+
+def test_the_reconcilers_frequent_rounds_look_at_expired_leases_alone(world: World) -> None:
+    # Given a running job: chunk 0's lease expired, chunk 1 lost its message, chunk 2 was never enqueued
+    world.job(state="running")
+    for seq in range(9):
+        world.chunk(seq, enqueued_at=utcnow() - HOUR_AGO)
+    world.chunk(0, state="running", lease_until=utcnow() - dt.timedelta(seconds=1), worker="dead:1")
+    world.chunk(2, enqueued_at=None)
+    for seq in range(3, 9):
+        world.send(seq)
+
+    # When recover runs its expired-lease rule alone (the reconciler's rounds between two full ones)
+    report = world.recover(older_than=60, leases_only=True)
+
+    # Then only the expired lease was re-enqueued, without reading the broker; a full round finds the others
+    assert [(c.seq, c.reason) for c in report.requeued] == [(0, "lease_expired")]
+    assert report.checked == 1 and report.broker_listed is None
+    assert sorted((c.seq, c.reason) for c in world.recover(older_than=60).requeued) == [
+        (1, "message_missing"),
+        (2, "never_enqueued"),
+    ]

@@ -52,14 +52,14 @@ class TcpProxy:
         for writer in list(self._writers):
             transport = writer.transport
             with contextlib.suppress(Exception):
-                transport.abort()  # type: ignore[attr-defined]
+                transport.abort()
         self._writers.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
-            writer.transport.abort()  # type: ignore[attr-defined]
+            writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
 
@@ -72,7 +72,7 @@ class TcpProxy:
                 pass
             finally:
                 with contextlib.suppress(Exception):
-                    dst.transport.abort()  # type: ignore[attr-defined]
+                    dst.transport.abort()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.difference_update((writer, up_writer))

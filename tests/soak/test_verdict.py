@@ -1,0 +1,71 @@
+"""The soak's verdict can fail: a job run in-process through the real claim/write path judges clean, and each kind
+of damage a fault could do (a result changed, an item left unfinished, a result counted twice, a job stuck, a job
+that no accepted submission made) is found and counted."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from sqlalchemy import update
+
+from inferq.db import make_engine, make_sessionmaker
+from inferq.schema import Item, Job
+from inferq.settings import ModelSpec, Settings
+from inferq.task_specs import TaskName, validate_params
+from producer.client import store_job
+from producer.inputs import InputRecord
+from soak.verdict import judge
+from soak.workload import JobSpec
+from worker.model_cache import ModelCache
+from worker.runner import Runner
+from worker.tiny_models import corpus
+
+
+def test_the_verdict_finds_every_kind_of_damage(sqlite_settings: Settings, tiny_models: dict[str, Path]) -> None:
+    settings = Settings(
+        database_url=sqlite_settings.database_url,
+        broker_url=sqlite_settings.broker_url,
+        models={"m": ModelSpec(source=str(tiny_models["cls-distilbert"]), task=TaskName.CLASSIFICATION)},
+    )
+    engine = make_engine(settings)
+    sessions = make_sessionmaker(engine)
+    rows = [{"text": t} for t in corpus()[:12]]
+    specs = {}
+    runner = Runner(settings, sessions, ModelCache(settings), worker="test:1")
+    for n in range(2):
+        job_id = uuid.uuid4().hex
+        records = [InputRecord(line=i + 1, client_id=None, data=r) for i, r in enumerate(rows)]
+        with sessions.begin() as session:
+            params = validate_params(TaskName.CLASSIFICATION, {})
+            store_job(session, job_id, TaskName.CLASSIFICATION, "m", params, records, 4, settings.default_queue)
+        for seq in range(3):
+            runner.run_chunk(job_id, seq)
+        specs[job_id] = JobSpec(n, "small", "m", TaskName.CLASSIFICATION, rows)
+    first, second = specs
+
+    # Given two jobs run through the real claim and write path: the verdict is clean
+    clean = judge(settings, sessions, specs)
+    assert clean.ok and clean.items == 24 and clean.by_state["succeeded"] == 24, clean.to_json()
+
+    # When one result is changed, one item is left queued (its job's counters agreeing), one job counts a result
+    # twice, and a job nobody submitted appears
+    with sessions.begin() as session:
+        session.execute(update(Item).where(Item.job_id == first, Item.index == 3).values(score=Item.score + 1e-3))
+        session.execute(update(Item).where(Item.job_id == first, Item.index == 5).values(state="queued", result=None))
+        session.execute(update(Job).where(Job.id == first).values(succeeded=Job.succeeded - 1))
+        session.execute(update(Job).where(Job.id == second).values(succeeded=Job.succeeded + 1))
+    extra = dict(specs)
+    stray = extra.pop(second)
+    damaged = judge(settings, sessions, extra)
+
+    # Then each is found
+    assert not damaged.ok
+    assert (damaged.changed, damaged.lost, damaged.leftovers, damaged.duplicated) == (1, 1, 1, 0), damaged.problems
+    with_second = judge(settings, sessions, {**extra, second: stray})
+    assert with_second.duplicated == 1 and with_second.counter_drift == 1 and with_second.leftovers == 0
+    # And a job left unfinished is stuck
+    with sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == second).values(state="running"))
+    assert judge(settings, sessions, specs).stuck == 1
+    engine.dispose()
