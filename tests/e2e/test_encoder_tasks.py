@@ -287,7 +287,13 @@ def test_the_encoder_tasks_on_the_embedded_default(
         for row, q in zip(client.results(rer.job_id), queries, strict=True):
             want = rerank_reference(rerank_model, q["query"], q["documents"])
             assert row.result is not None
-            assert [round(g["score"], 4) for g in row.result] == [round(w["score"], 4) for w in want]
+            # Scores within the parity tolerance (rounding both to 4 places fails on a value near a boundary).
+            got_scores = {g["index"]: g["score"] for g in row.result}
+            assert sorted(got_scores) == sorted(w["corpus_id"] for w in want)
+            assert all(abs(got_scores[w["corpus_id"]] - w["score"]) <= SCORE_TOLERANCE for w in want), (
+                row.result,
+                want,
+            )
         nli = Path(encoder_models["nli-roberta"]["source"])
         for row, text in zip(client.results(zsc.job_id), texts[:20], strict=True):
             assert row.result is not None
