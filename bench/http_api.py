@@ -24,16 +24,12 @@ import logging
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +38,7 @@ import httpx
 
 from bench.measure import RssSampler, tree_rss_bytes
 from inferq.task_specs import TaskName
+from server.process import running_server
 
 log = logging.getLogger(__name__)
 
@@ -79,49 +76,6 @@ class Server:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def running_server(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
-    """``inferq serve`` on a free loopback port with ``env``; yields its URL and pid once /healthz answers."""
-    port = free_port()
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inferq.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env={**os.environ, **env, "PYTHONUNBUFFERED": "1", "INFERQ_LOG_LEVEL": "WARNING"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_READY_SECONDS
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"inferq serve exited with {proc.returncode}; log: {log_path}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"inferq serve not ready after {SERVER_READY_SECONDS}s; log: {log_path}")
-            time.sleep(0.25)
-        yield url, proc.pid
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def write_jsonl(path: Path, sentences: Sequence[str], n: int, *, min_chars: int = 0, seed: int = 0) -> int:
@@ -278,7 +232,14 @@ def bench_http(models_dir: Path, *, quick: bool = False, rounds: int = 1) -> dic
         out["logs"] = str(logs)
         log.info("http: starting a worker and inferq serve (logs in %s)", logs)
         stack.enter_context(running_worker(env, logs / "worker.log", "--models", model.name, ready_timeout=300))
-        url, pid = stack.enter_context(running_server(env, logs / "server.log"))
+        url, pid = stack.enter_context(
+            running_server(
+                {**env, "INFERQ_LOG_LEVEL": "WARNING"},
+                logs / "server.log",
+                ready_timeout=SERVER_READY_SECONDS,
+                stop_timeout=30,
+            )
+        )
         server = Server(url, pid, key)
         files = Path(tempfile.mkdtemp(prefix="inferq-bench-http-files-"))
         stack.callback(shutil.rmtree, files, ignore_errors=True)

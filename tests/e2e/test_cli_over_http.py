@@ -22,8 +22,8 @@ from inferq.errors import InvalidInput, JobNotFound, ServerUnavailable, Unauthor
 from inferq.keys import create_key
 from producer.client import Client, JobStatus
 from producer.remote import RemoteClient
+from server.process import free_port, running_server
 from tests.support.jobs import inferq_cli, sentences, settings_of
-from tests.support.server_process import free_port, running_server
 
 pytestmark = pytest.mark.services
 
@@ -44,7 +44,7 @@ def worker_extra_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server_url(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # Generous: two loaded cores may take long to import the server.
-    with running_server(worker_env, tmp_path_factory.mktemp("server") / "server.log", ready_timeout=180) as url:
+    with running_server(worker_env, tmp_path_factory.mktemp("server") / "server.log", ready_timeout=180) as (url, _):
         yield url
 
 

@@ -29,8 +29,8 @@ from inferq.task_specs import TaskName
 from producer.client import Client
 from producer.export import export_jsonl, write_csv
 from server.app import create_app
+from server.process import free_port
 from tests.server.conftest import MODEL, MakeKey, StoreJob, bearer, jsonl
-from tests.support.server_process import free_port
 
 pytestmark = pytest.mark.services
 

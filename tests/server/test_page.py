@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
+from server.process import running_server
 from tests.server.conftest import MODEL, MakeKey, bearer, jsonl
-from tests.support.server_process import running_server
 from tests.support.services import unavailable
 from worker.process import running_worker
 from worker.tiny_models import corpus
@@ -98,7 +98,7 @@ def test_the_job_page_shows_a_job_advance_and_finish_and_cancels_another_in_a_re
 
     # Two server processes: the page's requests spread over both, and one scrape must add up both processes' counts.
     with (
-        running_server(env, tmp_path / "server.log", "--workers", "2") as url,
+        running_server(env, tmp_path / "server.log", "--workers", "2") as (url, _),
         httpx.Client(base_url=url, timeout=60) as http,
     ):
         # Given two jobs of one tenant, submitted while no worker runs

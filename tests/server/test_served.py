@@ -24,10 +24,10 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.process import running_server
 from tests.reference import assert_same_labels, classification_reference
 from tests.server.conftest import MODEL, MakeKey, bearer, jsonl
 from tests.server.test_api import items_of, jobs_of
-from tests.support.server_process import running_server
 from worker.process import running_worker
 from worker.tiny_models import corpus
 
@@ -46,7 +46,7 @@ def served(api_env: dict[str, str], upload_dir: Path, tmp_path_factory: pytest.T
     logs = tmp_path_factory.mktemp("served")
     with (
         running_worker(api_env, logs / "worker.log", "--models", MODEL, "--concurrency", "1"),
-        running_server({**api_env, "TMPDIR": str(upload_dir)}, logs / "server.log") as url,
+        running_server({**api_env, "TMPDIR": str(upload_dir)}, logs / "server.log") as (url, _),
     ):
         yield url
 

@@ -1,5 +1,5 @@
-"""A real ``inferq serve`` process for tests: uvicorn on a free loopback port, its own process group, stopped
-afterwards."""
+"""A real ``inferq serve`` process started from Python and stopped again, what the tests and the benchmark run:
+uvicorn on a free loopback port, in a process group of its own."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -19,7 +20,15 @@ import httpx
 _LOG_TAIL = 5_000
 
 
+class Served(NamedTuple):
+    #: ``http://127.0.0.1:P``
+    url: str
+    #: The server's process id (the head of its process group).
+    pid: int
+
+
 def free_port() -> int:
+    """A loopback port free at the moment of asking."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -28,9 +37,9 @@ def free_port() -> int:
 @contextmanager
 def running_server(
     env: dict[str, str], log_path: Path, *args: str, ready_timeout: float = 60, stop_timeout: float = 20
-) -> Iterator[str]:
-    """``inferq serve --port P ARGS`` with ``env`` over this process's environment; yields its base URL
-    (``http://127.0.0.1:P``) once ``/healthz`` answers; SIGTERM afterwards (SIGKILL past ``stop_timeout``)."""
+) -> Iterator[Served]:
+    """``inferq serve --port P ARGS`` with ``env`` over this process's environment; yields its base URL and pid once
+    ``/healthz`` answers; SIGTERM afterwards (SIGKILL past ``stop_timeout``)."""
     port = free_port()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -54,7 +63,7 @@ def running_server(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"inferq serve not ready after {ready_timeout}s:\n{_tail(log_path)}")
             time.sleep(0.2)
-        yield url
+        yield Served(url, proc.pid)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
