@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from inferq.settings import Settings
 from producer.client import Client
+from server.process import free_port
 from tests.support.jobs import worker_env
 from tests.support.records import wait_for
 from worker.process import running_worker
@@ -61,12 +61,6 @@ def texts_for(model: Path) -> list[str]:
     for i, bad in enumerate(poison[:BAD]):
         texts.insert(5 + 13 * i, bad)
     return texts
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

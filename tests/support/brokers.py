@@ -4,7 +4,6 @@ touching the shared one."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from kombu import Connection, Queue
 
+from server.process import free_port
 from tests.support.services import AMQP_URL, _reachable, unavailable
 
 
@@ -20,12 +20,6 @@ def require_amqp() -> str:
     if not _reachable("127.0.0.1", 5672):
         unavailable("RabbitMQ is not reachable at 127.0.0.1:5672 (start it with `rabbitmq-server -detached`)")
     return AMQP_URL
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrivateRedis:
