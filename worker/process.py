@@ -28,10 +28,12 @@ def running_workers(
     cwd: Path | None = None,
     ready_timeout: float = 120,
     stop_timeout: float = 60,
+    stop_group: bool = True,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start one ``inferq worker ARGS`` per log path (``-n w<i>@%h`` when there are several), with ``env`` over
     this process's environment; wait until every one says it is ready (started side by side: each boots in
-    seconds); stop them afterwards: SIGTERM to each group (a warm shutdown), SIGKILL after ``stop_timeout``."""
+    seconds); stop them afterwards: SIGTERM to each group (a warm shutdown; to the main process alone with
+    ``stop_group=False``, which then stops its pool itself), SIGKILL to the group after ``stop_timeout``."""
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     with ExitStack() as files:
         procs = []
@@ -61,7 +63,10 @@ def running_workers(
         finally:
             for proc in procs:
                 if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    if stop_group:
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    else:
+                        os.kill(proc.pid, signal.SIGTERM)
             for proc in procs:
                 try:
                     proc.wait(timeout=stop_timeout)
@@ -72,11 +77,17 @@ def running_workers(
 
 @contextmanager
 def running_worker(
-    env: dict[str, str], log_path: Path, *args: str, cwd: Path | None = None, ready_timeout: float = 120
+    env: dict[str, str],
+    log_path: Path,
+    *args: str,
+    cwd: Path | None = None,
+    ready_timeout: float = 120,
+    stop_group: bool = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """One worker: `running_workers` with one log."""
-    with running_workers(env, [log_path], *args, cwd=cwd, ready_timeout=ready_timeout) as (proc,):
-        yield proc
+    logs = [log_path]
+    with running_workers(env, logs, *args, cwd=cwd, ready_timeout=ready_timeout, stop_group=stop_group) as procs:
+        yield procs[0]
 
 
 def _tail(path: Path) -> str:
