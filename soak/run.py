@@ -353,6 +353,8 @@ def render(summary: dict[str, Any]) -> str:
         f"  lost {v['lost']}, duplicated {v['duplicated']}, changed {v['changed']}, stuck {v['stuck']},"
         f" wrong failures {v['wrong_failures']}, leftovers {v['leftovers']}, counter drift {v['counter_drift']},"
         f" unexplained attempts {v['unexplained_attempts']}",
+        f"  results compared with the fault-free reference: {v['compared_with_reference']} (the reference ran"
+        f" {v['reference_distinct_inputs_run']} distinct inputs)",
         f"  poison items failed {v['poison_failed']}; results kept by cancelled jobs {v['cancelled_kept_results']};"
         f" given up after {MAX_CHUNK_ATTEMPTS} claims {v['given_up']}",
         f"  throughput: {t['without_faults']} items/s without faults, {t['with_faults']} with faults",

@@ -55,6 +55,8 @@ def test_a_minute_of_faults_loses_duplicates_and_changes_nothing(tmp_path: Path)
     assert verdict["stuck"] == 0 and verdict["items"] == submitted["items"] > 0
     # And nothing was lost, duplicated or changed; only poison failed; the counters and attempts add up
     assert (verdict["lost"], verdict["duplicated"], verdict["changed"]) == (0, 0, 0), verdict["problems"]
+    # (every succeeded item's result was compared with the reference's)
+    assert verdict["compared_with_reference"] == verdict["items_by_state"].get("succeeded", 0) > 0, verdict
     assert verdict["wrong_failures"] == 0 and verdict["counter_drift"] == 0 and verdict["leftovers"] == 0
     assert verdict["unexplained_attempts"] == 0, verdict["problems"]
     assert summary["ok"], verdict

@@ -47,6 +47,8 @@ def test_the_verdict_finds_every_kind_of_damage(sqlite_settings: Settings, tiny_
     # Given two jobs run through the real claim and write path: the verdict is clean
     clean = judge(settings, sessions, specs)
     assert clean.ok and clean.items == 24 and clean.by_state["succeeded"] == 24, clean.to_json()
+    # (each of the 24 results compared; the reference ran the 12 distinct texts once)
+    assert (clean.compared, clean.reference_runs) == (24, 12)
 
     # When one result is changed, one item is left queued (its job's counters agreeing), one job counts a result
     # twice, and a job nobody submitted appears
