@@ -12,7 +12,13 @@ import click
 @click.command("worker")
 @click.option("--device", default=None, help="cpu or cuda:N (default: INFERQ_DEVICE, else cpu).")
 @click.option("--models", default="", help="Comma-separated models to preload (registry names or directories).")
-@click.option("--concurrency", "-c", default=1, show_default=True, help="Worker processes (one per GPU is best).")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1),
+    default=None,
+    help="Pool processes (prefork) or threads (default: 1 on a CPU; 3 threads on a GPU, sharing one model).",
+)
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "fp16", "bf16", "int8", "auto"]),
@@ -20,7 +26,12 @@ import click
     help="Run every model at this precision (default: each model's registry setting).",
 )
 @click.option("--queues", "-Q", default="", help="Extra queues to consume, comma-separated.")
-@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
+@click.option(
+    "--pool",
+    default=None,
+    type=click.Choice(["prefork", "solo", "threads"]),
+    help="Celery pool (default: prefork on a CPU, threads on a GPU).",
+)
 @click.option("--loglevel", "-l", default=None, help="Log level (default: INFERQ_LOG_LEVEL).")
 @click.option("--hostname", "-n", default=None, help="Celery node name.")
 @click.option(
@@ -32,10 +43,10 @@ import click
 def worker_command(
     device: str | None,
     models: str,
-    concurrency: int,
+    concurrency: int | None,
     precision: str | None,
     queues: str,
-    pool: str,
+    pool: str | None,
     loglevel: str | None,
     hostname: str | None,
     metrics_port: int | None,
@@ -43,6 +54,7 @@ def worker_command(
     """Run a worker: consume the default queue and the queues of the models it preloads."""
     from inferq.model_sources import resolve_model
     from inferq.settings import Settings
+    from worker.threads import default_pool
 
     options: dict[str, Any] = {}
     if device:
@@ -60,6 +72,7 @@ def worker_command(
         options["preload"] = names
     # The environment's settings with these options over them; the pool processes inherit them when they fork.
     settings = Settings(**options)
+    pool, concurrency = default_pool(settings.device, pool, concurrency)
     # Every worker sends webhooks, from a queue of their own: an event never waits behind a backlog of chunks.
     consume = [settings.default_queue, settings.webhook_queue]
     for name in settings.preload:

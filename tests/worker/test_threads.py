@@ -1,0 +1,26 @@
+"""The pool ``inferq worker`` runs by default on each device."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.threads import DEVICE_POOL_THREADS, default_pool
+
+
+@pytest.mark.parametrize(
+    ("device", "pool", "concurrency", "expected"),
+    [
+        ("cpu", None, None, ("prefork", 1)),  # a CPU: one process taking every core
+        ("cpu", None, 2, ("prefork", 2)),  # two processes, each with half the cores
+        ("cuda:0", None, None, ("threads", DEVICE_POOL_THREADS)),  # a GPU: chunks in flight around one model
+        ("cuda:0", None, 2, ("threads", 2)),
+        ("cuda:0", "prefork", None, ("prefork", 1)),  # the options win
+        ("cuda:0", "prefork", 2, ("prefork", 2)),
+        ("cpu", "threads", None, ("threads", 1)),
+        ("cpu", "solo", None, ("solo", 1)),
+    ],
+)
+def test_the_pool_follows_the_device_unless_the_options_say(
+    device: str, pool: str | None, concurrency: int | None, expected: tuple[str, int]
+) -> None:
+    assert default_pool(device, pool, concurrency) == expected
