@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from inferq import constants
 from inferq.errors import InvalidParameter
-from inferq.task_specs import TaskName
+from inferq.task_names import TaskName
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "auto"]
 

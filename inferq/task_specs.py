@@ -2,7 +2,8 @@
 result parser, SQL and CSV columns) and the Celery message that carries a chunk.
 
 Shared by the producer (which validates what it stores) and the worker (which reads it back, typed, at claim).
-Adding a task is one `TaskSpec` here and one engine in `worker.engines`.
+Adding a task is one `TaskSpec` here, its name in `inferq.task_names` (`TaskName`, imported from here too) and one
+engine in `worker.engines`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inferq import results
 from inferq.errors import InvalidParameter
+from inferq.task_names import TaskName
 
 #: The one Celery task: run one chunk of one job. Its message carries ids only: `(job_id, chunk_seq)`.
 RUN_CHUNK = "inferq.run_chunk"
@@ -25,23 +26,6 @@ RUN_CHUNK = "inferq.run_chunk"
 #: Send one webhook delivery (`inferq.webhooks.deliver`). Its message carries the delivery's id only; it goes to
 #: `Settings.webhook_queue`.
 DELIVER_WEBHOOK = "inferq.deliver_webhook"
-
-
-class TaskName(str, Enum):
-    #: Sequence classification of single texts or text pairs (sentiment, paraphrase, NLI …).
-    CLASSIFICATION = "classification"
-    #: Extractive question answering: answer spans in a context.
-    QUESTION_ANSWERING = "question_answering"
-    #: Masked language modelling: top-k fillers for each mask token.
-    FILL_MASK = "fill_mask"
-    #: Token classification (NER): entity spans.
-    TOKEN_CLASSIFICATION = "token_classification"
-    #: Sentence embeddings, computed as sentence-transformers computes them for the model.
-    EMBEDDING = "embedding"
-    #: Cross-encoder scores of (query, document) pairs, documents ranked best first.
-    RERANK = "rerank"
-    #: Labels chosen at submit time, scored by an NLI model (entailment of "This example is {label}.").
-    ZERO_SHOT_CLASSIFICATION = "zero_shot_classification"
 
 
 class InputField(BaseModel):

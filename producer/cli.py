@@ -1,7 +1,10 @@
 """The producer's commands: submit, status, results, cancel, jobs, models.
 
 On the database and the broker (`Client`), or, with ``INFERQ_SERVER_URL`` and ``INFERQ_API_KEY`` set, through the
-HTTP API (`producer.remote.RemoteClient`, imported only then): the same flags, output and exit codes either way."""
+HTTP API (`producer.remote.RemoteClient`, imported only then): the same flags, output and exit codes either way.
+
+What a single command needs (the task table for submit, the exporters for results) is imported in that command, so
+that `inferq status` loads no more than the client and the settings."""
 
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 import click
 
 from inferq.settings import get_settings
-from inferq.task_specs import TaskName, parse_task
-from producer.client import Client, JobStatus
+from inferq.task_names import TaskName
+from producer.client import Client
 
 if TYPE_CHECKING:
+    from producer.client import JobStatus
     from producer.remote import RemoteClient
     from producer.results import ResultFilter
 
@@ -105,6 +109,8 @@ def submit(
     as_json: bool,
 ) -> None:
     """Submit FILE (JSONL or CSV, one input a line; - for stdin) as one job."""
+    from inferq.task_specs import parse_task
+
     source: Any = sys.stdin.buffer if file == "-" else Path(file)
     with _client() as client:
         sub = client.submit(

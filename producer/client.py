@@ -5,6 +5,9 @@ job = client.submit("classification", "sst2", "inputs.jsonl", params={"top_k": 2
 client.wait(job.job_id)
 for row in client.results(job.job_id, min_score=0.9):
     ...
+
+What only submitting, cancelling or reading results needs (the task table, the input reader, the webhooks, the
+result filters) is imported in the methods that use it, so that `inferq status` (one row read) does not pay for it.
 """
 
 from __future__ import annotations
@@ -39,18 +42,17 @@ from inferq.errors import (
     NothingToRetry,
     QuotaExceeded,
 )
-from inferq.model_sources import check_model, mask_tokens, resolve_model
 from inferq.schema import DEFAULT_TENANT, Chunk, Item, Job, Tenant, as_utc, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
-from inferq.task_specs import RUN_CHUNK, TASKS, TaskName, batch_key, parse_task, read_params, validate_params
-from inferq.webhooks import check_url, record_job_ends, send_deliveries
-from producer.inputs import InputRecord, Limits, iter_inputs, open_input, read_inputs, scan_inputs, validate_rows
-from producer.results import STORED_STATE, ResultFilter, ResultRow, item_rows
+from inferq.task_names import TaskName
 
 if TYPE_CHECKING:
     # Celery (and kombu) load when the client first sends, not for a status or a results read.
     from celery import Celery
+
+    from producer.inputs import InputRecord
+    from producer.results import ResultRow
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,11 @@ class Client:
         stored, again, each valid record going straight into the database. Other inputs (a pipe, Python objects)
         are validated into a list first, so their memory grows with their size. A file whose count of valid lines
         changes between the two reads is refused (`InvalidInput`) and nothing is stored."""
+        from inferq.model_sources import check_model, mask_tokens, resolve_model
+        from inferq.task_specs import parse_task, read_params, validate_params
+        from inferq.webhooks import check_url
+        from producer.inputs import Limits, iter_inputs, open_input, read_inputs, scan_inputs, validate_rows
+
         task = task if isinstance(task, TaskName) else parse_task(task)
         options = options or JobOptions()
         options = dataclasses.replace(options, metadata=check_metadata(options.metadata))
@@ -350,6 +357,8 @@ class Client:
             raise BrokerUnavailable(f"broker unreachable, nothing was submitted: {type(exc).__name__}: {exc}") from exc
 
     def _enqueue(self, job_id: str, n_chunks: int, queue: str) -> None:
+        from inferq.task_specs import RUN_CHUNK
+
         sent = 0
         try:
             with self.celery.producer_or_acquire() as producer:
@@ -429,6 +438,8 @@ class Client:
     ) -> Iterator[ResultRow]:
         """Stream the job's items in input order, filtered in SQL; never loads the job into memory. An embedding
         job's results carry their vectors, decoded from the stored bytes (`producer.vectors.exported`)."""
+        from inferq.task_specs import TASKS
+        from producer.results import STORED_STATE, ResultFilter, ResultRow, item_rows
         from producer.vectors import exported  # numpy: only for results, not for a status read
 
         task = TaskName(self.status(job_id).task)  # raises JobNotFound
@@ -473,6 +484,8 @@ class Client:
         """Stop a job: unfinished items become ``cancelled``; a running chunk stops at its next micro-batch.
         Finished results stay. With ``tenant``, another tenant's job is `JobNotFound`. A job with a webhook records its
         ``job.cancelled`` event in the same transaction and enqueues it after the commit."""
+        from inferq.webhooks import record_job_ends, send_deliveries
+
         now = utcnow()
         webhooks: list[str] = []
         with self.sessions.begin() as session:
@@ -614,6 +627,8 @@ def store_job(
 
     ``copy``: stream the items with COPY (PostgreSQL only) or insert them in batches of
     `constants.INSERT_BATCH_ROWS`; ``None`` picks COPY on PostgreSQL."""
+    from inferq.task_specs import batch_key
+
     if total is None:
         records = records if isinstance(records, Sequence) else list(records)
         total = len(records)
