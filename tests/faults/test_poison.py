@@ -143,3 +143,25 @@ def test_a_chunk_that_kills_its_worker_every_time_is_given_up(
 
 def _claimed(record: Record, job_id: str, attempts: int) -> Chunk | None:
     return next((c for c in record.chunks(job_id) if c.attempts == attempts and c.state == "running"), None)
+
+
+def test_a_run_whose_every_item_is_poison_gives_each_its_error(broken_model: Path) -> None:
+    # (found by the soak: its reference ran a handful of poison texts alone, and postprocess met no outputs at all)
+    from inferq.settings import ModelSpec, Settings
+    from inferq.task_specs import TaskName
+    from worker.model_cache import ModelCache
+
+    # Given the broken model's engine, and only texts that poison it
+    settings = Settings(models={"broken": ModelSpec(source=str(broken_model), task=TaskName.CLASSIFICATION)})
+    engine = ModelCache(settings).engine("broken", TaskName.CLASSIFICATION)
+    _, poison = split_corpus(broken_model)
+
+    # When a run holds nothing else
+    outcomes = engine.run([{"text": t} for t in poison[:6]], {})
+
+    # Then each item gets the inference error, and nothing else is raised
+    assert len(outcomes) == 6
+    for outcome in outcomes:
+        assert outcome is not None and not outcome.ok
+        assert outcome.error is not None and outcome.error.code == "inference_error"
+        assert "IndexError" in str(outcome.error)

@@ -158,7 +158,11 @@ class Engine(ABC, Generic[P]):
             )
         if clock is not None:
             clock.lap("forward")
-        results: list[Outcome | None] = list(self.postprocess(inputs, features, outputs, params))
+        # Postprocess reads what ran; when nothing did (every feature failed, or a stop before the first micro-batch)
+        # there is nothing to read, and each item's failure or absence is set below.
+        results: list[Outcome | None] = (
+            list(self.postprocess(inputs, features, outputs, params)) if outputs.batches else [None] * len(inputs)
+        )
         if recorder is not None:
             recorder.micro_batches_ran(self.task, self.loaded.name, features.lengths, outputs.batches)
         # An item any of whose features failed gets the error, whatever postprocess made of the rest.
