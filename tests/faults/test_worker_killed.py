@@ -22,7 +22,7 @@ from tests.support.jobs import client_for, pid_of, sentences, worker_env
 from tests.support.records import Record, wait_for
 from worker.process import running_worker, running_workers
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 #: Items per chunk: a couple of seconds of the slow model, so that a kill lands mid-chunk.
 CHUNK = 300
@@ -148,16 +148,21 @@ def test_a_live_worker_whose_chunk_outlasts_its_lease_keeps_it(
 ) -> None:
     # Given a worker of two pool processes with a short lease and its reconciler looking every second, so that a
     # chunk whose lease lapsed would be re-enqueued at once and taken by the idle process
-    lease = 5
+    lease, recover_interval = 5, 1
     env = worker_env(
-        migrated_postgres, redis_server.url, queue_name, fault_registry, lease_seconds=lease, recover_interval=1
+        migrated_postgres,
+        redis_server.url,
+        queue_name,
+        fault_registry,
+        lease_seconds=lease,
+        recover_interval=recover_interval,
     )
     with (
         running_worker(env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "2"),
         client_for(env) as client,
     ):
-        # When it runs one chunk that takes several leases
-        job_id = client.submit("classification", "slow", sentences(8 * CHUNK), chunk_size=8 * CHUNK).job_id
+        # When it runs one chunk that outlasts its lease
+        job_id = client.submit("classification", "slow", sentences(10 * CHUNK), chunk_size=10 * CHUNK).job_id
         status = client.wait(job_id, timeout=180)
 
     # Then the chunk ran once, in one process, its items once each: nobody took it from its live worker
@@ -165,7 +170,8 @@ def test_a_live_worker_whose_chunk_outlasts_its_lease_keeps_it(
     job = record.job(job_id)
     assert job.started_at is not None and job.finished_at is not None
     took = (job.finished_at - job.started_at).total_seconds()
-    assert took > 2 * lease, f"the chunk took {took:.1f}s, not longer than its lease: the test proves nothing"
+    # (long enough that a lease never renewed would have lapsed and been seen by two reconciler rounds)
+    assert took > lease + 2 * recover_interval, f"the chunk took {took:.1f}s, within its lease: this proves nothing"
     items = record.assert_every_item_once(job_id)
     (chunk,) = record.chunks(job_id)
     assert chunk.attempts == 1
