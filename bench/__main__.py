@@ -398,6 +398,10 @@ def targets(run: Run, args: argparse.Namespace) -> list[Target]:
         from inferq import constants
 
         out.extend(sim_targets(run.sim, constants.DEFAULT_CHUNK_SIZE))
+        if run.sim.get("pools"):
+            from bench.pools import pools_target
+
+            out.append(pools_target(run.sim["pools"]))
     ms = run.measurements
     for task in args.task_list:
         if task in SYSTEM_OVER_REFERENCE:
@@ -605,6 +609,10 @@ def render(run: Run, args: argparse.Namespace, info: dict[str, Any], checks: lis
             "computing time over that. Stages: worker.stages; gap: between two chunks of the job in one process "
             f"(broker round trip, Celery); worker logs under {run.sim['worker_logs']}."
         )
+        if run.sim.get("pools"):
+            from bench.pools import pools_line
+
+            lines.append(pools_line(run.sim["pools"]))
         lines.append("")
     if not run.measurements:
         lines.extend(t.line() for t in checks)
@@ -803,6 +811,8 @@ def main_http(args: argparse.Namespace, argv: list[str] | None) -> int:
 
 def bench_sim(run: Run, args: argparse.Namespace) -> None:
     """The whole system on the simulated device (`bench.simulated`)."""
+    from bench.pools import ITEMS as POOL_ITEMS
+    from bench.pools import bench_pools
     from bench.simulated import ITEMS, ROUNDS, bench_simulated
     from bench.system import ServicesUnavailable
 
@@ -811,9 +821,9 @@ def bench_sim(run: Run, args: argparse.Namespace) -> None:
     rounds = args.rounds or ROUNDS[1 if args.quick else 0]
     log.info("simulated device: %d items a job, %d round(s)", n, rounds)
     try:
-        run.sim = bench_simulated(
-            model, items_for(TaskName.CLASSIFICATION, n, args.seed), params_for(model.task), rounds=rounds
-        )
+        items = items_for(TaskName.CLASSIFICATION, n, args.seed)
+        run.sim = bench_simulated(model, items, params_for(model.task), rounds=rounds)
+        run.sim["pools"] = bench_pools(model, items[:POOL_ITEMS], params_for(model.task), rounds=max(2, rounds))
     except ServicesUnavailable as exc:
         run.skipped.append(f"simulated device: {exc}")
 

@@ -1,7 +1,7 @@
 """The whole system on a simulated accelerator (``python -m bench --tasks sim``): what keeps a fast device busy.
 
-A real ``inferq worker`` (one process; one process of two threads sharing the loaded model; two processes; one
-device for all of them) runs the benchmark's classification items on
+A real ``inferq worker`` (one process; one process of three threads sharing the loaded model, the default on an
+accelerator; two processes; one device for all of them) runs the benchmark's classification items on
 `worker.engines.simulated` at device speeds of 2,000 and 10,000 items/s and on the null device (no time: the
 control plane's ceiling); everything but the forward pass is the real thing (Redis, PostgreSQL, claim, read,
 tokenize, postprocess, write, commit). Per job: items/s, the device's busy fraction (its computing time over the
@@ -33,6 +33,7 @@ from bench.models import BenchModel
 from bench.report import Target
 from inferq.task_specs import TaskName, read_params
 from worker.stages import STAGES, parse_stages
+from worker.threads import DEVICE_POOL_THREADS
 
 log = logging.getLogger("bench")
 
@@ -59,12 +60,14 @@ class Pool:
         return f"{self.concurrency} process{'es' if self.concurrency > 1 else ''}"
 
 
-#: One process; one process whose two threads share the loaded model (one's CPU work overlaps the other's forward);
-#: two processes sharing the device.
-POOLS = (Pool("prefork", 1), Pool("threads", 2), Pool("prefork", 2))
+#: One process running one chunk at a time; one process whose threads share the loaded model (the default on an
+#: accelerator: one chunk's CPU work overlaps another's forward); two processes sharing the device.
+POOLS = (Pool("prefork", 1), Pool("threads", DEVICE_POOL_THREADS), Pool("prefork", 2))
 
-#: Items per job (full, quick), and rounds.
-ITEMS = (4096, 2048)
+#: Items per job (full, quick), and rounds: a job of many chunks, so that the pipeline's filling and draining (the
+#: first chunk's CPU work before the device has anything, the last one's write after) weigh little, as in the
+#: large jobs inferq is for.
+ITEMS = (16_384, 4096)
 ROUNDS = (3, 1)
 
 #: The issue's targets.
