@@ -480,14 +480,17 @@ def test_the_scrape_configuration_matches_the_workers_port_without_the_compose_t
 
 def test_every_metric_the_dashboard_queries_is_one_the_code_exports() -> None:
     from inferq.metrics import STATE_METRICS, WORKER_METRICS
+    from server.metrics import API_METRICS
 
-    # given the dashboard and the names the metrics module exports
+    # given the dashboard and the names the workers, the state collector and the API export
     dashboard = json.loads((GRAFANA / "dashboards" / "inferq.json").read_text())
     used = dashboard_metrics(dashboard)
+    exported = set(WORKER_METRICS) | set(STATE_METRICS) | set(API_METRICS)
 
-    # then it queries something, and nothing the code does not export
+    # then it queries something of each, and nothing the code does not export
     assert len(used) >= 10, used
-    assert used <= set(WORKER_METRICS) | set(STATE_METRICS), used - set(WORKER_METRICS) - set(STATE_METRICS)
+    assert used <= exported, used - exported
+    assert used & set(API_METRICS) == set(API_METRICS) and "inferq_webhook_deliveries" in used
 
 
 def test_the_dashboard_reads_the_provisioned_prometheus_data_source() -> None:
