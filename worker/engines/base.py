@@ -158,10 +158,12 @@ class Engine(ABC, Generic[P]):
             )
         if clock is not None:
             clock.lap("forward")
-        # Postprocess reads what ran; when nothing did (every feature failed, or a stop before the first micro-batch)
-        # there is nothing to read, and each item's failure or absence is set below.
+        # Postprocess reads what ran. Where there were features and none ran (every one failed, or a stop before the
+        # first micro-batch) there is nothing to read, and each item's failure or absence is set below; where there
+        # were none at all (parameters no input can run with), postprocess says why for each item.
+        ran_any = bool(outputs.batches) or len(features) == 0
         results: list[Outcome | None] = (
-            list(self.postprocess(inputs, features, outputs, params)) if outputs.batches else [None] * len(inputs)
+            list(self.postprocess(inputs, features, outputs, params)) if ran_any else [None] * len(inputs)
         )
         if recorder is not None:
             recorder.micro_batches_ran(self.task, self.loaded.name, features.lengths, outputs.batches)
