@@ -80,6 +80,17 @@ def migrated_postgres(postgres_url: str) -> str:
 
 
 @pytest.fixture
+def own_postgres() -> Iterator[str]:
+    """A migrated PostgreSQL database of this test's own, dropped afterwards, for a test that must not meet other
+    tests' jobs: the reconciler, `inferq recover` and the webhook sender act on every job of their database."""
+    from inferq import migrate
+
+    with fresh_postgres_database() as url:
+        migrate.upgrade(Settings(database_url=url))
+        yield url
+
+
+@pytest.fixture
 def sqlite_settings(tmp_path: Path) -> Settings:
     from inferq import migrate
 

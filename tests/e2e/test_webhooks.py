@@ -29,7 +29,6 @@ from producer.client import Client, JobOptions
 from tests.support.brokers import private_redis, ready_messages
 from tests.support.jobs import sentences, settings_of, worker_env
 from tests.support.records import wait_for
-from tests.support.services import fresh_postgres_database
 from tests.support.webhook_receiver import Received, Receiver
 from tests.support.worker_process import worker_log
 from worker.process import running_worker
@@ -213,18 +212,6 @@ def test_a_job_that_fails_as_a_whole_sends_job_failed(hooks_client: Client) -> N
     event = json.loads(call.body)
     assert (event["type"], event["data"]["state"], event["data"]["failed"]) == ("job.failed", "failed", 2)
     assert event["data"]["error"]["code"] == "model_load_error"
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[str]:
-    """A migrated PostgreSQL database of this test's own, dropped afterwards: every worker's reconciler sends the
-    due deliveries of its database, so on the shared one a worker of another test could send (or try) this
-    test's, and this test's could be left for theirs."""
-    from inferq import migrate
-
-    with fresh_postgres_database() as url:
-        migrate.upgrade(Settings(database_url=url))
-        yield url
 
 
 def test_a_worker_killed_before_delivering_loses_no_event(

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from inferq import migrate
-from inferq.settings import Settings
 from tests.support.brokers import PrivateRedis, ready_messages
 from tests.support.jobs import client_for, inferq_cli, sentences, worker_env
 from tests.support.records import Record, wait_for
-from tests.support.services import fresh_postgres_database
 from tests.support.worker_process import worker_log
 from worker.process import running_worker
 
@@ -28,12 +24,10 @@ CHUNKS = 6
 
 
 @pytest.fixture
-def migrated_postgres() -> Iterator[str]:
-    """A database of this test's own: `inferq recover` and the reconciler act on every job of their database, and
-    what earlier tests left there (a cancelled job's queued chunks) would be re-enqueued too."""
-    with fresh_postgres_database() as url:
-        migrate.upgrade(Settings(database_url=url))
-        yield url
+def migrated_postgres(own_postgres: str) -> str:
+    """This module's tests on a database of their own: `inferq recover` and the reconciler act on every job of their
+    database, and what earlier tests left there (a cancelled job's queued chunks) would be re-enqueued too."""
+    return own_postgres
 
 
 def stall_after_a_redis_restart(record: Record, redis_server: PrivateRedis, job_id: str) -> int:

@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,6 @@ from inferq.webhooks import (
 from producer.client import Client, JobOptions, store_job
 from producer.inputs import InputRecord
 from tests.support.brokers import delete_queue, ready_messages
-from tests.support.services import fresh_postgres_database
 from tests.support.webhook_receiver import Receiver
 from worker.claims import finish_jobs_if_complete
 
@@ -456,18 +454,6 @@ def test_two_senders_at_once_post_once(sqlite_settings: Settings, sessions: sess
     assert len(receiver.received) == 1
     with sessions() as session:
         assert session.get_one(WebhookDelivery, delivery_id).state == DeliveryState.DELIVERED
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[str]:
-    """A migrated PostgreSQL database of this test's own, dropped afterwards: every worker's reconciler sends the
-    due deliveries of its database, so on the shared one a worker of another test could send (or try) this
-    test's, and this test's could be left for theirs."""
-    from inferq import migrate
-
-    with fresh_postgres_database() as url:
-        migrate.upgrade(Settings(database_url=url))
-        yield url
 
 
 @pytest.mark.services
