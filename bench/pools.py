@@ -64,14 +64,12 @@ def bench_pools(
                     log.info("  pools: --concurrency %d, round %d: %.1f items/s", concurrency, r + 1, rate)
     finally:
         os.environ.update({k: v for k, v in saved.items() if v is not None})
-    best = {c: max(v) for c, v in per_round.items()}
     return {
         "items": len(items),
         "chunk_size": CHUNK,
         "model": model.name,
         "cores": len(os.sched_getaffinity(0)),
         "items_per_second": {str(c): v for c, v in per_round.items()},
-        "best": {str(c): v for c, v in best.items()},
         "worker_logs": str(logs),
     }
 
@@ -86,7 +84,7 @@ def pools_line(result: dict[str, Any]) -> str:
 
 
 def pools_target(result: dict[str, Any]) -> Target:
-    best = result["best"]
+    best = {c: max(rates) for c, rates in result["items_per_second"].items()}
     return Target(
         "pools: --concurrency 2 / --concurrency 1 (best rounds, real forward, default thread policy)",
         best["2"] / best["1"],

@@ -14,7 +14,6 @@ def result(one: list[float], two: list[float]) -> dict[str, Any]:
         "model": "bench-cls",
         "cores": 2,
         "items_per_second": {"1": one, "2": two},
-        "best": {"1": max(one), "2": max(two)},
     }
 
 

@@ -161,9 +161,9 @@ class Engine(ABC, Generic[P]):
         # Postprocess reads what ran. Where there were features and none ran (every one failed, or a stop before the
         # first micro-batch) there is nothing to read, and each item's failure or absence is set below; where there
         # were none at all (parameters no input can run with), postprocess says why for each item.
-        ran_any = bool(outputs.batches) or len(features) == 0
+        none_ran = len(features) > 0 and not outputs.batches
         results: list[Outcome | None] = (
-            list(self.postprocess(inputs, features, outputs, params)) if ran_any else [None] * len(inputs)
+            [None] * len(inputs) if none_ran else list(self.postprocess(inputs, features, outputs, params))
         )
         if recorder is not None:
             recorder.micro_batches_ran(self.task, self.loaded.name, features.lengths, outputs.batches)
