@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from inferq.db import make_engine, make_sessionmaker
+from inferq.errors import InferenceError
 from inferq.schema import Chunk, Item
 from inferq.settings import Settings
+from inferq.states import ItemState
 from tests.reference import assert_same_labels, classification_reference
 from tests.worker.jobs import a_job, job_row
+from worker.claims import Claim, claim_chunk, write_results
+from worker.engines.base import Outcome
 from worker.runner import Runner
 from worker.tiny_models import corpus
 
@@ -110,3 +116,39 @@ def test_a_cancelled_job_runs_no_more_chunks(runner: Runner) -> None:
     states = [r.status for r in client.results(job_id)]
     assert states == ["succeeded"] * 10 + ["cancelled"] * 20
     client.close()
+
+
+def test_every_outcome_column_is_stored_exactly(runner: Runner) -> None:
+    # Given a claimed chunk of four items and outcomes that fill every column an outcome sets: unicode and quotes in
+    # the result and the text columns, a score that only its full repr keeps, a vector's raw bytes, an error
+    job_id = a_job(runner, "cls-distilbert", ["a", "b", "c", "d"], chunk_size=4)
+    with runner.sessions.begin() as session:
+        claim = claim_chunk(session, job_id, 0, worker="w", lease_seconds=60)
+    assert isinstance(claim, Claim)
+    result = {"labels": ['정답 "q"', "b\\n"], "scores": [0.1 + 0.2, 1e-300], "nested": {"k": [None, True]}}
+    vector = np.arange(7, dtype="<f4").tobytes() + b"\x00\xff"
+    outcomes: list[Outcome | None] = [
+        Outcome(result=result, label='정답 "q"', score=0.1 + 0.2, answer="ans\\wer\n", start_char=3, end_char=9),
+        Outcome(result={"dim": 2}, entity_count=5, vector=vector),
+        Outcome.failure(InferenceError("item 3: bad 'text' ✗ " + "x" * 3000)),
+        None,
+    ]
+
+    # When they are written on PostgreSQL (one statement for the items)
+    with runner.sessions.begin() as session:
+        written = write_results(session, [claim], [outcomes])
+
+    # Then every column reads back equal to what the outcome said, the result as the JSON text SQLAlchemy writes,
+    # and the item without an outcome stays queued
+    assert written.chunks[0].succeeded == 2 and written.chunks[0].failed == 1
+    with runner.sessions() as session:
+        items = session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.index)).all()
+        raw = session.execute(
+            text("SELECT result::text FROM items WHERE job_id = :j AND index = 0"), {"j": job_id}
+        ).scalar_one()
+    assert raw == json.dumps(result)
+    for item, outcome in zip(items[:3], outcomes[:3], strict=True):
+        assert outcome is not None
+        for name, value in outcome.columns().items():
+            assert getattr(item, name) == value, (item.index, name)
+    assert items[3].state == ItemState.QUEUED and items[3].result is None

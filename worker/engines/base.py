@@ -29,6 +29,9 @@ from worker.stages import StageClock
 #: The `Item` columns of a top result (`TaskSpec.top_columns` names those a task fills), and of a vector.
 RESULT_COLUMNS = ("label", "score", "answer", "start_char", "end_char", "entity_count", "vector")
 
+#: Every `Item` column an outcome sets, in the order of `Outcome.values`.
+OUTCOME_COLUMNS = ("state", "result", *RESULT_COLUMNS, "error_code", "error_message")
+
 #: Characters of an error's message stored on its item: enough for an exception's first lines, while a huge
 #: message (an input echoed back) does not bloat every failed row.
 ERROR_MESSAGE_CHARS = 2000
@@ -60,14 +63,38 @@ class Outcome:
 
     def columns(self) -> dict[str, Any]:
         """The item's columns this outcome sets: its state, result and top-result columns, or error."""
+        return dict(zip(OUTCOME_COLUMNS, self.values(), strict=True))
+
+    def values(self) -> tuple[Any, ...]:
+        """`columns`' values, in `OUTCOME_COLUMNS` order."""
         error = self.error
-        return {
-            "state": ItemState.SUCCEEDED if error is None else ItemState.FAILED,
-            "result": self.result if error is None else None,
-            **{name: getattr(self, name) if error is None else None for name in RESULT_COLUMNS},
-            "error_code": error.code if error is not None else None,
-            "error_message": error.message[:ERROR_MESSAGE_CHARS] if error is not None else None,
-        }
+        if error is None:
+            return (
+                ItemState.SUCCEEDED,
+                self.result,
+                self.label,
+                self.score,
+                self.answer,
+                self.start_char,
+                self.end_char,
+                self.entity_count,
+                self.vector,
+                None,
+                None,
+            )
+        return (
+            ItemState.FAILED,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            error.code,
+            error.message[:ERROR_MESSAGE_CHARS],
+        )
 
 
 P = TypeVar("P", bound=TaskParams)
