@@ -37,6 +37,10 @@ class ModelSpec(BaseModel):
     revision: str | None = None
     #: Padded tokens per micro-batch; ``None`` takes the settings' default.
     max_batch_tokens: int | None = None
+    #: Items per chunk of this model's jobs where a submission names none; ``None`` takes the settings'
+    #: ``chunk_size``. Larger for a model served on a fast accelerator, where each chunk's fixed cost (claim,
+    #: write, commit, the broker) must stay small beside its forward pass (README, "Speed").
+    chunk_size: ChunkSize | None = None
     #: One line for `inferq models`.
     description: str = ""
 
@@ -207,11 +211,11 @@ class Settings(BaseSettings):
         """The queue of a model's jobs: its own, else the default queue."""
         return spec.queue or self.default_queue
 
-    def chunk_size_for(self, requested: int | None) -> int:
+    def chunk_size_for(self, requested: int | None, spec: ModelSpec | None = None) -> int:
         """A job's chunk size: ``requested`` when given (`InvalidParameter` outside `ChunkSize`'s range), else
-        ``chunk_size``. ``0`` counts as not given."""
+        its model's (``spec.chunk_size``), else ``chunk_size``. ``0`` counts as not given."""
         if not requested:
-            return self.chunk_size
+            return spec.chunk_size if spec is not None and spec.chunk_size is not None else self.chunk_size
         try:
             return _CHUNK_SIZE.validate_python(requested)
         except ValidationError:

@@ -275,7 +275,7 @@ class Client:
         full_params = validate_params(task, dict(params or {}))
         typed = read_params(task, full_params)
         check_model(spec, task, typed)
-        size = self.settings.chunk_size_for(chunk_size)
+        size = self.settings.chunk_size_for(chunk_size, spec)
         limits = Limits(max_text_chars=self.settings.max_text_chars, max_items=self.settings.max_items)
         masks = mask_tokens(spec)
         with ExitStack() as stack:

@@ -52,6 +52,21 @@ def test_a_jobs_chunk_size_and_queue_come_from_the_settings_unless_its_own() -> 
     assert settings.queue_of(settings.models["a"]) == "q"
 
 
+def test_a_models_own_chunk_size_is_its_jobs_default() -> None:
+    # Given a model served on a fast device, whose registry entry names larger chunks, beside one that does not
+    settings = Settings(chunk_size=100, models={"gpu": {"source": "x", "chunk_size": 1024}, "cpu": "y"})
+
+    # Then its jobs take its chunk size unless they name their own; the other model's take the settings'
+    assert settings.chunk_size_for(None, settings.models["gpu"]) == 1024
+    assert settings.chunk_size_for(0, settings.models["gpu"]) == 1024
+    assert settings.chunk_size_for(7, settings.models["gpu"]) == 7
+    assert settings.chunk_size_for(None, settings.models["cpu"]) == 100
+    # And a registry entry's chunk size is held to the same range as any other
+    for bad in (0, constants.MAX_CHUNK_SIZE + 1):
+        with pytest.raises(ValidationError, match="chunk_size"):
+            Settings(models={"gpu": {"source": "x", "chunk_size": bad}})
+
+
 @pytest.mark.parametrize(
     ("value", "names"),
     [

@@ -197,3 +197,31 @@ def test_a_database_failure_mid_copy_stores_nothing(
     assert "nothing was submitted" in str(raised.value)
     assert stored(settings.database_url) == before
     assert redis.Redis.from_url(redis_url).llen(queue_name) == 0
+
+
+def test_a_models_chunk_size_shapes_its_jobs_unless_the_submission_names_one(
+    migrated_postgres: str, redis_url: str, queue_name: str
+) -> None:
+    # Given a model whose registry entry names chunks of 4 (a model served on a fast device names larger ones)
+    settings = Settings(
+        database_url=migrated_postgres,
+        broker_url=redis_url,
+        default_queue=queue_name,
+        chunk_size=256,
+        models={"fast": ModelSpec(source="/nonexistent/model", task=TaskName.CLASSIFICATION, chunk_size=4)},
+    )
+    rows = [{"text": f"line {i}"} for i in range(10)]
+
+    # When a job is submitted without a chunk size, and another with its own
+    with Client(settings) as client:
+        by_model = client.submit("classification", "fast", rows)
+        by_request = client.submit("classification", "fast", rows, chunk_size=5)
+
+    # Then the first is cut in the model's chunks, the second in its own, each chunk one message
+    engine = make_engine(settings)
+    with engine.connect() as conn:
+        for job_id, size, chunks in ((by_model.job_id, 4, 3), (by_request.job_id, 5, 2)):
+            assert conn.scalar(select(Job.chunk_size).where(Job.id == job_id)) == size
+            assert conn.scalar(select(func.count()).select_from(Chunk).where(Chunk.job_id == job_id)) == chunks
+    engine.dispose()
+    assert redis.Redis.from_url(redis_url).llen(queue_name) == 5
