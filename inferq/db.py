@@ -41,12 +41,19 @@ def is_transient_db_error(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
+#: SQLSTATE class of a transaction the server rolled back (a deadlock, a serialization failure): the database is
+#: there, and the transaction is retried like any transient failure, under a message that says what happened.
+_ROLLED_BACK_CLASS = "40"
+
+
 def database_unavailable(exc: DBAPIError) -> DatabaseUnavailable:
     """``exc`` as inferq's error: the driver's first line as the reason, never the statement or the URL."""
     kind = type(exc.orig if exc.orig is not None else exc).__name__
     lines = str(exc.orig).splitlines() if exc.orig is not None else []
     reason = lines[0] if lines else kind
-    return DatabaseUnavailable(f"database unreachable: {reason}", reason=reason, kind=kind)
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    what = "transaction rolled back" if sqlstate.startswith(_ROLLED_BACK_CLASS) else "unreachable"
+    return DatabaseUnavailable(f"database {what}: {reason}", reason=reason, kind=kind)
 
 
 def _raise_unavailable(context: ExceptionContext) -> None:

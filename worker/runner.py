@@ -236,9 +236,10 @@ class Runner:
                     raise
                 metrics.database_retry("write")
                 log.warning(
-                    "job %s chunk %d: database unreachable while storing results (%s); trying again in %.0fs",
+                    "job %s chunk %d: results not stored, %s (%s); trying again in %.0fs",
                     claims[0].job_id,
                     claims[0].seq,
+                    exc.message,
                     exc.kind,
                     delay,
                 )

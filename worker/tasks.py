@@ -42,10 +42,11 @@ def register_tasks(app: Celery, get_runner: Callable[[], Runner]) -> None:
             metrics.chunk_delivered("retried")
             if isinstance(exc, DatabaseUnavailable):
                 metrics.database_retry("chunk")
-            # The database's failures arrive as DatabaseUnavailable (`inferq.db`); the log names the driver's error.
+            # The database's failures arrive as DatabaseUnavailable (`inferq.db`): unreachable, or a transaction it
+            # rolled back (a deadlock); the log says which, and names the driver's error.
             what = exc.kind if isinstance(exc, DatabaseUnavailable) else type(exc).__name__
             countdown = backoff(int(self.request.retries or 0), RETRY_BASE_SECONDS, RETRY_MAX_SECONDS)
-            log.warning("job %s chunk %s: %s; retrying in %ss", job_id, seq, what, countdown)
+            log.warning("job %s chunk %s: %s (%s); retrying in %ss", job_id, seq, exc.message, what, countdown)
             raise self.retry(exc=exc, countdown=countdown) from exc
         metrics.chunk_delivered(report.outcome)
         if report.webhooks:

@@ -71,8 +71,9 @@ def test_a_database_outage_mid_job_is_waited_out_and_the_job_completes(
     # And the worker waited the outage out with backoff: the chunk computed during it was kept and stored once the
     # database came back; the chunks that could not even be claimed were retried by Celery
     log = worker_log(tmp_path / "worker.log")
-    assert "database unreachable while storing results (OperationalError); trying again in 2s" in log, log
-    assert "OperationalError; retrying in 2s" in log, log
+    assert "results not stored, database unreachable: " in log, log
+    assert "(OperationalError); trying again in 2s" in log, log
+    assert "(OperationalError); retrying in 2s" in log, log
 
 
 def test_submit_while_the_database_is_unreachable_stores_and_enqueues_nothing(

@@ -3,7 +3,9 @@ from __future__ import annotations
 import inspect
 import pickle
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -56,3 +58,41 @@ def test_database_unavailable_survives_a_pickle_as_a_celery_retry_carries_it() -
     err = errors.DatabaseUnavailable("database unreachable: gone", reason="gone", kind="OperationalError")
     copy = pickle.loads(pickle.dumps(err))
     assert (copy.message, copy.reason, copy.kind, copy.code) == (err.message, "gone", "OperationalError", err.code)
+
+
+@pytest.mark.services
+def test_a_deadlock_is_retried_as_transient_and_named_as_such(migrated_postgres: str) -> None:
+    # Given two transactions that each hold a row lock the other one wants
+    engine = make_engine(Settings(database_url=migrated_postgres))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE deadlock_t (x INTEGER PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO deadlock_t VALUES (1), (2)"))
+    first, second = engine.connect(), engine.connect()
+    first.begin(), second.begin()
+    first.execute(text("UPDATE deadlock_t SET x = x WHERE x = 1"))
+    second.execute(text("UPDATE deadlock_t SET x = x WHERE x = 2"))
+    caught: list[BaseException] = []
+
+    def cross(conn: Any, row: int) -> None:
+        try:
+            conn.execute(text("UPDATE deadlock_t SET x = x WHERE x = :r"), {"r": row})
+        except BaseException as exc:
+            caught.append(exc)
+        finally:
+            conn.rollback()
+
+    # When each then asks for the other's row: the server detects the deadlock and rolls one of them back
+    threads = [threading.Thread(target=cross, args=(first, 2)), threading.Thread(target=cross, args=(second, 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    first.close(), second.close()
+    engine.dispose()
+
+    # Then the victim gets inferq's transient error (retried with backoff like any), which says it was rolled back,
+    # not that the database is unreachable
+    assert len(caught) == 1
+    err = caught[0]
+    assert isinstance(err, errors.DatabaseUnavailable) and err.code == "database_unavailable"
+    assert err.message.startswith("database transaction rolled back: deadlock detected"), err.message
