@@ -602,7 +602,8 @@ def render(run: Run, args: argparse.Namespace, info: dict[str, Any], checks: lis
     if run.sim is not None:
         from bench.simulated import breakdown_table
 
-        lines.append(f"simulated device ({run.sim['items']} classification items a job, {run.sim['rounds']} rounds):")
+        sizes = ", ".join(f"{int(n):,} in chunks of {c}" for c, n in run.sim["items"].items())
+        lines.append(f"simulated device (classification items a job: {sizes}; {run.sim['rounds']} rounds):")
         lines.append(breakdown_table(run.sim["_runs"]))
         lines.append(
             "items/s: from the job's started_at to its finished_at (both stamped by the worker). busy: the device's "
@@ -813,16 +814,22 @@ def bench_sim(run: Run, args: argparse.Namespace) -> None:
     """The whole system on the simulated device (`bench.simulated`)."""
     from bench.pools import ITEMS as POOL_ITEMS
     from bench.pools import bench_pools
-    from bench.simulated import ITEMS, ROUNDS, bench_simulated
+    from bench.simulated import CHUNK_SIZES, CHUNKS_PER_JOB, ROUNDS, bench_simulated
     from bench.system import ServicesUnavailable
 
     model = ensure_model(args.models_dir, TASK_MODEL[TaskName.CLASSIFICATION])
-    n = args.n or ITEMS[1 if args.quick else 0]
+    # Every job the same number of chunks at every chunk size, unless --n fixes its items.
+    chunks_per_job = None if args.n else CHUNKS_PER_JOB[1 if args.quick else 0]
+    n = args.n or max(CHUNK_SIZES) * (chunks_per_job or 0)
     rounds = args.rounds or ROUNDS[1 if args.quick else 0]
-    log.info("simulated device: %d items a job, %d round(s)", n, rounds)
+    log.info(
+        "simulated device: %s a job, %d round(s)",
+        f"{chunks_per_job} chunks" if chunks_per_job else f"{n} items",
+        rounds,
+    )
     try:
         items = items_for(TaskName.CLASSIFICATION, n, args.seed)
-        run.sim = bench_simulated(model, items, params_for(model.task), rounds=rounds)
+        run.sim = bench_simulated(model, items, params_for(model.task), rounds=rounds, chunks_per_job=chunks_per_job)
         run.sim["pools"] = bench_pools(model, items[:POOL_ITEMS], params_for(model.task), rounds=max(2, rounds))
     except ServicesUnavailable as exc:
         run.skipped.append(f"simulated device: {exc}")

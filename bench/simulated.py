@@ -64,10 +64,12 @@ class Pool:
 #: accelerator: one chunk's CPU work overlaps another's forward); two processes sharing the device.
 POOLS = (Pool("prefork", 1), Pool("threads", DEVICE_POOL_THREADS), Pool("prefork", 2))
 
-#: Items per job (full, quick), and rounds: a job of many chunks, so that the pipeline's filling and draining (the
-#: first chunk's CPU work before the device has anything, the last one's write after) weigh little, as in the
-#: large jobs inferq is for.
-ITEMS = (16_384, 4096)
+#: Chunks per job (full, quick), and rounds: every job is this many chunks whatever their size (16,384 items in
+#: chunks of 256, 65,536 in chunks of 1,024), so that the pipeline's filling and draining (the first chunks' CPU
+#: work before the device has anything, the last ones' write after) weigh little, and the same at every chunk size,
+#: as in the large jobs inferq is for. (At a fixed 16,384 items, a job of chunks of 1,024 was 16 chunks: one
+#: process's three threads spent a tenth of it filling and draining.)
+CHUNKS_PER_JOB = (64, 16)
 ROUNDS = (3, 1)
 
 #: The issue's targets.
@@ -202,8 +204,11 @@ def bench_simulated(
     devices: Sequence[int] = DEVICES,
     pools: Sequence[Pool] = POOLS,
     chunk_sizes: Sequence[int] = CHUNK_SIZES,
+    chunks_per_job: int | None = CHUNKS_PER_JOB[0],
 ) -> dict[str, Any]:
-    """Every (device, pool, chunk size) job, ``rounds`` times, and the engine in-process at each chunk size."""
+    """Every (device, pool, chunk size) job, ``rounds`` times, and the engine in-process at each chunk size. A job
+    at chunk size c takes the first ``c × chunks_per_job`` of ``items`` (all of them where ``chunks_per_job`` is
+    None)."""
     import json
 
     from bench.system import client_settings, private_services, worker_env
@@ -229,17 +234,19 @@ def bench_simulated(
                         # Ready is said before the pool processes have loaded the model: one small job each.
                         run_sim_job(client, model.name, items[: 8 * pool.concurrency], params, 4)
                         for chunk in chunk_sizes:
-                            job_id, status, e2e = run_sim_job(client, model.name, items, params, chunk)
+                            job = job_items(items, chunk, chunks_per_job)
+                            job_id, status, e2e = run_sim_job(client, model.name, job, params, chunk)
                             seconds = (status.finished_at - status.started_at).total_seconds()
                             n_chunks, stages = chunk_stages(path.read_text(errors="replace"), job_id)
-                            run = SimRun(device, pool, chunk, r, len(items), seconds, e2e, n_chunks, stages)
+                            run = SimRun(device, pool, chunk, r, len(job), seconds, e2e, n_chunks, stages)
                             runs.append(run)
                             log.info("  sim %s", _short(run))
             for chunk in chunk_sizes:
-                engine[chunk].append(engine_in_process(model, items, params, chunk))
+                engine[chunk].append(engine_in_process(model, job_items(items, chunk, chunks_per_job), params, chunk))
                 log.info("  sim engine in-process, null device, chunks of %d: %.0f items/s", chunk, engine[chunk][-1])
     return {
-        "items": len(items),
+        "items": {str(c): len(job_items(items, c, chunks_per_job)) for c in chunk_sizes},
+        "chunks_per_job": chunks_per_job,
         "rounds": rounds,
         "devices": list(devices),
         "pools": [p.label for p in pools],
@@ -250,6 +257,15 @@ def bench_simulated(
         "_runs": runs,
         "_engine": dict(engine),
     }
+
+
+def job_items(items: Sequence[dict[str, Any]], chunk: int, chunks_per_job: int | None) -> Sequence[dict[str, Any]]:
+    """A simulated job's items at chunk size ``chunk``: ``chunks_per_job`` chunks' worth (all where None)."""
+    if chunks_per_job is None:
+        return items
+    if len(items) < chunk * chunks_per_job:
+        raise ValueError(f"{len(items)} items do not make {chunks_per_job} chunks of {chunk}")
+    return items[: chunk * chunks_per_job]
 
 
 def _device_name(device: int) -> str:

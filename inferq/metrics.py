@@ -235,18 +235,29 @@ class WorkerMetrics:
     def model_loaded(self, task: Any, model: str, seconds: float) -> None:
         self.model_load_seconds.labels(_name(task), model).observe(seconds)
 
-    def timed_forward(self, task: Any, model: str, forward: Callable[[F], Any]) -> Callable[[F], Any]:
-        """``forward`` (one micro-batch), timed into ``inferq_forward_seconds``. A pass that raises is not timed."""
+    def timed_forward(
+        self, task: Any, model: str, forward: Callable[[F], Any], collect: Callable[[Any], Any]
+    ) -> tuple[Callable[[F], Any], Callable[[Any], Any]]:
+        """``forward`` (launching one micro-batch) and ``collect`` (bringing its outputs back, waiting for the
+        device), as `worker.engines.batching.run_batches` calls them, timed together into ``inferq_forward_seconds``:
+        one observation per micro-batch, its launch plus its collection (on a CPU the launch computes it; on an
+        accelerator the collection waits for it). A pass that raises is not timed."""
         histogram = self.forward_seconds.labels(_name(task), model)
         clock = time.perf_counter
 
-        def timed(rows: F) -> Any:
+        def timed_forward(rows: F) -> Any:
             started = clock()
-            out = forward(rows)
-            histogram.observe(clock() - started)
+            launched = forward(rows)
+            return launched, clock() - started
+
+        def timed_collect(timed: Any) -> Any:
+            launched, launch_seconds = timed
+            started = clock()
+            out = collect(launched)
+            histogram.observe(launch_seconds + clock() - started)
             return out
 
-        return timed
+        return timed_forward, timed_collect
 
     def micro_batches_ran(self, task: Any, model: str, lengths: np.ndarray, batches: Sequence[Any]) -> None:
         """The micro-batches that ran (``(rows, outputs)`` pairs; ``lengths`` per feature): their count, and

@@ -118,12 +118,19 @@ def test_forward_passes_are_timed_and_one_that_raises_is_not(
             raise RuntimeError("poison")
         return len(rows)
 
-    timed = recorder.timed_forward(TaskName.CLASSIFICATION, "m", forward)
+    def collect(launched: int) -> int:
+        if launched == 3:
+            raise RuntimeError("failed on the device")
+        return launched * 10
 
-    # When it runs twice and raises once
-    assert timed([1, 2]) == 2 and timed([3]) == 1
+    timed, timed_collect = recorder.timed_forward(TaskName.CLASSIFICATION, "m", forward, collect)
+
+    # When two micro-batches launch and are collected, one raises at its launch and one at its collection
+    assert timed_collect(timed([1, 2])) == 20 and timed_collect(timed([3])) == 10
     with pytest.raises(RuntimeError):
         timed([])
+    with pytest.raises(RuntimeError):
+        timed_collect(timed([1, 2, 3]))
 
     # Then two passes are observed
     assert value(registry, "inferq_forward_seconds_count", task="classification", model="m") == 2

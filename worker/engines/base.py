@@ -133,10 +133,15 @@ class Engine(ABC, Generic[P]):
     def preprocess(self, inputs: Sequence[dict[str, Any]], params: P) -> Features:
         """Tokenize every input (unpadded) into features."""
 
-    def forward(self, batch: dict[str, Any], params: P) -> BatchOutputs:
-        """Run the model on one padded batch (tensors on the device); return numpy arrays on the CPU. By default
-        the head's ``logits``, as float32 (what classification, token classification, rerank and zero-shot read)."""
-        return {"logits": self.model(**batch).logits.float().cpu().numpy()}
+    def forward(self, batch: dict[str, Any], params: P) -> dict[str, Any]:
+        """Run the model on one padded batch (tensors on the device); return its outputs as tensors still on the
+        device (`to_host` brings them back, after the next micro-batch has been launched). By default the head's
+        ``logits``, as float32 (what classification, token classification, rerank and zero-shot read)."""
+        return {"logits": self.model(**batch).logits.float()}
+
+    def to_host(self, outputs: dict[str, Any]) -> BatchOutputs:
+        """`forward`'s outputs as numpy arrays on the CPU: on an accelerator this waits for the micro-batch."""
+        return {k: v.cpu().numpy() if hasattr(v, "cpu") else v for k, v in outputs.items()}
 
     @abstractmethod
     def postprocess(
@@ -173,12 +178,18 @@ class Engine(ABC, Generic[P]):
             clock.lap("tokenize")
         with torch.inference_mode():
 
-            def one_batch(rows: np.ndarray) -> BatchOutputs:
+            def one_batch(rows: np.ndarray) -> dict[str, Any]:
                 return self.forward(self.collate(features, rows), params)
 
+            launch, collect = (
+                (one_batch, self.to_host)
+                if recorder is None
+                else recorder.timed_forward(self.task, self.loaded.name, one_batch, self.to_host)
+            )
             outputs = run_batches(
                 plan,
-                one_batch if recorder is None else recorder.timed_forward(self.task, self.loaded.name, one_batch),
+                launch,
+                collect=collect,
                 is_oom=_is_oom,
                 should_stop=should_stop,
                 n_features=len(features),

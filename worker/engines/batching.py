@@ -138,34 +138,59 @@ class RunOutputs:
 
 def run_batches(
     plan: list[np.ndarray],
-    forward: Callable[[np.ndarray], BatchOutputs],
+    forward: Callable[[np.ndarray], Any],
     *,
+    collect: Callable[[Any], BatchOutputs] = lambda launched: launched,
     is_oom: Callable[[BaseException], bool] = lambda e: False,
     should_stop: Callable[[], bool] = lambda: False,
     n_features: int,
 ) -> RunOutputs:
     """Run ``forward`` over every micro-batch of ``plan``.
 
-    A batch whose forward pass raises is split in halves and each half retried, down to single features: one
-    bad input fails alone and its neighbours still get results. Out-of-memory errors split the same way.
-    ``should_stop`` is checked between micro-batches (cancellation, warm shutdown)."""
+    ``forward`` launches a micro-batch and returns its outputs as the device holds them; ``collect`` brings them to
+    the host as numpy arrays, waiting for the device to finish them. Each micro-batch is collected only after the
+    next one has been launched: an accelerator then always has the next micro-batch queued while the host waits
+    for the previous one, copies it back and takes the GIL again (on a CPU, where ``forward`` computes as it is
+    called, the order changes nothing).
+
+    A batch whose forward pass raises (at its launch or its collection) is split in halves and each half retried,
+    down to single features: one bad input fails alone and its neighbours still get results. Out-of-memory errors
+    split the same way. ``should_stop`` is checked between micro-batches (cancellation, warm shutdown); a batch
+    launched before the stop is still collected."""
     done: list[tuple[np.ndarray, BatchOutputs]] = []
     failed: dict[int, BaseException] = {}
     pending = list(reversed(plan))
+
+    def split(rows: np.ndarray, exc: Exception) -> None:
+        if len(rows) == 1:
+            log.warning("feature %d failed alone: %r", int(rows[0]), exc)
+            failed[int(rows[0])] = exc
+            return
+        kind = "out of memory" if is_oom(exc) else "error"
+        log.warning("batch of %d failed (%s: %r); splitting it", len(rows), kind, exc)
+        half = len(rows) // 2
+        pending.append(rows[half:])
+        pending.append(rows[:half])
+
+    def land(rows: np.ndarray, launched: Any) -> None:
+        try:
+            done.append((rows, collect(launched)))
+        except Exception as exc:
+            split(rows, exc)
+
+    in_flight: tuple[np.ndarray, Any] | None = None
     while pending:
         if should_stop():
             break
         rows = pending.pop()
         try:
-            done.append((rows, forward(rows)))
+            launched = forward(rows)
         except Exception as exc:
-            if len(rows) == 1:
-                log.warning("feature %d failed alone: %r", int(rows[0]), exc)
-                failed[int(rows[0])] = exc
-                continue
-            kind = "out of memory" if is_oom(exc) else "error"
-            log.warning("batch of %d failed (%s: %r); splitting it", len(rows), kind, exc)
-            half = len(rows) // 2
-            pending.append(rows[half:])
-            pending.append(rows[:half])
+            split(rows, exc)
+            continue
+        if in_flight is not None:
+            land(*in_flight)
+        in_flight = (rows, launched)
+    if in_flight is not None:
+        land(*in_flight)
     return RunOutputs(batches=done, failed=failed, n_features=n_features)

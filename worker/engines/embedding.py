@@ -65,7 +65,7 @@ import numpy as np
 from inferq.errors import InferqError, InvalidParameter
 from inferq.task_specs import EmbeddingParams, TaskName
 from worker.engines.base import Engine, Outcome
-from worker.engines.batching import BatchOutputs, Features, RunOutputs
+from worker.engines.batching import Features, RunOutputs
 from worker.loaded import LoadedModel, position_limit
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ class EmbeddingEngine(Engine[EmbeddingParams]):
             extra={"error": None, "errors": {}},
         )
 
-    def forward(self, batch: dict[str, Any], params: EmbeddingParams) -> BatchOutputs:
+    def forward(self, batch: dict[str, Any], params: EmbeddingParams) -> dict[str, Any]:
         import torch
         import torch.nn.functional as F
 
@@ -294,7 +294,7 @@ class EmbeddingEngine(Engine[EmbeddingParams]):
             vectors = vectors[:, : setup.truncate]
         if setup.normalize:
             vectors = F.normalize(vectors, p=2, dim=-1)
-        return {"embedding": vectors.float().cpu().numpy()}
+        return {"embedding": vectors.float()}
 
     def postprocess(
         self,

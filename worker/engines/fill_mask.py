@@ -29,7 +29,7 @@ import numpy as np
 from inferq.errors import InputError, InvalidParameter, ModelLoadError
 from inferq.task_specs import MASK_PLACEHOLDER, FillMaskParams, TaskName
 from worker.engines.base import Engine, Outcome
-from worker.engines.batching import BatchOutputs, Features, RunOutputs
+from worker.engines.batching import Features, RunOutputs
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class FillMaskEngine(Engine[FillMaskParams]):
             extra={"mask_positions": positions},
         )
 
-    def forward(self, batch: dict[str, Any], params: FillMaskParams) -> BatchOutputs:
+    def forward(self, batch: dict[str, Any], params: FillMaskParams) -> dict[str, Any]:
         import torch
 
         input_ids = batch["input_ids"]
@@ -217,7 +217,7 @@ class FillMaskEngine(Engine[FillMaskParams]):
         token_ids = torch.full((n_rows, width, k), -1, dtype=torch.int64, device=probs.device)
         scores[rows, slot] = values
         token_ids[rows, slot] = indices.to(torch.int64)
-        return {"scores": scores.cpu().numpy(), "token_ids": token_ids.cpu().numpy()}
+        return {"scores": scores, "token_ids": token_ids}
 
     def postprocess(
         self,

@@ -49,7 +49,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from inferq.errors import InferqError, InputError, ModelLoadError
 from inferq.task_specs import QuestionAnsweringParams, TaskName
 from worker.engines.base import Engine, Outcome
-from worker.engines.batching import BatchOutputs, Features, RunOutputs
+from worker.engines.batching import Features, RunOutputs
 from worker.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -153,13 +153,13 @@ class QuestionAnsweringEngine(Engine[QuestionAnsweringParams]):
 
     # -- the model -------------------------------------------------------------------------------------
 
-    def forward(self, batch: dict[str, Any], params: QuestionAnsweringParams) -> BatchOutputs:
+    def forward(self, batch: dict[str, Any], params: QuestionAnsweringParams) -> dict[str, Any]:
         if self._no_cache:
             batch = {**batch, "use_cache": False}
         out = self.model(**batch)
         return {
-            "start_logits": out.start_logits.float().cpu().numpy(),
-            "end_logits": out.end_logits.float().cpu().numpy(),
+            "start_logits": out.start_logits.float(),
+            "end_logits": out.end_logits.float(),
         }
 
     # -- answers ---------------------------------------------------------------------------------------

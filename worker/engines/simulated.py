@@ -9,9 +9,11 @@ process logs a warning when it builds such an engine).
 
 The cost model: a forward pass of ``b`` sequences padded to ``t`` tokens takes ``SIM_CALL_SECONDS + b × t ×
 per_token`` with ``per_token = 1 / (items_per_second × SIM_TOKENS_PER_ITEM)``: a device "of 2,000 items/s" runs
-2,000 items of `SIM_TOKENS_PER_ITEM` padded tokens a second, plus a fixed cost per call. It sleeps, so the CPU
-stays free, as it is while a GPU computes; the processes of one worker (its pool, one process group) share one
-device: a file lock lets one forward compute at a time, as kernels from two processes share one GPU. The
+2,000 items of `SIM_TOKENS_PER_ITEM` padded tokens a second, plus a fixed cost per call. As on a GPU, a forward
+pass is launched and returns at once, queued behind what the device already has (`SimulatedDevice.launch`); its
+outputs are waited for when they are brought back (`SimulatedDevice.wait`, a sleep, so the CPU stays free, as it is
+while a GPU computes). The processes of one worker (its pool, one process group) share one device: its queue's
+end lives in a file that they update under a lock, as kernels from two processes share one GPU. The
 micro-batch plan follows the device: it weighs padding against the device's cost of a call
 (``SIM_CALL_SECONDS`` in tokens' worth), as the CPU plan does with the CPU's.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import struct
 import tempfile
 import threading
 import time
@@ -61,24 +64,46 @@ class SimulatedDevice:
         #: against (None for the null device, where nothing costs anything: fill the budget).
         self.batch_cost_tokens = round(self.call_seconds / self.per_token) if self.per_token > 0 else None
         path = lock_path or Path(tempfile.gettempdir()) / f"inferq-simulated-device-{os.getpgid(0)}.lock"
-        self._lock_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if items_per_second > 0 else None
+        #: Holds when the device's queue ends (``time.monotonic()``, the same clock in every process), as 8 bytes.
+        self._queue_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if items_per_second > 0 else None
         # flock excludes other processes only: the threads of one process (``--pool threads``) take this first.
         self._thread_lock = threading.Lock()
 
-    def compute(self, sequences: int, width: int) -> float:
-        """Take the device (waiting while another process computes on it), then the time a forward of
-        ``sequences`` × ``width`` padded tokens takes; the seconds it computed: the model's, not the sleep's (a
-        sleep that overshoots on a busy CPU counts as the system's loss, not as a slower device)."""
-        if self._lock_fd is None:
-            return 0.0
+    def launch(self, sequences: int, width: int) -> tuple[float, float]:
+        """Queue a forward pass of ``sequences`` × ``width`` padded tokens behind what the device already has,
+        without waiting: when it will be done (``time.monotonic()``), and the seconds it computes (the model's
+        time, not a sleep's: a sleep that overshoots on a busy CPU counts as the system's loss, not as a slower
+        device)."""
+        if self._queue_fd is None:
+            return 0.0, 0.0
         seconds = self.call_seconds + sequences * width * self.per_token
         with self._thread_lock:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            fcntl.flock(self._queue_fd, fcntl.LOCK_EX)
             try:
-                time.sleep(seconds)
+                stored = os.pread(self._queue_fd, 8, 0)
+                queue_end = struct.unpack("<d", stored)[0] if len(stored) == 8 else 0.0
+                done = max(time.monotonic(), queue_end) + seconds
+                os.pwrite(self._queue_fd, struct.pack("<d", done), 0)
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
+        return done, seconds
+
+    @staticmethod
+    def wait(done: float) -> None:
+        """Wait until a launched forward pass is done (its outputs copied back)."""
+        left = done - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+
+    def compute(self, sequences: int, width: int) -> float:
+        """`launch`, then `wait`: one forward pass start to end; the seconds it computed."""
+        done, seconds = self.launch(sequences, width)
+        self.wait(done)
         return seconds
+
+
+#: The key of a simulated forward's outputs that holds when the device finishes it (taken out by `to_host`).
+_DONE = "_simulated_done"
 
 
 class SimulatedEngine(Engine[Any]):
@@ -94,16 +119,22 @@ class SimulatedEngine(Engine[Any]):
         #: The running chunk's clock, per thread (pool threads share the engine).
         self._local = threading.local()
 
-    def forward(self, batch: dict[str, Any], params: Any) -> BatchOutputs:
+    def forward(self, batch: dict[str, Any], params: Any) -> dict[str, Any]:
         ids = batch["input_ids"]
         sequences, width = (int(x) for x in ids.shape)
-        computed = self.device_model.compute(sequences, width)
+        done, computed = self.device_model.launch(sequences, width)
         clock: StageClock | None = getattr(self._local, "clock", None)
         if clock is not None:
             clock.note("device", computed)
         # Made-up logits, different per input: the outputs' shape and dtype are the model's.
         seed = (ids.sum(dim=1).numpy() % 1000).astype(np.float32) / 1000.0
-        return {"logits": seed[:, None] * np.arange(1, self._num_labels + 1, dtype=np.float32)[None, :]}
+        logits = seed[:, None] * np.arange(1, self._num_labels + 1, dtype=np.float32)[None, :]
+        return {"logits": logits, _DONE: done}
+
+    def to_host(self, outputs: dict[str, Any]) -> BatchOutputs:
+        """Wait for the device to finish the micro-batch, as a copy back from a GPU does."""
+        self.device_model.wait(outputs.pop(_DONE))
+        return outputs
 
     def plan(self, features: Features) -> list[np.ndarray]:
         """The plan follows the device: padding weighed against the device's own cost of a call."""

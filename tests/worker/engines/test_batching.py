@@ -9,6 +9,55 @@ from hypothesis import strategies as st
 from worker.engines.batching import pad, plan_batches, run_batches
 
 
+def test_the_next_micro_batch_is_launched_before_the_previous_one_is_collected() -> None:
+    # Given three micro-batches, launched by forward and brought back by collect
+    plan = [np.array([0, 1]), np.array([2, 3]), np.array([4])]
+    events: list[str] = []
+
+    def forward(rows: np.ndarray) -> np.ndarray:
+        events.append(f"launch {rows[0]}")
+        return rows
+
+    def collect(rows: np.ndarray) -> dict[str, np.ndarray]:
+        events.append(f"collect {rows[0]}")
+        return {"x": rows.astype(np.float32)[:, None]}
+
+    # When they run
+    out = run_batches(plan, forward, collect=collect, n_features=5)
+
+    # Then the device always has the next one queued while the previous one is collected, and all of them land
+    assert events == ["launch 0", "launch 2", "collect 0", "launch 4", "collect 2", "collect 4"]
+    assert out.stacked("x")[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_a_batch_that_fails_when_collected_is_split_like_one_that_fails_at_launch() -> None:
+    # Given a device on which a micro-batch holding feature 5 fails only once it is waited for (as a kernel's error
+    # surfaces at the copy back), and a stop asked while a micro-batch is in flight
+    plan = plan_batches(np.full(12, 10), max_tokens=40, max_size=4)
+    launched: list[int] = []
+
+    def collect(rows: np.ndarray) -> dict[str, np.ndarray]:
+        if 5 in rows:
+            raise RuntimeError("device-side assert")
+        return {"x": rows.astype(np.float32)[:, None]}
+
+    def forward(rows: np.ndarray) -> np.ndarray:
+        launched.append(len(rows))
+        return rows
+
+    out = run_batches(plan, forward, collect=collect, n_features=12)
+
+    # Then feature 5 alone failed and every other feature has its output
+    assert list(out.failed) == [5]
+    others = [i for i in range(12) if i != 5]
+    assert out.stacked("x")[:, 0][others].tolist() == [float(i) for i in others]
+
+    # And a micro-batch launched before a stop is still collected: it ran
+    launched.clear()
+    stopped = run_batches(plan, forward, collect=collect, should_stop=lambda: len(launched) >= 1, n_features=12)
+    assert len(launched) == 1 and len(stopped.batches) == 1
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     lengths=st.lists(st.integers(min_value=1, max_value=600), min_size=0, max_size=300),

@@ -79,6 +79,27 @@ def test_threads_of_one_process_take_the_device_in_turn(tmp_path: Path) -> None:
     assert time.perf_counter() - start >= 3 * 0.002
 
 
+def test_a_launch_returns_at_once_and_queues_behind_the_devices_work_across_processes(tmp_path: Path) -> None:
+    # Given one device seen by two processes' objects (the same queue file), of 100 items a second: a call of one
+    # 40-token sequence computes 1 ms + 10 ms
+    a, b = SimulatedDevice(100, tmp_path / "device.lock"), SimulatedDevice(100, tmp_path / "device.lock")
+
+    # When three micro-batches are launched, from both
+    start = time.monotonic()
+    first, seconds = a.launch(1, 40)
+    second, _ = b.launch(1, 40)
+    third, _ = a.launch(1, 40)
+    launched = time.monotonic()
+
+    # Then no launch waited for its pass (the last one ends in the future), each one is queued behind the one
+    # before, and waiting for the last one takes the three passes' time
+    assert seconds == pytest.approx(0.011)
+    assert third > launched
+    assert second == pytest.approx(first + seconds) and third == pytest.approx(second + seconds)
+    a.wait(third)
+    assert time.monotonic() - start >= 3 * seconds
+
+
 def test_a_task_the_simulation_cannot_shape_is_refused(tmp_path: Path) -> None:
     from worker.engines.simulated import simulated_engine_class
     from worker.engines.token_classification import TokenClassificationEngine
