@@ -91,6 +91,9 @@ class Injector:
     max_workers: int
     done: list[Injected] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
+    #: Per Redis restart, the chunk messages its queues held just before: lost with it, each one's chunk is for
+    #: the reconcilers to re-enqueue (none when the workers had taken every message already).
+    messages_lost: list[int] = field(default_factory=list)
 
     def run(self, faults: list[Fault], t0: float, stop: threading.Event) -> None:
         for fault in faults:
@@ -150,8 +153,22 @@ class Injector:
     def redis_restart(self, fault: Fault) -> str | None:
         if self.redis is None:
             return None
+        waiting = self._queued_messages()
         self.redis.restart_empty()
-        return f"redis-server on port {self.redis.port} restarted empty"
+        self.messages_lost.append(waiting)
+        return f"redis-server on port {self.redis.port} restarted empty ({waiting} messages waiting in its queues)"
+
+    def _queued_messages(self) -> int:
+        """Messages in the broker's queues (not those the workers hold): every list of this private Redis is a
+        queue (kombu keeps its bindings in sets and the messages workers hold in hashes)."""
+        import redis
+
+        assert self.redis is not None
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            return sum(int(client.llen(k)) for k in client.scan_iter() if client.type(k) == b"list")
+        finally:
+            client.close()
 
     def db_cut(self, fault: Fault) -> str | None:
         self.proxy.cut()
@@ -197,4 +214,5 @@ class Injector:
             "injected": dict(Counter(f.kind for f in self.done)),
             "skipped": dict(self.skipped),
             "log": [asdict(f) for f in self.done],
+            "messages_lost_in_redis_restarts": list(self.messages_lost),
         }

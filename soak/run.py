@@ -346,7 +346,8 @@ def render(summary: dict[str, Any]) -> str:
         f"  submitted: {s['jobs']} jobs, {s['items']} items ({s['by_kind']}); invalid files refused"
         f" {s['invalid_files_refused']}, cancelled on purpose {s['cancelled_on_purpose']}",
         f"  items: {v['items_by_state']}; jobs: {v['jobs_by_state']}",
-        f"  faults injected: {f['injected']} (skipped: {f['skipped']})",
+        f"  faults injected: {f['injected']} (skipped: {f['skipped']}); messages waiting when Redis restarted: "
+        f"{f.get('messages_lost_in_redis_restarts', [])}",
         f"  recoveries: re-runs {r['chunk_reruns']} chunks / {r['item_reruns']} items; reconciler"
         f" {r['reconciler_requeues']}; handed back {r['handed_back']}; pool processes lost {r['pool_process_lost']};"
         f" transient retries {r['transient_retries']}",

@@ -60,5 +60,7 @@ def test_a_minute_of_faults_loses_duplicates_and_changes_nothing(tmp_path: Path)
     assert verdict["wrong_failures"] == 0 and verdict["counter_drift"] == 0 and verdict["leftovers"] == 0
     assert verdict["unexplained_attempts"] == 0, verdict["problems"]
     assert summary["ok"], verdict
-    # And the faults were recovered from: the restarted Redis's chunks re-enqueued by the reconcilers
-    assert sum(summary["recoveries"]["reconciler_requeues"].values()) > 0, summary["recoveries"]
+    # And the faults were recovered from: where the Redis restart dropped messages still waiting in its queues (not
+    # every time: the workers may have taken every one already), their chunks were re-enqueued by the reconcilers
+    if sum(summary["faults"]["messages_lost_in_redis_restarts"]) > 0:
+        assert sum(summary["recoveries"]["reconciler_requeues"].values()) > 0, summary["recoveries"]
