@@ -61,9 +61,9 @@ def test_database_unavailable_survives_a_pickle_as_a_celery_retry_carries_it() -
 
 
 @pytest.mark.services
-def test_a_deadlock_is_retried_as_transient_and_named_as_such(migrated_postgres: str) -> None:
-    # Given two transactions that each hold a row lock the other one wants
-    engine = make_engine(Settings(database_url=migrated_postgres))
+def test_a_deadlock_is_retried_as_transient_and_named_as_such(own_postgres: str) -> None:
+    # Given two transactions (on a database of this test's own) that each hold a row lock the other one wants
+    engine = make_engine(Settings(database_url=own_postgres))
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE deadlock_t (x INTEGER PRIMARY KEY)"))
         conn.execute(text("INSERT INTO deadlock_t VALUES (1), (2)"))
