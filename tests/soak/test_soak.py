@@ -60,7 +60,7 @@ def test_a_minute_of_faults_loses_duplicates_and_changes_nothing(tmp_path: Path)
     assert verdict["wrong_failures"] == 0 and verdict["counter_drift"] == 0 and verdict["leftovers"] == 0
     assert verdict["unexplained_attempts"] == 0, verdict["problems"]
     assert summary["ok"], verdict
-    # And the faults were recovered from: where the Redis restart dropped messages still waiting in its queues (not
-    # every time: the workers may have taken every one already), their chunks were re-enqueued by the reconcilers
-    if sum(summary["faults"]["messages_lost_in_redis_restarts"]) > 0:
-        assert sum(summary["recoveries"]["reconciler_requeues"].values()) > 0, summary["recoveries"]
+    # The chunks whose messages the Redis restart dropped (messages_lost_in_redis_restarts) ended like every other:
+    # stuck and lost are 0 above. Which path ran them depends on timing (a reconciler's re-enqueue, or another job's
+    # chunk taking them into its batch; none at all when the workers had taken every message); the reconciler's own
+    # path is held deterministically by tests/faults/test_broker_lost.py.
