@@ -183,22 +183,16 @@ class Injector:
         return f"{new.name} ({new.config.pool} x{new.config.concurrency}) joined"
 
     def duplicate(self, fault: Fault) -> str | None:
+        chunks = select(Chunk.job_id, Chunk.seq, Chunk.state, Job.queue).join(Job, Job.id == Chunk.job_id)
         with self.sessions() as session:
             rows = session.execute(
-                select(Chunk.job_id, Chunk.seq, Chunk.state, Job.queue)
-                .join(Job, Job.id == Chunk.job_id)
-                .where(Job.state.in_(UNFINISHED_JOB_STATES))
-                .order_by(Chunk.job_id, Chunk.seq)
+                chunks.where(Job.state.in_(UNFINISHED_JOB_STATES)).order_by(Chunk.job_id, Chunk.seq)
             ).all()
             if not rows:
                 # Nothing unfinished at this instant (the workers caught up with the stream): the second message
                 # goes to the chunk that finished last, as a duplicate delivered after its chunk is done.
                 rows = session.execute(
-                    select(Chunk.job_id, Chunk.seq, Chunk.state, Job.queue)
-                    .join(Job, Job.id == Chunk.job_id)
-                    .where(Chunk.finished_at.is_not(None))
-                    .order_by(Chunk.finished_at.desc())
-                    .limit(1)
+                    chunks.where(Chunk.finished_at.is_not(None)).order_by(Chunk.finished_at.desc()).limit(1)
                 ).all()
         if not rows:
             return None

@@ -439,9 +439,9 @@ def _store_outcomes(
     session: Session, outcomes: list[tuple[str, int, Outcome]], now: dt.datetime
 ) -> set[tuple[str, int]]:
     """Give each item ``(job, index)`` of ``outcomes`` its outcome if it is still ``queued``; return the items
-    written. On PostgreSQL one statement (an ``UPDATE … FROM json_array_elements(…) … RETURNING``: the row locks, the check of
-    the state and the write in one round trip, where one UPDATE per item cost ~2 ms of server time each on a busy
-    machine); elsewhere the queued items are locked in key order, then updated in one executemany."""
+    written. On PostgreSQL one statement (an ``UPDATE … FROM jsonb_array_elements(…) … RETURNING``: the row locks,
+    the check of the state and the write in one round trip, where one UPDATE per item cost ~2 ms of server time each
+    on a busy machine); elsewhere the queued items are locked in key order, then updated in one executemany."""
     if not outcomes:
         return set()
     if session.get_bind().dialect.name == "postgresql":
@@ -457,20 +457,15 @@ def _store_outcomes(
     return writable
 
 
-#: How `_store_outcomes_json` reads each of `OUTCOME_COLUMNS` back from its row of the JSON payload (``{}`` is the
-#: element's text).
+#: How `_store_outcomes_json` reads the columns of `OUTCOME_COLUMNS` that are not text back from their element of
+#: the JSON payload (``{}`` is the element's text; a text column takes it as it is).
 _FROM_JSON = {
-    "state": "{}",
     "result": "CAST({} AS json)",
-    "label": "{}",
     "score": "CAST({} AS float8)",
-    "answer": "{}",
     "start_char": "CAST({} AS int4)",
     "end_char": "CAST({} AS int4)",
     "entity_count": "CAST({} AS int4)",
     "vector": "decode({}, 'hex')",
-    "error_code": "{}",
-    "error_message": "{}",
 }
 
 
@@ -504,7 +499,8 @@ def _store_outcomes_json(
         ranges[job_id] = (min(lo, index), max(hi, index))
     # Array elements 0 and 1 are the key; the columns follow in `OUTCOME_COLUMNS` order.
     sets = ", ".join(
-        f"{name} = " + _FROM_JSON[name].format(f"v.e->>{k}") for k, name in enumerate(OUTCOME_COLUMNS, start=2)
+        f"{name} = " + _FROM_JSON.get(name, "{}").format(f"v.e->>{k}")
+        for k, name in enumerate(OUTCOME_COLUMNS, start=2)
     )
     # Planned the same way whatever the statistics say (a job's rows are new, rarely analyzed yet): each job's
     # items by a primary-key range scan (the state is tested in a form no index serves, so that the planner cannot

@@ -69,29 +69,11 @@ class Outcome:
         """`columns`' values, in `OUTCOME_COLUMNS` order."""
         error = self.error
         if error is None:
-            return (
-                ItemState.SUCCEEDED,
-                self.result,
-                self.label,
-                self.score,
-                self.answer,
-                self.start_char,
-                self.end_char,
-                self.entity_count,
-                self.vector,
-                None,
-                None,
-            )
+            return (ItemState.SUCCEEDED, self.result, *(getattr(self, name) for name in RESULT_COLUMNS), None, None)
         return (
             ItemState.FAILED,
             None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
+            *(None for _ in RESULT_COLUMNS),
             error.code,
             error.message[:ERROR_MESSAGE_CHARS],
         )

@@ -95,12 +95,6 @@ class SimulatedDevice:
         if left > 0:
             time.sleep(left)
 
-    def compute(self, sequences: int, width: int) -> float:
-        """`launch`, then `wait`: one forward pass start to end; the seconds it computed."""
-        done, seconds = self.launch(sequences, width)
-        self.wait(done)
-        return seconds
-
 
 #: The key of a simulated forward's outputs that holds when the device finishes it (taken out by `to_host`).
 _DONE = "_simulated_done"

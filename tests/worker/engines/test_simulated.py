@@ -70,7 +70,12 @@ def test_threads_of_one_process_take_the_device_in_turn(tmp_path: Path) -> None:
 
     device = SimulatedDevice(1_000, tmp_path / "device.lock")
     start = time.perf_counter()
-    threads = [threading.Thread(target=device.compute, args=(1, 40)) for _ in range(3)]
+
+    def forward() -> None:
+        done, _ = device.launch(1, 40)
+        device.wait(done)
+
+    threads = [threading.Thread(target=forward) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
