@@ -174,6 +174,8 @@ class Item(Base):
     entity_count: Mapped[int | None] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    #: Deliveries that read the item before it got its result (its chunk's claims then), written with the result:
+    #: 0 while it waits.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 

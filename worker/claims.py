@@ -10,6 +10,7 @@ One delivery of a chunk's message goes through three steps, each its own transac
 3. **Write** (`write_results`): lock the chunk rows, then their items still ``queued``; only those get a result.
    Each chunk becomes ``done``, or ``queued`` again when it stopped early; the jobs' counters move and a job
    whose every item ended finishes, recording its webhook delivery (`inferq.webhooks`) in the same transaction.
+   An item's ``attempts`` is stamped with its result: its chunk's claims so far, each of which read it queued.
 
 Idempotent: a chunk already done claims nothing, and an item gets a result only while it is still ``queued``,
 under a row lock, so two deliveries of one chunk never write an item twice. Rows are locked in key order, so
@@ -130,61 +131,87 @@ def claim_chunk(
     """Lease a chunk to this worker and read its unfinished items. `ChunkOutcome.SKIPPED`: nothing to do.
     `ChunkOutcome.DEFERRED`: another worker's batch is running it (see `worker.runner`). ``clock`` times the
     claim and the input read apart."""
-    job = session.get(Job, job_id)
-    if job is None:
-        log.warning("job %s is gone; dropping chunk %d", job_id, seq)
+    # Core statements, not ORM objects: the job's and the chunk's columns in one row (the chunk's locked), one
+    # UPDATE each; with the input read and the commit, five round trips a chunk.
+    row = session.execute(
+        select(
+            Job.state,
+            Job.task,
+            Job.model,
+            Job.params,
+            Job.batch_key,
+            Job.queue,
+            Job.created_at,
+            Chunk.state,
+            Chunk.attempts,
+            Chunk.leader,
+            Chunk.lease_until,
+            Chunk.start,
+            Chunk.stop,
+            Chunk.enqueued_at,
+        )
+        .join(Job, Job.id == Chunk.job_id)
+        .where(Chunk.job_id == job_id, Chunk.seq == seq)
+        .with_for_update(of=Chunk)
+    ).one_or_none()
+    if row is None:
+        log.warning("job %s chunk %d is gone; dropping its message", job_id, seq)
         return ChunkOutcome.SKIPPED
-    chunk = session.scalar(select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq).with_for_update())
-    if chunk is None or chunk.state == ChunkState.DONE:
+    (job_state, task_name, model, params, batch_key, queue, created_at) = row[:7]
+    (chunk_state, attempts, leader, lease_until, start, stop, enqueued_at) = row[7:]
+    if chunk_state == ChunkState.DONE:
         return ChunkOutcome.SKIPPED
+    this_chunk = (Chunk.job_id == job_id, Chunk.seq == seq)
     now = utcnow()
-    if job.state.finished:
-        chunk.state, chunk.finished_at, chunk.leader = ChunkState.DONE, now, None
+    if job_state.finished:
+        session.execute(update(Chunk).where(*this_chunk).values(state=ChunkState.DONE, finished_at=now, leader=None))
         return ChunkOutcome.SKIPPED
     if (
-        chunk.state == ChunkState.RUNNING
-        and chunk.leader is not None
-        and chunk.lease_until is not None
-        and as_utc(chunk.lease_until) > now
+        chunk_state == ChunkState.RUNNING
+        and leader is not None
+        and lease_until is not None
+        and as_utc(lease_until) > now
     ):
         return ChunkOutcome.DEFERRED
-    chunk.state = ChunkState.RUNNING
-    chunk.attempts += 1
-    chunk.lease_until = now + dt.timedelta(seconds=lease_seconds)
-    chunk.worker = worker
-    chunk.leader = None
-    if chunk.attempts > 1:
+    attempts += 1
+    session.execute(
+        update(Chunk)
+        .where(*this_chunk)
+        .values(
+            state=ChunkState.RUNNING,
+            attempts=attempts,
+            lease_until=now + dt.timedelta(seconds=lease_seconds),
+            worker=worker,
+            leader=None,
+        )
+    )
+    if attempts > 1:
         _release_earlier_batch(session, job_id, seq)
     start_jobs(session, [job_id], now)
-    task = TaskName(job.task)
-    in_chunk = (Item.job_id == job_id, Item.index >= chunk.start, Item.index < chunk.stop)
-    queued = Item.state == ItemState.QUEUED
+    task = TaskName(task_name)
     if clock is not None:
         clock.lap("claim")
-    # Count the attempt and read the inputs in one statement (RETURNING comes in no particular order).
-    rows = sorted(
-        session.execute(
-            update(Item)
-            .where(*in_chunk, queued)
-            .values(attempts=Item.attempts + 1)
-            .returning(Item.index, Item.input)
-            .execution_options(synchronize_session=False)
-        ).tuples()
-    )
+    # A read, not a write: an item's attempts are stamped with its result (`write_results`), and an UPDATE here
+    # rewrote every row of the chunk (all its indexes' entries too) once more per delivery.
+    rows = session.execute(
+        select(Item.index, Item.input)
+        .where(Item.job_id == job_id, Item.index >= start, Item.index < stop, Item.state == ItemState.QUEUED)
+        .order_by(Item.index)
+    ).all()
     if clock is not None:
         clock.lap("read")
     return Claim(
         job_id=job_id,
         seq=seq,
         task=task,
-        model=job.model,
-        params=read_params(task, job.params),
+        model=model,
+        params=read_params(task, params),
         indices=[r[0] for r in rows],
         inputs=[r[1] for r in rows],
-        attempts=chunk.attempts,
-        batch_key=job.batch_key,
-        queue=job.queue,
-        waiting_since=chunk.enqueued_at or job.created_at,
+        attempts=attempts,
+        batch_key=batch_key,
+        queue=queue,
+        waiting_since=enqueued_at or created_at,
     )
 
 
@@ -274,12 +301,6 @@ def claim_mates(
     ).all()
     if clock is not None:
         clock.lap("read")
-    if rows:
-        session.execute(
-            update(Item)
-            .where(keyed(Item.job_id, Item.index, [(r[0], r[2]) for r in rows]))
-            .values(attempts=Item.attempts + 1)
-        )
     by_chunk: dict[tuple[str, int], Claim] = {
         key: Claim(
             job_id=key[0],
@@ -379,13 +400,13 @@ def write_results(
     and ``job_error`` on every job of the batch when the batch could not run at all. One `StoredChunk` per
     claim, in order (a chunk found done already stored nothing and counts as complete), and the webhook
     deliveries of the jobs it ended."""
-    chunks = _lock_unfinished_chunks(session, claims)
-    live = [(claim, out) for claim, out in zip(claims, outcomes, strict=True) if claim.key in chunks]
+    attempts = _lock_unfinished_chunks(session, claims)
+    live = [(claim, out) for claim, out in zip(claims, outcomes, strict=True) if claim.key in attempts]
     now = utcnow()
     written = _store_outcomes(
         session,
         [
-            (claim.job_id, index, outcome)
+            (claim.job_id, index, attempts[claim.key], outcome)
             for claim, out in live
             for index, outcome in zip(claim.indices, out, strict=False)
             if outcome is not None
@@ -393,6 +414,7 @@ def write_results(
         now,
     )
     stored: dict[str, StoredChunk] = {}
+    settled: dict[bool, list[tuple[str, int]]] = {True: [], False: []}
     succeeded_by_job: Counter[str] = Counter()
     failed_by_job: Counter[str] = Counter()
     for claim, out in live:
@@ -405,10 +427,11 @@ def write_results(
             else:
                 failed += 1
         complete = len(out) == len(claim.indices) and all(o is not None for o in out)
-        _settle_chunk(chunks[claim.key], complete, now)
+        settled[complete].append((claim.job_id, claim.seq))
         stored[claim.key] = StoredChunk(succeeded, failed, complete)
         succeeded_by_job[claim.job_id] += succeeded
         failed_by_job[claim.job_id] += failed
+    _settle_chunks(session, settled, now)
     job_ids = sorted({claim.job_id for claim, _ in live})
     webhooks: list[str] = []
     if job_ids:
@@ -421,35 +444,33 @@ def write_results(
     return Written([stored.get(claim.key, StoredChunk()) for claim in claims], webhooks)
 
 
-def _lock_unfinished_chunks(session: Session, claims: list[Claim]) -> dict[str, Chunk]:
-    """The claims' chunk rows not yet done, by `chunk_key`, locked in key order."""
-    return {
-        chunk_key(c.job_id, c.seq): c
-        for c in session.scalars(
-            select(Chunk)
-            .where(keyed(Chunk.job_id, Chunk.seq, [(c.job_id, c.seq) for c in claims]))
-            .order_by(Chunk.job_id, Chunk.seq)
-            .with_for_update()
-        )
-        if c.state != ChunkState.DONE
-    }
+def _lock_unfinished_chunks(session: Session, claims: list[Claim]) -> dict[str, int]:
+    """The claims' chunk rows not yet done, locked in key order: their attempts so far, by `chunk_key`."""
+    rows = session.execute(
+        select(Chunk.job_id, Chunk.seq, Chunk.state, Chunk.attempts)
+        .where(keyed(Chunk.job_id, Chunk.seq, [(c.job_id, c.seq) for c in claims]))
+        .order_by(Chunk.job_id, Chunk.seq)
+        .with_for_update()
+    )
+    return {chunk_key(job_id, seq): attempts for job_id, seq, state, attempts in rows if state != ChunkState.DONE}
 
 
 def _store_outcomes(
-    session: Session, outcomes: list[tuple[str, int, Outcome]], now: dt.datetime
+    session: Session, outcomes: list[tuple[str, int, int, Outcome]], now: dt.datetime
 ) -> set[tuple[str, int]]:
-    """Give each item ``(job, index)`` of ``outcomes`` its outcome if it is still ``queued``; return the items
-    written. On PostgreSQL one statement (an ``UPDATE … FROM jsonb_array_elements(…) … RETURNING``: the row locks,
+    """Give each item ``(job, index, attempts, outcome)`` of ``outcomes`` its outcome if it is still ``queued``,
+    with its attempts (its chunk's claims so far: every one of them read the item while it was queued); return the
+    items written. On PostgreSQL one statement (an ``UPDATE … FROM jsonb_array_elements(…) … RETURNING``: the row locks,
     the check of the state and the write in one round trip, where one UPDATE per item cost ~2 ms of server time each
     on a busy machine); elsewhere the queued items are locked in key order, then updated in one executemany."""
     if not outcomes:
         return set()
     if session.get_bind().dialect.name == "postgresql":
         return _store_outcomes_json(session, outcomes, now)
-    writable = _lock_queued_items(session, [(job_id, index) for job_id, index, _ in outcomes])
+    writable = _lock_queued_items(session, [(job_id, index) for job_id, index, _, _ in outcomes])
     rows = [
-        {"job_id": job_id, "index": index, **outcome.columns(), "finished_at": now}
-        for job_id, index, outcome in outcomes
+        {"job_id": job_id, "index": index, **outcome.columns(), "attempts": attempts, "finished_at": now}
+        for job_id, index, attempts, outcome in outcomes
         if (job_id, index) in writable
     ]
     if rows:
@@ -457,10 +478,9 @@ def _store_outcomes(
     return writable
 
 
-#: How `_store_outcomes_json` reads the columns of `OUTCOME_COLUMNS` that are not text back from their element of
-#: the JSON payload (``{}`` is the element's text; a text column takes it as it is).
+#: How `_store_outcomes_json` reads the columns of `OUTCOME_COLUMNS` other than the result and the text ones back
+#: from their element of the JSON payload (``{}`` is the element's text; a text column takes it as it is).
 _FROM_JSON = {
-    "result": "CAST({} AS json)",
     "score": "CAST({} AS float8)",
     "start_char": "CAST({} AS int4)",
     "end_char": "CAST({} AS int4)",
@@ -470,37 +490,45 @@ _FROM_JSON = {
 
 
 def _store_outcomes_json(
-    session: Session, outcomes: list[tuple[str, int, Outcome]], now: dt.datetime
+    session: Session, outcomes: list[tuple[str, int, int, Outcome]], now: dt.datetime
 ) -> set[tuple[str, int]]:
-    """`_store_outcomes` in one statement: every outcome as one row of a JSON array (``[job, index, *values]``,
-    its result as the JSON text SQLAlchemy's JSON type writes, kept exactly, and a vector as hex), serialized in one
-    ``json.dumps`` and parsed once by PostgreSQL as ``jsonb`` (an array parameter per column cost ~1.5 µs per value
-    to escape in Python, and ``json`` re-parses an element per column read), joined to the items by key; only rows
-    still ``queued`` are updated (a concurrent writer's row is waited for, then re-checked, under READ COMMITTED:
-    never written twice). Each chunk's row is locked before (`write_results`), so two writers of one chunk never
-    reach its items together."""
+    """`_store_outcomes` in one statement and two JSON parameters, each serialized by one ``json.dumps``:
+
+    * every outcome but its result as one row of a JSON array (``[job, index, attempts, *columns]``, a vector as
+      hex), parsed once by PostgreSQL as ``jsonb`` (an array parameter per column cost ~1.5 µs per value to escape
+      in Python, and ``json`` re-parses an element per column read);
+    * the results, in the same order, as a ``json`` array: its elements keep their text exactly (the text
+      SQLAlchemy's JSON type writes; ``jsonb`` would reorder a result's keys), zipped to the rows by position
+      (``ROWS FROM``), with no ``json.dumps`` per item.
+
+    Joined to the items by key; only rows still ``queued`` are updated (a concurrent writer's row is waited for,
+    then re-checked, under READ COMMITTED: never written twice). Each chunk's row is locked before
+    (`write_results`), so two writers of one chunk never reach its items together."""
     rows = []
+    results = []
     ranges: dict[str, tuple[int, int]] = {}
-    for job_id, index, outcome in outcomes:
+    for job_id, index, attempts, outcome in outcomes:
         state, result, *rest, vector, error_code, error_message = outcome.values()
         rows.append(
             (
                 job_id,
                 index,
+                attempts,
                 state.value,
-                None if result is None else json.dumps(result),
                 *rest,
                 None if vector is None else vector.hex(),
                 error_code,
                 error_message,
             )
         )
+        results.append(result)
         lo, hi = ranges.get(job_id, (index, index))
         ranges[job_id] = (min(lo, index), max(hi, index))
-    # Array elements 0 and 1 are the key; the columns follow in `OUTCOME_COLUMNS` order.
+    # Array elements 0 and 1 are the key, 2 the attempts; the columns but the result follow in `OUTCOME_COLUMNS`
+    # order.
     sets = ", ".join(
         f"{name} = " + _FROM_JSON.get(name, "{}").format(f"v.e->>{k}")
-        for k, name in enumerate(OUTCOME_COLUMNS, start=2)
+        for k, name in enumerate((c for c in OUTCOME_COLUMNS if c != "result"), start=3)
     )
     # Planned the same way whatever the statistics say (a job's rows are new, rarely analyzed yet): each job's
     # items by a primary-key range scan (the state is tested in a form no index serves, so that the planner cannot
@@ -511,17 +539,23 @@ def _store_outcomes_json(
     for k, (job_id, (lo, hi)) in enumerate(ranges.items()):
         bounds.update({f"j{k}": job_id, f"lo{k}": lo, f"hi{k}": hi})
     statement = text(
-        f"UPDATE items AS i SET {sets}, finished_at = :now "
-        "FROM (SELECT e->>0 AS job_id, CAST(e->>1 AS int4) AS index, e "
-        "FROM jsonb_array_elements(CAST(:rows AS jsonb)) AS e) AS v "
+        f"UPDATE items AS i SET {sets}, result = CASE WHEN json_typeof(v.r) = 'null' THEN NULL ELSE v.r END, "
+        "attempts = CAST(v.e->>2 AS int4), finished_at = :now "
+        "FROM (SELECT e->>0 AS job_id, CAST(e->>1 AS int4) AS index, e, r FROM ROWS FROM "
+        "(jsonb_array_elements(CAST(:rows AS jsonb)), json_array_elements(CAST(:results AS json))) AS t (e, r)) AS v "
         f"WHERE ({within}) AND i.job_id = v.job_id AND i.index = v.index AND i.state || '' = :queued "
         "RETURNING i.job_id, i.index"
     )
+    # The setting ends with the transaction, whose other statements read one table each.
     session.execute(text("SET LOCAL enable_nestloop = off"))
-    params = {**bounds, "rows": json.dumps(rows), "now": now, "queued": ItemState.QUEUED.value}
-    written = {(job_id, index) for job_id, index in session.execute(statement, params).tuples()}
-    session.execute(text("SET LOCAL enable_nestloop = on"))
-    return written
+    params = {
+        **bounds,
+        "rows": json.dumps(rows),
+        "results": json.dumps(results),
+        "now": now,
+        "queued": ItemState.QUEUED.value,
+    }
+    return set(session.execute(statement, params).tuples())
 
 
 def _lock_queued_items(session: Session, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
@@ -538,12 +572,22 @@ def _lock_queued_items(session: Session, pairs: list[tuple[str, int]]) -> set[tu
     )
 
 
-def _settle_chunk(chunk: Chunk, complete: bool, now: dt.datetime) -> None:
-    """A written chunk is ``done``, or ``queued`` again without a leader when it stopped early."""
-    chunk.state = ChunkState.DONE if complete else ChunkState.QUEUED
-    chunk.finished_at = now if complete else None
-    chunk.lease_until = None
-    chunk.leader = None
+def _settle_chunks(session: Session, settled: dict[bool, list[tuple[str, int]]], now: dt.datetime) -> None:
+    """Written chunks (``settled[True]``, complete) are ``done``; those that stopped early (``settled[False]``) are
+    ``queued`` again without a leader. One UPDATE for each kind there is."""
+    for complete, keys in settled.items():
+        if keys:
+            session.execute(
+                update(Chunk)
+                .where(keyed(Chunk.job_id, Chunk.seq, keys))
+                .values(
+                    state=ChunkState.DONE if complete else ChunkState.QUEUED,
+                    finished_at=now if complete else None,
+                    lease_until=None,
+                    leader=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
 
 
 def _count_into_jobs(session: Session, counts: list[tuple[str, int, int]]) -> None:

@@ -152,3 +152,5 @@ def test_every_outcome_column_is_stored_exactly(runner: Runner) -> None:
         for name, value in outcome.columns().items():
             assert getattr(item, name) == value, (item.index, name)
     assert items[3].state == ItemState.QUEUED and items[3].result is None
+    # And an item's attempts come with its result (its chunk's one claim); the claim itself wrote no item row
+    assert [i.attempts for i in items] == [1, 1, 1, 0]
