@@ -600,7 +600,7 @@ def _cores(a: Measurement | None, b: Measurement | None) -> str:
 def render(run: Run, args: argparse.Namespace, info: dict[str, Any], checks: list[Target]) -> str:
     lines = [machine_line(info), ""]
     if run.sim is not None:
-        from bench.simulated import breakdown_table
+        from bench.simulated import breakdown_table, cpu_table
 
         sizes = ", ".join(f"{int(n):,} in chunks of {c}" for c, n in run.sim["items"].items())
         lines.append(f"simulated device (classification items a job: {sizes}; {run.sim['rounds']} rounds):")
@@ -609,6 +609,12 @@ def render(run: Run, args: argparse.Namespace, info: dict[str, Any], checks: lis
             "items/s: from the job's started_at to its finished_at (both stamped by the worker). busy: the device's "
             "computing time over that. Stages: worker.stages; gap: between two chunks of the job in one process "
             f"(broker round trip, Celery); worker logs under {run.sim['worker_logs']}."
+        )
+        lines.append(cpu_table(run.sim["_runs"], run.sim["_engine_cpu"], run.sim["_engine"]))
+        lines.append(
+            "busy cores: the machine's CPU time (every process) over the job's wall time; CPU ms a chunk: the worker "
+            "(its processes), PostgreSQL (every postgres process), Redis, the rest (this benchmark's client, the OS), "
+            "the machine in all, from /proc between the job's submission and its end."
         )
         if run.sim.get("pools"):
             from bench.pools import pools_line

@@ -152,15 +152,58 @@ def _proc_tree_by_scan(pid: int) -> list[int]:
 
 def tree_cpu_seconds(pid: int) -> float:
     """User and system CPU seconds of ``pid`` and its descendants (so far, for those alive now)."""
+    return sum(_cpu_ticks(p) for p in _proc_tree(pid)) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User and system CPU ticks of one process, all its threads (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+
+
+#: The servers whose CPU `cpu_snapshot` reads, by the command name of their processes (every PostgreSQL backend
+#: and helper is a ``postgres`` process).
+SERVERS = {"postgres": "postgres", "redis": "redis-server"}
+
+
+def cpu_snapshot(worker_pid: int) -> dict[str, float] | None:
+    """CPU seconds so far of the worker (``worker_pid`` and its descendants), of the local PostgreSQL and Redis
+    servers (every process of their names), and of the whole machine (``machine``: its busy time, every core, from
+    ``/proc/stat``). Two snapshots bracket a job: their difference is what the job cost each part, where the
+    servers run on this machine. One scan of ``/proc``; None where there is no ``/proc``."""
+    if not Path("/proc/stat").is_file():
+        return None
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for p in _proc_tree(pid):
+    out = {"worker": sum(_cpu_ticks(p) for p in _proc_tree(worker_pid)) / ticks}
+    by_name = dict.fromkeys(SERVERS, 0)
+    names = {v: k for k, v in SERVERS.items()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            comm = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / ticks
+        if comm in names:
+            by_name[names[comm]] += _cpu_ticks(int(entry.name))
+    out.update({k: v / ticks for k, v in by_name.items()})
+    # cpu  user nice system idle iowait irq softirq steal …: busy is all but idle and iowait.
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    out["machine"] = (sum(fields) - fields[3] - fields[4]) / ticks
+    return out
+
+
+def cpu_between(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float]:
+    """What each part of two `cpu_snapshot`s spent between them (seconds), and ``other``: the machine's busy time
+    that none of the named parts accounts for (the benchmark's own client, the OS). Empty without snapshots."""
+    if before is None or after is None:
+        return {}
+    spent = {k: max(0.0, after[k] - before[k]) for k in after}
+    spent["other"] = max(0.0, spent["machine"] - sum(v for k, v in spent.items() if k != "machine"))
+    return spent
 
 
 def _proc_rss(pid: int) -> int:

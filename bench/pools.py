@@ -58,7 +58,7 @@ def bench_pools(
                 run_sim_job(client, model.name, items[: 8 * concurrency], params, 4)  # every process loads the model
             for r in range(rounds):
                 for concurrency, client in clients.items():
-                    _, status, _ = run_sim_job(client, model.name, items, params, CHUNK)
+                    status = run_sim_job(client, model.name, items, params, CHUNK).status
                     rate = len(items) / (status.finished_at - status.started_at).total_seconds()
                     per_round[concurrency].append(rate)
                     log.info("  pools: --concurrency %d, round %d: %.1f items/s", concurrency, r + 1, rate)

@@ -9,6 +9,12 @@ job's time), and where the chunks' time went, read from the worker's log (each c
 stages, `worker.stages`). Beside them, the engine in-process on the null device, chunk by chunk: tokenize and
 postprocess alone, what the system's ceiling is held to.
 
+CPU. Every job is bracketed by two `bench.measure.cpu_snapshot`s: the CPU it cost the worker, PostgreSQL, Redis
+and the rest of the machine, per chunk, and how many of the machine's cores were busy; the engine in-process
+records its own. Where the null-device job keeps every core busy, the ceiling is the machine's CPU, and no
+overlap can raise it: the ceiling target's detail says at most what ratio these cores allow (cores × the engine's
+wall time a chunk ÷ the system's CPU time a chunk).
+
 A job's time is from its ``started_at`` (its first chunk claimed) to its ``finished_at`` (its last chunk
 written), both stamped by the worker: the rate at which the system works through a queue of chunks, without the
 submission of the job (which in steady state overlaps other jobs' work) and one broker delivery.
@@ -19,6 +25,7 @@ engine in-process; ratios are taken within a round, and the targets take their m
 from __future__ import annotations
 
 import logging
+import os
 import re
 import statistics
 import tempfile
@@ -29,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.measure import cpu_between, cpu_snapshot
 from bench.models import BenchModel
 from bench.report import Target
 from inferq.task_specs import TaskName, read_params
@@ -106,6 +114,10 @@ class SimRun:
     chunks: int
     #: Summed over the job's chunks (seconds); ``gap`` only between chunks of this job in one process.
     stages: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds the job cost (`bench.measure.cpu_between`: worker, postgres, redis, other, machine) and the wall
+    #: seconds between the two snapshots; empty where not measured.
+    cpu: dict[str, float] = field(default_factory=dict)
+    cpu_window: float = 0.0
 
     @property
     def items_per_second(self) -> float:
@@ -119,6 +131,11 @@ class SimRun:
     def busy(self) -> float | None:
         """The device's computing time over the job's time (None for the null device)."""
         return self.device_seconds / self.seconds if self.device else None
+
+    @property
+    def busy_cores(self) -> float | None:
+        """The machine's cores busy on average during the job (every process, the system's and any other)."""
+        return self.cpu["machine"] / self.cpu_window if self.cpu and self.cpu_window > 0 else None
 
     @property
     def device_items_per_second(self) -> float | None:
@@ -140,6 +157,9 @@ class SimRun:
             "busy": self.busy,
             "chunks": self.chunks,
             "stages_seconds": self.stages,
+            "cpu_seconds": self.cpu,
+            "cpu_window_seconds": self.cpu_window,
+            "busy_cores": self.busy_cores,
         }
 
 
@@ -166,20 +186,46 @@ def chunk_stages(log_text: str, job_id: str) -> tuple[int, dict[str, float]]:
     return chunks, dict(total)
 
 
-def run_sim_job(client: Any, model: str, items: Sequence[dict[str, Any]], params: dict[str, Any], chunk: int) -> Any:
+@dataclass
+class SimJob:
+    job_id: str
+    status: Any
+    #: From Client.submit to the job's finished_at.
+    end_to_end_seconds: float
+    #: What the job cost in CPU (`bench.measure.cpu_between`), from its submission's return (its items stored,
+    #: its messages sent) to the client seeing it finished, and that window's wall seconds.
+    cpu: dict[str, float]
+    cpu_window: float
+
+
+def run_sim_job(
+    client: Any,
+    model: str,
+    items: Sequence[dict[str, Any]],
+    params: dict[str, Any],
+    chunk: int,
+    worker_pid: int | None = None,
+) -> SimJob:
     from inferq.schema import utcnow
 
     wall_start = utcnow()
     job = client.submit(TaskName.CLASSIFICATION, model, list(items), params, chunk_size=chunk)
+    before = cpu_snapshot(worker_pid) if worker_pid else None
+    t0 = time.perf_counter()
     status = client.wait(job.job_id, timeout=1800, poll=0.2)
+    after = cpu_snapshot(worker_pid) if worker_pid else None
+    window = time.perf_counter() - t0
     if status.state.value != "succeeded" or status.succeeded != len(items):
         raise RuntimeError(f"simulated-device job {job.job_id} ended {status.state.value}: {status}")
-    return job.job_id, status, (status.finished_at - wall_start).total_seconds()
+    e2e = (status.finished_at - wall_start).total_seconds()
+    return SimJob(job.job_id, status, e2e, cpu_between(before, after), window)
 
 
-def engine_in_process(model: BenchModel, items: Sequence[dict[str, Any]], params: dict[str, Any], chunk: int) -> float:
+def engine_in_process(
+    model: BenchModel, items: Sequence[dict[str, Any]], params: dict[str, Any], chunk: int
+) -> tuple[float, float]:
     """Items/s of the engine on the null device, in this process, run chunk by chunk (tokenize, plan, postprocess:
-    the CPU work of a chunk without SQL or broker)."""
+    the CPU work of a chunk without SQL or broker), and its CPU seconds a chunk (the tokenizer's threads too)."""
     from inferq.settings import Settings
     from worker.model_cache import ModelCache
 
@@ -189,10 +235,11 @@ def engine_in_process(model: BenchModel, items: Sequence[dict[str, Any]], params
     engine = ModelCache(settings).engine(model.name, model.task)
     typed = read_params(model.task, params)
     engine.run(list(items[:chunk]), typed)  # warm up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for at in range(0, len(items), chunk):
         engine.run(list(items[at : at + chunk]), typed)
-    return len(items) / (time.perf_counter() - start)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return len(items) / seconds, cpu * chunk / len(items)
 
 
 def bench_simulated(
@@ -217,6 +264,7 @@ def bench_simulated(
 
     runs: list[SimRun] = []
     engine: dict[int, list[float]] = defaultdict(list)
+    engine_cpu: dict[int, list[float]] = defaultdict(list)
     logs = Path(tempfile.mkdtemp(prefix="inferq-bench-sim-"))
     with private_services() as services:
         registry = json.dumps({model.name: {"source": str(model.path), "task": model.task.value}})
@@ -230,20 +278,29 @@ def bench_simulated(
                     }
                     path = logs / f"worker-r{r}-{pool.kind}{pool.concurrency}-d{device}.log"
                     args = ("--models", model.name, "--pool", pool.kind, "--concurrency", str(pool.concurrency))
-                    with running_worker(env, path, *args), Client(client_settings(env)) as client:
+                    with running_worker(env, path, *args) as proc, Client(client_settings(env)) as client:
                         # Ready is said before the pool processes have loaded the model: one small job each.
                         run_sim_job(client, model.name, items[: 8 * pool.concurrency], params, 4)
                         for chunk in chunk_sizes:
                             job = job_items(items, chunk, chunks_per_job)
-                            job_id, status, e2e = run_sim_job(client, model.name, job, params, chunk)
-                            seconds = (status.finished_at - status.started_at).total_seconds()
-                            n_chunks, stages = chunk_stages(path.read_text(errors="replace"), job_id)
-                            run = SimRun(device, pool, chunk, r, len(job), seconds, e2e, n_chunks, stages)
+                            done = run_sim_job(client, model.name, job, params, chunk, proc.pid)
+                            st = done.status
+                            seconds = (st.finished_at - st.started_at).total_seconds()
+                            n_chunks, stages = chunk_stages(path.read_text(errors="replace"), done.job_id)
+                            run = SimRun(device, pool, chunk, r, len(job), seconds, done.end_to_end_seconds, n_chunks)
+                            run.stages, run.cpu, run.cpu_window = stages, done.cpu, done.cpu_window
                             runs.append(run)
                             log.info("  sim %s", _short(run))
             for chunk in chunk_sizes:
-                engine[chunk].append(engine_in_process(model, job_items(items, chunk, chunks_per_job), params, chunk))
-                log.info("  sim engine in-process, null device, chunks of %d: %.0f items/s", chunk, engine[chunk][-1])
+                rate, cpu = engine_in_process(model, job_items(items, chunk, chunks_per_job), params, chunk)
+                engine[chunk].append(rate)
+                engine_cpu[chunk].append(cpu)
+                log.info(
+                    "  sim engine in-process, null device, chunks of %d: %.0f items/s, %.1f ms CPU a chunk",
+                    chunk,
+                    rate,
+                    1000 * cpu,
+                )
     return {
         "items": {str(c): len(job_items(items, c, chunks_per_job)) for c in chunk_sizes},
         "chunks_per_job": chunks_per_job,
@@ -253,9 +310,12 @@ def bench_simulated(
         "chunk_sizes": list(chunk_sizes),
         "runs": [x.to_json() for x in runs],
         "engine_in_process_items_per_second": {str(c): v for c, v in engine.items()},
+        "engine_in_process_cpu_seconds_per_chunk": {str(c): v for c, v in engine_cpu.items()},
+        "cores": os.cpu_count(),
         "worker_logs": str(logs),
         "_runs": runs,
         "_engine": dict(engine),
+        "_engine_cpu": dict(engine_cpu),
     }
 
 
@@ -321,12 +381,58 @@ def breakdown_table(runs: list[SimRun]) -> str:
     return "\n".join(lines)
 
 
+#: The parts `cpu_table` shows, in order.
+_CPU_PARTS = ("worker", "postgres", "redis", "other", "machine")
+
+
+def cpu_table(runs: list[SimRun], engine_cpu: dict[int, list[float]], engine: dict[int, list[float]]) -> str:
+    """Per variant: the machine's busy cores during the job and the CPU milliseconds a chunk cost each part (medians
+    over rounds); then the engine in-process's CPU a chunk and its cores (CPU over wall time)."""
+    groups: dict[tuple[int, Pool, int], list[SimRun]] = defaultdict(list)
+    for x in runs:
+        if x.cpu:
+            groups[(x.device, x.pool, x.chunk_size)].append(x)
+    if not groups:
+        return "CPU: not measured (no /proc)"
+    lines = [
+        f"{'device':>7} {'pool':>10} {'chunk':>5} {'busy cores':>10}  CPU ms a chunk: "
+        + " ".join(f"{n:>8}" for n in _CPU_PARTS)
+    ]
+    order = {p: i for i, p in enumerate(POOLS)}
+    for (device, pool, chunk), xs in sorted(groups.items(), key=lambda g: (g[0][0], order.get(g[0][1], 9), g[0][2])):
+        busy = _median([b for x in xs if (b := x.busy_cores) is not None])
+        cells = " ".join(f"{_median([1000 * x.cpu[n] / max(x.chunks, 1) for x in xs]):8.1f}" for n in _CPU_PARTS)
+        dev = "null" if device == 0 else f"{device:,}"
+        lines.append(
+            f"{dev:>7} {pool.kind[:7] + ' ' + str(pool.concurrency):>10} {chunk:>5} {busy:10.2f}  {'':16}{cells}"
+        )
+    for chunk, cpus in sorted(engine_cpu.items()):
+        rates = engine.get(chunk, [])
+        cores = [c * r / chunk for c, r in zip(cpus, rates, strict=False)]
+        lines.append(
+            f"engine in-process, chunks of {chunk}: {_median([1000 * c for c in cpus]):.1f} ms CPU a chunk on "
+            f"{_median(cores):.2f} cores (the tokenizer's threads)"
+        )
+    return "\n".join(lines)
+
+
+def cpu_bound(run: SimRun, engine_rate: float, cores: int) -> float | None:
+    """The most the null-device ceiling / engine ratio could be on ``cores`` cores, given the CPU ``run`` cost the
+    whole machine a chunk and the engine's wall time a chunk: (cores ÷ machine CPU a chunk) ÷ (1 ÷ engine time a
+    chunk). None where the CPU was not measured."""
+    if not run.cpu or run.chunks == 0 or run.cpu.get("machine", 0.0) <= 0:
+        return None
+    per_chunk = run.cpu["machine"] / run.chunks
+    return cores * (run.chunk_size / engine_rate) / per_chunk
+
+
 def sim_targets(result: dict[str, Any], default_chunk: int) -> list[Target]:
     """The issue's three targets, each the median over rounds of a ratio within one round, for every pool of one
     process (the 2,000 items/s and ceiling targets are on one worker process) or every pool (10,000 items/s), at
     every chunk size, the default chunk size first."""
     runs: list[SimRun] = result["_runs"]
     engine: dict[int, list[float]] = result["_engine"]
+    cores = int(result.get("cores") or os.cpu_count() or 1)
     by = {(x.device, x.pool, x.chunk_size, x.round): x for x in runs}
     rounds = sorted({x.round for x in runs})
     pools = [p for p in POOLS if any(x.pool == p for x in runs)]
@@ -370,18 +476,29 @@ def sim_targets(result: dict[str, Any], default_chunk: int) -> list[Target]:
         for pool in pools:
             if pool.processes != 1:
                 continue
-            ceiling = [
-                x.items_per_second / engine[chunk][r]
+            nulls = [
+                (x, engine[chunk][r])
                 for r in rounds
                 if (x := by.get((0, pool, chunk, r))) is not None and chunk in engine and r < len(engine[chunk])
             ]
+            ceiling = [x.items_per_second / e for x, e in nulls]
             if ceiling:
+                bounds = [b for x, e in nulls if (b := cpu_bound(x, e, cores)) is not None]
+                allowed = (
+                    f"; these {cores} cores allow at most {_median(bounds):.2f} (the machine's CPU a chunk in the job,"
+                    f" {_median([1000 * x.cpu['machine'] / x.chunks for x, _ in nulls if x.cpu]):.1f} ms, on"
+                    f" {_median([c for x, _ in nulls if (c := x.busy_cores) is not None]):.2f} busy cores)"
+                    if bounds
+                    else ""
+                )
                 out.append(
                     Target(
                         f"sim: null-device ceiling ({pool.label}) / engine in-process (null device), {tag}",
                         _median(ceiling),
                         CEILING_OVER_ENGINE,
-                        detail=_spread(ceiling) + f"; engine {', '.join(f'{v:,.0f}' for v in engine[chunk])} items/s",
+                        detail=_spread(ceiling)
+                        + f"; engine {', '.join(f'{v:,.0f}' for v in engine[chunk])} items/s"
+                        + allowed,
                     )
                 )
     return out

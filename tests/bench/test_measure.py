@@ -136,3 +136,31 @@ def test_describe_reads_either_comparison() -> None:
     a = np.ones((1, 4), dtype=np.float32)
     assert describe(compare_vectors([a], [a])).startswith("0 of 1 differ (cosine min 1.000000")
     assert describe(compare([[("A", 0.5)]], [[("A", 0.5)]])) == "0 of 1 differ (max |Δscore| 0.0e+00, 0 top changed)"
+
+
+def test_cpu_snapshots_charge_a_busy_child_to_the_worker_and_the_machine() -> None:
+    from bench.measure import cpu_between, cpu_snapshot
+
+    # Given a child of ours that spins for about 0.6 s of CPU
+    before = cpu_snapshot(os.getpid())
+    assert before is not None and set(before) == {"worker", "postgres", "redis", "machine"}
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    # (a child that has exited is charged to its parent once reaped: run one that is still alive too)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code + "\nprint('spun', flush=True)\ntime.sleep(30)"], stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"spun"
+        after = cpu_snapshot(os.getpid())
+    finally:
+        proc.kill()
+        proc.wait()
+
+    # Then the live child's CPU is the "worker" tree's, the machine's busy time holds it, and "other" is the rest
+    spent = cpu_between(before, after)
+    assert spent["worker"] >= 0.5, spent
+    assert spent["machine"] >= spent["worker"] - 0.05, spent
+    named = spent["worker"] + spent["postgres"] + spent["redis"]
+    assert abs(spent["other"] - max(0.0, spent["machine"] - named)) < 1e-9
+    assert cpu_between(None, after) == {}

@@ -67,3 +67,23 @@ def test_sim_runs_alone_or_with_the_tasks() -> None:
     assert parse_args(["--tasks", "sim"]).sim
     assert parse_args([]).sim
     assert not parse_args(["--tasks", "classic"]).sim
+
+
+def test_the_cpu_bound_is_the_cores_over_the_machines_cpu_a_chunk_against_the_engines_time() -> None:
+    from bench.simulated import cpu_bound, cpu_table
+
+    # Given a null-device job of 4 chunks of 256 that cost the machine 0.2 s of CPU (50 ms a chunk) in 0.1 s
+    run = SimRun(0, POOLS[0], 256, 0, 1024, 0.1, 0.2, 4)
+    run.cpu = {"worker": 0.12, "postgres": 0.05, "redis": 0.01, "other": 0.02, "machine": 0.2}
+    run.cpu_window = 0.1
+    # and an engine that runs a chunk in 10 ms (25,600 items/s)
+    engine = 25_600.0
+
+    # Then 2 cores allow at most 2 chunks per 50 ms against 1 per 10 ms: 0.4; the machine was busy on 2 cores
+    bound = cpu_bound(run, engine, cores=2)
+    assert bound is not None and abs(bound - 0.4) < 1e-9
+    assert run.busy_cores == 2.0
+    table = cpu_table([run], {256: [0.018]}, {256: [engine]})
+    assert "50.0" in table and "30.0" in table and "18.0 ms CPU a chunk on 1.80 cores" in table
+    # And a run without CPU measured has no bound
+    assert cpu_bound(SimRun(0, POOLS[0], 256, 0, 1024, 0.1, 0.2, 4), engine, cores=2) is None
