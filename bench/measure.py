@@ -164,9 +164,9 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
 
 
-#: The servers whose CPU `cpu_snapshot` reads, by the command name of their processes (every PostgreSQL backend
-#: and helper is a ``postgres`` process).
-SERVERS = {"postgres": "postgres", "redis": "redis-server"}
+#: The servers whose CPU `cpu_snapshot` reads: the command name of their processes, and the part it counts in (every
+#: PostgreSQL backend and helper is a ``postgres`` process).
+SERVERS = {"postgres": "postgres", "redis-server": "redis"}
 
 
 def cpu_snapshot(worker_pid: int) -> dict[str, float] | None:
@@ -177,9 +177,8 @@ def cpu_snapshot(worker_pid: int) -> dict[str, float] | None:
     if not Path("/proc/stat").is_file():
         return None
     ticks = os.sysconf("SC_CLK_TCK")
-    out = {"worker": sum(_cpu_ticks(p) for p in _proc_tree(worker_pid)) / ticks}
-    by_name = dict.fromkeys(SERVERS, 0)
-    names = {v: k for k, v in SERVERS.items()}
+    out = {"worker": tree_cpu_seconds(worker_pid)}
+    by_name = dict.fromkeys(SERVERS.values(), 0)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -187,8 +186,8 @@ def cpu_snapshot(worker_pid: int) -> dict[str, float] | None:
             comm = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        if comm in names:
-            by_name[names[comm]] += _cpu_ticks(int(entry.name))
+        if comm in SERVERS:
+            by_name[SERVERS[comm]] += _cpu_ticks(int(entry.name))
     out.update({k: v / ticks for k, v in by_name.items()})
     # cpu  user nice system idle iowait irq softirq steal …: busy is all but idle and iowait.
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]

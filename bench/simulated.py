@@ -132,6 +132,11 @@ class SimRun:
         """The device's computing time over the job's time (None for the null device)."""
         return self.device_seconds / self.seconds if self.device else None
 
+    def cpu_per_chunk(self, part: str) -> float | None:
+        """CPU seconds a chunk that ``part`` (`bench.measure.cpu_between`'s) spent in the job; None where not
+        measured."""
+        return self.cpu[part] / self.chunks if self.cpu and self.chunks else None
+
     @property
     def busy_cores(self) -> float | None:
         """The machine's cores busy on average during the job (every process, the system's and any other)."""
@@ -287,8 +292,19 @@ def bench_simulated(
                             st = done.status
                             seconds = (st.finished_at - st.started_at).total_seconds()
                             n_chunks, stages = chunk_stages(path.read_text(errors="replace"), done.job_id)
-                            run = SimRun(device, pool, chunk, r, len(job), seconds, done.end_to_end_seconds, n_chunks)
-                            run.stages, run.cpu, run.cpu_window = stages, done.cpu, done.cpu_window
+                            run = SimRun(
+                                device,
+                                pool,
+                                chunk,
+                                r,
+                                len(job),
+                                seconds,
+                                done.end_to_end_seconds,
+                                n_chunks,
+                                stages,
+                                done.cpu,
+                                done.cpu_window,
+                            )
                             runs.append(run)
                             log.info("  sim %s", _short(run))
             for chunk in chunk_sizes:
@@ -401,7 +417,9 @@ def cpu_table(runs: list[SimRun], engine_cpu: dict[int, list[float]], engine: di
     order = {p: i for i, p in enumerate(POOLS)}
     for (device, pool, chunk), xs in sorted(groups.items(), key=lambda g: (g[0][0], order.get(g[0][1], 9), g[0][2])):
         busy = _median([b for x in xs if (b := x.busy_cores) is not None])
-        cells = " ".join(f"{_median([1000 * x.cpu[n] / max(x.chunks, 1) for x in xs]):8.1f}" for n in _CPU_PARTS)
+        cells = " ".join(
+            f"{_median([1000 * c for x in xs if (c := x.cpu_per_chunk(n)) is not None]):8.1f}" for n in _CPU_PARTS
+        )
         dev = "null" if device == 0 else f"{device:,}"
         lines.append(
             f"{dev:>7} {pool.kind[:7] + ' ' + str(pool.concurrency):>10} {chunk:>5} {busy:10.2f}  {'':16}{cells}"
@@ -420,9 +438,9 @@ def cpu_bound(run: SimRun, engine_rate: float, cores: int) -> float | None:
     """The most the null-device ceiling / engine ratio could be on ``cores`` cores, given the CPU ``run`` cost the
     whole machine a chunk and the engine's wall time a chunk: (cores ÷ machine CPU a chunk) ÷ (1 ÷ engine time a
     chunk). None where the CPU was not measured."""
-    if not run.cpu or run.chunks == 0 or run.cpu.get("machine", 0.0) <= 0:
+    per_chunk = run.cpu_per_chunk("machine")
+    if not per_chunk:
         return None
-    per_chunk = run.cpu["machine"] / run.chunks
     return cores * (run.chunk_size / engine_rate) / per_chunk
 
 
@@ -486,7 +504,7 @@ def sim_targets(result: dict[str, Any], default_chunk: int) -> list[Target]:
                 bounds = [b for x, e in nulls if (b := cpu_bound(x, e, cores)) is not None]
                 allowed = (
                     f"; these {cores} cores allow at most {_median(bounds):.2f} (the machine's CPU a chunk in the job,"
-                    f" {_median([1000 * x.cpu['machine'] / x.chunks for x, _ in nulls if x.cpu]):.1f} ms, on"
+                    f" {_median([1000 * c for x, _ in nulls if (c := x.cpu_per_chunk('machine'))]):.1f} ms, on"
                     f" {_median([c for x, _ in nulls if (c := x.busy_cores) is not None]):.2f} busy cores)"
                     if bounds
                     else ""

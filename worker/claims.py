@@ -13,7 +13,8 @@ One delivery of a chunk's message goes through three steps, each its own transac
    An item's ``attempts`` is stamped with its result: its chunk's claims so far, each of which read it queued.
 
 Statements run on the session's connection (Core), not through the ORM session: these functions load no ORM
-objects, and the ORM layer cost ~0.3 ms a statement, a tenth of a chunk's control-plane time on a fast device.
+objects, and the ORM layer cost ~0.3 ms a statement, a tenth of a chunk's control-plane time on a fast device
+(only the result write on SQLite, an ORM bulk UPDATE by primary key, goes through the session).
 
 Idempotent: a chunk already done claims nothing, and an item gets a result only while it is still ``queued``,
 under a row lock, so two deliveries of one chunk never write an item twice. Rows are locked in key order, so
@@ -481,9 +482,10 @@ def _store_outcomes(
 ) -> set[tuple[str, int]]:
     """Give each item ``(job, index, attempts, outcome)`` of ``outcomes`` its outcome if it is still ``queued``,
     with its attempts (its chunk's claims so far: every one of them read the item while it was queued); return the
-    items written. On PostgreSQL one statement (an ``UPDATE … FROM jsonb_array_elements(…) … RETURNING``: the row locks,
-    the check of the state and the write in one round trip, where one UPDATE per item cost ~2 ms of server time each
-    on a busy machine); elsewhere the queued items are locked in key order, then updated in one executemany."""
+    items written. On PostgreSQL one statement (`_store_outcomes_json`, an ``UPDATE … FROM … RETURNING``: the row
+    locks, the check of the state and the write in one round trip, where one UPDATE per item cost ~2 ms of server
+    time each on a busy machine); elsewhere the queued items are locked in key order, then updated in one
+    executemany."""
     if not outcomes:
         return set()
     if session.get_bind().dialect.name == "postgresql":
