@@ -1,0 +1,23 @@
+"""The lock order of every transaction that changes a job's chunks, items and the job row together: **chunks first,
+in (job, seq) order, then items, then the job**. The worker's result write and a cancel both start with
+`lock_chunks`, so that neither waits on the other while holding what the other needs (a deadlock, which PostgreSQL
+breaks by failing one of them). SQLite has one writer at a time and ignores ``FOR UPDATE``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement, Connection, Row, select
+
+from inferq.schema import Chunk
+
+
+def lock_chunks(conn: Connection, where: ColumnElement[bool]) -> Sequence[Row[tuple[str, int, str, int]]]:
+    """Lock the chunk rows matching ``where`` in (job, seq) order; their ``job_id``, ``seq``, ``state`` and
+    ``attempts``, read by name."""
+    return conn.execute(
+        select(Chunk.job_id, Chunk.seq, Chunk.state, Chunk.attempts)
+        .where(where)
+        .order_by(Chunk.job_id, Chunk.seq)
+        .with_for_update()
+    ).all()
