@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from sqlalchemy import ColumnElement, Connection, Row, select
 
 from inferq.schema import Chunk
+from inferq.states import ChunkState
 
 
-def lock_chunks(conn: Connection, where: ColumnElement[bool]) -> Sequence[Row[tuple[str, int, str, int]]]:
+def lock_chunks(conn: Connection, where: ColumnElement[bool]) -> Sequence[Row[tuple[str, int, ChunkState, int]]]:
     """Lock the chunk rows matching ``where`` in (job, seq) order; their ``job_id``, ``seq``, ``state`` and
     ``attempts``, read by name."""
     return conn.execute(
