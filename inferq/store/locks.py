@@ -13,7 +13,7 @@ from inferq.schema import Chunk
 from inferq.states import ChunkState
 
 
-def lock_chunks(conn: Connection, where: ColumnElement[bool]) -> Sequence[Row[tuple[str, int, ChunkState, int]]]:
+def lock_chunks(conn: Connection, where: ColumnElement[bool]) -> Sequence[Row[str, int, ChunkState, int]]:
     """Lock the chunk rows matching ``where`` in (job, seq) order; their ``job_id``, ``seq``, ``state`` and
     ``attempts``, read by name."""
     return conn.execute(
