@@ -443,12 +443,12 @@ def store_vectors_as_worker(
     """A succeeded embedding job of ``len(vectors)`` items, one vector each, stored as a worker stores it: the job
     with `producer.client.store_job` (its items as ``inferq submit`` stores them; on a queue no worker consumes),
     then each chunk's outcomes (``{"dim", "dtype"}`` and the vector's little-endian bytes) through
-    `worker.claims.write_results`, `_WRITE_CHUNKS` chunks per transaction. Returns the job's id."""
+    `inferq.store.chunks.write_results`, `_WRITE_CHUNKS` chunks per transaction. Returns the job's id."""
     from bench.inputs import scale_rows
+    from inferq.store.chunks import Claim, write_results
     from inferq.task_specs import read_params, validate_params
     from producer.client import store_job
     from producer.inputs import Limits, validate_rows
-    from worker.claims import Claim, write_results
     from worker.engines.base import Outcome
     from worker.tiny_models import corpus
 

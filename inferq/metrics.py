@@ -63,7 +63,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class ClaimLike(Protocol):
-    """What the metrics read of a claimed chunk (`worker.claims.Claim`; inferq never imports the worker)."""
+    """What the metrics read of a claimed chunk (`inferq.store.chunks.Claim`)."""
 
     @property
     def task(self) -> Any: ...
@@ -78,7 +78,7 @@ class ClaimLike(Protocol):
 
 
 class StoredLike(Protocol):
-    """What the metrics read of a stored chunk (`worker.claims.StoredChunk`)."""
+    """What the metrics read of a stored chunk (`inferq.store.chunks.StoredChunk`)."""
 
     @property
     def succeeded(self) -> int: ...
@@ -482,38 +482,28 @@ class StateCollector:
             return self._state
 
     def _read(self) -> _State | None:
-        from sqlalchemy import func, select
         from sqlalchemy.exc import SQLAlchemyError
 
         from inferq.errors import DatabaseUnavailable
-        from inferq.schema import Chunk, Job, WebhookDelivery, as_utc
-        from inferq.states import UNFINISHED_JOB_STATES, ChunkState, DeliveryState, JobState
+        from inferq.schema import as_utc
+        from inferq.states import DeliveryState, JobState
+        from inferq.store import maintenance
 
         try:
             with self.sessions() as session:
                 jobs = {s.value: 0 for s in JobState}
-                for state, count in session.execute(select(Job.state, func.count()).group_by(Job.state)):
-                    jobs[_name(state)] = int(count)
+                for by_state in maintenance.jobs_by_state(session):
+                    jobs[_name(by_state.state)] = int(by_state.total)
                 unfinished: dict[tuple[str, str], int] = {}
-                for queue, model, left in session.execute(
-                    select(Job.queue, Job.model, func.sum(Job.total - Job.succeeded - Job.failed))
-                    .where(Job.state.in_(UNFINISHED_JOB_STATES))
-                    .group_by(Job.queue, Job.model)
-                ):
-                    unfinished[(queue, model)] = int(left or 0)
+                for left in maintenance.items_left(session):
+                    unfinished[(left.queue, left.model)] = int(left.left or 0)
                 oldest: dict[str, float | None] = dict.fromkeys({q for q, _ in unfinished})
-                for queue, since in session.execute(
-                    select(Job.queue, func.min(func.coalesce(Chunk.enqueued_at, Job.created_at)))
-                    .join(Job, Job.id == Chunk.job_id)
-                    .where(Chunk.state == ChunkState.QUEUED, Job.state.in_(UNFINISHED_JOB_STATES))
-                    .group_by(Job.queue)
-                ):
-                    oldest[queue] = as_utc(_datetime(since)).timestamp() if since is not None else None
+                for waiting in maintenance.oldest_waiting(session):
+                    since = waiting.since
+                    oldest[waiting.queue] = as_utc(_datetime(since)).timestamp() if since is not None else None
                 deliveries = {s.value: 0 for s in DeliveryState}
-                for delivery_state, count in session.execute(
-                    select(WebhookDelivery.state, func.count()).group_by(WebhookDelivery.state)
-                ):
-                    deliveries[_name(delivery_state)] = int(count)
+                for delivery_state in maintenance.deliveries_by_state(session):
+                    deliveries[_name(delivery_state.state)] = int(delivery_state.total)
         except (DatabaseUnavailable, SQLAlchemyError) as exc:
             log.warning("metrics: could not read the state from SQL: %s", exc)
             return None

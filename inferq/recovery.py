@@ -10,8 +10,8 @@ SQL is the record; a broker message is only a wake-up call for one chunk. `recov
   SQL alone decides: the broker is not asked, so a dead worker's message still sitting unacknowledged in Redis
   (handed back only after the visibility timeout, hours) does not hold the chunk up. When that old message does
   come back, or the robbed worker was alive after all, the chunk's second run writes nothing twice: an item gets a
-  result only while it is still ``queued``, under a row lock (`worker.claims`). The reconciler applies this rule
-  every half lease (``leases_only``), the others every ``INFERQ_RECOVER_INTERVAL``.
+  result only while it is still ``queued``, under a row lock (`inferq.store.chunks`). The reconciler applies this
+  rule every half lease (``leases_only``), the others every ``INFERQ_RECOVER_INTERVAL``.
 * **never enqueued**: the chunk is ``queued``, has no ``enqueued_at`` (the producer stored the job but could not
   send its message) and its job was created more than ``older_than`` seconds ago.
 * **message missing** (brokers whose messages can be listed: Redis): the chunk is ``queued``, was last enqueued
@@ -36,19 +36,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import metrics
 from inferq.brokers import listed_chunk_messages
 from inferq.constants import STRANDED_MESSAGE_SECONDS
 from inferq.errors import BrokerUnavailable
-from inferq.schema import Chunk, Job, as_utc, utcnow
+from inferq.schema import as_utc, utcnow
 from inferq.settings import Settings
-from inferq.states import UNFINISHED_JOB_STATES, ChunkState
+from inferq.states import ChunkState
+from inferq.store import maintenance
 from inferq.task_specs import RUN_CHUNK
 
 if TYPE_CHECKING:
@@ -89,17 +90,6 @@ class Recovery:
             "broker_listed": self.broker_listed,
             "requeued": [asdict(c) for c in self.requeued],
         }
-
-
-@dataclass(frozen=True)
-class _Row:
-    job_id: str
-    seq: int
-    state: ChunkState
-    lease_until: dt.datetime | None
-    enqueued_at: dt.datetime | None
-    queue: str
-    created_at: dt.datetime
 
 
 def recover(
@@ -159,62 +149,26 @@ def recover(
 
 def _unfinished_chunks(
     sessions: sessionmaker[Session], job_id: str | None, *, expired_before: dt.datetime | None = None
-) -> list[_Row]:
-    """The queued and running chunks of unfinished jobs; with ``expired_before``, only the running ones whose lease
-    ended before it (on the ``(state, lease_until)`` index)."""
-    query = (
-        select(
-            Chunk.job_id,
-            Chunk.seq,
-            Chunk.state,
-            Chunk.lease_until,
-            Chunk.enqueued_at,
-            Job.queue,
-            Job.created_at,
-        )
-        .join(Job, Job.id == Chunk.job_id)
-        .where(
-            Job.state.in_(UNFINISHED_JOB_STATES),
-            Chunk.state.in_([ChunkState.QUEUED, ChunkState.RUNNING]),
-        )
-        .order_by(Chunk.job_id, Chunk.seq)
-    )
-    if job_id is not None:
-        query = query.where(Chunk.job_id == job_id)
-    if expired_before is not None:
-        query = query.where(
-            Chunk.state == ChunkState.RUNNING,
-            Chunk.lease_until.is_(None) | (Chunk.lease_until < expired_before),
-        )
+) -> Sequence[maintenance.UnfinishedChunk]:
+    """`maintenance.unfinished_chunks`, in a short read of its own."""
     with sessions() as session:
-        return [_Row(*r) for r in session.execute(query)]
+        return maintenance.unfinished_chunks(session, job_id, expired_before=expired_before)
 
 
 def _requeue(sessions: sessionmaker[Session], celery: Celery, chunk: LostChunk, cutoff: dt.datetime) -> bool:
     """Claim the chunk for re-enqueueing with one conditional UPDATE (so that one process sends), then send."""
     now = utcnow()
-    key = (Chunk.job_id == chunk.job_id, Chunk.seq == chunk.seq)
     with sessions.begin() as session:
         if chunk.reason == "lease_expired":
-            claimed = session.execute(
-                update(Chunk)
-                .where(*key, Chunk.state == ChunkState.RUNNING)
-                .where((Chunk.lease_until.is_(None)) | (Chunk.lease_until < now))
-                .values(state=ChunkState.QUEUED, lease_until=None, worker=None, leader=None, enqueued_at=now)
-            )
+            claimed = maintenance.requeue_expired(session, chunk.job_id, chunk.seq, now)
         else:
-            claimed = session.execute(
-                update(Chunk)
-                .where(*key, Chunk.state == ChunkState.QUEUED)
-                .where((Chunk.enqueued_at.is_(None)) | (Chunk.enqueued_at <= cutoff))
-                .values(enqueued_at=now)
-            )
-    if not claimed.rowcount:  # type: ignore[attr-defined]
+            claimed = maintenance.mark_enqueued(session, chunk.job_id, chunk.seq, not_since=cutoff, now=now)
+    if not claimed:
         return False  # another reconciler, or a worker, got there first
     try:
         celery.send_task(RUN_CHUNK, args=[chunk.job_id, chunk.seq], queue=chunk.queue)
     except Exception as exc:
         with sessions.begin() as session:
-            session.execute(update(Chunk).where(*key).values(enqueued_at=None))
+            maintenance.clear_enqueued(session, chunk.job_id, chunk.seq)
         raise BrokerUnavailable(f"could not re-enqueue chunk {chunk.seq} of job {chunk.job_id}: {exc}") from exc
     return True

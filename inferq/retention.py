@@ -1,4 +1,5 @@
-"""Retention: deleting old finished jobs (``inferq purge``), in short transactions that never touch a running job."""
+"""Retention: deleting old finished jobs (``inferq purge``), in short transactions that never touch a running job
+(the statements are `inferq.store.maintenance`)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants
-from inferq.schema import Chunk, Item, Job, utcnow
-from inferq.states import FINISHED_JOB_STATES
+from inferq.schema import utcnow
+from inferq.store import maintenance
 
 
 @dataclass
@@ -38,25 +38,17 @@ def purge(
     holds one giant transaction, and only rows of finished jobs are ever locked, so running jobs go on."""
     cutoff = utcnow() - older_than
     with sessions() as session:
-        jobs = session.execute(
-            select(Job.id, Job.total)
-            .where(Job.state.in_(FINISHED_JOB_STATES), Job.finished_at.is_not(None), Job.finished_at < cutoff)
-            .order_by(Job.finished_at)
-        ).all()
+        jobs = maintenance.finished_before(session, cutoff)
     report = Purge()
-    for job_id, total in jobs:
-        report.jobs.append(job_id)
+    for job in jobs:
+        report.jobs.append(job.id)
         if dry_run:
-            report.items += total
+            report.items += job.total
             continue
-        for start in range(0, total, batch_rows):
+        for start in range(0, job.total, batch_rows):
             with sessions.begin() as session:
-                deleted = session.execute(
-                    delete(Item).where(Item.job_id == job_id, Item.index >= start, Item.index < start + batch_rows)
-                )
-            report.items += deleted.rowcount  # type: ignore[attr-defined]
+                report.items += maintenance.delete_items(session, job.id, start, start + batch_rows)
             report.batches += 1
         with sessions.begin() as session:
-            session.execute(delete(Chunk).where(Chunk.job_id == job_id))
-            session.execute(delete(Job).where(Job.id == job_id, Job.state.in_(FINISHED_JOB_STATES)))
+            maintenance.delete_job(session, job.id)
     return report

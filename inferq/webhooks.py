@@ -1,12 +1,13 @@
 """Webhooks: when a job ends, inferq POSTs an event to the job's webhook URL, signed per the Standard Webhooks spec,
 at least once, surviving restarts.
 
-The protocol:
+The protocol (its statements are `inferq.store.outbox`):
 
-1. **Record** (`record_job_ends`): the transaction that ends a job (`worker.claims.finish_jobs_if_complete`,
-   `producer.client.Client.cancel`) inserts the job's `WebhookDelivery` (an outbox row: the event, the URL, the
-   body serialized once) when the job has a webhook URL. Only a job whose guarded state change this very
-   transaction made gets one, so a job's end makes exactly one delivery whichever paths race to end it.
+1. **Record** (`inferq.store.outbox.record_job_ends`): the transaction that ends a job
+   (`inferq.store.chunks.finish_jobs_if_complete`, `producer.client.Client.cancel`) inserts the job's
+   `WebhookDelivery` (an outbox row: the event, the URL, the body serialized once) when the job has a webhook URL.
+   Only a job whose guarded state change this very transaction made gets one, so a job's end makes exactly one
+   delivery whichever paths race to end it.
 2. **Enqueue**: after that commit, the same process sends the Celery task `DELIVER_WEBHOOK` with the delivery's id
    to `Settings.webhook_queue`; if the message is lost (a crash between commit and send, a broker that forgets),
    every worker's reconciler sends the deliveries that have been due for longer than ``INFERQ_RECOVER_OLDER_THAN``
@@ -35,25 +36,28 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import __version__, constants
 from inferq.errors import InvalidSignature, WebhookUrlRefused
-from inferq.schema import Job, WebhookAttempt, WebhookDelivery, as_utc, utcnow
+from inferq.schema import utcnow
 from inferq.settings import Settings
-from inferq.states import DeliveryState, JobState
+from inferq.states import DeliveryState
+from inferq.store import outbox
+from inferq.store.outbox import EVENTS as EVENTS
+from inferq.store.outbox import delivery_history as delivery_history
+from inferq.store.outbox import event_payload as event_payload
+from inferq.store.outbox import new_delivery_id as new_delivery_id
+from inferq.store.outbox import record_job_ends as record_job_ends
 from inferq.task_specs import DELIVER_WEBHOOK
 from inferq.tenants import ensure_tenant
 
@@ -62,13 +66,6 @@ if TYPE_CHECKING:
     from celery import Celery
 
 log = logging.getLogger(__name__)
-
-#: The event a job's end sends, by the state it ended in.
-EVENTS = {
-    JobState.SUCCEEDED: "job.succeeded",
-    JobState.FAILED: "job.failed",
-    JobState.CANCELLED: "job.cancelled",
-}
 
 #: Seconds a claimed delivery stays out of other senders' reach beyond its timeout: httpx's timeout bounds each of
 #: connecting, sending and every read, so an attempt may take a few timeouts; this covers recording it too.
@@ -217,77 +214,7 @@ def verify(
 
 
 # -- 1. record ----------------------------------------------------------------------------------------------
-
-
-def new_delivery_id() -> str:
-    """``msg_`` + 32 hex digits: the ``webhook-id`` of every attempt at one delivery."""
-    return "msg_" + uuid.uuid4().hex
-
-
-def event_payload(job: Job) -> str:
-    """The body of a job's end event, serialized once (every attempt sends these bytes)."""
-    state = JobState(job.state)
-
-    def iso(t: dt.datetime | None) -> str | None:
-        return as_utc(t).isoformat() if t is not None else None
-
-    event = {
-        "type": EVENTS[state],
-        "timestamp": iso(job.finished_at) or utcnow().isoformat(),
-        "data": {
-            "id": job.id,
-            "state": state.value,
-            "task": job.task,
-            "model": job.model,
-            "total": job.total,
-            "succeeded": job.succeeded,
-            "failed": job.failed,
-            "metadata": dict(job.meta or {}),
-            "created_at": iso(job.created_at),
-            "started_at": iso(job.started_at),
-            "finished_at": iso(job.finished_at),
-            "error": {"code": job.error_code, "message": job.error or ""} if job.error_code else None,
-        },
-    }
-    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-
-
-def record_job_ends(session: Session, job_ids: Sequence[str]) -> list[str]:
-    """Insert the delivery of each of ``job_ids`` that has a webhook URL; the ids of the deliveries made.
-
-    The caller passes only jobs that THIS transaction has just ended, by a guarded UPDATE whose rowcount or
-    RETURNING said so: the job row stays locked until the commit, so no other transaction can end it too, and a
-    job's end makes exactly one delivery. Flushed in the caller's transaction; the caller enqueues the ids after
-    its commit (`send_deliveries`)."""
-    if not job_ids:
-        return []
-    jobs = session.scalars(
-        select(Job)
-        .where(Job.id.in_(list(job_ids)), Job.webhook_url.is_not(None))
-        .order_by(Job.id)
-        .execution_options(populate_existing=True)
-    ).all()
-    made = []
-    now = utcnow()
-    for job in jobs:
-        if job.webhook_url is None or job.state not in EVENTS:
-            continue
-        delivery = WebhookDelivery(
-            id=new_delivery_id(),
-            job_id=job.id,
-            tenant=job.tenant,
-            event=EVENTS[JobState(job.state)],
-            url=job.webhook_url,
-            payload=event_payload(job),
-            state=DeliveryState.PENDING,
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
-        session.add(delivery)
-        made.append(delivery.id)
-    session.flush()
-    return made
+# `record_job_ends` (with the event's body, `event_payload`) is a statement of the outbox: `inferq.store.outbox`.
 
 
 # -- 2. enqueue ------------------------------------------------------------------------------------------------
@@ -318,25 +245,13 @@ def enqueue_due(settings: Settings, sessions: sessionmaker[Session], celery: Cel
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=settings.recover_older_than)
     with sessions() as session:
-        due = session.execute(
-            select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
-            .where(WebhookDelivery.state == DeliveryState.PENDING, WebhookDelivery.next_attempt_at <= cutoff)
-            .order_by(WebhookDelivery.next_attempt_at)
-            .limit(SWEEP_BATCH)
-        ).all()
+        due = outbox.due_deliveries(session, cutoff, SWEEP_BATCH)
     sent = []
-    for delivery_id, due_at in due:
+    for row in due:
+        delivery_id = row.id
         with sessions.begin() as session:
-            claimed = session.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id == delivery_id,
-                    WebhookDelivery.state == DeliveryState.PENDING,
-                    WebhookDelivery.next_attempt_at == due_at,
-                )
-                .values(next_attempt_at=now)
-            )
-        if not claimed.rowcount:  # type: ignore[attr-defined]
+            taken = outbox.take_due(session, delivery_id, row.next_attempt_at, now)
+        if not taken:
             continue  # sent, or claimed by another reconciler, meanwhile
         celery.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=settings.webhook_queue)
         sent.append(delivery_id)
@@ -424,18 +339,9 @@ def _claim(settings: Settings, sessions: sessionmaker[Session], delivery_id: str
     now = utcnow()
     hold = now + dt.timedelta(seconds=4 * settings.webhook_timeout + CLAIM_MARGIN_SECONDS)
     with sessions.begin() as session:
-        claimed = session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == delivery_id,
-                WebhookDelivery.state == DeliveryState.PENDING,
-                WebhookDelivery.next_attempt_at <= now,
-            )
-            .values(next_attempt_at=hold)
-        )
-        if not claimed.rowcount:  # type: ignore[attr-defined]
+        row = outbox.claim_delivery(session, delivery_id, now, hold)
+        if row is None:
             return None
-        row = session.get_one(WebhookDelivery, delivery_id)
         secret = ensure_tenant(session, row.tenant).webhook_secret
         return _Claimed(row.id, row.job_id, row.url, row.payload, secret)
 
@@ -451,30 +357,28 @@ def _record(
 ) -> Delivered:
     """Store the attempt and what follows from it, under the delivery's row lock (numbered after the attempts
     already stored, so that a late second sender's attempt is kept too)."""
-    delays = settings.webhook_retry_delays
     with sessions.begin() as session:
-        row = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == claimed.id).with_for_update())
-        if row is None:
-            return Delivered(Sent.SKIPPED)  # the job was purged meanwhile
-        number = row.attempts + 1
-        session.add(
-            WebhookAttempt(
-                delivery_id=row.id, number=number, at=at, status_code=status_code, error=error, duration=duration
-            )
+        recorded = outbox.record_attempt(
+            session,
+            claimed.id,
+            at=at,
+            status_code=status_code,
+            error=error,
+            duration=duration,
+            retry_delays=settings.webhook_retry_delays,
         )
-        row.attempts = number
-        if row.state != DeliveryState.PENDING:
-            # Another sender finished it meanwhile: this attempt is kept, the outcome stays.
-            outcome = Delivered(Sent.SKIPPED, attempt=number)
-        elif error is None:
-            row.state, row.delivered_at, row.next_attempt_at = DeliveryState.DELIVERED, utcnow(), None
-            outcome = Delivered(Sent.DELIVERED, attempt=number)
-        elif number >= len(delays):
-            row.state, row.next_attempt_at = DeliveryState.FAILED, None
-            outcome = Delivered(Sent.FAILED, attempt=number)
-        else:
-            row.next_attempt_at = utcnow() + dt.timedelta(seconds=delays[number])
-            outcome = Delivered(Sent.RETRYING, retry_in=delays[number], attempt=number)
+    if recorded is None:
+        return Delivered(Sent.SKIPPED)  # the job was purged meanwhile
+    number = recorded.number
+    if recorded.ended_before:
+        # Another sender finished it meanwhile: this attempt is kept, the outcome stays.
+        outcome = Delivered(Sent.SKIPPED, attempt=number)
+    elif recorded.state is DeliveryState.DELIVERED:
+        outcome = Delivered(Sent.DELIVERED, attempt=number)
+    elif recorded.state is DeliveryState.FAILED:
+        outcome = Delivered(Sent.FAILED, attempt=number)
+    else:
+        outcome = Delivered(Sent.RETRYING, retry_in=recorded.retry_in, attempt=number)
     level = logging.INFO if outcome.outcome is Sent.DELIVERED else logging.WARNING
     log.log(
         level,
@@ -486,50 +390,3 @@ def _record(
         f"; next attempt in {outcome.retry_in:g}s" if outcome.retry_in is not None else f", {outcome.outcome.value}",
     )
     return outcome
-
-
-# -- reading -----------------------------------------------------------------------------------------------------
-
-
-def delivery_history(session: Session, job_id: str) -> list[dict[str, Any]]:
-    """The job's webhook deliveries (oldest first), each with its attempts, as ``GET /v1/jobs/{id}/webhooks``
-    shows them: plain JSON values, times as ISO 8601 UTC strings."""
-
-    def iso(t: dt.datetime | None) -> str | None:
-        return as_utc(t).isoformat() if t is not None else None
-
-    deliveries = session.scalars(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.job_id == job_id)
-        .order_by(WebhookDelivery.created_at, WebhookDelivery.id)
-    ).all()
-    attempts: dict[str, list[dict[str, Any]]] = {d.id: [] for d in deliveries}
-    if deliveries:
-        for a in session.scalars(
-            select(WebhookAttempt)
-            .where(WebhookAttempt.delivery_id.in_(list(attempts)))
-            .order_by(WebhookAttempt.delivery_id, WebhookAttempt.number)
-        ):
-            attempts[a.delivery_id].append(
-                {
-                    "number": a.number,
-                    "at": iso(a.at),
-                    "status_code": a.status_code,
-                    "error": a.error,
-                    "duration": a.duration,
-                }
-            )
-    return [
-        {
-            "id": d.id,
-            "event": d.event,
-            "url": d.url,
-            "state": DeliveryState(d.state).value,
-            "attempts": d.attempts,
-            "created_at": iso(d.created_at),
-            "delivered_at": iso(d.delivered_at),
-            "next_attempt_at": iso(d.next_attempt_at) if d.state == DeliveryState.PENDING else None,
-            "attempt_log": attempts[d.id],
-        }
-        for d in deliveries
-    ]

@@ -397,8 +397,8 @@ def _describe(row: Any, data: dict[str, Any]) -> str:
 
 
 def _input(client: Client, job_id: str, index: int) -> dict[str, Any]:
-    from inferq.schema import Item
+    from inferq.store.chunks import item_input
 
     with client.reader() as session:
-        item = session.get(Item, (job_id, index))
-        return dict(item.input) if item is not None else {}
+        data = item_input(session, job_id, index)
+        return dict(data) if data is not None else {}

@@ -1,6 +1,7 @@
 """Running one chunk: claim it, infer outside any transaction, write every result in one bulk statement.
 
-The SQL of each step (claim, lease, write) and its guarantees are `worker.claims`. Idempotent: a chunk that is
+The SQL of each step (claim, lease, write) and its guarantees are `inferq.store.chunks`; `LeaseKeeper` renews the
+leases while the batch computes. Idempotent: a chunk that is
 already done writes nothing; an item gets a result only while it is still ``queued``, under a row lock, so two
 deliveries of the same chunk never write an item twice. An unreachable database (`DatabaseUnavailable`) does not
 lose computed results: storing them is tried again with backoff for a while.
@@ -33,22 +34,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import constants, metrics
 from inferq.db import make_sessionmaker
 from inferq.errors import AttemptsExhausted, DatabaseUnavailable, InferqError, ModelError, backoff
-from inferq.schema import Job
 from inferq.settings import Settings
-from worker.claims import (
+from inferq.store.chunks import (
     ChunkOutcome,
     Claim,
-    LeaseKeeper,
     NotClaimed,
     Written,
     claim_chunk,
     claim_mates,
+    job_state,
+    renew_leases,
     write_results,
 )
 from worker.engines.base import Outcome
@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 #: Claims of one chunk before its unfinished items are recorded as failed (a chunk that kills its worker
 #: every time must not loop forever).
 MAX_CHUNK_ATTEMPTS = constants.MAX_CHUNK_ATTEMPTS
+
+#: Seconds before a lease renewal that failed (the database unreachable for a moment) is tried again: a short
+#: outage then costs no lease.
+RENEW_RETRY_SECONDS = 2.0
 
 #: Seconds between cancellation checks while a chunk computes (one primary-key read each).
 CANCEL_CHECK_SECONDS = 1.0
@@ -276,6 +280,44 @@ class Runner:
         return split, None
 
 
+class LeaseKeeper:
+    """Renews claimed chunks' leases every third of ``lease_seconds`` while they compute (every `RENEW_RETRY_SECONDS`
+    after a renewal failed), in a thread, so that an expired lease means a dead worker (or one cut off from the
+    database), never a slow chunk: `inferq recover` re-enqueues chunks whose lease expired."""
+
+    def __init__(self, sessions: sessionmaker[Session], claims: list[Claim], worker: str, lease_seconds: int) -> None:
+        self.sessions = sessions
+        self.claims = claims
+        self.keys = [(c.job_id, c.seq) for c in claims]
+        self.worker = worker
+        self.lease_seconds = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="inferq-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        # Not waiting long: a renewal stuck on an unreachable database must not hold the chunk up (it would only
+        # renew a lease the chunk no longer needs, and renews nothing once the chunk is no longer running).
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        every = max(1.0, self.lease_seconds / 3)
+        wait = every
+        while not self._stop.wait(wait):
+            try:
+                with self.sessions.begin() as session:
+                    renew_leases(session, self.keys, self.worker, self.lease_seconds)
+                wait = every
+            except Exception as exc:
+                lead = self.claims[0]
+                log.debug("job %s chunk %d: lease not renewed (%s)", lead.job_id, lead.seq, exc)
+                wait = min(every, RENEW_RETRY_SECONDS)
+
+
 def chunk_fields(
     lead: Claim, outcome: ChunkOutcome, succeeded: int, failed: int, seconds: float, mates: int
 ) -> dict[str, object]:
@@ -313,7 +355,7 @@ class _StopCheck:
         self._next = now + CANCEL_CHECK_SECONDS
         try:
             with self.sessions() as session:
-                state = session.scalar(select(Job.state).where(Job.id == self.job_id))
+                state = job_state(session, self.job_id)
         except DatabaseUnavailable:
             log.debug("job %s: cancellation check skipped, database unreachable", self.job_id)
             return False

@@ -20,9 +20,9 @@ from celery.exceptions import Reject
 
 from inferq import constants, logs, metrics
 from inferq.errors import DatabaseUnavailable, TransientError, backoff
+from inferq.store.chunks import ChunkOutcome
 from inferq.task_specs import DELIVER_WEBHOOK, RUN_CHUNK
 from inferq.webhooks import Sent, deliver, send_deliveries
-from worker.claims import ChunkOutcome
 from worker.runner import Runner
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from inferq import constants
 from inferq.db import make_sessionmaker
 from inferq.schema import Tenant, WebhookDelivery, utcnow
 from inferq.settings import Settings
-from inferq.webhooks import delivery_history
+from inferq.store.outbox import delivery_history
 from producer.client import Client, JobOptions
 from tests.support.brokers import private_redis, ready_messages
 from tests.support.jobs import sentences, settings_of, worker_env

@@ -1,5 +1,5 @@
 """Found by the chaos soak (issue 14): ``cancel`` on a job while a worker stores a chunk of it failed with
-``deadlock detected`` on PostgreSQL. The write locks the chunk, then its items, then the job (`worker.claims`); the
+``deadlock detected`` on PostgreSQL. The write locks the chunk, then its items, then the job (`inferq.store.locks`); the
 cancel locked the job, then the items: each waited for the other, and PostgreSQL broke the cycle by failing one.
 The cancel now takes the job's chunks first, in the writers' order, and waits for the write instead."""
 

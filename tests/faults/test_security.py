@@ -246,9 +246,9 @@ def test_remote_code_never_runs_and_pickled_weights_are_never_read_beside_safete
 
 
 #: Functions allowed to compose a SQL string, each because every piece it puts in comes from the code, never from
-#: input: `_store_outcomes_json` writes its column names and casts from module constants and its
+#: input: `_outcomes_statement` joins the module's constant head and tail of the result write and its
 #: ``job = :j0 AND index BETWEEN :lo0 AND :hi0`` terms from bind parameters it numbers itself; every value is bound.
-COMPOSED_FROM_CODE = {("worker/claims.py", "_store_outcomes_json")}
+COMPOSED_FROM_CODE = {("inferq/store/chunks.py", "_outcomes_statement")}
 
 
 def test_sql_is_never_built_from_strings() -> None:

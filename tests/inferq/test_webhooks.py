@@ -28,13 +28,14 @@ from inferq.errors import InvalidParameter, InvalidSignature, WebhookUrlRefused
 from inferq.schema import Job, WebhookAttempt, WebhookDelivery, utcnow
 from inferq.settings import Settings
 from inferq.states import DeliveryState
+from inferq.store.chunks import finish_jobs_if_complete
+from inferq.store.outbox import delivery_history
 from inferq.task_specs import TaskName
 from inferq.tenants import ensure_tenant
 from inferq.webhooks import (
     Sent,
     check_url,
     deliver,
-    delivery_history,
     sign,
     signature_headers,
     verify,
@@ -43,7 +44,6 @@ from producer.client import Client, JobOptions, store_job
 from producer.inputs import InputRecord
 from tests.support.brokers import delete_queue, ready_messages
 from tests.support.webhook_receiver import Receiver
-from worker.claims import finish_jobs_if_complete
 
 #: The Standard Webhooks specification's published test vector.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

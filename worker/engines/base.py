@@ -13,6 +13,7 @@ import numpy as np
 from inferq import metrics
 from inferq.errors import InferenceError, InferqError
 from inferq.states import ItemState
+from inferq.store.chunks import OUTCOME_COLUMNS, RESULT_COLUMNS
 from inferq.task_specs import TaskName, TaskParams, read_params
 from worker.engines.batching import (
     CPU_BATCH_COST_TOKENS,
@@ -25,12 +26,6 @@ from worker.engines.batching import (
 )
 from worker.loaded import LoadedModel
 from worker.stages import StageClock
-
-#: The `Item` columns of a top result (`TaskSpec.top_columns` names those a task fills), and of a vector.
-RESULT_COLUMNS = ("label", "score", "answer", "start_char", "end_char", "entity_count", "vector")
-
-#: Every `Item` column an outcome sets, in the order of `Outcome.values`.
-OUTCOME_COLUMNS = ("state", "result", *RESULT_COLUMNS, "error_code", "error_message")
 
 #: Characters of an error's message stored on its item: enough for an exception's first lines, while a huge
 #: message (an input echoed back) does not bloat every failed row.

@@ -5,12 +5,13 @@ One delivery of a chunk's message goes through three steps, each its own transac
 1. **Claim** (`claim_chunk`, then `claim_mates`): lock the chunk row, lease it to this worker (``running``,
    ``lease_until``, ``attempts + 1``), start its job, read its still-``queued`` items. A small chunk also takes
    queued chunks of other jobs into its batch (see `worker.runner` for coalescing).
-2. **Lease** (`LeaseKeeper`): while the batch computes, outside any transaction, renew the leases, so that an
-   expired lease means a dead worker, never a slow chunk.
-3. **Write** (`write_results`): lock the chunk rows, then their items still ``queued``; only those get a result.
-   Each chunk becomes ``done``, or ``queued`` again when it stopped early; the jobs' counters move and a job
-   whose every item ended finishes, recording its webhook delivery (`inferq.webhooks`) in the same transaction.
-   An item's ``attempts`` is stamped with its result: its chunk's claims so far, each of which read it queued.
+2. **Lease** (`renew_leases`, which `worker.runner.LeaseKeeper` calls from a thread): while the batch computes,
+   outside any transaction, renew the leases, so that an expired lease means a dead worker, never a slow chunk.
+3. **Write** (`write_results`): lock the chunk rows (`inferq.store.locks.lock_chunks`), then their items still
+   ``queued``; only those get a result. Each chunk becomes ``done``, or ``queued`` again when it stopped early; the
+   jobs' counters move and a job whose every item ended finishes, recording its webhook delivery
+   (`inferq.store.outbox`) in the same transaction. An item's ``attempts`` is stamped with its result: its chunk's
+   claims so far, each of which read it queued.
 
 Statements run on the session's connection (Core), not through the ORM session: these functions load no ORM
 objects, and the ORM layer cost ~0.3 ms a statement, a tenth of a chunk's control-plane time on a fast device
@@ -19,6 +20,9 @@ objects, and the ORM layer cost ~0.3 ms a statement, a tenth of a chunk's contro
 Idempotent: a chunk already done claims nothing, and an item gets a result only while it is still ``queued``,
 under a row lock, so two deliveries of one chunk never write an item twice. Rows are locked in key order, so
 two writers never wait on each other in a circle.
+
+The store knows the worker's pieces only by what it reads of them: an item's outcome (`ItemOutcome`, the worker's
+`worker.engines.base.Outcome`) and a stage clock (`Laps`, the worker's `worker.stages.StageClock`).
 """
 
 from __future__ import annotations
@@ -26,31 +30,34 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any, Literal, Protocol
 
-from sqlalchemy import ColumnElement, and_, bindparam, case, or_, select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, TextClause, and_, bindparam, case, or_, select, text, update
+from sqlalchemy.orm import Session
 
 from inferq.errors import InferqError
 from inferq.schema import Chunk, Item, Job, as_utc, utcnow
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
+from inferq.store.dialect import Dialect, dialect_of
+from inferq.store.locks import lock_chunks
+from inferq.store.outbox import record_job_ends
 from inferq.task_specs import TaskName, TaskParams, read_params
-from inferq.webhooks import record_job_ends
-from worker.engines.base import OUTCOME_COLUMNS, Outcome
-from worker.stages import StageClock
 
 log = logging.getLogger(__name__)
 
 #: Most chunks one batch takes from other jobs (each a claim and, later, a skipped message).
 MAX_MATES = 1_000
 
-#: Seconds before a lease renewal that failed (the database unreachable for a moment) is tried again: a short
-#: outage then costs no lease.
-RENEW_RETRY_SECONDS = 2.0
+#: The `Item` columns of a top result (`TaskSpec.top_columns` names those a task fills), and of a vector.
+RESULT_COLUMNS = ("label", "score", "answer", "start_char", "end_char", "entity_count", "vector")
+
+#: Every `Item` column an outcome sets, in the order of `ItemOutcome.values`.
+OUTCOME_COLUMNS = ("state", "result", *RESULT_COLUMNS, "error_code", "error_message")
 
 
 class ChunkOutcome(str, Enum):
@@ -72,6 +79,23 @@ class ChunkOutcome(str, Enum):
 
 #: Why `claim_chunk` claimed nothing, as the delivery's outcome.
 NotClaimed = Literal[ChunkOutcome.SKIPPED, ChunkOutcome.DEFERRED]
+
+
+class Laps(Protocol):
+    """What the claim reads of a stage clock (`worker.stages.StageClock`): a lap ends a named stage."""
+
+    def lap(self, stage: str) -> None: ...
+
+
+class ItemOutcome(Protocol):
+    """What the write reads of one item's outcome (`worker.engines.base.Outcome`)."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    def values(self) -> tuple[Any, ...]:
+        """The item's columns this outcome sets, in `OUTCOME_COLUMNS` order."""
+        ...
 
 
 @dataclass
@@ -130,61 +154,54 @@ def chunk_key(job_id: str, seq: int) -> str:
 
 
 def claim_chunk(
-    session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int, clock: StageClock | None = None
+    session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int, clock: Laps | None = None
 ) -> Claim | NotClaimed:
     """Lease a chunk to this worker and read its unfinished items. `ChunkOutcome.SKIPPED`: nothing to do.
     `ChunkOutcome.DEFERRED`: another worker's batch is running it (see `worker.runner`). ``clock`` times the
     claim and the input read apart."""
+    conn = session.connection()
     # Core statements, not ORM objects: the job's and the chunk's columns in one row (the chunk's locked), one
     # UPDATE each; with the input read and the commit, five round trips a chunk.
-    row = (
-        session.connection()
-        .execute(
-            select(
-                Job.state,
-                Job.task,
-                Job.model,
-                Job.params,
-                Job.batch_key,
-                Job.queue,
-                Job.created_at,
-                Chunk.state,
-                Chunk.attempts,
-                Chunk.leader,
-                Chunk.lease_until,
-                Chunk.start,
-                Chunk.stop,
-                Chunk.enqueued_at,
-            )
-            .join(Job, Job.id == Chunk.job_id)
-            .where(Chunk.job_id == job_id, Chunk.seq == seq)
-            .with_for_update(of=Chunk)
+    row = conn.execute(
+        select(
+            Job.state.label("job_state"),
+            Job.task,
+            Job.model,
+            Job.params,
+            Job.batch_key,
+            Job.queue,
+            Job.created_at,
+            Chunk.state.label("chunk_state"),
+            Chunk.attempts,
+            Chunk.leader,
+            Chunk.lease_until,
+            Chunk.start,
+            Chunk.stop,
+            Chunk.enqueued_at,
         )
-        .one_or_none()
-    )
+        .join(Job, Job.id == Chunk.job_id)
+        .where(Chunk.job_id == job_id, Chunk.seq == seq)
+        .with_for_update(of=Chunk)
+    ).one_or_none()
     if row is None:
         log.warning("job %s chunk %d is gone; dropping its message", job_id, seq)
         return ChunkOutcome.SKIPPED
-    (job_state, task_name, model, params, batch_key, queue, created_at) = row[:7]
-    (chunk_state, attempts, leader, lease_until, start, stop, enqueued_at) = row[7:]
-    if chunk_state == ChunkState.DONE:
+    if row.chunk_state == ChunkState.DONE:
         return ChunkOutcome.SKIPPED
     this_chunk = (Chunk.job_id == job_id, Chunk.seq == seq)
     now = utcnow()
-    if job_state.finished:
-        session.connection().execute(
-            update(Chunk).where(*this_chunk).values(state=ChunkState.DONE, finished_at=now, leader=None)
-        )
+    if row.job_state.finished:
+        conn.execute(update(Chunk).where(*this_chunk).values(state=ChunkState.DONE, finished_at=now, leader=None))
         return ChunkOutcome.SKIPPED
     if (
-        chunk_state == ChunkState.RUNNING
-        and leader is not None
-        and lease_until is not None
-        and as_utc(lease_until) > now
+        row.chunk_state == ChunkState.RUNNING
+        and row.leader is not None
+        and row.lease_until is not None
+        and as_utc(row.lease_until) > now
     ):
         return ChunkOutcome.DEFERRED
-    attempts += 1
-    session.connection().execute(
+    attempts = row.attempts + 1
+    conn.execute(
         update(Chunk)
         .where(*this_chunk)
         .values(
@@ -198,34 +215,30 @@ def claim_chunk(
     if attempts > 1:
         _release_earlier_batch(session, job_id, seq)
     start_jobs(session, [job_id], now)
-    task = TaskName(task_name)
+    task = TaskName(row.task)
     if clock is not None:
         clock.lap("claim")
     # A read, not a write: an item's attempts are stamped with its result (`write_results`), and an UPDATE here
     # rewrote every row of the chunk (all its indexes' entries too) once more per delivery.
-    rows = (
-        session.connection()
-        .execute(
-            select(Item.index, Item.input)
-            .where(Item.job_id == job_id, Item.index >= start, Item.index < stop, Item.state == ItemState.QUEUED)
-            .order_by(Item.index)
-        )
-        .all()
-    )
+    items = conn.execute(
+        select(Item.index.label("item_index"), Item.input)
+        .where(Item.job_id == job_id, Item.index >= row.start, Item.index < row.stop, Item.state == ItemState.QUEUED)
+        .order_by(Item.index)
+    ).all()
     if clock is not None:
         clock.lap("read")
     return Claim(
         job_id=job_id,
         seq=seq,
         task=task,
-        model=model,
-        params=read_params(task, params),
-        indices=[r[0] for r in rows],
-        inputs=[r[1] for r in rows],
+        model=row.model,
+        params=read_params(task, row.params),
+        indices=[item.item_index for item in items],
+        inputs=[item.input for item in items],
         attempts=attempts,
-        batch_key=batch_key,
-        queue=queue,
-        waiting_since=enqueued_at or created_at,
+        batch_key=row.batch_key,
+        queue=row.queue,
+        waiting_since=row.enqueued_at or row.created_at,
     )
 
 
@@ -253,7 +266,7 @@ def claim_mates(
     worker: str,
     lease_seconds: int,
     max_items: int,
-    clock: StageClock | None = None,
+    clock: Laps | None = None,
 ) -> list[Claim]:
     """Take queued chunks of other jobs with the leader's batch key and queue into its batch, oldest jobs first,
     never tried before, until the batch holds ``max_items`` items (the last one taken may overshoot). Chunks
@@ -262,42 +275,40 @@ def claim_mates(
     room = max_items - len(lead.indices)
     if room <= 0 or lead.attempts != 1 or lead.batch_key is None:
         return []
-    candidates = (
-        session.connection()
-        .execute(
-            select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop, Chunk.enqueued_at, Job.created_at)
-            .join(Job, Job.id == Chunk.job_id)
-            .where(
-                Job.batch_key == lead.batch_key,
-                Job.state.in_(UNFINISHED_JOB_STATES),
-                Job.task == lead.task.value,
-                Job.model == lead.model,
-                # Routed where the leader's job was (a job sent to a GPU queue is not taken by a CPU worker).
-                Job.queue == lead.queue,
-                # Other jobs only: a job's own chunk size is the user's choice of how to spread it over workers.
-                Job.id != lead.job_id,
-                Chunk.state == ChunkState.QUEUED,
-                Chunk.attempts == 0,
-            )
-            .order_by(Job.created_at, Chunk.job_id, Chunk.seq)
-            .limit(min(room, MAX_MATES))
-            .with_for_update(of=Chunk, skip_locked=True)
+    conn = session.connection()
+    candidates = conn.execute(
+        select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop, Chunk.enqueued_at, Job.created_at)
+        .join(Job, Job.id == Chunk.job_id)
+        .where(
+            Job.batch_key == lead.batch_key,
+            Job.state.in_(UNFINISHED_JOB_STATES),
+            Job.task == lead.task.value,
+            Job.model == lead.model,
+            # Routed where the leader's job was (a job sent to a GPU queue is not taken by a CPU worker).
+            Job.queue == lead.queue,
+            # Other jobs only: a job's own chunk size is the user's choice of how to spread it over workers.
+            Job.id != lead.job_id,
+            Chunk.state == ChunkState.QUEUED,
+            Chunk.attempts == 0,
         )
-        .all()
-    )
+        .order_by(Job.created_at, Chunk.job_id, Chunk.seq)
+        .limit(min(room, MAX_MATES))
+        .with_for_update(of=Chunk, skip_locked=True)
+    ).all()
     taken: list[tuple[str, int]] = []
     waiting_since: dict[tuple[str, int], dt.datetime | None] = {}
     items = 0
-    for job_id, seq, start, stop, enqueued_at, created_at in candidates:
+    for candidate in candidates:
         if items >= room:
             break
-        taken.append((job_id, seq))
-        waiting_since[(job_id, seq)] = enqueued_at or created_at
-        items += stop - start
+        key = (candidate.job_id, candidate.seq)
+        taken.append(key)
+        waiting_since[key] = candidate.enqueued_at or candidate.created_at
+        items += candidate.stop - candidate.start
     if not taken:
         return []
     now = utcnow()
-    session.connection().execute(
+    conn.execute(
         update(Chunk)
         .where(keyed(Chunk.job_id, Chunk.seq, taken))
         .values(
@@ -311,16 +322,12 @@ def claim_mates(
     start_jobs(session, sorted({j for j, _ in taken}), now)
     if clock is not None:
         clock.lap("claim")
-    rows = (
-        session.connection()
-        .execute(
-            select(Chunk.job_id, Chunk.seq, Item.index, Item.input)
-            .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
-            .where(keyed(Chunk.job_id, Chunk.seq, taken), Item.state == ItemState.QUEUED)
-            .order_by(Chunk.job_id, Chunk.seq, Item.index)
-        )
-        .all()
-    )
+    rows = conn.execute(
+        select(Chunk.job_id, Chunk.seq, Item.index.label("item_index"), Item.input)
+        .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
+        .where(keyed(Chunk.job_id, Chunk.seq, taken), Item.state == ItemState.QUEUED)
+        .order_by(Chunk.job_id, Chunk.seq, Item.index)
+    ).all()
     if clock is not None:
         clock.lap("read")
     by_chunk: dict[tuple[str, int], Claim] = {
@@ -338,10 +345,10 @@ def claim_mates(
         )
         for key in taken
     }
-    for job_id, seq, index, data in rows:
-        claim = by_chunk[(job_id, seq)]
-        claim.indices.append(index)
-        claim.inputs.append(data)
+    for row in rows:
+        claim = by_chunk[(row.job_id, row.seq)]
+        claim.indices.append(row.item_index)
+        claim.inputs.append(row.input)
     return list(by_chunk.values())
 
 
@@ -354,45 +361,17 @@ def start_jobs(session: Session, job_ids: list[str], now: dt.datetime) -> None:
     )
 
 
+def job_state(session: Session, job_id: str) -> JobState | None:
+    """The job's state, ``None`` when it is gone: the running chunk's cancellation check (one primary-key read)."""
+    return session.scalar(select(Job.state).where(Job.id == job_id))
+
+
+def item_input(session: Session, job_id: str, index: int) -> dict[str, Any] | None:
+    """One item's stored input (what a claim reads for the engine), ``None`` when the item is gone."""
+    return session.scalar(select(Item.input).where(Item.job_id == job_id, Item.index == index))
+
+
 # -- 2. lease ----------------------------------------------------------------------------------------------
-
-
-class LeaseKeeper:
-    """Renews claimed chunks' leases every third of ``lease_seconds`` while they compute (every `RENEW_RETRY_SECONDS`
-    after a renewal failed), in a thread, so that an expired lease means a dead worker (or one cut off from the
-    database), never a slow chunk: `inferq recover` re-enqueues chunks whose lease expired."""
-
-    def __init__(self, sessions: sessionmaker[Session], claims: list[Claim], worker: str, lease_seconds: int) -> None:
-        self.sessions = sessions
-        self.claims = claims
-        self.keys = [(c.job_id, c.seq) for c in claims]
-        self.worker = worker
-        self.lease_seconds = lease_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="inferq-lease", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        # Not waiting long: a renewal stuck on an unreachable database must not hold the chunk up (it would only
-        # renew a lease the chunk no longer needs, and renews nothing once the chunk is no longer running).
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        every = max(1.0, self.lease_seconds / 3)
-        wait = every
-        while not self._stop.wait(wait):
-            try:
-                with self.sessions.begin() as session:
-                    renew_leases(session, self.keys, self.worker, self.lease_seconds)
-                wait = every
-            except Exception as exc:
-                lead = self.claims[0]
-                log.debug("job %s chunk %d: lease not renewed (%s)", lead.job_id, lead.seq, exc)
-                wait = min(every, RENEW_RETRY_SECONDS)
 
 
 def renew_leases(session: Session, keys: list[tuple[str, int]], worker: str, lease_seconds: int) -> None:
@@ -414,7 +393,7 @@ def renew_leases(session: Session, keys: list[tuple[str, int]], worker: str, lea
 def write_results(
     session: Session,
     claims: list[Claim],
-    outcomes: list[list[Outcome | None]],
+    outcomes: Sequence[Sequence[ItemOutcome | None]],
     *,
     job_error: InferqError | None = None,
 ) -> Written:
@@ -467,32 +446,34 @@ def write_results(
 
 
 def _lock_unfinished_chunks(session: Session, claims: list[Claim]) -> dict[str, int]:
-    """The claims' chunk rows not yet done, locked in key order: their attempts so far, by `chunk_key`."""
-    rows = session.connection().execute(
-        select(Chunk.job_id, Chunk.seq, Chunk.state, Chunk.attempts)
-        .where(keyed(Chunk.job_id, Chunk.seq, [(c.job_id, c.seq) for c in claims]))
-        .order_by(Chunk.job_id, Chunk.seq)
-        .with_for_update()
-    )
-    return {chunk_key(job_id, seq): attempts for job_id, seq, state, attempts in rows if state != ChunkState.DONE}
+    """The claims' chunk rows not yet done, locked in the one lock order (`lock_chunks`): their attempts so far,
+    by `chunk_key`."""
+    rows = lock_chunks(session.connection(), keyed(Chunk.job_id, Chunk.seq, [(c.job_id, c.seq) for c in claims]))
+    return {chunk_key(row.job_id, row.seq): row.attempts for row in rows if row.state != ChunkState.DONE}
 
 
 def _store_outcomes(
-    session: Session, outcomes: list[tuple[str, int, int, Outcome]], now: dt.datetime
+    session: Session, outcomes: list[tuple[str, int, int, ItemOutcome]], now: dt.datetime
 ) -> set[tuple[str, int]]:
     """Give each item ``(job, index, attempts, outcome)`` of ``outcomes`` its outcome if it is still ``queued``,
     with its attempts (its chunk's claims so far: every one of them read the item while it was queued); return the
     items written. On PostgreSQL one statement (`_store_outcomes_json`, an ``UPDATE … FROM … RETURNING``: the row
     locks, the check of the state and the write in one round trip, where one UPDATE per item cost ~2 ms of server
-    time each on a busy machine); elsewhere the queued items are locked in key order, then updated in one
+    time each on a busy machine); on SQLite the queued items are locked in key order, then updated in one
     executemany."""
     if not outcomes:
         return set()
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect_of(session) is Dialect.POSTGRESQL:
         return _store_outcomes_json(session, outcomes, now)
     writable = _lock_queued_items(session, [(job_id, index) for job_id, index, _, _ in outcomes])
     rows = [
-        {"job_id": job_id, "index": index, **outcome.columns(), "attempts": attempts, "finished_at": now}
+        {
+            "job_id": job_id,
+            "index": index,
+            **dict(zip(OUTCOME_COLUMNS, outcome.values(), strict=True)),
+            "attempts": attempts,
+            "finished_at": now,
+        }
         for job_id, index, attempts, outcome in outcomes
         if (job_id, index) in writable
     ]
@@ -501,25 +482,50 @@ def _store_outcomes(
     return writable
 
 
-#: How `_store_outcomes_json` reads the columns of `OUTCOME_COLUMNS` other than the result and the text ones back
-#: from their element of the JSON payload (``{}`` is the element's text; a text column takes it as it is).
-_FROM_JSON = {
-    "score": "CAST({} AS float8)",
-    "start_char": "CAST({} AS int4)",
-    "end_char": "CAST({} AS int4)",
-    "entity_count": "CAST({} AS int4)",
-    "vector": "decode({}, 'hex')",
-}
+#: The elements of one row of `_store_outcomes_json`'s JSON array, by position: the item's key, its attempts, then
+#: every column of `OUTCOME_COLUMNS` but the result (sent apart), a vector as hex.
+_JSON_ROW = ("job_id", "index", "attempts", *(c for c in OUTCOME_COLUMNS if c != "result"))
+
+#: The PostgreSQL result write up to its key ranges (`_outcomes_statement`). Each column is read back from its
+#: element of the row's ``jsonb`` array (`_JSON_ROW` numbers them: ``e->>3`` is the state), cast to its type (a text
+#: column takes the element's text as it is, a vector is decoded from hex); the result is the ``json`` element zipped
+#: to the row by position (``ROWS FROM``), a JSON ``null`` stored as SQL ``NULL``.
+_WRITE_OUTCOMES_HEAD = (
+    "UPDATE items AS i SET state = v.e->>3, label = v.e->>4, score = CAST(v.e->>5 AS float8), answer = v.e->>6, "
+    "start_char = CAST(v.e->>7 AS int4), end_char = CAST(v.e->>8 AS int4), entity_count = CAST(v.e->>9 AS int4), "
+    "vector = decode(v.e->>10, 'hex'), error_code = v.e->>11, error_message = v.e->>12, "
+    "result = CASE WHEN json_typeof(v.r) = 'null' THEN NULL ELSE v.r END, "
+    "attempts = CAST(v.e->>2 AS int4), finished_at = :now "
+    "FROM (SELECT e->>0 AS job_id, CAST(e->>1 AS int4) AS index, e, r FROM ROWS FROM "
+    "(jsonb_array_elements(CAST(:rows AS jsonb)), json_array_elements(CAST(:results AS json))) AS t (e, r)) AS v "
+    "WHERE ("
+)
+#: The rest of it: joined to the items by key, and only rows still ``queued`` (the state is tested in a form no
+#: index serves, so that the planner cannot pick the (job, state) index and read every queued item of the job).
+_WRITE_OUTCOMES_TAIL = (
+    ") AND i.job_id = v.job_id AND i.index = v.index AND i.state || '' = :queued "
+    "RETURNING i.job_id, i.index AS item_index"
+)
+
+
+@lru_cache(maxsize=64)
+def _outcomes_statement(jobs: int) -> TextClause:
+    """The PostgreSQL result write of a batch of ``jobs`` jobs: `_WRITE_OUTCOMES_HEAD`, one primary-key range term
+    per job, ``(i.job_id = :j0 AND i.index BETWEEN :lo0 AND :hi0) OR …`` (bind parameters it numbers itself: every
+    value is bound), and `_WRITE_OUTCOMES_TAIL`. Made once per number of jobs."""
+    ranges = " OR ".join(f"(i.job_id = :j{k} AND i.index BETWEEN :lo{k} AND :hi{k})" for k in range(jobs))
+    return text(_WRITE_OUTCOMES_HEAD + ranges + _WRITE_OUTCOMES_TAIL)
 
 
 def _store_outcomes_json(
-    session: Session, outcomes: list[tuple[str, int, int, Outcome]], now: dt.datetime
+    session: Session, outcomes: list[tuple[str, int, int, ItemOutcome]], now: dt.datetime
 ) -> set[tuple[str, int]]:
-    """`_store_outcomes` in one statement and two JSON parameters, each serialized by one ``json.dumps``:
+    """`_store_outcomes` in one statement (`_outcomes_statement`) and two JSON parameters, each serialized by one
+    ``json.dumps``:
 
-    * every outcome but its result as one row of a JSON array (``[job, index, attempts, *columns]``, a vector as
-      hex), parsed once by PostgreSQL as ``jsonb`` (an array parameter per column cost ~1.5 µs per value to escape
-      in Python, and ``json`` re-parses an element per column read);
+    * every outcome but its result as one row of a JSON array (`_JSON_ROW`, a vector as hex), parsed once by
+      PostgreSQL as ``jsonb`` (an array parameter per column cost ~1.5 µs per value to escape in Python, and
+      ``json`` re-parses an element per column read);
     * the results, in the same order, as a ``json`` array: its elements keep their text exactly (the text
       SQLAlchemy's JSON type writes; ``jsonb`` would reorder a result's keys), zipped to the rows by position
       (``ROWS FROM``), with no ``json.dumps`` per item.
@@ -547,54 +553,39 @@ def _store_outcomes_json(
         results.append(result)
         lo, hi = ranges.get(job_id, (index, index))
         ranges[job_id] = (min(lo, index), max(hi, index))
-    # Array elements 0 and 1 are the key, 2 the attempts; the columns but the result follow in `OUTCOME_COLUMNS`
-    # order.
-    sets = ", ".join(
-        f"{name} = " + _FROM_JSON.get(name, "{}").format(f"v.e->>{k}")
-        for k, name in enumerate((c for c in OUTCOME_COLUMNS if c != "result"), start=3)
-    )
-    # Planned the same way whatever the statistics say (a job's rows are new, rarely analyzed yet): each job's
-    # items by a primary-key range scan (the state is tested in a form no index serves, so that the planner cannot
-    # pick the (job, state) index and read every queued item of the job), hashed against the payload (not a nested
-    # loop, which on an estimate of one row rescans it once per item).
-    within = " OR ".join(f"(i.job_id = :j{k} AND i.index BETWEEN :lo{k} AND :hi{k})" for k in range(len(ranges)))
-    bounds: dict[str, Any] = {}
-    for k, (job_id, (lo, hi)) in enumerate(ranges.items()):
-        bounds.update({f"j{k}": job_id, f"lo{k}": lo, f"hi{k}": hi})
-    statement = text(
-        f"UPDATE items AS i SET {sets}, result = CASE WHEN json_typeof(v.r) = 'null' THEN NULL ELSE v.r END, "
-        "attempts = CAST(v.e->>2 AS int4), finished_at = :now "
-        "FROM (SELECT e->>0 AS job_id, CAST(e->>1 AS int4) AS index, e, r FROM ROWS FROM "
-        "(jsonb_array_elements(CAST(:rows AS jsonb)), json_array_elements(CAST(:results AS json))) AS t (e, r)) AS v "
-        f"WHERE ({within}) AND i.job_id = v.job_id AND i.index = v.index AND i.state || '' = :queued "
-        "RETURNING i.job_id, i.index"
-    )
-    # The setting ends with the transaction, whose other statements read one table each.
-    session.connection().execute(text("SET LOCAL enable_nestloop = off"))
-    params = {
-        **bounds,
+    params: dict[str, Any] = {
         "rows": json.dumps(rows),
         "results": json.dumps(results),
         "now": now,
         "queued": ItemState.QUEUED.value,
     }
-    return set(session.connection().execute(statement, params).tuples())
+    for k, (job_id, (lo, hi)) in enumerate(ranges.items()):
+        params.update({f"j{k}": job_id, f"lo{k}": lo, f"hi{k}": hi})
+    conn = session.connection()
+    _plan_without_nested_loops(session)
+    return {(row.job_id, row.item_index) for row in conn.execute(_outcomes_statement(len(ranges)), params)}
+
+
+def _plan_without_nested_loops(session: Session) -> None:
+    """Plan the rest of this transaction without nested loops (PostgreSQL's ``enable_nestloop``), so that the result
+    write is planned the same way whatever the statistics say (a job's rows are new, rarely analyzed yet): each
+    job's items by a primary-key range scan, hashed against the payload, not a nested loop, which on an estimate of
+    one row rescans the payload once per item. ``SET LOCAL``: the setting ends with the transaction, whose other
+    statements read one table each."""
+    session.connection().execute(text("SET LOCAL enable_nestloop = off"))
 
 
 def _lock_queued_items(session: Session, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
     """Of the items ``pairs`` (job, index), those still ``queued``, locked in key order: the only ones written."""
     if not pairs:
         return set()
-    return set(
-        session.connection()
-        .execute(
-            select(Item.job_id, Item.index)
-            .where(keyed(Item.job_id, Item.index, pairs), Item.state == ItemState.QUEUED)
-            .order_by(Item.job_id, Item.index)
-            .with_for_update()
-        )
-        .tuples()
+    rows = session.connection().execute(
+        select(Item.job_id, Item.index.label("item_index"))
+        .where(keyed(Item.job_id, Item.index, pairs), Item.state == ItemState.QUEUED)
+        .order_by(Item.job_id, Item.index)
+        .with_for_update()
     )
+    return {(row.job_id, row.item_index) for row in rows}
 
 
 def _settle_chunks(session: Session, settled: dict[bool, list[tuple[str, int]]], now: dt.datetime) -> None:
