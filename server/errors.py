@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from inferq.api import ErrorBody
 from inferq.errors import (
     IdempotencyConflict,
     InferqError,
@@ -59,6 +60,26 @@ STATUS: tuple[tuple[type[InferqError], int], ...] = (
 
 #: Codes of the errors FastAPI and Starlette raise themselves (a route that does not exist, a wrong method).
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+#: What each error status means, as the OpenAPI document describes it.
+_DESCRIPTIONS = {
+    400: "Bad input or a request that cannot be done (invalid input lines, an unknown task, nothing to retry)",
+    401: "No API key, or one the server does not know",
+    404: "No such job (another tenant's job alike), model or route",
+    409: "A conflict: the Idempotency-Key was used for another request, or the job has not ended",
+    413: "The upload is too large",
+    415: "The upload's media type is not JSONL or CSV",
+    422: "A parameter does not parse or is out of its range",
+    429: "The tenant's quota of unfinished items is reached (see Retry-After)",
+    500: "An unexpected error",
+    503: "The database or the broker is unreachable",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route for the error ``statuses`` it may answer: each the error body's schema."""
+    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in statuses}
 
 
 def status_of(exc: InferqError) -> int:
