@@ -218,9 +218,8 @@ class RemoteClient:
         task = TaskName(self.status(job_id).task)  # raises JobNotFound
         query = {**_result_query("jsonl", label, min_score, failed, state), "top": "true"}
         with self._stream("GET", f"{_job_path(job_id)}/results", params=query) as response:
-            for line in response.iter_lines():
-                if line:
-                    yield _result_row(api.ResultLine.model_validate_json(line), task)
+            for line in _lines(response):
+                yield _result_row(api.ResultLine.model_validate_json(line), task)
 
     def export(
         self,
@@ -464,6 +463,18 @@ def _result_query(
     if state is not None:
         query["state"] = ItemState(state).value
     return query
+
+
+def _lines(response: httpx.Response) -> Iterator[bytes]:
+    """The answer's non-empty lines, cut at ``\\n`` only: a JSON string may hold U+2028 and other characters that
+    ``str.splitlines`` (and httpx's ``iter_lines``) would also cut at."""
+    rest = b""
+    for block in response.iter_bytes():
+        rest += block
+        *lines, rest = rest.split(b"\n")
+        yield from (line for line in lines if line)
+    if rest:
+        yield rest
 
 
 class _Reader:

@@ -177,6 +177,10 @@ ROWS: dict[TaskName, list[ResultRow]] = {
         ResultRow(1, None, "failed", None, {"code": "inference_error", "message": 'bad, "quoted"\nline'}),
         ResultRow(2, "c,d", "queued", None, None),
         ResultRow(3, "é", "cancelled", None, None),
+        # Characters that str.splitlines cuts at, inside a JSON string
+        ResultRow(
+            4, "a\u2028b\x85c\rd", "succeeded", [{"label": "P\u2029", "score": 1.0}], None, label="P\u2029", score=1.0
+        ),
     ],
     TaskName.QUESTION_ANSWERING: [
         # The null answer of handle_impossible_answer: an empty string with a score, not a missing answer
