@@ -44,6 +44,14 @@ __all__ = [
 ]
 
 
+#: The media type of an NPY export with its rows file: a tar of the two members below, for a request that
+#: accepts it (``GET /v1/jobs/{id}/results?format=npy``; otherwise the matrix alone).
+NPY_TAR_MEDIA_TYPE = "application/x-tar"
+#: The tar's members: the matrix, and which rows are whose (`producer.export.npy_rows_path`'s file).
+NPY_TAR_MATRIX = "matrix.npy"
+NPY_TAR_ROWS = "rows.jsonl"
+
+
 def _iso(value: dt.datetime) -> str:
     return value.isoformat()
 

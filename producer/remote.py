@@ -68,9 +68,6 @@ _EXTENSIONS: dict[str, Literal["jsonl", "csv"]] = {
     ".csv": "csv",
 }
 
-#: The media type the server answers an NPY export with its rows file in (a tar of the two).
-TAR_MEDIA_TYPE = "application/x-tar"
-
 
 class RemoteClient:
     """`Client`'s methods over inferq's HTTP API. ``transport``: an httpx transport (``httpx.MockTransport`` in
@@ -239,12 +236,12 @@ class RemoteClient:
 
         query = _result_query(format, label, min_score, failed, state)
         path = file_path(out, format) if format in FILE_FORMATS or isinstance(out, str | os.PathLike) else None
-        headers = {"Accept": TAR_MEDIA_TYPE} if format == "npy" else None
+        headers = {"Accept": api.NPY_TAR_MEDIA_TYPE} if format == "npy" else None
         with self._stream("GET", f"{_job_path(job_id)}/results", params=query, headers=headers) as response:
             if format == "npy":
                 assert path is not None
                 rows_path = npy_rows_path(path)
-                _untar(response, {"matrix.npy": path, "rows.jsonl": rows_path})
+                _untar(response, {api.NPY_TAR_MATRIX: path, api.NPY_TAR_ROWS: rows_path})
                 return Exported("npy", path, rows_path)
             with export_target(path or out) as target:
                 for block in response.iter_bytes():

@@ -272,8 +272,6 @@ def list_jobs(
 
 ResultFormat = Literal["jsonl", "csv", "npy", "parquet"]
 _MEDIA = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
-#: An NPY export with its rows file: a tar of ``matrix.npy`` and ``rows.jsonl``, for a request that accepts it.
-TAR_MEDIA_TYPE = "application/x-tar"
 
 _LINES = {
     "schema": {"type": "string"},
@@ -284,7 +282,7 @@ _RESULTS_CONTENT = {
     "application/jsonl": _LINES,
     "text/csv": {"schema": {"type": "string"}},
     "application/octet-stream": _BINARY,
-    TAR_MEDIA_TYPE: _BINARY,
+    api.NPY_TAR_MEDIA_TYPE: _BINARY,
 }
 
 
@@ -317,7 +315,7 @@ def results(
     embedding matrix) and Parquet as files. NPY comes with its rows file, as a tar of ``matrix.npy`` and
     ``rows.jsonl``, to a request that accepts ``application/x-tar``."""
     status = made.client.status(job_id, tenant=caller.scope())
-    with_rows = accepts(accept, TAR_MEDIA_TYPE)
+    with_rows = accepts(accept, api.NPY_TAR_MEDIA_TYPE)
     return _export(made, status, format, ResultFilter(label, min_score, failed, state), top=top, with_rows=with_rows)
 
 
@@ -411,10 +409,10 @@ def _file_export(
             if fmt == "npy":
                 done = export_npy(session, job_id, path, filters)
                 if with_rows:
-                    path, media_type = folder / f"{job_id}.npy.tar", TAR_MEDIA_TYPE
+                    path, media_type = folder / f"{job_id}.npy.tar", api.NPY_TAR_MEDIA_TYPE
                     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-                        tar.add(done.path, arcname="matrix.npy")
-                        tar.add(done.rows_path, arcname="rows.jsonl")
+                        tar.add(done.path, arcname=api.NPY_TAR_MATRIX)
+                        tar.add(done.rows_path, arcname=api.NPY_TAR_ROWS)
             else:
                 export_parquet(session, job_id, path, filters)
     except BaseException:
