@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
+import inferq.store.results
 import producer.cli
 import producer.export
 from inferq import migrate
@@ -82,7 +83,7 @@ def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages, COPY batches and Parquet row groups of a few rows, so that small jobs cross their boundaries."""
-    monkeypatch.setattr(producer.export, "_PAGE_ROWS", 3)
+    monkeypatch.setattr(inferq.store.results, "_PAGE_ROWS", 3)
     monkeypatch.setattr(producer.export, "_COPY_BATCH_BYTES", 40)
     monkeypatch.setattr(producer.export, "_PARQUET_GROUP_ROWS", 4)
 
