@@ -469,9 +469,9 @@ def _vector_batches(
         return
     dtype = shape[1]
     for batch in stored.vector_rows(conn, job.id, filters):
-        blobs = [row.vector for row in batch]
+        blobs = [blob for _, blob in batch]
         yield (
-            np.asarray([row.index for row in batch], dtype=np.int64),
+            np.asarray([index for index, _ in batch], dtype=np.int64),
             [len(blob) for blob in blobs],
             vectors.as_float32(b"".join(blobs), dtype),
         )
