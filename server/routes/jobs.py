@@ -27,6 +27,7 @@ from inferq.errors import InvalidParameter
 from inferq.keys import Principal
 from inferq.states import ItemState, JobState
 from inferq.task_specs import TaskName, parse_task
+from inferq.webhooks import delivery_history
 from producer.client import JobOptions, JobStatus, Submission
 from producer.results import ResultFilter, ResultRow
 from server.auth import Caller
@@ -447,7 +448,6 @@ def retry(job_id: str, made: Made, caller: Caller) -> api.Job:
 @router.get("/jobs/{job_id}/webhooks", response_model=api.WebhookDeliveryList)
 def webhooks(job_id: str, made: Made, caller: Caller) -> api.WebhookDeliveryList:
     """The job's webhook deliveries, each with every attempt."""
-    from inferq.webhooks import delivery_history
 
     made.client.status(job_id, tenant=caller.scope())
     with made.client.reader() as session:
