@@ -26,6 +26,7 @@ from inferq.errors import (
     InvalidParameter,
     JobNotFinished,
     JobNotFound,
+    MalformedValue,
     NothingToRetry,
     PayloadTooLarge,
     QuotaExceeded,
@@ -51,6 +52,8 @@ STATUS: tuple[tuple[type[InferqError], int], ...] = (
     (UnknownModel, 404),
     (UnknownTask, 400),
     (InvalidInput, 400),
+    # A NUL or a lone surrogate: a value that cannot be a value at all, whatever the parameter.
+    (MalformedValue, 400),
     # A parameter that does not parse (malformed JSON in params or metadata) or has a value out of its range.
     (InvalidParameter, 422),
     (InputError, 400),
@@ -90,17 +93,26 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
+def printable(text: str) -> str:
+    """``text`` as an answer may carry it: a lone surrogate (from a field name or value that a message quotes)
+    written as its escape, since the answer's JSON is encoded as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def inferq_error_response(exc: InferqError) -> JSONResponse:
     extra: dict[str, Any] = {}
     if isinstance(exc, InvalidInput):
-        extra["lines"] = [{"line": e.line, "field": e.field, "message": e.message} for e in exc.errors]
+        extra["lines"] = [
+            {"line": e.line, "field": None if e.field is None else printable(e.field), "message": printable(e.message)}
+            for e in exc.errors
+        ]
         extra["lines_total"] = exc.total_bad
         message = f"{exc.total_bad} invalid input line(s); nothing was submitted"
     else:
-        message = exc.message
+        message = printable(exc.message)
     field = exc.details.get("field")
     if isinstance(field, str):
-        extra["field"] = field
+        extra["field"] = printable(field)
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"

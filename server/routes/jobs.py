@@ -23,10 +23,11 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from inferq import api, constants
-from inferq.errors import InvalidParameter
+from inferq.errors import InvalidParameter, MalformedValue
 from inferq.keys import Principal
+from inferq.model_sources import resolve_model
 from inferq.states import ItemState, JobState
-from inferq.task_specs import TaskName, parse_task
+from inferq.task_specs import TaskName, find_unstorable, parse_task, unstorable
 from inferq.webhooks import delivery_history
 from producer.client import JobOptions, JobStatus, Submission
 from producer.results import ResultFilter, ResultRow
@@ -89,12 +90,24 @@ def _json_object(values: Mapping[str, str], name: str) -> dict[str, Any] | None:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidParameter(f"{name} is not valid JSON: {exc.msg} at character {exc.pos}", field=name) from None
+    except (ValueError, RecursionError) as exc:  # an integer too long to convert, nesting too deep
+        raise InvalidParameter(f"{name} is not valid JSON: {exc}", field=name) from None
     if not isinstance(value, dict):
         raise InvalidParameter(f"{name} must be a JSON object", field=name)
+    bad = find_unstorable(value, name)
+    if bad is not None:
+        raise MalformedValue(f"{bad[0]}: {bad[1]}", field=bad[0])
     return value
 
 
 def parse_options(values: Mapping[str, str], media_format: Format) -> SubmitOptions:
+    """A create request's options (the query's, a multipart body's fields over them), each checked for its form:
+    a value with a NUL or a lone surrogate is `MalformedValue`, the others `InvalidParameter` naming the field.
+    Which model and webhook a tenant may use is decided later, by the submit."""
+    for name, raw in values.items():
+        problem = unstorable(name) or unstorable(raw)
+        if problem is not None:
+            raise MalformedValue(f"{name}: {problem}", field=name)
     task = values.get("task")
     model = values.get("model")
     if not task:
@@ -106,6 +119,11 @@ def parse_options(values: Mapping[str, str], media_format: Format) -> SubmitOpti
         chunk_size = int(chunk_raw) if chunk_raw else None
     except ValueError:
         raise InvalidParameter("chunk_size must be an integer", field="chunk_size") from None
+    # Given, it is the job's: 0 is no default's stand-in here, but a size out of range.
+    if chunk_size is not None and not 1 <= chunk_size <= constants.MAX_CHUNK_SIZE:
+        raise InvalidParameter(
+            f"chunk_size must be an integer from 1 to {constants.MAX_CHUNK_SIZE}", field="chunk_size"
+        )
     skip_raw = values.get("skip_invalid", "").strip().lower()
     if skip_raw not in _TRUE | _FALSE:
         raise InvalidParameter("skip_invalid must be true or false", field="skip_invalid")
@@ -209,6 +227,8 @@ async def create_job(
 def _submit(
     made: Runtime, caller: Principal, options: SubmitOptions, upload: Upload, idempotency_key: str | None
 ) -> Submission:
+    # A tenant names a registry model, or a directory the operator allowed (INFERQ_MODEL_DIRS): refused alike.
+    resolve_model(made.settings, options.model, options.task, tenant=True)
     return made.client.submit(
         options.task,
         options.model,
