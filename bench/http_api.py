@@ -204,10 +204,10 @@ def bench_http(models_dir: Path, *, quick: bool = False, rounds: int = 1) -> dic
     from bench.system import ServicesUnavailable, client_settings, give_results, private_services, worker_env
     from inferq.db import make_engine, make_sessionmaker
     from inferq.keys import create_key
+    from inferq_demo.stand_ins import corpus
     from producer.client import Client
     from producer.export import export_jsonl
     from worker.process import running_worker
-    from worker.tiny_models import corpus
 
     out: dict[str, Any] = {}
     model = ensure_model(models_dir, "bench-cls")

@@ -161,10 +161,6 @@ class Settings(BaseSettings):
     server_url: str | None = None
     #: The API key (``iq_<id>_<secret>``, from ``inferq keys create``) sent to `server_url`.
     api_key: SecretStr | None = None
-    #: BENCHMARK ONLY, never in production: run every model's forward pass on a simulated device of this many
-    #: items/s (``0``: the null device, no time at all) that sleeps instead of computing and stores made-up
-    #: results (`worker.engines.simulated`). ``None`` (the default): the real device.
-    bench_simulated_device: float | None = Field(default=None, ge=0)
 
     @field_validator("database_url")
     @classmethod

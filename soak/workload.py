@@ -43,7 +43,7 @@ def build_models(root: Path) -> Models:
     classifier, all tiny, with random weights, built here (no hub)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from worker.tiny_models import build_model, corpus
+    from inferq_demo.stand_ins import build_model, corpus
 
     specs: dict[str, tuple[TaskName, dict[str, Any]]] = {
         "cls-distilbert": (TaskName.CLASSIFICATION, {"arch": "distilbert", "initializer_range": 0.3}),
@@ -87,7 +87,7 @@ class JobSpec:
 
 def job_stream(seed: int, models: Models, *, big_items: tuple[int, int] = (200, 1200)) -> Any:
     """An endless, reproducible stream of `JobSpec` (a generator): the n-th spec depends on the seed alone."""
-    from worker.tiny_models import corpus
+    from inferq_demo.stand_ins import corpus
 
     rng = random.Random(f"jobs-{seed}")
     texts = list(corpus())

@@ -22,9 +22,9 @@ from tests.reference import assert_same_labels, classification_reference
 from tests.support.brokers import PrivateRedis, ready_messages
 from tests.support.jobs import client_for, pid_of, sentences, worker_env
 from tests.support.records import Record, wait_for
+from tests.support.tiny_models import corpus
 from tests.support.worker_process import worker_log
 from worker.process import running_worker
-from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
 
@@ -38,7 +38,7 @@ def broken_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import AutoModelForSequenceClassification
 
     from inferq.task_specs import TaskName
-    from worker.tiny_models import build_model
+    from tests.support.tiny_models import build_model
 
     path = build_model(tmp_path_factory.mktemp("models") / "broken", TaskName.CLASSIFICATION, "distilbert")
     model = AutoModelForSequenceClassification.from_pretrained(path)

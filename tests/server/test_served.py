@@ -28,8 +28,8 @@ from server.process import running_server
 from tests.reference import assert_same_labels, classification_reference
 from tests.server.conftest import MODEL, MakeKey, bearer, jsonl
 from tests.server.test_api import items_of, jobs_of
+from tests.support.tiny_models import corpus
 from worker.process import running_worker
-from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
 

@@ -11,8 +11,8 @@ import pytest
 from inferq.settings import Settings
 from inferq.task_specs import TaskName, validate_params
 from tests.reference import assert_same_labels, classification_reference
+from tests.support.tiny_models import corpus
 from worker.model_cache import ModelCache
-from worker.tiny_models import corpus
 
 EDGE_TEXTS = [
     "I hate you",

@@ -1,6 +1,6 @@
 """Embedding parity with sentence-transformers (``SentenceTransformer.encode`` and its modules), on the real
 all-MiniLM-L6-v2 (mean pooling + Normalize, max_seq_length 256, legacy pooling config) and on tiny models built
-here as sentence-transformers directories (`worker.tiny_models.build_sentence_transformer`).
+here as sentence-transformers directories (`tests.support.tiny_models.build_sentence_transformer`).
 
 Every engine is loaded as a worker loads it (`ModelCache`), and every vector is read back from the bytes the
 engine stores (`Outcome.vector`)."""
@@ -20,10 +20,10 @@ import pytest
 from inferq.errors import ModelLoadError
 from inferq.settings import Settings
 from inferq.task_specs import TaskName, validate_params
+from tests.support.tiny_models import build_model, build_sentence_transformer, corpus
 from worker.engines.base import Engine, Outcome
 from worker.engines.embedding import EmbeddingEngine
 from worker.model_cache import ModelCache
-from worker.tiny_models import build_model, build_sentence_transformer, corpus
 
 #: Largest accepted difference between an engine's component and sentence-transformers'.
 TOLERANCE = 1e-5

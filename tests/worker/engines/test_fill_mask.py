@@ -23,11 +23,11 @@ import pytest
 from inferq.errors import InputError, InvalidParameter
 from inferq.settings import ModelSpec, Settings
 from inferq.task_specs import MASK_PLACEHOLDER, TaskName, read_params, validate_params
+from tests.support.tiny_models import Arch, build_model, corpus
 from worker.engines.base import Outcome
 from worker.engines.batching import plan_batches
 from worker.engines.fill_mask import FillMaskEngine
 from worker.model_cache import ModelCache
-from worker.tiny_models import Arch, build_model, corpus
 
 SCORE_TOLERANCE = 1e-5
 TIE = 1e-6

@@ -23,11 +23,11 @@ from inferq.errors import InputError
 from inferq.settings import Settings
 from inferq.task_specs import TaskName, read_params, validate_params
 from tests.reference import SCORE_TOLERANCE
+from tests.support.tiny_models import corpus
 from worker.engines.base import Engine
 from worker.engines.batching import plan_batches
 from worker.engines.question_answering import _band_spans, _decode_spans_full, select_spans
 from worker.model_cache import ModelCache
-from worker.tiny_models import corpus
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 MODELS = ("qa-bert", "qa-roberta")

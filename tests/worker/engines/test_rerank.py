@@ -26,10 +26,10 @@ from inferq.errors import ModelLoadError
 from inferq.settings import Settings
 from inferq.task_specs import TaskName, validate_params
 from tests.reference import SCORE_TOLERANCE, assert_same_ranking
+from tests.support.tiny_models import build_config, build_cross_encoder, build_model, build_tokenizer, corpus
 from worker.engines.base import Outcome
 from worker.engines.rerank import DEFAULT_ACTIVATION, RerankEngine, pairs_of, resolve_activation
 from worker.model_cache import ModelCache
-from worker.tiny_models import build_config, build_cross_encoder, build_model, build_tokenizer, corpus
 
 MAX_BATCH_TOKENS = 256
 IDENTITY = "torch.nn.modules.linear.Identity"

@@ -23,11 +23,11 @@ import pytest
 
 from inferq.settings import ModelSpec, Settings
 from inferq.task_specs import TaskName, read_params, validate_params
+from tests.support.tiny_models import Arch, build_model, corpus
 from worker.engines.base import Outcome
 from worker.engines.batching import plan_batches
 from worker.engines.token_classification import TokenClassificationEngine
 from worker.model_cache import ModelCache
-from worker.tiny_models import Arch, build_model, corpus
 
 SCORE_TOLERANCE = 1e-5
 #: Labels whose probabilities are within this of each other tie (an argmax between them may go either way).

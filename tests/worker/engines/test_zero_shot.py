@@ -21,10 +21,10 @@ from inferq.errors import ModelLoadError
 from inferq.settings import Settings
 from inferq.task_specs import TaskName, read_params, validate_params
 from tests.reference import assert_same_labels
+from tests.support.tiny_models import build_model, build_nli_model, corpus
 from worker.engines.base import Outcome
 from worker.engines.zero_shot import ZeroShotEngine, entailment_id
 from worker.model_cache import ModelCache
-from worker.tiny_models import build_model, build_nli_model, corpus
 
 MAX_BATCH_TOKENS = 256
 #: name → (arch, labels in id order, build keyword arguments).
