@@ -25,7 +25,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    func,
 )
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -256,8 +255,3 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
     #: Seconds from sending the request to the answer (or the failure).
     duration: Mapped[float] = mapped_column(Float)
-
-
-def sql_now() -> Any:
-    """The database's clock, for timestamps written by bulk statements."""
-    return func.now()
