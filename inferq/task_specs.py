@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inferq import results
-from inferq.errors import InvalidParameter
+from inferq.errors import InvalidParameter, UnknownTask
 from inferq.task_names import TaskName
 
 #: The one Celery task: run one chunk of one job. Its message carries ids only: `(job_id, chunk_seq)`.
@@ -383,8 +383,6 @@ def batch_key(task: TaskName, model: str, params: dict[str, Any]) -> str:
 
 
 def parse_task(value: str) -> TaskName:
-    from inferq.errors import UnknownTask
-
     try:
         return TaskName(value.replace("-", "_"))
     except ValueError:
