@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from inferq.task_specs import TaskName
+from inferq_demo.stand_ins import build_config
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,6 @@ def build_nli_model(path: Path, seed: int = 0) -> Path:
     """DistilBERT base with a 3-way NLI head (`NLI_LABELS`), random weights, the uncased BERT vocabulary."""
     import torch
     from transformers import AutoModelForSequenceClassification, DistilBertTokenizer
-
-    from inferq_demo.stand_ins import build_config
 
     tokenizer = DistilBertTokenizer(vocab=uncased_vocab(), do_lower_case=True, model_max_length=MAX_LENGTH)
     config = build_config(

@@ -24,6 +24,7 @@ engine in-process; ratios are taken within a round, and the targets take their m
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -40,7 +41,14 @@ from typing import Any
 from bench.measure import cpu_between, cpu_snapshot
 from bench.models import BenchModel
 from bench.report import Target
+from bench.simulated_device import simulated_engine_factory
+from bench.system import client_settings, private_services, worker_env
+from inferq.schema import utcnow
+from inferq.settings import Settings
 from inferq.task_specs import TaskName, read_params
+from producer.client import Client
+from worker.model_cache import ModelCache
+from worker.process import running_worker
 from worker.stages import STAGES, parse_stages
 from worker.threads import DEVICE_POOL_THREADS
 
@@ -212,8 +220,6 @@ def run_sim_job(
     chunk: int,
     worker_pid: int | None = None,
 ) -> SimJob:
-    from inferq.schema import utcnow
-
     wall_start = utcnow()
     job = client.submit(TaskName.CLASSIFICATION, model, list(items), params, chunk_size=chunk)
     before = cpu_snapshot(worker_pid) if worker_pid else None
@@ -232,10 +238,6 @@ def engine_in_process(
 ) -> tuple[float, float]:
     """Items/s of the engine on the null device, in this process, run chunk by chunk (tokenize, plan, postprocess:
     the CPU work of a chunk without SQL or broker), and its CPU seconds a chunk (the tokenizer's threads too)."""
-    from bench.simulated_device import simulated_engine_factory
-    from inferq.settings import Settings
-    from worker.model_cache import ModelCache
-
     settings = Settings(models={model.name: {"source": str(model.path), "task": model.task.value}})
     engine = ModelCache(settings, engine_factory=simulated_engine_factory(0)).engine(model.name, model.task)
     typed = read_params(model.task, params)
@@ -261,12 +263,6 @@ def bench_simulated(
     """Every (device, pool, chunk size) job, ``rounds`` times, and the engine in-process at each chunk size. A job
     at chunk size c takes the first ``c × chunks_per_job`` of ``items`` (all of them where ``chunks_per_job`` is
     None)."""
-    import json
-
-    from bench.system import client_settings, private_services, worker_env
-    from producer.client import Client
-    from worker.process import running_worker
-
     runs: list[SimRun] = []
     engine: dict[int, list[float]] = defaultdict(list)
     engine_cpu: dict[int, list[float]] = defaultdict(list)
