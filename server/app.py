@@ -16,7 +16,7 @@ from producer.client import Client
 from server import errors
 from server.deps import Runtime
 from server.metrics import ApiMetrics, ObserveRequests
-from server.routes import health, jobs, models, page, progress
+from server.routes import health, jobs, models, page, progress, webhook_secret
 
 API_VERSION = "v1"
 
@@ -61,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router, prefix=f"/{API_VERSION}")
     app.include_router(progress.router, prefix=f"/{API_VERSION}")
     app.include_router(models.router, prefix=f"/{API_VERSION}")
+    app.include_router(webhook_secret.router, prefix=f"/{API_VERSION}")
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     if metrics is not None:
