@@ -4,6 +4,7 @@ behind a load balancer hold no state of their own."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,7 @@ from server import errors
 from server.deps import Runtime
 from server.metrics import ApiMetrics, ObserveRequests
 from server.routes import health, jobs, models, page, progress, webhook_secret
+from server.uploads import remove_stale_uploads, upload_directory
 
 API_VERSION = "v1"
 
@@ -35,6 +37,8 @@ def create_app(settings: Settings) -> FastAPI:
         from inferq.celery_app import create_celery
         from inferq.db import make_engine, make_sessionmaker
 
+        # What a killed server process left behind (`server.uploads`): older than this start, its writer gone.
+        remove_stale_uploads(upload_directory(settings.upload_dir), time.time())
         engine = make_engine(settings, pool_size=API_DB_POOL_SIZE)
         if metrics is not None:
             metrics.watch_state(make_sessionmaker(engine, read_only=True), settings.metrics_cache_seconds)
