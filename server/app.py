@@ -16,6 +16,7 @@ from inferq.settings import Settings, get_settings
 from producer.client import Client
 from server import errors
 from server.deps import Runtime
+from server.headers import SecurityHeaders
 from server.metrics import ApiMetrics, ObserveRequests
 from server.routes import health, jobs, models, page, progress, webhook_secret
 from server.uploads import remove_stale_uploads, upload_directory
@@ -76,6 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
             return Response(body, media_type=content_type)
 
     app.add_middleware(ObserveRequests, metrics=metrics)
+    # Outermost: every answer gets them, errors and the metrics' own included (`server.headers`).
+    app.add_middleware(SecurityHeaders)
     return app
 
 
