@@ -51,7 +51,7 @@ def serve(host: str, port: int, workers: int, log_level: str | None) -> None:
 
 @click.group()
 def keys() -> None:
-    """API keys of the HTTP API: create (shown once), list, revoke; tenants' webhook secrets: rotate."""
+    """API keys of the HTTP API: create (shown once), list, revoke."""
 
 
 @keys.command("create")
