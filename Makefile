@@ -9,13 +9,13 @@ TORCH_VERSION ?= 2.13.0
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 
-.PHONY: install demo test lint format bench soak clean
+.PHONY: install demo test lint format docs bench soak clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(FIND_LINKS) torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q $(FIND_LINKS) -e ".[worker,server,dev]"
+	$(BIN)/python -m pip install -q $(FIND_LINKS) -e ".[worker,server,dev,docs]"
 	touch $@
 
 install: $(BIN)/.installed
@@ -39,6 +39,10 @@ format: install
 	$(BIN)/ruff check --fix inferq producer worker server inferq_demo migrations tests bench soak
 	$(BIN)/ruff format inferq producer worker server inferq_demo migrations tests bench soak
 
+#: The documentation site (mkdocs.yml) into site/; --strict: a broken link or a reference to a missing name fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: install
 	$(BIN)/python -m bench
 
@@ -48,4 +52,4 @@ soak: install
 	$(BIN)/python -m soak $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info inferq.db* inferq-broker.db* .inferq-demo
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache *.egg-info inferq.db* inferq-broker.db* .inferq-demo
