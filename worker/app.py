@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -94,6 +95,10 @@ def preload(runner: Runner, names: list[str]) -> None:
 #: it is making, each cut at its deadline), beyond ``INFERQ_WEBHOOK_TIMEOUT``; then it is killed.
 SENDER_STOP_MARGIN = 15.0
 
+#: Seconds a worker waits for its webhook sender to consume before it says it is ready itself (and goes on without
+#: it): a sender boots in seconds, like the worker, and side by side with it.
+SENDER_READY_TIMEOUT = 120.0
+
 #: Seconds between two looks of a webhook sender at whether the worker that started it is still there.
 PARENT_CHECK_SECONDS = 1.0
 
@@ -101,16 +106,40 @@ PARENT_CHECK_SECONDS = 1.0
 class WebhookSender:
     """The webhook sender a worker's main process starts beside itself: ``python -m inferq.cli ARGV`` (a Celery
     worker on the webhook queue), writing to the same output, in the same process group (a signal to the group
-    reaches it too), told the worker's pid so that it stops if the worker dies without stopping it."""
+    reaches it too), told the worker's pid so that it stops if the worker dies without stopping it.
+
+    Started when the worker starts (they boot side by side), and waited for before the worker says it is ready: the
+    sender writes a byte to a pipe (``--ready-fd``) once it consumes, so that a worker that says ``ready.`` sends
+    webhooks too (a delivery left unconsumed while the sender boots would be sent again by a reconciler)."""
 
     def __init__(self, argv: list[str], stop_timeout: float) -> None:
         self.argv = argv
         self.stop_timeout = stop_timeout
         self._process: subprocess.Popen[bytes] | None = None
+        self._ready: int | None = None
 
     def start(self) -> None:
-        self._process = subprocess.Popen([sys.executable, "-m", "inferq.cli", *self.argv])
+        self._ready, ready_w = os.pipe()
+        try:
+            argv = [sys.executable, "-m", "inferq.cli", *self.argv, "--ready-fd", str(ready_w)]
+            self._process = subprocess.Popen(argv, pass_fds=(ready_w,))
+        finally:
+            os.close(ready_w)
         log.info("webhook sender started (pid %d)", self._process.pid)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the sender consumes (``False``: it did not within ``timeout`` seconds, or it exited)."""
+        if self._ready is None:
+            return False
+        try:
+            readable, _, _ = select.select([self._ready], [], [], timeout)
+            ready = bool(readable) and os.read(self._ready, 1) == b"1"
+        finally:
+            os.close(self._ready)
+            self._ready = None
+        if not ready:
+            log.error("the webhook sender is not ready after %gs; webhooks wait until it is", timeout)
+        return ready
 
     def request_stop(self) -> None:
         """Ask it for a warm shutdown (safe in a signal handler: one ``kill``)."""
@@ -171,6 +200,8 @@ class WorkerState:
         self._webhooks_only = False
         #: The worker that started this webhook sender, watched so that the sender stops when it goes.
         self._parent_pid: int | None = None
+        #: Where this webhook sender tells the worker that started it that it consumes.
+        self._ready_fd: int | None = None
 
     @property
     def settings(self) -> Settings:
@@ -186,10 +217,12 @@ class WorkerState:
         webhook_sender: list[str] | None = None,
         webhooks_only: bool = False,
         parent_pid: int | None = None,
+        ready_fd: int | None = None,
     ) -> None:
         """Run this worker with ``settings`` instead of the environment's (before the app is built);
         ``webhook_sender``: the ``inferq`` command line of the webhook sender to start beside it; ``webhooks_only``:
-        this worker is such a sender (started by the worker ``parent_pid``, when given)."""
+        this worker is such a sender (started by the worker ``parent_pid``, told on ``ready_fd`` once it consumes,
+        when given)."""
         if self._app is not None:
             raise RuntimeError("the worker's app is already built")
         self._settings = settings
@@ -197,6 +230,7 @@ class WorkerState:
             self._sender = WebhookSender(webhook_sender, settings.webhook_timeout + SENDER_STOP_MARGIN)
         self._webhooks_only = webhooks_only
         self._parent_pid = parent_pid
+        self._ready_fd = ready_fd
 
     @property
     def app(self) -> Celery:
@@ -241,6 +275,8 @@ class WorkerState:
         self._main_pid = os.getpid()
         if self._webhooks_only:
             return  # no models, no metrics
+        if self._sender is not None:
+            self._sender.start()  # it boots while this worker does
         if self.settings.metrics_port is not None and self._metrics_server is None:
             # Before the pool forks too: every process keeps its metrics in the directory the endpoint reads.
             self._metrics_server = metrics.MetricsServer(self.settings, metrics.prepare_multiprocess())
@@ -257,6 +293,7 @@ class WorkerState:
     def on_process_init(self, **_: Any) -> None:
         # A prefork child: drop anything inherited from the parent, then load models here.
         self._runner = None
+        self._sender = None  # the main process's to wait for and stop
         if self._reconciler_engine is not None:
             # The parent's connections stay the parent's: forget them here without closing them.
             self._reconciler_engine.dispose(close=False)
@@ -308,9 +345,14 @@ class WorkerState:
         if self._webhooks_only:
             if self._parent_pid is not None:
                 watch_parent(self._parent_pid)
+            if self._ready_fd is not None:
+                os.write(self._ready_fd, b"1")
+                os.close(self._ready_fd)
+                self._ready_fd = None
             return
         if self._sender is not None:
-            self._sender.start()
+            # Before Celery logs this worker's "ready.": once it does, webhooks are sent too.
+            self._sender.wait_ready(SENDER_READY_TIMEOUT)
         if self._metrics_server is not None:
             try:
                 self._metrics_server.start()
@@ -375,10 +417,13 @@ def run_worker(
     webhook_sender: list[str] | None = None,
     webhooks_only: bool = False,
     parent_pid: int | None = None,
+    ready_fd: int | None = None,
 ) -> None:
     """Run a Celery worker (``argv``: its command line after ``celery``) with these settings: its pool processes,
     forked from this one, run with them too. The keywords are `WorkerState.configure`'s."""
-    _state.configure(settings, webhook_sender=webhook_sender, webhooks_only=webhooks_only, parent_pid=parent_pid)
+    _state.configure(
+        settings, webhook_sender=webhook_sender, webhooks_only=webhooks_only, parent_pid=parent_pid, ready_fd=ready_fd
+    )
     _state.app.worker_main(argv)
 
 

@@ -52,6 +52,7 @@ import click
     help="Only send webhooks: consume the webhook queue with INFERQ_WEBHOOK_CONCURRENCY processes, load no model.",
 )
 @click.option("--parent-pid", type=int, default=None, hidden=True, help="Stop when this process has gone.")
+@click.option("--ready-fd", type=int, default=None, hidden=True, help="Write a byte here once consuming.")
 def worker_command(
     device: str | None,
     models: str,
@@ -65,6 +66,7 @@ def worker_command(
     webhooks: bool,
     webhooks_only: bool,
     parent_pid: int | None,
+    ready_fd: int | None,
 ) -> None:
     """Run a worker: consume the default queue and the queues of the models it preloads. Webhooks are sent by a
     second Celery worker process that this one starts and stops (``--webhooks-only``), so that no receiver, however
@@ -140,4 +142,6 @@ def worker_command(
         argv.insert(0, "--quiet")
         logs.configure("json", settings.log_level)
         logging.captureWarnings(True)
-    run_worker(settings, argv, webhook_sender=sender, webhooks_only=webhooks_only, parent_pid=parent_pid)
+    run_worker(
+        settings, argv, webhook_sender=sender, webhooks_only=webhooks_only, parent_pid=parent_pid, ready_fd=ready_fd
+    )

@@ -227,6 +227,9 @@ def test_a_worker_killed_before_delivering_loses_no_event(
             **worker_env(own_postgres, redis.url, queue_name, registry),
             **WEBHOOK_ENV,
             "INFERQ_WEBHOOK_RETRY_DELAYS": f"0,{constants.WEBHOOK_COUNTDOWN_MAX_SECONDS + 100}",
+            # Long enough that a reconciler never re-sends the first attempt's delivery while the webhook sender (a
+            # process of its own, slow on a busy machine) is about to take it: the only message is the job end's.
+            "INFERQ_RECOVER_OLDER_THAN": "10",
         }
         with Client(settings_of(env).model_copy(update={"webhook_allow_private": True})) as client:
             with running_worker(env, tmp_path / "first.log") as first:
@@ -248,7 +251,7 @@ def test_a_worker_killed_before_delivering_loses_no_event(
                 session.execute(
                     update(WebhookDelivery)
                     .where(WebhookDelivery.id == before["id"])
-                    .values(next_attempt_at=utcnow() - dt.timedelta(seconds=10))
+                    .values(next_attempt_at=utcnow() - dt.timedelta(seconds=30))
                 )
             # And the receiver comes up, and a new worker starts
             with receiver, running_worker(env, tmp_path / "second.log"):
