@@ -16,6 +16,7 @@ from inferq.settings import Settings, get_settings
 from producer.client import Client
 from server import errors
 from server.deps import Runtime
+from server.guards import RefuseMalformed
 from server.headers import SecurityHeaders
 from server.metrics import ApiMetrics, ObserveRequests
 from server.routes import health, jobs, models, page, progress, webhook_secret
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
             body, content_type = metrics.exposition()
             return Response(body, media_type=content_type)
 
+    app.add_middleware(RefuseMalformed)
     app.add_middleware(ObserveRequests, metrics=metrics)
     # Outermost: every answer gets them, errors and the metrics' own included (`server.headers`).
     app.add_middleware(SecurityHeaders)

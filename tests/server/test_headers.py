@@ -34,7 +34,7 @@ def directives(policy: str) -> dict[str, str]:
         ("/static/page.js", 200, PAGE_POLICY),
         ("/healthz", 200, DEFAULT_POLICY),
         ("/v1/jobs", 401, DEFAULT_POLICY),
-        ("/v1/jobs/%00", 401, DEFAULT_POLICY),
+        ("/v1/jobs/%00", 400, DEFAULT_POLICY),
         ("/nowhere", 404, DEFAULT_POLICY),
         ("/openapi.json", 200, DEFAULT_POLICY),
         ("/docs", 200, DOCS_POLICY),
