@@ -27,6 +27,9 @@ API_VERSION = "v1"
 #: Database connections a server process keeps (and as many more at a peak): its routes run in a pool of 40
 #: threads (anyio's default), and a request that waits for a connection waits for nothing else.
 API_DB_POOL_SIZE = 20
+#: Connections of the status polls' own engine (autocommit, no ping on checkout: `server.auth.job_for_key`): a
+#: poll holds one for a single statement, so a few serve every thread.
+API_POLL_POOL_SIZE = 8
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -48,12 +51,14 @@ def create_app(settings: Settings) -> FastAPI:
         client = Client(settings, engine=engine, celery=celery)
         # Made now, once, rather than by whichever request thread comes first (neither connects).
         _ = client.sessions, client.reader
-        app.state.runtime = Runtime(settings, client)
+        polls = make_engine(settings, pool_size=API_POLL_POOL_SIZE, pre_ping=False, isolation_level="AUTOCOMMIT")
+        app.state.runtime = Runtime(settings, client, polls)
         try:
             yield
         finally:
             client.close()
             celery.close()
+            polls.dispose()
             engine.dispose()
 
     app = FastAPI(
