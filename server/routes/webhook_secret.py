@@ -6,32 +6,30 @@ never logged (`inferq.logs` redacts ``whsec_…`` wherever it appears)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from inferq import api
 from inferq.store.secrets import WebhookSecret, read_webhook_secret, rotate_webhook_secret
 from server.auth import Caller
 from server.deps import Made
+from server.errors import error_responses
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], responses=error_responses(401, 422, 500, 503))
 
 #: Longest overlap a rotation may ask for: 30 days (a receiver that has not switched by then never will).
 MAX_OVERLAP_SECONDS = 30 * 24 * 3600
 
 
-def secret_json(found: WebhookSecret) -> dict[str, Any]:
-    expires = found.previous_expires_at
-    return {
-        "object": "webhook_secret",
-        "tenant": found.tenant,
-        "secret": found.secret,
-        "previous_expires_at": expires.isoformat() if expires is not None else None,
-    }
+def secret_json(found: WebhookSecret) -> api.WebhookSigningSecret:
+    return api.WebhookSigningSecret(
+        tenant=found.tenant, secret=found.secret, previous_expires_at=found.previous_expires_at
+    )
 
 
-@router.get("/webhook-secret")
-def get_webhook_secret(made: Made, caller: Caller, response: Response) -> dict[str, Any]:
+@router.get("/webhook-secret", response_model=api.WebhookSigningSecret)
+def get_webhook_secret(made: Made, caller: Caller, response: Response) -> api.WebhookSigningSecret:
     """The secret that signs the caller's tenant's webhooks (``whsec_…``), and until when the secret a rotation
     replaced still signs too (``previous_expires_at``; ``null`` when no overlap is running)."""
     response.headers["Cache-Control"] = "no-store"
@@ -39,7 +37,7 @@ def get_webhook_secret(made: Made, caller: Caller, response: Response) -> dict[s
         return secret_json(read_webhook_secret(session, caller.tenant))
 
 
-@router.post("/webhook-secret/rotate")
+@router.post("/webhook-secret/rotate", response_model=api.WebhookSigningSecret)
 def rotate(
     made: Made,
     caller: Caller,
@@ -48,7 +46,7 @@ def rotate(
         float | None,
         Query(ge=0, le=MAX_OVERLAP_SECONDS, description="Seconds the old secret keeps signing (default: the server's)"),
     ] = None,
-) -> dict[str, Any]:
+) -> api.WebhookSigningSecret:
     """Give the caller's tenant a fresh signing secret (answered once here; readable again with
     ``GET /v1/webhook-secret``). Until ``previous_expires_at`` every webhook carries two ``v1,`` signatures, one
     by each secret; after it, only the new secret's."""
