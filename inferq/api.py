@@ -41,6 +41,7 @@ __all__ = [
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookDeliveryList",
+    "WebhookSigningSecret",
 ]
 
 
@@ -218,6 +219,18 @@ class WebhookDelivery(BaseModel):
 class WebhookDeliveryList(BaseModel):
     object: Literal["list"] = "list"
     data: list[WebhookDelivery]
+
+
+class WebhookSigningSecret(BaseModel):
+    """The secret that signs a tenant's webhooks, as its own key reads or rotates it."""
+
+    object: Literal["webhook_secret"] = "webhook_secret"
+    tenant: str
+    #: Signs every webhook (``whsec_…``).
+    secret: str
+    #: Until when the secret a rotation replaced still signs too (a second ``v1,`` signature); ``None`` when no
+    #: rotation's overlap is running.
+    previous_expires_at: Time | None
 
 
 class TimelinePoint(BaseModel):

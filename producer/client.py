@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -315,7 +315,7 @@ class Client:
     def status(self, job_id: str, *, tenant: str | None = None) -> JobStatus:
         """The job's status. With ``tenant``, another tenant's job is `JobNotFound`, as a job that does not exist."""
         with self.reader() as session:
-            return _status(stored.job_of(session, job_id, tenant))
+            return job_status(stored.job_of(session, job_id, tenant))
 
     def jobs(
         self,
@@ -349,7 +349,7 @@ class Client:
                 metadata=metadata,
                 after=cursor,
             )
-            return [_status(j) for j in found]
+            return [job_status(j) for j in found]
 
     def models(self) -> dict[str, ModelSpec]:
         return dict(self.settings.models)
@@ -585,7 +585,9 @@ def _seekable(stream: IO[Any]) -> bool:
         return False
 
 
-def _status(job: Job) -> JobStatus:
+def job_status(job: Job | Row[Any]) -> JobStatus:
+    """The `JobStatus` of a job's row: the ORM object, or a Core row carrying the same attribute names (a status
+    poll's, `inferq.store.auth.key_and_job`)."""
     return JobStatus(
         id=job.id,
         task=job.task,

@@ -4,6 +4,7 @@ behind a load balancer hold no state of their own."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,14 +17,19 @@ from producer.client import Client
 from server import errors
 from server.deps import Runtime
 from server.guards import RefuseMalformed
+from server.headers import SecurityHeaders
 from server.metrics import ApiMetrics, ObserveRequests
-from server.routes import health, jobs, models, page, progress
+from server.routes import health, jobs, models, page, progress, webhook_secret
+from server.uploads import remove_stale_uploads, upload_directory
 
 API_VERSION = "v1"
 
 #: Database connections a server process keeps (and as many more at a peak): its routes run in a pool of 40
 #: threads (anyio's default), and a request that waits for a connection waits for nothing else.
 API_DB_POOL_SIZE = 20
+#: Connections of the status polls' own engine (autocommit, no ping on checkout: `server.auth.job_for_key`): a
+#: poll holds one for a single statement, so a few serve every thread.
+API_POLL_POOL_SIZE = 8
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -36,6 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
         from inferq.celery_app import create_celery
         from inferq.db import make_engine, make_sessionmaker
 
+        # What a killed server process left behind (`server.uploads`): older than this start, its writer gone.
+        remove_stale_uploads(upload_directory(settings.upload_dir), time.time())
         engine = make_engine(settings, pool_size=API_DB_POOL_SIZE)
         if metrics is not None:
             metrics.watch_state(make_sessionmaker(engine, read_only=True), settings.metrics_cache_seconds)
@@ -43,12 +51,14 @@ def create_app(settings: Settings) -> FastAPI:
         client = Client(settings, engine=engine, celery=celery)
         # Made now, once, rather than by whichever request thread comes first (neither connects).
         _ = client.sessions, client.reader
-        app.state.runtime = Runtime(settings, client)
+        polls = make_engine(settings, pool_size=API_POLL_POOL_SIZE, pre_ping=False, isolation_level="AUTOCOMMIT")
+        app.state.runtime = Runtime(settings, client, polls)
         try:
             yield
         finally:
             client.close()
             celery.close()
+            polls.dispose()
             engine.dispose()
 
     app = FastAPI(
@@ -62,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router, prefix=f"/{API_VERSION}")
     app.include_router(progress.router, prefix=f"/{API_VERSION}")
     app.include_router(models.router, prefix=f"/{API_VERSION}")
+    app.include_router(webhook_secret.router, prefix=f"/{API_VERSION}")
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     if metrics is not None:
@@ -73,6 +84,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.add_middleware(RefuseMalformed)
     app.add_middleware(ObserveRequests, metrics=metrics)
+    # Outermost: every answer gets them, errors and the metrics' own included (`server.headers`).
+    app.add_middleware(SecurityHeaders)
     return app
 
 

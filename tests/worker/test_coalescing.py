@@ -18,10 +18,10 @@ from inferq.schema import Chunk, Item, utcnow
 from inferq.settings import Settings
 from inferq.store.chunks import claim_chunk, claim_mates
 from tests.reference import assert_same_labels, classification_reference
+from tests.support.tiny_models import corpus
 from tests.worker.jobs import a_job, job_row
 from worker.model_cache import ModelCache
 from worker.runner import Runner
-from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
 

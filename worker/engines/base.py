@@ -27,6 +27,10 @@ from worker.engines.batching import (
 from worker.loaded import LoadedModel
 from worker.stages import StageClock
 
+# torch is imported inside the methods that use it: the worker's prefork parent imports this module (through the
+# model cache and the runner) and must stay free of torch (tests/worker/test_app.py); the task engines' own
+# modules load with a model and import it at the top.
+
 #: Characters of an error's message stored on its item: enough for an exception's first lines, while a huge
 #: message (an input echoed back) does not bloat every failed row.
 ERROR_MESSAGE_CHARS = 2000
