@@ -87,12 +87,13 @@ class Quality:
         if self.items == 0:
             return True
         bounds = BOUNDS[tier]
-        if self.cosine_min is not None and self.cosine_mean is not None:
-            if self.cosine_min < bounds.cosine_min or self.cosine_mean < bounds.cosine_mean:
-                return False
-        if self.label_agreement is not None and self.label_agreement < bounds.label_agreement:
-            return False
-        return True
+        vectors_ok = (
+            self.cosine_min is None
+            or self.cosine_mean is None
+            or (self.cosine_min >= bounds.cosine_min and self.cosine_mean >= bounds.cosine_mean)
+        )
+        labels_ok = self.label_agreement is None or self.label_agreement >= bounds.label_agreement
+        return vectors_ok and labels_ok
 
     def best_tier(self) -> Tier | None:
         """The best tier these results keep, or ``None`` below every tier."""
