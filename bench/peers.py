@@ -1,0 +1,377 @@
+"""Peers (``python -m bench --tasks peers``): on the same held-out English sentences (`bench.inputs`) and the real
+all-MiniLM-L6-v2, what a user would run instead of inferq, each as the user would run it (texts sorted by length,
+batches of 32, mean pooling and normalisation written by hand where the library has none), beside inferq's engine
+in-process on each backend and precision:
+
+* sentence-transformers ``encode``, fp32, and bf16 where the CPU multiplies bf16 in hardware (AVX-512 BF16 or
+  AMX; emulated bf16 is several times slower than fp32 and no one would pick it);
+* CTranslate2's ``Encoder``, float32 and int8 (the checkpoint converted by ``TransformersConverter``);
+* ONNX Runtime, fp32 with onnxruntime's BERT graph fusion (``optimize_model``) and dynamic int8
+  (``quantize_dynamic`` of the fused graph);
+* inferq's `EmbeddingEngine` through the model cache, as a worker holds it: torch at fp32, bf16 and int8, and the
+  CTranslate2 backend (`worker.backends`) at fp32 and int8.
+
+Every row reports items/s (the median of its rounds; rounds interleave the variants so that they share the
+machine's load) and its vectors' cosine to sentence-transformers' fp32 vectors (min and mean), then checks the
+quality tier its precision promises (`inferq.precision`): PASS or FAIL. The whole system's embedding rows come from
+``--tasks embedding`` (same texts, same seed). Conversions are cached under ``--models-dir``/peers."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inferq.precision import Quality, Tier, tier_of, vector_quality
+
+log = logging.getLogger(__name__)
+
+#: The batch a user passes (sentence-transformers' default).
+PEER_BATCH = 32
+
+#: all-MiniLM-L6-v2's ``max_seq_length``: every peer truncates there, as ``encode`` does.
+MAX_TOKENS = 256
+
+#: ONNX opset of the export: 17 has LayerNormalization, which onnxruntime's fusion reads.
+ONNX_OPSET = 17
+
+#: The reference row: every row's quality is measured against its vectors.
+REFERENCE = "sentence-transformers encode"
+
+#: A peer: the name of the row, its precision, and a function from texts to float32 vectors ``[n, d]`` in input
+#: order.
+Encode = Callable[[list[str]], np.ndarray]
+
+
+@dataclass
+class Peer:
+    name: str
+    precision: str
+    encode: Encode
+    notes: str = ""
+
+
+@dataclass
+class PeerRow:
+    """One peer's runs over the same texts."""
+
+    name: str
+    precision: str
+    items: int
+    seconds: list[float] = field(default_factory=list)
+    quality: Quality | None = None
+    notes: str = ""
+
+    @property
+    def tier(self) -> Tier:
+        return tier_of(self.precision)
+
+    @property
+    def items_per_second(self) -> float:
+        return self.items / statistics.median(self.seconds) if self.seconds else 0.0
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.quality is None else self.quality.meets(self.tier)
+
+    def as_json(self) -> dict[str, Any]:
+        q = self.quality
+        return {
+            "name": self.name,
+            "precision": self.precision,
+            "tier": self.tier.value,
+            "items": self.items,
+            "seconds": self.seconds,
+            "items_per_second": self.items_per_second,
+            "cosine_min": q.cosine_min if q else None,
+            "cosine_mean": q.cosine_mean if q else None,
+            "tier_passed": self.passed,
+            "notes": self.notes,
+        }
+
+
+# -- batches as a user writes them ------------------------------------------------------------------------
+
+
+def length_sorted_batches(lengths: Sequence[int], batch: int = PEER_BATCH) -> list[np.ndarray]:
+    """Indices sorted by length (longest first, ties in input order), cut into batches of ``batch``."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[i : i + batch] for i in range(0, len(order), batch)]
+
+
+def pad_batch(ids: Sequence[Sequence[int]], rows: np.ndarray, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The token ids of ``rows`` right-padded to the longest, and the attention mask (int64)."""
+    width = max(len(ids[r]) for r in rows)
+    out = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        n = len(ids[r])
+        out[i, :n] = ids[r]
+        mask[i, :n] = 1
+    return out, mask
+
+
+def mean_pool_normalize(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """all-MiniLM-L6-v2's pooling: the mean over real tokens, L2-normalised."""
+    m = mask[:, :, None].astype(np.float32)
+    v = (states.astype(np.float32) * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+    return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def by_hand(tokenizer: Any, forward: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Encode:
+    """Tokenize (truncated), sort by length, batches of `PEER_BATCH`, ``forward(ids, mask) → hidden states``,
+    pool, and put the vectors back in input order."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        ids = tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+        out: np.ndarray | None = None
+        for rows in length_sorted_batches([len(x) for x in ids]):
+            batch, mask = pad_batch(ids, rows, int(tokenizer.pad_token_id or 0))
+            vectors = mean_pool_normalize(forward(batch, mask), mask)
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[rows] = vectors
+        return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+    return encode
+
+
+# -- the peers ---------------------------------------------------------------------------------------------
+
+
+def sentence_transformers_peer(source: Path, precision: str) -> Peer:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(source), device="cpu")
+    if precision == "bf16":
+        st = st.to(torch.bfloat16)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        v = st.encode(texts, batch_size=PEER_BATCH, convert_to_numpy=False, show_progress_bar=False)
+        return torch.stack(list(v)).float().numpy()
+
+    return Peer(REFERENCE, precision, encode, "sorts by length itself")
+
+
+def ctranslate2_peer(converted: Path, tokenizer: Any, precision: str, threads: int) -> Peer:
+    import ctranslate2
+
+    compute_type = {"fp32": "float32", "int8": "int8_float32"}[precision]
+    encoder = ctranslate2.Encoder(str(converted), device="cpu", compute_type=compute_type, intra_threads=threads)
+
+    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        lengths = mask.sum(axis=1).astype(np.int32)
+        out = encoder.forward_batch(
+            ctranslate2.StorageView.from_array(ids.astype(np.int32)), ctranslate2.StorageView.from_array(lengths)
+        )
+        return np.asarray(out.last_hidden_state)
+
+    return Peer("CTranslate2 Encoder", precision, by_hand(tokenizer, forward), f"compute_type={compute_type}")
+
+
+def onnxruntime_peer(path: Path, tokenizer: Any, precision: str, threads: int) -> Peer:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+
+    def forward(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in names:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        return np.asarray(session.run(None, feed)[0])
+
+    notes = "BERT graph fusion" if precision == "fp32" else "quantize_dynamic (QInt8) of the fused graph"
+    return Peer("ONNX Runtime", precision, by_hand(tokenizer, forward), notes)
+
+
+def engine_peer(source: Path, precision: str, backend: str) -> Peer:
+    """inferq's embedding engine through the model cache (the model's own pooling and normalisation)."""
+    from bench.measure import vector_of
+    from inferq.settings import Settings
+    from inferq.task_specs import TaskName
+    from worker.model_cache import ModelCache
+
+    engine = ModelCache(Settings(), precision=precision, backend=backend).engine(str(source), TaskName.EMBEDDING)
+    used = type(engine.model).__name__
+
+    def encode(texts: list[str]) -> np.ndarray:
+        outcomes = engine.run([{"text": t} for t in texts], {})
+        rows = []
+        for o in outcomes:
+            if o is None or not o.ok:
+                raise RuntimeError(f"inferq engine failed an item: {None if o is None else o.error}")
+            rows.append(vector_of(o.result, o.vector).reshape(-1))
+        return np.stack(rows)
+
+    return Peer(f"inferq engine ({backend})", precision, encode, f"in-process, runs {used}")
+
+
+# -- conversions, cached -----------------------------------------------------------------------------------
+
+
+def convert_ctranslate2(source: Path, root: Path) -> Path:
+    from worker.backends.ct2 import convert
+
+    return convert(str(source), None, root / "ctranslate2")
+
+
+def export_onnx(source: Path, root: Path) -> tuple[Path, Path]:
+    """The fused fp32 graph and its dynamic int8 quantization (exported, fused and quantized on first use)."""
+    fused, int8 = root / "onnx" / "model-fused.onnx", root / "onnx" / "model-fused-int8.onnx"
+    if fused.is_file() and int8.is_file():
+        return fused, int8
+    import onnx
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+    from transformers import AutoModel, AutoTokenizer
+
+    fused.parent.mkdir(parents=True, exist_ok=True)
+    plain = fused.parent / "model.onnx"
+    # The eager attention exports as the MatMul/Softmax pattern that onnxruntime's fusion recognises.
+    model = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+
+    enc = tokenizer(["a short one", "and a somewhat longer sentence"], padding=True, return_tensors="pt")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    log.info("peers: exporting %s to ONNX", source)
+    torch.onnx.export(
+        LastHiddenState(model),
+        tuple(enc[n] for n in names),
+        str(plain),
+        input_names=names,
+        output_names=["last_hidden_state"],
+        dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "last_hidden_state"]},
+        opset_version=ONNX_OPSET,
+        dynamo=False,
+    )
+    config = model.config
+    optimized = optimizer.optimize_model(
+        str(plain), model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+    )
+    optimized.save_model_to_file(str(fused))
+    quantize_dynamic(
+        str(fused),
+        str(int8),
+        weight_type=QuantType.QInt8,
+        # The fused operators are outside ONNX's own domain: shape inference gives their outputs no type.
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return fused, int8
+
+
+def native_bf16() -> bool:
+    from worker.model_cache import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+
+
+def build_peers(source: Path, cache: Path, threads: int, *, onnx: bool = True) -> list[Peer]:
+    """Every peer and inferq variant, the reference first."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    bf16 = native_bf16()
+    peers = [sentence_transformers_peer(source, "fp32")]
+    if bf16:
+        peers.append(sentence_transformers_peer(source, "bf16"))
+    converted = convert_ctranslate2(source, cache)
+    peers += [ctranslate2_peer(converted, tokenizer, p, threads) for p in ("fp32", "int8")]
+    if onnx:
+        fused, int8 = export_onnx(source, cache)
+        peers += [
+            onnxruntime_peer(fused, tokenizer, "fp32", threads),
+            onnxruntime_peer(int8, tokenizer, "int8", threads),
+        ]
+    for precision in ("fp32", *(["bf16"] if bf16 else []), "int8"):
+        peers.append(engine_peer(source, precision, "torch"))
+    peers += [engine_peer(source, p, "ctranslate2") for p in ("fp32", "int8")]
+    return peers
+
+
+def run_peers(peers: Sequence[Peer], texts: list[str], rounds: int, warm_up: int = PEER_BATCH) -> list[PeerRow]:
+    """Each peer warmed up on the longest texts, then ``rounds`` timed runs over all of them, the peers
+    interleaved within each round; quality against the first peer's (fp32 reference) vectors of the first round."""
+    longest = sorted(texts, key=len, reverse=True)[:warm_up]
+    rows = [PeerRow(p.name, p.precision, len(texts), notes=p.notes) for p in peers]
+    vectors: list[np.ndarray | None] = [None] * len(peers)
+    for p in peers:
+        p.encode(longest)
+    for r in range(rounds):
+        for i, p in enumerate(peers):
+            start = time.perf_counter()
+            out = p.encode(texts)
+            rows[i].seconds.append(time.perf_counter() - start)
+            if r == 0:
+                vectors[i] = out
+            log.info("peers round %d: %s %s %.1f items/s", r + 1, p.name, p.precision, len(texts) / rows[i].seconds[-1])
+    reference = vectors[0]
+    assert reference is not None
+    for row, got in zip(rows, vectors, strict=True):
+        assert got is not None
+        row.quality = vector_quality(got, reference)
+    return rows
+
+
+def bench_peers(source: Path, cache: Path, texts: list[str], rounds: int, threads: int) -> dict[str, Any]:
+    """The peer table's rows and what they ran on, for the JSON file and `render`."""
+    rows = run_peers(build_peers(source, cache, threads), texts, rounds)
+    return {
+        "model": str(source),
+        "items": len(texts),
+        "rounds": rounds,
+        "threads": threads,
+        "batch": PEER_BATCH,
+        "native_bf16": native_bf16(),
+        "rows": [r.as_json() for r in rows],
+        "_rows": rows,
+    }
+
+
+def render(rows: Sequence[PeerRow]) -> str:
+    """The peer table: items/s, the ratio to sentence-transformers' fp32, quality, the tier and its check."""
+    base = next((r.items_per_second for r in rows if r.name == REFERENCE and r.precision == "fp32"), 0.0)
+    head = ("what", "precision", "items/s", "vs ST fp32", "cosine min / mean", "tier", "check")
+    lines = [head]
+    for r in rows:
+        q = r.quality
+        lines.append(
+            (
+                r.name,
+                r.precision,
+                f"{r.items_per_second:.1f}",
+                f"{r.items_per_second / base:.2f}" if base else "-",
+                f"{q.cosine_min:.5f} / {q.cosine_mean:.5f}"
+                if q and q.cosine_min is not None and q.cosine_mean is not None
+                else "-",
+                r.tier.value,
+                {True: "PASS", False: "FAIL", None: "-"}[r.passed],
+            )
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)
