@@ -115,8 +115,8 @@ def cosines(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     b = np.asarray(want, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {a.shape} against {b.shape}")
-    a = a.reshape(len(a), -1)
-    b = b.reshape(len(b), -1)
+    width = int(np.prod(a.shape[1:])) if a.ndim > 1 else 1
+    a, b = a.reshape(len(a), width), b.reshape(len(b), width)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     dot = (a * b).sum(axis=1)
     both_zero = (na == 0) & (nb == 0)

@@ -7,6 +7,7 @@ CTranslate2 quantizes at load: one float32 conversion serves every compute type 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -63,7 +64,8 @@ def convert(source: str, revision: str | None = None, root: Path | None = None) 
     scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
     try:
         log.info("converting %s for CTranslate2 into %s", source, target)
-        TransformersConverter(source, revision=revision).convert(str(scratch / "model"), force=True)
+        readable = _with_position_embedding_type(source, scratch / "source")
+        TransformersConverter(readable, revision=revision).convert(str(scratch / "model"), force=True)
         try:
             os.replace(scratch / "model", target)
         except OSError:
@@ -72,6 +74,26 @@ def convert(source: str, revision: str | None = None, root: Path | None = None) 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def _with_position_embedding_type(source: str, shadow: Path) -> str:
+    """``source``, or where its config lacks ``position_embedding_type`` (transformers 5 no longer writes the
+    default, and CTranslate2's BERT-family loaders read it) a directory of links to its files with that key set to
+    transformers' default, ``absolute``."""
+    path = Path(source)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return source
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("model_type") == "distilbert" or "position_embedding_type" in config:
+        return source
+    shadow.mkdir(parents=True)
+    for f in path.iterdir():
+        if f.name != "config.json":
+            (shadow / f.name).symlink_to(f.resolve())
+    config["position_embedding_type"] = "absolute"
+    (shadow / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return str(shadow)
 
 
 class Ct2Encoder:
