@@ -124,12 +124,14 @@ def mean_pool_normalize(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def by_hand(tokenizer: Any, forward: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Encode:
-    """Tokenize (truncated), sort by length, batches of `PEER_BATCH`, ``forward(ids, mask) → hidden states``,
+def by_hand(
+    tokenizer: Any, forward: Callable[[np.ndarray, np.ndarray], np.ndarray], max_length: int = MAX_TOKENS
+) -> Encode:
+    """Tokenize (truncated at ``max_length``), sort by length, batches of `PEER_BATCH`, ``forward(ids, mask) → hidden states``,
     pool, and put the vectors back in input order."""
 
     def encode(texts: list[str]) -> np.ndarray:
-        ids = tokenizer(texts, truncation=True, max_length=MAX_TOKENS)["input_ids"]
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         out: np.ndarray | None = None
         for rows in length_sorted_batches([len(x) for x in ids]):
             batch, mask = pad_batch(ids, rows, int(tokenizer.pad_token_id or 0))
