@@ -15,12 +15,12 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from inferq import constants
 from inferq.errors import InvalidParameter
-from inferq.schema import ApiKey, Tenant, as_utc, utcnow
+from inferq.schema import ApiKey, as_utc
+from inferq.store import auth
 from inferq.tenants import ensure_tenant
 
 #: The prefix every key starts with, so that a key pasted somewhere it should not be is easy to spot.
@@ -81,35 +81,18 @@ def create_key(
         row.max_queued_items = max_queued_items
     key_id = secrets.token_hex(8)
     key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(constants.API_KEY_SECRET_BYTES)}"
-    api_key = ApiKey(id=key_id, tenant=tenant, key_hash=hash_key(key), admin=admin, created_at=utcnow())
-    session.add(api_key)
-    session.flush()
-    return key, _info(api_key)
+    return key, _info(auth.add_key(session, key_id, tenant, hash_key(key), admin=admin))
 
 
 def list_keys(session: Session, tenant: str | None = None) -> list[KeyInfo]:
     """Every key (or ``tenant``'s), oldest first."""
-    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
-    if tenant is not None:
-        query = query.where(ApiKey.tenant == tenant)
-    return [_info(k) for k in session.scalars(query)]
+    return [_info(k) for k in auth.keys(session, tenant)]
 
 
 def revoke_key(session: Session, key_id: str) -> bool:
     """Revoke the key ``key_id``: refused from the next request on. False when there is no such key; revoking a
     revoked key keeps its first revocation time."""
-    if session.get(ApiKey, key_id) is None:
-        return False
-    session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow()))
-    return True
-
-
-def set_quota(session: Session, tenant: str, max_queued_items: int | None) -> None:
-    """Set (or, with ``None``, lift) a tenant's quota on unfinished items."""
-    row = session.get(Tenant, tenant)
-    if row is None:
-        raise InvalidParameter(f"no tenant {tenant!r}", field="tenant")
-    row.max_queued_items = max_queued_items
+    return auth.revoke_key(session, key_id)
 
 
 def authenticate(session: Session, key: str) -> Principal | None:
@@ -118,7 +101,7 @@ def authenticate(session: Session, key: str) -> Principal | None:
     match = _KEY.fullmatch(key)
     if match is None:
         return None
-    row = session.get(ApiKey, match.group(1), populate_existing=True)
+    row = auth.key(session, match.group(1))
     # The hash is compared even for a missing row, so that an unknown id takes as long as a wrong secret.
     stored = row.key_hash if row is not None else "0" * 64
     if not hmac.compare_digest(stored, hash_key(key)) or row is None or row.revoked_at is not None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import base64
 import secrets
 
-from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from inferq.schema import Tenant, utcnow
+from inferq.schema import Tenant
+from inferq.store import auth
 
 #: Bytes of a webhook signing key: 256 bits, as HMAC-SHA256 wants (the Standard Webhooks spec allows 24 to 64).
 WEBHOOK_SECRET_BYTES = 32
@@ -28,19 +28,7 @@ def ensure_tenant(session: Session, name: str) -> Tenant:
 
     Flushed in the caller's transaction. Two transactions making the same tenant at once both succeed and read
     the same row: the insert skips a row that another transaction wrote first."""
-    tenant = session.get(Tenant, name)
-    if tenant is not None:
-        return tenant
-    values = {"name": name, "webhook_secret": new_webhook_secret(), "created_at": utcnow()}
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        session.execute(pg_insert(Tenant).values(values).on_conflict_do_nothing(index_elements=["name"]))
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        session.execute(sqlite_insert(Tenant).values(values).on_conflict_do_nothing(index_elements=["name"]))
-    else:
-        session.execute(insert(Tenant).values(values))
-    return session.scalars(select(Tenant).where(Tenant.name == name).execution_options(populate_existing=True)).one()
+    found = auth.tenant(session, name)
+    if found is not None:
+        return found
+    return auth.add_tenant(session, name, new_webhook_secret())

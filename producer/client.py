@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,11 +38,11 @@ from inferq.errors import (
     JobNotFound,
     LineError,
     NothingToRetry,
-    QuotaExceeded,
 )
-from inferq.schema import DEFAULT_TENANT, Chunk, Item, Job, Tenant, as_utc, utcnow
+from inferq.schema import DEFAULT_TENANT, Job, as_utc, utcnow
 from inferq.settings import ModelSpec, Settings
-from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
+from inferq.states import ItemState, JobState
+from inferq.store import jobs as stored
 from inferq.task_names import TaskName
 
 if TYPE_CHECKING:
@@ -305,7 +303,7 @@ class Client:
             committing = False
             try:
                 with self.sessions() as session, session.begin():
-                    check_quota(session, options.tenant, total)
+                    stored.check_quota(session, options.tenant, total)
                     store_job(
                         session, job_id, task, model, full_params, records, size, queue, total=total, options=options
                     )
@@ -338,9 +336,7 @@ class Client:
         if options.idempotency_key is None:
             return None
         with self.reader() as session:
-            job = session.scalars(
-                select(Job).where(Job.tenant == options.tenant, Job.idempotency_key == options.idempotency_key)
-            ).one_or_none()
+            job = stored.job_by_idempotency_key(session, options.tenant, options.idempotency_key)
             if job is None:
                 return None
             if job.request_hash != options.request_hash:
@@ -373,16 +369,14 @@ class Client:
         finally:
             if sent:
                 with self.sessions.begin() as session:
-                    session.execute(
-                        update(Chunk).where(Chunk.job_id == job_id, Chunk.seq < sent).values(enqueued_at=utcnow())
-                    )
+                    stored.mark_enqueued(session, job_id, sent)
 
     # -- read ------------------------------------------------------------------------------------------
 
     def status(self, job_id: str, *, tenant: str | None = None) -> JobStatus:
         """The job's status. With ``tenant``, another tenant's job is `JobNotFound`, as a job that does not exist."""
         with self.reader() as session:
-            return _status(_job_of(session, job_id, tenant))
+            return _status(stored.job_of(session, job_id, tenant))
 
     def jobs(
         self,
@@ -400,29 +394,23 @@ class Client:
         the job ``after`` in that order (a cursor: the last id of the previous page; `InvalidParameter` when it
         names no job of the tenant)."""
         with self.reader() as session:
-            query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
-            if tenant is not None:
-                query = query.where(Job.tenant == tenant)
-            if state is not None:
-                query = query.where(Job.state == state)
-            if task is not None:
-                query = query.where(Job.task == task)
-            if model is not None:
-                query = query.where(Job.model == model)
-            for key, value in (metadata or {}).items():
-                query = query.where(Job.meta[key].as_string() == value)
+            cursor: Job | None = None
             if after is not None:
                 try:
-                    cursor = _job_of(session, after, tenant)
+                    cursor = stored.job_of(session, after, tenant)
                 except JobNotFound:
                     raise InvalidParameter(f"no job {after!r} to list after", field="after") from None
-                query = query.where(
-                    or_(
-                        Job.created_at < cursor.created_at,
-                        and_(Job.created_at == cursor.created_at, Job.id < cursor.id),
-                    )
-                )
-            return [_status(j) for j in session.scalars(query)]
+            found = stored.list_jobs(
+                session,
+                limit=limit,
+                tenant=tenant,
+                state=state,
+                task=task,
+                model=model,
+                metadata=metadata,
+                after=cursor,
+            )
+            return [_status(j) for j in found]
 
     def models(self) -> dict[str, ModelSpec]:
         return dict(self.settings.models)
@@ -438,43 +426,32 @@ class Client:
     ) -> Iterator[ResultRow]:
         """Stream the job's items in input order, filtered in SQL; never loads the job into memory. An embedding
         job's results carry their vectors, decoded from the stored bytes (`producer.vectors.exported`)."""
+        from inferq.store.results import result_rows
         from inferq.task_specs import TASKS
-        from producer.results import STORED_STATE, ResultFilter, ResultRow, item_rows
+        from producer.results import ResultFilter, ResultRow
         from producer.vectors import exported  # numpy: only for results, not for a status read
 
         task = TaskName(self.status(job_id).task)  # raises JobNotFound
         with_vectors = TASKS[task].vectors
-        columns: tuple[Any, ...] = (
-            Item.index,
-            Item.client_id,
-            STORED_STATE,
-            Item.result,
-            Item.error_code,
-            Item.error_message,
-            Item.label,
-            Item.score,
-            Item.answer,
-            Item.start_char,
-            Item.end_char,
-            Item.entity_count,
-        )
-        if with_vectors:
-            columns += (Item.vector,)
         with self.reader() as session:
-            rows = item_rows(session, job_id, columns, ResultFilter(label, min_score, failed, state))
-            for r in rows:
+            rows = result_rows(
+                session, job_id, ResultFilter(label, min_score, failed, state), with_vectors=with_vectors
+            )
+            for r in rows.mappings():
                 yield ResultRow(
-                    index=r[0],
-                    id=r[1],
-                    status=r[2],
-                    result=exported(r[3], r[12]) if with_vectors else r[3],
-                    error={"code": r[4], "message": r[5] or ""} if r[4] is not None else None,
-                    label=r[6],
-                    score=r[7],
-                    answer=r[8],
-                    start=r[9],
-                    end=r[10],
-                    entity_count=r[11],
+                    index=r["index"],
+                    id=r["client_id"],
+                    status=r["status"],
+                    result=exported(r["result"], r["vector"]) if with_vectors else r["result"],
+                    error={"code": r["error_code"], "message": r["error_message"] or ""}
+                    if r["error_code"] is not None
+                    else None,
+                    label=r["label"],
+                    score=r["score"],
+                    answer=r["answer"],
+                    start=r["start_char"],
+                    end=r["end_char"],
+                    entity_count=r["entity_count"],
                     task=task,
                 )
 
@@ -489,24 +466,8 @@ class Client:
         now = utcnow()
         webhooks: list[str] = []
         with self.sessions.begin() as session:
-            _job_of(session, job_id, tenant)
-            # Locks in the order a worker's write takes them (`worker.claims`: chunks, then items, then the job),
-            # so that a cancel never waits on a write that waits on it (a deadlock, which PostgreSQL breaks by
-            # failing one of the two): the job's chunks first, which waits for any write of its chunks to commit.
-            session.execute(
-                select(Chunk.seq).where(Chunk.job_id == job_id).order_by(Chunk.job_id, Chunk.seq).with_for_update()
-            )
-            cancelled = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state.in_(UNFINISHED_JOB_STATES))
-                .values(state=JobState.CANCELLED, finished_at=now)
-            )
-            if cancelled.rowcount:  # type: ignore[attr-defined]
-                session.execute(
-                    update(Item)
-                    .where(Item.job_id == job_id, Item.state == ItemState.QUEUED)
-                    .values(state=ItemState.CANCELLED, finished_at=now)
-                )
+            stored.job_of(session, job_id, tenant)
+            if stored.cancel_job(session, job_id, now):
                 webhooks = record_job_ends(session, [job_id])
         if webhooks:
             send_deliveries(self.celery, self.settings, webhooks)
@@ -518,19 +479,15 @@ class Client:
         their errors. The items keep their ids; the new job's indices count from 0 in the first job's order.
         `JobNotFinished` while the job runs, `NothingToRetry` when none of its items failed."""
         with self.reader() as session:
-            job = _job_of(session, job_id, tenant)
+            job = stored.job_of(session, job_id, tenant)
             if not job.state.finished:
                 raise JobNotFinished(f"job {job_id} is {job.state.value}: retry it once it has ended")
-            failed = session.execute(
-                select(Item.client_id, Item.input)
-                .where(Item.job_id == job_id, Item.state == ItemState.FAILED)
-                .order_by(Item.index)
-            ).all()
+            failed = stored.failed_inputs(session, job_id)
             if not failed:
                 raise NothingToRetry(f"job {job_id} has no failed items")
             task, model, params, chunk_size = job.task, job.model, dict(job.params), job.chunk_size
             options = JobOptions(tenant=job.tenant, metadata=job.meta, webhook_url=job.webhook_url, retry_of=job.id)
-        rows = [dict(data, id=client_id) if client_id is not None else dict(data) for client_id, data in failed]
+        rows = [dict(f["input"], id=f["client_id"]) if f["client_id"] is not None else dict(f["input"]) for f in failed]
         return self.submit(task, model, rows, params, chunk_size=chunk_size, options=options)
 
     def wait(
@@ -567,38 +524,6 @@ def poll_until_finished(
         time.sleep(poll)
 
 
-def _job_of(session: Session, job_id: str, tenant: str | None) -> Job:
-    """The job ``job_id`` (of ``tenant`` only, when given), or `JobNotFound`: another tenant's job is not told apart
-    from a job that does not exist."""
-    job = session.get(Job, job_id)
-    if job is None or (tenant is not None and job.tenant != tenant):
-        raise JobNotFound(f"no job {job_id!r}")
-    return job
-
-
-def check_quota(session: Session, tenant: str, adding: int) -> None:
-    """`QuotaExceeded` when the tenant's unfinished items (of its queued and running jobs) plus ``adding`` would pass
-    its ``max_queued_items``. Run in the transaction that stores the job: the tenant's row is locked (PostgreSQL;
-    SQLite has one writer anyway), so two submits of one tenant cannot both pass the quota."""
-    row = session.get(Tenant, tenant)
-    if row is None or row.max_queued_items is None:
-        return
-    row = session.get(Tenant, tenant, with_for_update=True, populate_existing=True)
-    if row is None or row.max_queued_items is None:
-        return
-    unfinished = session.scalar(
-        select(func.coalesce(func.sum(Job.total - Job.succeeded - Job.failed), 0)).where(
-            Job.tenant == tenant, Job.state.in_(UNFINISHED_JOB_STATES)
-        )
-    )
-    if int(unfinished or 0) + adding > row.max_queued_items:
-        raise QuotaExceeded(
-            f"tenant {tenant!r} has {unfinished} unfinished items; {adding} more would pass its quota of "
-            f"{row.max_queued_items}",
-            retry_after=constants.QUOTA_RETRY_AFTER_SECONDS,
-        )
-
-
 def chunk_count(items: int, chunk_size: int) -> int:
     """How many chunks ``items`` items make: all of ``chunk_size`` items but the last, which holds the rest."""
     return -(-items // chunk_size)
@@ -632,58 +557,25 @@ def store_job(
     if total is None:
         records = records if isinstance(records, Sequence) else list(records)
         total = len(records)
-    n_chunks = chunk_count(total, chunk_size)
     options = options or JobOptions()
-    session.add(
-        Job(
-            id=job_id,
-            task=task.value,
-            model=model,
-            params=params,
-            state=JobState.QUEUED,
-            queue=queue,
-            chunk_size=chunk_size,
-            n_chunks=n_chunks,
-            total=total,
-            succeeded=0,
-            failed=0,
-            created_at=utcnow(),
-            batch_key=batch_key(task, model, params),
-            tenant=options.tenant,
-            meta=options.metadata,
-            webhook_url=options.webhook_url,
-            idempotency_key=options.idempotency_key,
-            request_hash=options.request_hash,
-            retry_of=options.retry_of,
-        )
+    job = stored.NewJob(
+        id=job_id,
+        task=task.value,
+        model=model,
+        params=params,
+        queue=queue,
+        chunk_size=chunk_size,
+        total=total,
+        batch_key=batch_key(task, model, params),
+        tenant=options.tenant,
+        metadata=options.metadata,
+        webhook_url=options.webhook_url,
+        idempotency_key=options.idempotency_key,
+        request_hash=options.request_hash,
+        retry_of=options.retry_of,
     )
-    session.flush()
-    session.execute(
-        insert(Chunk),
-        [
-            {
-                "job_id": job_id,
-                "seq": seq,
-                "start": seq * chunk_size,
-                "stop": min(total, (seq + 1) * chunk_size),
-                "state": ChunkState.QUEUED,
-                "attempts": 0,
-            }
-            for seq in range(n_chunks)
-        ],
-    )
-    if copy is None:
-        copy = session.get_bind().dialect.name == "postgresql"
-    numbered = _numbered(records, total)
-    if copy:
-        _copy_items(session, job_id, numbered)
-        return
-    queued = ItemState.QUEUED
-    while batch := [
-        {"job_id": job_id, "index": i, "client_id": r.client_id, "input": r.data, "state": queued, "attempts": 0}
-        for i, r in islice(numbered, constants.INSERT_BATCH_ROWS)
-    ]:
-        session.execute(insert(Item), batch)
+    stored.add_job(session, job)
+    stored.add_items(session, job_id, _numbered(records, total), copy=copy)
 
 
 def _numbered(records: Iterable[InputRecord], total: int) -> Iterator[tuple[int, InputRecord]]:
@@ -710,27 +602,6 @@ def _seekable(stream: IO[Any]) -> bool:
         return bool(stream.seekable())
     except (AttributeError, ValueError, OSError):
         return False
-
-
-def _copy_items(session: Session, job_id: str, numbered: Iterable[tuple[int, InputRecord]]) -> None:
-    """PostgreSQL: stream the items with COPY, in the session's transaction (several times faster than INSERT).
-    An error while the rows are read ends the COPY with a failure, so that none of them is stored."""
-    import psycopg  # the PostgreSQL driver: only here
-
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    queued = ItemState.QUEUED.value
-    raw = session.connection().connection.driver_connection
-    try:
-        with (
-            raw.cursor() as cursor,  # type: ignore[union-attr]
-            cursor.copy('COPY items (job_id, "index", client_id, input, state, attempts) FROM STDIN') as copy,
-        ):
-            for i, r in numbered:
-                copy.write_row((job_id, i, r.client_id, dumps(r.data), queued, 0))
-    except psycopg.OperationalError as exc:
-        # The driver's own connection, under SQLAlchemy's error hook: converted here, as `inferq.db` does.
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise DatabaseUnavailable(f"database unreachable: {reason}", reason=reason, kind=type(exc).__name__) from exc
 
 
 def _status(job: Job) -> JobStatus:

@@ -89,7 +89,6 @@ import csv
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -99,16 +98,18 @@ from typing import IO, Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, Engine, Select, Text, cast, func, select
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from inferq import constants
-from inferq.errors import ConfigurationError, InvalidParameter, JobNotFound
-from inferq.schema import Item, Job
+from inferq.errors import ConfigurationError, InvalidParameter
+from inferq.schema import Job
 from inferq.states import ItemState
+from inferq.store import results as stored
+from inferq.store.dialect import Dialect, dialect_of
+from inferq.store.jobs import job_of
 from inferq.task_specs import TASKS, TaskName
 from producer import vectors
-from producer.results import ALL_ITEMS, STORED_STATE, ResultFilter, ResultRow, item_query, item_rows
+from producer.results import ALL_ITEMS, ResultFilter, ResultRow
 
 _compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -143,9 +144,8 @@ def export_jsonl(
     job = _job(session, job_id)
     if TASKS[TaskName(job.task)].vectors:
         return _export_vector_jsonl(session, job_id, out, filters)
-    # The columns of `ResultRow.to_json` only.
-    columns = (Item.index, Item.client_id, STORED_STATE, cast(Item.result, Text), Item.error_code, Item.error_message)
-    rows = item_rows(session, job_id, columns, filters)
+    # The columns of `ResultRow.to_json` only, in that order.
+    rows = stored.result_texts(session, job_id, filters)
     write = out.write
     encode = _compact
     statuses = {s.value: encode(s.value) for s in ItemState}
@@ -198,10 +198,7 @@ def write_csv(rows: Iterable[ResultRow], out: TextIO, task: TaskName) -> int:
 
 
 def _job(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise JobNotFound(f"no job {job_id!r}")
-    return job
+    return job_of(session, job_id)
 
 
 def _vector_job(session: Session, job_id: str, what: str) -> Job:
@@ -224,14 +221,10 @@ def _windows(job: Job) -> bool:
 
 def _vector_shape(conn: Connection, job: Job) -> tuple[int, np.dtype[Any]] | None:
     """The job's vector size and stored dtype, read from one stored vector's description; None before any."""
-    stored = conn.execute(
-        select(Item.result)
-        .where(Item.job_id == job.id, Item.state == ItemState.SUCCEEDED, Item.vector.is_not(None))
-        .limit(1)
-    ).scalar()
-    if stored is None:
+    described = stored.vector_description(conn, job.id)
+    if described is None:
         return None
-    return int(stored["dim"]), vectors.dtype_of(stored["dtype"])
+    return int(described["dim"]), vectors.dtype_of(described["dtype"])
 
 
 def _dim(job: Job, shape: tuple[int, np.dtype[Any]] | None) -> int:
@@ -261,8 +254,8 @@ def _vector_jsonl_line(
 
 
 def _export_vector_jsonl(session: Session, job_id: str, out: TextIO, filters: ResultFilter) -> int:
-    columns = (Item.index, Item.client_id, STORED_STATE, Item.result, Item.vector, Item.error_code, Item.error_message)
-    rows = item_rows(session, job_id, columns, filters)
+    # index, client_id, status, result, vector, error_code, error_message: `_vector_jsonl_line`'s arguments.
+    rows = stored.vector_results(session, job_id, filters)
     n = 0
     for batch in rows.partitions():
         lines = [_vector_jsonl_line(*row) for row in batch]
@@ -331,7 +324,7 @@ def export_npy(
     bind = session.get_bind()
     try:
         with open(parts[0], "wb") as npy, open(parts[1], "w", encoding="utf-8", newline="") as side:
-            if isinstance(bind, Engine) and bind.dialect.name == "postgresql":
+            if isinstance(bind, Engine) and dialect_of(bind) is Dialect.POSTGRESQL:
                 items, rows, dim = _npy_postgresql(bind, job, filters, npy, side)
             else:
                 items, rows, dim = _npy_one_connection(session.connection(), job, filters, npy, side)
@@ -353,8 +346,8 @@ def _npy_one_connection(
     shape = _vector_shape(conn, job)
     dim = _dim(job, shape)
     npy.write(vectors.npy_header(0, dim))
-    query = _rows_file_query(job, filters).execution_options(yield_per=constants.EXPORT_FETCH_ROWS)
-    items, rows, ledger = _write_rows_file(conn.execute(query).partitions(), job, shape, side)
+    batches = stored.rows_file_rows(conn, job.id, filters, windows=_windows(job))
+    items, rows, ledger = _write_rows_file(batches, job, shape, side)
     matrix_rows, matrix_ledger = _write_matrix(_vector_batches(conn, job, shape, filters), npy, dim)
     _check_same(rows, ledger, matrix_rows, matrix_ledger)
     return items, rows, dim
@@ -366,25 +359,20 @@ def _npy_postgresql(
     """The rows file on a connection of its own in a repeatable-read transaction, while a second connection in the
     same snapshot (``pg_export_snapshot``) writes the matrix through a binary COPY: each mostly waits on the
     server, so the two overlap."""
-    with bind.connect() as conn:
-        conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            snapshot = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
-            _in_index_order(conn)
-            shape = _vector_shape(conn, job)
-            dim = _dim(job, shape)
-            npy.write(vectors.npy_header(0, dim))
-            # The snapshot lives while this transaction does: it ends after the COPY's (a failure here waits too).
-            with ThreadPoolExecutor(1, thread_name_prefix="inferq-npy") as pool:
-                matrix = pool.submit(_copy_matrix, bind, snapshot, job, shape, filters, npy, dim)
-                items, rows, ledger = _write_rows_file(_pages(conn, _rows_file_query(job, filters)), job, shape, side)
-                matrix_rows, matrix_ledger = matrix.result()
+    with stored.repeatable_read(bind) as conn:
+        snapshot = stored.export_snapshot(conn)
+        stored.in_index_order(conn)
+        shape = _vector_shape(conn, job)
+        dim = _dim(job, shape)
+        npy.write(vectors.npy_header(0, dim))
+        # The snapshot lives while this transaction does: it ends after the COPY's (a failure here waits too).
+        with ThreadPoolExecutor(1, thread_name_prefix="inferq-npy") as pool:
+            matrix = pool.submit(_copy_matrix, bind, snapshot, job, shape, filters, npy, dim)
+            pages = stored.rows_file_pages(conn, job.id, filters, windows=_windows(job))
+            items, rows, ledger = _write_rows_file(pages, job, shape, side)
+            matrix_rows, matrix_ledger = matrix.result()
     _check_same(rows, ledger, matrix_rows, matrix_ledger)
     return items, rows, dim
-
-
-#: What ``pg_export_snapshot()`` returns: hexadecimal fields joined by dashes (``00000003-0000001B-1``).
-_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f]+(?:-[0-9A-Fa-f]+)+")
 
 
 def _copy_matrix(
@@ -396,28 +384,10 @@ def _copy_matrix(
     npy: IO[bytes],
     dim: int,
 ) -> tuple[int, _Ledger]:
-    with bind.connect() as conn:
-        conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            # SET takes no bound parameters: the snapshot id (as pg_export_snapshot writes it) goes in as a
-            # literal quoted by psycopg, after a check of its form.
-            if not _SNAPSHOT_ID.fullmatch(snapshot):
-                raise RuntimeError(f"unexpected snapshot id {snapshot!r}")
-            from psycopg import sql
-
-            statement = sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
-            conn.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
-            _in_index_order(conn)
-            return _write_matrix(_copy_batches(conn, job, shape, filters), npy, dim)
-
-
-def _in_index_order(conn: Connection) -> None:
-    """PostgreSQL: read this transaction's items through the primary key (job, index), which yields them in input
-    order, rather than sorting them. Right after a job finishes, its items' statistics are stale (autovacuum has not
-    analyzed them), and the planner, expecting a handful of rows, sorts the job's vectors, 150 MB for 100k
-    384-d vectors, in temporary files: half of an NPY export's time. No effect elsewhere."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL enable_sort = off")
+    with stored.repeatable_read(bind) as conn:
+        stored.use_snapshot(conn, snapshot)
+        stored.in_index_order(conn)
+        return _write_matrix(_copy_batches(conn, job, shape, filters), npy, dim)
 
 
 def _check_same(rows: int, ledger: _Ledger, matrix_rows: int, matrix_ledger: _Ledger) -> None:
@@ -428,45 +398,11 @@ def _check_same(rows: int, ledger: _Ledger, matrix_rows: int, matrix_ledger: _Le
         )
 
 
-#: Rows per page of `_pages`.
-_PAGE_ROWS = 20_000
-
-
-def _pages(conn: Connection, query: Select[Any]) -> Iterator[Sequence[Any]]:
-    """PostgreSQL: the rows of ``query`` (ordered by index, its first column) a page at a time, each page read whole
-    by the driver (keyset pagination on the index): a third of the time that a server-side cursor and the Core's
-    rows take, with as little held at once."""
-    raw = conn.connection.driver_connection
-    last = -1
-    while True:
-        compiled = query.where(Item.index > last).limit(_PAGE_ROWS).compile(dialect=conn.dialect)
-        with raw.cursor(binary=True) as cursor:  # type: ignore[union-attr]
-            page = cursor.execute(str(compiled), compiled.params).fetchall()
-        if page:
-            yield page
-        if len(page) < _PAGE_ROWS:
-            return
-        last = page[-1][0]
-
-
-def _rows_file_query(job: Job, filters: ResultFilter) -> Select[Any]:
-    columns: list[Any] = [
-        Item.index,
-        Item.client_id,
-        STORED_STATE,
-        func.length(Item.vector),
-        Item.error_code,
-        Item.error_message,
-    ]
-    if _windows(job):
-        columns.append(Item.result)
-    return item_query(job.id, columns, filters)
-
-
 def _write_rows_file(
     batches: Iterable[Sequence[Any]], job: Job, shape: tuple[int, np.dtype[Any]] | None, side: TextIO
 ) -> tuple[int, int, _Ledger]:
-    """One line per item of `_rows_file_query`; return how many, the rows they name, and the ledger of vectors."""
+    """One line per item of `stored.rows_file_rows`' batches; return how many, the rows they name, and the ledger of
+    vectors."""
     windows = _windows(job)
     row_bytes = shape[0] * shape[1].itemsize if shape is not None else 0
     encode = _compact
@@ -478,11 +414,11 @@ def _write_rows_file(
         lines = []
         indices: list[int] = []
         lengths: list[int] = []
-        for index, client_id, status, nbytes, code, message, *stored in batch:
+        for index, client_id, status, nbytes, code, message, *result in batch:
             where = "null"
             if status == succeeded and nbytes is not None:
                 count, rest = divmod(nbytes, row_bytes) if row_bytes else (0, nbytes)
-                spans = stored[0].get("windows") if windows and isinstance(stored[0], dict) else None
+                spans = result[0].get("windows") if windows and isinstance(result[0], dict) else None
                 expected = len(spans) if spans is not None else 1
                 if rest or count != expected:
                     raise ValueError(
@@ -510,13 +446,6 @@ def _write_rows_file(
     return items, row, ledger
 
 
-def _vector_query(job: Job, filters: ResultFilter) -> Select[Any]:
-    """(index, vector) of the items with vectors that the filters keep, in input order."""
-    return item_query(job.id, (Item.index, Item.vector), filters).where(
-        Item.state == ItemState.SUCCEEDED, Item.vector.is_not(None)
-    )
-
-
 Batch = tuple[npt.NDArray[np.int64], list[int], bytes]
 
 
@@ -539,8 +468,7 @@ def _vector_batches(
     if shape is None:
         return
     dtype = shape[1]
-    rows = conn.execute(_vector_query(job, filters).execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
-    for batch in rows.partitions():
+    for batch in stored.vector_rows(conn, job.id, filters):
         blobs = [blob for _, blob in batch]
         yield (
             np.asarray([index for index, _ in batch], dtype=np.int64),
@@ -556,10 +484,8 @@ def _copy_batches(
     if shape is None:
         return
     dim, dtype = shape
-    compiled = _vector_query(job, filters).compile(dialect=conn.dialect)
     parser = vectors.CopyVectors(dtype, None if _windows(job) else dim * dtype.itemsize)
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cursor, cursor.copy(f"COPY ({compiled}) TO STDOUT (FORMAT binary)", compiled.params) as copy:  # type: ignore[union-attr]
+    with stored.copy_vectors(conn, job.id, filters) as copy:
         blocks: list[bytes | memoryview] = []
         size = 0
         for block in copy:
@@ -577,14 +503,14 @@ def _copy_batches(
 #: Rows per Parquet row group at most; fewer when the group's vectors pass `_PARQUET_GROUP_BYTES`.
 _PARQUET_GROUP_ROWS = 65_536
 _PARQUET_GROUP_BYTES = 32 << 20
-#: `ResultRow` attributes of the CSV columns → (item column, Arrow type name).
-_TOP_COLUMNS: dict[str, tuple[Any, str]] = {
-    "label": (Item.label, "string"),
-    "score": (Item.score, "float64"),
-    "answer": (Item.answer, "string"),
-    "start": (Item.start_char, "int64"),
-    "end": (Item.end_char, "int64"),
-    "entity_count": (Item.entity_count, "int64"),
+#: `ResultRow` attributes of the CSV columns (`stored.TOP_COLUMNS`) → Arrow type name.
+_TOP_TYPES: dict[str, str] = {
+    "label": "string",
+    "score": "float64",
+    "answer": "string",
+    "start": "int64",
+    "end": "int64",
+    "entity_count": "int64",
 }
 
 
@@ -630,7 +556,7 @@ def _fixed_lists(pa: Any, data: bytes, n: int, dim: int, valid: list[bool] | Non
 
 def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: ResultFilter, path: Path) -> int:
     conn = session.connection()
-    _in_index_order(conn)
+    stored.in_index_order(conn)
     shape = _vector_shape(conn, job)
     dim = _dim(job, shape)
     dtype = shape[1] if shape is not None else vectors.FLOAT32
@@ -647,8 +573,7 @@ def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: Resu
             ("error_message", pa.string()),
         ]
     )
-    columns = (Item.index, Item.client_id, STORED_STATE, Item.result, Item.vector, Item.error_code, Item.error_message)
-    rows = item_rows(session, job.id, columns, filters)
+    rows = stored.vector_results(session, job.id, filters)
     succeeded = ItemState.SUCCEEDED
     empty = bytes(dim * vectors.FLOAT32.itemsize)
     written = 0
@@ -696,14 +621,14 @@ def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: Resu
             parts, valid, offsets, starts, ends, size = [], [], [], [], [], 0
 
         for batch in rows.partitions():
-            for index, client_id, status, stored, blob, code, message in batch:
+            for index, client_id, status, described, blob, code, message in batch:
                 has = status == succeeded and blob is not None
                 if windows:
                     if has:
-                        decoded = vectors.decode(stored, blob)
+                        decoded = vectors.decode(described, blob)
                         offsets.append(len(starts))
-                        starts.extend(int(w["start"]) for w in stored["windows"])
-                        ends.extend(int(w["end"]) for w in stored["windows"])
+                        starts.extend(int(w["start"]) for w in described["windows"])
+                        ends.extend(int(w["end"]) for w in described["windows"])
                         parts.append(decoded.tobytes())
                     else:
                         offsets.append(None)
@@ -723,7 +648,7 @@ def _parquet_vectors(pa: Any, pq: Any, session: Session, job: Job, filters: Resu
 
 def _parquet_results(pa: Any, pq: Any, session: Session, job: Job, filters: ResultFilter, path: Path) -> int:
     spec = TASKS[TaskName(job.task)]
-    tops = [(name, *_TOP_COLUMNS[attr]) for name, attr in spec.csv_columns]
+    tops = [(name, attr, _TOP_TYPES[attr]) for name, attr in spec.csv_columns]
     schema = pa.schema(
         [
             ("index", pa.int64()),
@@ -735,16 +660,7 @@ def _parquet_results(pa: Any, pq: Any, session: Session, job: Job, filters: Resu
             ("result", pa.string()),
         ]
     )
-    columns = (
-        Item.index,
-        Item.client_id,
-        STORED_STATE,
-        *(column for _, column, _ in tops),
-        Item.error_code,
-        Item.error_message,
-        cast(Item.result, Text),
-    )
-    rows = item_rows(session, job.id, columns, filters)
+    rows = stored.top_column_rows(session, job.id, filters, [attr for _, attr, _ in tops])
     written = 0
     with pq.ParquetWriter(path, schema) as writer:
         group: list[tuple[Any, ...]] = []

@@ -20,11 +20,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from inferq.schema import Item, Job, as_utc
-from inferq.states import ItemState
+from inferq.schema import as_utc
+from inferq.store import results
 
 #: Most points a timeline has: a plot a few hundred pixels wide shows no more.
 MAX_BUCKETS = 120
@@ -36,8 +35,6 @@ MAX_ERROR_CODES = 50
 
 #: The code shown for failed items stored without one.
 UNKNOWN_CODE = "unknown"
-
-_ENDED = (ItemState.SUCCEEDED, ItemState.FAILED)
 
 
 @dataclass(frozen=True)
@@ -81,13 +78,7 @@ class Timeline:
 
 def chunk_writes(session: Session, job_id: str) -> list[tuple[dt.datetime, int]]:
     """(time, items ended) of each stored write of the job's results, oldest first."""
-    rows = session.execute(
-        select(Item.finished_at, func.count())
-        .where(Item.job_id == job_id, Item.state.in_(_ENDED), Item.finished_at.is_not(None))
-        .group_by(Item.finished_at)
-        .order_by(Item.finished_at)
-    )
-    return [(as_utc(_datetime(t)), int(n)) for t, n in rows]
+    return [(as_utc(_datetime(w.finished_at)), int(w.items)) for w in results.chunk_writes(session, job_id)]
 
 
 def bucket_width(span_seconds: float) -> int:
@@ -100,7 +91,7 @@ def bucket_width(span_seconds: float) -> int:
 
 def timeline(session: Session, job_id: str, bucket_seconds: int | None = None) -> Timeline:
     """The job's items ended per bucket (``bucket_seconds`` wide, else chosen from the span)."""
-    started = session.scalar(select(Job.started_at).where(Job.id == job_id))
+    started = results.job_started_at(session, job_id)
     writes = chunk_writes(session, job_id)
     if not writes:
         return Timeline(job_id, as_utc(started) if started else None, bucket_seconds or 1, [])
@@ -126,15 +117,10 @@ class ErrorCount:
 
 def error_summary(session: Session, job_id: str, limit: int = DEFAULT_ERROR_CODES) -> list[ErrorCount]:
     """The job's failed items by error code, most frequent first (ties by code), at most ``limit`` codes."""
-    count = func.count().label("n")
-    rows = session.execute(
-        select(Item.error_code, count, func.min(Item.error_message))
-        .where(Item.job_id == job_id, Item.state == ItemState.FAILED)
-        .group_by(Item.error_code)
-        .order_by(count.desc(), Item.error_code)
-        .limit(limit)
-    )
-    return [ErrorCount(code or UNKNOWN_CODE, int(n), sample) for code, n, sample in rows]
+    return [
+        ErrorCount(row.error_code or UNKNOWN_CODE, int(row.items), row.sample_message)
+        for row in results.error_counts(session, job_id, limit)
+    ]
 
 
 def _datetime(value: Any) -> dt.datetime:

@@ -3,21 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
-from sqlalchemy import Result, Select, String, select, type_coerce
-from sqlalchemy.orm import Session
-
-from inferq import constants
 from inferq.results import Answer, ClassLabel, Embedding, Entity, MaskFill, RankedDocument
-from inferq.schema import Item
-from inferq.states import ItemState
+from inferq.store.results import ALL_ITEMS, ResultFilter
 from inferq.task_specs import TASKS, TaskName
 
 __all__ = [
-    "STORED_STATE",
+    "ALL_ITEMS",
     "Answer",
     "ClassLabel",
     "Embedding",
@@ -26,61 +20,8 @@ __all__ = [
     "RankedDocument",
     "ResultFilter",
     "ResultRow",
-    "item_query",
-    "item_rows",
     "parse_result",
 ]
-
-
-#: An item's state as the stored string, for reads of many rows (results, exports): without the enum conversion per
-#: row, which halved an export's speed. `ItemState` members equal these strings.
-STORED_STATE = type_coerce(Item.state, String(16))
-
-
-@dataclass(frozen=True, slots=True)
-class ResultFilter:
-    """Which of a job's items a read keeps, filtered in SQL on the typed columns: what ``inferq results`` takes as
-    ``--label``, ``--min-score`` and ``--failed``, `Client.results` as keywords, and every export as this object."""
-
-    #: Only items whose top label is this one.
-    label: str | None = None
-    #: Only items whose top score is at least this.
-    min_score: float | None = None
-    #: Only failed items.
-    failed: bool = False
-    #: Only items in this state.
-    state: ItemState | None = None
-
-    def apply(self, query: Select[Any]) -> Select[Any]:
-        """``query`` (of items) with this filter's conditions."""
-        if self.label is not None:
-            query = query.where(Item.label == self.label)
-        if self.min_score is not None:
-            query = query.where(Item.score >= self.min_score)
-        if self.failed:
-            query = query.where(Item.state == ItemState.FAILED)
-        if self.state is not None:
-            query = query.where(Item.state == self.state)
-        return query
-
-
-#: Every item.
-ALL_ITEMS = ResultFilter()
-
-
-def item_rows(
-    session: Session, job_id: str, columns: Sequence[Any], filters: ResultFilter = ALL_ITEMS
-) -> Result[*tuple[Any, ...]]:
-    """``columns`` of the job's items that ``filters`` keep, in input order, streamed in batches of
-    `EXPORT_FETCH_ROWS`. A Core result on the session's connection: the ORM's per-row loading would cost more than
-    the rest."""
-    query = item_query(job_id, columns, filters)
-    return session.connection().execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
-
-
-def item_query(job_id: str, columns: Sequence[Any], filters: ResultFilter = ALL_ITEMS) -> Select[Any]:
-    """The query of `item_rows`, not executed: ``columns`` of the job's items that ``filters`` keep, in input order."""
-    return filters.apply(select(*columns).where(Item.job_id == job_id).order_by(Item.index))
 
 
 @dataclass(frozen=True, slots=True)

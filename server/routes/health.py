@@ -9,9 +9,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from inferq.errors import BrokerUnavailable, DatabaseUnavailable
+from inferq.store.jobs import ping
 from server.deps import Made, Runtime
 
 router = APIRouter(tags=["health"])
@@ -45,7 +45,7 @@ async def readyz(made: Made) -> JSONResponse:
 
 def _database(made: Runtime) -> None:
     with made.client.reader() as session:
-        session.execute(text("SELECT 1"))
+        ping(session)
 
 
 def _broker(made: Runtime) -> None:

@@ -8,7 +8,6 @@ a file, database reads) runs in the thread pool, so the event loop stays free.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import shutil
 import tempfile
@@ -24,10 +23,11 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
 from inferq import constants
-from inferq.errors import ConfigurationError, InvalidParameter
+from inferq.errors import InvalidParameter
 from inferq.keys import Principal
 from inferq.states import ItemState, JobState
 from inferq.task_specs import TaskName, parse_task
+from inferq.webhooks import delivery_history
 from producer.client import JobOptions, JobStatus, Submission
 from producer.results import ResultFilter
 from server.auth import Caller
@@ -379,11 +379,7 @@ def retry(job_id: str, made: Made, caller: Caller) -> dict[str, Any]:
 def webhooks(job_id: str, made: Made, caller: Caller) -> dict[str, Any]:
     """The job's webhook deliveries, each with every attempt."""
     made.client.status(job_id, tenant=caller.scope())
-    try:
-        delivery = importlib.import_module("inferq.webhooks")
-    except ModuleNotFoundError:
-        raise ConfigurationError("webhook delivery is not part of this installation") from None
     with made.client.reader() as session:
-        history = delivery.delivery_history(session, job_id)
+        history = delivery_history(session, job_id)
         data = [asdict(h) if is_dataclass(h) and not isinstance(h, type) else h for h in history]
     return {"object": "list", "data": jsonable_encoder(data)}

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import update
 
+import inferq.store.results
 import producer.cli
 import producer.export
 from inferq import migrate
@@ -30,6 +31,7 @@ from inferq.results import Embedding
 from inferq.schema import Item
 from inferq.settings import Settings
 from inferq.states import ItemState
+from inferq.store.results import in_index_order, vector_query
 from inferq.task_specs import TaskName, validate_params
 from producer import vectors
 from producer.client import Client, store_job
@@ -81,7 +83,7 @@ def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(autouse=True)
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pages, COPY batches and Parquet row groups of a few rows, so that small jobs cross their boundaries."""
-    monkeypatch.setattr(producer.export, "_PAGE_ROWS", 3)
+    monkeypatch.setattr(inferq.store.results, "_PAGE_ROWS", 3)
     monkeypatch.setattr(producer.export, "_COPY_BATCH_BYTES", 40)
     monkeypatch.setattr(producer.export, "_PARQUET_GROUP_ROWS", 4)
 
@@ -561,13 +563,10 @@ def test_npy_on_postgresql_reads_the_vectors_in_key_order_never_sorting_them(cli
     # given a job just written, its items never analyzed (as when a job has just finished)
     job_id, _ = plain_job(client)
     engine = client.sessions.kw["bind"]
-    query = producer.export._vector_query(
-        _job(client, job_id),
-        ResultFilter(),
-    ).compile(dialect=engine.dialect)
+    query = vector_query(job_id, ResultFilter()).compile(dialect=engine.dialect)
     # then the vector query's plan, in a transaction set as the export sets it, has no Sort node
     with engine.connect() as conn, conn.begin():
-        producer.export._in_index_order(conn)
+        in_index_order(conn)
         plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {query}", query.params))
     assert "Sort" not in plan and "items" in plan, plan
     # and the export sets it on both of its connections (the rows file's and the matrix's)
@@ -583,12 +582,3 @@ def test_npy_on_postgresql_reads_the_vectors_in_key_order_never_sorting_them(cli
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert len(set(connections)) == 2
-
-
-def _job(client: Client, job_id: str) -> Any:
-    from inferq.schema import Job
-
-    with client.reader() as session:
-        job = session.get(Job, job_id)
-        session.expunge(job)
-        return job

@@ -7,7 +7,6 @@ module (`test_served.py`); here an item's end is written directly where a test n
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 from collections.abc import AsyncIterator
@@ -504,9 +503,6 @@ def test_readiness_is_503_naming_the_database_when_it_is_unreachable(api_setting
     assert alive.status_code == 200
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("inferq.webhooks") is None, reason="inferq.webhooks (webhook delivery) is not in this tree"
-)
 def test_webhook_deliveries_of_a_job_are_listed(
     api: TestClient, make_key: MakeKey, stored_job: StoreJob, sessions: sessionmaker[Session]
 ) -> None:
