@@ -823,8 +823,8 @@ def main_http(args: argparse.Namespace, argv: list[str] | None) -> int:
 
 
 def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
-    """``--tasks peers``: the peer table (`bench.peers`) on the embedding task's items; its JSON under
-    bench/results/ (``-peers``)."""
+    """``--tasks peers``: the peer tables (`bench.peers`) of embedding and classification on their tasks' items
+    and benchmark models; their JSON under bench/results/ (``-peers``)."""
     import torch
 
     from bench.peers import bench_peers
@@ -835,14 +835,17 @@ def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     info = machine_info()
     log.info("%s", machine_line(info))
-    task = TaskName.EMBEDDING
-    n = args.n or DEFAULT_N[task][1 if args.quick else 0]
-    texts = [i["text"] for i in items_for(task, n, args.seed)]
-    rounds = args.rounds or (1 if args.quick else DEFAULT_ROUNDS.get(task, 2))
-    model = ensure_model(args.models_dir, TASK_MODEL[task])
-    peers = bench_peers(model.path, args.models_dir / "peers", texts, rounds, torch.get_num_threads())
-    print(f"peers: {n} embedding items ({model.name}), {rounds} round(s), {peers['threads']} threads")
-    print(render_peers(peers["_rows"]))
+    tables: dict[str, Any] = {}
+    for task in (TaskName.EMBEDDING, TaskName.CLASSIFICATION):
+        n = args.n or DEFAULT_N[task][1 if args.quick else 0]
+        texts = [i["text"] for i in items_for(task, n, args.seed)]
+        rounds = args.rounds or (1 if args.quick else DEFAULT_ROUNDS.get(task, 2))
+        model = ensure_model(args.models_dir, TASK_MODEL[task])
+        cache = args.models_dir / "peers" / model.name
+        peers = bench_peers(model.path, cache, texts, rounds, torch.get_num_threads(), task.value)
+        print(f"\npeers, {task.value}: {n} items ({model.name}), {rounds} round(s), {peers['threads']} threads")
+        print(render_peers(peers["_rows"]))
+        tables[task.value] = {k: v for k, v in peers.items() if not k.startswith("_")}
     out = (
         args.out or RESULTS_DIR / f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-peers{'-quick' if args.quick else ''}.json"
     )
@@ -850,7 +853,7 @@ def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
         "machine": info,
         "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
         "code": code_version(),
-        "peers": {k: v for k, v in peers.items() if not k.startswith("_")},
+        "peers": tables,
     }
     path = write_json(out, payload)
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from inferq.precision import Quality, Tier, tier_of, vector_quality
+from inferq.precision import Quality, Tier, label_quality, tier_of, vector_quality
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class PeerRow:
             "items_per_second": self.items_per_second,
             "cosine_min": q.cosine_min if q else None,
             "cosine_mean": q.cosine_mean if q else None,
+            "label_agreement": q.label_agreement if q else None,
             "tier_passed": self.passed,
             "notes": self.notes,
         }
@@ -124,24 +125,37 @@ def mean_pool_normalize(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def by_hand(
-    tokenizer: Any, forward: Callable[[np.ndarray, np.ndarray], np.ndarray], max_length: int = MAX_TOKENS
+def sorted_loop(
+    tokenizer: Any, rows: Callable[[np.ndarray, np.ndarray], np.ndarray], max_length: int = MAX_TOKENS
 ) -> Encode:
-    """Tokenize (truncated at ``max_length``), sort by length, batches of `PEER_BATCH`, ``forward(ids, mask) → hidden states``,
-    pool, and put the vectors back in input order."""
+    """Tokenize (truncated at ``max_length``), sort by length, batches of `PEER_BATCH`, ``rows(ids, mask) → one
+    output row per text``, and put the rows back in input order."""
 
     def encode(texts: list[str]) -> np.ndarray:
         ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         out: np.ndarray | None = None
-        for rows in length_sorted_batches([len(x) for x in ids]):
-            batch, mask = pad_batch(ids, rows, int(tokenizer.pad_token_id or 0))
-            vectors = mean_pool_normalize(forward(batch, mask), mask)
+        for batch_rows in length_sorted_batches([len(x) for x in ids]):
+            batch, mask = pad_batch(ids, batch_rows, int(tokenizer.pad_token_id or 0))
+            values = rows(batch, mask)
             if out is None:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[rows] = vectors
+                out = np.empty((len(texts), values.shape[1]), dtype=np.float32)
+            out[batch_rows] = values
         return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
     return encode
+
+
+def by_hand(
+    tokenizer: Any, forward: Callable[[np.ndarray, np.ndarray], np.ndarray], max_length: int = MAX_TOKENS
+) -> Encode:
+    """`sorted_loop` with ``forward(ids, mask) → hidden states`` mean-pooled and normalised (an embedding)."""
+    return sorted_loop(tokenizer, lambda ids, mask: mean_pool_normalize(forward(ids, mask), mask), max_length)
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 # -- the peers ---------------------------------------------------------------------------------------------
@@ -216,6 +230,126 @@ def engine_peer(source: Path, precision: str, backend: str) -> Peer:
         return np.stack(rows)
 
     return Peer(f"inferq engine ({backend})", precision, encode, f"in-process, runs {used}")
+
+
+# -- classification peers: probabilities per label id -------------------------------------------------------
+
+
+def label_order(source: Path) -> list[str]:
+    """The model's labels in id order."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source)
+    return [config.id2label[i] for i in range(len(config.id2label))]
+
+
+def by_label(results: Sequence[Sequence[dict[str, Any]]], labels: list[str]) -> np.ndarray:
+    """``[{"label", "score"}, …]`` per item as scores in label-id order."""
+    at = {label: i for i, label in enumerate(labels)}
+    out = np.zeros((len(results), len(labels)), dtype=np.float32)
+    for row, result in enumerate(results):
+        for r in result:
+            out[row, at[r["label"]]] = float(r["score"])
+    return out
+
+
+def pipeline_peer(source: Path) -> Peer:
+    """``pipeline("text-classification")(texts, batch_size=32, truncation=True, top_k=None)``: consecutive
+    batches, each padded to its longest (the pipeline sorts nothing)."""
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=str(source), tokenizer=str(source), device="cpu")
+    labels = label_order(source)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return by_label(pipe(texts, batch_size=PEER_BATCH, truncation=True, top_k=None), labels)
+
+    return Peer("transformers pipeline", "fp32", encode, "consecutive batches of 32")
+
+
+def raw_loop_peer(source: Path, max_length: int) -> Peer:
+    """The model and its tokenizer by hand: length-sorted batches of 32, softmax of the logits."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    net = AutoModelForSequenceClassification.from_pretrained(source).eval()
+
+    def rows(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits = net(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+        return softmax_rows(logits.float().numpy())
+
+    return Peer("raw model loop", "fp32", sorted_loop(AutoTokenizer.from_pretrained(source), rows, max_length))
+
+
+def ctranslate2_classifier_peer(source: Path, converted: Path, precision: str, threads: int, max_length: int) -> Peer:
+    """CTranslate2's encoder (it converts the base model, not the head) and the head's weights applied by hand:
+    DistilBERT's pre_classifier, ReLU and classifier on the first token; BERT's classifier on the pooler output."""
+    import ctranslate2
+    from safetensors.numpy import load_file
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(source)
+    weights = load_file(str(source / "model.safetensors"))
+    compute_type = {"fp32": "float32", "int8": "int8_float32"}[precision]
+    encoder = ctranslate2.Encoder(str(converted), device="cpu", compute_type=compute_type, intra_threads=threads)
+
+    def linear(x: np.ndarray, name: str) -> np.ndarray:
+        out: np.ndarray = x @ weights[f"{name}.weight"].T + weights[f"{name}.bias"]
+        return out
+
+    def rows(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = encoder.forward_batch(
+            ctranslate2.StorageView.from_array(ids.astype(np.int32)),
+            ctranslate2.StorageView.from_array(mask.sum(axis=1).astype(np.int32)),
+        )
+        if config.model_type == "distilbert":
+            first = np.asarray(out.last_hidden_state)[:, 0]
+            logits = linear(np.maximum(linear(first, "pre_classifier"), 0.0), "classifier")
+        else:
+            logits = linear(np.asarray(out.pooler_output), "classifier")
+        return softmax_rows(logits)
+
+    notes = f"compute_type={compute_type}; the head by hand"
+    return Peer(
+        "CTranslate2 Encoder", precision, sorted_loop(AutoTokenizer.from_pretrained(source), rows, max_length), notes
+    )
+
+
+def classifier_engine_peer(source: Path, precision: str) -> Peer:
+    """inferq's classification engine through the model cache (torch), every label's score."""
+    from inferq.settings import Settings
+    from inferq.task_specs import TaskName
+    from worker.model_cache import ModelCache
+
+    engine = ModelCache(Settings(), precision=precision).engine(str(source), TaskName.CLASSIFICATION)
+    labels = label_order(source)
+
+    def encode(texts: list[str]) -> np.ndarray:
+        outcomes = engine.run([{"text": t} for t in texts], {"top_k": None})
+        results = []
+        for o in outcomes:
+            if o is None or not o.ok:
+                raise RuntimeError(f"inferq engine failed an item: {None if o is None else o.error}")
+            results.append(o.result)
+        return by_label(results, labels)
+
+    return Peer("inferq engine (torch)", precision, encode, "in-process")
+
+
+def build_classification_peers(source: Path, cache: Path, threads: int, max_length: int) -> list[Peer]:
+    """Every classification peer and inferq variant, the pipeline (the reference) first."""
+    peers = [pipeline_peer(source), raw_loop_peer(source, max_length)]
+    converted = convert_ctranslate2(source, cache)
+    peers += [ctranslate2_classifier_peer(source, converted, p, threads, max_length) for p in ("fp32", "int8")]
+    for precision in ("fp32", *(["bf16"] if native_bf16() else []), "int8"):
+        peers.append(classifier_engine_peer(source, precision))
+    return peers
+
+
+def compare_labels(got: np.ndarray, want: np.ndarray) -> Quality:
+    """Top labels against the reference's, item by item."""
+    return label_quality(got.argmax(axis=1).tolist(), want.argmax(axis=1).tolist())
 
 
 # -- conversions, cached -----------------------------------------------------------------------------------
@@ -314,9 +448,16 @@ def build_peers(source: Path, cache: Path, threads: int, *, onnx: bool = True) -
     return peers
 
 
-def run_peers(peers: Sequence[Peer], texts: list[str], rounds: int, warm_up: int = PEER_BATCH) -> list[PeerRow]:
+def run_peers(
+    peers: Sequence[Peer],
+    texts: list[str],
+    rounds: int,
+    warm_up: int = PEER_BATCH,
+    compare: Callable[[np.ndarray, np.ndarray], Quality] = vector_quality,
+) -> list[PeerRow]:
     """Each peer warmed up on the longest texts, then ``rounds`` timed runs over all of them, the peers
-    interleaved within each round; quality against the first peer's (fp32 reference) vectors of the first round."""
+    interleaved within each round; quality (``compare``: vectors by default) against the first peer's (the fp32
+    reference) outputs of the first round."""
     longest = sorted(texts, key=len, reverse=True)[:warm_up]
     rows = [PeerRow(p.name, p.precision, len(texts), notes=p.notes) for p in peers]
     vectors: list[np.ndarray | None] = [None] * len(peers)
@@ -334,14 +475,25 @@ def run_peers(peers: Sequence[Peer], texts: list[str], rounds: int, warm_up: int
     assert reference is not None
     for row, got in zip(rows, vectors, strict=True):
         assert got is not None
-        row.quality = vector_quality(got, reference)
+        row.quality = compare(got, reference)
     return rows
 
 
-def bench_peers(source: Path, cache: Path, texts: list[str], rounds: int, threads: int) -> dict[str, Any]:
-    """The peer table's rows and what they ran on, for the JSON file and `render`."""
-    rows = run_peers(build_peers(source, cache, threads), texts, rounds)
+def bench_peers(
+    source: Path, cache: Path, texts: list[str], rounds: int, threads: int, task: str = "embedding"
+) -> dict[str, Any]:
+    """The peer table of ``task`` (``embedding`` on a sentence-transformers model, ``classification`` on a
+    sequence classifier): its rows and what they ran on, for the JSON file and `render`."""
+    if task == "embedding":
+        rows = run_peers(build_peers(source, cache, threads), texts, rounds)
+    else:
+        from transformers import AutoTokenizer
+
+        max_length = min(int(AutoTokenizer.from_pretrained(source).model_max_length), 512)
+        peers = build_classification_peers(source, cache, threads, max_length)
+        rows = run_peers(peers, texts, rounds, compare=compare_labels)
     return {
+        "task": task,
         "model": str(source),
         "items": len(texts),
         "rounds": rounds,
@@ -353,22 +505,31 @@ def bench_peers(source: Path, cache: Path, texts: list[str], rounds: int, thread
     }
 
 
+def quality_cell(q: Quality | None) -> str:
+    if q is None:
+        return "-"
+    if q.cosine_min is not None and q.cosine_mean is not None:
+        return f"{q.cosine_min:.5f} / {q.cosine_mean:.5f}"
+    if q.label_agreement is not None:
+        return f"top label {100 * q.label_agreement:.1f}%"
+    return "-"
+
+
 def render(rows: Sequence[PeerRow]) -> str:
-    """The peer table: items/s, the ratio to sentence-transformers' fp32, quality, the tier and its check."""
-    base = next((r.items_per_second for r in rows if r.name == REFERENCE and r.precision == "fp32"), 0.0)
-    head = ("what", "precision", "items/s", "vs ST fp32", "cosine min / mean", "tier", "check")
+    """The peer table: items/s, the ratio to the first row (the fp32 reference), quality against it (cosine min /
+    mean for vectors, top label agreement for classifiers), the tier of the row's precision and its check."""
+    base = rows[0].items_per_second if rows else 0.0
+    reference = f"{rows[0].name} {rows[0].precision}" if rows else "reference"
+    head = ("what", "precision", "items/s", f"vs {reference}", "quality vs reference", "tier", "check")
     lines = [head]
     for r in rows:
-        q = r.quality
         lines.append(
             (
                 r.name,
                 r.precision,
                 f"{r.items_per_second:.1f}",
                 f"{r.items_per_second / base:.2f}" if base else "-",
-                f"{q.cosine_min:.5f} / {q.cosine_mean:.5f}"
-                if q and q.cosine_min is not None and q.cosine_mean is not None
-                else "-",
+                quality_cell(r.quality),
                 r.tier.value,
                 {True: "PASS", False: "FAIL", None: "-"}[r.passed],
             )

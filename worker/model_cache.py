@@ -109,11 +109,13 @@ class ModelCache:
 
     def _backend(self, spec: ModelSpec, task: TaskName, precision: str) -> str:
         """The backend that runs ``spec`` (`worker.backends.resolve_backend`)."""
-        requested = self.backend_override or spec.backend
-        if requested == "torch":
-            return "torch"
-        from worker.backends import model_type_of, resolve_backend
+        from worker.backends import auto_backend, model_type_of, resolve_backend
 
+        requested = self.backend_override or spec.backend
+        if requested == "auto":
+            requested = auto_backend(task, self.device.type, precision)
+        if requested == "torch":
+            return "torch"  # without reading the checkpoint's config
         return resolve_backend(requested, task, self.device.type, precision, model_type_of(spec.source, spec.revision))
 
     def _keep_tier(

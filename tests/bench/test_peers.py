@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,3 +134,23 @@ def test_tasks_peers_runs_alone_or_beside_other_tasks() -> None:
     args = parse_args(["--tasks", "peers,embedding"])
     assert args.peers and args.task_list == [TaskName.EMBEDDING]
     assert not parse_args([]).peers
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "bert"])
+def test_ctranslate2_with_the_head_by_hand_is_the_classifier(tmp_path: Path, arch: Any) -> None:
+    pytest.importorskip("ctranslate2")
+    from bench.peers import compare_labels, convert_ctranslate2, ctranslate2_classifier_peer, raw_loop_peer
+    from inferq.task_specs import TaskName
+    from worker.tiny_models import build_model
+
+    # Given a tiny classifier with three labels
+    path = build_model(tmp_path / arch, TaskName.CLASSIFICATION, arch, labels=["a", "b", "c"])
+    texts = list(corpus()[:40])
+    # when CTranslate2 runs its encoder and the peer applies the head by hand
+    converted = convert_ctranslate2(path, tmp_path)
+    got = ctranslate2_classifier_peer(path, converted, "fp32", threads=1, max_length=64).encode(texts)
+    want = raw_loop_peer(path, max_length=64).encode(texts)
+    # then the probabilities are the model's own, and so is every top label.
+    assert got.shape == want.shape == (40, 3)
+    assert np.abs(got - want).max() < 1e-4
+    assert compare_labels(got, want).meets(Tier.EXACT)

@@ -39,9 +39,7 @@ def resolve_backend(requested: str, task: TaskName, device_type: str, precision:
     """The backend that runs this model: ``requested`` where it can, torch otherwise (one log line saying why);
     ``auto`` as `AUTO_TABLE` says, torch where it says nothing."""
     if requested == "auto":
-        requested = AUTO_TABLE.get((task, device_type, precision), "torch")
-        if requested == "torch":
-            return "torch"
+        requested = auto_backend(task, device_type, precision)
     if requested == "torch":
         return "torch"
     if requested != "ctranslate2":
@@ -51,6 +49,11 @@ def resolve_backend(requested: str, task: TaskName, device_type: str, precision:
         log.info("backend ctranslate2 cannot run this model (%s): falling back to torch", reason)
         return "torch"
     return "ctranslate2"
+
+
+def auto_backend(task: TaskName, device_type: str, precision: str) -> str:
+    """What ``auto`` asks for (`AUTO_TABLE`; torch where it says nothing)."""
+    return AUTO_TABLE.get((task, device_type, precision), "torch")
 
 
 def ctranslate2_refusal(task: TaskName, device_type: str, precision: str, model_type: str | None) -> str | None:
