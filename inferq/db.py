@@ -23,15 +23,17 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def make_engine(settings: Settings, *, pool_size: int = 5, **kwargs: Any) -> Engine:
+def make_engine(settings: Settings, *, pool_size: int = 5, pre_ping: bool = True, **kwargs: Any) -> Engine:
     """An engine on ``settings.database_url``; ``kwargs`` go to `create_engine`. On PostgreSQL it keeps
-    ``pool_size`` connections and opens as many more at a peak (5 suits a worker or a CLI process)."""
+    ``pool_size`` connections and opens as many more at a peak (5 suits a worker or a CLI process), and tests each
+    connection it hands out with a round trip (``pre_ping``) unless told not to: a caller that retries a statement
+    once after a dropped connection (the pool then opens fresh ones) can skip that round trip."""
     url = settings.database_url
     if is_sqlite(url):
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **kwargs)
         _serialise_sqlite_writers(engine)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size, **kwargs)
+        engine = create_engine(url, pool_pre_ping=pre_ping, pool_size=pool_size, max_overflow=pool_size, **kwargs)
     event.listen(engine, "handle_error", _raise_unavailable)
     return engine
 

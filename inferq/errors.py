@@ -5,7 +5,9 @@ InferqError
 ├── InputError                  (never retried: the input itself is wrong)
 │   ├── InvalidInput            invalid_input        a bad line in a submitted file
 │   ├── InvalidParameter        invalid_parameter
-│   │   └── WebhookUrlRefused   webhook_url_refused  not http(s), or resolves to a private/loopback/… address
+│   │   ├── WebhookUrlRefused   webhook_url_refused  not http(s), or resolves to a private/loopback/… address
+│   │   ├── MalformedValue      malformed_value      a NUL or a lone surrogate in a path, query or field
+│   │   └── RemoteCodeRefused   remote_code_refused  a model that asks to run its own code
 │   ├── UnknownTask             unknown_task
 │   ├── UnknownModel            unknown_model
 │   ├── JobNotFound             job_not_found
@@ -101,6 +103,22 @@ class WebhookUrlRefused(InvalidParameter):
     link-local …). ``details["field"]`` is ``"webhook_url"``."""
 
     code = "webhook_url_refused"
+
+
+class MalformedValue(InvalidParameter):
+    """A value no part of inferq can store or compare: a NUL character (PostgreSQL's text cannot hold one) or a
+    lone UTF-16 surrogate (not encodable as UTF-8), in a request's path, query or option field. ``details["field"]``
+    names where it was."""
+
+    code = "malformed_value"
+
+
+class RemoteCodeRefused(InvalidParameter):
+    """A model whose files ask for its own Python code (``auto_map`` in its config or tokenizer config, or
+    ``trust_remote_code``): refused at submit, since workers never run such code. ``details["field"]`` is
+    ``"model"``."""
+
+    code = "remote_code_refused"
 
 
 class UnknownTask(InputError):

@@ -98,15 +98,27 @@ def revoke_key(session: Session, key_id: str) -> bool:
 def authenticate(session: Session, key: str) -> Principal | None:
     """The principal of a valid, unrevoked ``key``; ``None`` for anything else (malformed, unknown, wrong secret,
     revoked), all alike."""
-    match = _KEY.fullmatch(key)
-    if match is None:
+    key_id = key_id_of(key)
+    if key_id is None:
         return None
-    row = auth.key(session, match.group(1))
-    # The hash is compared even for a missing row, so that an unknown id takes as long as a wrong secret.
-    stored = row.key_hash if row is not None else "0" * 64
-    if not hmac.compare_digest(stored, hash_key(key)) or row is None or row.revoked_at is not None:
+    row = auth.key(session, key_id)
+    if not key_matches(key, row.key_hash if row is not None else None, row.revoked_at if row is not None else None):
         return None
+    assert row is not None
     return Principal(key_id=row.id, tenant=row.tenant, admin=row.admin)
+
+
+def key_id_of(key: str) -> str | None:
+    """The id part of a well-formed key (``iq_<id>_<secret>``), the one its row is found by; ``None`` when malformed."""
+    match = _KEY.fullmatch(key)
+    return match.group(1) if match is not None else None
+
+
+def key_matches(key: str, stored_hash: str | None, revoked_at: dt.datetime | None) -> bool:
+    """Whether ``key`` is the key whose row holds ``stored_hash`` (``None``: no row) and is not revoked. The hash is
+    compared even without a row, so that an unknown id takes as long as a wrong secret."""
+    stored = stored_hash if stored_hash is not None else "0" * 64
+    return hmac.compare_digest(stored, hash_key(key)) and stored_hash is not None and revoked_at is None
 
 
 def _info(row: ApiKey) -> KeyInfo:

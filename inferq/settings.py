@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     broker_url: str = "sqla+sqlite:///inferq-broker.db"
     #: The model registry: names → specs. JSON in ``INFERQ_MODELS``; replaces the defaults when set.
     models: dict[str, ModelSpec] = Field(default_factory=_default_models)
-    #: Local directories a ``--model`` path may point into. Empty: any local directory is allowed.
+    #: Local directories a ``--model`` path may point into. Empty: any local directory for the operator's own client
+    #: and command line, none for tenants of the HTTP API (`inferq.model_sources.allowed_directory`).
     model_dirs: list[Path] = Field(default_factory=list)
     #: The queue that every worker consumes.
     default_queue: str = constants.DEFAULT_QUEUE

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from inferq import results
-from inferq.errors import InvalidParameter
+from inferq import constants, results
+from inferq.errors import InvalidParameter, MalformedValue
 from inferq.task_names import TaskName
 
 #: The one Celery task: run one chunk of one job. Its message carries ids only: `(job_id, chunk_seq)`.
@@ -43,12 +45,71 @@ class InputField(BaseModel):
 #: A model-independent mask placeholder for fill-mask inputs; workers replace it by the model's mask token.
 MASK_PLACEHOLDER = "[[MASK]]"
 
+#: Most tokens a window may hold (``window_tokens``), whatever the model: well beyond any encoder's context, and
+#: small enough that a mistyped value (``1e9``) is refused at submit even where the model's own maximum is not
+#: known there (a hub model not on the submitting machine).
+MAX_WINDOW_TOKENS = 1 << 20
+
+
+#: A lone UTF-16 surrogate: JSON's ``\\ud800`` escape decodes to one, and no UTF-8 encoder takes it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unstorable(text: str) -> str | None:
+    """What makes ``text`` impossible to store (a NUL character, which PostgreSQL's text refuses; a lone surrogate,
+    which has no UTF-8 form), said in a few words; None for a storable text."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    if not text.isascii() and _SURROGATE.search(text) is not None:
+        return "must not contain lone surrogates (\\ud800-\\udfff): not valid Unicode text"
+    return None
+
+
+def find_unstorable(value: Any, where: str) -> tuple[str, str] | None:
+    """The first string in a decoded JSON value (keys too) that `unstorable` refuses: its place (``where``, then
+    ``.key`` or ``[i]``) and why; None when every one is fine."""
+    if isinstance(value, str):
+        problem = unstorable(value)
+        return (where, problem) if problem is not None else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and (problem := unstorable(key)) is not None:
+                return f"{where} key", problem
+            found = find_unstorable(item, f"{where}.{key}")
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = find_unstorable(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _is_int_field(annotation: Any) -> bool:
+    """An ``int`` (or ``int | None``) parameter, where JSON's ``true`` must not pass for 1."""
+    if annotation is int:
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = get_args(annotation)
+        return int in members and bool not in members
+    return False
+
 
 class TaskParams(BaseModel):
     """A task's parameters: every default written here, once. Stored complete on the job (defaults filled in)
     and read back typed by the worker when it claims a chunk."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bool_is_not_a_count(cls, value: Any, info: ValidationInfo) -> Any:
+        # Lax mode takes true as 1 (a bool is an int in Python): a count given as true is a mistake, refused.
+        name = info.field_name
+        if isinstance(value, bool) and name is not None and _is_int_field(cls.model_fields[name].annotation):
+            raise ValueError("must be an integer, not a boolean")
+        return value
 
 
 class ClassificationParams(TaskParams):
@@ -77,7 +138,7 @@ class QuestionAnsweringParams(TaskParams):
 class FillMaskParams(TaskParams):
     top_k: int = Field(5, ge=1, le=1000)
     #: Restrict the candidates to these words (checked against the vocabulary by the worker).
-    targets: list[str] | None = None
+    targets: list[str] | None = Field(None, max_length=constants.MAX_LIST_TEXTS)
 
     @model_validator(mode="before")
     @classmethod
@@ -89,7 +150,7 @@ class FillMaskParams(TaskParams):
 
 class TokenClassificationParams(TaskParams):
     aggregation_strategy: Literal["none", "simple", "first", "average", "max"] = "none"
-    ignore_labels: list[str] = Field(default_factory=lambda: ["O"])
+    ignore_labels: list[str] = Field(default_factory=lambda: ["O"], max_length=constants.MAX_LIST_TEXTS)
 
 
 class EmbeddingParams(TaskParams):
@@ -109,7 +170,7 @@ class EmbeddingParams(TaskParams):
     #: overlapping token ``windows``, each embedded, with its character span.
     overflow: Literal["truncate", "windows"] = "truncate"
     #: Tokens per window (special tokens not counted). ``None``: as many as the model takes.
-    window_tokens: int | None = Field(None, ge=1)
+    window_tokens: int | None = Field(None, ge=1, le=MAX_WINDOW_TOKENS)
     #: Tokens two neighbouring windows share; smaller than ``window_tokens``.
     stride: int = Field(32, ge=0)
 
@@ -136,8 +197,9 @@ class RerankParams(TaskParams):
 
 class ZeroShotParams(TaskParams):
     #: Labels for every line that gives none of its own (``candidate_labels`` on a line wins). A string is split
-    #: at commas, as the transformers pipeline splits it.
-    candidate_labels: list[str] | None = None
+    #: at commas, as the transformers pipeline splits it. At most `constants.MAX_LIST_TEXTS`, as on a line: each
+    #: label is one more forward pass per item.
+    candidate_labels: list[str] | None = Field(None, max_length=constants.MAX_LIST_TEXTS)
     #: Each label becomes the hypothesis ``hypothesis_template.format(label)``.
     hypothesis_template: str = "This example is {}."
     #: Score each label on its own (entailment against contradiction) instead of softmax over the labels.
@@ -255,12 +317,36 @@ def _check_embedding_model(params: TaskParams, files: ModelFiles) -> LineProblem
     width = next((config[k] for k in ("hidden_size", "dim", "d_model") if isinstance(config.get(k), int)), None)
     if params.dimensions is not None and width is not None and not dense and params.dimensions > width:
         return "dimensions", f"{params.dimensions} is more than the model's {width} dimensions"
+    if params.window_tokens is not None:
+        limit = _model_max_tokens(config, files)
+        if limit is not None and params.window_tokens > limit:
+            return "window_tokens", f"{params.window_tokens} is more than the model's maximum of {limit} tokens"
     if params.prompt_name is not None:
         prompts = (files("config_sentence_transformers.json") or {}).get("prompts") or {}
         if params.prompt_name not in prompts:
             known = ", ".join(sorted(prompts)) or "none"
             return "prompt_name", f"the model has no prompt named {params.prompt_name!r} (its prompts: {known})"
     return None
+
+
+def _model_max_tokens(config: dict[str, Any], files: ModelFiles) -> int | None:
+    """The most tokens the model takes, as far as its JSON files tell (None where none does): the smallest of its
+    sentence-transformers ``max_seq_length``, its tokenizer's ``model_max_length`` (transformers writes a huge
+    number for "none") and its position table. The worker's check counts the special and prompt tokens too."""
+    found = [
+        value
+        for value in (
+            _object(files("sentence_bert_config.json")).get("max_seq_length"),
+            _object(files("tokenizer_config.json")).get("model_max_length"),
+            config.get("max_position_embeddings"),
+        )
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_WINDOW_TOKENS
+    ]
+    return min(found) if found else None
+
+
+def _object(content: Any) -> dict[str, Any]:
+    return content if isinstance(content, dict) else {}
 
 
 def _check_nli_model(params: TaskParams, files: ModelFiles) -> LineProblem | None:
@@ -356,6 +442,11 @@ TASKS: dict[TaskName, TaskSpec] = {
 
 def validate_params(task: TaskName, raw: dict[str, Any]) -> dict[str, Any]:
     """Validate ``raw`` against the task's parameters; return them complete (defaults filled in)."""
+    for name, value in raw.items():
+        bad = find_unstorable({name: value}, "params")
+        if bad is not None:
+            where = bad[0].removeprefix("params.")
+            raise MalformedValue(f"parameter {where}: {bad[1]}", field=where)
     try:
         params = TASKS[task].params.model_validate(raw)
     except ValidationError as exc:

@@ -1,7 +1,8 @@
 """The producer's commands: submit, status, results, cancel, jobs, models.
 
 On the database and the broker (`Client`), or, with ``INFERQ_SERVER_URL`` and ``INFERQ_API_KEY`` set, through the
-HTTP API (`producer.remote.RemoteClient`, imported only then): the same flags, output and exit codes either way.
+HTTP API (`producer.remote.RemoteClient`, imported only then): the commands program against their one interface
+(`producer.protocol.JobClient`), so the flags, output and exit codes are the same either way.
 
 What a single command needs (the task table for submit, the exporters for results) is imported in that command, so
 that `inferq status` loads no more than the client and the settings."""
@@ -12,7 +13,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -22,13 +23,12 @@ from producer.client import Client
 
 if TYPE_CHECKING:
     from producer.client import JobStatus
-    from producer.remote import RemoteClient
-    from producer.results import ResultFilter
+    from producer.protocol import JobClient
 
 TASK_CHOICES = [t.value for t in TaskName]
 
 
-def _client() -> Client | RemoteClient:
+def _client() -> JobClient:
     """The HTTP API's client where ``INFERQ_SERVER_URL`` is set, else the database's (httpx loads only for the
     first)."""
     settings = get_settings()
@@ -130,7 +130,7 @@ def submit(
         out: dict[str, Any] = {"job_id": sub.job_id, "total": sub.total, "skipped": sub.skipped_total}
         if wait:
             status = client.wait(sub.job_id, on_progress=ProgressBar())
-            out["status"] = status.to_json()
+            out["status"] = status.model_dump(mode="json")
         if as_json:
             click.echo(json.dumps(out))
         elif not wait:
@@ -162,7 +162,7 @@ def _status_text(s: dict[str, Any]) -> str:
 def status(job_id: str, as_json: bool) -> None:
     """State, counts, timestamps and rate of a job."""
     with _client() as client:
-        s = client.status(job_id).to_json()
+        s = client.status(job_id).model_dump(mode="json")
     click.echo(json.dumps(s) if as_json else _status_text(s))
 
 
@@ -190,93 +190,26 @@ def results(
     job_id: str, fmt: str, output: str | None, label: str | None, min_score: float | None, failed: bool
 ) -> None:
     """Stream a job's results in input order (formats: see `producer.export`)."""
-    from producer.export import export_jsonl, export_npy, export_parquet, write_csv
-    from producer.results import ResultFilter
-
-    filters = ResultFilter(label=label, min_score=min_score, failed=failed)
-
     if fmt in ("npy", "parquet") and not output:
         raise click.UsageError(f"--format {fmt} writes a file: give it with -o/--output")
     with _client() as client:
-        job = client.status(job_id)
-        if not isinstance(client, Client):
-            _export_over_http(client, job_id, fmt, output, filters)
+        filters: dict[str, Any] = {"label": label, "min_score": min_score, "failed": failed}
+        if output is None:
+            sys.stdout.flush()
+            client.export(job_id, sys.stdout.buffer, format=fmt, **filters)  # type: ignore[arg-type]
+            sys.stdout.buffer.flush()
             return
-        if fmt == "npy":
-            assert output is not None
-            with client.reader() as session:
-                done = export_npy(session, job_id, output, filters)
-            click.echo(
-                f"{done.rows} vectors ({done.dim}-d float32) of {done.items} items in {done.path}; "
-                f"whose each row is: {done.rows_path}",
-                err=True,
-            )
-            return
-        if fmt == "parquet":
-            assert output is not None
-            with client.reader() as session:
-                export_parquet(session, job_id, output, filters)
-            return
-        out: TextIO
-        with open(output, "w", encoding="utf-8", newline="") if output else _stdout() as out:
-            if fmt == "csv":
-                rows = client.results(job_id, label=label, min_score=min_score, failed=failed)
-                write_csv(rows, out, TaskName(job.task))
-            else:
-                with client.reader() as session:
-                    export_jsonl(session, job_id, out, filters)
-
-
-def _export_over_http(client: RemoteClient, job_id: str, fmt: str, output: str | None, filters: ResultFilter) -> None:
-    """The server's export, written as it arrives: byte for byte what the database path writes. The file is made
-    only once the server has answered with the export, so that a refusal leaves none."""
-    kwargs = {"label": filters.label, "min_score": filters.min_score, "failed": filters.failed}
-    if output is None:
-        sys.stdout.flush()
-        client.export(job_id, sys.stdout.buffer, format=fmt, **kwargs)  # type: ignore[arg-type]
-        sys.stdout.buffer.flush()
-        return
-    with _LazyFile(output) as out:
-        client.export(job_id, out, format=fmt, **kwargs)  # type: ignore[arg-type]
-    if fmt == "npy":
+        done = client.export(job_id, output, format=fmt, **filters)  # type: ignore[arg-type]
+    if done.rows_path is not None:
         import numpy as np
 
         rows, dim = np.load(output, mmap_mode="r").shape
+        with open(done.rows_path, "rb") as side:
+            items = sum(1 for _ in side)
         click.echo(
-            f"{rows} vectors ({dim}-d float32) in {output}: the succeeded items' vectors in input order (over HTTP, "
-            "the matrix only, without its rows file)",
+            f"{rows} vectors ({dim}-d float32) of {items} items in {output}; whose each row is: {done.rows_path}",
             err=True,
         )
-
-
-class _LazyFile:
-    """A binary file opened on its first write (and made, empty, on a clean exit if nothing was written)."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._file: BinaryIO | None = None
-
-    def write(self, data: bytes) -> int:
-        if self._file is None:
-            self._file = open(self.path, "wb")  # noqa: SIM115 (closed on exit)
-        return self._file.write(data)
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if self._file is None and exc_type is None:
-            self._file = open(self.path, "wb")  # noqa: SIM115
-        if self._file is not None:
-            self._file.close()
-
-
-class _stdout:
-    def __enter__(self) -> TextIO:
-        return sys.stdout
-
-    def __exit__(self, *exc: object) -> None:
-        sys.stdout.flush()
 
 
 @click.command()
@@ -297,7 +230,7 @@ def jobs(limit: int, as_json: bool) -> None:
         recent = client.jobs(limit)
     for s in recent:
         if as_json:
-            click.echo(json.dumps(s.to_json()))
+            click.echo(json.dumps(s.model_dump(mode="json")))
         else:
             click.echo(
                 f"{s.id}  {s.created_at:%Y-%m-%d %H:%M:%S}  {s.state.value:<9}  {s.task:<20}  "

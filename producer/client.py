@@ -13,20 +13,21 @@ result filters) is imported in the methods that use it, so that `inferq status` 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
+import io
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from inferq import constants
+from inferq import api, constants
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import (
     BrokerUnavailable,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from producer.inputs import InputRecord
+    from producer.protocol import Exported, ExportFormat
     from producer.results import ResultRow
 
 
@@ -105,81 +107,18 @@ class Submission:
     replayed: bool = False
 
 
-@dataclass(frozen=True)
-class JobStatus:
-    id: str
-    task: str
-    model: str
-    state: JobState
-    total: int
-    succeeded: int
-    failed: int
-    params: dict[str, Any]
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    error: dict[str, str] | None
-    #: What the HTTP API shows besides (`to_json` leaves them out, so that the CLI prints what it always printed).
-    tenant: str = DEFAULT_TENANT
-    metadata: dict[str, str] = field(default_factory=dict)
-    webhook_url: str | None = None
-    retry_of: str | None = None
-    chunk_size: int | None = None
-
-    @property
-    def done(self) -> int:
-        return self.succeeded + self.failed
-
-    @property
-    def finished(self) -> bool:
-        return self.state.finished
-
-    @property
-    def elapsed(self) -> float | None:
-        if self.started_at is None:
-            return None
-        end = self.finished_at or utcnow()
-        return max((end - self.started_at).total_seconds(), 1e-9)
-
-    @property
-    def items_per_second(self) -> float | None:
-        elapsed = self.elapsed
-        return None if elapsed is None or self.done == 0 else self.done / elapsed
-
-    @property
-    def eta_seconds(self) -> float | None:
-        """Seconds until the last item ends at the rate so far; ``None`` when finished or before any item ended."""
-        rate = self.items_per_second
-        if self.finished or not rate:
-            return None
-        return max(self.total - self.done, 0) / rate
-
-    def to_json(self) -> dict[str, Any]:
-        def iso(t: dt.datetime | None) -> str | None:
-            return t.isoformat() if t is not None else None
-
-        return {
-            "job_id": self.id,
-            "task": self.task,
-            "model": self.model,
-            "state": self.state.value,
-            "total": self.total,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "params": self.params,
-            "created_at": iso(self.created_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "items_per_second": self.items_per_second,
-            "error": self.error,
-        }
+#: A job's status: the API's `Job`, one representation for `Client`, `RemoteClient` and the HTTP API.
+JobStatus = api.Job
 
 
 Inputs = str | os.PathLike[str] | IO[bytes] | Iterable[dict[str, Any] | str]
 
 
 class Client:
-    """Talks to the database (the record) and the broker (to enqueue chunks). Imports no model code."""
+    """Talks to the database (the record) and the broker (to enqueue chunks). Imports no model code.
+
+    It implements `producer.protocol.JobClient`, as `RemoteClient` does; its ``tenant=`` keywords (status, jobs,
+    cancel, retry) are its own: over HTTP the key's tenant decides."""
 
     def __init__(
         self,
@@ -376,7 +315,7 @@ class Client:
     def status(self, job_id: str, *, tenant: str | None = None) -> JobStatus:
         """The job's status. With ``tenant``, another tenant's job is `JobNotFound`, as a job that does not exist."""
         with self.reader() as session:
-            return _status(stored.job_of(session, job_id, tenant))
+            return job_status(stored.job_of(session, job_id, tenant))
 
     def jobs(
         self,
@@ -410,7 +349,7 @@ class Client:
                 metadata=metadata,
                 after=cursor,
             )
-            return [_status(j) for j in found]
+            return [job_status(j) for j in found]
 
     def models(self) -> dict[str, ModelSpec]:
         return dict(self.settings.models)
@@ -454,6 +393,48 @@ class Client:
                     entity_count=r["entity_count"],
                     task=task,
                 )
+
+    def export(
+        self,
+        job_id: str,
+        out: str | os.PathLike[str] | IO[bytes],
+        *,
+        format: ExportFormat = "jsonl",
+        label: str | None = None,
+        min_score: float | None = None,
+        failed: bool = False,
+        state: ItemState | None = None,
+    ) -> Exported:
+        """Write the job's items that the filters keep in ``format`` to ``out`` (a path, or a binary stream for
+        JSONL and CSV) with `producer.export`'s writers: NPY writes its rows file beside the matrix. An unknown job
+        is `JobNotFound` before any file is made."""
+        from producer.export import export_jsonl, export_npy, export_parquet, write_csv
+        from producer.protocol import FILE_FORMATS, Exported, export_target, file_path
+        from producer.results import ResultFilter
+
+        filters = ResultFilter(label, min_score, failed, state)
+        task = TaskName(self.status(job_id).task)  # raises JobNotFound
+        if format in FILE_FORMATS:
+            path = file_path(out, format)
+            with self.reader() as session:
+                if format == "npy":
+                    return Exported("npy", path, export_npy(session, job_id, path, filters).rows_path)
+                export_parquet(session, job_id, path, filters)
+                return Exported("parquet", path)
+        with export_target(out) as stream:
+            text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=True)
+            try:
+                if format == "csv":
+                    write_csv(
+                        self.results(job_id, label=label, min_score=min_score, failed=failed, state=state), text, task
+                    )
+                else:
+                    with self.reader() as session:
+                        export_jsonl(session, job_id, text, filters)
+                text.flush()
+            finally:
+                text.detach()
+        return Exported(format, Path(out) if isinstance(out, str | os.PathLike) else None)
 
     # -- control ---------------------------------------------------------------------------------------
 
@@ -604,7 +585,9 @@ def _seekable(stream: IO[Any]) -> bool:
         return False
 
 
-def _status(job: Job) -> JobStatus:
+def job_status(job: Job | Row[Any]) -> JobStatus:
+    """The `JobStatus` of a job's row: the ORM object, or a Core row carrying the same attribute names (a status
+    poll's, `inferq.store.auth.key_and_job`)."""
     return JobStatus(
         id=job.id,
         task=job.task,

@@ -23,7 +23,7 @@ from typing import IO, Any, Literal
 
 from inferq import constants
 from inferq.errors import LineError
-from inferq.task_specs import TASKS, LineContext, TaskName, TaskParams
+from inferq.task_specs import TASKS, LineContext, TaskName, TaskParams, unstorable
 
 Format = Literal["auto", "jsonl", "csv"]
 
@@ -466,7 +466,9 @@ class _Validator:
             for key in obj:
                 if key not in self.allowed:
                     return LineError(
-                        line, str(key), f"unknown field {_shorten(str(key))!r} (allowed fields: {self.allowed_text})"
+                        line,
+                        _printable(str(key)),
+                        f"unknown field {_shorten(str(key))!r} (allowed fields: {self.allowed_text})",
                     )
 
         client_id: str | None = None
@@ -477,8 +479,9 @@ class _Validator:
             client_id = raw_id if isinstance(raw_id, str) else str(raw_id)
             if len(client_id) > MAX_ID_CHARS:
                 return LineError(line, "id", f"is {len(client_id)} characters long; the limit is {MAX_ID_CHARS}")
-            if "\x00" in client_id:
-                return LineError(line, "id", "must not contain NUL characters")
+            unfit = unstorable(client_id)
+            if unfit is not None:
+                return LineError(line, "id", unfit)
             client_id = client_id or None  # an empty id is no id, as an empty CSV cell is
 
         data: dict[str, Any] = {}
@@ -491,9 +494,15 @@ class _Validator:
                 if name in obj:
                     return LineError(line, name, f"must be a {'list of strings' if is_list else 'string'}, got null")
                 return LineError(line, name, f"missing required field {name!r}")
-            # A plain text that is fine passes the first test alone (the common case, inlined); anything else gets
-            # the checks that say what is wrong.
-            if is_list or not (type(value) is str and 0 < len(value) <= max_chars and not value.isspace()):
+            # A plain ASCII text that is fine passes the first test alone (the common case, inlined); anything else
+            # gets the checks that say what is wrong (a NUL, a lone surrogate among them).
+            if is_list or not (
+                type(value) is str
+                and 0 < len(value) <= max_chars
+                and value.isascii()
+                and "\x00" not in value
+                and not value.isspace()
+            ):
                 problem = self._texts(line, name, value) if is_list else self._text(line, name, value)
                 if problem is not None:
                     return problem
@@ -515,6 +524,9 @@ class _Validator:
             return LineError(
                 line, name, f"is {len(value)} characters long; the limit is {max_chars} (INFERQ_MAX_TEXT_CHARS)"
             )
+        problem = unstorable(value)
+        if problem is not None:
+            return LineError(line, name, problem)
         return None
 
     def _texts(self, line: int, name: str, value: Any) -> LineError | None:
@@ -583,6 +595,11 @@ _TYPE_NAMES: dict[type, str] = {
     dict: "object",
     type(None): "null",
 }
+
+
+def _printable(text: str) -> str:
+    """``text`` as it may be shown (a field name from the input): a lone surrogate written as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _shorten(text: str, limit: int = 40) -> str:

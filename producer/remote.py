@@ -18,34 +18,39 @@ dicts or strings is written as JSONL while it is sent, never held whole. Every s
 once more with the same key, and the server answers the second with the job the first created, if it did, instead
 of making another. A body that cannot be read twice (standard input, an iterator already started) is not resent.
 
-`results` reads the API's CSV export, which carries each item's top result in typed columns (label, score, answer
-…) besides the full result: the rows equal `Client.results`'s for the same job, field for field. An empty cell of
-a string column (a label, an answer) is an empty string where the row has a score, the worker storing the two
-together, and no value otherwise.
+It implements `producer.protocol.JobClient`, as `Client` does: the same methods, arguments and filters (the tenant
+is the key's, so it takes no ``tenant=``). The answers are the API's pydantic models (`inferq.api`): a job is
+`inferq.api.Job`, which `JobStatus` is.
+
+`results` streams the API's JSONL with the top result's typed columns (``top=true``): each line reads into the
+`ResultRow` that `Client.results` gives for the item, field for field. `export` writes the server's export as it
+arrives; an NPY export comes as a tar of the matrix and its rows file (``Accept: application/x-tar``), unpacked
+where the database path writes them.
 """
 
 from __future__ import annotations
 
-import csv
-import datetime as dt
 import json
 import os
+import shutil
 import sys
+import tarfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import IO, Any, Literal
 from urllib.parse import quote
 
 import httpx
 
 import inferq
-from inferq import constants
+from inferq import api, constants
 from inferq.errors import InferqError, InvalidInput, LineError, ServerUnavailable, TransientError
-from inferq.schema import DEFAULT_TENANT
 from inferq.settings import ModelSpec, Settings
 from inferq.states import ItemState, JobState
 from inferq.task_specs import TASKS, TaskName, parse_task
 from producer.client import Inputs, JobOptions, JobStatus, Submission, chunk_count, poll_until_finished
+from producer.protocol import FILE_FORMATS, Exported, ExportFormat, export_target, file_path
 from producer.results import ResultRow
 
 __all__ = ["RemoteClient"]
@@ -62,10 +67,6 @@ _EXTENSIONS: dict[str, Literal["jsonl", "csv"]] = {
     ".json": "jsonl",
     ".csv": "csv",
 }
-
-#: CSV columns of the typed top result: how a cell reads back into its `ResultRow` attribute.
-_INT_ATTRS = frozenset({"start", "end", "entity_count"})
-_FLOAT_ATTRS = frozenset({"score"})
 
 
 class RemoteClient:
@@ -160,32 +161,45 @@ class RemoteClient:
     # -- read ------------------------------------------------------------------------------------------
 
     def status(self, job_id: str) -> JobStatus:
-        return job_status(self._json("GET", _job_path(job_id)))
+        return JobStatus.model_validate(self._json("GET", _job_path(job_id)))
 
-    def jobs(self, limit: int = 20, state: JobState | None = None) -> list[JobStatus]:
-        """The tenant's ``limit`` most recent jobs (every tenant's for an admin key), newest first."""
+    def jobs(
+        self,
+        limit: int = 20,
+        state: JobState | None = None,
+        *,
+        task: str | None = None,
+        model: str | None = None,
+        metadata: dict[str, str] | None = None,
+        after: str | None = None,
+    ) -> list[JobStatus]:
+        """The tenant's jobs (every tenant's for an admin key), newest first, filtered as `Client.jobs` filters
+        them, at most ``limit``: the API's pages followed until there are enough."""
         found: list[JobStatus] = []
-        after: str | None = None
+        filters: dict[str, str] = {}
+        if state is not None:
+            filters["state"] = JobState(state).value
+        if task is not None:
+            filters["task"] = task
+        if model is not None:
+            filters["model"] = model
+        for key, value in (metadata or {}).items():
+            filters[f"metadata[{key}]"] = value
         while len(found) < limit:
-            query: dict[str, str] = {"limit": str(min(limit - len(found), constants.HTTP_JOBS_PAGE))}
-            if state is not None:
-                query["state"] = JobState(state).value
+            query = {**filters, "limit": str(min(limit - len(found), constants.HTTP_JOBS_PAGE))}
             if after is not None:
                 query["after"] = after
-            page = self._json("GET", "/v1/jobs", params=query)
-            found.extend(job_status(j) for j in page["data"])
-            after = page.get("next_after")
-            if not page.get("has_more") or not after or not page["data"]:
+            page = api.JobList.model_validate(self._json("GET", "/v1/jobs", params=query))
+            found.extend(page.data)
+            after = page.next_after
+            if not page.has_more or not after or not page.data:
                 break
         return found[:limit]
 
     def models(self) -> dict[str, ModelSpec]:
         """The server's model registry."""
-        fields = ModelSpec.model_fields
-        return {
-            m["name"]: ModelSpec(**{k: v for k, v in m.items() if k in fields})
-            for m in self._json("GET", "/v1/models")["data"]
-        }
+        listed = api.ModelList.model_validate(self._json("GET", "/v1/models"))
+        return {m.name: ModelSpec(**m.model_dump(exclude={"name"})) for m in listed.data}
 
     def results(
         self,
@@ -196,46 +210,49 @@ class RemoteClient:
         failed: bool = False,
         state: ItemState | None = None,
     ) -> Iterator[ResultRow]:
-        """Stream the job's items in input order, filtered by the server as `Client.results` filters them; the
-        rows equal `Client.results`'s (see the module's notes)."""
+        """Stream the job's items in input order, filtered by the server as `Client.results` filters them: the
+        API's JSONL with the top result's columns, each line the `ResultRow` `Client.results` gives."""
         task = TaskName(self.status(job_id).task)  # raises JobNotFound
-        query = _result_query("csv", label, min_score, failed, state)
+        query = {**_result_query("jsonl", label, min_score, failed, state), "top": "true"}
         with self._stream("GET", f"{_job_path(job_id)}/results", params=query) as response:
-            reader = csv.reader(_text_lines(response))
-            header = next(reader, None)
-            if header is None:
-                return
-            parse = _row_parser(task, header)
-            for cells in reader:
-                yield parse(cells)
+            for line in _lines(response):
+                yield _result_row(api.ResultLine.model_validate_json(line), task)
 
     def export(
         self,
         job_id: str,
-        out: IO[bytes],
+        out: str | os.PathLike[str] | IO[bytes],
         *,
-        format: Literal["jsonl", "csv", "npy", "parquet"] = "jsonl",
+        format: ExportFormat = "jsonl",
         label: str | None = None,
         min_score: float | None = None,
         failed: bool = False,
         state: ItemState | None = None,
-    ) -> int:
-        """Write the server's export of the job's results in ``format`` to ``out`` as it arrives, byte for byte
-        what ``inferq results`` writes on the database; return the bytes written. Nothing is written when the
-        server refuses (`JobNotFound` …)."""
+    ) -> Exported:
+        """Write the server's export of the job's items in ``format`` to ``out`` (a path, or a binary stream for
+        JSONL and CSV) as it arrives, byte for byte what `Client.export` writes; NPY writes its rows file beside the
+        matrix (`producer.export.npy_rows_path`). Nothing is written when the server refuses (`JobNotFound` …)."""
+        from producer.export import npy_rows_path
+
         query = _result_query(format, label, min_score, failed, state)
-        written = 0
-        with self._stream("GET", f"{_job_path(job_id)}/results", params=query) as response:
-            for block in response.iter_bytes():
-                out.write(block)
-                written += len(block)
-        return written
+        path = file_path(out, format) if format in FILE_FORMATS or isinstance(out, str | os.PathLike) else None
+        headers = {"Accept": api.NPY_TAR_MEDIA_TYPE} if format == "npy" else None
+        with self._stream("GET", f"{_job_path(job_id)}/results", params=query, headers=headers) as response:
+            if format == "npy":
+                assert path is not None
+                rows_path = npy_rows_path(path)
+                _untar(response, {api.NPY_TAR_MATRIX: path, api.NPY_TAR_ROWS: rows_path})
+                return Exported("npy", path, rows_path)
+            with export_target(path or out) as target:
+                for block in response.iter_bytes():
+                    target.write(block)
+        return Exported(format, path)
 
     # -- control ---------------------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> JobStatus:
         """`Client.cancel` over HTTP (a finished job comes back unchanged)."""
-        return job_status(self._json("POST", f"{_job_path(job_id)}/cancel"))
+        return JobStatus.model_validate(self._json("POST", f"{_job_path(job_id)}/cancel"))
 
     def wait(
         self,
@@ -268,8 +285,10 @@ class RemoteClient:
         raise_for_answer(response, method, path)
         return response
 
-    def _stream(self, method: str, path: str, *, params: dict[str, str]) -> _Streamed:
-        return _Streamed(self._send(method, path, params=params, headers=None, body=None, stream=True), method, path)
+    def _stream(
+        self, method: str, path: str, *, params: dict[str, str], headers: dict[str, str] | None = None
+    ) -> _Streamed:
+        return _Streamed(self._send(method, path, params=params, headers=headers, body=None, stream=True), method, path)
 
     def _send(
         self,
@@ -443,92 +462,87 @@ def _result_query(
     return query
 
 
-def _text_lines(response: httpx.Response) -> Iterator[str]:
-    """The answer's text cut at ``\\n`` only, each line with its ``\\n``, as `csv.reader` wants them (a quoted
-    field may hold line breaks; ``str.splitlines`` would also cut at U+2028 and others)."""
-    rest = ""
-    for text in response.iter_text():
-        rest += text
-        *lines, rest = rest.split("\n")
-        for line in lines:
-            yield line + "\n"
+def _lines(response: httpx.Response) -> Iterator[bytes]:
+    """The answer's non-empty lines, cut at ``\\n`` only: a JSON string may hold U+2028 and other characters that
+    ``str.splitlines`` (and httpx's ``iter_lines``) would also cut at."""
+    rest = b""
+    for block in response.iter_bytes():
+        rest += block
+        *lines, rest = rest.split(b"\n")
+        yield from (line for line in lines if line)
     if rest:
         yield rest
 
 
-def _row_parser(task: TaskName, header: list[str]) -> Callable[[list[str]], ResultRow]:
-    spec = TASKS[task]
-    attrs = [attr for _, attr in spec.csv_columns]
-    expected = ["index", "id", "status", *(c for c, _ in spec.csv_columns), "error_code", "error_message", "result"]
-    if header != expected:
-        raise InferqError(f"the server's CSV header {header} is not the {task.value} export's {expected}")
-    n = len(attrs)
+class _Reader:
+    """A streamed answer's body as a file, for `tarfile`'s stream mode."""
 
-    def parse(cells: list[str]) -> ResultRow:
-        top = dict(zip(attrs, cells[3 : 3 + n], strict=True))
-        score = top.get("score")
-        values: dict[str, Any] = {}
-        for attr, cell in top.items():
-            if attr in _FLOAT_ATTRS:
-                values[attr] = float(cell) if cell else None
-            elif attr in _INT_ATTRS:
-                values[attr] = int(cell) if cell else None
-            else:  # a label or an answer: stored with its score, so empty is "" where there is a score
-                values[attr] = cell if cell or score else None
-        code, message, result = cells[3 + n :]
-        return ResultRow(
-            index=int(cells[0]),
-            id=cells[1] or None,
-            status=cells[2],
-            result=json.loads(result) if result else None,
-            error={"code": code, "message": message} if code else None,
-            task=task,
-            **values,
-        )
+    def __init__(self, response: httpx.Response) -> None:
+        self._blocks = response.iter_bytes()
+        self._rest = b""
 
-    return parse
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._rest) < size:
+            block = next(self._blocks, None)
+            if block is None:
+                break
+            self._rest += block
+        if size < 0:
+            size = len(self._rest)
+        data, self._rest = self._rest[:size], self._rest[size:]
+        return data
 
 
-def _submission(response: httpx.Response) -> Submission:
-    job = response.json()
-    total = int(job["total"])
-    return Submission(
-        job_id=job["id"],
-        total=total,
-        chunks=chunk_count(total, int(job["chunk_size"])) if job.get("chunk_size") else 0,
-        skipped=[_line_error(e) for e in job.get("skipped") or []],
-        skipped_total=int(job.get("skipped_total") or 0),
-        replayed=response.headers.get("Idempotent-Replayed", "").lower() == "true",
+def _untar(response: httpx.Response, names: dict[str, Path]) -> None:
+    """Unpack the streamed tar of an NPY export: each member of ``names`` to its path, under a ``.part`` name
+    renamed once every member is complete (none left behind on an error)."""
+    parts = {name: path.with_name(path.name + ".part") for name, path in names.items()}
+    try:
+        with tarfile.open(fileobj=_Reader(response), mode="r|") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                if member.name not in parts or not member.isfile():
+                    raise InferqError(f"the server's NPY export holds an unexpected member {member.name!r}")
+                source = tar.extractfile(member)
+                assert source is not None
+                with open(parts[member.name], "wb") as target:
+                    shutil.copyfileobj(source, target, constants.HTTP_BODY_CHUNK_BYTES)
+        missing = [name for name, part in parts.items() if not part.exists()]
+        if missing:
+            raise InferqError(f"the server's NPY export lacks {', '.join(missing)}")
+        for name, part in parts.items():
+            os.replace(part, names[name])
+    except BaseException:
+        for part in parts.values():
+            part.unlink(missing_ok=True)
+        raise
+
+
+def _result_row(line: api.ResultLine, task: TaskName) -> ResultRow:
+    return ResultRow(
+        index=line.index,
+        id=line.id,
+        status=line.status,
+        result=line.result,
+        error={"code": line.error["code"], "message": line.error["message"]} if line.error is not None else None,
+        label=line.label,
+        score=line.score,
+        answer=line.answer,
+        start=line.start,
+        end=line.end,
+        entity_count=line.entity_count,
+        task=task,
     )
 
 
-def job_status(job: dict[str, Any]) -> JobStatus:
-    """A `JobStatus` from the API's job object (its ``to_json`` is the object's keys that it knows)."""
-
-    def when(value: str | None) -> dt.datetime | None:
-        return None if value is None else dt.datetime.fromisoformat(value)
-
-    created = when(job["created_at"])
-    assert created is not None
-    error = job.get("error")
-    return JobStatus(
-        id=job["id"],
-        task=job["task"],
-        model=job["model"],
-        state=JobState(job["state"]),
-        total=int(job["total"]),
-        succeeded=int(job["succeeded"]),
-        failed=int(job["failed"]),
-        params=dict(job.get("params") or {}),
-        created_at=created,
-        started_at=when(job.get("started_at")),
-        finished_at=when(job.get("finished_at")),
-        error={"code": error["code"], "message": error.get("message") or ""} if error else None,
-        tenant=job.get("tenant") or DEFAULT_TENANT,
-        metadata=dict(job.get("metadata") or {}),
-        webhook_url=job.get("webhook_url"),
-        retry_of=job.get("retry_of"),
-        chunk_size=job.get("chunk_size"),
+def _submission(response: httpx.Response) -> Submission:
+    job = api.JobCreated.model_validate(response.json())
+    return Submission(
+        job_id=job.id,
+        total=job.total,
+        chunks=chunk_count(job.total, job.chunk_size) if job.chunk_size else 0,
+        skipped=[LineError(e.line, e.field, e.message) for e in job.skipped],
+        skipped_total=job.skipped_total,
+        replayed=response.headers.get("Idempotent-Replayed", "").lower() == "true",
     )
 
 

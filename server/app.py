@@ -15,6 +15,7 @@ from inferq.settings import Settings, get_settings
 from producer.client import Client
 from server import errors
 from server.deps import Runtime
+from server.guards import RefuseMalformed
 from server.metrics import ApiMetrics, ObserveRequests
 from server.routes import health, jobs, models, page, progress
 
@@ -23,6 +24,9 @@ API_VERSION = "v1"
 #: Database connections a server process keeps (and as many more at a peak): its routes run in a pool of 40
 #: threads (anyio's default), and a request that waits for a connection waits for nothing else.
 API_DB_POOL_SIZE = 20
+#: Connections of the status polls' own engine (autocommit, no ping on checkout: `server.auth.job_for_key`): a
+#: poll holds one for a single statement, so a few serve every thread.
+API_POLL_POOL_SIZE = 8
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -42,12 +46,14 @@ def create_app(settings: Settings) -> FastAPI:
         client = Client(settings, engine=engine, celery=celery)
         # Made now, once, rather than by whichever request thread comes first (neither connects).
         _ = client.sessions, client.reader
-        app.state.runtime = Runtime(settings, client)
+        polls = make_engine(settings, pool_size=API_POLL_POOL_SIZE, pre_ping=False, isolation_level="AUTOCOMMIT")
+        app.state.runtime = Runtime(settings, client, polls)
         try:
             yield
         finally:
             client.close()
             celery.close()
+            polls.dispose()
             engine.dispose()
 
     app = FastAPI(
@@ -70,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
             body, content_type = metrics.exposition()
             return Response(body, media_type=content_type)
 
+    app.add_middleware(RefuseMalformed)
     app.add_middleware(ObserveRequests, metrics=metrics)
     return app
 

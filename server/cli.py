@@ -96,8 +96,10 @@ def list_keys_command(tenant: str | None, as_json: bool) -> None:
         created = k.created_at.isoformat()
         revoked = k.revoked_at.isoformat() if k.revoked_at else None
         if as_json:
-            row = {"id": k.id, "tenant": k.tenant, "admin": k.admin, "created_at": created, "revoked_at": revoked}
-            click.echo(json.dumps(row))
+            from inferq.api import ApiKey
+
+            row = ApiKey(id=k.id, tenant=k.tenant, admin=k.admin, created_at=k.created_at, revoked_at=k.revoked_at)
+            click.echo(json.dumps(row.model_dump(mode="json")))
         else:
             click.echo(f"{k.id}  {k.tenant:<24}  {'admin' if k.admin else '-':<5}  {created}  {revoked or '-'}")
 

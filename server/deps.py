@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import Engine
 
 from inferq.settings import Settings
 from producer.client import Client
@@ -17,10 +18,14 @@ class Runtime:
 
     settings: Settings
     client: Client
+    #: The status polls' engine: autocommit (one statement, sent without BEGIN and ROLLBACK) and no ping on
+    #: checkout (`server.auth.job_for_key` retries once after a dropped connection instead).
+    polls: Engine
 
 
-def runtime(request: Request) -> Runtime:
-    """The running app's `Runtime`."""
+async def runtime(request: Request) -> Runtime:
+    """The running app's `Runtime`. A coroutine, so that FastAPI runs it on the event loop instead of sending it
+    to its thread pool (a thread hop costs more than the lookup)."""
     made = request.app.state.runtime
     assert isinstance(made, Runtime), "the app has not started (its lifespan did not run)"
     return made

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from inferq.api import ErrorBody
 from inferq.errors import (
     IdempotencyConflict,
     InferqError,
@@ -25,6 +26,7 @@ from inferq.errors import (
     InvalidParameter,
     JobNotFinished,
     JobNotFound,
+    MalformedValue,
     NothingToRetry,
     PayloadTooLarge,
     QuotaExceeded,
@@ -50,6 +52,8 @@ STATUS: tuple[tuple[type[InferqError], int], ...] = (
     (UnknownModel, 404),
     (UnknownTask, 400),
     (InvalidInput, 400),
+    # A NUL or a lone surrogate: a value that cannot be a value at all, whatever the parameter.
+    (MalformedValue, 400),
     # A parameter that does not parse (malformed JSON in params or metadata) or has a value out of its range.
     (InvalidParameter, 422),
     (InputError, 400),
@@ -61,6 +65,26 @@ STATUS: tuple[tuple[type[InferqError], int], ...] = (
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
+#: What each error status means, as the OpenAPI document describes it.
+_DESCRIPTIONS = {
+    400: "Bad input or a request that cannot be done (invalid input lines, an unknown task, nothing to retry)",
+    401: "No API key, or one the server does not know",
+    404: "No such job (another tenant's job alike), model or route",
+    409: "A conflict: the Idempotency-Key was used for another request, or the job has not ended",
+    413: "The upload is too large",
+    415: "The upload's media type is not JSONL or CSV",
+    422: "A parameter does not parse or is out of its range",
+    429: "The tenant's quota of unfinished items is reached (see Retry-After)",
+    500: "An unexpected error",
+    503: "The database or the broker is unreachable",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route for the error ``statuses`` it may answer: each the error body's schema."""
+    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in statuses}
+
+
 def status_of(exc: InferqError) -> int:
     return next(status for cls, status in STATUS if isinstance(exc, cls))
 
@@ -69,17 +93,26 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, **extra}}
 
 
+def printable(text: str) -> str:
+    """``text`` as an answer may carry it: a lone surrogate (from a field name or value that a message quotes)
+    written as its escape, since the answer's JSON is encoded as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def inferq_error_response(exc: InferqError) -> JSONResponse:
     extra: dict[str, Any] = {}
     if isinstance(exc, InvalidInput):
-        extra["lines"] = [{"line": e.line, "field": e.field, "message": e.message} for e in exc.errors]
+        extra["lines"] = [
+            {"line": e.line, "field": None if e.field is None else printable(e.field), "message": printable(e.message)}
+            for e in exc.errors
+        ]
         extra["lines_total"] = exc.total_bad
         message = f"{exc.total_bad} invalid input line(s); nothing was submitted"
     else:
-        message = exc.message
+        message = printable(exc.message)
     field = exc.details.get("field")
     if isinstance(field, str):
-        extra["field"] = field
+        extra["field"] = printable(field)
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"

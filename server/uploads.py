@@ -136,12 +136,18 @@ async def _multipart(
     request: Request, boundary: bytes, out: IO[bytes], counter: _Counter
 ) -> tuple[str, int, dict[str, str], bool]:
     """The ``file`` part into ``out``, the other parts as fields: python-multipart's streaming parser, fed as the
-    body arrives."""
+    body arrives. A body that stops before its closing boundary (``--boundary--``) is refused: it may have been cut
+    short, and its last part with it."""
     hasher = hashlib.sha256()
     fields: dict[str, str] = {}
     part = _Part()
     found = False
+    ended = False
     size = 0
+
+    def on_end() -> None:
+        nonlocal ended
+        ended = True
 
     def on_part_begin() -> None:
         part.reset()
@@ -198,6 +204,7 @@ async def _multipart(
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": on_end,
         },
     )
     try:
@@ -207,4 +214,8 @@ async def _multipart(
         parser.finalize()
     except MultipartParseError as exc:
         raise InvalidParameter(f"malformed multipart body: {exc}", field="content-type") from None
+    if not ended:
+        raise InvalidParameter(
+            "malformed multipart body: it ends before its closing boundary (--boundary--)", field="content-type"
+        )
     return hasher.hexdigest(), size, fields, found

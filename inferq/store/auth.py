@@ -7,11 +7,12 @@ Hashing, key formats and the comparison of secrets stay in `inferq.keys`; this m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, Row, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
-from inferq.schema import ApiKey, Tenant, utcnow
+from inferq.schema import ApiKey, Job, Tenant, utcnow
 from inferq.store.dialect import Dialect, dialect_of
 
 # -- tenants -----------------------------------------------------------------------------------------------------------
@@ -68,3 +69,26 @@ def revoke_key(session: Session, key_id: str) -> bool:
         return False
     session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=utcnow()))
     return True
+
+
+#: A status poll's one statement, built once: the key (``key_hash``, ``revoked_at``, ``admin``, ``key_tenant``)
+#: and, on the same row, the job's columns under their attribute names (``meta``, not the column's ``metadata``)
+#: when the key may see the job (its own tenant's, or any for an admin key; every column ``None`` otherwise).
+_KEY_AND_JOB = (
+    select(
+        ApiKey.key_hash,
+        ApiKey.revoked_at,
+        ApiKey.admin,
+        ApiKey.tenant.label("key_tenant"),
+        *(column.label(name) for name, column in Job.__mapper__.columns.items()),
+    )
+    .select_from(ApiKey)
+    .outerjoin(Job, and_(Job.id == bindparam("job_id"), or_(ApiKey.admin, Job.tenant == ApiKey.tenant)))
+    .where(ApiKey.id == bindparam("key_id"))
+)
+
+
+def key_and_job(conn: Connection, key_id: str, job_id: str) -> Row[Any] | None:
+    """The key ``key_id`` and the job ``job_id`` as that key may see it, on one row (`_KEY_AND_JOB`): the key check
+    and the job's read of a status poll in one round trip. ``None`` when there is no such key."""
+    return conn.execute(_KEY_AND_JOB, {"key_id": key_id, "job_id": job_id}).first()

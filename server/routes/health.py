@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from inferq import api
 from inferq.errors import BrokerUnavailable, DatabaseUnavailable
 from inferq.store.jobs import ping
 from server.deps import Made, Runtime
@@ -20,13 +21,20 @@ router = APIRouter(tags=["health"])
 BROKER_TIMEOUT = 3
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+@router.get("/healthz", response_model=api.Health)
+async def healthz() -> api.Health:
     """The process is up."""
-    return {"status": "ok"}
+    return api.Health()
 
 
-@router.get("/readyz", responses={503: {"description": "the database or the broker is unreachable"}})
+@router.get(
+    "/readyz",
+    response_class=JSONResponse,
+    responses={
+        200: {"model": api.Readiness, "description": "the database and the broker answer"},
+        503: {"model": api.Readiness, "description": "the database or the broker is unreachable"},
+    },
+)
 async def readyz(made: Made) -> JSONResponse:
     """The database and the broker answer: 200, else 503 naming the part that does not."""
     body: dict[str, Any] = {}

@@ -10,32 +10,34 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tarfile
 import tempfile
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, is_dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TextIO
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
-from inferq import constants
-from inferq.errors import InvalidParameter
+from inferq import api, constants
+from inferq.errors import InvalidParameter, MalformedValue
 from inferq.keys import Principal
+from inferq.model_sources import resolve_model
 from inferq.states import ItemState, JobState
-from inferq.task_specs import TaskName, parse_task
+from inferq.task_specs import TaskName, find_unstorable, parse_task, unstorable
 from inferq.webhooks import delivery_history
 from producer.client import JobOptions, JobStatus, Submission
-from producer.results import ResultFilter
-from server.auth import Caller
+from producer.results import ResultFilter, ResultRow
+from server.auth import Authorization, Caller, job_for_key
 from server.deps import Made, Runtime
+from server.errors import error_responses
 from server.streams import QueueWriter, stream_text
 from server.uploads import Format, Upload, receive_upload
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=error_responses(401, 404, 422, 500, 503))
 
 #: Longest webhook URL accepted.
 MAX_WEBHOOK_URL_CHARS = 2048
@@ -44,22 +46,6 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-
-def job_json(status: JobStatus) -> dict[str, Any]:
-    """The API's Job object: every key of `JobStatus.to_json` (the CLI's JSON) with the same values, and more."""
-    return {
-        "id": status.id,
-        "object": "job",
-        "tenant": status.tenant,
-        **status.to_json(),
-        "done": status.done,
-        "metadata": status.metadata,
-        "chunk_size": status.chunk_size,
-        "eta_seconds": status.eta_seconds,
-        "webhook_url": status.webhook_url,
-        "retry_of": status.retry_of,
-    }
 
 
 # -- create ------------------------------------------------------------------------------------------------------------
@@ -104,12 +90,24 @@ def _json_object(values: Mapping[str, str], name: str) -> dict[str, Any] | None:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidParameter(f"{name} is not valid JSON: {exc.msg} at character {exc.pos}", field=name) from None
+    except (ValueError, RecursionError) as exc:  # an integer too long to convert, nesting too deep
+        raise InvalidParameter(f"{name} is not valid JSON: {exc}", field=name) from None
     if not isinstance(value, dict):
         raise InvalidParameter(f"{name} must be a JSON object", field=name)
+    bad = find_unstorable(value, name)
+    if bad is not None:
+        raise MalformedValue(f"{bad[0]}: {bad[1]}", field=bad[0])
     return value
 
 
 def parse_options(values: Mapping[str, str], media_format: Format) -> SubmitOptions:
+    """A create request's options (the query's, a multipart body's fields over them), each checked for its form:
+    a value with a NUL or a lone surrogate is `MalformedValue`, the others `InvalidParameter` naming the field.
+    Which model and webhook a tenant may use is decided later, by the submit."""
+    for name, raw in values.items():
+        problem = unstorable(name) or unstorable(raw)
+        if problem is not None:
+            raise MalformedValue(f"{name}: {problem}", field=name)
     task = values.get("task")
     model = values.get("model")
     if not task:
@@ -121,6 +119,11 @@ def parse_options(values: Mapping[str, str], media_format: Format) -> SubmitOpti
         chunk_size = int(chunk_raw) if chunk_raw else None
     except ValueError:
         raise InvalidParameter("chunk_size must be an integer", field="chunk_size") from None
+    # Given, it is the job's: 0 is no default's stand-in here, but a size out of range.
+    if chunk_size is not None and not 1 <= chunk_size <= constants.MAX_CHUNK_SIZE:
+        raise InvalidParameter(
+            f"chunk_size must be an integer from 1 to {constants.MAX_CHUNK_SIZE}", field="chunk_size"
+        )
     skip_raw = values.get("skip_invalid", "").strip().lower()
     if skip_raw not in _TRUE | _FALSE:
         raise InvalidParameter("skip_invalid must be true or false", field="skip_invalid")
@@ -172,7 +175,16 @@ _CREATE_BODY = {
 }
 
 
-@router.post("/jobs", status_code=201, openapi_extra=_CREATE_BODY)
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=api.JobCreated,
+    responses={
+        200: {"model": api.Job, "description": "A repeated request (same Idempotency-Key): the job it made"},
+        **error_responses(400, 409, 413, 415, 429),
+    },
+    openapi_extra=_CREATE_BODY,
+)
 async def create_job(
     request: Request,
     made: Made,
@@ -202,17 +214,21 @@ async def create_job(
     finally:
         upload.discard()
     status = await run_in_threadpool(made.client.status, submission.job_id)
-    body = job_json(status)
     if submission.replayed:
-        return JSONResponse(body, status_code=200, headers={"Idempotent-Replayed": "true"})
-    body["skipped"] = [{"line": e.line, "field": e.field, "message": e.message} for e in submission.skipped]
-    body["skipped_total"] = submission.skipped_total
-    return JSONResponse(body, status_code=201)
+        return JSONResponse(status.model_dump(mode="json"), status_code=200, headers={"Idempotent-Replayed": "true"})
+    created = api.JobCreated(
+        **status.model_dump(),
+        skipped=[api.LineProblem(line=e.line, field=e.field, message=e.message) for e in submission.skipped],
+        skipped_total=submission.skipped_total,
+    )
+    return JSONResponse(created.model_dump(mode="json"), status_code=201)
 
 
 def _submit(
     made: Runtime, caller: Principal, options: SubmitOptions, upload: Upload, idempotency_key: str | None
 ) -> Submission:
+    # A tenant names a registry model, or a directory the operator allowed (INFERQ_MODEL_DIRS): refused alike.
+    resolve_model(made.settings, options.model, options.task, tenant=True)
     return made.client.submit(
         options.task,
         options.model,
@@ -234,13 +250,15 @@ def _submit(
 # -- read --------------------------------------------------------------------------------------------------------------
 
 
-@router.get("/jobs/{job_id}")
-def get_job(job_id: str, made: Made, caller: Caller) -> dict[str, Any]:
+@router.get("/jobs/{job_id}", response_model=api.Job)
+async def get_job(job_id: str, made: Made, authorization: Authorization = None) -> api.Job:
     """The Job: state, counts, timestamps, rate, ETA, metadata."""
-    return job_json(made.client.status(job_id, tenant=caller.scope()))
+    # What every poller calls: the key check and the read in one statement, in one trip to the thread pool
+    # (`server.auth.job_for_key`) instead of a dependency's trip and the route's.
+    return await run_in_threadpool(job_for_key, made, authorization, job_id)
 
 
-@router.get("/jobs")
+@router.get("/jobs", response_model=api.JobList, responses=error_responses(400))
 def list_jobs(
     request: Request,
     made: Made,
@@ -250,7 +268,7 @@ def list_jobs(
     state: JobState | None = None,
     task: str | None = None,
     model: str | None = None,
-) -> dict[str, Any]:
+) -> api.JobList:
     """Jobs newest first, a page at a time. Filter on metadata with ``metadata[key]=value`` (or
     ``metadata.key=value``), as many as wanted."""
     metadata: dict[str, str] = {}
@@ -270,12 +288,7 @@ def list_jobs(
     )
     has_more = len(page) > limit
     page = page[:limit]
-    return {
-        "object": "list",
-        "data": [job_json(s) for s in page],
-        "has_more": has_more,
-        "next_after": page[-1].id if has_more else None,
-    }
+    return api.JobList(data=page, has_more=has_more, next_after=page[-1].id if has_more else None)
 
 
 # -- results -----------------------------------------------------------------------------------------------------------
@@ -283,8 +296,32 @@ def list_jobs(
 ResultFormat = Literal["jsonl", "csv", "npy", "parquet"]
 _MEDIA = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
 
+_LINES = {
+    "schema": {"type": "string"},
+    "description": "one JSON object a line, a ResultLine (its typed top-result columns with top=true)",
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_RESULTS_CONTENT = {
+    "application/jsonl": _LINES,
+    "text/csv": {"schema": {"type": "string"}},
+    "application/octet-stream": _BINARY,
+    api.NPY_TAR_MEDIA_TYPE: _BINARY,
+}
 
-@router.get("/jobs/{job_id}/results", response_class=StreamingResponse, response_model=None)
+
+@router.get(
+    "/jobs/{job_id}/results",
+    response_class=StreamingResponse,
+    response_model=None,
+    responses={
+        200: {
+            "description": "JSONL or CSV streamed; NPY (a tar of the matrix and its rows file when the request "
+            "accepts application/x-tar) and Parquet as files",
+            "content": _RESULTS_CONTENT,
+        },
+        **error_responses(400),
+    },
+)
 def results(
     job_id: str,
     made: Made,
@@ -294,14 +331,28 @@ def results(
     min_score: float | None = None,
     failed: bool = False,
     state: ItemState | None = None,
+    top: Annotated[bool, Query(description="JSONL: each line also carries the top result's typed columns")] = False,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> StreamingResponse | FileResponse:
     """The job's items in input order, streamed: JSONL and CSV exactly as ``inferq results`` writes them; NPY (the
-    embedding matrix) and Parquet as files."""
+    embedding matrix) and Parquet as files. NPY comes with its rows file, as a tar of ``matrix.npy`` and
+    ``rows.jsonl``, to a request that accepts ``application/x-tar``."""
     status = made.client.status(job_id, tenant=caller.scope())
-    return _export(made, status, format, ResultFilter(label, min_score, failed, state))
+    with_rows = accepts(accept, api.NPY_TAR_MEDIA_TYPE)
+    return _export(made, status, format, ResultFilter(label, min_score, failed, state), top=top, with_rows=with_rows)
 
 
-@router.get("/jobs/{job_id}/errors", response_class=StreamingResponse, response_model=None)
+def accepts(accept: str | None, media_type: str) -> bool:
+    """Whether an ``Accept`` header names ``media_type``."""
+    return accept is not None and any(p.split(";")[0].strip() == media_type for p in accept.split(","))
+
+
+@router.get(
+    "/jobs/{job_id}/errors",
+    response_class=StreamingResponse,
+    response_model=None,
+    responses={200: {"description": "JSONL", "content": {"application/jsonl": _LINES}}},
+)
 def errors(job_id: str, made: Made, caller: Caller) -> StreamingResponse | FileResponse:
     """The job's failed items only, as JSONL lines of the results' shape."""
     status = made.client.status(job_id, tenant=caller.scope())
@@ -309,12 +360,27 @@ def errors(job_id: str, made: Made, caller: Caller) -> StreamingResponse | FileR
 
 
 def _export(
-    made: Runtime, status: JobStatus, fmt: ResultFormat, filters: ResultFilter
+    made: Runtime,
+    status: JobStatus,
+    fmt: ResultFormat,
+    filters: ResultFilter,
+    *,
+    top: bool = False,
+    with_rows: bool = False,
 ) -> StreamingResponse | FileResponse:
     from producer.export import export_jsonl, write_csv
 
     client = made.client
     job_id = status.id
+    if fmt == "jsonl" and top:
+
+        def top_jsonl(out: QueueWriter) -> None:
+            rows = client.results(
+                job_id, label=filters.label, min_score=filters.min_score, failed=filters.failed, state=filters.state
+            )
+            write_top_jsonl(rows, out)  # type: ignore[arg-type]
+
+        return StreamingResponse(stream_text(top_jsonl), media_type=_MEDIA["jsonl"])
     if fmt == "jsonl":
 
         def jsonl(out: QueueWriter) -> None:
@@ -331,19 +397,45 @@ def _export(
             write_csv(rows, out, TaskName(status.task))  # type: ignore[arg-type]
 
         return StreamingResponse(stream_text(csv), media_type=_MEDIA["csv"])
-    return _file_export(made, job_id, fmt, filters)
+    return _file_export(made, job_id, fmt, filters, with_rows=with_rows)
 
 
-def _file_export(made: Runtime, job_id: str, fmt: ResultFormat, filters: ResultFilter) -> FileResponse:
-    """NPY and Parquet are written as files (their writers seek); the file is sent, then removed."""
+def write_top_jsonl(rows: Iterable[ResultRow], out: TextIO) -> None:
+    """Each row as a compact `inferq.api.ResultLine` with its typed top-result columns: what
+    `RemoteClient.results` reads back into the same rows."""
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    for row in rows:
+        line = {
+            **row.to_json(),
+            "label": row.label,
+            "score": row.score,
+            "answer": row.answer,
+            "start": row.start,
+            "end": row.end,
+            "entity_count": row.entity_count,
+        }
+        out.write(encode(line) + "\n")
+
+
+def _file_export(
+    made: Runtime, job_id: str, fmt: ResultFormat, filters: ResultFilter, *, with_rows: bool = False
+) -> FileResponse:
+    """NPY and Parquet are written as files (their writers seek); the file is sent, then removed. An NPY export
+    with its rows file goes as a tar of the two (``matrix.npy``, ``rows.jsonl``)."""
     from producer.export import export_npy, export_parquet
 
     folder = Path(tempfile.mkdtemp(prefix="inferq-export-"))
+    media_type = "application/octet-stream"
     try:
         path = folder / f"{job_id}.{fmt}"
         with made.client.reader() as session:
             if fmt == "npy":
-                export_npy(session, job_id, path, filters)
+                done = export_npy(session, job_id, path, filters)
+                if with_rows:
+                    path, media_type = folder / f"{job_id}.npy.tar", api.NPY_TAR_MEDIA_TYPE
+                    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+                        tar.add(done.path, arcname=api.NPY_TAR_MATRIX)
+                        tar.add(done.rows_path, arcname=api.NPY_TAR_ROWS)
             else:
                 export_parquet(session, job_id, path, filters)
     except BaseException:
@@ -351,7 +443,7 @@ def _file_export(made: Runtime, job_id: str, fmt: ResultFormat, filters: ResultF
         raise
     return FileResponse(
         path,
-        media_type="application/octet-stream",
+        media_type=media_type,
         filename=path.name,
         background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
     )
@@ -360,26 +452,26 @@ def _file_export(made: Runtime, job_id: str, fmt: ResultFormat, filters: ResultF
 # -- control -----------------------------------------------------------------------------------------------------------
 
 
-@router.post("/jobs/{job_id}/cancel")
-def cancel(job_id: str, made: Made, caller: Caller) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/cancel", response_model=api.Job)
+def cancel(job_id: str, made: Made, caller: Caller) -> api.Job:
     """Cancel: unfinished items stop, finished results stay; a finished job comes back unchanged."""
-    return job_json(made.client.cancel(job_id, tenant=caller.scope()))
+    return made.client.cancel(job_id, tenant=caller.scope())
 
 
-@router.post("/jobs/{job_id}/retry", status_code=201)
-def retry(job_id: str, made: Made, caller: Caller) -> dict[str, Any]:
+@router.post("/jobs/{job_id}/retry", status_code=201, response_model=api.Job, responses=error_responses(400, 409))
+def retry(job_id: str, made: Made, caller: Caller) -> api.Job:
     """A new job with the failed items of the finished job ``job_id`` (same task, model, parameters, metadata and
     webhook; ``retry_of`` names the first job, which keeps its errors). 409 while the job runs; 400 when none of its
     items failed."""
     submission = made.client.retry(job_id, tenant=caller.scope())
-    return job_json(made.client.status(submission.job_id))
+    return made.client.status(submission.job_id)
 
 
-@router.get("/jobs/{job_id}/webhooks")
-def webhooks(job_id: str, made: Made, caller: Caller) -> dict[str, Any]:
+@router.get("/jobs/{job_id}/webhooks", response_model=api.WebhookDeliveryList)
+def webhooks(job_id: str, made: Made, caller: Caller) -> api.WebhookDeliveryList:
     """The job's webhook deliveries, each with every attempt."""
+
     made.client.status(job_id, tenant=caller.scope())
     with made.client.reader() as session:
         history = delivery_history(session, job_id)
-        data = [asdict(h) if is_dataclass(h) and not isinstance(h, type) else h for h in history]
-    return {"object": "list", "data": jsonable_encoder(data)}
+    return api.WebhookDeliveryList.model_validate({"data": history})

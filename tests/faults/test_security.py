@@ -18,13 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from kombu import Connection, Exchange, Queue
+from sqlalchemy import func, select
 
 from inferq.db import make_engine, make_sessionmaker
-from inferq.settings import Settings
+from inferq.errors import UnknownModel
+from inferq.keys import create_key
+from inferq.model_sources import resolve_model
+from inferq.schema import Job
+from inferq.settings import ModelSpec, Settings
 from inferq.task_specs import RUN_CHUNK, TaskName
 from producer.client import store_job
 from producer.inputs import InputRecord
+from server.app import create_app
 from tests.support.brokers import PrivateRedis, private_redis, ready_messages
 from tests.support.jobs import inferq_cli, sentences, worker_env
 from tests.support.records import Record, wait_for
@@ -192,10 +199,10 @@ def test_a_model_directory_outside_the_allowed_ones_is_refused_at_submit_and_by_
     source = tmp_path / "in.jsonl"
     source.write_text('{"text": "fine"}\n', encoding="utf-8")
 
-    # When a job names a model directory outside INFERQ_MODEL_DIRS, it is refused at submit
+    # When a job names a model directory outside INFERQ_MODEL_DIRS, it is refused at submit, as any unknown model
     done = inferq_cli(env, "submit", "--task", "classification", "--model", str(slow_model), str(source))
     assert done.returncode == 2
-    assert "error [unknown_model]" in done.stderr and "outside the allowed model directories" in done.stderr
+    assert "error [unknown_model]" in done.stderr and "nor a model directory allowed here" in done.stderr
 
     # And a worker given such a job anyway never loads the model: the items fail with the reason
     runner = runner_for(Settings(database_url=migrated_postgres, model_dirs=[allowed]))
@@ -203,7 +210,7 @@ def test_a_model_directory_outside_the_allowed_ones_is_refused_at_submit_and_by_
     runner.run_chunk(job_id, 0)
     assert runner.model_cache.loaded_names() == []
     (item,) = record.items(job_id)
-    assert item.error_code == "unknown_model" and "outside the allowed model directories" in (item.error_message or "")
+    assert item.error_code == "unknown_model" and "nor a model directory allowed here" in (item.error_message or "")
 
 
 def test_remote_code_never_runs_and_pickled_weights_are_never_read_beside_safetensors(
@@ -243,6 +250,163 @@ def test_remote_code_never_runs_and_pickled_weights_are_never_read_beside_safete
         for path in (ROOT / package).rglob("*.py"):
             assert "trust_remote_code=True" not in path.read_text(encoding="utf-8"), path
     assert '"trust_remote_code": False' in (ROOT / "worker" / "model_cache.py").read_text(encoding="utf-8")
+
+
+# -- model paths and remote code at submit (issue 27, findings 3 and 5) ------------------------------------------
+
+#: Model names a tenant may try: directories that exist (the server's root, its temporary directory, a user's home
+#: through ``~``), ones that do not, names no file system takes (a NUL, a lone surrogate), and a very long one.
+PROBED_NAMES = [
+    "/root",
+    "/nonexistent",
+    "/",
+    "/tmp",
+    "~postgres",
+    "~nosuchuser",
+    "~",
+    "..",
+    "a\x00b",
+    "\ud800",
+    "m" * 5000,
+]
+
+
+def a_model_directory(path: Path, config: dict[str, Any] | None = None) -> Path:
+    """A directory with a model's config.json (nothing loads it: the checks at submit read JSON only)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config or {"model_type": "bert"}), encoding="utf-8")
+    return path
+
+
+def refusal(settings: Settings, name: str, *, tenant: bool) -> str:
+    """The message of `resolve_model`'s refusal of ``name``, the name itself left out (it is the caller's own)."""
+    with pytest.raises(UnknownModel) as caught:
+        resolve_model(settings, name, TaskName.CLASSIFICATION, tenant=tenant)
+    assert caught.value.code == "unknown_model"
+    shown = name if len(name) <= 200 else name[:199] + "…"
+    message = caught.value.message
+    assert repr(shown) in message
+    return message.replace(repr(shown), "NAME")
+
+
+def test_a_tenant_gets_one_answer_for_every_model_path_it_may_not_use(tmp_path: Path) -> None:
+    # Given a server with a registry model, the default INFERQ_MODEL_DIRS (none), and a real model directory
+    model = a_model_directory(tmp_path / "model")
+    settings = Settings(database_url="sqlite://", models={"reg": ModelSpec(source=str(model))})
+
+    # When a tenant names directories, existing or not, the real model's among them
+    answers = {refusal(settings, name, tenant=True) for name in [*PROBED_NAMES, str(model), str(tmp_path)]}
+
+    # Then every one gets the same code and message: nothing tells what exists
+    assert len(answers) == 1, answers
+    # And the registry name works
+    assert resolve_model(settings, "reg", tenant=True).source == str(model)
+
+
+def test_the_operator_may_name_directories_taken_as_written_without_home_expansion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the operator's own client (no model directories set: any directory), and a home with a model in it
+    model = a_model_directory(tmp_path / "home" / "model")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "home")
+    settings = Settings(database_url="sqlite://", models={})
+
+    # When it names the directory, by its path or relative to the working directory, it is used
+    assert resolve_model(settings, str(model)).source == str(model)
+    assert resolve_model(settings, "model").source == str(model)
+    # But ``~`` is never expanded (its own, another user's, or a user that does not exist: never a 500), and every
+    # name that is no directory gets the same answer
+    answers = {
+        refusal(settings, name, tenant=False) for name in ["~/model", "~root", *PROBED_NAMES[1:2], "~nosuchuser"]
+    }
+    assert len(answers) == 1, answers
+
+
+def test_with_model_directories_set_a_tenant_may_use_those_and_nothing_outside(tmp_path: Path) -> None:
+    # Given the operator's allowed directory with a model in it, a model outside it, and a link from inside to it
+    allowed = tmp_path / "allowed"
+    inside = a_model_directory(allowed / "mine")
+    outside = a_model_directory(tmp_path / "elsewhere")
+    (allowed / "link").symlink_to(outside, target_is_directory=True)
+    settings = Settings(database_url="sqlite://", models={}, model_dirs=[allowed])
+
+    # When a tenant names the model inside, it is used
+    assert resolve_model(settings, str(inside), tenant=True).source == str(inside)
+    # And the one outside, the link leading out, a missing one inside, and ``..`` out of it all get one answer
+    names = [str(outside), str(allowed / "link"), str(allowed / "missing"), f"{allowed}/../elsewhere", *PROBED_NAMES]
+    assert len({refusal(settings, name, tenant=True) for name in names}) == 1
+
+
+@pytest.fixture(scope="module")
+def tenant_api(
+    migrated_postgres: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, Path]]:
+    """The HTTP API with the default INFERQ_MODEL_DIRS, a registry model, and a key: (client, the model's path)."""
+    model = a_model_directory(tmp_path_factory.mktemp("served-models") / "reg", NO_CODE_CONFIG)
+    settings = Settings(
+        database_url=migrated_postgres,
+        broker_url=redis_url,
+        models={"reg": ModelSpec(source=str(model), task=TaskName.CLASSIFICATION)},
+        default_queue=f"inferq-test-{uuid.uuid4().hex[:10]}",
+    )
+    engine = make_engine(settings)
+    with make_sessionmaker(engine).begin() as session:
+        key, _ = create_key(session, f"t-{uuid.uuid4().hex[:12]}")
+    engine.dispose()
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
+        yield client, model
+
+
+NO_CODE_CONFIG = {"model_type": "bert", "id2label": {"0": "NEGATIVE", "1": "POSITIVE"}}
+
+
+def test_over_http_every_model_path_gets_the_answer_of_an_unknown_name(tenant_api: tuple[TestClient, Path]) -> None:
+    client, model = tenant_api
+
+    def submit(name: str) -> tuple[int, str, str]:
+        answer = client.post(
+            "/v1/jobs",
+            params={"task": "classification", "model": name},
+            content=b'{"text": "fine"}\n',
+            headers={"content-type": "application/jsonl"},
+        )
+        error = answer.json()["error"]
+        return answer.status_code, error["code"], error["message"].replace(repr(name), "NAME")
+
+    # When a tenant names the registry model's own directory, paths that exist and paths that do not (no NUL: the
+    # query's guard answers that one before any route)
+    names = [str(model), "/root", "/nonexistent", "~postgres", "~nosuchuser", "no-such-model"]
+    answers = {submit(name) for name in names}
+
+    # Then all get one answer, that of a name that is not in the registry: 404 unknown_model
+    assert len(answers) == 1, answers
+    ((status, code, _),) = answers
+    assert (status, code) == (404, "unknown_model")
+
+
+def test_a_model_that_asks_for_its_own_code_is_refused_at_submit(
+    tmp_path: Path, migrated_postgres: str, record: Record
+) -> None:
+    # Given model directories whose config or tokenizer config name classes of their own (auto_map)
+    auto = {"AutoModelForSequenceClassification": "evil.Evil"}
+    in_config = a_model_directory(tmp_path / "config", {**NO_CODE_CONFIG, "auto_map": auto})
+    in_tokenizer = a_model_directory(tmp_path / "tokenizer", NO_CODE_CONFIG)
+    (in_tokenizer / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["t.T", None]}}))
+    env = {"INFERQ_DATABASE_URL": migrated_postgres}
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "fine"}\n', encoding="utf-8")
+    with record.engine.connect() as conn:
+        before = conn.scalar(select(func.count()).select_from(Job))
+
+    for model, file in ((in_config, "config.json"), (in_tokenizer, "tokenizer_config.json")):
+        # When a job names it
+        done = inferq_cli(env, "submit", "--task", "classification", "--model", str(model), str(source))
+        # Then the submit refuses it, naming the file, and stores nothing
+        assert done.returncode == 2, done.stderr
+        assert "error [remote_code_refused]" in done.stderr and file in done.stderr, done.stderr
+    with record.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Job)) == before
 
 
 #: Functions allowed to compose a SQL string, each because every piece it puts in comes from the code, never from

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,10 @@ from inferq.settings import ModelSpec, Settings
 from inferq.states import ItemState, JobState
 from inferq.task_specs import TaskName
 from producer.client import JobOptions, JobStatus
-from producer.export import write_csv
+from producer.protocol import Exported
 from producer.remote import RemoteClient
 from producer.results import ResultRow
+from server.routes.jobs import write_top_jsonl
 
 JOB_ID = "0123456789abcdef0123456789abcdef"
 T0 = dt.datetime(2026, 11, 30, 10, 0, 0, 123456, tzinfo=dt.UTC)
@@ -70,19 +72,8 @@ def a_status(**changes: Any) -> JobStatus:
 
 
 def job_object(status: JobStatus) -> dict[str, Any]:
-    """The API's Job object for ``status``, as the contract writes it (its keys a superset of ``to_json``'s)."""
-    return {
-        "id": status.id,
-        "object": "job",
-        "tenant": status.tenant,
-        **status.to_json(),
-        "done": status.done,
-        "metadata": status.metadata,
-        "chunk_size": status.chunk_size,
-        "eta_seconds": status.eta_seconds,
-        "webhook_url": status.webhook_url,
-        "retry_of": status.retry_of,
-    }
+    """The API's Job object for ``status``: its JSON, as the server writes it."""
+    return status.model_dump(mode="json")
 
 
 def error_answer(status: int, code: str, message: str, **extra: Any) -> httpx.Response:
@@ -106,7 +97,7 @@ def test_status_reads_the_job_object_into_the_same_job_status() -> None:
         got = client.status(JOB_ID)
 
     # Then it is the same JobStatus, whose JSON the CLI prints is the same, and the key went as a bearer token
-    assert got == status and got.to_json() == status.to_json()
+    assert got == status and got.model_dump(mode="json") == status.model_dump(mode="json")
     assert seen[0].url == f"http://inferq.test/v1/jobs/{JOB_ID}"
     assert seen[0].headers["Authorization"] == "Bearer iq_abc_secret"
 
@@ -144,14 +135,27 @@ def test_jobs_follows_the_cursor_until_the_limit() -> None:
             },
         )
 
-    # When 4 running jobs are asked for
+    # When 4 running jobs are asked for, with every filter of `Client.jobs`
     with remote(handler) as client:
-        got = client.jobs(4, JobState.RUNNING)
+        got = client.jobs(4, JobState.RUNNING, task="classification", model="sst2", metadata={"team": "search"})
 
-    # Then the pages were followed and no more than 4 came back, newest first
+    # Then the pages were followed and no more than 4 came back, newest first, each page with the filters
     assert [s.id for s in got] == ids[:4]
-    assert all(q["state"] == "running" for q in asked)
+    filters = {"state": "running", "task": "classification", "model": "sst2", "metadata[team]": "search"}
+    assert all(q.items() >= filters.items() for q in asked)
     assert [q.get("after") for q in asked] == [None, ids[1]]
+
+
+def test_jobs_starts_after_the_cursor_given() -> None:
+    asked: list[dict[str, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(dict(request.url.params))
+        return httpx.Response(200, json={"object": "list", "data": [], "has_more": False, "next_after": None})
+
+    with remote(handler) as client:
+        assert client.jobs(3, after="a" * 32) == []
+    assert asked == [{"limit": "3", "after": "a" * 32}]
 
 
 def test_models_read_into_model_specs() -> None:
@@ -173,6 +177,10 @@ ROWS: dict[TaskName, list[ResultRow]] = {
         ResultRow(1, None, "failed", None, {"code": "inference_error", "message": 'bad, "quoted"\nline'}),
         ResultRow(2, "c,d", "queued", None, None),
         ResultRow(3, "é", "cancelled", None, None),
+        # Characters that str.splitlines cuts at, inside a JSON string
+        ResultRow(
+            4, "a\u2028b\x85c\rd", "succeeded", [{"label": "P\u2029", "score": 1.0}], None, label="P\u2029", score=1.0
+        ),
     ],
     TaskName.QUESTION_ANSWERING: [
         # The null answer of handle_impossible_answer: an empty string with a score, not a missing answer
@@ -213,19 +221,19 @@ ROWS: dict[TaskName, list[ResultRow]] = {
 
 
 @pytest.mark.parametrize("task", list(ROWS))
-def test_results_read_back_the_csv_export_into_equal_rows(task: TaskName) -> None:
-    # Given a server whose CSV export is what `inferq results --format csv` writes for these rows
+def test_results_read_back_the_jsonl_export_into_equal_rows(task: TaskName) -> None:
+    # Given a server whose JSONL export with the top columns is what the server writes for these rows
     rows = [ResultRow(**{**_fields(r), "task": task}) for r in ROWS[task]]
     out = io.StringIO(newline="")
-    write_csv(rows, out, task)
+    write_top_jsonl(rows, out)
     body = out.getvalue().encode()
     queries: list[dict[str, str]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/results"):
             queries.append(dict(request.url.params))
-            # Sent in small pieces, cut anywhere (inside a quoted field, a UTF-8 character)
-            return httpx.Response(200, content=_pieces(body, 7), headers={"Content-Type": "text/csv; charset=utf-8"})
+            # Sent in small pieces, cut anywhere (inside a line, a UTF-8 character)
+            return httpx.Response(200, content=_pieces(body, 7), headers={"Content-Type": "application/jsonl"})
         return httpx.Response(200, json=job_object(a_status(task=task.value)))
 
     # When the client reads the results with filters
@@ -234,7 +242,9 @@ def test_results_read_back_the_csv_export_into_equal_rows(task: TaskName) -> Non
 
     # Then the rows are equal to the ones exported, field for field, and the filters went to the server
     assert got == rows
-    assert queries == [{"format": "csv", "label": "POS", "min_score": "0.25", "failed": "true", "state": "failed"}]
+    assert queries == [
+        {"format": "jsonl", "label": "POS", "min_score": "0.25", "failed": "true", "state": "failed", "top": "true"}
+    ]
 
 
 def _fields(row: ResultRow) -> dict[str, Any]:
@@ -246,23 +256,62 @@ def _pieces(data: bytes, size: int) -> Iterator[bytes]:
         yield data[i : i + size]
 
 
-def test_export_writes_the_servers_bytes_as_they_come_and_nothing_on_a_refusal() -> None:
-    body = b"\x93NUMPY\x01\x00" + bytes(range(256)) * 100
+def test_export_writes_the_servers_bytes_as_they_come_and_nothing_on_a_refusal(tmp_path: Path) -> None:
+    body = b"PAR1" + bytes(range(256)) * 100
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == f"/v1/jobs/{JOB_ID}/results":
-            assert request.url.params["format"] == "npy"
             return httpx.Response(200, content=_pieces(body, 1000))
         return error_answer(404, "job_not_found", "no job 'nope'")
 
     out = io.BytesIO()
     with remote(handler) as client:
-        assert client.export(JOB_ID, out, format="npy") == len(body)
-        assert out.getvalue() == body
+        # To a stream, and to a file
+        assert client.export(JOB_ID, out, format="csv") == Exported("csv", None)
+        assert client.export(JOB_ID, tmp_path / "x.parquet", format="parquet") == Exported(
+            "parquet", tmp_path / "x.parquet"
+        )
         refused = io.BytesIO()
         with pytest.raises(JobNotFound):
             client.export("nope", refused, format="csv")
-    assert refused.getvalue() == b""
+        with pytest.raises(JobNotFound):
+            client.export("nope", tmp_path / "no.parquet", format="parquet")
+    assert out.getvalue() == body and (tmp_path / "x.parquet").read_bytes() == body
+    assert refused.getvalue() == b"" and sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet"]
+
+
+def test_an_npy_export_comes_with_its_rows_file(tmp_path: Path) -> None:
+    # Given a server that answers an NPY export that accepts a tar with the matrix and its rows file
+    matrix = b"\x93NUMPY\x01\x00" + bytes(range(256)) * 100
+    rows = b'{"index":0,"id":"a","status":"succeeded","row":0,"error":null}\n'
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w") as tar:
+        for name, data in (("matrix.npy", matrix), ("rows.jsonl", rows)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    accepted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        accepted.append(request.headers.get("Accept", ""))
+        assert request.url.params["format"] == "npy"
+        return httpx.Response(
+            200, content=_pieces(packed.getvalue(), 999), headers={"Content-Type": "application/x-tar"}
+        )
+
+    # When the client exports it to a file
+    with remote(handler) as client:
+        done = client.export(JOB_ID, tmp_path / "out.npy", format="npy")
+
+    # Then the matrix and the rows file lie where the database path writes them, and nothing else
+    assert done == Exported("npy", tmp_path / "out.npy", tmp_path / "out.rows.jsonl")
+    assert (tmp_path / "out.npy").read_bytes() == matrix and (tmp_path / "out.rows.jsonl").read_bytes() == rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.npy", "out.rows.jsonl"]
+    assert accepted == ["application/x-tar"]
+    # And an NPY export to a stream is refused before asking the server
+    with remote(handler) as client, pytest.raises(InvalidParameter):
+        client.export(JOB_ID, io.BytesIO(), format="npy")
+    assert len(accepted) == 1
 
 
 # -- submit --------------------------------------------------------------------------------------------------------
@@ -483,7 +532,7 @@ def test_job_objects_from_json_round_trip() -> None:
     status = a_status(started_at=None, finished_at=None, state=JobState.QUEUED, succeeded=0, failed=0)
     text = json.dumps(job_object(status))
     with remote(lambda request: httpx.Response(200, content=text.encode())) as client:
-        assert client.status(JOB_ID).to_json() == status.to_json()
+        assert client.status(JOB_ID).model_dump(mode="json") == status.model_dump(mode="json")
 
 
 def test_an_answer_cut_off_while_it_streams_is_server_unavailable() -> None:
