@@ -823,8 +823,8 @@ def main_http(args: argparse.Namespace, argv: list[str] | None) -> int:
 
 
 def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
-    """``--tasks peers``: the peer tables (`bench.peers`) of embedding and classification on their tasks' items
-    and benchmark models; their JSON under bench/results/ (``-peers``)."""
+    """``--tasks peers``: the peer tables (`bench.peers`) of embedding, classification and rerank on their tasks'
+    items and benchmark models; their JSON under bench/results/ (``-peers``)."""
     import torch
 
     from bench.peers import bench_peers
@@ -836,9 +836,10 @@ def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
     info = machine_info()
     log.info("%s", machine_line(info))
     tables: dict[str, Any] = {}
-    for task in (TaskName.EMBEDDING, TaskName.CLASSIFICATION):
+    for task in (TaskName.EMBEDDING, TaskName.CLASSIFICATION, TaskName.RERANK):
         n = args.n or DEFAULT_N[task][1 if args.quick else 0]
-        texts = [i["text"] for i in items_for(task, n, args.seed)]
+        items = items_for(task, n, args.seed)
+        texts: list[Any] = items if task is TaskName.RERANK else [i["text"] for i in items]
         rounds = args.rounds or (1 if args.quick else DEFAULT_ROUNDS.get(task, 2))
         model = ensure_model(args.models_dir, TASK_MODEL[task])
         cache = args.models_dir / "peers" / model.name

@@ -46,7 +46,7 @@ REFERENCE = "sentence-transformers encode"
 
 #: A peer: the name of the row, its precision, and a function from texts to float32 vectors ``[n, d]`` in input
 #: order.
-Encode = Callable[[list[str]], np.ndarray]
+Encode = Callable[[list[Any]], np.ndarray]
 
 
 @dataclass
@@ -352,6 +352,112 @@ def compare_labels(got: np.ndarray, want: np.ndarray) -> Quality:
     return label_quality(got.argmax(axis=1).tolist(), want.argmax(axis=1).tolist())
 
 
+# -- rerank peers: a score per (query, document), one row per query ------------------------------------------
+
+
+def pair_loop(
+    tokenizer: Any, scores: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], max_length: int
+) -> Encode:
+    """Every (query, document) pair of the items tokenized as a pair (truncated), sorted by length, batches of
+    `PEER_BATCH`, ``scores(ids, mask, token_types) → one score per pair``, back as ``[queries, documents]``."""
+
+    def encode(items: list[dict[str, Any]]) -> np.ndarray:
+        pairs = [(i["query"], d) for i in items for d in i["documents"]]
+        enc = tokenizer([q for q, _ in pairs], [d for _, d in pairs], truncation=True, max_length=max_length)
+        ids, types = enc["input_ids"], enc.get("token_type_ids")
+        out = np.empty(len(pairs), dtype=np.float32)
+        for rows in length_sorted_batches([len(x) for x in ids]):
+            batch, mask = pad_batch(ids, rows, int(tokenizer.pad_token_id or 0))
+            type_batch = pad_batch(types, rows, 0)[0] if types is not None else np.zeros_like(batch)
+            out[rows] = scores(batch, mask, type_batch).reshape(-1)
+        return out.reshape(len(items), -1)
+
+    return encode
+
+
+def sigmoid_rows(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+def cross_encoder_peer(source: Path, precision: str) -> Peer:
+    """``CrossEncoder.predict(pairs, batch_size=32)`` over every pair (it sorts them by length itself)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    ce = CrossEncoder(str(source), device="cpu")
+    if precision == "bf16":
+        ce.model.to(torch.bfloat16)
+
+    def encode(items: list[dict[str, Any]]) -> np.ndarray:
+        pairs = [(i["query"], d) for i in items for d in i["documents"]]
+        scores = ce.predict(pairs, batch_size=PEER_BATCH, show_progress_bar=False, convert_to_numpy=False)
+        flat = torch.stack(list(scores)).float().numpy() if len(scores) else np.empty(0, dtype=np.float32)
+        return flat.reshape(len(items), -1)
+
+    return Peer("CrossEncoder predict", precision, encode, "sorts by length itself")
+
+
+def ctranslate2_cross_encoder_peer(
+    source: Path, converted: Path, precision: str, threads: int, max_length: int
+) -> Peer:
+    """CTranslate2's BERT encoder on the pairs (with their token types) and the head by hand: the classifier on
+    the pooler output, then CrossEncoder's default activation (sigmoid)."""
+    import ctranslate2
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    weights = load_file(str(source / "model.safetensors"))
+    compute_type = {"fp32": "float32", "int8": "int8_float32"}[precision]
+    encoder = ctranslate2.Encoder(str(converted), device="cpu", compute_type=compute_type, intra_threads=threads)
+
+    def scores(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        out = encoder.forward_batch(
+            ctranslate2.StorageView.from_array(ids.astype(np.int32)),
+            ctranslate2.StorageView.from_array(mask.sum(axis=1).astype(np.int32)),
+            token_type_ids=types.tolist(),
+        )
+        pooled = np.asarray(out.pooler_output)
+        logits = pooled @ weights["classifier.weight"].T + weights["classifier.bias"]
+        return sigmoid_rows(logits)
+
+    notes = f"compute_type={compute_type}; the head by hand"
+    return Peer(
+        "CTranslate2 Encoder", precision, pair_loop(AutoTokenizer.from_pretrained(source), scores, max_length), notes
+    )
+
+
+def rerank_engine_peer(source: Path, precision: str) -> Peer:
+    """inferq's rerank engine through the model cache (torch): every document's score, by index."""
+    from inferq.settings import Settings
+    from inferq.task_specs import TaskName
+    from worker.model_cache import ModelCache
+
+    engine = ModelCache(Settings(), precision=precision).engine(str(source), TaskName.RERANK)
+
+    def encode(items: list[dict[str, Any]]) -> np.ndarray:
+        outcomes = engine.run(items, {})
+        out = np.zeros((len(items), max((len(i["documents"]) for i in items), default=0)), dtype=np.float32)
+        for row, o in enumerate(outcomes):
+            if o is None or not o.ok:
+                raise RuntimeError(f"inferq engine failed an item: {None if o is None else o.error}")
+            for r in o.result:
+                out[row, int(r["index"])] = float(r["score"])
+        return out
+
+    return Peer("inferq engine (torch)", precision, encode, "in-process")
+
+
+def build_rerank_peers(source: Path, cache: Path, threads: int, max_length: int) -> list[Peer]:
+    """Every rerank peer and inferq variant, CrossEncoder at fp32 (the reference) first."""
+    bf16 = native_bf16()
+    peers = [cross_encoder_peer(source, "fp32"), *([cross_encoder_peer(source, "bf16")] if bf16 else [])]
+    converted = convert_ctranslate2(source, cache)
+    peers += [ctranslate2_cross_encoder_peer(source, converted, p, threads, max_length) for p in ("fp32", "int8")]
+    for precision in ("fp32", *(["bf16"] if bf16 else []), "int8"):
+        peers.append(rerank_engine_peer(source, precision))
+    return peers
+
+
 # -- conversions, cached -----------------------------------------------------------------------------------
 
 
@@ -450,7 +556,7 @@ def build_peers(source: Path, cache: Path, threads: int, *, onnx: bool = True) -
 
 def run_peers(
     peers: Sequence[Peer],
-    texts: list[str],
+    texts: list[Any],
     rounds: int,
     warm_up: int = PEER_BATCH,
     compare: Callable[[np.ndarray, np.ndarray], Quality] = vector_quality,
@@ -458,7 +564,7 @@ def run_peers(
     """Each peer warmed up on the longest texts, then ``rounds`` timed runs over all of them, the peers
     interleaved within each round; quality (``compare``: vectors by default) against the first peer's (the fp32
     reference) outputs of the first round."""
-    longest = sorted(texts, key=len, reverse=True)[:warm_up]
+    longest = sorted(texts, key=lambda x: len(x) if isinstance(x, str) else len(str(x)), reverse=True)[:warm_up]
     rows = [PeerRow(p.name, p.precision, len(texts), notes=p.notes) for p in peers]
     vectors: list[np.ndarray | None] = [None] * len(peers)
     for p in peers:
@@ -480,18 +586,21 @@ def run_peers(
 
 
 def bench_peers(
-    source: Path, cache: Path, texts: list[str], rounds: int, threads: int, task: str = "embedding"
+    source: Path, cache: Path, texts: list[Any], rounds: int, threads: int, task: str = "embedding"
 ) -> dict[str, Any]:
-    """The peer table of ``task`` (``embedding`` on a sentence-transformers model, ``classification`` on a
-    sequence classifier): its rows and what they ran on, for the JSON file and `render`."""
+    """The peer table of ``task`` (``embedding`` on a sentence-transformers model and texts, ``classification`` on
+    a sequence classifier and texts, ``rerank`` on a cross-encoder and query items): its rows and what they ran on, for the JSON file and `render`."""
     if task == "embedding":
         rows = run_peers(build_peers(source, cache, threads), texts, rounds)
     else:
         from transformers import AutoTokenizer
 
         max_length = min(int(AutoTokenizer.from_pretrained(source).model_max_length), 512)
-        peers = build_classification_peers(source, cache, threads, max_length)
-        rows = run_peers(peers, texts, rounds, compare=compare_labels)
+        build = build_classification_peers if task == "classification" else build_rerank_peers
+        # Classifiers: the top label; rerank: the top document of each query.
+        # A rerank item is a query and its 50 documents: two of them warm up.
+        warm_up = PEER_BATCH if task == "classification" else 2
+        rows = run_peers(build(source, cache, threads, max_length), texts, rounds, warm_up, compare_labels)
     return {
         "task": task,
         "model": str(source),
@@ -511,13 +620,14 @@ def quality_cell(q: Quality | None) -> str:
     if q.cosine_min is not None and q.cosine_mean is not None:
         return f"{q.cosine_min:.5f} / {q.cosine_mean:.5f}"
     if q.label_agreement is not None:
-        return f"top label {100 * q.label_agreement:.1f}%"
+        return f"top-1 same {100 * q.label_agreement:.1f}%"
     return "-"
 
 
 def render(rows: Sequence[PeerRow]) -> str:
     """The peer table: items/s, the ratio to the first row (the fp32 reference), quality against it (cosine min /
-    mean for vectors, top label agreement for classifiers), the tier of the row's precision and its check."""
+    mean for vectors; for classifiers and rerankers the share of items whose top label or top document is the
+    reference's), the tier of the row's precision and its check."""
     base = rows[0].items_per_second if rows else 0.0
     reference = f"{rows[0].name} {rows[0].precision}" if rows else "reference"
     head = ("what", "precision", "items/s", f"vs {reference}", "quality vs reference", "tier", "check")

@@ -154,3 +154,29 @@ def test_ctranslate2_with_the_head_by_hand_is_the_classifier(tmp_path: Path, arc
     assert got.shape == want.shape == (40, 3)
     assert np.abs(got - want).max() < 1e-4
     assert compare_labels(got, want).meets(Tier.EXACT)
+
+
+def test_ctranslate2_with_the_head_by_hand_is_the_cross_encoder(tmp_path: Path) -> None:
+    pytest.importorskip("ctranslate2")
+    from bench.peers import (
+        compare_labels,
+        convert_ctranslate2,
+        cross_encoder_peer,
+        ctranslate2_cross_encoder_peer,
+        rerank_engine_peer,
+    )
+    from worker.tiny_models import build_cross_encoder
+
+    # Given a tiny BERT cross-encoder and three queries of eight documents
+    path = build_cross_encoder(tmp_path / "ce")
+    s = corpus()
+    items = [{"query": " ".join(s[q].split()[:4]), "documents": list(s[q * 8 : q * 8 + 8])} for q in range(3)]
+    # when CTranslate2 runs the pairs (with their token types) and the peer applies the head by hand
+    converted = convert_ctranslate2(path, tmp_path)
+    got = ctranslate2_cross_encoder_peer(path, converted, "fp32", threads=1, max_length=64).encode(items)
+    want = cross_encoder_peer(path, "fp32").encode(items)
+    # then every score is CrossEncoder's, and so are inferq's engine's; each query's top document with them.
+    assert got.shape == want.shape == (3, 8)
+    assert np.abs(got - want).max() < 1e-4
+    assert np.abs(rerank_engine_peer(path, "fp32").encode(items) - want).max() < 1e-4
+    assert compare_labels(got, want).meets(Tier.EXACT)
