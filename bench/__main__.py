@@ -223,7 +223,7 @@ class System:
 
 
 def items_for(task: TaskName, n: int, seed: int) -> list[dict[str, Any]]:
-    from worker.tiny_models import corpus
+    from inferq_demo.stand_ins import corpus
 
     make = {
         TaskName.CLASSIFICATION: bench_inputs.classification_inputs,

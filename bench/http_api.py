@@ -37,8 +37,16 @@ from typing import Any
 import httpx
 
 from bench.measure import RssSampler, tree_rss_bytes
+from bench.models import ensure_model, registry_json
+from bench.system import ServicesUnavailable, client_settings, give_results, private_services, worker_env
+from inferq.db import make_engine, make_sessionmaker
+from inferq.keys import create_key
 from inferq.task_specs import TaskName
+from inferq_demo.stand_ins import corpus
+from producer.client import Client
+from producer.export import export_jsonl
 from server.process import running_server
+from worker.process import running_worker
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +208,6 @@ def concurrently(n: int, fn: Callable[[int], Any]) -> tuple[float, list[Any]]:
 
 def bench_http(models_dir: Path, *, quick: bool = False, rounds: int = 1) -> dict[str, Any]:
     """The whole HTTP section; see the module's docstring."""
-    from bench.models import ensure_model, registry_json
-    from bench.system import ServicesUnavailable, client_settings, give_results, private_services, worker_env
-    from inferq.db import make_engine, make_sessionmaker
-    from inferq.keys import create_key
-    from producer.client import Client
-    from producer.export import export_jsonl
-    from worker.process import running_worker
-    from worker.tiny_models import corpus
-
     out: dict[str, Any] = {}
     model = ensure_model(models_dir, "bench-cls")
     upload_lines = 20_000 if quick else UPLOAD_LINES

@@ -20,6 +20,7 @@ from bench.models import BenchModel
 from inferq.settings import Settings
 from inferq.task_specs import MASK_PLACEHOLDER, TaskName, read_params, validate_params
 from worker.engines.base import Engine, Outcome
+from worker.model_cache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,6 @@ def ranked_from_pipeline(task: TaskName, result: Any) -> Ranked:
 
 
 def make_engine(settings: Settings, model: BenchModel, precision: str) -> Engine:
-    from worker.model_cache import ModelCache
-
     return ModelCache(settings, precision=precision).engine(model.name, model.task)
 
 

@@ -1,4 +1,4 @@
-"""Benchmark inputs: real English sentences (`worker.tiny_models.corpus`, ~3,000 of them, ~19 words on average,
+"""Benchmark inputs: real English sentences (`inferq_demo.stand_ins.corpus`, ~3,000 of them, ~19 words on average,
 with a long tail), drawn with a fixed seed so that every run and every variant sees the same items.
 
 Embedding and zero-shot items are single sentences (zero-shot scores each against the same `ZERO_SHOT_LABELS`);

@@ -1,7 +1,7 @@
 """The benchmark's models, all built or found locally (no model hub):
 
 * classification, question answering, fill-mask: DistilBERT at its real base size (6 layers, width 768, 12 heads,
-  66M parameters) with random weights, built by `worker.tiny_models.build_model`. Their WordPiece vocabulary is
+  66M parameters) with random weights, built by `inferq_demo.stand_ins.build_model`. Their WordPiece vocabulary is
   trained on the corpus and holds ~5,300 tokens, not the real 30,522: the corpus has no more distinct pieces. The
   embedding table is the only part that this shrinks (4M instead of 23M parameters, a lookup), so the speed per
   token is that of the real model; texts come out slightly longer in tokens than with the real vocabulary.
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from inferq.task_specs import TaskName
+from inferq_demo.stand_ins import build_config
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def ensure_model(root: Path, name: str) -> BenchModel:
         recipe.update(model="minilm-l6-cross-encoder")
         build = build_cross_encoder
     else:
-        from worker.tiny_models import build_model
+        from inferq_demo.stand_ins import build_model
 
         recipe["vocab_size"] = VOCAB_SIZE
 
@@ -120,8 +121,6 @@ def build_nli_model(path: Path, seed: int = 0) -> Path:
     """DistilBERT base with a 3-way NLI head (`NLI_LABELS`), random weights, the uncased BERT vocabulary."""
     import torch
     from transformers import AutoModelForSequenceClassification, DistilBertTokenizer
-
-    from worker.tiny_models import build_config
 
     tokenizer = DistilBertTokenizer(vocab=uncased_vocab(), do_lower_case=True, model_max_length=MAX_LENGTH)
     config = build_config(

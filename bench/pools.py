@@ -9,6 +9,7 @@ rounds, and the best round of each is compared (on a shared machine one round ma
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -19,6 +20,10 @@ from typing import Any
 
 from bench.models import BenchModel
 from bench.report import Target
+from bench.simulated import run_sim_job
+from bench.system import client_settings, private_services, worker_env
+from producer.client import Client
+from worker.process import running_worker
 
 log = logging.getLogger("bench")
 
@@ -34,13 +39,6 @@ def bench_pools(
     model: BenchModel, items: Sequence[dict[str, Any]], params: dict[str, Any], *, rounds: int
 ) -> dict[str, Any]:
     """Items/s of every round on ``--concurrency`` 1 and 2, interleaved; the best of each."""
-    import json
-
-    from bench.simulated import run_sim_job
-    from bench.system import client_settings, private_services, worker_env
-    from producer.client import Client
-    from worker.process import running_worker
-
     logs = Path(tempfile.mkdtemp(prefix="inferq-bench-pools-"))
     per_round: dict[int, list[float]] = {c: [] for c in CONCURRENCIES}
     registry = json.dumps({model.name: {"source": str(model.path), "task": model.task.value}})

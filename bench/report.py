@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.measure import Measurement
+from worker.model_cache import cpu_has_native_bf16
 
 #: The table's columns: header, width, and how a measurement fills it.
 _COLUMNS: tuple[tuple[str, int], ...] = (
@@ -158,7 +159,6 @@ def machine_info() -> dict[str, Any]:
             info[lib] = __import__(lib).__version__
         except ImportError:
             info[lib] = None
-    from worker.model_cache import cpu_has_native_bf16
 
     info["native_bf16"] = cpu_has_native_bf16()
     try:

@@ -1,8 +1,8 @@
 """The whole system on a simulated accelerator (``python -m bench --tasks sim``): what keeps a fast device busy.
 
-A real ``inferq worker`` (one process; one process of three threads sharing the loaded model, the default on an
-accelerator; two processes; one device for all of them) runs the benchmark's classification items on
-`worker.engines.simulated` at device speeds of 2,000 and 10,000 items/s and on the null device (no time: the
+A real ``inferq worker`` (started through `bench.simulated_worker`; one process; one process of three threads
+sharing the loaded model, the default on an accelerator; two processes; one device for all of them) runs the benchmark's classification items on
+`bench.simulated_device` at device speeds of 2,000 and 10,000 items/s and on the null device (no time: the
 control plane's ceiling); everything but the forward pass is the real thing (Redis, PostgreSQL, claim, read,
 tokenize, postprocess, write, commit). Per job: items/s, the device's busy fraction (its computing time over the
 job's time), and where the chunks' time went, read from the worker's log (each chunk's line ends with its
@@ -24,10 +24,12 @@ engine in-process; ratios are taken within a round, and the targets take their m
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -39,7 +41,14 @@ from typing import Any
 from bench.measure import cpu_between, cpu_snapshot
 from bench.models import BenchModel
 from bench.report import Target
+from bench.simulated_device import simulated_engine_factory
+from bench.system import client_settings, private_services, worker_env
+from inferq.schema import utcnow
+from inferq.settings import Settings
 from inferq.task_specs import TaskName, read_params
+from producer.client import Client
+from worker.model_cache import ModelCache
+from worker.process import running_worker
 from worker.stages import STAGES, parse_stages
 from worker.threads import DEVICE_POOL_THREADS
 
@@ -211,8 +220,6 @@ def run_sim_job(
     chunk: int,
     worker_pid: int | None = None,
 ) -> SimJob:
-    from inferq.schema import utcnow
-
     wall_start = utcnow()
     job = client.submit(TaskName.CLASSIFICATION, model, list(items), params, chunk_size=chunk)
     before = cpu_snapshot(worker_pid) if worker_pid else None
@@ -231,13 +238,8 @@ def engine_in_process(
 ) -> tuple[float, float]:
     """Items/s of the engine on the null device, in this process, run chunk by chunk (tokenize, plan, postprocess:
     the CPU work of a chunk without SQL or broker), and its CPU seconds a chunk (the tokenizer's threads too)."""
-    from inferq.settings import Settings
-    from worker.model_cache import ModelCache
-
-    settings = Settings(
-        models={model.name: {"source": str(model.path), "task": model.task.value}}, bench_simulated_device=0
-    )
-    engine = ModelCache(settings).engine(model.name, model.task)
+    settings = Settings(models={model.name: {"source": str(model.path), "task": model.task.value}})
+    engine = ModelCache(settings, engine_factory=simulated_engine_factory(0)).engine(model.name, model.task)
     typed = read_params(model.task, params)
     engine.run(list(items[:chunk]), typed)  # warm up
     start, cpu = time.perf_counter(), time.process_time()
@@ -261,12 +263,6 @@ def bench_simulated(
     """Every (device, pool, chunk size) job, ``rounds`` times, and the engine in-process at each chunk size. A job
     at chunk size c takes the first ``c × chunks_per_job`` of ``items`` (all of them where ``chunks_per_job`` is
     None)."""
-    import json
-
-    from bench.system import client_settings, private_services, worker_env
-    from producer.client import Client
-    from worker.process import running_worker
-
     runs: list[SimRun] = []
     engine: dict[int, list[float]] = defaultdict(list)
     engine_cpu: dict[int, list[float]] = defaultdict(list)
@@ -276,14 +272,14 @@ def bench_simulated(
         for r in range(rounds):
             for pool in pools:
                 for device in devices:
-                    env = {
-                        **worker_env(services, registry),
-                        "INFERQ_BENCH_SIMULATED_DEVICE": str(device),
-                        "INFERQ_RECOVER_INTERVAL": "0",
-                    }
+                    env = {**worker_env(services, registry), "INFERQ_RECOVER_INTERVAL": "0"}
                     path = logs / f"worker-r{r}-{pool.kind}{pool.concurrency}-d{device}.log"
                     args = ("--models", model.name, "--pool", pool.kind, "--concurrency", str(pool.concurrency))
-                    with running_worker(env, path, *args) as proc, Client(client_settings(env)) as client:
+                    program = simulated_worker_program(device)
+                    with (
+                        running_worker(env, path, *args, program=program) as proc,
+                        Client(client_settings(env)) as client,
+                    ):
                         # Ready is said before the pool processes have loaded the model: one small job each.
                         run_sim_job(client, model.name, items[: 8 * pool.concurrency], params, 4)
                         for chunk in chunk_sizes:
@@ -333,6 +329,12 @@ def bench_simulated(
         "_engine": dict(engine),
         "_engine_cpu": dict(engine_cpu),
     }
+
+
+def simulated_worker_program(items_per_second: float) -> tuple[str, ...]:
+    """The command line that runs ``inferq worker`` on a simulated device of ``items_per_second``, before the
+    worker's options (`bench.simulated_worker`)."""
+    return (sys.executable, "-m", "bench.simulated_worker", "--items-per-second", f"{items_per_second:g}")
 
 
 def job_items(items: Sequence[dict[str, Any]], chunk: int, chunks_per_job: int | None) -> Sequence[dict[str, Any]]:

@@ -390,7 +390,7 @@ def scale_in_fresh_process(settings: Settings, model: str, n: int) -> dict[str, 
 
 def _scale_child(settings: dict[str, Any], model: str, n: int) -> dict[str, Any]:
     from bench.inputs import scale_rows
-    from worker.tiny_models import corpus
+    from inferq_demo.stand_ins import corpus
 
     with Client(Settings(**settings)) as client:
         return submission_scale(client, model, scale_rows(corpus(), n))
@@ -446,11 +446,11 @@ def store_vectors_as_worker(
     `worker.claims.write_results`, `_WRITE_CHUNKS` chunks per transaction. Returns the job's id."""
     from bench.inputs import scale_rows
     from inferq.task_specs import read_params, validate_params
+    from inferq_demo.stand_ins import corpus
     from producer.client import store_job
     from producer.inputs import Limits, validate_rows
     from worker.claims import Claim, write_results
     from worker.engines.base import Outcome
-    from worker.tiny_models import corpus
 
     task = TaskName.EMBEDDING
     n, dim = vectors.shape

@@ -37,6 +37,9 @@ def create_celery(settings: Settings, *, name: str = "inferq") -> Celery:
         # as a missing queue is (its own exchange and routing key): declared here as a bare `Queue` it would share
         # the default queue's binding, and each message would land in both queues.
         task_routes={DELIVER_WEBHOOK: {"queue": settings.webhook_queue}},
+        # A delivery's POST is cut at its deadline (`inferq.webhooks.post`); the hard limit kills the process of one
+        # that hangs anywhere else (its message goes back to the broker, and the claim keeps a second sender off).
+        task_annotations={DELIVER_WEBHOOK: {"time_limit": webhook_time_limit(settings)}},
         task_create_missing_queues=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
@@ -55,3 +58,12 @@ def broker_transport_options(settings: Settings) -> dict[str, object]:
         return {"visibility_timeout": settings.visibility_timeout}
     # AMQP tracks unacknowledged messages per connection; the SQLAlchemy transport takes no options.
     return {}
+
+
+def webhook_time_limit(settings: Settings) -> float:
+    """Seconds a webhook delivery task may run before Celery kills its process: the attempt's deadline and a margin
+    for claiming, the URL's DNS lookup and recording the attempt (less than the claim's hold, so that a killed
+    attempt's delivery is not sent by another process meanwhile)."""
+    from inferq.webhooks import TIME_LIMIT_MARGIN_SECONDS
+
+    return settings.webhook_timeout + TIME_LIMIT_MARGIN_SECONDS

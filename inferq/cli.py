@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from inferq.errors import InferqError
+from inferq.errors import InferqError, TransientError
 
 #: command name → "module:attribute" of its click command, imported only when that command runs: the core's
 #: commands in `inferq.cli_core`, the producer's in `producer.cli`, the worker's in `worker.cli`, the HTTP API's in `server.cli`.
@@ -77,8 +77,6 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from inferq.errors import TransientError
-
         try:
             return super().invoke(ctx)
         except TransientError as exc:

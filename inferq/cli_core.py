@@ -1,6 +1,7 @@
 """The core's own commands: ``inferq db`` (schema migrations), ``inferq recover`` and ``inferq purge``.
 
-Each command imports what it runs when it runs, so that listing them costs nothing."""
+This module is imported only when one of its commands runs (`inferq.cli.COMMANDS`), so that listing the commands
+costs nothing."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ import re
 
 import click
 
-from inferq import constants
+from inferq import constants, migrate
+from inferq.celery_app import create_celery
+from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import InvalidParameter
+from inferq.recovery import recover
+from inferq.retention import purge
+from inferq.settings import get_settings
 
 
 @click.group("db")
@@ -23,9 +29,6 @@ def db() -> None:
 @click.argument("revision", default="head")
 def upgrade(revision: str) -> None:
     """Apply migrations up to REVISION (default: head)."""
-    from inferq import migrate
-    from inferq.settings import get_settings
-
     migrate.upgrade(get_settings(), revision)
     click.echo(f"database at {migrate.current(get_settings())}", err=True)
 
@@ -33,9 +36,6 @@ def upgrade(revision: str) -> None:
 @db.command("current")
 def current() -> None:
     """Print the applied revision."""
-    from inferq import migrate
-    from inferq.settings import get_settings
-
     click.echo(migrate.current(get_settings()) or "none")
 
 
@@ -51,11 +51,6 @@ def current() -> None:
 def recover_command(job_id: str | None, older_than: str | None, dry_run: bool, as_json: bool) -> None:
     """Re-enqueue every unfinished chunk whose broker message is gone (after a Redis flush or restart, a dead
     worker, a failed enqueue). Safe to run at any time: chunks are idempotent."""
-    from inferq.celery_app import create_celery
-    from inferq.db import make_engine, make_sessionmaker
-    from inferq.recovery import recover
-    from inferq.settings import get_settings
-
     settings = get_settings()
     age = parse_age(older_than).total_seconds() if older_than is not None else None
     engine = make_engine(settings)
@@ -91,10 +86,6 @@ def recover_command(job_id: str | None, older_than: str | None, dry_run: bool, a
 @click.option("--json", "as_json", is_flag=True)
 def purge_command(older_than: str, batch_rows: int, dry_run: bool, as_json: bool) -> None:
     """Delete finished jobs (succeeded, failed, cancelled) and their items; running jobs are never touched."""
-    from inferq.db import make_engine, make_sessionmaker
-    from inferq.retention import purge
-    from inferq.settings import get_settings
-
     if batch_rows < 1:
         raise InvalidParameter("--batch-rows must be at least 1", field="batch_rows")
     engine = make_engine(get_settings())

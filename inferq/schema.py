@@ -25,7 +25,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    func,
 )
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -196,6 +195,10 @@ class Tenant(Base):
     #: Signs the tenant's webhooks (Standard Webhooks: ``whsec_`` + base64 of the key bytes). Kept in clear because
     #: signing needs it; shown to the tenant's admin once, at creation.
     webhook_secret: Mapped[str] = mapped_column(String(128))
+    #: The secret a rotation replaced: it still signs (beside the new one) until `previous_secret_expires_at`, so
+    #: that receivers can switch without refusing a request (`inferq.store.secrets`).
+    previous_webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -256,8 +259,3 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
     #: Seconds from sending the request to the answer (or the failure).
     duration: Mapped[float] = mapped_column(Float)
-
-
-def sql_now() -> Any:
-    """The database's clock, for timestamps written by bulk statements."""
-    return func.now()

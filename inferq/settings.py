@@ -155,8 +155,21 @@ class Settings(BaseSettings):
     #: host or network, tests). Off: such URLs are refused at submit and at each delivery (server-side request
     #: forgery).
     webhook_allow_private: bool = False
-    #: Seconds a webhook POST may wait to connect, to send, and for each read of the answer.
+    #: Seconds one webhook attempt may take in all: connecting, sending, and the whole answer however slowly it
+    #: comes. Past it the attempt is cut and recorded as failed (retried per ``INFERQ_WEBHOOK_RETRY_DELAYS``).
     webhook_timeout: float = Field(constants.DEFAULT_WEBHOOK_TIMEOUT, gt=0)
+    #: Bytes of a receiver's answer read at most (the status code is what counts; the body is not kept): 64 KiB.
+    webhook_max_response_bytes: int = Field(64 * 1024, ge=1)
+    #: Processes of the webhook sender that ``inferq worker`` starts beside itself (``--webhooks-only``): how many
+    #: deliveries run at once. Each is held by a slow receiver for one ``webhook_timeout`` at most.
+    webhook_concurrency: int = Field(2, ge=1)
+    #: Seconds a rotated-out webhook secret keeps signing beside the new one (one day: time for a receiver to
+    #: switch). ``POST /v1/webhook-secret/rotate`` and ``inferq keys rotate-webhook-secret`` may ask for another.
+    webhook_secret_overlap: float = Field(24 * 3600.0, ge=0)
+    #: Where ``inferq serve`` streams uploads to (``inferq-upload-*`` files); ``None``: the system's temporary
+    #: directory. Files of that prefix older than the server's start are removed when it starts (a killed server
+    #: leaves them behind).
+    upload_dir: Path | None = None
     #: Seconds before each delivery attempt (the first from the job's end, the others from the previous failure);
     #: as many attempts as delays. ``INFERQ_WEBHOOK_RETRY_DELAYS`` is comma-separated (``0,5,300``) or a JSON list.
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
@@ -168,10 +181,6 @@ class Settings(BaseSettings):
     server_url: str | None = None
     #: The API key (``iq_<id>_<secret>``, from ``inferq keys create``) sent to `server_url`.
     api_key: SecretStr | None = None
-    #: BENCHMARK ONLY, never in production: run every model's forward pass on a simulated device of this many
-    #: items/s (``0``: the null device, no time at all) that sleeps instead of computing and stores made-up
-    #: results (`worker.engines.simulated`). ``None`` (the default): the real device.
-    bench_simulated_device: float | None = Field(default=None, ge=0)
 
     @field_validator("database_url")
     @classmethod

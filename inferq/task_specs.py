@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from inferq import constants, results
-from inferq.errors import InvalidParameter, MalformedValue
+from inferq.errors import InvalidParameter, MalformedValue, UnknownTask
 from inferq.task_names import TaskName
 
 #: The one Celery task: run one chunk of one job. Its message carries ids only: `(job_id, chunk_seq)`.
@@ -474,8 +474,6 @@ def batch_key(task: TaskName, model: str, params: dict[str, Any]) -> str:
 
 
 def parse_task(value: str) -> TaskName:
-    from inferq.errors import UnknownTask
-
     try:
         return TaskName(value.replace("-", "_"))
     except ValueError:

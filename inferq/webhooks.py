@@ -13,13 +13,21 @@ The protocol:
    (`enqueue_due`), claiming each by a conditional UPDATE so that concurrent reconcilers send one message.
 3. **Send** (`deliver`, the task's body): claim the delivery (a conditional UPDATE that pushes ``next_attempt_at``
    past the attempt's longest duration, so that a second message for it finds it not due and leaves it), check the
-   URL again (DNS may have changed since submit), sign and POST the stored body, then record a `WebhookAttempt`:
+   URL again (DNS may have changed since submit), sign and POST the stored body within ONE deadline
+   (``INFERQ_WEBHOOK_TIMEOUT``: connecting, sending and the whole answer, however slowly it trickles in; at most
+   ``INFERQ_WEBHOOK_MAX_RESPONSE_BYTES`` of the answer are read), then record a `WebhookAttempt`:
    2xx → ``delivered``; anything else → the next attempt is due after the next delay of
    ``INFERQ_WEBHOOK_RETRY_DELAYS``, or the delivery is ``failed`` after the last one. Every attempt sends the same
    bytes with the same ``webhook-id``; the timestamp and signature are the attempt's own.
 
 At-least-once: a worker that dies between the POST and recording it leaves the delivery pending, and it is sent
 again once its claim runs out; receivers drop duplicates by ``webhook-id``.
+
+Isolation: deliveries run apart from chunks. ``inferq worker`` consumes the chunk queues itself and starts one
+webhook sender beside it (``inferq worker --webhooks-only``: a Celery worker process of its own on
+`Settings.webhook_queue`, ``INFERQ_WEBHOOK_CONCURRENCY`` pool processes, no models), so a receiver that answers
+slowly holds a sender process for one deadline at most and never a chunk. The task has a hard Celery time limit
+(deadline + `TIME_LIMIT_MARGIN_SECONDS`) in case anything outside the POST hangs.
 
 URLs (`check_url`): http(s) only, and every address the host resolves to must be public, unless
 ``INFERQ_WEBHOOK_ALLOW_PRIVATE`` is set. Checked at submit and before each attempt. Redirects are not followed
@@ -30,6 +38,7 @@ is not caught by this check alone: a deployment that must rule it out sends webh
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -54,8 +63,8 @@ from inferq.errors import InvalidSignature, WebhookUrlRefused
 from inferq.schema import Job, WebhookAttempt, WebhookDelivery, as_utc, utcnow
 from inferq.settings import Settings
 from inferq.states import DeliveryState, JobState
+from inferq.store.secrets import signing_secrets
 from inferq.task_specs import DELIVER_WEBHOOK
-from inferq.tenants import ensure_tenant
 
 if TYPE_CHECKING:
     import httpx
@@ -70,9 +79,15 @@ EVENTS = {
     JobState.CANCELLED: "job.cancelled",
 }
 
-#: Seconds a claimed delivery stays out of other senders' reach beyond its timeout: httpx's timeout bounds each of
-#: connecting, sending and every read, so an attempt may take a few timeouts; this covers recording it too.
+#: Seconds a claimed delivery stays out of other senders' reach beyond its deadline (``INFERQ_WEBHOOK_TIMEOUT``, one
+#: for the whole attempt): covers checking the URL and recording the attempt, and outlasts the delivery task's hard
+#: time limit (`TIME_LIMIT_MARGIN_SECONDS`), so that a second sender never overlaps a first one still running.
 CLAIM_MARGIN_SECONDS = 30.0
+
+#: Seconds the delivery task may run beyond an attempt's deadline before Celery kills its process (the hard time
+#: limit, `inferq.celery_app`): claiming, the URL's DNS lookup and recording the attempt. The deadline cuts the
+#: POST itself; the limit is the backstop for anything else that hangs.
+TIME_LIMIT_MARGIN_SECONDS = 20.0
 
 #: Most due deliveries one reconciler round sends (the rest wait for the next round).
 SWEEP_BATCH = 1_000
@@ -175,13 +190,18 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes | str) -> str:
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
-def signature_headers(secret: str, msg_id: str, body: bytes | str, timestamp: int | None = None) -> dict[str, str]:
-    """The three Standard Webhooks headers for one attempt at sending ``body``."""
+def signature_headers(
+    secrets: str | Sequence[str], msg_id: str, body: bytes | str, timestamp: int | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for one attempt at sending ``body``: one ``v1,`` signature per secret
+    in ``secrets`` (the tenant's, and its previous one while a rotation's overlap lasts), space-separated, so that
+    a receiver holding either secret verifies the request."""
     ts = int(time.time()) if timestamp is None else timestamp
+    keys = [secrets] if isinstance(secrets, str) else list(secrets)
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(ts),
-        "webhook-signature": sign(secret, msg_id, ts, body),
+        "webhook-signature": " ".join(sign(secret, msg_id, ts, body) for secret in keys),
     }
 
 
@@ -376,7 +396,8 @@ class _Claimed:
     job_id: str
     url: str
     payload: str
-    secret: str
+    #: The tenant's signing secrets: its current one, then its previous one while a rotation's overlap lasts.
+    secrets: tuple[str, ...]
 
 
 def deliver(
@@ -384,12 +405,11 @@ def deliver(
     sessions: sessionmaker[Session],
     delivery_id: str,
     *,
-    transport: httpx.BaseTransport | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> Delivered:
     """One attempt at a delivery, if it is pending and due (the protocol is this module's docstring): claim it,
-    check its URL, POST it signed, record the attempt. ``transport``: httpx's, for tests that need no network."""
-    import httpx  # only where webhooks are sent: a worker
-
+    check its URL, POST it signed within the attempt's deadline, record the attempt. ``transport``: httpx's, for
+    tests that need no network."""
     claimed = _claim(settings, sessions, delivery_id)
     if claimed is None:
         return Delivered(Sent.SKIPPED)
@@ -403,26 +423,66 @@ def deliver(
         headers = {
             "content-type": "application/json",
             "user-agent": f"inferq-webhooks/{__version__}",
-            **signature_headers(claimed.secret, claimed.id, body),
+            **signature_headers(claimed.secrets, claimed.id, body),
         }
-        with httpx.Client(timeout=settings.webhook_timeout, follow_redirects=False, transport=transport) as client:
-            response = client.post(claimed.url, content=body, headers=headers)
-        status_code = response.status_code
+        status_code = post(claimed.url, body, headers, settings, transport=transport)
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}"
     except WebhookUrlRefused as exc:
         error = f"refused: {exc.message}"
-    except Exception as exc:  # a timeout, a refused connection, a broken answer: every one is a failed attempt
+    except TimeoutError:
+        error = f"Timeout: no complete answer within the attempt's deadline of {settings.webhook_timeout:g}s"
+    except Exception as exc:  # a refused connection, a broken answer: every one is a failed attempt
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     duration = time.perf_counter() - started
     return _record(settings, sessions, claimed, at, status_code, error[:MAX_ERROR_CHARS] if error else None, duration)
+
+
+def post(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> int:
+    """POST ``body`` to ``url`` and return the answer's status code, all within ``settings.webhook_timeout``
+    seconds (connecting, sending, the status line, the headers and the answer's body together), or `TimeoutError`.
+
+    httpx's own timeouts bound each network operation apart (a receiver trickling a byte just under the read
+    timeout would hold the sender for as long as it liked), so the attempt runs on an event loop of its own under
+    one `asyncio.timeout`, which cancels it wherever it is. At most ``settings.webhook_max_response_bytes`` of the
+    answer's body are read; the rest is never received."""
+    return asyncio.run(_post(url, body, headers, settings, transport))
+
+
+async def _post(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport | None,
+) -> int:
+    import httpx  # only where webhooks are sent: a worker
+
+    async with asyncio.timeout(settings.webhook_timeout):
+        async with (
+            httpx.AsyncClient(timeout=settings.webhook_timeout, follow_redirects=False, transport=transport) as client,
+            client.stream("POST", url, content=body, headers=dict(headers)) as response,
+        ):
+            read = 0
+            async for piece in response.aiter_raw():
+                read += len(piece)
+                if read >= settings.webhook_max_response_bytes:
+                    break  # the status is known; the rest of a long answer is left unread
+            return response.status_code
 
 
 def _claim(settings: Settings, sessions: sessionmaker[Session], delivery_id: str) -> _Claimed | None:
     """Take a pending, due delivery for one attempt: push its ``next_attempt_at`` past the attempt's longest
     duration (one conditional UPDATE: of two senders, one wins), and read what sending needs."""
     now = utcnow()
-    hold = now + dt.timedelta(seconds=4 * settings.webhook_timeout + CLAIM_MARGIN_SECONDS)
+    hold = now + dt.timedelta(seconds=settings.webhook_timeout + CLAIM_MARGIN_SECONDS)
     with sessions.begin() as session:
         claimed = session.execute(
             update(WebhookDelivery)
@@ -436,8 +496,7 @@ def _claim(settings: Settings, sessions: sessionmaker[Session], delivery_id: str
         if not claimed.rowcount:  # type: ignore[attr-defined]
             return None
         row = session.get_one(WebhookDelivery, delivery_id)
-        secret = ensure_tenant(session, row.tenant).webhook_secret
-        return _Claimed(row.id, row.job_id, row.url, row.payload, secret)
+        return _Claimed(row.id, row.job_id, row.url, row.payload, signing_secrets(session, row.tenant, now))
 
 
 def _record(

@@ -48,7 +48,7 @@ class DemoModel:
     """A model the demo runs, and the small stand-in it builds when the real model is unavailable."""
 
     task: TaskName
-    #: The `worker.tiny_models` function that builds the stand-in, and its arguments.
+    #: The `inferq_demo.stand_ins` function that builds the stand-in, and its arguments.
     builder: str
     build: dict[str, Any]
 
@@ -109,7 +109,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def demo_models(settings: Settings, workdir: Path) -> tuple[dict[str, ModelSpec], set[str]]:
     """The demo's models where they can be had; otherwise small local stand-ins, said so in one line each.
     Returns the specs and the names of the stand-ins."""
-    from worker import tiny_models
+    from inferq_demo import stand_ins as builders
 
     chosen: dict[str, ModelSpec] = {}
     stand_ins: set[str] = set()
@@ -120,7 +120,7 @@ def demo_models(settings: Settings, workdir: Path) -> tuple[dict[str, ModelSpec]
             continue
         path = workdir / "models" / name
         if not (path / "config.json").exists():
-            build = getattr(tiny_models, model.builder)
+            build = getattr(builders, model.builder)
             with _stdout_to_stderr():
                 if model.builder == "build_model":
                     build(path, model.task, initializer_range=0.3, **model.build)

@@ -4,6 +4,7 @@ behind a load balancer hold no state of their own."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,8 +17,10 @@ from producer.client import Client
 from server import errors
 from server.deps import Runtime
 from server.guards import RefuseMalformed
+from server.headers import SecurityHeaders
 from server.metrics import ApiMetrics, ObserveRequests
-from server.routes import health, jobs, models, page, progress
+from server.routes import health, jobs, models, page, progress, webhook_secret
+from server.uploads import remove_stale_uploads, upload_directory
 
 API_VERSION = "v1"
 
@@ -39,6 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
         from inferq.celery_app import create_celery
         from inferq.db import make_engine, make_sessionmaker
 
+        # What a killed server process left behind (`server.uploads`): older than this start, its writer gone.
+        remove_stale_uploads(upload_directory(settings.upload_dir), time.time())
         engine = make_engine(settings, pool_size=API_DB_POOL_SIZE)
         if metrics is not None:
             metrics.watch_state(make_sessionmaker(engine, read_only=True), settings.metrics_cache_seconds)
@@ -67,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router, prefix=f"/{API_VERSION}")
     app.include_router(progress.router, prefix=f"/{API_VERSION}")
     app.include_router(models.router, prefix=f"/{API_VERSION}")
+    app.include_router(webhook_secret.router, prefix=f"/{API_VERSION}")
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     if metrics is not None:
@@ -78,6 +84,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.add_middleware(RefuseMalformed)
     app.add_middleware(ObserveRequests, metrics=metrics)
+    # Outermost: every answer gets them, errors and the metrics' own included (`server.headers`).
+    app.add_middleware(SecurityHeaders)
     return app
 
 

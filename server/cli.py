@@ -64,18 +64,56 @@ def keys() -> None:
     help="Set the tenant's quota on unfinished items (429 past it).",
 )
 def create_key_command(tenant: str, admin: bool, max_queued_items: int | None) -> None:
-    """Create a key and print it: it is shown this once, only its hash is stored."""
+    """Create a key and print it: it is shown this once, only its hash is stored. A new tenant's webhook signing
+    secret is shown too, this once, on stderr (its keys read it again at ``GET /v1/webhook-secret``)."""
     from inferq.db import make_engine, make_sessionmaker
     from inferq.keys import create_key
+    from inferq.store.secrets import read_webhook_secret, tenant_exists
 
     engine = make_engine(get_settings())
     try:
         with make_sessionmaker(engine).begin() as session:
+            new_tenant = not tenant_exists(session, tenant)
             key, info = create_key(session, tenant, admin=admin, max_queued_items=max_queued_items)
+            secret = read_webhook_secret(session, tenant).secret if new_tenant else None
     finally:
         engine.dispose()
     click.echo(f"key {info.id} for tenant {info.tenant}{' (admin)' if admin else ''}; it is shown this once:", err=True)
     click.echo(key)
+    if secret is not None:
+        # On the terminal, beside the message: stdout stays the key alone (``KEY=$(inferq keys create …)``).
+        click.echo(f"tenant {info.tenant} is new; its webhook signing secret (shown this once): {secret}", err=True)
+
+
+@keys.command("rotate-webhook-secret")
+@click.option("--tenant", required=True, help="The tenant whose webhook signing secret is replaced.")
+@click.option(
+    "--overlap",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds the old secret keeps signing beside the new one (default: INFERQ_WEBHOOK_SECRET_OVERLAP).",
+)
+def rotate_webhook_secret_command(tenant: str, overlap: float | None) -> None:
+    """Give a tenant a fresh webhook signing secret and print it; both secrets sign during the overlap."""
+    from inferq.db import make_engine, make_sessionmaker
+    from inferq.errors import InvalidParameter
+    from inferq.store.secrets import rotate_webhook_secret, tenant_exists
+
+    settings = get_settings()
+    engine = make_engine(settings)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            if not tenant_exists(session, tenant):
+                raise InvalidParameter(f"no tenant {tenant!r}", field="tenant")
+            rotated = rotate_webhook_secret(
+                session, tenant, settings.webhook_secret_overlap if overlap is None else overlap
+            )
+    finally:
+        engine.dispose()
+    until = rotated.previous_expires_at
+    when = f"the old one signs too until {until.isoformat()}" if until else "the old one no longer signs"
+    click.echo(f"tenant {tenant}'s new webhook signing secret ({when}):", err=True)
+    click.echo(rotated.secret)
 
 
 @keys.command("list")

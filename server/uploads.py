@@ -6,12 +6,20 @@ parts are the options. Either way the bytes are counted as they arrive, and the 
 `PayloadTooLarge` as soon as the count passes the limit (or at once, when ``Content-Length`` says it will); the
 file's SHA-256 is computed on the way, for the idempotency check. A client that goes away mid-upload raises
 Starlette's ``ClientDisconnect``; the temporary file is removed whatever happens before the caller takes it.
+
+A server killed outright (SIGKILL, the OOM killer, a power cut) removes nothing: its files stay in the upload
+directory (``INFERQ_UPLOAD_DIR``, else the system's temporary directory). Each file's name carries the pid of the
+process that writes it (``inferq-upload-<pid>-…``), and every server process, when it starts, removes the files of
+that prefix that are older than its start and whose process is gone (`remove_stale_uploads`): a sibling server
+process's upload in progress is left alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +31,12 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from inferq.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
+log = logging.getLogger(__name__)
+
 Format = Literal["auto", "jsonl", "csv"]
+
+#: What every upload's temporary file is named by (then the writing process's pid): what a start may remove.
+UPLOAD_PREFIX = "inferq-upload-"
 
 #: Raw-body media types → the input format they mean (``auto``: sniffed from the first line).
 RAW_MEDIA_TYPES: dict[str, Format] = {
@@ -89,14 +102,58 @@ class _Counter:
             raise PayloadTooLarge(f"the request body is larger than the limit of {self.limit} bytes")
 
 
+def upload_directory(directory: Path | None) -> Path:
+    """Where uploads go: ``directory`` (``INFERQ_UPLOAD_DIR``), else the system's temporary directory."""
+    return directory if directory is not None else Path(tempfile.gettempdir())
+
+
+def remove_stale_uploads(directory: Path, started: float) -> list[Path]:
+    """Remove the upload files a killed server left in ``directory``: regular files named `UPLOAD_PREFIX` …, last
+    written before ``started`` (this process's start, as ``time.time()``), whose writing process is not running
+    (or is this one: a pid reused after a restart). Files of other names are never touched. The paths removed."""
+    removed = []
+    for path in directory.glob(f"{UPLOAD_PREFIX}*"):
+        try:
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode) or info.st_mtime >= started or _running(_writer(path.name)):
+                continue
+            path.unlink()
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        removed.append(path)
+    if removed:
+        log.warning("removed %d upload file(s) left by a server that was killed, from %s", len(removed), directory)
+    return removed
+
+
+def _writer(name: str) -> int | None:
+    """The pid in an upload file's name (``None``: none, a file named before names carried it)."""
+    pid, _, _ = name.removeprefix(UPLOAD_PREFIX).partition("-")
+    return int(pid) if pid.isdigit() else None
+
+
+def _running(pid: int | None) -> bool:
+    """Whether ``pid`` is another running process (a sibling server process, whose upload may be in progress)."""
+    if pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a process of another user
+    return True
+
+
 def media_type(request: Request) -> tuple[str, dict[bytes, bytes]]:
     raw = request.headers.get("content-type", "")
     kind, params = parse_options_header(raw)
     return kind.decode("latin-1").lower(), params
 
 
-async def receive_upload(request: Request, limit: int) -> Upload:
-    """Stream the request's file into a temporary file (see the module's notes)."""
+async def receive_upload(request: Request, limit: int, directory: Path | None = None) -> Upload:
+    """Stream the request's file into a temporary file in ``directory`` (``None``: the system's temporary
+    directory; see the module's notes)."""
     kind, params = media_type(request)
     if kind != MULTIPART and kind not in RAW_MEDIA_TYPES:
         known = ", ".join([*RAW_MEDIA_TYPES, MULTIPART])
@@ -104,7 +161,7 @@ async def receive_upload(request: Request, limit: int) -> Upload:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the request body ({declared} bytes) is larger than the limit of {limit} bytes")
-    fd, name = tempfile.mkstemp(prefix="inferq-upload-")
+    fd, name = tempfile.mkstemp(prefix=f"{UPLOAD_PREFIX}{os.getpid()}-", dir=directory)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:

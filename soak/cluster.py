@@ -17,6 +17,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
+
+from inferq import migrate
+from inferq.settings import Settings
+
 log = logging.getLogger(__name__)
 
 #: What Celery logs (at INFO) once a worker consumes.
@@ -26,11 +31,6 @@ _READY = b" ready."
 @contextmanager
 def private_database(admin_url: str) -> Iterator[str]:
     """A new PostgreSQL database, migrated; dropped afterwards."""
-    import psycopg
-
-    from inferq import migrate
-    from inferq.settings import Settings
-
     name = f"inferq_soak_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

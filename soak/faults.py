@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import redis
 from sqlalchemy import select
 
 from inferq.schema import Chunk, Job
@@ -161,8 +162,6 @@ class Injector:
     def _queued_messages(self) -> int:
         """Messages in the broker's queues (not those the workers hold): every list of this private Redis is a
         queue (kombu keeps its bindings in sets and the messages workers hold in hashes)."""
-        import redis
-
         assert self.redis is not None
         client = redis.Redis.from_url(self.redis.url)
         try:

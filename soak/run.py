@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import platform
 import re
 import shutil
@@ -31,6 +32,8 @@ from soak.cluster import Workers, private_database, proxied, worker_env
 from soak.faults import KINDS, REDIS_ONLY, Injector, schedule
 from soak.verdict import judge
 from soak.workload import JobSpec, build_models, job_stream
+from tests.support.brokers import PrivateRedis, delete_queue
+from tests.support.tcp_proxy import tcp_proxy
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +82,6 @@ def quiet_seconds(settings: Settings) -> float:
 
 
 def run(opts: Options) -> dict[str, Any]:
-    from tests.support.brokers import PrivateRedis, delete_queue
-    from tests.support.tcp_proxy import tcp_proxy
-
     faults = [k for k in opts.faults if opts.broker == "redis" or k not in REDIS_ONLY]
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="inferq-soak-")))
@@ -329,8 +329,6 @@ def cpu_name() -> str:
 
 
 def _cores() -> int:
-    import os
-
     return len(os.sched_getaffinity(0))
 
 

@@ -25,6 +25,7 @@ from inferq.constants import MAX_CHUNK_ATTEMPTS
 from inferq.schema import Chunk, Item, Job
 from inferq.states import FINISHED_JOB_STATES, ItemState, JobState
 from inferq.task_specs import TaskName, read_params
+from worker.model_cache import ModelCache
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -112,8 +113,6 @@ class Verdict:
 
 def judge(settings: Settings, sessions: sessionmaker[Session], submitted: dict[str, JobSpec]) -> Verdict:
     """Read every job, chunk and item of the soak's database back and judge them (see this module)."""
-    from worker.model_cache import ModelCache
-
     v = Verdict(jobs=len(submitted))
     references = References(ModelCache(settings))
     with sessions() as session:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from inferq.task_specs import TaskName
+from inferq_demo.stand_ins import build_model, corpus
 
 #: Rows kept in the poison model's embedding table (its tokenizer has 2,000 tokens): a text holding a token id
 #: beyond it makes the forward pass raise (IndexError), as a corrupt or mismatched checkpoint does.
@@ -42,8 +43,6 @@ def build_models(root: Path) -> Models:
     """Two classifiers (DistilBERT, RoBERTa), an embedding model (BERT), an NER model (BERT) and the poison
     classifier, all tiny, with random weights, built here (no hub)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from worker.tiny_models import build_model, corpus
 
     specs: dict[str, tuple[TaskName, dict[str, Any]]] = {
         "cls-distilbert": (TaskName.CLASSIFICATION, {"arch": "distilbert", "initializer_range": 0.3}),
@@ -87,8 +86,6 @@ class JobSpec:
 
 def job_stream(seed: int, models: Models, *, big_items: tuple[int, int] = (200, 1200)) -> Any:
     """An endless, reproducible stream of `JobSpec` (a generator): the n-th spec depends on the seed alone."""
-    from worker.tiny_models import corpus
-
     rng = random.Random(f"jobs-{seed}")
     texts = list(corpus())
     round_: list[Kind] = []

@@ -31,11 +31,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: these models are tiny, and on a small shared machine more threads only contend.
+    A module asks for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Classification models of three families, built and saved here (random weights, local tokenizers)."""
     from inferq.task_specs import TaskName
-    from worker.tiny_models import build_model
+    from tests.support.tiny_models import build_model
 
     root = tmp_path_factory.mktemp("models")
     spec = {

@@ -1,7 +1,11 @@
-"""docker-compose.yml: the compose tool accepts it, and it wires the services the way the deployment needs.
+"""docker-compose.yml: the compose tool accepts it, and what it names is real: every ``INFERQ_*`` variable it sets
+is a setting, every service a dependency names exists (with a healthcheck where the dependency waits for health),
+every ``inferq`` command it runs parses as that command with its options, every probe and scrape reaches a port
+and a path that is served. The values themselves (images, ports, policies) are the file's to choose, not restated.
 
-Runs `docker compose config` (the v2 plugin) or else the standalone `docker-compose` (1.29, Debian's package);
-neither needs a Docker engine for `config`. Skips, saying so, where this machine has neither.
+The tool-free checks read the file with PyYAML (anchors merged). `docker compose config` (the v2 plugin) or else
+the standalone `docker-compose` (1.29, Debian's package) checks that the tool accepts the file, under each profile;
+neither needs a Docker engine for `config`. Those skip, saying so, where this machine has neither.
 """
 
 from __future__ import annotations
@@ -9,20 +13,23 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import click
 import pytest
+
+from inferq.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DEFAULT_SERVICES = {"redis", "postgres", "migrate", "worker-cpu", "api", "flower"}
-GPU_SERVICES = {"worker-gpu"}
-MONITORING_SERVICES = {"prometheus", "grafana"}
+#: The services of the file that run ``inferq worker`` (each scraped by Prometheus).
 WORKERS = ("worker-cpu", "worker-gpu")
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -80,37 +87,24 @@ def compose(tool: tuple[str, ...], *args: str, profiles: tuple[str, ...] = ()) -
     )
 
 
-def render(tool: tuple[str, ...], profiles: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The file as the tool resolves it (anchors merged, variables interpolated), as a dict."""
-    if yaml is not None:
-        result = compose(tool, "config", profiles=profiles)
-        assert result.returncode == 0, result.stderr
-        loaded = yaml.safe_load(result.stdout)
-    elif tool == ("docker", "compose"):
-        result = compose(tool, "config", "--format", "json", profiles=profiles)
-        assert result.returncode == 0, result.stderr
-        loaded = json.loads(result.stdout)
-    else:
-        pytest.skip("pyyaml is not installed and docker-compose 1.x renders YAML only: structure not checked")
+@pytest.fixture(scope="module")
+def written() -> dict[str, Any]:
+    """The file as written, anchors merged (no compose tool needed)."""
+    loaded = _yaml_file(COMPOSE_FILE)
     assert isinstance(loaded, dict)
     return loaded
 
 
 @pytest.fixture(scope="module")
-def gpu_config(tool: tuple[str, ...]) -> dict[str, Any]:
-    return render(tool, profiles=("gpu",))
-
-
-@pytest.fixture(scope="module")
-def services(gpu_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return gpu_config["services"]
-
-
-@pytest.fixture(scope="module")
-def all_services(tool: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Every service, as rendered with both profiles on."""
-    services: dict[str, dict[str, Any]] = render(tool, profiles=("gpu", "monitoring"))["services"]
+def services(written: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = written["services"]
     return services
+
+
+def _yaml_file(path: Path) -> Any:
+    if yaml is None:
+        pytest.skip("pyyaml is not installed")
+    return yaml.safe_load(path.read_text())
 
 
 # -- normalising the two tools' renderings ---------------------------------------------------------------------------
@@ -161,223 +155,7 @@ def option(args: list[str], name: str) -> str | None:
     return None
 
 
-# -- tests -----------------------------------------------------------------------------------------------------------
-
-
-def test_the_compose_tool_accepts_the_file_with_and_without_the_gpu_profile(tool: tuple[str, ...]) -> None:
-    # given the project's compose file and the compose tool found on this machine
-    assert COMPOSE_FILE.is_file()
-
-    # when it validates the file, first as a plain `up` would see it, then with the gpu profile on
-    plain = compose(tool, "config", "--quiet")
-    with_gpu = compose(tool, "config", "--quiet", profiles=("gpu",))
-
-    # then both pass
-    assert plain.returncode == 0, plain.stderr
-    assert with_gpu.returncode == 0, with_gpu.stderr
-
-
-def test_every_service_is_there_and_only_the_gpu_worker_needs_the_gpu_profile(tool: tuple[str, ...]) -> None:
-    # given the service lists the tool reports without and with the gpu profile
-    plain = compose(tool, "config", "--services")
-    with_gpu = compose(tool, "config", "--services", profiles=("gpu",))
-    assert plain.returncode == 0, plain.stderr
-    assert with_gpu.returncode == 0, with_gpu.stderr
-
-    # when they are read
-    plain_services = set(plain.stdout.split())
-    gpu_services = set(with_gpu.stdout.split())
-
-    # then a plain `up` has everything but the GPU worker and monitoring, and the gpu profile adds the worker
-    assert plain_services >= DEFAULT_SERVICES
-    assert gpu_services - MONITORING_SERVICES == DEFAULT_SERVICES | GPU_SERVICES
-    # (docker-compose 1.x lists services of inactive profiles too; whatever is listed, only those are extra)
-    assert plain_services - DEFAULT_SERVICES <= GPU_SERVICES | MONITORING_SERVICES
-
-
-def test_the_gpu_worker_is_behind_the_gpu_profile_and_nothing_else_is(services: dict[str, dict[str, Any]]) -> None:
-    # given the rendered services (gpu profile on)
-    # when their profiles are read
-    profiles = {name: list(spec.get("profiles") or []) for name, spec in services.items()}
-
-    # then the GPU worker needs the gpu profile, and the rest start on a machine without a GPU
-    assert profiles["worker-gpu"] == ["gpu"]
-    assert all(not profiles[name] for name in DEFAULT_SERVICES), profiles
-    assert all(profiles[name] == ["monitoring"] for name in MONITORING_SERVICES if name in profiles), profiles
-
-
-def test_redis_keeps_queued_chunks_appendonly_and_never_evicts(services: dict[str, dict[str, Any]]) -> None:
-    # given the redis service
-    redis = services["redis"]
-
-    # when its server command is read
-    args = argv(redis.get("command"))
-
-    # then it persists with an append-only file, never evicts keys, and has a healthcheck the workers wait on
-    assert args[0] == "redis-server"
-    assert option(args, "--appendonly") in {"yes", "True"}  # an unquoted `yes` reads as YAML 1.1's True
-    assert option(args, "--maxmemory-policy") == "noeviction"
-    assert "redis-cli" in argv(redis["healthcheck"]["test"])
-    assert "/data" in mount_targets(redis), "the append-only file is not on a volume"
-
-
-def test_postgres_has_a_healthcheck_with_pg_isready(services: dict[str, dict[str, Any]]) -> None:
-    # given the postgres service
-    postgres = services["postgres"]
-
-    # when its healthcheck is read
-    check = " ".join(argv(postgres["healthcheck"]["test"]))
-
-    # then readiness is checked with pg_isready, for the database the other services use
-    assert "pg_isready" in check
-    assert postgres["environment"]["POSTGRES_DB"] == "inferq"
-
-
-def test_migrate_is_a_one_shot_db_upgrade_after_postgres_is_healthy(services: dict[str, dict[str, Any]]) -> None:
-    # given the migrate service
-    migrate = services["migrate"]
-
-    # when its command, restart policy and dependencies are read
-    command = full_command(migrate)
-
-    # then it runs `inferq db upgrade` once, after postgres is healthy
-    assert " ".join(command).endswith("db upgrade"), command
-    assert command[0] == "inferq"
-    assert str(migrate.get("restart", "no")) in {"no", "False", "false"}
-    assert dependencies(migrate).get("postgres") == "service_healthy"
-
-
-@pytest.mark.parametrize("worker", WORKERS)
-def test_workers_start_after_the_migration_completes_and_the_services_are_healthy(
-    services: dict[str, dict[str, Any]], worker: str
-) -> None:
-    # given a worker service
-    spec = services[worker]
-
-    # when its dependencies are read
-    depends = dependencies(spec)
-
-    # then it waits for migrate to exit 0 and for redis and postgres to be healthy
-    assert depends.get("migrate") == "service_completed_successfully"
-    assert depends.get("redis") == "service_healthy"
-    assert depends.get("postgres") == "service_healthy"
-
-
-@pytest.mark.parametrize("service", ["migrate", "api", *WORKERS])
-def test_inferq_containers_share_the_broker_database_and_model_cache_settings(
-    services: dict[str, dict[str, Any]], service: str
-) -> None:
-    # given a service that runs inferq
-    env = services[service]["environment"]
-
-    # when its settings are read
-    database, broker = env["INFERQ_DATABASE_URL"], env["INFERQ_BROKER_URL"]
-
-    # then they point at the compose postgres and redis services
-    assert database.startswith(("postgresql://", "postgresql+psycopg://")) and "@postgres:5432/" in database
-    assert broker == "redis://redis:6379/0"
-    assert "INFERQ_MODELS" not in env or env["INFERQ_MODELS"] in (None, "") or env["INFERQ_MODELS"].startswith("{")
-
-
-@pytest.mark.parametrize("worker", WORKERS)
-def test_workers_keep_the_hugging_face_cache_on_a_volume(services: dict[str, dict[str, Any]], worker: str) -> None:
-    # given a worker service
-    spec = services[worker]
-
-    # when its mounts are read
-    targets = mount_targets(spec)
-
-    # then the Hugging Face cache lives on a volume, so models download once
-    assert any(t.endswith("/.cache/huggingface") for t in targets), targets
-
-
-def test_the_cpu_worker_runs_on_the_cpu(services: dict[str, dict[str, Any]]) -> None:
-    # given the CPU worker
-    command = full_command(services["worker-cpu"])
-
-    # when its command is read
-    # then it is `inferq worker --device cpu`, and it reserves no device
-    assert command[:2] == ["inferq", "worker"]
-    assert option(command, "--device") == "cpu"
-    assert "deploy" not in services["worker-cpu"] or not services["worker-cpu"]["deploy"].get("resources")
-
-
-def test_the_gpu_worker_reserves_an_nvidia_gpu_and_runs_on_cuda(services: dict[str, dict[str, Any]]) -> None:
-    # given the GPU worker
-    worker = services["worker-gpu"]
-
-    # when its device reservation and command are read
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    command = full_command(worker)
-
-    # then it reserves one NVIDIA GPU (by count or by id) and runs `inferq worker --device cuda:0 --precision auto`
-    assert len(devices) == 1
-    device = devices[0]
-    assert device["driver"] == "nvidia"
-    assert "gpu" in device["capabilities"]
-    assert str(device.get("count", "")) == "1" or len(device.get("device_ids") or []) == 1, device
-    assert command[:2] == ["inferq", "worker"]
-    assert option(command, "--device") == "cuda:0"
-    assert option(command, "--precision") == "auto"
-
-
-def test_the_gpu_worker_builds_a_cuda_torch_and_the_cpu_services_the_cpu_one(
-    services: dict[str, dict[str, Any]],
-) -> None:
-    # given the build settings of the GPU worker and of the CPU services
-    gpu_args = (services["worker-gpu"].get("build") or {}).get("args") or {}
-    cpu_args = (services["worker-cpu"].get("build") or {}).get("args") or {}
-
-    # when the torch index they build with is read
-    gpu_index = gpu_args.get("TORCH_INDEX_URL", "")
-
-    # then the GPU image installs torch from a CUDA index and the CPU image keeps the Dockerfile's CPU default
-    assert "/whl/cu" in gpu_index, gpu_args
-    assert "TORCH_INDEX_URL" not in cpu_args or cpu_args["TORCH_INDEX_URL"].endswith("/cpu")
-    assert services["worker-gpu"]["image"] != services["worker-cpu"]["image"]
-
-
-def test_flower_watches_the_redis_broker_on_port_5555(services: dict[str, dict[str, Any]]) -> None:
-    # given the flower service
-    flower = services["flower"]
-
-    # when its command and ports are read
-    command = full_command(flower)
-
-    # then it is celery flower on the compose redis, published on 5555, started once redis is healthy
-    assert "flower" in command
-    assert option(command, "--broker") == "redis://redis:6379/0"
-    assert 5555 in published_targets(flower)
-    assert dependencies(flower).get("redis") == "service_healthy"
-
-
-def test_the_api_serves_on_port_8000_after_the_migration_with_a_healthcheck(
-    services: dict[str, dict[str, Any]],
-) -> None:
-    # given the api service
-    api = services["api"]
-
-    # when its command, ports, dependencies and healthcheck are read
-    command = full_command(api)
-
-    # then it is `inferq serve` on 0.0.0.0:8000, published, started once the schema is migrated, checked on /healthz
-    assert command[:2] == ["inferq", "serve"]
-    assert option(command, "--port") == "8000" and option(command, "--host") == "0.0.0.0"
-    assert 8000 in published_targets(api)
-    assert dependencies(api).get("migrate") == "service_completed_successfully"
-    assert (
-        dependencies(api).get("postgres") == "service_healthy" and dependencies(api).get("redis") == "service_healthy"
-    )
-    assert "/healthz" in " ".join(argv(api["healthcheck"]["test"]))
-
-
 # -- monitoring: Prometheus, Grafana, and what they read ---------------------------------------------------------
-
-
-def _yaml_file(path: Path) -> Any:
-    if yaml is None:
-        pytest.skip("pyyaml is not installed")
-    return yaml.safe_load(path.read_text())
 
 
 #: The scrape jobs of the workers and of the HTTP API.
@@ -414,8 +192,6 @@ def scrape_hosts(config: dict[str, Any], name: str) -> set[str]:
 
 def dashboard_metrics(dashboard: dict[str, Any]) -> set[str]:
     """Every metric name the dashboard's queries use, without the histogram suffixes."""
-    import re
-
     names: set[str] = set()
     for panel in dashboard["panels"]:
         for target in panel.get("targets") or []:
@@ -424,27 +200,175 @@ def dashboard_metrics(dashboard: dict[str, Any]) -> set[str]:
     return names
 
 
-def test_monitoring_runs_behind_its_profile_with_the_repositorys_configuration(
-    all_services: dict[str, dict[str, Any]],
-) -> None:
-    # given Prometheus and Grafana as rendered with every profile on
-    prometheus, grafana = all_services["prometheus"], all_services["grafana"]
+def mount_sources(service: dict[str, Any]) -> set[str]:
+    """Named volumes the service mounts (short or long syntax; bind mounts, which start with . or /, left out)."""
+    sources = {v.get("source", "") if isinstance(v, dict) else v.split(":")[0] for v in service.get("volumes") or []}
+    return {s for s in sources if s and not s.startswith((".", "/", "~"))}
 
-    # then both need the monitoring profile, and mount the repository's configuration
-    assert list(prometheus.get("profiles") or []) == ["monitoring"]
-    assert list(grafana.get("profiles") or []) == ["monitoring"]
-    assert "/etc/prometheus/prometheus.yml" in mount_targets(prometheus)
-    assert {"/etc/grafana/provisioning", "/var/lib/grafana/dashboards"} <= mount_targets(grafana)
-    assert option(full_command(prometheus), "--config.file") == "/etc/prometheus/prometheus.yml"
-    assert 9090 in published_targets(prometheus) and 3000 in published_targets(grafana)
+
+def profiles_of(service: dict[str, Any]) -> set[str]:
+    return set(service.get("profiles") or [])
+
+
+def inferq_command(args: list[str]) -> click.Command:
+    """The ``inferq`` command ``args`` runs, its arguments parsed as the CLI parses them: `click.UsageError` for a
+    command or an option that does not exist, or a value it refuses."""
+    from inferq.cli import main
+
+    command: click.Command = main
+    path = ["inferq"]
+    while isinstance(command, click.Group):
+        assert args, f"{' '.join(path)} needs a command"
+        name, args = args[0], args[1:]
+        sub = command.get_command(click.Context(command), name)
+        if sub is None:
+            raise click.UsageError(f"no command {name!r} in {' '.join(path)}")
+        command, path = sub, [*path, name]
+    command.make_context(" ".join(path), list(args))
+    return command
+
+
+def inferq_commands(services: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Service → the arguments of the ``inferq`` command it runs, for every service that runs one."""
+    runs = {name: full_command(spec) for name, spec in services.items()}
+    return {name: command[1:] for name, command in runs.items() if command and command[0] == "inferq"}
+
+
+def served_paths() -> set[str]:
+    """The paths the HTTP API answers GET on."""
+    from server.app import create_app
+
+    app = create_app(Settings())
+    documented = {path for path, operations in app.openapi()["paths"].items() if "get" in operations}
+    # and the routes kept out of the OpenAPI document (``/metrics``)
+    return documented | {route.path for route in app.routes if "GET" in (getattr(route, "methods", None) or ())}
+
+
+# -- tests -----------------------------------------------------------------------------------------------------------
+
+
+def test_the_compose_tool_accepts_the_file_under_every_profile(tool: tuple[str, ...]) -> None:
+    # given the project's compose file and the compose tool found on this machine
+    assert COMPOSE_FILE.is_file()
+
+    # when it validates the file as a plain `up` would see it, and with each profile on
+    for profiles in [(), ("gpu",), ("monitoring",), ("gpu", "monitoring")]:
+        done = compose(tool, "config", "--quiet", profiles=profiles)
+
+        # then it passes
+        assert done.returncode == 0, (profiles, done.stderr)
+
+
+def test_every_inferq_variable_the_file_sets_is_a_setting(services: dict[str, dict[str, Any]]) -> None:
+    # given every environment variable of every service, and the settings inferq reads from the environment
+    prefix = Settings.model_config.get("env_prefix", "")
+    settings = {f"{prefix}{name}".upper() for name in Settings.model_fields}
+    set_here = {
+        (service, name)
+        for service, spec in services.items()
+        for name in (spec.get("environment") or {})
+        if name.upper().startswith(prefix.upper())
+    }
+
+    # then the file sets some, and each is the name of a real setting (a misspelt one would be ignored silently)
+    assert set_here
+    assert sorted((s, n) for s, n in set_here if n.upper() not in settings) == []
+
+
+def test_every_dependency_exists_and_can_be_waited_for(services: dict[str, dict[str, Any]]) -> None:
+    # given every depends_on of every service
+    for name, spec in services.items():
+        for target, condition in dependencies(spec).items():
+            # then the service it names exists, starts under the same profiles (compose refuses a plain `up`
+            # whose service depends on one behind a profile), and offers what the condition waits for: a
+            # healthcheck for service_healthy, a one-shot run (no restart) for service_completed_successfully
+            assert target in services, f"{name} depends on {target}, which is not a service"
+            assert profiles_of(services[target]) <= profiles_of(spec), f"{name} depends on {target} behind a profile"
+            if condition == "service_healthy":
+                assert services[target].get("healthcheck"), f"{name} waits for {target}'s health; it has no check"
+            elif condition == "service_completed_successfully":
+                restart = str(services[target].get("restart", "no"))
+                assert restart in {"no", "False", "false"}, f"{name} waits for {target} to exit; it restarts"
+            else:
+                assert condition == "service_started", condition
+
+
+def test_every_named_volume_a_service_mounts_is_declared(written: dict[str, Any]) -> None:
+    declared = set(written.get("volumes") or {})
+    used = {volume for spec in written["services"].values() for volume in mount_sources(spec)}
+    assert used and used <= declared, used - declared
+
+
+def test_every_inferq_command_the_file_runs_is_a_real_command_with_real_options(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # given the inferq commands the services run (migrate, the workers, the API)
+    commands = inferq_commands(services)
+    assert {"migrate", "api", *WORKERS} <= set(commands)
+
+    # then each parses as the CLI parses it: the command exists and takes those options and values
+    for service, args in commands.items():
+        try:
+            inferq_command(args)
+        except click.UsageError as exc:
+            raise AssertionError(f"{service}: inferq {' '.join(args)}: {exc.format_message()}") from exc
+    # (and the check can fail: an option the worker does not have is refused)
+    with pytest.raises(click.UsageError):
+        inferq_command(["worker", "--no-such-option", "1"])
+
+
+def test_services_reach_the_broker_and_database_the_file_runs(services: dict[str, dict[str, Any]]) -> None:
+    # given the database and broker URLs of the inferq services, and flower's broker
+    postgres = services["postgres"]["environment"]
+    for name, spec in services.items():
+        env = spec.get("environment") or {}
+        if "INFERQ_DATABASE_URL" in env:
+            # then the database is the postgres service's, with its user, password and database
+            url = urlsplit(env["INFERQ_DATABASE_URL"])
+            assert url.hostname in services, f"{name}: {url.hostname} is not a service"
+            assert (url.username, url.password, url.path.lstrip("/")) == (
+                postgres["POSTGRES_USER"],
+                postgres["POSTGRES_PASSWORD"],
+                postgres["POSTGRES_DB"],
+            ), name
+        if "INFERQ_BROKER_URL" in env:
+            assert urlsplit(env["INFERQ_BROKER_URL"]).hostname in services, name
+    # and flower watches the broker the workers use
+    brokers = {services[w]["environment"]["INFERQ_BROKER_URL"] for w in WORKERS}
+    assert {option(full_command(services["flower"]), "--broker")} == brokers
+
+
+def test_a_worker_reserves_a_gpu_exactly_when_it_runs_on_one(services: dict[str, dict[str, Any]]) -> None:
+    for worker in WORKERS:
+        device = option(full_command(services[worker]), "--device") or "cpu"
+        reserved = ((services[worker].get("deploy") or {}).get("resources") or {}).get("reservations") or {}
+        gpus = [d for d in reserved.get("devices") or [] if "gpu" in d.get("capabilities", [])]
+        assert bool(gpus) == device.startswith("cuda"), (worker, device, gpus)
+        assert (profiles_of(services[worker]) == {"gpu"}) == device.startswith("cuda"), worker
+
+
+def test_the_api_publishes_the_port_it_serves_on_and_its_healthcheck_asks_a_served_path(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # given the api's command, published ports and healthcheck
+    api = services["api"]
+    port = option(full_command(api), "--port")
+    urls = re.findall(r"https?://[^'\"\s]+", " ".join(argv(api["healthcheck"]["test"])))
+
+    # then it publishes the port `inferq serve` listens on, and the healthcheck asks that port for a path it serves
+    assert port is not None and int(port) in published_targets(api)
+    assert len(urls) == 1, urls
+    probe = urlsplit(urls[0])
+    assert probe.port == int(port)
+    assert probe.path in served_paths()
 
 
 def test_prometheus_scrapes_every_worker_on_the_port_it_serves_metrics_on(
-    all_services: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]],
 ) -> None:
     # given the scrape configuration and each worker's command
     config = _yaml_file(PROMETHEUS_CONFIG)
-    ports = {worker: option(full_command(all_services[worker]), "--metrics-port") for worker in WORKERS}
+    ports = {worker: option(full_command(services[worker]), "--metrics-port") for worker in WORKERS}
 
     # then every worker serves metrics, on the one port Prometheus scrapes, and every worker service is a target
     assert all(ports.values()), ports
@@ -452,30 +376,29 @@ def test_prometheus_scrapes_every_worker_on_the_port_it_serves_metrics_on(
     assert scrape_hosts(config, WORKERS_JOB) == set(WORKERS)
 
 
-def test_prometheus_scrapes_the_api_on_the_port_it_serves(all_services: dict[str, dict[str, Any]]) -> None:
+def test_prometheus_scrapes_the_api_on_the_port_it_serves(services: dict[str, dict[str, Any]]) -> None:
     # given the scrape configuration and the api service's command
     config = _yaml_file(PROMETHEUS_CONFIG)
-    port = option(full_command(all_services["api"]), "--port")
+    port = option(full_command(services["api"]), "--port")
 
-    # then the API's scrape job reads /metrics of the api service on the port it serves on
+    # then the API's scrape job reads a path the API serves, of the api service on the port it serves on
     job = scrape_job(config, API_JOB)
-    assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert job.get("metrics_path", "/metrics") in served_paths()
     assert scrape_hosts(config, API_JOB) == {"api"}
     assert port is not None and scrape_ports(config)[API_JOB] == {int(port)}
 
 
-def test_the_scrape_configuration_matches_the_workers_port_without_the_compose_tool() -> None:
-    # given the compose file as written (no tool needed) and the scrape configuration
-    compose_file = _yaml_file(COMPOSE_FILE)
-    config = _yaml_file(PROMETHEUS_CONFIG)
-
-    # when each worker's --metrics-port is read
-    ports = {option(argv(compose_file["services"][w]["command"]), "--metrics-port") for w in WORKERS}
-
-    # then it is the port Prometheus scrapes, and the monitoring services sit behind their profile
-    assert ports == {str(p) for p in scrape_ports(config)[WORKERS_JOB]}
-    for name in MONITORING_SERVICES:
-        assert compose_file["services"][name]["profiles"] == ["monitoring"]
+def test_the_monitoring_services_mount_files_of_the_repository(services: dict[str, dict[str, Any]]) -> None:
+    # given the bind mounts of Prometheus and Grafana
+    for name in ("prometheus", "grafana"):
+        for volume in services[name].get("volumes") or []:
+            source = volume.get("source", "") if isinstance(volume, dict) else volume.split(":")[0]
+            # then each file or folder they mount from the repository exists
+            if source.startswith("."):
+                assert (ROOT / source).exists(), (name, source)
+    # and Prometheus reads the configuration file it mounts
+    config_file = option(full_command(services["prometheus"]), "--config.file")
+    assert config_file in mount_targets(services["prometheus"])
 
 
 def test_every_metric_the_dashboard_queries_is_one_the_code_exports() -> None:
@@ -493,16 +416,18 @@ def test_every_metric_the_dashboard_queries_is_one_the_code_exports() -> None:
     assert used & set(API_METRICS) == set(API_METRICS) and "inferq_webhook_deliveries" in used
 
 
-def test_the_dashboard_reads_the_provisioned_prometheus_data_source() -> None:
+def test_the_dashboard_reads_the_provisioned_prometheus_data_source(services: dict[str, dict[str, Any]]) -> None:
     # given the provisioned data source, the dashboard provider and the dashboard
     datasources = _yaml_file(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")["datasources"]
     provider = _yaml_file(GRAFANA / "provisioning" / "dashboards" / "inferq.yml")["providers"][0]
     dashboard = json.loads((GRAFANA / "dashboards" / "inferq.json").read_text())
 
-    # then every panel reads the provisioned Prometheus (by uid), which is the compose service
+    # then every panel reads the provisioned Prometheus (by uid), which is the compose service, and the provider
+    # reads the folder the dashboards are mounted at
     (source,) = datasources
-    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert source["type"] == "prometheus"
+    assert urlsplit(source["url"]).hostname in services
     uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
     uids |= {p["datasource"]["uid"] for p in dashboard["panels"]}
     assert uids == {source["uid"]}
-    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert provider["options"]["path"] in mount_targets(services["grafana"])

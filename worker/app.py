@@ -9,6 +9,10 @@ stop``) or the whole process group (a terminal, systemd): the main process sets 
 its children (`ShutdownFlag`), and a child that gets SIGTERM itself sets its own flag instead of dying on the spot.
 A second SIGTERM (Celery's cold shutdown) ends the child as before.
 
+Webhooks are sent apart from chunks: ``inferq worker`` consumes the chunk queues, and its main process starts a
+webhook sender once it is ready (`WebhookSender`: ``inferq worker --webhooks-only``, a Celery worker of its own on
+the webhook queue, with no models) and stops it when it stops; the sender stops by itself if its parent goes.
+
 The main process also runs the reconciler (`inferq.reconciler.Reconciler`) every ``INFERQ_RECOVER_INTERVAL``
 seconds: chunks whose message the broker lost are re-enqueued without a human.
 
@@ -22,8 +26,12 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import select
 import signal
 import socket
+import subprocess
+import sys
+import threading
 from typing import Any
 
 from celery import Celery, signals
@@ -83,6 +91,89 @@ def preload(runner: Runner, names: list[str]) -> None:
             log.exception("could not preload %s; jobs that use it will record the error", name)
 
 
+#: Seconds a webhook sender may take to stop after its worker's warm shutdown asks it to (it finishes the attempts
+#: it is making, each cut at its deadline), beyond ``INFERQ_WEBHOOK_TIMEOUT``; then it is killed.
+SENDER_STOP_MARGIN = 15.0
+
+#: Seconds a worker waits for its webhook sender to consume before it says it is ready itself (and goes on without
+#: it): a sender boots in seconds, like the worker, and side by side with it.
+SENDER_READY_TIMEOUT = 120.0
+
+#: Seconds between two looks of a webhook sender at whether the worker that started it is still there.
+PARENT_CHECK_SECONDS = 1.0
+
+
+class WebhookSender:
+    """The webhook sender a worker's main process starts beside itself: ``python -m inferq.cli ARGV`` (a Celery
+    worker on the webhook queue), writing to the same output, in the same process group (a signal to the group
+    reaches it too), told the worker's pid so that it stops if the worker dies without stopping it.
+
+    Started when the worker starts (they boot side by side), and waited for before the worker says it is ready: the
+    sender writes a byte to a pipe (``--ready-fd``) once it consumes, so that a worker that says ``ready.`` sends
+    webhooks too (a delivery left unconsumed while the sender boots would be sent again by a reconciler)."""
+
+    def __init__(self, argv: list[str], stop_timeout: float) -> None:
+        self.argv = argv
+        self.stop_timeout = stop_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self._ready: int | None = None
+
+    def start(self) -> None:
+        self._ready, ready_w = os.pipe()
+        try:
+            argv = [sys.executable, "-m", "inferq.cli", *self.argv, "--ready-fd", str(ready_w)]
+            self._process = subprocess.Popen(argv, pass_fds=(ready_w,))
+        finally:
+            os.close(ready_w)
+        log.info("webhook sender started (pid %d)", self._process.pid)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until the sender consumes (``False``: it did not within ``timeout`` seconds, or it exited)."""
+        if self._ready is None:
+            return False
+        try:
+            readable, _, _ = select.select([self._ready], [], [], timeout)
+            ready = bool(readable) and os.read(self._ready, 1) == b"1"
+        finally:
+            os.close(self._ready)
+            self._ready = None
+        if not ready:
+            log.error("the webhook sender is not ready after %gs; webhooks wait until it is", timeout)
+        return ready
+
+    def request_stop(self) -> None:
+        """Ask it for a warm shutdown (safe in a signal handler: one ``kill``)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        """Ask it to stop, wait for it, kill it past the timeout."""
+        if self._process is None:
+            return
+        self.request_stop()
+        try:
+            self._process.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+
+def watch_parent(parent_pid: int) -> threading.Thread:
+    """Stop this worker (a warm shutdown) once ``parent_pid`` is no longer its parent: the worker that started this
+    webhook sender died without stopping it (SIGKILL)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            threading.Event().wait(PARENT_CHECK_SECONDS)
+        log.warning("the worker that started this webhook sender (pid %d) has gone: stopping", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="inferq-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 class WorkerState:
     """This process's part of a worker: its settings, Celery app, runner, shutdown flag and reconciler, and which
     process is the worker's main one. Each is made on first use or by the signal that needs it."""
@@ -103,6 +194,14 @@ class WorkerState:
         self._torch_threads: int | None = None
         #: The ``/metrics`` endpoint, served by the main process (``INFERQ_METRICS_PORT``; `inferq.metrics`).
         self._metrics_server: metrics.MetricsServer | None = None
+        #: The webhook sender this worker's main process starts once ready (``inferq worker``); None: none.
+        self._sender: WebhookSender | None = None
+        #: This worker only sends webhooks (``--webhooks-only``): no models, no reconciler, no metrics.
+        self._webhooks_only = False
+        #: The worker that started this webhook sender, watched so that the sender stops when it goes.
+        self._parent_pid: int | None = None
+        #: Where this webhook sender tells the worker that started it that it consumes.
+        self._ready_fd: int | None = None
 
     @property
     def settings(self) -> Settings:
@@ -111,11 +210,27 @@ class WorkerState:
             self._settings = get_settings()
         return self._settings
 
-    def configure(self, settings: Settings) -> None:
-        """Run this worker with ``settings`` instead of the environment's (before the app is built)."""
+    def configure(
+        self,
+        settings: Settings,
+        *,
+        webhook_sender: list[str] | None = None,
+        webhooks_only: bool = False,
+        parent_pid: int | None = None,
+        ready_fd: int | None = None,
+    ) -> None:
+        """Run this worker with ``settings`` instead of the environment's (before the app is built);
+        ``webhook_sender``: the ``inferq`` command line of the webhook sender to start beside it; ``webhooks_only``:
+        this worker is such a sender (started by the worker ``parent_pid``, told on ``ready_fd`` once it consumes,
+        when given)."""
         if self._app is not None:
             raise RuntimeError("the worker's app is already built")
         self._settings = settings
+        if webhook_sender is not None:
+            self._sender = WebhookSender(webhook_sender, settings.webhook_timeout + SENDER_STOP_MARGIN)
+        self._webhooks_only = webhooks_only
+        self._parent_pid = parent_pid
+        self._ready_fd = ready_fd
 
     @property
     def app(self) -> Celery:
@@ -158,6 +273,10 @@ class WorkerState:
         # Made here, before the pool forks, so that every child shares it.
         self._shutdown = ShutdownFlag()
         self._main_pid = os.getpid()
+        if self._webhooks_only:
+            return  # no models, no metrics
+        if self._sender is not None:
+            self._sender.start()  # it boots while this worker does
         if self.settings.metrics_port is not None and self._metrics_server is None:
             # Before the pool forks too: every process keeps its metrics in the directory the endpoint reads.
             self._metrics_server = metrics.MetricsServer(self.settings, metrics.prepare_multiprocess())
@@ -174,13 +293,15 @@ class WorkerState:
     def on_process_init(self, **_: Any) -> None:
         # A prefork child: drop anything inherited from the parent, then load models here.
         self._runner = None
+        self._sender = None  # the main process's to wait for and stop
         if self._reconciler_engine is not None:
             # The parent's connections stay the parent's: forget them here without closing them.
             self._reconciler_engine.dispose(close=False)
         self._reconciler = self._reconciler_engine = None
         if self._metrics_server is not None:
             self._metrics_server.forget()
-        self._ready_to_run()
+        if not self._webhooks_only:
+            self._ready_to_run()
 
     def on_process_shutdown(self, pid: int | None = None, **_: Any) -> None:
         # A pool process ends: its share of the live gauges goes.
@@ -221,6 +342,17 @@ class WorkerState:
             os.kill(os.getpid(), signal.SIGTERM)
 
     def on_worker_ready(self, **_: Any) -> None:
+        if self._webhooks_only:
+            if self._parent_pid is not None:
+                watch_parent(self._parent_pid)
+            if self._ready_fd is not None:
+                os.write(self._ready_fd, b"1")
+                os.close(self._ready_fd)
+                self._ready_fd = None
+            return
+        if self._sender is not None:
+            # Before Celery logs this worker's "ready.": once it does, webhooks are sent too.
+            self._sender.wait_ready(SENDER_READY_TIMEOUT)
         if self._metrics_server is not None:
             try:
                 self._metrics_server.start()
@@ -238,10 +370,14 @@ class WorkerState:
     def on_shutting_down(self, **_: Any) -> None:
         # In the main process's signal handler: set flags only.
         self.shutdown_flag().request()
+        if self._sender is not None:
+            self._sender.request_stop()
         if self._reconciler is not None:
             self._reconciler.stop(wait=False)
 
     def on_worker_shutdown(self, **_: Any) -> None:
+        if self._sender is not None:
+            self._sender.stop()
         if self._reconciler is not None:
             self._reconciler.stop()
         if self._reconciler_engine is not None:
@@ -274,10 +410,20 @@ def get_app() -> Celery:
     return _state.app
 
 
-def run_worker(settings: Settings, argv: list[str]) -> None:
+def run_worker(
+    settings: Settings,
+    argv: list[str],
+    *,
+    webhook_sender: list[str] | None = None,
+    webhooks_only: bool = False,
+    parent_pid: int | None = None,
+    ready_fd: int | None = None,
+) -> None:
     """Run a Celery worker (``argv``: its command line after ``celery``) with these settings: its pool processes,
-    forked from this one, run with them too."""
-    _state.configure(settings)
+    forked from this one, run with them too. The keywords are `WorkerState.configure`'s."""
+    _state.configure(
+        settings, webhook_sender=webhook_sender, webhooks_only=webhooks_only, parent_pid=parent_pid, ready_fd=ready_fd
+    )
     _state.app.worker_main(argv)
 
 

@@ -46,6 +46,19 @@ import click
     default=None,
     help="Serve Prometheus metrics on this port, at /metrics (default: INFERQ_METRICS_PORT, else none).",
 )
+@click.option(
+    "--webhooks/--no-webhooks",
+    default=True,
+    help="Start a webhook sender beside this worker (default), or leave webhooks to a separate "
+    "`inferq worker --webhooks-only`.",
+)
+@click.option(
+    "--webhooks-only",
+    is_flag=True,
+    help="Only send webhooks: consume the webhook queue with INFERQ_WEBHOOK_CONCURRENCY processes, load no model.",
+)
+@click.option("--parent-pid", type=int, default=None, hidden=True, help="Stop when this process has gone.")
+@click.option("--ready-fd", type=int, default=None, hidden=True, help="Write a byte here once consuming.")
 def worker_command(
     device: str | None,
     models: str,
@@ -57,8 +70,14 @@ def worker_command(
     loglevel: str | None,
     hostname: str | None,
     metrics_port: int | None,
+    webhooks: bool,
+    webhooks_only: bool,
+    parent_pid: int | None,
+    ready_fd: int | None,
 ) -> None:
-    """Run a worker: consume the default queue and the queues of the models it preloads."""
+    """Run a worker: consume the default queue and the queues of the models it preloads. Webhooks are sent by a
+    second Celery worker process that this one starts and stops (``--webhooks-only``), so that no receiver, however
+    slow, holds a process that runs chunks."""
     from inferq.model_sources import resolve_model
     from inferq.settings import Settings
     from worker.threads import default_pool
@@ -79,11 +98,29 @@ def worker_command(
     names = [m.strip() for m in models.split(",") if m.strip()]
     if names:
         options["preload"] = names
+    if webhooks_only:
+        # No model, no port of its own: the worker beside it serves the metrics.
+        options.update(preload=[], metrics_port=None)
     # The environment's settings with these options over them; the pool processes inherit them when they fork.
     settings = Settings(**options)
-    pool, concurrency = default_pool(settings.device, pool, concurrency)
-    # Every worker sends webhooks, from a queue of their own: an event never waits behind a backlog of chunks.
-    consume = [settings.default_queue, settings.webhook_queue]
+    sender: list[str] | None = None
+    if webhooks_only:
+        # Prefork, so that the delivery task's hard time limit is enforced (a thread cannot be killed).
+        pool, concurrency = "prefork", concurrency or settings.webhook_concurrency
+        consume = [settings.webhook_queue]
+        if not hostname:
+            hostname = f"webhooks-{os.getpid()}@%h"
+    else:
+        pool, concurrency = default_pool(settings.device, pool, concurrency)
+        # Chunks only: webhooks have a queue and a process of their own (`sender`), so that a slow receiver never
+        # delays a chunk, and an event never waits behind a backlog of chunks.
+        consume = [settings.default_queue]
+        if webhooks:
+            sender = ["worker", "--webhooks-only", "--parent-pid", str(os.getpid())]
+            if loglevel:
+                sender += ["--loglevel", loglevel]
+            if hostname:
+                sender += ["--hostname", f"webhooks-{hostname}"]
     for name in settings.preload:
         queue = settings.queue_of(resolve_model(settings, name))
         if queue not in consume:
@@ -114,4 +151,6 @@ def worker_command(
         argv.insert(0, "--quiet")
         logs.configure("json", settings.log_level)
         logging.captureWarnings(True)
-    run_worker(settings, argv)
+    run_worker(
+        settings, argv, webhook_sender=sender, webhooks_only=webhooks_only, parent_pid=parent_pid, ready_fd=ready_fd
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,28 @@ from worker.engines.base import Engine
 from worker.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
+
+#: Builds a task's engine for a loaded model: given the task's engine class (`worker.engines.engine_class`) and
+#: the model, the engine the worker runs.
+EngineFactory = Callable[[type[Engine[Any]], LoadedModel], Engine[Any]]
+
+
+def default_engine_factory(cls: type[Engine[Any]], loaded: LoadedModel) -> Engine[Any]:
+    """The engine class itself on the loaded model: what every production worker runs."""
+    return cls(loaded)
+
+
+#: The factory a `ModelCache` uses when it is given none (`set_engine_factory`).
+_engine_factory: EngineFactory = default_engine_factory
+
+
+def set_engine_factory(factory: EngineFactory | None) -> None:
+    """The hook for how this process builds engines: every `ModelCache` made afterwards without a factory of its
+    own uses ``factory`` (``None``: the default again). Install it before the worker starts (its pool processes
+    inherit it when they fork). The worker itself never calls it; a tool that runs the normal worker with other
+    engines does (the benchmark's simulated device, `bench.simulated_worker`)."""
+    global _engine_factory
+    _engine_factory = factory or default_engine_factory
 
 
 def resolve_precision(precision: str, device: Any) -> str:
@@ -44,11 +67,18 @@ class ModelCache:
     """Loads and keeps models (and their engines) for one worker process."""
 
     def __init__(
-        self, settings: Settings, device: str | None = None, precision: str | None = None, backend: str | None = None
+        self,
+        settings: Settings,
+        device: str | None = None,
+        precision: str | None = None,
+        engine_factory: EngineFactory | None = None,
+        backend: str | None = None,
     ) -> None:
         import torch
 
         self.settings = settings
+        #: How this cache builds an engine for a loaded model (`set_engine_factory`'s where not given).
+        self.engine_factory = engine_factory or _engine_factory
         self.device = torch.device(device or settings.device)
         self.precision_override = precision or settings.precision
         self.backend_override = backend or settings.backend
@@ -65,19 +95,11 @@ class ModelCache:
                 if engine is None:
                     loaded = self.load(name, task)
                     try:
-                        engine = self._make_engine(task, loaded)
+                        engine = self.engine_factory(engine_class(task), loaded)
                     except (OSError, ValueError, KeyError) as exc:
                         raise ModelLoadError(f"model {name!r} cannot run {task.value}: {exc}") from exc
                     self._engines[key] = engine
         return engine
-
-    def _make_engine(self, task: TaskName, loaded: LoadedModel) -> Engine[Any]:
-        simulated = self.settings.bench_simulated_device
-        if simulated is None:
-            return engine_class(task)(loaded)
-        from worker.engines.simulated import make_simulated
-
-        return make_simulated(engine_class(task), loaded, simulated)
 
     def load(self, name: str, task: TaskName) -> LoadedModel:
         key = (name, task)

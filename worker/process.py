@@ -13,6 +13,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+#: The command line of ``inferq worker``, before its options.
+WORKER_PROGRAM = (sys.executable, "-m", "inferq.cli", "worker")
+
 #: What Celery logs (at INFO) once a worker consumes.
 _READY = b" ready."
 
@@ -29,9 +32,10 @@ def running_workers(
     ready_timeout: float = 120,
     stop_timeout: float = 60,
     stop_group: bool = True,
+    program: Sequence[str] = WORKER_PROGRAM,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start one ``inferq worker ARGS`` per log path (``-n w<i>@%h`` when there are several), with ``env`` over
-    this process's environment; wait until every one says it is ready (started side by side: each boots in
+    this process's environment (``program``: another command line that runs the worker command, before ARGS); wait until every one says it is ready (started side by side: each boots in
     seconds); stop them afterwards: SIGTERM to each group (a warm shutdown; to the main process alone with
     ``stop_group=False``, which then stops its pool itself), SIGKILL to the group after ``stop_timeout``."""
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
@@ -42,7 +46,7 @@ def running_workers(
             names = ["-n", f"w{i}@%h"] if len(logs) > 1 else []
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "inferq.cli", "worker", *args, *names],
+                    [*program, *args, *names],
                     env=full_env,
                     stdout=out,
                     stderr=subprocess.STDOUT,
@@ -83,10 +87,13 @@ def running_worker(
     cwd: Path | None = None,
     ready_timeout: float = 120,
     stop_group: bool = True,
+    program: Sequence[str] = WORKER_PROGRAM,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """One worker: `running_workers` with one log."""
     logs = [log_path]
-    with running_workers(env, logs, *args, cwd=cwd, ready_timeout=ready_timeout, stop_group=stop_group) as procs:
+    with running_workers(
+        env, logs, *args, cwd=cwd, ready_timeout=ready_timeout, stop_group=stop_group, program=program
+    ) as procs:
         yield procs[0]
 
 

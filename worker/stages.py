@@ -16,7 +16,7 @@ stays free of per-item Python. The stages, in the order a chunk passes them:
 * ``other``: whatever lies between the named stages (lease keeper, engine lookup): the chunk's wall time less
   their sum.
 
-``device`` is not a stage: it is the time a simulated device spent computing (`worker.engines.simulated`), which
+``device`` is not a stage: it is the time a simulated device spent computing (the benchmark's, `bench.simulated_device`), which
 lies inside ``forward``.
 """
 

@@ -47,7 +47,7 @@ def use_torch_threads(threads: int | None) -> None:
     """Set torch's intra-op threads in this process (nothing for None), before it runs anything."""
     if threads is None:
         return
-    import torch
+    import torch  # here, not at the top: the prefork parent imports this module and stays free of torch
 
     torch.set_num_threads(threads)
     log.info("torch threads: %d", threads)

@@ -205,7 +205,7 @@ async def create_job(
         raise InvalidParameter(
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters", field="Idempotency-Key"
         )
-    upload = await receive_upload(request, made.settings.max_upload_bytes)
+    upload = await receive_upload(request, made.settings.max_upload_bytes, made.settings.upload_dir)
     try:
         values = {k: v for k, v in request.query_params.items()}
         values.update(upload.fields)

@@ -56,7 +56,7 @@ _JOB = """<p><a href="/">← all jobs</a></p>
 <h1>Job <code id="job-id">{job_id}</code> <span id="state" class="state"></span></h1>
 <p id="message" class="message"></p>
 <section class="summary">
-<div class="progress"><div id="bar" class="bar" style="width:0%"></div></div>
+<div class="progress"><div id="bar" class="bar"></div></div>
 <p id="progress-text"></p>
 <table id="counts"><tr><th>Succeeded</th><th>Failed</th><th id="rest-label">Queued or running</th><th>Total</th>
 </tr><tr><td id="n-succeeded"></td><td id="n-failed"></td><td id="n-rest"></td><td id="n-total"></td></tr></table>

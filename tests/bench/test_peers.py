@@ -23,7 +23,7 @@ from bench.peers import (
     run_peers,
 )
 from inferq.precision import Quality, Tier
-from worker.tiny_models import build_sentence_transformer, corpus
+from tests.support.tiny_models import build_sentence_transformer, corpus
 
 
 def minilm_dir() -> Path:
@@ -141,7 +141,7 @@ def test_ctranslate2_with_the_head_by_hand_is_the_classifier(tmp_path: Path, arc
     pytest.importorskip("ctranslate2")
     from bench.peers import compare_labels, convert_ctranslate2, ctranslate2_classifier_peer, raw_loop_peer
     from inferq.task_specs import TaskName
-    from worker.tiny_models import build_model
+    from tests.support.tiny_models import build_model
 
     # Given a tiny classifier with three labels
     path = build_model(tmp_path / arch, TaskName.CLASSIFICATION, arch, labels=["a", "b", "c"])
@@ -165,7 +165,7 @@ def test_ctranslate2_with_the_head_by_hand_is_the_cross_encoder(tmp_path: Path) 
         ctranslate2_cross_encoder_peer,
         rerank_engine_peer,
     )
-    from worker.tiny_models import build_cross_encoder
+    from tests.support.tiny_models import build_cross_encoder
 
     # Given a tiny BERT cross-encoder and three queries of eight documents
     path = build_cross_encoder(tmp_path / "ce")

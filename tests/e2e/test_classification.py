@@ -16,8 +16,8 @@ from inferq.settings import Settings
 from producer.client import Client
 from tests.reference import assert_same_labels, classification_reference
 from tests.support.jobs import inferq_cli
+from tests.support.tiny_models import corpus
 from worker.process import running_worker
-from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
 

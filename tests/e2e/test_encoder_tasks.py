@@ -28,8 +28,8 @@ from tests.reference import (
     zero_shot_reference,
 )
 from tests.support.jobs import inferq_cli
+from tests.support.tiny_models import build_cross_encoder, build_nli_model, corpus
 from worker.process import running_worker
-from worker.tiny_models import build_cross_encoder, build_nli_model, corpus
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

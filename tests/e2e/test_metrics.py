@@ -20,8 +20,8 @@ from producer.client import Client
 from server.process import free_port
 from tests.support.jobs import worker_env
 from tests.support.records import wait_for
+from tests.support.tiny_models import corpus
 from worker.process import running_worker
-from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
 
@@ -40,7 +40,7 @@ def broken_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import AutoModelForSequenceClassification
 
     from inferq.task_specs import TaskName
-    from worker.tiny_models import build_model
+    from tests.support.tiny_models import build_model
 
     path = build_model(tmp_path_factory.mktemp("models") / "broken", TaskName.CLASSIFICATION, "distilbert")
     model = AutoModelForSequenceClassification.from_pretrained(path)

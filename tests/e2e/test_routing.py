@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -49,7 +48,10 @@ def test_a_model_with_its_own_queue_is_served_only_by_a_worker_that_holds_it(
         # When a worker that holds only the default queue runs, b finishes and a keeps waiting
         with running_worker(env, tmp_path / "default.log"):
             assert client.wait(job_b.job_id, timeout=120).state.value == "succeeded"
-            time.sleep(1.5)
+            # (and a job submitted after b is done finishes too: the worker has taken messages again since, while
+            # a's were on the broker all along)
+            after = client.submit("classification", "b", ["six"], chunk_size=1)
+            assert client.wait(after.job_id, timeout=120).state.value == "succeeded"
             assert client.status(job_a.job_id).state.value == "queued"
             assert broker.llen(own_queue) == 3
 

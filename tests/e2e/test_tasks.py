@@ -24,7 +24,7 @@ from tests.reference import (
     fill_mask_reference,
     token_classification_reference,
 )
-from worker.tiny_models import build_model, corpus
+from tests.support.tiny_models import build_model, corpus
 
 pytestmark = pytest.mark.services
 

@@ -12,6 +12,7 @@ import hmac
 import json
 import os
 import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,6 +227,9 @@ def test_a_worker_killed_before_delivering_loses_no_event(
             **worker_env(own_postgres, redis.url, queue_name, registry),
             **WEBHOOK_ENV,
             "INFERQ_WEBHOOK_RETRY_DELAYS": f"0,{constants.WEBHOOK_COUNTDOWN_MAX_SECONDS + 100}",
+            # Long enough that a reconciler never re-sends the first attempt's delivery while the webhook sender (a
+            # process of its own, slow on a busy machine) is about to take it: the only message is the job end's.
+            "INFERQ_RECOVER_OLDER_THAN": "10",
         }
         with Client(settings_of(env).model_copy(update={"webhook_allow_private": True})) as client:
             with running_worker(env, tmp_path / "first.log") as first:
@@ -247,7 +251,7 @@ def test_a_worker_killed_before_delivering_loses_no_event(
                 session.execute(
                     update(WebhookDelivery)
                     .where(WebhookDelivery.id == before["id"])
-                    .values(next_attempt_at=utcnow() - dt.timedelta(seconds=10))
+                    .values(next_attempt_at=utcnow() - dt.timedelta(seconds=30))
                 )
             # And the receiver comes up, and a new worker starts
             with receiver, running_worker(env, tmp_path / "second.log"):
@@ -262,3 +266,38 @@ def test_a_worker_killed_before_delivering_loses_no_event(
     assert call.body == stored_payload(client, entry["id"])
     assert json.loads(call.body)["type"] == "job.succeeded"
     assert_signed(client.sessions.kw["bind"], "default", call)
+
+
+def test_a_trickling_receiver_delays_no_other_tenants_job(hooks_client: Client) -> None:
+    # Given a receiver that answers at once and then sends its body one byte every 0.3 s, for a minute: every read
+    # is quick, the answer never ends
+    with Receiver(["trickle"] * 4, hang_seconds=60, trickle_seconds=0.3) as trickler:
+        slow_id = hooks_client.submit(
+            "classification",
+            "cls",
+            sentences(2),
+            options=JobOptions(tenant="slow-hooks", webhook_url=trickler.url),
+        ).job_id
+        hooks_client.wait(slow_id, timeout=300)
+        trickler.wait_for(1, 120)
+
+        # When another tenant submits a small job while deliveries to the trickler hang
+        started = time.monotonic()
+        other_id = hooks_client.submit(
+            "classification", "cls", sentences(5), options=JobOptions(tenant="punctual")
+        ).job_id
+        status = hooks_client.wait(other_id, timeout=30)
+        waited = time.monotonic() - started
+
+        # And the trickler's delivery runs its course
+        [entry] = settled(hooks_client, slow_id, 4)
+
+    # Then the other job finished on time (a worker on one pool process: the delivery did not hold it)
+    assert status.state.value == "succeeded" and waited < 30
+    # And each attempt at the trickler was cut at its deadline (1 s), recorded as failed and retried per the
+    # schedule (four attempts), and the delivery failed after the last
+    assert (entry["state"], entry["attempts"]) == ("failed", 4)
+    for attempt in entry["attempt_log"]:
+        assert attempt["status_code"] is None and attempt["error"].startswith("Timeout"), attempt
+        assert 1 <= attempt["duration"] < 5, attempt
+    assert len(trickler.received) == 4

@@ -19,7 +19,7 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DistilBERT classifier of width 256 and 4 layers (random weights): about 15 ms an item on one CPU core,
     so a chunk of 150 items takes a couple of seconds."""
     from inferq.task_specs import TaskName
-    from worker.tiny_models import build_model
+    from tests.support.tiny_models import build_model
 
     path = tmp_path_factory.mktemp("models") / "slow"
     return build_model(

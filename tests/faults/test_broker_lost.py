@@ -5,7 +5,6 @@ every worker does the same without a human. The job completes, each item once.""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,9 @@ def test_after_redis_restarts_empty_inferq_recover_completes_the_job(
         # When Redis restarts empty mid-job, the job stalls: its queued chunks have no message any more
         lost = stall_after_a_redis_restart(record, redis_server, job_id)
         assert lost > 0
-        time.sleep(1)
+        # (once the worker has reconnected to the new, empty Redis and consumes from it again, nothing comes)
+        log = tmp_path / "worker.log"
+        wait_for(lambda: worker_log(log).count("Connected to redis") >= 2, 60, "the worker to reconnect to Redis")
         assert record.job(job_id).state == "running" and record.running_chunk(job_id) is None
         assert ready_messages(redis_server.url, queue_name) == 0
 

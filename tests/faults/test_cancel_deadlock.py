@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, text, update
 
 from inferq.db import make_engine, make_sessionmaker
 from inferq.schema import Chunk, Item, Job
@@ -20,6 +20,23 @@ from producer.client import Client, store_job
 from producer.inputs import InputRecord
 
 pytestmark = pytest.mark.services
+
+#: Seconds the cancel may take to reach the write's lock: it connects and reads the job first.
+BLOCKED_WITHIN = 30.0
+
+
+def wait_until_blocked_by(engine: Engine, pid: int, alive: threading.Thread) -> None:
+    """Poll ``pg_locks`` until a session waits for a lock that the backend ``pid`` holds (`BLOCKED_WITHIN`)."""
+    deadline = time.monotonic() + BLOCKED_WITHIN
+    query = text(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND CAST(:pid AS integer) = ANY(pg_blocking_pids(pid))"
+    )
+    with engine.connect() as conn:
+        while conn.execute(query, {"pid": pid}).scalar_one() == 0:
+            assert alive.is_alive(), "the cancel ended without waiting for the write's lock"
+            assert time.monotonic() < deadline, f"no session waited for the write's locks in {BLOCKED_WITHIN}s"
+            conn.rollback()  # a fresh snapshot of pg_locks each time round
+            time.sleep(0.02)
 
 
 def test_a_cancel_during_a_chunks_write_waits_for_it_instead_of_deadlocking(migrated_postgres: str) -> None:
@@ -37,6 +54,7 @@ def test_a_cancel_during_a_chunks_write_waits_for_it_instead_of_deadlocking(migr
     # Given a worker storing chunk 0, in its locking order: the chunk row, then the chunk's items (still queued)
     writer = sessions()
     writer.begin()
+    writer_pid = writer.execute(text("SELECT pg_backend_pid()")).scalar_one()
     writer.execute(select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == 0).with_for_update())
     writer.execute(select(Item.index).where(*in_chunk).order_by(Item.index).with_for_update())
 
@@ -52,7 +70,8 @@ def test_a_cancel_during_a_chunks_write_waits_for_it_instead_of_deadlocking(migr
 
     canceller = threading.Thread(target=cancel)
     canceller.start()
-    time.sleep(1.0)  # the cancel is now waiting for a lock the write holds
+    # (it waits for a lock the write holds, as pg_locks shows, before the write goes on)
+    wait_until_blocked_by(engine, writer_pid, canceller)
 
     # And the write goes on: its results, then the job's counters (the job row), and commits
     writer.execute(update(Item).where(*in_chunk).values(state="succeeded", result={"label": "x"}))

@@ -9,8 +9,8 @@ mismatched checkpoint does in production."""
 from __future__ import annotations
 
 import os
+import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -22,11 +22,14 @@ from tests.reference import assert_same_labels, classification_reference
 from tests.support.brokers import PrivateRedis, ready_messages
 from tests.support.jobs import client_for, pid_of, sentences, worker_env
 from tests.support.records import Record, wait_for
+from tests.support.tiny_models import corpus
 from tests.support.worker_process import worker_log
 from worker.process import running_worker
-from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
+
+#: Celery's line for a chunk's task that returned.
+TASK_SUCCEEDED = re.compile(r"Task inferq\.run_chunk\[[^\]]+\] succeeded")
 
 #: Rows kept in the broken model's embedding table (its tokenizer has 2,000 tokens).
 EMBEDDINGS = 1000
@@ -38,7 +41,7 @@ def broken_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import AutoModelForSequenceClassification
 
     from inferq.task_specs import TaskName
-    from worker.tiny_models import build_model
+    from tests.support.tiny_models import build_model
 
     path = build_model(tmp_path_factory.mktemp("models") / "broken", TaskName.CLASSIFICATION, "distilbert")
     model = AutoModelForSequenceClassification.from_pretrained(path)
@@ -128,7 +131,13 @@ def test_a_chunk_that_kills_its_worker_every_time_is_given_up(
                 chunk = wait_for(lambda n=attempt: _claimed(record, job_id, n), 60, f"claim number {attempt}")
                 os.kill(pid_of(chunk.worker), signal.SIGKILL)
             status = client.wait(job_id, timeout=60)
-            time.sleep(2)
+            # (and the delivery that gave the chunk up has returned: the worker logs the task's success after it)
+            gave_up = f"chunk 0 was started {MAX_CHUNK_ATTEMPTS} times without finishing"
+            wait_for(
+                lambda: TASK_SUCCEEDED.search(worker_log(tmp_path / "worker.log").partition(gave_up)[2]),
+                60,
+                "the task that gave the chunk up to return",
+            )
             final = record.chunks(job_id)[0]
 
     # Then the next delivery gave its items up, each recorded as failed with attempts_exhausted

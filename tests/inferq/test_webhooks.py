@@ -433,6 +433,50 @@ def test_a_url_that_turned_private_is_refused_at_delivery_and_recorded(
     assert attempt.status_code is None and attempt.error is not None and attempt.error.startswith("refused:")
 
 
+def test_a_trickling_receiver_is_cut_at_the_attempts_deadline(
+    sqlite_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    # Given a receiver that answers at once, then sends its body one byte every 0.2 s for 20 s (each read is far
+    # quicker than any read timeout, the answer never ends)
+    settings = fast(sqlite_settings, webhook_timeout=1.0, webhook_retry_delays=[0, 0])
+    with Receiver(["trickle"], hang_seconds=20, trickle_seconds=0.2) as receiver:
+        job_id = a_job(sessions, receiver.url)
+        [delivery_id] = end_job(sessions, job_id, 2, 0)
+
+        # When the delivery is sent
+        started = time.monotonic()
+        sent = deliver(settings, sessions, delivery_id)
+        took = time.monotonic() - started
+
+    # Then the attempt was cut at its one deadline and recorded as failed, to be retried
+    assert sent.outcome is Sent.RETRYING and sent.attempt == 1
+    assert 1.0 <= took < 4.0, took
+    with sessions() as session:
+        [attempt] = session.scalars(select(WebhookAttempt)).all()
+    assert attempt.status_code is None and attempt.error is not None
+    assert attempt.error.startswith("Timeout") and "deadline of 1s" in attempt.error
+    assert 1.0 <= attempt.duration < 4.0
+
+
+def test_only_the_first_bytes_of_a_long_answer_are_read(
+    sqlite_settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    # Given a receiver that answers 200 with an endless body, as fast as it is read
+    settings = fast(sqlite_settings, webhook_timeout=10.0, webhook_max_response_bytes=1024)
+    with Receiver(["flood"], hang_seconds=30) as receiver:
+        job_id = a_job(sessions, receiver.url)
+        [delivery_id] = end_job(sessions, job_id, 2, 0)
+
+        # When the delivery is sent
+        started = time.monotonic()
+        sent = deliver(settings, sessions, delivery_id)
+        took = time.monotonic() - started
+
+    # Then it stopped reading after the cap, long before its deadline, and the 200 delivered it
+    assert sent.outcome is Sent.DELIVERED, sent
+    assert took < 5.0, took
+
+
 def test_two_senders_at_once_post_once(sqlite_settings: Settings, sessions: sessionmaker[Session]) -> None:
     settings = fast(sqlite_settings)
     with Receiver() as receiver:
@@ -569,3 +613,19 @@ def test_reconcilers_send_each_long_due_delivery_once(own_postgres: str, redis_u
     assert again == []
     # And it is one message on the webhook queue
     assert waiting == 1
+
+
+def test_the_delivery_task_has_a_hard_time_limit_past_the_deadline(sqlite_settings: Settings) -> None:
+    from inferq.celery_app import create_celery
+    from inferq.task_specs import DELIVER_WEBHOOK
+    from inferq.webhooks import TIME_LIMIT_MARGIN_SECONDS
+
+    settings = sqlite_settings.model_copy(update={"webhook_timeout": 3.0})
+    app = create_celery(settings)
+
+    @app.task(name=DELIVER_WEBHOOK)
+    def deliver_webhook(delivery_id: str) -> None:
+        pass
+
+    app.finalize()
+    assert app.tasks[DELIVER_WEBHOOK].time_limit == 3.0 + TIME_LIMIT_MARGIN_SECONDS

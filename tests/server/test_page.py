@@ -27,8 +27,8 @@ import pytest
 from server.process import running_server
 from tests.server.conftest import MODEL, MakeKey, bearer, jsonl
 from tests.support.services import unavailable
+from tests.support.tiny_models import corpus
 from worker.process import running_worker
-from worker.tiny_models import corpus
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 

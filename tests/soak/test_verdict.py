@@ -17,9 +17,9 @@ from producer.client import store_job
 from producer.inputs import InputRecord
 from soak.verdict import judge
 from soak.workload import JobSpec
+from tests.support.tiny_models import corpus
 from worker.model_cache import ModelCache
 from worker.runner import Runner
-from worker.tiny_models import corpus
 
 
 def test_the_verdict_finds_every_kind_of_damage(sqlite_settings: Settings, tiny_models: dict[str, Path]) -> None:

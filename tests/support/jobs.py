@@ -10,7 +10,7 @@ from typing import Any
 
 from inferq.settings import Settings
 from producer.client import Client
-from worker.tiny_models import corpus
+from tests.support.tiny_models import corpus
 
 #: Sequences per micro-batch for the workers of these tests: small, so that a chunk has many micro-batches and a
 #: fault (a kill, a SIGTERM, a cancellation) lands between two of them.

@@ -1,6 +1,8 @@
 """A real webhook receiver for tests: a threaded ``http.server`` on a loopback port that records every request
-(headers and body, byte for byte) and answers from a script: a status code per call, or ``"hang"`` (answer nothing
-for longer than the sender's timeout). It can be down (nothing listens on its port) and come up later on the
+(headers and body, byte for byte) and answers from a script: a status code per call, ``"hang"`` (answer nothing
+for longer than the sender's timeout), ``"trickle"`` (a 200 status line and headers at once, then the body one byte
+every ``trickle_seconds``, for ``hang_seconds``: each read is quick, the answer never ends) or ``"flood"`` (a 200
+with an endless body, as fast as the sender reads it). It can be down (nothing listens on its port) and come up later on the
 same port, as a receiver that is down for a while does."""
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Literal
 
 from tests.support.brokers import free_port
 
-Answer = int | Literal["hang"]
+Answer = int | Literal["hang", "trickle", "flood"]
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,16 @@ class Received:
 class Receiver:
     """Answers call ``n`` (from 0) with ``script[n]``, and 200 once the script is used up."""
 
-    def __init__(self, script: list[Answer] | None = None, *, hang_seconds: float = 5.0) -> None:
+    def __init__(
+        self, script: list[Answer] | None = None, *, hang_seconds: float = 5.0, trickle_seconds: float = 0.2
+    ) -> None:
         self.port = free_port()
         self.script = list(script or [])
         self.hang_seconds = hang_seconds
+        self.trickle_seconds = trickle_seconds
         self.received: list[Received] = []
+        #: Per call: seconds from the request's arrival until the sender went away or the answer ended.
+        self.held: list[float] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -58,10 +65,31 @@ class Receiver:
                 if answer == "hang":
                     receiver._release.wait(receiver.hang_seconds)
                     return  # close without an answer
+                if answer in ("trickle", "flood"):
+                    self._endless(answer)
+                    return
                 self.send_response(answer)
                 self.send_header("content-length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")
+
+            def _endless(self, answer: str) -> None:
+                started = time.monotonic()
+                self.send_response(200)
+                self.send_header("content-length", str(1 << 40))
+                self.end_headers()
+                piece = b"x" if answer == "trickle" else b"x" * 65536
+                try:
+                    while time.monotonic() - started < receiver.hang_seconds and not receiver._release.is_set():
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                        if answer == "trickle":
+                            receiver._release.wait(receiver.trickle_seconds)
+                except OSError:
+                    pass  # the sender went away
+                with receiver._lock:
+                    receiver.held.append(time.monotonic() - started)
+                self.close_connection = True
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

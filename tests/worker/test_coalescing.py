@@ -17,11 +17,11 @@ from inferq.db import make_engine, make_sessionmaker
 from inferq.schema import Chunk, Item, utcnow
 from inferq.settings import Settings
 from tests.reference import assert_same_labels, classification_reference
+from tests.support.tiny_models import corpus
 from tests.worker.jobs import a_job, job_row
 from worker.claims import claim_chunk, claim_mates
 from worker.model_cache import ModelCache
 from worker.runner import Runner
-from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
 

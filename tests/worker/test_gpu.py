@@ -9,8 +9,8 @@ import pytest
 
 from inferq.settings import Settings
 from inferq.task_specs import TaskName, validate_params
+from tests.support.tiny_models import corpus
 from worker.model_cache import ModelCache
-from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.gpu
 

@@ -13,9 +13,9 @@ from sqlalchemy import update
 
 from inferq import metrics
 from inferq.schema import Chunk
+from tests.support.tiny_models import corpus
 from tests.worker.jobs import a_job, job_row
 from worker.runner import Runner
-from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
 

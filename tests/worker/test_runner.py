@@ -17,11 +17,11 @@ from inferq.schema import Chunk, Item
 from inferq.settings import Settings
 from inferq.states import ItemState
 from tests.reference import assert_same_labels, classification_reference
+from tests.support.tiny_models import corpus
 from tests.worker.jobs import a_job, job_row
 from worker.claims import Claim, claim_chunk, write_results
 from worker.engines.base import Outcome
 from worker.runner import Runner
-from worker.tiny_models import corpus
 
 pytestmark = pytest.mark.services
 

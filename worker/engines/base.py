@@ -26,6 +26,10 @@ from worker.engines.batching import (
 from worker.loaded import LoadedModel
 from worker.stages import StageClock
 
+# torch is imported inside the methods that use it: the worker's prefork parent imports this module (through the
+# model cache and the runner) and must stay free of torch (tests/worker/test_app.py); the task engines' own
+# modules load with a model and import it at the top.
+
 #: The `Item` columns of a top result (`TaskSpec.top_columns` names those a task fills), and of a vector.
 RESULT_COLUMNS = ("label", "score", "answer", "start_char", "end_char", "entity_count", "vector")
 

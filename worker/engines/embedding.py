@@ -61,6 +61,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from tokenizers.normalizers import Lowercase
+from tokenizers.normalizers import Sequence as NormalizerSequence
 
 from inferq.errors import InferqError, InvalidParameter
 from inferq.task_specs import EmbeddingParams, TaskName
@@ -278,9 +283,6 @@ class EmbeddingEngine(Engine[EmbeddingParams]):
         )
 
     def forward(self, batch: dict[str, Any], params: EmbeddingParams) -> dict[str, Any]:
-        import torch
-        import torch.nn.functional as F
-
         setup = self.setup(params)
         states = self.model(**batch)[0].float()  # [B, T, H]
         mask = batch["attention_mask"]
@@ -465,8 +467,6 @@ def _word_start(words: Sequence[int | None], previous: int, start: int, end: int
 
 def _pool(mode: str, states: Any, mask: Any) -> Any:
     """sentence-transformers' ``Pooling._forward_padded`` for one mode, on right-padded float32 states."""
-    import torch
-
     if mode == "cls":
         first = mask.to(torch.int).argmax(dim=1)
         return states[torch.arange(states.shape[0], device=states.device), first]
@@ -491,8 +491,6 @@ def _pool(mode: str, states: Any, mask: Any) -> Any:
 
 
 def _activate(x: Any, name: str) -> Any:
-    import torch.nn.functional as F
-
     if name == "tanh":
         return x.tanh()
     if name == "relu":
@@ -633,8 +631,6 @@ def _dense_layer(loaded: LoadedModel, path: str) -> DenseLayer:
         raise ValueError(
             f"modules.json: the Dense module in {path!r} has no model.safetensors (pickled weights are refused)"
         )
-    from safetensors.torch import load_file
-
     tensors = load_file(weights_file)
     weight = tensors["linear.weight"].float().to(loaded.device)
     bias = tensors["linear.bias"].float().to(loaded.device) if "linear.bias" in tensors else None
@@ -709,9 +705,6 @@ def _hidden_size(config: Any) -> int:
 def _lowercased(tokenizer: Any) -> Any:
     """A copy of the tokenizer whose normalizer lowercases first (``do_lower_case``), as sentence-transformers
     makes it; a tokenizer that lowercases already is kept."""
-    from tokenizers.normalizers import Lowercase
-    from tokenizers.normalizers import Sequence as NormalizerSequence
-
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("do_lower_case needs a fast (tokenizers) tokenizer")
     normalizer = tokenizer.backend_tokenizer.normalizer

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+import transformers
 
 from inferq.errors import InputError, InvalidParameter, ModelLoadError
 from inferq.task_specs import MASK_PLACEHOLDER, FillMaskParams, TaskName
@@ -138,8 +140,6 @@ class FillMaskEngine(Engine[FillMaskParams]):
         key = tuple(targets)
         tensor = self._target_tensors.get(key)
         if tensor is None:
-            import torch
-
             tensor = torch.from_numpy(self.target_ids(targets)).to(self.device)
             self._target_tensors[key] = tensor
         return tensor
@@ -192,8 +192,6 @@ class FillMaskEngine(Engine[FillMaskParams]):
         )
 
     def forward(self, batch: dict[str, Any], params: FillMaskParams) -> dict[str, Any]:
-        import torch
-
         input_ids = batch["input_ids"]
         states = self._encode(batch)  # [B, T, H] (or [B, T, V] logits without a split), stays on the device
         is_mask = (input_ids == self.mask_id) & batch["attention_mask"].bool()
@@ -308,9 +306,6 @@ def _head_split(model: Any) -> tuple[Callable[[dict[str, Any]], Any], Callable[[
     """``(encode, head)`` for a model of a class in `_HEAD_SPLITS` (that very class, from transformers), built from
     the model's own submodules; ``None`` for any other model, or when a submodule is missing (another
     transformers version)."""
-    import torch
-    import transformers
-
     name = type(model).__name__
     layout = _HEAD_SPLITS.get(name)
     if layout is None or type(model) is not getattr(transformers, name, None):

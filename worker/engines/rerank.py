@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from inferq.task_specs import RerankParams, TaskName
 from worker.engines.base import Engine, Outcome
@@ -110,8 +111,6 @@ class RerankEngine(Engine[RerankParams]):
     def scores(self, logits: np.ndarray, activation: str) -> np.ndarray:
         """``[n, 1]`` logits → ``[n]`` scores, through the activation CrossEncoder would apply (on a
         ``[n, 1]`` float32 tensor, then squeezed, as ``CrossEncoder.predict`` does)."""
-        import torch
-
         path = self.default_activation if activation == "default" else _NAMED[activation]
         with torch.inference_mode():
             out = self._activation(path)(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)))

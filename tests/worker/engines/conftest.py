@@ -1,19 +1,14 @@
-"""Fixtures shared by the engine tests."""
+"""Fixtures shared by the engine tests: the one factory their models come from (``one_torch_thread`` lives in
+tests/conftest.py, for the benchmark's engine tests too)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
+from tests.support.engines import TinyEngines
 
-@pytest.fixture(scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """One intra-op thread: these models are tiny, and on a small shared machine more threads only contend.
-    A module asks for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
-    import torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(scope="session")
+def tiny_engines(tmp_path_factory: pytest.TempPathFactory) -> TinyEngines:
+    """Tiny random-weight models of any task, by name and builder arguments, each built once a session."""
+    return TinyEngines(tmp_path_factory.mktemp("engine-models"))

@@ -18,9 +18,10 @@ import pytest
 from inferq.precision import BOUNDS, Tier, TierBounds, vector_quality
 from inferq.settings import Settings
 from inferq.task_specs import TaskName
+from tests.support.engines import TinyEngines
+from tests.support.tiny_models import corpus
 from worker.backends import AUTO_TABLE, resolve_backend
 from worker.model_cache import ModelCache
-from worker.tiny_models import build_model, build_sentence_transformer, corpus
 
 pytest.importorskip("ctranslate2")
 
@@ -75,11 +76,11 @@ def test_ctranslate2_at_fp32_is_sentence_transformers_on_all_minilm() -> None:
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
-def test_ctranslate2_at_fp32_is_the_torch_path_on_tiny_models(tmp_path: Path, arch: Any) -> None:
+def test_ctranslate2_at_fp32_is_the_torch_path_on_tiny_models(tiny_engines: TinyEngines, arch: Any) -> None:
     from worker.backends.ct2 import Ct2Encoder
 
     # Given a tiny sentence-transformers model of the architecture (mean pooling, a Dense layer, Normalize)
-    path = build_sentence_transformer(tmp_path / arch, arch, dense=24, normalize=True)
+    path = tiny_engines.model(TaskName.EMBEDDING, f"{arch}-dense", arch=arch, dense=24, normalize=True)
     # when it runs on torch and on CTranslate2
     want, torch_model = embed(path, TEXTS, backend="torch")
     got, ct2_model = embed(path, TEXTS, backend="ctranslate2")
@@ -100,10 +101,10 @@ def test_ctranslate2_at_int8_keeps_the_reduced_tier_on_all_minilm() -> None:
 
 
 def test_a_task_ctranslate2_does_not_serve_falls_back_to_torch_with_one_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tiny_engines: TinyEngines, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a classifier asked to run on CTranslate2 (which serves embeddings only)
-    path = build_model(tmp_path / "cls", TaskName.CLASSIFICATION, "distilbert", labels=["NEG", "POS"])
+    path = tiny_engines.model(TaskName.CLASSIFICATION, "sentiment", arch="distilbert", labels=["NEG", "POS"])
     with caplog.at_level(logging.INFO, logger="worker.backends"):
         engine = cache(path, TaskName.CLASSIFICATION, backend="ctranslate2").engine("m", TaskName.CLASSIFICATION)
     # then torch runs it, and one line says why.
@@ -136,13 +137,13 @@ def test_auto_keeps_torch_until_a_benchmark_run_fills_the_table() -> None:
 
 
 def test_precision_auto_passes_over_bf16_where_it_misses_its_tier(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tiny_engines: TinyEngines, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     import worker.model_cache
 
     # Given a CPU on which auto means bf16, and a model
     monkeypatch.setattr(worker.model_cache, "cpu_has_native_bf16", lambda: True)
-    path = build_sentence_transformer(tmp_path / "st", "bert", normalize=True)
+    path = tiny_engines.model(TaskName.EMBEDDING, "normalized", arch="bert", normalize=True)
     # when bf16 keeps the near tier on it, auto runs it at bf16
     loaded = cache(path, precision="auto").load("m", TaskName.EMBEDDING)
     assert loaded.precision == "bf16"

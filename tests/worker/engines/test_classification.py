@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from inferq.settings import Settings
 from inferq.task_specs import TaskName, validate_params
 from tests.reference import assert_same_labels, classification_reference
-from worker.model_cache import ModelCache
-from worker.tiny_models import corpus
+from tests.support.engines import model_cache
+from tests.support.tiny_models import corpus
+from worker.engines.base import Engine
 
 EDGE_TEXTS = [
     "I hate you",
@@ -24,9 +24,14 @@ EDGE_TEXTS = [
 ]
 
 
+def classifier(registry_json: str, model: str) -> Engine[Any]:
+    """The engine of the session's tiny classifier ``model`` (`tests.conftest.tiny_models`)."""
+    sources = {name: spec["source"] for name, spec in json.loads(registry_json).items()}
+    return model_cache(sources, max_batch_tokens=512, max_batch_size=16).engine(model, TaskName.CLASSIFICATION)
+
+
 def run_engine(registry_json: str, model: str, inputs: list[dict[str, Any]], **params: Any) -> list[Any]:
-    settings = Settings(models=json.loads(registry_json), max_batch_tokens=512, max_batch_size=16)
-    engine = ModelCache(settings).engine(model, TaskName.CLASSIFICATION)
+    engine = classifier(registry_json, model)
     outcomes = engine.run(inputs, validate_params(TaskName.CLASSIFICATION, params))
     assert all(o is not None and o.ok for o in outcomes)
     return outcomes
@@ -81,8 +86,7 @@ def test_a_batch_that_runs_out_of_device_memory_is_split_and_every_item_still_ge
 
     # Given a model whose device holds at most 4 sequences at a time (a forward hook raises the error a CUDA
     # device raises when a batch does not fit)
-    settings = Settings(models=json.loads(registry_json), max_batch_tokens=512, max_batch_size=16)
-    engine = ModelCache(settings).engine("cls-roberta", TaskName.CLASSIFICATION)
+    engine = classifier(registry_json, "cls-roberta")
     batch_sizes: list[int] = []
 
     def device_memory(module: Any, args: Any, kwargs: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """Embedding parity with sentence-transformers (``SentenceTransformer.encode`` and its modules), on the real
 all-MiniLM-L6-v2 (mean pooling + Normalize, max_seq_length 256, legacy pooling config) and on tiny models built
-here as sentence-transformers directories (`worker.tiny_models.build_sentence_transformer`).
+here as sentence-transformers directories (`tests.support.tiny_models.build_sentence_transformer`).
 
 Every engine is loaded as a worker loads it (`ModelCache`), and every vector is read back from the bytes the
 engine stores (`Outcome.vector`)."""
@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 
 from inferq.errors import ModelLoadError
-from inferq.settings import Settings
 from inferq.task_specs import TaskName, validate_params
+from tests.support.engines import TinyEngines, model_cache
+from tests.support.tiny_models import build_model, corpus
 from worker.engines.base import Engine, Outcome
 from worker.engines.embedding import EmbeddingEngine
-from worker.model_cache import ModelCache
-from worker.tiny_models import build_model, build_sentence_transformer, corpus
 
 #: Largest accepted difference between an engine's component and sentence-transformers'.
 TOLERANCE = 1e-5
@@ -55,12 +54,8 @@ def long_texts(count: int, sentences: int = 25) -> list[str]:
 
 
 def make_engine(source: str | Path, *, precision: str = "fp32", max_batch_tokens: int = 4096) -> EmbeddingEngine:
-    settings = Settings(
-        models={"m": {"source": str(source), "task": "embedding", "precision": precision}},
-        max_batch_tokens=max_batch_tokens,
-        max_batch_size=64,
-    )
-    engine = ModelCache(settings).engine("m", TaskName.EMBEDDING)
+    cache = model_cache({"m": source}, precision=precision, max_batch_tokens=max_batch_tokens, max_batch_size=64)
+    engine = cache.engine("m", TaskName.EMBEDDING)
     assert isinstance(engine, EmbeddingEngine)
     return engine
 
@@ -289,9 +284,8 @@ TINY: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("st-models")
-    return {name: build_sentence_transformer(root / name, **kw) for name, kw in TINY.items()}
+def tiny_dirs(tiny_engines: TinyEngines) -> dict[str, Path]:
+    return tiny_engines.models(TaskName.EMBEDDING, TINY)
 
 
 class TinyModels:

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 
 from inferq.errors import InputError, InvalidParameter
-from inferq.settings import ModelSpec, Settings
 from inferq.task_specs import MASK_PLACEHOLDER, TaskName, read_params, validate_params
+from tests.support.engines import TinyEngines, model_cache
+from tests.support.tiny_models import Arch, corpus
 from worker.engines.base import Outcome
 from worker.engines.batching import plan_batches
 from worker.engines.fill_mask import FillMaskEngine
 from worker.model_cache import ModelCache
-from worker.tiny_models import Arch, build_model, corpus
 
 SCORE_TOLERANCE = 1e-5
 TIE = 1e-6
@@ -57,21 +57,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
-def fill_mask_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("fill_mask_models")
-    return {
-        arch: build_model(root / arch, TaskName.FILL_MASK, arch=arch, max_length=MAX_LENGTH, initializer_range=0.5)
-        for arch in ARCHS
-    }
+def fill_mask_dirs(tiny_engines: TinyEngines) -> dict[str, Path]:
+    specs = {arch: {"arch": arch, "max_length": MAX_LENGTH, "initializer_range": 0.5} for arch in ARCHS}
+    return tiny_engines.models(TaskName.FILL_MASK, specs)
 
 
 @pytest.fixture(scope="session")
 def fill_mask_cache(fill_mask_dirs: dict[str, Path]) -> ModelCache:
-    settings = Settings(
-        models={arch: ModelSpec(source=str(path.resolve())) for arch, path in fill_mask_dirs.items()},
-        max_batch_tokens=MAX_BATCH_TOKENS,
-    )
-    return ModelCache(settings, device="cpu", precision="fp32")
+    return _model_cache(fill_mask_dirs, "fp32")
 
 
 @functools.cache
@@ -410,11 +403,7 @@ def other_mlm_dirs(fill_mask_dirs: dict[str, Path], tmp_path_factory: pytest.Tem
 
 
 def _model_cache(dirs: dict[str, Path], precision: str) -> ModelCache:
-    settings = Settings(
-        models={arch: ModelSpec(source=str(path.resolve())) for arch, path in dirs.items()},
-        max_batch_tokens=MAX_BATCH_TOKENS,
-    )
-    return ModelCache(settings, device="cpu", precision=precision)
+    return model_cache(dirs, precision=precision, max_batch_tokens=MAX_BATCH_TOKENS)
 
 
 @pytest.fixture(scope="session")

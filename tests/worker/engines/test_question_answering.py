@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 
 from inferq.errors import InputError
-from inferq.settings import Settings
 from inferq.task_specs import TaskName, read_params, validate_params
 from tests.reference import SCORE_TOLERANCE
+from tests.support.engines import model_cache as cache_of
+from tests.support.tiny_models import corpus
 from worker.engines.base import Engine
 from worker.engines.batching import plan_batches
 from worker.engines.question_answering import _band_spans, _decode_spans_full, select_spans
 from worker.model_cache import ModelCache
-from worker.tiny_models import corpus
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 MODELS = ("qa-bert", "qa-roberta")
@@ -56,12 +56,8 @@ def _group_id(key: tuple[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def model_cache() -> ModelCache:
-    settings = Settings(
-        models={name: str(FIXTURES / "models" / name) for name in MODELS},
-        max_batch_tokens=MAX_BATCH_TOKENS,
-        max_batch_size=16,
-    )
-    return ModelCache(settings, device="cpu", precision="fp32")
+    sources = {name: FIXTURES / "models" / name for name in MODELS}
+    return cache_of(sources, precision="fp32", max_batch_tokens=MAX_BATCH_TOKENS, max_batch_size=16)
 
 
 def qa_engine(model_cache: ModelCache, model: str) -> Engine:

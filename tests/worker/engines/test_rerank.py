@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 
 from inferq.errors import ModelLoadError
-from inferq.settings import Settings
 from inferq.task_specs import TaskName, validate_params
 from tests.reference import SCORE_TOLERANCE, assert_same_ranking
+from tests.support.engines import TinyEngines
+from tests.support.engines import model_cache as cache_of
+from tests.support.tiny_models import build_config, build_model, build_tokenizer, corpus
 from worker.engines.base import Outcome
 from worker.engines.rerank import DEFAULT_ACTIVATION, RerankEngine, pairs_of, resolve_activation
 from worker.model_cache import ModelCache
-from worker.tiny_models import build_config, build_cross_encoder, build_model, build_tokenizer, corpus
 
 MAX_BATCH_TOKENS = 256
 IDENTITY = "torch.nn.modules.linear.Identity"
@@ -49,20 +50,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("rerank-models")
-    return {
-        name: build_cross_encoder(root / name, arch, **kw)  # type: ignore[arg-type]
-        for name, (arch, kw, _) in MODELS.items()
-    }
+def models(tiny_engines: TinyEngines) -> dict[str, Path]:
+    return tiny_engines.models(TaskName.RERANK, {name: {"arch": arch, **kw} for name, (arch, kw, _) in MODELS.items()})
 
 
 @pytest.fixture(scope="module")
 def model_cache(models: dict[str, Path]) -> ModelCache:
-    settings = Settings(
-        models={name: str(path) for name, path in models.items()}, max_batch_tokens=MAX_BATCH_TOKENS, max_batch_size=16
-    )
-    return ModelCache(settings)
+    return cache_of(models, max_batch_tokens=MAX_BATCH_TOKENS, max_batch_size=16)
 
 
 @functools.cache
@@ -223,7 +217,7 @@ def test_a_saved_max_seq_length_truncates_as_in_the_cross_encoder(models: dict[s
     shutil.copytree(models["ce-bert"], path)
     module = json.loads((path / "sentence_bert_config.json").read_text())
     (path / "sentence_bert_config.json").write_text(json.dumps({**module, "max_seq_length": 24}))
-    model_cache = ModelCache(Settings(models={"short": str(path)}, max_batch_tokens=MAX_BATCH_TOKENS))
+    model_cache = cache_of({"short": path}, max_batch_tokens=MAX_BATCH_TOKENS)
     outcomes = run(model_cache, "short", LINES[:8])
     assert max(model_cache.engine("short", TaskName.RERANK).preprocess(LINES[:8], engine_params({})).lengths) == 24
     for i, (line, o) in enumerate(zip(LINES, outcomes, strict=False)):
@@ -235,7 +229,7 @@ def test_a_saved_max_seq_length_truncates_as_in_the_cross_encoder(models: dict[s
 
 def test_a_model_with_more_than_one_label_is_refused(tmp_path: Path) -> None:
     path = build_model(tmp_path / "two", TaskName.RERANK, "bert", labels=["no", "yes"])
-    model_cache = ModelCache(Settings(models={"two": str(path)}))
+    model_cache = cache_of({"two": path})
     with pytest.raises(ModelLoadError, match=r"2 labels \(no, yes\).*CrossEncoder.rank refuses"):
         model_cache.engine("two", TaskName.RERANK)
 
@@ -251,7 +245,7 @@ def test_an_embedding_checkpoint_without_a_classification_head_is_refused(arch: 
     model = AutoModel.from_config(build_config(arch, len(tokenizer), max_length=64))  # type: ignore[arg-type]
     model.save_pretrained(tmp_path / "bare")
     tokenizer.save_pretrained(tmp_path / "bare")
-    model_cache = ModelCache(Settings(models={"bare": str(tmp_path / "bare")}))
+    model_cache = cache_of({"bare": tmp_path / "bare"})
 
     # Then the model cache's head check refuses it instead of running a random head
     with pytest.raises(ModelLoadError, match=r"no rerank head .*classifier"):
@@ -264,7 +258,7 @@ def test_a_cross_encoder_save_with_other_modules_is_refused(models: dict[str, Pa
     modules = json.loads((path / "modules.json").read_text())
     modules.append({"idx": 1, "name": "1", "path": "1_Dense", "type": "sentence_transformers.base.modules.Dense"})
     (path / "modules.json").write_text(json.dumps(modules))
-    model_cache = ModelCache(Settings(models={"m": str(path)}))
+    model_cache = cache_of({"m": path})
     with pytest.raises(ModelLoadError, match="not one sequence-classification Transformer module"):
         model_cache.engine("m", TaskName.RERANK)
 

@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from inferq.settings import ModelSpec, Settings
 from inferq.task_specs import TaskName, read_params, validate_params
+from tests.support.engines import TinyEngines, model_cache
+from tests.support.tiny_models import Arch, corpus
 from worker.engines.base import Outcome
 from worker.engines.batching import plan_batches
 from worker.engines.token_classification import TokenClassificationEngine
 from worker.model_cache import ModelCache
-from worker.tiny_models import Arch, build_model, corpus
 
 SCORE_TOLERANCE = 1e-5
 #: Labels whose probabilities are within this of each other tie (an argmax between them may go either way).
@@ -56,23 +56,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
-def token_classification_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("token_classification_models")
-    return {
-        arch: build_model(
-            root / arch, TaskName.TOKEN_CLASSIFICATION, arch=arch, max_length=MAX_LENGTH, initializer_range=0.5
-        )
-        for arch in ARCHS
-    }
+def token_classification_dirs(tiny_engines: TinyEngines) -> dict[str, Path]:
+    specs = {arch: {"arch": arch, "max_length": MAX_LENGTH, "initializer_range": 0.5} for arch in ARCHS}
+    return tiny_engines.models(TaskName.TOKEN_CLASSIFICATION, specs)
 
 
 @pytest.fixture(scope="session")
 def token_classification_cache(token_classification_dirs: dict[str, Path]) -> ModelCache:
-    settings = Settings(
-        models={arch: ModelSpec(source=str(path.resolve())) for arch, path in token_classification_dirs.items()},
-        max_batch_tokens=MAX_BATCH_TOKENS,
-    )
-    return ModelCache(settings, device="cpu", precision="fp32")
+    return model_cache(token_classification_dirs, precision="fp32", max_batch_tokens=MAX_BATCH_TOKENS)
 
 
 @functools.cache

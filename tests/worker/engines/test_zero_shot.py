@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 
 from inferq.errors import ModelLoadError
-from inferq.settings import Settings
 from inferq.task_specs import TaskName, read_params, validate_params
 from tests.reference import assert_same_labels
+from tests.support.engines import TinyEngines
+from tests.support.engines import model_cache as cache_of
+from tests.support.tiny_models import build_model, corpus
 from worker.engines.base import Outcome
 from worker.engines.zero_shot import ZeroShotEngine, entailment_id
 from worker.model_cache import ModelCache
-from worker.tiny_models import build_model, build_nli_model, corpus
 
 MAX_BATCH_TOKENS = 256
 #: name → (arch, labels in id order, build keyword arguments).
@@ -41,20 +42,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("nli-models")
-    return {
-        name: build_nli_model(root / name, arch, labels, **kw)  # type: ignore[arg-type]
-        for name, (arch, labels, kw) in MODELS.items()
-    }
+def models(tiny_engines: TinyEngines) -> dict[str, Path]:
+    specs = {name: {"arch": arch, "labels": labels, **kw} for name, (arch, labels, kw) in MODELS.items()}
+    return tiny_engines.models(TaskName.ZERO_SHOT_CLASSIFICATION, specs)
 
 
 @pytest.fixture(scope="module")
 def model_cache(models: dict[str, Path]) -> ModelCache:
-    settings = Settings(
-        models={name: str(path) for name, path in models.items()}, max_batch_tokens=MAX_BATCH_TOKENS, max_batch_size=16
-    )
-    return ModelCache(settings)
+    return cache_of(models, max_batch_tokens=MAX_BATCH_TOKENS, max_batch_size=16)
 
 
 @functools.cache
@@ -216,6 +211,6 @@ def test_a_model_without_an_entailment_label_is_refused(tmp_path: Path) -> None:
     path = build_model(
         tmp_path / "sst", TaskName.ZERO_SHOT_CLASSIFICATION, "distilbert", labels=["NEGATIVE", "POSITIVE"]
     )
-    model_cache = ModelCache(Settings(models={"sst": str(path)}))
+    model_cache = cache_of({"sst": path})
     with pytest.raises(ModelLoadError, match=r"entailment label.*'NEGATIVE', 'POSITIVE'"):
         model_cache.engine("sst", TaskName.ZERO_SHOT_CLASSIFICATION)

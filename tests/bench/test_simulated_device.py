@@ -1,5 +1,5 @@
-"""The benchmark's simulated accelerator: selected only by its own setting, its forward pass takes the device's time
-(sleeping, the CPU free), and the outcomes have the model's shape."""
+"""The benchmark's simulated accelerator: installed only through the worker's engine hook, its forward pass takes the
+device's time (sleeping, the CPU free), and the outcomes have the model's shape."""
 
 from __future__ import annotations
 
@@ -9,12 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from bench.simulated_device import (
+    SIM_CALL_SECONDS,
+    SIM_TOKENS_PER_ITEM,
+    SimulatedDevice,
+    SimulatedEngine,
+    simulated_engine_class,
+    simulated_engine_factory,
+)
 from inferq.errors import ModelLoadError
 from inferq.settings import Settings
-from inferq.task_specs import TaskName
+from inferq.task_specs import TaskName, read_params
 from worker.engines.classification import ClassificationEngine
-from worker.engines.simulated import SIM_CALL_SECONDS, SIM_TOKENS_PER_ITEM, SimulatedDevice, SimulatedEngine
-from worker.model_cache import ModelCache
+from worker.engines.token_classification import TokenClassificationEngine
+from worker.model_cache import ModelCache, default_engine_factory, set_engine_factory
 from worker.stages import StageClock
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -22,20 +30,35 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TEXTS = [{"text": t} for t in ["I love you", "I hate you", "a somewhat longer sentence about nothing much at all"]]
 
 
-def cache(registry_json: str, **settings: object) -> ModelCache:
-    return ModelCache(Settings(models=json.loads(registry_json), **settings))  # type: ignore[arg-type]
+def cache(registry_json: str, items_per_second: float | None = None) -> ModelCache:
+    """A model cache on the simulated device of ``items_per_second`` (None: the worker's own engines)."""
+    factory = None if items_per_second is None else simulated_engine_factory(items_per_second)
+    return ModelCache(Settings(models=json.loads(registry_json)), engine_factory=factory)
 
 
-def test_without_the_setting_the_worker_runs_the_real_model(registry_json: str) -> None:
+def test_without_the_hook_the_worker_runs_the_real_model(registry_json: str) -> None:
     engine = cache(registry_json).engine("cls-distilbert", TaskName.CLASSIFICATION)
     assert type(engine) is ClassificationEngine
+
+
+def test_the_installed_hook_builds_every_later_caches_engines_until_it_is_taken_away(registry_json: str) -> None:
+    # Given the simulated factory installed as the worker's engine hook (what `bench.simulated_worker` does)
+    set_engine_factory(simulated_engine_factory(0))
+    try:
+        # Then a cache made afterwards without a factory of its own runs the simulated device
+        engine = cache(registry_json).engine("cls-distilbert", TaskName.CLASSIFICATION)
+        assert isinstance(engine, SimulatedEngine) and isinstance(engine, ClassificationEngine)
+    finally:
+        set_engine_factory(None)
+    # And once the hook is taken away, the default again
+    assert cache(registry_json).engine_factory is default_engine_factory
 
 
 def test_the_simulated_device_takes_the_devices_time_with_the_cpu_free_and_outcomes_of_the_right_shape(
     registry_json: str, tmp_path: Path
 ) -> None:
     # Given a classifier on a simulated device of 200 items/s
-    engine = cache(registry_json, bench_simulated_device=200).engine("cls-distilbert", TaskName.CLASSIFICATION)
+    engine = cache(registry_json, 200).engine("cls-distilbert", TaskName.CLASSIFICATION)
     assert isinstance(engine, SimulatedEngine) and isinstance(engine, ClassificationEngine)
 
     # When it runs three texts
@@ -59,7 +82,7 @@ def test_the_simulated_device_takes_the_devices_time_with_the_cpu_free_and_outco
 
 
 def test_the_null_device_takes_no_time(registry_json: str) -> None:
-    engine = cache(registry_json, bench_simulated_device=0).engine("cls-distilbert", TaskName.CLASSIFICATION)
+    engine = cache(registry_json, 0).engine("cls-distilbert", TaskName.CLASSIFICATION)
     clock = StageClock()
     engine.run(TEXTS, {"top_k": 1, "function_to_apply": "default"}, clock=clock)
     assert clock.inner.get("device", 0.0) == 0.0
@@ -106,14 +129,9 @@ def test_a_launch_returns_at_once_and_queues_behind_the_devices_work_across_proc
 
 
 def test_a_task_the_simulation_cannot_shape_is_refused(tmp_path: Path) -> None:
-    from worker.engines.simulated import simulated_engine_class
-    from worker.engines.token_classification import TokenClassificationEngine
-
     with pytest.raises(ModelLoadError, match="simulated device"):
         simulated_engine_class(TokenClassificationEngine)
 
 
 def engine_params(engine: object) -> object:
-    from inferq.task_specs import read_params
-
     return read_params(TaskName.CLASSIFICATION, {"top_k": None, "function_to_apply": "default"})

@@ -3,9 +3,11 @@ speed would take and returns outputs of the right shape, made up from the input 
 does (claim, input read, tokenize, postprocess, result write, commit, the broker) is the real thing, so that the
 benchmark measures what keeps a fast device busy or idle without a GPU.
 
-Selected only by ``INFERQ_BENCH_SIMULATED_DEVICE`` (items/s; ``0`` is the null device, which takes no time: the
-control plane's ceiling). Never set it in production: the results it stores are not the model's (each worker
-process logs a warning when it builds such an engine).
+The worker knows nothing of it: a worker runs it only when started through ``python -m bench.simulated_worker
+--items-per-second N`` (``0`` is the null device, which takes no time: the control plane's ceiling), which
+installs `simulated_engine_factory` with the worker's engine hook (`worker.model_cache.set_engine_factory`) and
+then runs the normal ``inferq worker``; in-process, a `ModelCache` is given the factory. The results it stores
+are not the model's (each worker process logs a warning when it builds such an engine).
 
 The cost model: a forward pass of ``b`` sequences padded to ``t`` tokens takes ``SIM_CALL_SECONDS + b × t ×
 per_token`` with ``per_token = 1 / (items_per_second × SIM_TOKENS_PER_ITEM)``: a device "of 2,000 items/s" runs
@@ -37,6 +39,7 @@ from inferq.errors import ModelLoadError
 from inferq.task_specs import TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import BatchOutputs, Features, plan_batches
+from worker.model_cache import EngineFactory
 from worker.stages import StageClock
 
 log = logging.getLogger(__name__)
@@ -170,3 +173,13 @@ def make_simulated(cls: type[Engine[Any]], loaded: Any, items_per_second: float)
         f"{items_per_second:g} items/s" if items_per_second > 0 else "null device, no time",
     )
     return engine
+
+
+def simulated_engine_factory(items_per_second: float) -> EngineFactory:
+    """The engine factory (`worker.model_cache.EngineFactory`) that puts every model on a simulated device of
+    ``items_per_second`` (0: the null device)."""
+
+    def make(cls: type[Engine[Any]], loaded: Any) -> Engine[Any]:
+        return make_simulated(cls, loaded, items_per_second)
+
+    return make
