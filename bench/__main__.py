@@ -112,7 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="all",
         help="comma-separated tasks, or all (the default), classic (classification, question_answering, "
         "fill_mask), encoders (embedding, zero_shot_classification, rerank) or sim (the whole system on a "
-        "simulated accelerator, bench.simulated)",
+        "simulated accelerator, bench.simulated) or peers (sentence-transformers, CTranslate2 and ONNX Runtime beside "
+        "inferq's engine on the real all-MiniLM-L6-v2, with each row's quality tier, bench.peers; not part of all)",
     )
     p.add_argument(
         "--n",
@@ -157,8 +158,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     words = [w.strip() for w in args.tasks.split(",")]
     args.sim = "sim" in words or "all" in words
-    rest = ",".join(w for w in words if w != "sim")
-    args.task_list = task_list(rest) if rest or not args.sim else []
+    args.peers = "peers" in words
+    rest = ",".join(w for w in words if w not in ("sim", "peers"))
+    args.task_list = task_list(rest) if rest or not (args.sim or args.peers) else []
     args.precision_list = [x.strip() for x in args.precisions.split(",") if x.strip()]
     args.scale_items = args.scale_items or (20_000 if args.quick else 100_000)
     if args.small_jobs is None:
@@ -696,6 +698,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.http:
         return main_http(args, argv)
+    if args.peers:
+        main_peers(args, argv)
+        if not (args.task_list or args.sim):
+            return 0
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -814,6 +820,44 @@ def main_http(args: argparse.Namespace, argv: list[str] | None) -> int:
     path = write_json(out, payload)
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return 0
+
+
+def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """``--tasks peers``: the peer tables (`bench.peers`) of embedding, classification and rerank on their tasks'
+    items and benchmark models; their JSON under bench/results/ (``-peers``)."""
+    import torch
+
+    from bench.peers import bench_peers
+    from bench.peers import render as render_peers
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for noisy in ("transformers", "sentence_transformers", "worker", "inferq", "onnxruntime"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    info = machine_info()
+    log.info("%s", machine_line(info))
+    tables: dict[str, Any] = {}
+    for task in (TaskName.EMBEDDING, TaskName.CLASSIFICATION, TaskName.RERANK):
+        n = args.n or DEFAULT_N[task][1 if args.quick else 0]
+        items = items_for(task, n, args.seed)
+        texts: list[Any] = items if task is TaskName.RERANK else [i["text"] for i in items]
+        rounds = args.rounds or (1 if args.quick else DEFAULT_ROUNDS.get(task, 2))
+        model = ensure_model(args.models_dir, TASK_MODEL[task])
+        cache = args.models_dir / "peers" / model.name
+        peers = bench_peers(model.path, cache, texts, rounds, torch.get_num_threads(), task.value)
+        print(f"\npeers, {task.value}: {n} items ({model.name}), {rounds} round(s), {peers['threads']} threads")
+        print(render_peers(peers["_rows"]))
+        tables[task.value] = {k: v for k, v in peers.items() if not k.startswith("_")}
+    out = (
+        args.out or RESULTS_DIR / f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-peers{'-quick' if args.quick else ''}.json"
+    )
+    payload = {
+        "machine": info,
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "code": code_version(),
+        "peers": tables,
+    }
+    path = write_json(out, payload)
+    print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
 def bench_sim(run: Run, args: argparse.Namespace) -> None:

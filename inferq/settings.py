@@ -15,6 +15,8 @@ from inferq.errors import InvalidParameter
 from inferq.task_names import TaskName
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "auto"]
+#: What runs a model's encoder (`worker.backends`): ``auto`` picks from a table the benchmark justifies.
+Backend = Literal["auto", "torch", "ctranslate2"]
 
 #: Items per chunk (one Celery message): the settings' default and a job's own choice alike.
 ChunkSize = Annotated[int, Field(ge=1, le=constants.MAX_CHUNK_SIZE)]
@@ -33,6 +35,8 @@ class ModelSpec(BaseModel):
     queue: str | None = None
     #: Numeric precision the worker runs it at.
     precision: Precision = "fp32"
+    #: What runs it (`worker.backends`); a backend that cannot run the model falls back to torch.
+    backend: Backend = "auto"
     #: Hub revision (branch, tag or commit) to pin.
     revision: str | None = None
     #: Padded tokens per micro-batch; ``None`` takes the settings' default.
@@ -122,6 +126,8 @@ class Settings(BaseSettings):
     device: str = "cpu"
     #: Overrides every model's precision on this worker when set.
     precision: Precision | None = None
+    #: Overrides every model's backend on this worker when set.
+    backend: Backend | None = None
     #: torch's intra-op threads in each worker process. Default: the cores this worker may use ÷ its pool processes
     #: (at least 1), or torch's own choice where ``OMP_NUM_THREADS`` is set (`worker.threads.torch_threads`).
     torch_threads: int | None = Field(default=None, ge=1)

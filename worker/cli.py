@@ -25,6 +25,12 @@ import click
     default=None,
     help="Run every model at this precision (default: each model's registry setting).",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "ctranslate2"]),
+    default=None,
+    help="Run every model on this backend where it can (default: each model's registry setting; see worker.backends).",
+)
 @click.option("--queues", "-Q", default="", help="Extra queues to consume, comma-separated.")
 @click.option(
     "--pool",
@@ -58,6 +64,7 @@ def worker_command(
     models: str,
     concurrency: int | None,
     precision: str | None,
+    backend: str | None,
     queues: str,
     pool: str | None,
     loglevel: str | None,
@@ -84,6 +91,8 @@ def worker_command(
         options["device"] = device
     if precision:
         options["precision"] = precision
+    if backend:
+        options["backend"] = backend
     if metrics_port is not None:
         options["metrics_port"] = metrics_port
     names = [m.strip() for m in models.split(",") if m.strip()]

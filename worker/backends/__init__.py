@@ -1,0 +1,84 @@
+"""Backends: what runs a model's encoder. ``torch`` (transformers' own modules) runs everything; ``ctranslate2`` runs
+the encoder of the embedding task for the architectures CTranslate2 converts (BERT, DistilBERT, XLM-RoBERTa,
+RoBERTa, CamemBERT), and inferq's own pooling, Dense layers and normalisation run on its hidden states, as on
+torch's.
+
+``auto`` picks from `AUTO_TABLE`, which must cite the benchmark run (``python -m bench --tasks peers``) that
+justifies each entry; a model a backend cannot run falls back to torch with one log line."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from inferq.task_names import TaskName
+
+log = logging.getLogger(__name__)
+
+#: The backends a model may name (`inferq.settings.Backend`).
+BACKENDS = ("auto", "torch", "ctranslate2")
+
+#: The config classes (``model.config.model_type``) whose encoder CTranslate2 4.x converts.
+CTRANSLATE2_MODEL_TYPES = frozenset({"bert", "distilbert", "xlm-roberta", "roberta", "camembert"})
+
+#: The tasks the CTranslate2 backend serves: those whose engine reads the bare encoder's hidden states.
+CTRANSLATE2_TASKS = frozenset({TaskName.EMBEDDING})
+
+#: The precisions each non-torch backend runs, and CTranslate2's compute type for each. bf16 needs a CPU that
+#: CTranslate2 accepts for it (it refuses AVX-512 BF16 alone), so it is left to torch.
+CTRANSLATE2_COMPUTE_TYPES = {"fp32": "float32", "int8": "int8_float32", "fp16": "float16"}
+
+#: ``auto``: (task, device type, precision) → backend. Empty on purpose: the only side-by-side run so far was on a
+#: shared, loaded 2-core machine (issue 24's table: CTranslate2 fp32 1.3-1.4x and int8 2.6x sentence-transformers'
+#: fp32 on a quiet 2-core AMD EPYC, but not reproduced in a benchmark run of this code), so ``auto`` keeps torch
+#: until ``python -m bench --tasks peers`` on a quiet machine fills an entry, citing its results file.
+AUTO_TABLE: dict[tuple[TaskName, str, str], str] = {}
+
+
+def resolve_backend(requested: str, task: TaskName, device_type: str, precision: str, model_type: str | None) -> str:
+    """The backend that runs this model: ``requested`` where it can, torch otherwise (one log line saying why);
+    ``auto`` as `AUTO_TABLE` says, torch where it says nothing."""
+    if requested == "auto":
+        requested = auto_backend(task, device_type, precision)
+    if requested == "torch":
+        return "torch"
+    if requested != "ctranslate2":
+        raise ValueError(f"unknown backend {requested!r} (known: {', '.join(BACKENDS)})")
+    reason = ctranslate2_refusal(task, device_type, precision, model_type)
+    if reason is not None:
+        log.info("backend ctranslate2 cannot run this model (%s): falling back to torch", reason)
+        return "torch"
+    return "ctranslate2"
+
+
+def auto_backend(task: TaskName, device_type: str, precision: str) -> str:
+    """What ``auto`` asks for (`AUTO_TABLE`; torch where it says nothing)."""
+    return AUTO_TABLE.get((task, device_type, precision), "torch")
+
+
+def ctranslate2_refusal(task: TaskName, device_type: str, precision: str, model_type: str | None) -> str | None:
+    """Why CTranslate2 cannot run this model, or ``None`` where it can."""
+    if task not in CTRANSLATE2_TASKS:
+        return f"it serves {', '.join(sorted(t.value for t in CTRANSLATE2_TASKS))}, not {task.value}"
+    if model_type not in CTRANSLATE2_MODEL_TYPES:
+        return f"architecture {model_type!r} is not one it converts ({', '.join(sorted(CTRANSLATE2_MODEL_TYPES))})"
+    if precision not in CTRANSLATE2_COMPUTE_TYPES:
+        return f"precision {precision} is not one it runs here ({', '.join(CTRANSLATE2_COMPUTE_TYPES)})"
+    if precision == "fp16" and device_type != "cuda":
+        return "fp16 runs on CUDA only"
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        return "the ctranslate2 package is not installed (pip install ctranslate2)"
+    return None
+
+
+def model_type_of(source: str, revision: str | None = None) -> str | None:
+    """The checkpoint's ``model_type`` (``bert``, ``distilbert`` …), read from its config without loading weights."""
+    from transformers import AutoConfig
+
+    try:
+        config: Any = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=False)
+    except (OSError, ValueError):
+        return None
+    return getattr(config, "model_type", None)

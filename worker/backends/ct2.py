@@ -1,0 +1,156 @@
+"""The CTranslate2 backend: a checkpoint's encoder converted once (cached on disk) and run by
+``ctranslate2.Encoder``, behind the call a transformers base model answers (``model(**batch)[0]`` is the last
+hidden state), so that the engine's own pooling, Dense layers and normalisation run on its outputs unchanged.
+
+CTranslate2 quantizes at load: one float32 conversion serves every compute type (`CTRANSLATE2_COMPUTE_TYPES`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from worker.backends import CTRANSLATE2_COMPUTE_TYPES
+
+log = logging.getLogger(__name__)
+
+#: Bump when the conversion recipe changes, so that cached conversions are redone.
+CONVERSION_VERSION = 1
+
+
+def cache_root() -> Path:
+    """Where conversions are kept: ``$INFERQ_CT2_CACHE``, else ``$XDG_CACHE_HOME/inferq/ctranslate2`` (default
+    ``~/.cache``)."""
+    explicit = os.environ.get("INFERQ_CT2_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "inferq" / "ctranslate2"
+
+
+def conversion_key(source: str, revision: str | None) -> str:
+    """A name for the conversion of ``source``: the directory's path and its files' sizes and times (a checkpoint
+    saved again converts again), or the hub id and revision."""
+    import ctranslate2
+
+    h = hashlib.sha256(f"{CONVERSION_VERSION}\0{ctranslate2.__version__}\0{revision}\0".encode())
+    path = Path(source)
+    if path.is_dir():
+        h.update(str(path.resolve()).encode())
+        for f in sorted(path.iterdir()):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"\0{f.name}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    else:
+        h.update(source.encode())
+    return h.hexdigest()[:24]
+
+
+def convert(source: str, revision: str | None = None, root: Path | None = None) -> Path:
+    """The CTranslate2 conversion of ``source`` (float32 weights), converted on first use: into a temporary
+    directory renamed into place, so that two processes converting at once both end with a whole one."""
+    from ctranslate2.converters import TransformersConverter
+
+    root = root or cache_root()
+    target = root / conversion_key(source, revision)
+    if (target / "model.bin").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
+    try:
+        log.info("converting %s for CTranslate2 into %s", source, target)
+        readable = _with_position_embedding_type(source, scratch / "source")
+        TransformersConverter(readable, revision=revision).convert(str(scratch / "model"), force=True)
+        try:
+            os.replace(scratch / "model", target)
+        except OSError:
+            if not (target / "model.bin").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _with_position_embedding_type(source: str, shadow: Path) -> str:
+    """``source``, or where its config lacks ``position_embedding_type`` (transformers 5 no longer writes the
+    default, and CTranslate2's BERT-family loaders read it) a directory of links to its files with that key set to
+    transformers' default, ``absolute``."""
+    path = Path(source)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return source
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("model_type") == "distilbert" or "position_embedding_type" in config:
+        return source
+    shadow.mkdir(parents=True)
+    for f in path.iterdir():
+        if f.name != "config.json":
+            (shadow / f.name).symlink_to(f.resolve())
+    config["position_embedding_type"] = "absolute"
+    (shadow / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return str(shadow)
+
+
+class Ct2Encoder:
+    """A ``ctranslate2.Encoder`` answering ``model(input_ids=…, attention_mask=…, token_type_ids=…)`` with
+    ``(last_hidden_state,)`` as a float32 torch tensor on the model's device (right-padded rows: the positions past
+    each row's length hold whatever the encoder left there; the attention mask hides them from pooling)."""
+
+    def __init__(self, encoder: Any, config: Any, device: Any, compute_type: str) -> None:
+        self.encoder = encoder
+        self.config = config
+        self.device = device
+        self.compute_type = compute_type
+
+    def __call__(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None, **_: Any) -> tuple[Any]:
+        import ctranslate2
+        import torch
+
+        lengths = attention_mask.sum(dim=1, dtype=torch.int32)
+        ids = input_ids.to(torch.int32).contiguous()
+        on_cpu = ids.device.type == "cpu"
+        types = None
+        if token_type_ids is not None and bool(token_type_ids.any()):
+            types = token_type_ids.tolist()
+        out = self.encoder.forward_batch(
+            ctranslate2.StorageView.from_array(ids.numpy() if on_cpu else ids),
+            ctranslate2.StorageView.from_array(lengths.numpy() if on_cpu else lengths.contiguous()),
+            token_type_ids=types,
+        )
+        if on_cpu:
+            import numpy as np
+
+            states = torch.from_numpy(np.asarray(out.last_hidden_state))
+        else:
+            states = torch.as_tensor(out.last_hidden_state, device=self.device)
+        return (states.float(),)
+
+    def eval(self) -> Ct2Encoder:
+        return self
+
+    def to(self, *_: Any, **__: Any) -> Ct2Encoder:
+        return self
+
+
+def load_encoder(source: str, revision: str | None, config: Any, device: Any, precision: str) -> Ct2Encoder:
+    """``source``'s encoder on ``device`` at ``precision`` (converted first if need be), with torch's thread count
+    (the worker sets it per pool process, `worker.threads`)."""
+    import ctranslate2
+    import torch
+
+    compute_type = CTRANSLATE2_COMPUTE_TYPES[precision]
+    path = convert(source, revision)
+    index = device.index if device.type == "cuda" and device.index is not None else 0
+    encoder = ctranslate2.Encoder(
+        str(path),
+        device="cuda" if device.type == "cuda" else "cpu",
+        device_index=index,
+        compute_type=compute_type,
+        intra_threads=torch.get_num_threads() if device.type == "cpu" else 0,
+    )
+    return Ct2Encoder(encoder, config, device, compute_type)
