@@ -62,7 +62,7 @@ def test_the_options_of_inferq_worker_reach_its_pool_processes(tmp_path: Path, m
     # Then each pool process, and only they, loaded the model at that precision
     loads = [line for line in worker_log(log).splitlines() if "loaded qa " in line]
     assert len(loads) == 2
-    assert all("ForkPoolWorker" in line and line.endswith(" at bf16") for line in loads)
+    assert all("ForkPoolWorker" in line and " at bf16 (backend " in line for line in loads)
     # and each took its share of the cores as torch threads, so that the two never oversubscribe them
     threads = [line for line in worker_log(log).splitlines() if "torch threads: " in line]
     share = max(1, len(os.sched_getaffinity(0)) // 2)
