@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import CapacityLimiter
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
@@ -30,6 +31,8 @@ API_DB_POOL_SIZE = 20
 #: Connections of the status polls' own engine (autocommit, no ping on checkout: `server.auth.job_for_key`): a
 #: poll holds one for a single statement, so a few serve every thread.
 API_POLL_POOL_SIZE = 8
+#: Threads a server process runs status polls in at once (`Runtime.poll_threads`).
+API_POLL_THREADS = 4
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -52,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Made now, once, rather than by whichever request thread comes first (neither connects).
         _ = client.sessions, client.reader
         polls = make_engine(settings, pool_size=API_POLL_POOL_SIZE, pre_ping=False, isolation_level="AUTOCOMMIT")
-        app.state.runtime = Runtime(settings, client, polls)
+        app.state.runtime = Runtime(settings, client, polls, CapacityLimiter(API_POLL_THREADS))
         try:
             yield
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
+from anyio import CapacityLimiter
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 
@@ -21,6 +22,9 @@ class Runtime:
     #: The status polls' engine: autocommit (one statement, sent without BEGIN and ROLLBACK) and no ping on
     #: checkout (`server.auth.job_for_key` retries once after a dropped connection instead).
     polls: Engine
+    #: The threads status polls run in, fewer than the pool's 40: a poll holds the GIL for most of its time,
+    #: and more threads than cores only queue on it, each wait a switch interval long.
+    poll_threads: CapacityLimiter
 
 
 async def runtime(request: Request) -> Runtime:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO
 
+import anyio
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -255,7 +256,7 @@ async def get_job(job_id: str, made: Made, authorization: Authorization = None) 
     """The Job: state, counts, timestamps, rate, ETA, metadata."""
     # What every poller calls: the key check and the read in one statement, in one trip to the thread pool
     # (`server.auth.job_for_key`) instead of a dependency's trip and the route's.
-    return await run_in_threadpool(job_for_key, made, authorization, job_id)
+    return await anyio.to_thread.run_sync(job_for_key, made, authorization, job_id, limiter=made.poll_threads)
 
 
 @router.get("/jobs", response_model=api.JobList, responses=error_responses(400))
