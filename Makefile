@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 
-.PHONY: install demo test lint format docs bench soak clean
+.PHONY: install demo test lint format docs bench bench-polling soak clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ docs: install
 
 bench: install
 	$(BIN)/python -m bench
+
+#: Status polls under wrk (Debian's `wrk` package): requests/s and latency percentiles, 1 and 2 server processes.
+bench-polling: install
+	$(BIN)/python -m bench.polling --json bench/results/$$(date +%Y%m%d-%H%M%S)-polling.json
 
 #: The chaos soak (not part of `make test`, which runs a one-minute version): SOAK_ARGS="--duration 600 --seed 3".
 SOAK_ARGS ?= --json soak/results/latest.json
