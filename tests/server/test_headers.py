@@ -5,7 +5,6 @@ no page may be framed, no answer sniffed, no referrer sent; and the pages hold n
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +21,11 @@ def app_client(sqlite_settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
+#: A job page's path: any id serves the page (its script then asks the API); fixed, so that every pytest-xdist
+#: process collects the same test ids.
+JOB_PAGE = f"/jobs/{'0' * 32}"
+
+
 def directives(policy: str) -> dict[str, str]:
     return {d.split()[0]: d.partition(" ")[2] for d in (part.strip() for part in policy.split(";")) if d}
 
@@ -30,7 +34,7 @@ def directives(policy: str) -> dict[str, str]:
     ("path", "status", "policy"),
     [
         ("/", 200, PAGE_POLICY),
-        (f"/jobs/{uuid.uuid4().hex}", 200, PAGE_POLICY),
+        (JOB_PAGE, 200, PAGE_POLICY),
         ("/static/page.js", 200, PAGE_POLICY),
         ("/healthz", 200, DEFAULT_POLICY),
         ("/v1/jobs", 401, DEFAULT_POLICY),
@@ -59,7 +63,7 @@ def test_the_page_policy_allows_this_origin_only() -> None:
     assert directives(DEFAULT_POLICY)["default-src"] == "'none'"
 
 
-@pytest.mark.parametrize("path", ["/", f"/jobs/{uuid.uuid4().hex}"])
+@pytest.mark.parametrize("path", ["/", JOB_PAGE])
 def test_the_pages_hold_nothing_their_policy_blocks(app_client: TestClient, path: str) -> None:
     html = app_client.get(path).text
     # Every script is a file of this origin, none inline
