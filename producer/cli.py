@@ -223,11 +223,38 @@ def cancel(job_id: str) -> None:
 
 @click.command()
 @click.option("--limit", "-n", default=20, show_default=True)
+@click.option("--state", default=None, help="Only jobs in this state (queued, running, succeeded, ...).")
+@click.option("--task", default=None, help="Only jobs of this task.")
+@click.option("--model", default=None, help="Only jobs of this model.")
+@click.option(
+    "--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Only jobs whose metadata hold it (repeatable)."
+)
+@click.option("--after", default=None, metavar="JOB_ID", help="The page after this job (the last id of the previous).")
 @click.option("--json", "as_json", is_flag=True)
-def jobs(limit: int, as_json: bool) -> None:
-    """Recent jobs, one line each."""
+def jobs(
+    limit: int,
+    state: str | None,
+    task: str | None,
+    model: str | None,
+    meta: tuple[str, ...],
+    after: str | None,
+    as_json: bool,
+) -> None:
+    """Recent jobs, newest first, one line each; the filters are the HTTP API's and `JobClient.jobs`'."""
+    from inferq.states import JobState
+
+    try:
+        wanted = JobState(state) if state is not None else None
+    except ValueError:
+        raise click.BadParameter(f"one of {', '.join(s.value for s in JobState)}", param_hint="--state") from None
+    metadata: dict[str, str] = {}
+    for pair in meta:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--meta")
+        metadata[key] = value
     with _client() as client:
-        recent = client.jobs(limit)
+        recent = client.jobs(limit, wanted, task=task, model=model, metadata=metadata or None, after=after)
     for s in recent:
         if as_json:
             click.echo(json.dumps(s.model_dump(mode="json")))

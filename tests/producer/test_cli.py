@@ -141,6 +141,20 @@ def test_models_and_jobs_list_the_registry_and_recent_jobs(
     line = next(ln for ln in jobs.stdout.splitlines() if ln.startswith(job_id))
     assert "queued" in line and "0/2" in line and "cls-roberta" in line
 
+    # And the filters find it, or leave it out, as the API's do
+    def listed(*filters: str) -> bool:
+        found = inferq_cli(env, "jobs", "--limit", "50", *filters)
+        assert found.returncode == 0, found.stderr
+        return any(ln.startswith(job_id) for ln in found.stdout.splitlines())
+
+    assert listed("--state", "queued", "--task", "classification", "--model", "cls-roberta")
+    assert not listed("--model", "cls-distilbert")
+    assert not listed("--state", "succeeded")
+    assert not listed("--meta", "team=nobody")
+    assert not listed("--after", job_id)  # the page after it starts with older jobs
+    refused = inferq_cli(env, "jobs", "--state", "sleeping")
+    assert refused.returncode == 2 and "--state" in refused.stderr
+
     # And cancelling it leaves it cancelled with its counts
     cancelled = inferq_cli(env, "cancel", job_id)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
