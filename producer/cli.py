@@ -240,7 +240,9 @@ def jobs(
     after: str | None,
     as_json: bool,
 ) -> None:
-    """Recent jobs, newest first, one line each; the filters are the HTTP API's and `JobClient.jobs`'."""
+    """Recent jobs, one line each.
+
+    Newest first; the filters are the HTTP API's and `JobClient.jobs`'."""
     from inferq.states import JobState
 
     try:
