@@ -39,7 +39,7 @@ def test_a_pool_process_killed_mid_chunk_hands_its_chunk_to_another(
         job_id = client.submit("classification", "slow", sentences(3 * CHUNK), chunk_size=CHUNK).job_id
 
         # When the pool process computing the first chunk to start is SIGKILLed mid-chunk
-        victim = wait_for(lambda: record.running_chunk(job_id), 60, "a chunk to start")
+        victim = wait_for(lambda: record.running_chunk(job_id), 120, "a chunk to start")
         os.kill(pid_of(victim.worker), signal.SIGKILL)
         status = client.wait(job_id, timeout=120)
 
@@ -71,7 +71,7 @@ def test_a_whole_worker_killed_mid_chunk_is_recovered_by_the_others(
 
         # When the worker computing the first chunk to start is SIGKILLed whole (main process and pool), so that
         # nobody is left to hand its message back: RabbitMQ sees the connection drop, Redis sees nothing at all
-        victim = wait_for(lambda: record.running_chunk(job_id), 60, "a chunk to start")
+        victim = wait_for(lambda: record.running_chunk(job_id), 120, "a chunk to start")
         dead = os.getpgid(pid_of(victim.worker))  # each worker runs in a process group of its own
         assert dead in (a.pid, b.pid)
         os.killpg(dead, signal.SIGKILL)
@@ -111,7 +111,7 @@ def test_with_default_settings_a_whole_worker_killed_on_redis_is_noticed_within_
 
         # When the worker computing the first chunk to start is SIGKILLed whole (its message stays unacknowledged
         # in Redis, which would hand it back only after the visibility timeout, hours)
-        victim = wait_for(lambda: record.running_chunk(job_id), 60, "a chunk to start")
+        victim = wait_for(lambda: record.running_chunk(job_id), 120, "a chunk to start")
         dead = os.getpgid(pid_of(victim.worker))
         assert dead in (a.pid, b.pid)
         os.killpg(dead, signal.SIGKILL)
