@@ -14,6 +14,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -101,10 +102,9 @@ def authenticate(session: Session, key: str) -> Principal | None:
     key_id = key_id_of(key)
     if key_id is None:
         return None
-    row = auth.key(session, key_id)
-    if not key_matches(key, row.key_hash if row is not None else None, row.revoked_at if row is not None else None):
+    row = checked_key(key, auth.key(session, key_id))
+    if row is None:
         return None
-    assert row is not None
     return Principal(key_id=row.id, tenant=row.tenant, admin=row.admin)
 
 
@@ -114,11 +114,23 @@ def key_id_of(key: str) -> str | None:
     return match.group(1) if match is not None else None
 
 
-def key_matches(key: str, stored_hash: str | None, revoked_at: dt.datetime | None) -> bool:
-    """Whether ``key`` is the key whose row holds ``stored_hash`` (``None``: no row) and is not revoked. The hash is
-    compared even without a row, so that an unknown id takes as long as a wrong secret."""
-    stored = stored_hash if stored_hash is not None else "0" * 64
-    return hmac.compare_digest(stored, hash_key(key)) and stored_hash is not None and revoked_at is None
+class StoredKey(Protocol):
+    """What a key check reads of a key's row: the ORM row, or a status poll's Core row."""
+
+    key_hash: str
+    revoked_at: dt.datetime | None
+
+
+_Row = TypeVar("_Row", bound=StoredKey)
+
+
+def checked_key(key: str, row: _Row | None) -> _Row | None:
+    """``row`` when it is the row of ``key`` (its hash) and the key is not revoked; ``None`` otherwise, and for no
+    row. The hash is compared even without a row, so that an unknown id takes as long as a wrong secret."""
+    stored = row.key_hash if row is not None else "0" * 64
+    if not hmac.compare_digest(stored, hash_key(key)) or row is None or row.revoked_at is not None:
+        return None
+    return row
 
 
 def _info(row: ApiKey) -> KeyInfo:

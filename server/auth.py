@@ -11,7 +11,7 @@ from sqlalchemy import Row
 
 from inferq import api
 from inferq.errors import DatabaseUnavailable, JobNotFound, Unauthorized
-from inferq.keys import Principal, authenticate, key_id_of, key_matches
+from inferq.keys import Principal, authenticate, checked_key, key_id_of
 from inferq.store import auth
 from producer.client import job_status
 from server.deps import Runtime, runtime
@@ -61,9 +61,9 @@ def job_for_key(made: Runtime, authorization: str | None, job_id: str) -> api.Jo
         # The engine does not ping a connection before handing it out: one the database dropped (a restart) fails
         # its statement, and the pool replaces its connections; one more try, then the error stands.
         row = _key_and_job(made, key_id, job_id)
-    if not key_matches(key, row.key_hash if row is not None else None, row.revoked_at if row is not None else None):
+    row = checked_key(key, row)
+    if row is None:
         raise Unauthorized(_INVALID)
-    assert row is not None
     if row.id is None:
         raise JobNotFound(f"no job {job_id!r}")
     return job_status(row)
