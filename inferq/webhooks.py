@@ -62,11 +62,6 @@ from inferq.schema import utcnow
 from inferq.settings import Settings
 from inferq.states import DeliveryState
 from inferq.store import outbox
-from inferq.store.outbox import EVENTS as EVENTS
-from inferq.store.outbox import delivery_history as delivery_history
-from inferq.store.outbox import event_payload as event_payload
-from inferq.store.outbox import new_delivery_id as new_delivery_id
-from inferq.store.outbox import record_job_ends as record_job_ends
 from inferq.store.secrets import signing_secrets
 from inferq.task_specs import DELIVER_WEBHOOK
 

@@ -442,7 +442,8 @@ class Client:
         """Stop a job: unfinished items become ``cancelled``; a running chunk stops at its next micro-batch.
         Finished results stay. With ``tenant``, another tenant's job is `JobNotFound`. A job with a webhook records its
         ``job.cancelled`` event in the same transaction and enqueues it after the commit."""
-        from inferq.webhooks import record_job_ends, send_deliveries
+        from inferq.store.outbox import record_job_ends
+        from inferq.webhooks import send_deliveries
 
         now = utcnow()
         webhooks: list[str] = []

@@ -28,8 +28,8 @@ from inferq.errors import InvalidParameter, MalformedValue
 from inferq.keys import Principal
 from inferq.model_sources import resolve_model
 from inferq.states import ItemState, JobState
+from inferq.store.outbox import delivery_history
 from inferq.task_specs import TaskName, find_unstorable, parse_task, unstorable
-from inferq.webhooks import delivery_history
 from producer.client import JobOptions, JobStatus, Submission
 from producer.results import ResultFilter, ResultRow
 from server.auth import Authorization, Caller, job_for_key
