@@ -1,7 +1,8 @@
 """Backends: what runs a model's encoder. ``torch`` (transformers' own modules) runs everything; ``ctranslate2`` runs
-the encoder of the embedding task for the architectures CTranslate2 converts (BERT, DistilBERT, XLM-RoBERTa,
-RoBERTa, CamemBERT), and inferq's own pooling, Dense layers and normalisation run on its hidden states, as on
-torch's.
+the encoder of the embedding, classification and rerank tasks for the architectures CTranslate2 converts (BERT,
+DistilBERT, XLM-RoBERTa, RoBERTa, CamemBERT): inferq's own pooling, Dense layers and normalisation run on its
+hidden states for embeddings, and the checkpoint's own sequence-classification head (its torch modules, fp32) for
+classification and rerank (`worker.backends.ct2`).
 
 ``auto`` picks from `AUTO_TABLE`, which must cite the benchmark run (``python -m bench --tasks peers``) that
 justifies each entry; a model a backend cannot run falls back to torch with one log line."""
@@ -21,8 +22,9 @@ BACKENDS = ("auto", "torch", "ctranslate2")
 #: The config classes (``model.config.model_type``) whose encoder CTranslate2 4.x converts.
 CTRANSLATE2_MODEL_TYPES = frozenset({"bert", "distilbert", "xlm-roberta", "roberta", "camembert"})
 
-#: The tasks the CTranslate2 backend serves: those whose engine reads the bare encoder's hidden states.
-CTRANSLATE2_TASKS = frozenset({TaskName.EMBEDDING})
+#: The tasks the CTranslate2 backend serves: those whose engine reads the bare encoder's hidden states (embedding)
+#: or a sequence-classification head's logits on them (classification, rerank).
+CTRANSLATE2_TASKS = frozenset({TaskName.EMBEDDING, TaskName.CLASSIFICATION, TaskName.RERANK})
 
 #: The precisions each non-torch backend runs, and CTranslate2's compute type for each. bf16 needs a CPU that
 #: CTranslate2 accepts for it (it refuses AVX-512 BF16 alone), so it is left to torch.

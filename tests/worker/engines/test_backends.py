@@ -1,5 +1,7 @@
 """Backends (`worker.backends`): the CTranslate2 backend's embeddings against sentence-transformers on the real
-all-MiniLM-L6-v2 and against the torch path on tiny BERT and DistilBERT models built here, each at the exact tier;
+all-MiniLM-L6-v2 and against the torch path on tiny BERT and DistilBERT models built here, its classification
+against the transformers pipeline and its rerank against sentence-transformers' CrossEncoder on tiny BERT,
+DistilBERT and RoBERTa models, each at the exact tier;
 the fall back to torch where CTranslate2 cannot run a model; ``auto``'s choice of backend; and ``precision: auto``
 passing over a precision that misses its tier.
 
@@ -100,17 +102,78 @@ def test_ctranslate2_at_int8_keeps_the_reduced_tier_on_all_minilm() -> None:
     assert quality.meets(Tier.REDUCED) and not quality.meets(Tier.EXACT), quality
 
 
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
+def test_ctranslate2_classification_at_fp32_is_the_pipeline(tiny_engines: TinyEngines, arch: Any) -> None:
+    from transformers import pipeline
+
+    from worker.backends.ct2 import Ct2SequenceClassifier
+
+    # Given a tiny classifier of the architecture (three labels: softmax) on the CTranslate2 backend
+    path = tiny_engines.model(
+        TaskName.CLASSIFICATION, f"{arch}-3", arch=arch, labels=["A", "B", "C"], initializer_range=0.3
+    )
+    engine = cache(path, TaskName.CLASSIFICATION, backend="ctranslate2").engine("m", TaskName.CLASSIFICATION)
+    # then CTranslate2 runs its encoder, under the checkpoint's own head
+    assert isinstance(engine.model, Ct2SequenceClassifier) and engine.model.compute_type == "float32"
+    got = [o.result for o in engine.run([{"text": t} for t in TEXTS], {"top_k": None}) if o is not None]
+    # and every label's score is the transformers pipeline's, the same label first (the exact tier).
+    pipe = pipeline("text-classification", model=str(path), tokenizer=str(path), device="cpu")
+    want = pipe(TEXTS, top_k=None, truncation=True)
+    assert len(got) == len(want) == len(TEXTS)
+    for g, w in zip(got, want, strict=True):
+        assert g[0]["label"] == w[0]["label"]
+        scores = {r["label"]: r["score"] for r in w}
+        assert max(abs(r["score"] - scores[r["label"]]) for r in g) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_ctranslate2_rerank_at_fp32_is_cross_encoder(tiny_engines: TinyEngines, arch: Any) -> None:
+    from sentence_transformers import CrossEncoder
+
+    from worker.backends.ct2 import Ct2SequenceClassifier
+
+    # Given a tiny cross-encoder of the architecture (BERT's pairs carry token types) on the CTranslate2 backend
+    path = tiny_engines.model(TaskName.RERANK, f"{arch}-ce", arch=arch)
+    engine = cache(path, TaskName.RERANK, backend="ctranslate2").engine("m", TaskName.RERANK)
+    assert isinstance(engine.model, Ct2SequenceClassifier)
+    items = [{"query": TEXTS[i], "documents": TEXTS[i + 1 : i + 8]} for i in range(0, 35, 7)]
+    got = [o.result for o in engine.run(items, {}) if o is not None]
+    # then each document's score is CrossEncoder.predict's and the ranking is CrossEncoder.rank's.
+    ce = CrossEncoder(str(path), device="cpu")
+    for item, ranked in zip(items, got, strict=True):
+        want = ce.rank(item["query"], item["documents"])
+        assert [r["index"] for r in ranked] == [int(w["corpus_id"]) for w in want]
+        assert max(abs(r["score"] - float(w["score"])) for r, w in zip(ranked, want, strict=True)) < 1e-5
+
+
 def test_a_task_ctranslate2_does_not_serve_falls_back_to_torch_with_one_line(
     tiny_engines: TinyEngines, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Given a classifier asked to run on CTranslate2 (which serves embeddings only)
-    path = tiny_engines.model(TaskName.CLASSIFICATION, "sentiment", arch="distilbert", labels=["NEG", "POS"])
+    # Given a question-answering model asked to run on CTranslate2 (which serves embedding, classification, rerank)
+    path = tiny_engines.model(TaskName.QUESTION_ANSWERING, "qa", arch="distilbert")
     with caplog.at_level(logging.INFO, logger="worker.backends"):
-        engine = cache(path, TaskName.CLASSIFICATION, backend="ctranslate2").engine("m", TaskName.CLASSIFICATION)
+        engine = cache(path, TaskName.QUESTION_ANSWERING, backend="ctranslate2").engine(
+            "m", TaskName.QUESTION_ANSWERING
+        )
     # then torch runs it, and one line says why.
-    assert type(engine.model).__name__ == "DistilBertForSequenceClassification"
+    assert type(engine.model).__name__ == "DistilBertForQuestionAnswering"
     lines = [r.getMessage() for r in caplog.records if r.name == "worker.backends"]
-    assert len(lines) == 1 and "not classification" in lines[0] and "falling back to torch" in lines[0]
+    assert len(lines) == 1 and "not question_answering" in lines[0] and "falling back to torch" in lines[0]
+
+
+def test_a_checkpoint_the_converter_rejects_falls_back_to_torch_with_one_line(
+    tiny_engines: TinyEngines, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a BERT classifier with relative position embeddings (CTranslate2's BERT loader takes absolute ones only)
+    path = tiny_engines.model(
+        TaskName.CLASSIFICATION, "relative", arch="bert", labels=["NEG", "POS"], position_embedding_type="relative_key"
+    )
+    with caplog.at_level(logging.INFO, logger="worker.model_cache"):
+        engine = cache(path, TaskName.CLASSIFICATION, backend="ctranslate2").engine("m", TaskName.CLASSIFICATION)
+    # then torch runs it, one line says why, and it classifies.
+    assert type(engine.model).__name__ == "BertForSequenceClassification"
+    lines = [r.getMessage() for r in caplog.records if "falling back to torch" in r.getMessage()]
+    assert len(lines) == 1 and "backend ctranslate2 cannot load m" in lines[0], lines
     outcome = engine.run([{"text": "good"}], {})[0]
     assert outcome is not None and outcome.ok
 
