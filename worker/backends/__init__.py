@@ -30,11 +30,21 @@ CTRANSLATE2_TASKS = frozenset({TaskName.EMBEDDING, TaskName.CLASSIFICATION, Task
 #: CTranslate2 accepts for it (it refuses AVX-512 BF16 alone), so it is left to torch.
 CTRANSLATE2_COMPUTE_TYPES = {"fp32": "float32", "int8": "int8_float32", "fp16": "float16"}
 
-#: ``auto``: (task, device type, precision) → backend. Empty on purpose: the only side-by-side run so far was on a
-#: shared, loaded 2-core machine (issue 24's table: CTranslate2 fp32 1.3-1.4x and int8 2.6x sentence-transformers'
-#: fp32 on a quiet 2-core AMD EPYC, but not reproduced in a benchmark run of this code), so ``auto`` keeps torch
-#: until ``python -m bench --tasks peers`` on a quiet machine fills an entry, citing its results file.
-AUTO_TABLE: dict[tuple[TaskName, str, str], str] = {}
+#: ``auto``: (task, device type, precision) → backend, each entry from a benchmark run (``python -m bench --tasks
+#: peers``, `bench.peers`; docs/benchmarks.md, "Peers") on a 2-core AMD EPYC; torch wherever it says nothing.
+#:
+#: * embedding, CPU, fp32 → CTranslate2: inferq's engine on it 183.9 items/s against 147.6 on torch (1.25×) on
+#:   the real all-MiniLM-L6-v2, vectors at the exact tier (the quiet run of 2026-12-06), and ahead again in the
+#:   run recorded in bench/results/ (docs/benchmarks.md).
+#: * embedding, CPU, int8 → CTranslate2: torch's dynamic int8 misses the reduced tier on all-MiniLM-L6-v2 (cosine
+#:   min 0.836), CTranslate2's int8 keeps it (0.991 / 0.997) and ran faster (357.0 against 318.4 items/s).
+#:
+#: Not in it: bf16 (CTranslate2 refuses AVX-512 BF16 alone); classification at int8, where torch's dynamic int8
+#: ran 134.9 items/s against CTranslate2's 110.8 on the DistilBERT-base classifier (quiet run).
+AUTO_TABLE: dict[tuple[TaskName, str, str], str] = {
+    (TaskName.EMBEDDING, "cpu", "fp32"): "ctranslate2",
+    (TaskName.EMBEDDING, "cpu", "int8"): "ctranslate2",
+}
 
 
 def resolve_backend(requested: str, task: TaskName, device_type: str, precision: str, model_type: str | None) -> str:

@@ -192,11 +192,74 @@ def test_an_architecture_ctranslate2_does_not_convert_falls_back(caplog: pytest.
         resolve_backend("onnx", TaskName.EMBEDDING, "cpu", "fp32", "bert")
 
 
-def test_auto_keeps_torch_until_a_benchmark_run_fills_the_table() -> None:
-    # No entry was measured on a quiet machine yet (see AUTO_TABLE): auto is torch everywhere.
-    assert AUTO_TABLE == {}
-    for precision in ("fp32", "bf16", "int8"):
-        assert resolve_backend("auto", TaskName.EMBEDDING, "cpu", precision, "bert") == "torch"
+def test_auto_takes_the_table_and_torch_elsewhere() -> None:
+    # Every entry names a backend that runs its precision on a BERT-family model (no entry falls back silently)
+    for (task, device, precision), backend in AUTO_TABLE.items():
+        assert resolve_backend("auto", task, device, precision, "bert") == backend
+    # and where the table says nothing, auto is torch.
+    assert (TaskName.EMBEDDING, "cpu", "bf16") not in AUTO_TABLE
+    assert resolve_backend("auto", TaskName.EMBEDDING, "cpu", "bf16", "bert") == "torch"
+    assert resolve_backend("auto", TaskName.FILL_MASK, "cpu", "fp32", "bert") == "torch"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_auto_never_runs_a_precision_below_its_tier_on_all_minilm(precision: str) -> None:
+    from inferq.precision import tier_of
+
+    # Given the real all-MiniLM-L6-v2 at a precision, on the backend auto picks (the table's, or torch)
+    want, _ = embed(minilm_dir(), TEXTS, backend="torch")
+    got, _ = embed(minilm_dir(), TEXTS, backend="auto", precision=precision)
+    # then its vectors keep that precision's tier against torch at fp32 (torch's own int8 does not: 0.84 at worst).
+    quality = vector_quality(got, want)
+    assert quality.meets(tier_of(precision)), (precision, quality)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_auto_never_runs_a_precision_below_its_tier_on_tiny_classifiers(
+    tiny_engines: TinyEngines, precision: str
+) -> None:
+    from inferq.precision import label_quality, tier_of
+
+    # Given a tiny classifier at a precision, on the backend auto picks
+    path = tiny_engines.model(TaskName.CLASSIFICATION, "auto-3", arch="bert", labels=["A", "B", "C"])
+    texts = [{"text": t} for t in corpus()[:200]]
+
+    def labels(**options: Any) -> list[str]:
+        engine = cache(path, TaskName.CLASSIFICATION, **options).engine("m", TaskName.CLASSIFICATION)
+        return [o.label for o in engine.run(texts, {}) if o is not None and o.label is not None]
+
+    # then its top labels keep the precision's tier against torch at fp32.
+    quality = label_quality(labels(backend="auto", precision=precision), labels(backend="torch"))
+    assert quality.items == len(texts) and quality.meets(tier_of(precision)), quality
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("task", [TaskName.EMBEDDING, TaskName.CLASSIFICATION])
+def test_ctranslate2_on_cuda_at_fp16_keeps_the_near_tier(tiny_engines: TinyEngines, task: TaskName) -> None:
+    from worker.backends.ct2 import Ct2Encoder, Ct2SequenceClassifier
+
+    # Given a tiny model on CTranslate2 on the GPU at fp16, and the same on torch on the CPU at fp32
+    if task is TaskName.EMBEDDING:
+        path = tiny_engines.model(task, "gpu-st", arch="bert", normalize=True)
+    else:
+        path = tiny_engines.model(task, "gpu-cls", arch="bert", labels=["A", "B", "C"])
+    settings = Settings(models={"m": {"source": str(path), "task": task.value}})
+    gpu = ModelCache(settings, device="cuda:0", precision="fp16", backend="ctranslate2").engine("m", task)
+    cpu = ModelCache(settings, device="cpu", backend="torch").engine("m", task)
+    assert isinstance(gpu.model, Ct2Encoder | Ct2SequenceClassifier) and gpu.model.compute_type == "float16"
+    items = [{"text": t} for t in TEXTS]
+    params: dict[str, Any] = {} if task is TaskName.EMBEDDING else {"top_k": None}
+    got, want = gpu.run(items, params), cpu.run(items, params)
+    # then the GPU's results keep the near tier: vectors by cosine, classifiers by every top label.
+    if task is TaskName.EMBEDDING:
+        rows = [np.stack([np.frombuffer(o.vector, dtype="<f4") for o in out if o and o.vector]) for out in (got, want)]
+        quality = vector_quality(rows[0], rows[1])
+    else:
+        from inferq.precision import label_quality
+
+        quality = label_quality([o.label for o in got if o], [o.label for o in want if o])
+    assert quality.items == len(TEXTS) and quality.meets(Tier.NEAR), quality
 
 
 def test_precision_auto_passes_over_bf16_where_it_misses_its_tier(
