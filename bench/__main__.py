@@ -854,6 +854,23 @@ def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
     bf16 = native_bf16()
     tables: dict[str, Any] = {}
     skipped: list[str] = []
+    out = (
+        args.out
+        if args.out and not args.task_list
+        else RESULTS_DIR / f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-peers{'-quick' if small else ''}.json"
+    )
+
+    def write() -> Path:
+        """The JSON so far: written after every task's table, so that a run stopped later keeps the tables done."""
+        payload = {
+            "machine": info,
+            "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+            "code": code_version(),
+            "peers": tables,
+            "skipped": skipped,
+        }
+        return write_json(out, payload)
+
     with ExitStack() as stack:
         client = None if args.skip_system else start_peer_system(stack, models, bf16, skipped)
         for task in tasks:
@@ -870,21 +887,10 @@ def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
             for target in peers["_targets"]:
                 print(target.line())
             tables[task.value] = {k: v for k, v in peers.items() if not k.startswith("_")}
+            write()
     for reason in skipped:
         print(f"skipped: {reason}")
-    out = (
-        args.out
-        if args.out and not args.task_list
-        else RESULTS_DIR / f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-peers{'-quick' if small else ''}.json"
-    )
-    payload = {
-        "machine": info,
-        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
-        "code": code_version(),
-        "peers": tables,
-        "skipped": skipped,
-    }
-    path = write_json(out, payload)
+    path = write()
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 

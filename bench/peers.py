@@ -44,18 +44,6 @@ ONNX_OPSET = 17
 #: The reference row: every row's quality is measured against its vectors.
 REFERENCE = "sentence-transformers encode"
 
-#: A peer: the name of the row, its precision, and a function from texts to float32 vectors ``[n, d]`` in input
-#: order.
-Encode = Callable[[list[Any]], np.ndarray]
-
-
-@dataclass
-class Peer:
-    name: str
-    precision: str
-    encode: Encode
-    notes: str = ""
-
 
 @dataclass(frozen=True)
 class Timed:
@@ -65,6 +53,19 @@ class Timed:
 
     values: np.ndarray
     seconds: float
+
+
+#: A peer: the name of the row, its precision, and a function from texts to float32 vectors ``[n, d]`` in input
+#: order (`Timed` where its own clock times it).
+Encode = Callable[[list[Any]], "np.ndarray | Timed"]
+
+
+@dataclass
+class Peer:
+    name: str
+    precision: str
+    encode: Encode
+    notes: str = ""
 
 
 @dataclass
@@ -603,13 +604,15 @@ def run_peers(
             shift = (r * slices + k) % len(peers)
             for i in [*range(shift, len(peers)), *range(shift)]:
                 start = time.perf_counter()
-                out = peers[i].encode(part)
+                got = peers[i].encode(part)
                 elapsed = time.perf_counter() - start
-                if isinstance(out, Timed):
-                    out, elapsed = out.values, out.seconds
+                if isinstance(got, Timed):
+                    values, elapsed = got.values, got.seconds
+                else:
+                    values = got
                 spent[i] += elapsed
                 if r == 0:
-                    firsts[i].append(out)
+                    firsts[i].append(values)
         for i, p in enumerate(peers):
             rows[i].seconds.append(spent[i])
             log.info("peers round %d: %s %s %.1f items/s", r + 1, p.name, p.precision, len(texts) / spent[i])

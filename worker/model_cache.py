@@ -131,14 +131,17 @@ class ModelCache:
 
     def _backend(self, spec: ModelSpec, task: TaskName, precision: str) -> str:
         """The backend that runs ``spec`` (`worker.backends.resolve_backend`)."""
-        from worker.backends import auto_backend, model_type_of, resolve_backend
+        from worker.backends import AUTO_TABLE, auto_backend, model_type_of, resolve_backend
 
         requested = self.backend_override or spec.backend
-        if requested == "auto":
-            requested = auto_backend(task, self.device.type, precision)
+        if requested == "auto" and (task, self.device.type, precision) not in AUTO_TABLE:
+            requested = "torch"
         if requested == "torch":
             return "torch"  # without reading the checkpoint's config
-        return resolve_backend(requested, task, self.device.type, precision, model_type_of(spec.source, spec.revision))
+        model_type = model_type_of(spec.source, spec.revision)
+        if requested == "auto":
+            requested = auto_backend(task, self.device.type, precision, model_type)
+        return resolve_backend(requested, task, self.device.type, precision, model_type)
 
     def _load_or_torch(
         self, name: str, spec: ModelSpec, task: TaskName, precision: str, backend: str

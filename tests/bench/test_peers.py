@@ -223,3 +223,30 @@ def test_ctranslate2_with_the_head_by_hand_is_the_cross_encoder(tmp_path: Path) 
     assert np.abs(got - want).max() < 1e-4
     assert np.abs(rerank_engine_peer(path, "fp32").encode(items) - want).max() < 1e-4
     assert compare_labels(got, want).meets(Tier.EXACT)
+
+
+def test_rounds_interleave_the_peers_slice_by_slice_and_rotate_their_order() -> None:
+    from bench.peers import Timed
+
+    calls: list[tuple[str, int]] = []
+
+    def peer(name: str, timed: float | None = None) -> Peer:
+        def encode(texts: list[Any]) -> Any:
+            calls.append((name, len(texts)))
+            out = np.asarray([[float(t), 1.0] for t in texts], dtype=np.float32)
+            return Timed(out, timed) if timed is not None else out
+
+        return Peer(name, "fp32", encode)
+
+    # Given three peers (the last timed by its own clock, as the whole system's rows are) and 8 texts
+    texts = [str(i) for i in range(1, 9)]
+    rows = run_peers([peer("a"), peer("b"), peer("c", timed=0.5)], texts, rounds=2, warm_up=2, slices=4)
+    # then after one warm-up each, every round runs every peer on each slice of 2 before the next slice,
+    timed = calls[3:]
+    assert [n for _, n in timed] == [2] * 24
+    assert [name for name, _ in timed[:12]] == list("abc" + "bca" + "cab" + "abc")
+    # each row's round is the sum of its slices (the timed row's clock: 4 x 0.5 s),
+    assert rows[2].seconds == [2.0, 2.0]
+    assert all(len(r.seconds) == 2 for r in rows)
+    # and each row's outputs, put back together in input order, are compared with the first row's.
+    assert all(r.quality is not None and r.quality.items == 8 and r.passed for r in rows)

@@ -200,6 +200,8 @@ def test_auto_takes_the_table_and_torch_elsewhere() -> None:
     assert (TaskName.EMBEDDING, "cpu", "bf16") not in AUTO_TABLE
     assert resolve_backend("auto", TaskName.EMBEDDING, "cpu", "bf16", "bert") == "torch"
     assert resolve_backend("auto", TaskName.FILL_MASK, "cpu", "fp32", "bert") == "torch"
+    # nor for the RoBERTa family, whose positions CTranslate2 numbers otherwise (see AUTO_MODEL_TYPES).
+    assert resolve_backend("auto", TaskName.EMBEDDING, "cpu", "fp32", "roberta") == "torch"
 
 
 @pytest.mark.slow
