@@ -110,6 +110,11 @@ def test_the_targets_pass_or_fail_on_the_measured_values() -> None:
     assert ratio.value == pytest.approx(2.1 / 2.2) and ratio.passed is False
     assert null_overhead.value == pytest.approx(30.0) and null_overhead.passed is True
     assert null_ratio.value == pytest.approx(1.1) and null_ratio.passed is True
+    # And with the engine in-process on the tiny model measured, the overhead against it is a target of its own
+    with_engine = budget(6.5, 6.0, 2.2, 2.1)
+    with_engine["_runs"]["engine_tiny"] = run("engine", 10_000, 2.0, {"loop": 6.2})  # type: ignore[index]
+    strict = budget_targets(with_engine)[1]
+    assert "engine in-process" in strict.name and strict.value == pytest.approx(30.0) and strict.passed is True
 
 
 @contextmanager
@@ -129,9 +134,9 @@ def test_a_small_budget_run_measures_every_part(
     result = bench_budget(
         model, items, params_for(TaskName.CLASSIFICATION), chunk=256, services=lambda: given(services)
     )
-    # Then each run did every item, and the systems' CPU was found in the worker and in PostgreSQL
+    # Then each run (two systems, two engines in-process, the hand-written loop) did every item, and the systems' CPU was found in the worker and in PostgreSQL
     runs = result["_runs"]
-    assert {r.items for r in runs.values()} == {512}
+    assert len(runs) == 5 and {r.items for r in runs.values()} == {512}
     for name in ("system_null", "system_tiny"):
         cpu = runs[name].cpu
         assert cpu["worker"] > 0 and cpu["postgres"] > 0, (name, cpu)
@@ -140,4 +145,4 @@ def test_a_small_budget_run_measures_every_part(
     assert runs["loop_tiny"].stages["forward"] > 0 and runs["loop_tiny"].cpu["loop"] > 0
     # And the table and the four targets come out of them, each PASS or FAIL (none unmeasured)
     assert "hand-written loop" in budget_table(result)
-    assert [t.passed in (True, False) for t in budget_targets(result)] == [True] * 4
+    assert [t.passed in (True, False) for t in budget_targets(result)] == [True] * 5
