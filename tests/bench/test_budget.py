@@ -146,3 +146,14 @@ def test_a_small_budget_run_measures_every_part(
     # And the table and the four targets come out of them, each PASS or FAIL (none unmeasured)
     assert "hand-written loop" in budget_table(result)
     assert [t.passed in (True, False) for t in budget_targets(result)] == [True] * 5
+
+
+def test_the_budget_is_part_of_every_full_run_and_the_million_run_only_when_asked() -> None:
+    from bench.__main__ import parse_args
+
+    full = parse_args([])
+    assert full.budget and not full.million and full.task_list
+    alone = parse_args(["--tasks", "budget"])
+    assert alone.budget and not alone.sim and alone.task_list == []
+    million = parse_args(["--tasks", "million", "--million-items", "5000"])
+    assert million.million and not million.budget and million.million_items == 5000 and million.task_list == []
