@@ -35,7 +35,7 @@ CTRANSLATE2_COMPUTE_TYPES = {"fp32": "float32", "int8": "int8_float32", "fp16": 
 #:
 #: * embedding, CPU, fp32 → CTranslate2: inferq's engine on it 183.9 items/s against 147.6 on torch (1.25×) on
 #:   the real all-MiniLM-L6-v2, vectors at the exact tier (the quiet run of 2026-12-06), and ahead again in the
-#:   run recorded in bench/results/ (docs/benchmarks.md).
+#:   run measured under load, bench/results/20261207-000139-peers-quick.json (33.7 against 22.6 items/s).
 #: * embedding, CPU, int8 → CTranslate2: torch's dynamic int8 misses the reduced tier on all-MiniLM-L6-v2 (cosine
 #:   min 0.836), CTranslate2's int8 keeps it (0.991 / 0.997) and ran faster (357.0 against 318.4 items/s).
 #:
