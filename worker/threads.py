@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Mapping
 
-from inferq.settings import Settings
+from inferq.settings import Settings, is_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def default_pool(device: str, pool: str | None, concurrency: int | None) -> tupl
     """``inferq worker``'s pool and concurrency where the options leave them out: on a CPU one prefork process
     (``--concurrency N`` for N processes, each taking its share of the cores); on an accelerator one process whose
     `DEVICE_POOL_THREADS` threads share one loaded model."""
-    accelerator = not device.startswith("cpu")
+    accelerator = is_accelerator(device)
     if pool is None:
         pool = "threads" if accelerator else "prefork"
     if concurrency is None:
