@@ -38,7 +38,8 @@ from functools import lru_cache
 from typing import Any, Literal, Protocol
 
 import orjson
-from sqlalchemy import ColumnElement, TextClause, and_, bindparam, case, or_, select, text, update
+from sqlalchemy import ColumnElement, Text, TextClause, and_, bindparam, case, cast, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
 from inferq.errors import InferqError
@@ -500,12 +501,8 @@ def claim_mates(
     start_jobs(session, sorted({j for j, _ in taken}), now)
     if clock is not None:
         clock.lap("claim")
-    rows = conn.execute(
-        select(Chunk.job_id, Chunk.seq, Item.index.label("item_index"), Item.input)
-        .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
-        .where(keyed(Chunk.job_id, Chunk.seq, taken), unfinished_items())
-        .order_by(Chunk.job_id, Chunk.seq, Item.index)
-    ).all()
+    read = _read_mates_aggregated if dialect_of(session) is Dialect.POSTGRESQL else _read_mates
+    found = read(session, taken)
     if clock is not None:
         clock.lap("read")
     by_chunk: dict[tuple[str, int], Claim] = {
@@ -523,11 +520,52 @@ def claim_mates(
         )
         for key in taken
     }
-    for row in rows:
-        claim = by_chunk[(row.job_id, row.seq)]
-        claim.indices.append(row.item_index)
-        claim.inputs.append(row.input)
+    for key, (indices, inputs) in found.items():
+        by_chunk[key].indices, by_chunk[key].inputs = indices, inputs
     return list(by_chunk.values())
+
+
+def _read_mates(session: Session, taken: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[list[int], list[Any]]]:
+    """The unfinished items of the chunks ``taken``, by chunk: their indices and inputs in index order."""
+    rows = (
+        session.connection()
+        .execute(
+            select(Chunk.job_id, Chunk.seq, Item.index.label("item_index"), Item.input)
+            .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
+            .where(keyed(Chunk.job_id, Chunk.seq, taken), unfinished_items())
+            .order_by(Chunk.job_id, Chunk.seq, Item.index)
+        )
+        .all()
+    )
+    out: dict[tuple[str, int], tuple[list[int], list[Any]]] = {}
+    for row in rows:
+        indices, inputs = out.setdefault((row.job_id, row.seq), ([], []))
+        indices.append(row.item_index)
+        inputs.append(row.input)
+    return out
+
+
+def _read_mates_aggregated(
+    session: Session, taken: list[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[list[int], list[Any]]]:
+    """`_read_mates` on PostgreSQL: one row per chunk, its indices as an array and its inputs as one JSON array
+    (`decode_inputs`), not one row and one JSON decode per item."""
+    rows = (
+        session.connection()
+        .execute(
+            select(
+                Chunk.job_id,
+                Chunk.seq,
+                func.array_agg(aggregate_order_by(Item.index, Item.index)).label("indices"),
+                cast(func.json_agg(aggregate_order_by(Item.input, Item.index)), Text).label("inputs"),
+            )
+            .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
+            .where(keyed(Chunk.job_id, Chunk.seq, taken), unfinished_items())
+            .group_by(Chunk.job_id, Chunk.seq)
+        )
+        .all()
+    )
+    return {(row.job_id, row.seq): (list(row.indices), decode_inputs(row.inputs)) for row in rows}
 
 
 def start_jobs(session: Session, job_ids: list[str], now: dt.datetime) -> None:

@@ -21,7 +21,6 @@ from worker.engines.batching import (
     BatchOutputs,
     Features,
     RunOutputs,
-    pad,
     plan_batches,
     run_batches,
 )
@@ -228,13 +227,14 @@ class Engine(ABC, Generic[P]):
         """Pad the features ``rows`` into a batch of tensors on the device."""
         import torch
 
-        ids, mask = pad(features.input_ids, rows, self.pad_id)
+        ids, mask = features.packed_ids.pad(rows, self.pad_id)
         batch: dict[str, Any] = {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask),
         }
-        if features.token_type_ids is not None and self._accepts_token_types:
-            types, _ = pad(features.token_type_ids, rows, 0)
+        packed_types = features.packed_token_types if self._accepts_token_types else None
+        if packed_types is not None:
+            types, _ = packed_types.pad(rows, 0)
             batch["token_type_ids"] = torch.from_numpy(types)
         non_blocking = self.device.type == "cuda"
         return {k: v.pin_memory().to(self.device, non_blocking=True) if non_blocking else v for k, v in batch.items()}
