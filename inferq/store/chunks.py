@@ -3,8 +3,10 @@
 One delivery of a chunk's message goes through three steps, each its own transaction:
 
 1. **Claim** (`claim_chunk`, then `claim_mates`): lock the chunk row, lease it to this worker (``running``,
-   ``lease_until``, ``attempts + 1``), start its job, read its still-``queued`` items. A small chunk also takes
-   queued chunks of other jobs into its batch (see `worker.runner` for coalescing).
+   ``lease_until``, ``attempts + 1``), start its job, read its still-``queued`` items (`unfinished_items`). On
+   PostgreSQL that is one statement, the items coming back as two aggregated columns (indices, and inputs as one
+   JSON array decoded by one call); SQLite runs a statement per step. A small chunk also takes queued chunks of
+   other jobs into its batch (see `worker.runner` for coalescing).
 2. **Lease** (`renew_leases`, which `worker.runner.LeaseKeeper` calls from a thread): while the batch computes,
    outside any transaction, renew the leases, so that an expired lease means a dead worker, never a slow chunk.
 3. **Write** (`write_results`): lock the chunk rows (`inferq.store.locks.lock_chunks`), then their items still
