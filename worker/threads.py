@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from inferq.settings import Settings, is_accelerator
 
@@ -28,6 +28,14 @@ def default_pool(device: str, pool: str | None, concurrency: int | None) -> tupl
     if concurrency is None:
         concurrency = DEVICE_POOL_THREADS if accelerator and pool == "threads" else 1
     return pool, concurrency
+
+
+def undeclared_queues(settings: Settings, queues: Iterable[str]) -> list[str]:
+    """Of the ``queues`` a worker on ``settings.device`` consumes, those that `Settings.queue_devices` does not put on
+    the same kind of device (an accelerator worker on a queue declared ``cpu``, or not declared at all, and the other
+    way round): their jobs get the other device's default chunk size (`Settings.chunk_size_for`)."""
+    accelerator = is_accelerator(settings.device)
+    return sorted(q for q in set(queues) if is_accelerator(settings.queue_device(q)) != accelerator)
 
 
 def torch_threads(settings: Settings, processes: int, environ: Mapping[str, str] = os.environ) -> int | None:
