@@ -225,7 +225,12 @@ def claim_chunk(
     # rewrote every row of the chunk (all its indexes' entries too) once more per delivery.
     items = conn.execute(
         select(Item.index.label("item_index"), Item.input)
-        .where(Item.job_id == job_id, Item.index >= row.start, Item.index < row.stop, without_result())
+        .where(
+            Item.job_id == job_id,
+            Item.index >= row.start,
+            Item.index < row.stop,
+            without_result(Result.index >= row.start, Result.index < row.stop),
+        )
         .order_by(Item.index)
     ).all()
     if clock is not None:
@@ -328,7 +333,10 @@ def claim_mates(
     rows = conn.execute(
         select(Chunk.job_id, Chunk.seq, Item.index.label("item_index"), Item.input)
         .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
-        .where(keyed(Chunk.job_id, Chunk.seq, taken), without_result())
+        .where(
+            keyed(Chunk.job_id, Chunk.seq, taken),
+            without_result(Result.index >= Chunk.start, Result.index < Chunk.stop),
+        )
         .order_by(Chunk.job_id, Chunk.seq, Item.index)
     ).all()
     if clock is not None:
@@ -500,9 +508,11 @@ _COPY_TYPES = (
 _COPY_RESULTS = "COPY results (" + ", ".join(f'"{c}"' for c in WRITE_COLUMNS) + ") FROM STDIN (FORMAT BINARY)"
 
 
-def without_result() -> ColumnElement[bool]:
-    """An `Item` has no `Result` row yet: it has not ended by itself (what a claim still has to run)."""
-    return ~exists().where(Result.job_id == Item.job_id, Result.index == Item.index)
+def without_result(*within: ColumnElement[bool]) -> ColumnElement[bool]:
+    """An `Item` has no `Result` row yet: it has not ended by itself (what a claim still has to run). ``within``
+    bounds the results looked at to the chunk's range, so that whatever plan PostgreSQL picks (an anti join that
+    hashes the results) reads the chunk's results only, never every result of a big job."""
+    return ~exists().where(Result.job_id == Item.job_id, Result.index == Item.index, *within)
 
 
 def _written_before(session: Session, chunks: list[tuple[str, int, int, int]]) -> set[tuple[str, int]]:
