@@ -569,7 +569,7 @@ def test_npy_on_postgresql_reads_the_vectors_in_key_order_never_sorting_them(cli
     with engine.connect() as conn, conn.begin():
         in_index_order(conn)
         plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {query}", query.params))
-    assert "Sort" not in plan and "items" in plan, plan
+    assert "Sort" not in plan and "pk_results" in plan, plan
     # and the export sets it on both of its connections (the rows file's and the matrix's)
     connections: list[int] = []
 
