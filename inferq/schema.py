@@ -1,9 +1,10 @@
 """The SQL schema (SQLAlchemy 2, typed). The database is the record of every job, chunk and item.
 
 A job's items are split into chunks of consecutive indices; one Celery message per chunk carries
-``(job_id, chunk_seq)``. Each item holds at most one result: its primary key is ``(job_id, index)`` and a
-result is written only while the item is still ``queued``, under a row lock, so a redelivered chunk writes
-nothing twice.
+``(job_id, chunk_seq)``. An item's input (`Item`) is written once, at submit; its outcome is appended once, as a row
+of `Result` with the same key ``(job_id, index)`` (COPY on PostgreSQL), by the transaction that holds its chunk's
+row lock and finds the chunk not yet done: a redelivered chunk writes nothing twice (`inferq.store.chunks`). No row
+is ever rewritten with a result; an item without one takes its state from its job's.
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ class Chunk(Base):
 
 
 class Item(Base):
+    """An item's input, written once at submit and never rewritten: its result is a `Result` row of its own."""
+
     __tablename__ = "items"
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
@@ -152,7 +155,21 @@ class Item(Base):
     #: The ``id`` the user gave on the input line, if any.
     client_id: Mapped[str | None] = mapped_column(String(255))
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
-    state: Mapped[ItemState] = mapped_column(state_type(ItemState), default=ItemState.QUEUED)
+
+
+class Result(Base):
+    """An item's outcome, appended once when it ended (succeeded or failed), never updated: its primary key is its
+    item's. An item without one has not ended by itself; its state follows its job's (`inferq.states.item_state_of`).
+
+    No foreign key: each row's check would be a trigger run per row of a COPY; a job's results go with its items
+    (`inferq.store.maintenance.delete_items`)."""
+
+    __tablename__ = "results"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: ``succeeded`` or ``failed`` (`inferq.states.STORED_ITEM_STATES`).
+    state: Mapped[ItemState] = mapped_column(state_type(ItemState))
     #: The task's result as JSON (`inferq.results`): top-k labels, answers, fillers per mask, entities, ranked
     #: documents; for embeddings what describes the vectors (``{"dim", "dtype"[, "windows"]}``).
     result: Mapped[Any] = mapped_column(JSON, nullable=True)
@@ -173,14 +190,13 @@ class Item(Base):
     entity_count: Mapped[int | None] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
-    #: Deliveries that read the item before it got its result (its chunk's claims then), written with the result:
-    #: 0 while it waits.
+    #: Deliveries that read the item before it got its result (its chunk's claims then).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        Index("ix_items_job_state", "job_id", "state"),
-        Index("ix_items_job_label", "job_id", "label"),
+        Index("ix_results_job_state", "job_id", "state"),
+        Index("ix_results_job_label", "job_id", "label"),
     )
 
 

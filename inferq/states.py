@@ -16,18 +16,23 @@ class JobState(str, Enum):
     FAILED = "failed"
     #: Stopped by the user; finished items keep their results.
     CANCELLED = "cancelled"
+    #: Its completion window passed before every item ended; finished items keep their results.
+    EXPIRED = "expired"
 
     @property
     def finished(self) -> bool:
         return self in FINISHED_JOB_STATES
 
 
-FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
 #: The others: a job that a worker may still claim, cancel or finish.
 UNFINISHED_JOB_STATES = frozenset(JobState) - FINISHED_JOB_STATES
 
 
 class ItemState(str, Enum):
+    """An item's state is stored only once it has ended by itself (`inferq.schema.Result.state`: succeeded or
+    failed); before that it follows its job's (`item_state_of`)."""
+
     #: Waiting for a worker (also while its chunk is being computed).
     QUEUED = "queued"
     #: Has its result.
@@ -36,6 +41,23 @@ class ItemState(str, Enum):
     FAILED = "failed"
     #: Its job was cancelled before it ran.
     CANCELLED = "cancelled"
+    #: Its job's completion window passed before it ran.
+    EXPIRED = "expired"
+
+
+#: The item states a result row stores: the item ended by itself.
+STORED_ITEM_STATES = (ItemState.SUCCEEDED, ItemState.FAILED)
+
+#: What an item without a result is, by its job's state: a job stopped before the item ran leaves it cancelled or
+#: expired; any other job's item is still waiting.
+UNRUN_ITEM_STATE = {JobState.CANCELLED: ItemState.CANCELLED, JobState.EXPIRED: ItemState.EXPIRED}
+
+
+def item_state_of(stored: ItemState | str | None, job: JobState) -> ItemState:
+    """An item's state from its result row's state (``None``: no result yet) and its job's state."""
+    if stored is not None:
+        return ItemState(stored)
+    return UNRUN_ITEM_STATE.get(job, ItemState.QUEUED)
 
 
 class ChunkState(str, Enum):

@@ -270,7 +270,7 @@ class TaskSpec:
     #: A check of the parameters against the model's files, at submit (where the model is a local directory):
     #: given the parameters and a reader of the model's JSON files (None where absent), the bad field and why.
     check_model: Callable[[TaskParams, ModelFiles], LineProblem | None] | None = None
-    #: Results carry vectors, stored as bytes in `Item.vector` (exportable as NPY).
+    #: Results carry vectors, stored as bytes in `Result.vector` (exportable as NPY).
     vectors: bool = False
 
     @property

@@ -24,9 +24,9 @@ from inferq.celery_app import create_celery
 from inferq.constants import MAX_CHUNK_ATTEMPTS
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput
-from inferq.schema import Item, Job, utcnow
+from inferq.schema import Job, Result, utcnow
 from inferq.settings import Settings
-from inferq.states import FINISHED_JOB_STATES, UNFINISHED_JOB_STATES, ItemState
+from inferq.states import FINISHED_JOB_STATES, UNFINISHED_JOB_STATES
 from producer.client import Client
 from soak.cluster import Workers, private_database, proxied, worker_env
 from soak.faults import KINDS, REDIS_ONLY, Injector, schedule
@@ -294,13 +294,7 @@ def _throughput(sessions: Any, start: dt.datetime, end: dt.datetime) -> float | 
         return None
     with sessions() as session:
         n = session.scalar(
-            select(func.count())
-            .select_from(Item)
-            .where(
-                Item.state.in_([ItemState.SUCCEEDED, ItemState.FAILED]),
-                Item.finished_at >= start,
-                Item.finished_at < end,
-            )
+            select(func.count()).select_from(Result).where(Result.finished_at >= start, Result.finished_at < end)
         )
     return round((n or 0) / seconds, 1)
 

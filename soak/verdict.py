@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from sqlalchemy import func, select
 from inferq.constants import MAX_CHUNK_ATTEMPTS
 from inferq.schema import Chunk, Item, Job
 from inferq.states import FINISHED_JOB_STATES, ItemState, JobState
+from inferq.store.results import StoredItem, items_with_results
 from inferq.task_specs import TaskName, read_params
 from worker.model_cache import ModelCache
 
@@ -142,7 +144,7 @@ class References:
         self.known: dict[tuple[str, str, str, str], Any] = {}
         self.runs = 0
 
-    def of(self, job: Job, items: list[Item]) -> dict[int, Any]:
+    def of(self, job: Job, items: Sequence[StoredItem]) -> dict[int, Any]:
         """The reference outcome of every item that ended with a result or an error, by index."""
         todo = [i for i in items if i.state in (ItemState.SUCCEEDED, ItemState.FAILED)]
         if not todo:
@@ -172,7 +174,7 @@ def _judge_job(session: Session, v: Verdict, references: References, job_id: str
     if job.state not in FINISHED_JOB_STATES:
         v.stuck += 1
         v.problem("stuck", f"job {job_id} ({spec.kind}) is {job.state.value}")
-    items = list(session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.index)))
+    items = items_with_results(session, job_id)
     chunks = list(session.scalars(select(Chunk).where(Chunk.job_id == job_id).order_by(Chunk.seq)))
     v.items += len(spec.rows)
     if [i.index for i in items] != list(range(len(spec.rows))) or job.total != len(spec.rows):
@@ -235,7 +237,7 @@ def _judge_job(session: Session, v: Verdict, references: References, job_id: str
     v.chunk_reruns += sum(max(0, c.attempts - 1) for c in chunks)
 
 
-def _difference(item: Item, want: Any) -> str | None:
+def _difference(item: StoredItem, want: Any) -> str | None:
     """How the stored result differs from the reference outcome; ``None`` when they agree."""
     where = _first_difference(item.result, want.result, "result")
     if where:

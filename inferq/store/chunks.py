@@ -3,25 +3,29 @@
 One delivery of a chunk's message goes through three steps, each its own transaction:
 
 1. **Claim** (`claim_chunk`, then `claim_mates`): lock the chunk row, lease it to this worker (``running``,
-   ``lease_until``, ``attempts + 1``), start its job, read its still-``queued`` items (`unfinished_items`). On
-   PostgreSQL that is one statement, the items coming back as two aggregated columns (indices, and inputs as one
-   JSON array decoded by one call); SQLite runs a statement per step. A small chunk also takes queued chunks of
-   other jobs into its batch (see `worker.runner` for coalescing).
+   ``lease_until``, ``attempts + 1``), start its job, read its items that have no `Result` row yet
+   (`unfinished_items`). On PostgreSQL that is one statement, the items coming back as two aggregated columns
+   (indices, and inputs as one JSON array decoded by one call); SQLite runs a statement per step. A small chunk
+   also takes queued chunks of other jobs into its batch (see `worker.runner` for coalescing).
 2. **Lease** (`renew_leases`, which `worker.runner.LeaseKeeper` calls from a thread): while the batch computes,
    outside any transaction, renew the leases, so that an expired lease means a dead worker, never a slow chunk.
-3. **Write** (`write_results`): lock the chunk rows (`inferq.store.locks.lock_chunks`), then their items still
-   ``queued``; only those get a result. Each chunk becomes ``done``, or ``queued`` again when it stopped early; the
-   jobs' counters move and a job whose every item ended finishes, recording its webhook delivery
-   (`inferq.store.outbox`) in the same transaction. An item's ``attempts`` is stamped with its result: its chunk's
-   claims so far, each of which read it queued.
+3. **Write** (`write_results`): lock the chunk rows (`inferq.store.locks.lock_chunks`); a chunk found ``done``
+   writes nothing. The others' outcomes are appended to `Result` (results are insert-only; an item's input row is
+   never rewritten): one binary COPY on PostgreSQL, one executemany INSERT on SQLite. Each chunk becomes ``done``,
+   or ``queued`` again when it stopped early; each job's counters move by one UPDATE, and a job whose every item
+   ended finishes, recording its webhook delivery (`inferq.store.outbox`) in the same transaction. A result's
+   ``attempts`` is its chunk's claims so far, each of which read the item without a result.
 
 Statements run on the session's connection (Core), not through the ORM session: these functions load no ORM
-objects, and the ORM layer cost ~0.3 ms a statement, a tenth of a chunk's control-plane time on a fast device
-(only the result write on SQLite, an ORM bulk UPDATE by primary key, goes through the session).
+objects, and the ORM layer cost ~0.3 ms a statement, a tenth of a chunk's control-plane time on a fast device.
 
-Idempotent: a chunk already done claims nothing, and an item gets a result only while it is still ``queued``,
-under a row lock, so two deliveries of one chunk never write an item twice. Rows are locked in key order, so
-two writers never wait on each other in a circle.
+Exactly once: the chunk's row lock, taken first by every writer of its results and by a cancel, orders them. Under
+it, a chunk already done appends nothing; a chunk claimed once holds no result but this delivery's; a chunk claimed
+again (its attempts, read under the lock, say so) may hold those of a delivery that stopped early or lost its lease
+while still running, and its write reads which items have one and appends only the others. The results' primary
+key ``(job_id, index)`` is the last guard: a second result would fail the write, never be stored. An item's state
+while it has no result follows its job's (`inferq.states.item_state_of`), so a cancel touches no item. Rows are
+locked in key order, so two writers never wait on each other in a circle.
 
 The store knows the worker's pieces only by what it reads of them: an item's outcome (`ItemOutcome`, the worker's
 `worker.engines.base.Outcome`) and a stage clock (`Laps`, the worker's `worker.stages.StageClock`).
@@ -36,16 +40,29 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from functools import lru_cache
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import orjson
-from sqlalchemy import ColumnElement, Text, TextClause, and_, bindparam, case, cast, func, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
 from inferq.errors import InferqError
-from inferq.schema import Chunk, Item, Job, as_utc, utcnow
+from inferq.schema import Chunk, Item, Job, Result, as_utc, utcnow
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.store.dialect import Dialect, dialect_of
 from inferq.store.locks import lock_chunks
@@ -157,16 +174,16 @@ def chunk_key(job_id: str, seq: int) -> str:
 # -- 1. claim ----------------------------------------------------------------------------------------------
 
 
-def unfinished_items() -> ColumnElement[bool]:
-    """The items a claim reads: those without a result yet. The one place that says how (with `_UNFINISHED_ITEM_SQL`,
-    its text form in `_CLAIM_STATEMENT`): a change of where results live changes only these two."""
-    return Item.state == ItemState.QUEUED
+def unfinished_items(*within: ColumnElement[bool]) -> ColumnElement[bool]:
+    """The items a claim reads: those without a `Result` row yet (`without_result`; ``within`` bounds the results
+    looked at to the chunk's range). The one place that says how, with `_UNFINISHED_ITEM_SQL`, its text form in
+    `_CLAIM_STATEMENT`."""
+    return without_result(*within)
 
 
-#: `unfinished_items` as SQL text on the items aliased ``i`` (``:item_queued`` is bound to ``ItemState.QUEUED``),
-#: the state tested in a form no index serves: the chunk's range comes from a joined row, not a constant, and the
-#: planner would otherwise take the (job, state) index and read every queued item of the job for each chunk.
-_UNFINISHED_ITEM_SQL = "i.state || '' = :item_queued"
+#: `unfinished_items` as SQL text on the items aliased ``i``: no result row of the same key (a primary-key probe
+#: per item of the chunk's range).
+_UNFINISHED_ITEM_SQL = "NOT EXISTS (SELECT 1 FROM results AS r WHERE r.job_id = i.job_id AND r.index = i.index)"
 
 
 def claim_chunk(
@@ -207,7 +224,7 @@ WITH c AS (
 ), act AS (
     SELECT CASE
         WHEN c.state = :done THEN 'skip'
-        WHEN j.state IN (:succeeded, :failed, :cancelled) THEN 'close'
+        WHEN j.state IN (:succeeded, :failed, :cancelled, :expired) THEN 'close'
         WHEN c.state = :running AND c.leader IS NOT NULL AND c.lease_until > :now THEN 'defer'
         ELSE 'lease'
     END AS act
@@ -274,7 +291,7 @@ def _claim_chunk_in_one(
             "failed": JobState.FAILED.value,
             "cancelled": JobState.CANCELLED.value,
             "job_queued": JobState.QUEUED.value,
-            "item_queued": ItemState.QUEUED.value,
+            "expired": JobState.EXPIRED.value,
         },
     ).one_or_none()
     if row is None:
@@ -403,7 +420,12 @@ def _claim_chunk_by_steps(
     # rewrote every row of the chunk (all its indexes' entries too) once more per delivery.
     items = conn.execute(
         select(Item.index.label("item_index"), Item.input)
-        .where(Item.job_id == job_id, Item.index >= row.start, Item.index < row.stop, unfinished_items())
+        .where(
+            Item.job_id == job_id,
+            Item.index >= row.start,
+            Item.index < row.stop,
+            unfinished_items(Result.index >= row.start, Result.index < row.stop),
+        )
         .order_by(Item.index)
     ).all()
     if clock is not None:
@@ -619,28 +641,29 @@ def write_results(
     and ``job_error`` on every job of the batch when the batch could not run at all. One `StoredChunk` per
     claim, in order (a chunk found done already stored nothing and counts as complete), and the webhook
     deliveries of the jobs it ended."""
-    attempts = _lock_unfinished_chunks(session, claims)
-    live = [(claim, out) for claim, out in zip(claims, outcomes, strict=True) if claim.key in attempts]
+    locked = _lock_unfinished_chunks(session, claims)
+    live = [(claim, out) for claim, out in zip(claims, outcomes, strict=True) if claim.key in locked]
     now = utcnow()
-    written = _store_outcomes(
-        session,
-        [
-            (claim.job_id, index, attempts[claim.key], outcome)
-            for claim, out in live
-            for index, outcome in zip(claim.indices, out, strict=False)
-            if outcome is not None
-        ],
-        now,
-    )
+    # A chunk claimed once has no results but this delivery's; one claimed again may hold those of a delivery that
+    # stopped early, or of one whose lease expired while it ran: those items are not written twice.
+    again = [(c.job_id, c.seq, locked[c.key].start, locked[c.key].stop) for c, _ in live if locked[c.key].attempts > 1]
+    before = _written_before(session, again)
+    on_postgres = dialect_of(session) is Dialect.POSTGRESQL
+    rows: list[tuple[Any, ...]] = []
     stored: dict[str, StoredChunk] = {}
     settled: dict[bool, list[tuple[str, int]]] = {True: [], False: []}
     succeeded_by_job: Counter[str] = Counter()
     failed_by_job: Counter[str] = Counter()
     for claim, out in live:
+        attempts, *_, job_finished = locked[claim.key]
         succeeded = failed = 0
         for index, outcome in zip(claim.indices, out, strict=False):
-            if outcome is None or (claim.job_id, index) not in written:
+            if outcome is None or job_finished or (claim.job_id, index) in before:
                 continue
+            row = _result_row(claim.job_id, index, attempts, outcome, now)
+            if on_postgres and row[3] is not None:
+                row = (*row[:3], _dumps(row[3]), *row[4:])
+            rows.append(row)
             if outcome.ok:
                 succeeded += 1
             else:
@@ -650,6 +673,7 @@ def write_results(
         stored[claim.key] = StoredChunk(succeeded, failed, complete)
         succeeded_by_job[claim.job_id] += succeeded
         failed_by_job[claim.job_id] += failed
+    _store_outcomes(session, rows)
     _settle_chunks(session, settled, now)
     job_ids = sorted({claim.job_id for claim, _ in live})
     webhooks: list[str] = []
@@ -663,147 +687,103 @@ def write_results(
     return Written([stored.get(claim.key, StoredChunk()) for claim in claims], webhooks)
 
 
-def _lock_unfinished_chunks(session: Session, claims: list[Claim]) -> dict[str, int]:
-    """The claims' chunk rows not yet done, locked in the one lock order (`lock_chunks`): their attempts so far,
-    by `chunk_key`."""
+def _lock_unfinished_chunks(session: Session, claims: list[Claim]) -> dict[str, _Locked]:
+    """The claims' chunk rows not yet done, locked in the one lock order (`lock_chunks`), by `chunk_key`."""
     rows = lock_chunks(session.connection(), keyed(Chunk.job_id, Chunk.seq, [(c.job_id, c.seq) for c in claims]))
-    return {chunk_key(row.job_id, row.seq): row.attempts for row in rows if row.state != ChunkState.DONE}
-
-
-def _store_outcomes(
-    session: Session, outcomes: list[tuple[str, int, int, ItemOutcome]], now: dt.datetime
-) -> set[tuple[str, int]]:
-    """Give each item ``(job, index, attempts, outcome)`` of ``outcomes`` its outcome if it is still ``queued``,
-    with its attempts (its chunk's claims so far: every one of them read the item while it was queued); return the
-    items written. On PostgreSQL one statement (`_store_outcomes_json`, an ``UPDATE … FROM … RETURNING``: the row
-    locks, the check of the state and the write in one round trip, where one UPDATE per item cost ~2 ms of server
-    time each on a busy machine); on SQLite the queued items are locked in key order, then updated in one
-    executemany."""
-    if not outcomes:
-        return set()
-    if dialect_of(session) is Dialect.POSTGRESQL:
-        return _store_outcomes_json(session, outcomes, now)
-    writable = _lock_queued_items(session, [(job_id, index) for job_id, index, _, _ in outcomes])
-    rows = [
-        {
-            "job_id": job_id,
-            "index": index,
-            **dict(zip(OUTCOME_COLUMNS, outcome.values(), strict=True)),
-            "attempts": attempts,
-            "finished_at": now,
-        }
-        for job_id, index, attempts, outcome in outcomes
-        if (job_id, index) in writable
-    ]
-    if rows:
-        session.execute(update(Item), rows)
-    return writable
-
-
-#: The elements of one row of `_store_outcomes_json`'s JSON array, by position: the item's key, its attempts, then
-#: every column of `OUTCOME_COLUMNS` but the result (sent apart), a vector as hex.
-_JSON_ROW = ("job_id", "index", "attempts", *(c for c in OUTCOME_COLUMNS if c != "result"))
-
-#: The PostgreSQL result write up to its key ranges (`_outcomes_statement`). Each column is read back from its
-#: element of the row's ``jsonb`` array (`_JSON_ROW` numbers them: ``e->>3`` is the state), cast to its type (a text
-#: column takes the element's text as it is, a vector is decoded from hex); the result is the ``json`` element zipped
-#: to the row by position (``ROWS FROM``), a JSON ``null`` stored as SQL ``NULL``.
-_WRITE_OUTCOMES_HEAD = (
-    "UPDATE items AS i SET state = v.e->>3, label = v.e->>4, score = CAST(v.e->>5 AS float8), answer = v.e->>6, "
-    "start_char = CAST(v.e->>7 AS int4), end_char = CAST(v.e->>8 AS int4), entity_count = CAST(v.e->>9 AS int4), "
-    "vector = decode(v.e->>10, 'hex'), error_code = v.e->>11, error_message = v.e->>12, "
-    "result = CASE WHEN json_typeof(v.r) = 'null' THEN NULL ELSE v.r END, "
-    "attempts = CAST(v.e->>2 AS int4), finished_at = :now "
-    "FROM (SELECT e->>0 AS job_id, CAST(e->>1 AS int4) AS index, e, r FROM ROWS FROM "
-    "(jsonb_array_elements(CAST(:rows AS jsonb)), json_array_elements(CAST(:results AS json))) AS t (e, r)) AS v "
-    "WHERE ("
-)
-#: The rest of it: joined to the items by key, and only rows still ``queued`` (the state is tested in a form no
-#: index serves, so that the planner cannot pick the (job, state) index and read every queued item of the job).
-_WRITE_OUTCOMES_TAIL = (
-    ") AND i.job_id = v.job_id AND i.index = v.index AND i.state || '' = :queued "
-    "RETURNING i.job_id, i.index AS item_index"
-)
-
-
-@lru_cache(maxsize=64)
-def _outcomes_statement(jobs: int) -> TextClause:
-    """The PostgreSQL result write of a batch of ``jobs`` jobs: `_WRITE_OUTCOMES_HEAD`, one primary-key range term
-    per job, ``(i.job_id = :j0 AND i.index BETWEEN :lo0 AND :hi0) OR …`` (bind parameters it numbers itself: every
-    value is bound), and `_WRITE_OUTCOMES_TAIL`. Made once per number of jobs."""
-    ranges = " OR ".join(f"(i.job_id = :j{k} AND i.index BETWEEN :lo{k} AND :hi{k})" for k in range(jobs))
-    return text(_WRITE_OUTCOMES_HEAD + ranges + _WRITE_OUTCOMES_TAIL)
-
-
-def _store_outcomes_json(
-    session: Session, outcomes: list[tuple[str, int, int, ItemOutcome]], now: dt.datetime
-) -> set[tuple[str, int]]:
-    """`_store_outcomes` in one statement (`_outcomes_statement`) and two JSON parameters, each serialized by one
-    ``json.dumps``:
-
-    * every outcome but its result as one row of a JSON array (`_JSON_ROW`, a vector as hex), parsed once by
-      PostgreSQL as ``jsonb`` (an array parameter per column cost ~1.5 µs per value to escape in Python, and
-      ``json`` re-parses an element per column read);
-    * the results, in the same order, as a ``json`` array: its elements keep their text exactly (the text
-      SQLAlchemy's JSON type writes; ``jsonb`` would reorder a result's keys), zipped to the rows by position
-      (``ROWS FROM``), with no ``json.dumps`` per item.
-
-    Joined to the items by key; only rows still ``queued`` are updated (a concurrent writer's row is waited for,
-    then re-checked, under READ COMMITTED: never written twice). Each chunk's row is locked before
-    (`write_results`), so two writers of one chunk never reach its items together."""
-    rows = []
-    results = []
-    ranges: dict[str, tuple[int, int]] = {}
-    for job_id, index, attempts, outcome in outcomes:
-        state, result, *rest, vector, error_code, error_message = outcome.values()
-        rows.append(
-            (
-                job_id,
-                index,
-                attempts,
-                state.value,
-                *rest,
-                None if vector is None else vector.hex(),
-                error_code,
-                error_message,
-            )
-        )
-        results.append(result)
-        lo, hi = ranges.get(job_id, (index, index))
-        ranges[job_id] = (min(lo, index), max(hi, index))
-    params: dict[str, Any] = {
-        "rows": json.dumps(rows),
-        "results": json.dumps(results),
-        "now": now,
-        "queued": ItemState.QUEUED.value,
+    return {
+        chunk_key(row.job_id, row.seq): _Locked(row.attempts, row.start, row.stop, row.job_state.finished)
+        for row in rows
+        if row.state != ChunkState.DONE
     }
-    for k, (job_id, (lo, hi)) in enumerate(ranges.items()):
-        params.update({f"j{k}": job_id, f"lo{k}": lo, f"hi{k}": hi})
-    conn = session.connection()
-    _plan_without_nested_loops(session)
-    return {(row.job_id, row.item_index) for row in conn.execute(_outcomes_statement(len(ranges)), params)}
 
 
-def _plan_without_nested_loops(session: Session) -> None:
-    """Plan the rest of this transaction without nested loops (PostgreSQL's ``enable_nestloop``), so that the result
-    write is planned the same way whatever the statistics say (a job's rows are new, rarely analyzed yet): each
-    job's items by a primary-key range scan, hashed against the payload, not a nested loop, which on an estimate of
-    one row rescans the payload once per item. ``SET LOCAL``: the setting ends with the transaction, whose other
-    statements read one table each."""
-    session.connection().execute(text("SET LOCAL enable_nestloop = off"))
+class _Locked(NamedTuple):
+    """A chunk `write_results` locked, not yet done."""
+
+    #: Its claims so far (this delivery's included).
+    attempts: int
+    #: Its items' indices, ``start <= index < stop``.
+    start: int
+    stop: int
+    #: Its job ended (cancelled, expired) before this write took the lock: what its items are is settled
+    #: (`inferq.states.item_state_of`), and the write stores none of them.
+    job_finished: bool
 
 
-def _lock_queued_items(session: Session, pairs: list[tuple[str, int]]) -> set[tuple[str, int]]:
-    """Of the items ``pairs`` (job, index), those still ``queued``, locked in key order: the only ones written."""
-    if not pairs:
+#: The `Result` columns of one row of the write, in the order `_result_row` builds them.
+WRITE_COLUMNS = ("job_id", "index", *OUTCOME_COLUMNS, "attempts", "finished_at")
+
+#: PostgreSQL's types of `WRITE_COLUMNS`, for the binary COPY (`psycopg`'s ``set_types``). The result goes as
+#: ``text``: ``json``'s binary form is its text, serialized here as SQLAlchemy's JSON type writes it, so that a read
+#: of the stored text gives back exactly what an UPDATE would have stored.
+_COPY_TYPES = (
+    "varchar",  # job_id
+    "int4",  # index
+    "varchar",  # state
+    "text",  # result (json)
+    "varchar",  # label
+    "float8",  # score
+    "text",  # answer
+    "int4",  # start_char
+    "int4",  # end_char
+    "int4",  # entity_count
+    "bytea",  # vector
+    "varchar",  # error_code
+    "text",  # error_message
+    "int4",  # attempts
+    "timestamptz",  # finished_at
+)
+
+_COPY_RESULTS = "COPY results (" + ", ".join(f'"{c}"' for c in WRITE_COLUMNS) + ") FROM STDIN (FORMAT BINARY)"
+
+
+def without_result(*within: ColumnElement[bool]) -> ColumnElement[bool]:
+    """An `Item` has no `Result` row yet: it has not ended by itself (what a claim still has to run). ``within``
+    bounds the results looked at to the chunk's range, so that whatever plan PostgreSQL picks (an anti join that
+    hashes the results) reads the chunk's results only, never every result of a big job."""
+    return ~exists().where(Result.job_id == Item.job_id, Result.index == Item.index, *within)
+
+
+def _written_before(session: Session, chunks: list[tuple[str, int, int, int]]) -> set[tuple[str, int]]:
+    """The items of ``chunks`` (job, seq, start, stop) that have a result already: those a delivery that stopped
+    early (cancel, warm shutdown, an expired lease) stored before. Read under the chunks' row locks, so no other
+    writer adds any until this transaction ends."""
+    if not chunks:
         return set()
     rows = session.connection().execute(
-        select(Item.job_id, Item.index.label("item_index"))
-        .where(keyed(Item.job_id, Item.index, pairs), Item.state == ItemState.QUEUED)
-        .order_by(Item.job_id, Item.index)
-        .with_for_update()
+        select(Result.job_id, Result.index.label("item_index")).where(
+            or_(*(and_(Result.job_id == j, Result.index >= lo, Result.index < hi) for j, _, lo, hi in chunks))
+        )
     )
     return {(row.job_id, row.item_index) for row in rows}
+
+
+def _store_outcomes(session: Session, rows: list[tuple[Any, ...]]) -> None:
+    """Append ``rows`` (`WRITE_COLUMNS` each) to `Result`: on PostgreSQL one binary COPY in the session's
+    transaction (no statement to plan, no per-row parse: ~4× fewer server microseconds a row than the ``UPDATE … FROM
+    jsonb`` it replaced, which also rewrote each item's row and index entries); on SQLite one executemany INSERT."""
+    if not rows:
+        return
+    conn = session.connection()
+    if dialect_of(session) is Dialect.POSTGRESQL:
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cursor, cursor.copy(_COPY_RESULTS) as copy:  # type: ignore[union-attr]
+            copy.set_types(_COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+        return
+    table = Result.metadata.tables[Result.__tablename__]
+    conn.execute(insert(table), [dict(zip(WRITE_COLUMNS, row, strict=True)) for row in rows])
+
+
+_dumps = json.JSONEncoder().encode
+
+
+def _result_row(job_id: str, index: int, attempts: int, outcome: ItemOutcome, now: dt.datetime) -> tuple[Any, ...]:
+    """One `WRITE_COLUMNS` row: the item's key, the outcome's columns (its state as the stored string, its result as
+    JSON text on PostgreSQL), its attempts and when it ended."""
+    state, result, *rest = outcome.values()
+    return (job_id, index, ItemState(state).value, result, *rest, attempts, now)
 
 
 def _settle_chunks(session: Session, settled: dict[bool, list[tuple[str, int]]], now: dt.datetime) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from inferq import constants
 from inferq.errors import DatabaseUnavailable, JobNotFound, QuotaExceeded
-from inferq.schema import Chunk, Item, Job, Tenant, utcnow
+from inferq.schema import Chunk, Item, Job, Result, Tenant, utcnow
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.store.dialect import Dialect, dialect_of
 from inferq.store.locks import lock_chunks
@@ -113,7 +113,8 @@ def failed_inputs(session: Session, job_id: str) -> Sequence[RowMapping]:
     return (
         session.execute(
             select(Item.client_id, Item.input)
-            .where(Item.job_id == job_id, Item.state == ItemState.FAILED)
+            .join(Result, and_(Result.job_id == Item.job_id, Result.index == Item.index))
+            .where(Result.job_id == job_id, Result.state == ItemState.FAILED)
             .order_by(Item.index)
         )
         .mappings()
@@ -198,7 +199,7 @@ def add_job(session: Session, job: NewJob) -> None:
 def add_items(
     session: Session, job_id: str, numbered: Iterable[tuple[int, ItemInput]], *, copy: bool | None = None
 ) -> None:
-    """Insert the job's items (queued), each with its index, read once from ``numbered``, in constant memory.
+    """Insert the job's items (their inputs), each with its index, read once from ``numbered``, in constant memory.
 
     ``copy``: stream them with COPY (PostgreSQL only, several times faster) or insert them in batches of
     `constants.INSERT_BATCH_ROWS`; ``None`` picks COPY on PostgreSQL."""
@@ -207,10 +208,9 @@ def add_items(
     if copy:
         _copy_items(session, job_id, numbered)
         return
-    queued = ItemState.QUEUED
     rows = iter(numbered)
     while batch := [
-        {"job_id": job_id, "index": i, "client_id": r.client_id, "input": r.data, "state": queued, "attempts": 0}
+        {"job_id": job_id, "index": i, "client_id": r.client_id, "input": r.data}
         for i, r in islice(rows, constants.INSERT_BATCH_ROWS)
     ]:
         session.execute(insert(Item), batch)
@@ -222,15 +222,14 @@ def _copy_items(session: Session, job_id: str, numbered: Iterable[tuple[int, Ite
     import psycopg  # the PostgreSQL driver: only here
 
     dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    queued = ItemState.QUEUED.value
     raw = session.connection().connection.driver_connection
     try:
         with (
             raw.cursor() as cursor,  # type: ignore[union-attr]
-            cursor.copy('COPY items (job_id, "index", client_id, input, state, attempts) FROM STDIN') as copy,
+            cursor.copy('COPY items (job_id, "index", client_id, input) FROM STDIN') as copy,
         ):
             for i, r in numbered:
-                copy.write_row((job_id, i, r.client_id, dumps(r.data), queued, 0))
+                copy.write_row((job_id, i, r.client_id, dumps(r.data)))
     except psycopg.OperationalError as exc:
         # The driver's own connection, under SQLAlchemy's error hook: converted here, as `inferq.db` does.
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
@@ -246,8 +245,9 @@ def mark_enqueued(session: Session, job_id: str, sent: int) -> None:
 
 
 def cancel_job(session: Session, job_id: str, now: dt.datetime) -> bool:
-    """Cancel the job if it is unfinished: the job ``cancelled``, its queued items ``cancelled``, both ended at
-    ``now``. Its chunks are locked first (`locks.lock_chunks`), which waits for any result write of them to commit.
+    """Cancel the job if it is unfinished: the job ``cancelled``, ended at ``now``; its items without a result are
+    ``cancelled`` from then on (an item's state follows its job's, `inferq.states.item_state_of`): no item row is
+    touched. Its chunks are locked first (`locks.lock_chunks`), which waits for any result write of them to commit.
     True when the job was cancelled by this call; False when it had already ended."""
     lock_chunks(session.connection(), Chunk.job_id == job_id)
     cancelled = session.execute(
@@ -255,11 +255,4 @@ def cancel_job(session: Session, job_id: str, now: dt.datetime) -> bool:
         .where(Job.id == job_id, Job.state.in_(UNFINISHED_JOB_STATES))
         .values(state=JobState.CANCELLED, finished_at=now)
     )
-    if not cancelled.rowcount:  # type: ignore[attr-defined]
-        return False
-    session.execute(
-        update(Item)
-        .where(Item.job_id == job_id, Item.state == ItemState.QUEUED)
-        .values(state=ItemState.CANCELLED, finished_at=now)
-    )
-    return True
+    return bool(cancelled.rowcount)  # type: ignore[attr-defined]

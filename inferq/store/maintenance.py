@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from inferq.schema import Chunk, Item, Job, WebhookDelivery
+from inferq.schema import Chunk, Item, Job, Result, WebhookDelivery
 from inferq.states import FINISHED_JOB_STATES, UNFINISHED_JOB_STATES, ChunkState, DeliveryState, JobState
 
 # -- recovery ------------------------------------------------------------------------------------------------------
@@ -103,7 +103,8 @@ def finished_before(session: Session, cutoff: dt.datetime) -> Sequence[Row[str, 
 
 
 def delete_items(session: Session, job_id: str, start: int, stop: int) -> int:
-    """Delete the job's items with an index in ``[start, stop)``; how many there were."""
+    """Delete the job's items with an index in ``[start, stop)``, and their results; how many items there were."""
+    session.execute(delete(Result).where(Result.job_id == job_id, Result.index >= start, Result.index < stop))
     deleted = session.execute(delete(Item).where(Item.job_id == job_id, Item.index >= start, Item.index < stop))
     return int(deleted.rowcount)  # type: ignore[attr-defined]
 

@@ -16,17 +16,40 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Result, Row, Select, String, Text, cast, func, select, type_coerce
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Select,
+    String,
+    Text,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+    type_coerce,
+)
+from sqlalchemy import Result as Rows
 from sqlalchemy.orm import Session
 
 from inferq import constants
-from inferq.schema import Item, Job
-from inferq.states import ItemState
+from inferq.schema import Item, Job, Result
+from inferq.states import STORED_ITEM_STATES, UNRUN_ITEM_STATE, ItemState, item_state_of
 from inferq.store.dialect import Dialect, dialect_of
 
-#: An item's state as the stored string, for reads of many rows (results, exports): without the enum conversion per
-#: row, which halved an export's speed. `ItemState` members equal these strings.
-STORED_STATE = type_coerce(Item.state, String(16)).label("status")
+#: What an item without a result is, from its job's state (`inferq.states.UNRUN_ITEM_STATE`), as the state's string.
+_UNRUN_STATE = case(
+    *((Job.state == job, literal(item.value)) for job, item in UNRUN_ITEM_STATE.items()),
+    else_=literal(ItemState.QUEUED.value),
+)
+
+#: An item's state as a string (`inferq.states.item_state_of` in SQL): its result's, else what its job's state makes
+#: it. Read as a string, without the enum conversion per row, which halved an export's speed; `ItemState` members
+#: equal these strings.
+ITEM_STATE = func.coalesce(type_coerce(Result.state, String(16)), _UNRUN_STATE)
+STORED_STATE = ITEM_STATE.label("status")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,16 +66,20 @@ class ResultFilter:
     #: Only items in this state.
     state: ItemState | None = None
 
-    def apply(self, query: Select[Any]) -> Select[Any]:
-        """``query`` (of items) with this filter's conditions."""
+    def apply(self, query: Select[Any], *, results_only: bool = False) -> Select[Any]:
+        """``query`` (of items joined to their results and their job, `item_query`; of results alone with
+        ``results_only``) with this filter's conditions. A stored state is tested on the results' own column (the
+        ``(job, state)`` index); one that follows the job's on the job's row."""
         if self.label is not None:
-            query = query.where(Item.label == self.label)
+            query = query.where(Result.label == self.label)
         if self.min_score is not None:
-            query = query.where(Item.score >= self.min_score)
+            query = query.where(Result.score >= self.min_score)
         if self.failed:
-            query = query.where(Item.state == ItemState.FAILED)
-        if self.state is not None:
-            query = query.where(Item.state == self.state)
+            query = query.where(Result.state == ItemState.FAILED)
+        if self.state in STORED_ITEM_STATES or (self.state is not None and results_only):
+            query = query.where(Result.state == self.state)
+        elif self.state is not None:
+            query = query.where(Result.state.is_(None), _UNRUN_STATE.in_([self.state.value]))
         return query
 
 
@@ -61,71 +88,86 @@ ALL_ITEMS = ResultFilter()
 
 #: The typed columns of an item's top result, by the `ResultRow` attribute (and CSV column source) they fill.
 TOP_COLUMNS: dict[str, Any] = {
-    "label": Item.label,
-    "score": Item.score,
-    "answer": Item.answer,
-    "start": Item.start_char,
-    "end": Item.end_char,
-    "entity_count": Item.entity_count,
+    "label": Result.label,
+    "score": Result.score,
+    "answer": Result.answer,
+    "start": Result.start_char,
+    "end": Result.end_char,
+    "entity_count": Result.entity_count,
 }
 
 #: An item's stored result as the JSON text the database holds (never decoded).
-_RESULT_TEXT = cast(Item.result, Text).label("result")
+_RESULT_TEXT = cast(Result.result, Text).label("result")
 
 
-def _stream(conn: Connection, query: Select[Any]) -> Result[*tuple[Any, ...]]:
+def _stream(conn: Connection, query: Select[Any]) -> Rows[*tuple[Any, ...]]:
     return conn.execute(query.execution_options(yield_per=constants.EXPORT_FETCH_ROWS))
 
 
 def item_query(job_id: str, columns: Sequence[Any], filters: ResultFilter = ALL_ITEMS) -> Select[Any]:
-    """``columns`` of the job's items that ``filters`` keep, in input order (not executed)."""
-    return filters.apply(select(*columns).where(Item.job_id == job_id).order_by(Item.index))
+    """``columns`` of the job's items that ``filters`` keep, in input order (not executed): each item with its result
+    if it has one (``LEFT JOIN results``) and its job's row (for the state of an item without a result)."""
+    query = (
+        select(*columns)
+        .select_from(Item)
+        .join(Job, Job.id == Item.job_id)
+        .outerjoin(Result, and_(Result.job_id == Item.job_id, Result.index == Item.index))
+        .where(Item.job_id == job_id)
+        .order_by(Item.index)
+    )
+    return filters.apply(query)
 
 
 # -- results and the text exports --------------------------------------------------------------------------------------
 
 
-def result_rows(
-    session: Session, job_id: str, filters: ResultFilter, *, with_vectors: bool
-) -> Result[*tuple[Any, ...]]:
+def result_rows(session: Session, job_id: str, filters: ResultFilter, *, with_vectors: bool) -> Rows[*tuple[Any, ...]]:
     """Every column of a `ResultRow`: ``index, client_id, status, result, error_code, error_message, label, score,
     answer, start_char, end_char, entity_count``, and ``vector`` when ``with_vectors``; the result decoded."""
     columns: tuple[Any, ...] = (
         Item.index,
         Item.client_id,
         STORED_STATE,
-        Item.result,
-        Item.error_code,
-        Item.error_message,
-        Item.label,
-        Item.score,
-        Item.answer,
-        Item.start_char,
-        Item.end_char,
-        Item.entity_count,
+        Result.result,
+        Result.error_code,
+        Result.error_message,
+        Result.label,
+        Result.score,
+        Result.answer,
+        Result.start_char,
+        Result.end_char,
+        Result.entity_count,
     )
     if with_vectors:
-        columns += (Item.vector,)
+        columns += (Result.vector,)
     return _stream(session.connection(), item_query(job_id, columns, filters))
 
 
-def result_texts(session: Session, job_id: str, filters: ResultFilter) -> Result[*tuple[Any, ...]]:
+def result_texts(session: Session, job_id: str, filters: ResultFilter) -> Rows[*tuple[Any, ...]]:
     """``index, client_id, status, result, error_code, error_message``, the result as its stored JSON text (the
     database's own ``json`` text on PostgreSQL, the column's text on SQLite; ``None`` for SQL NULL)."""
-    columns = (Item.index, Item.client_id, STORED_STATE, _RESULT_TEXT, Item.error_code, Item.error_message)
+    columns = (Item.index, Item.client_id, STORED_STATE, _RESULT_TEXT, Result.error_code, Result.error_message)
     return _stream(session.connection(), item_query(job_id, columns, filters))
 
 
-def vector_results(session: Session, job_id: str, filters: ResultFilter) -> Result[*tuple[Any, ...]]:
+def vector_results(session: Session, job_id: str, filters: ResultFilter) -> Rows[*tuple[Any, ...]]:
     """``index, client_id, status, result, vector, error_code, error_message``: the stored description of the
     vectors (decoded) and their bytes."""
-    columns = (Item.index, Item.client_id, STORED_STATE, Item.result, Item.vector, Item.error_code, Item.error_message)
+    columns = (
+        Item.index,
+        Item.client_id,
+        STORED_STATE,
+        Result.result,
+        Result.vector,
+        Result.error_code,
+        Result.error_message,
+    )
     return _stream(session.connection(), item_query(job_id, columns, filters))
 
 
 def top_column_rows(
     session: Session, job_id: str, filters: ResultFilter, tops: Sequence[str]
-) -> Result[*tuple[Any, ...]]:
+) -> Rows[*tuple[Any, ...]]:
     """``index, client_id, status``, the `TOP_COLUMNS` named by ``tops`` (labelled by those names), then
     ``error_code, error_message, result`` (the result as its stored JSON text)."""
     columns = (
@@ -133,8 +175,8 @@ def top_column_rows(
         Item.client_id,
         STORED_STATE,
         *(TOP_COLUMNS[name].label(name) for name in tops),
-        Item.error_code,
-        Item.error_message,
+        Result.error_code,
+        Result.error_message,
         _RESULT_TEXT,
     )
     return _stream(session.connection(), item_query(job_id, columns, filters))
@@ -146,8 +188,8 @@ def top_column_rows(
 def vector_description(conn: Connection, job_id: str) -> Any:
     """The stored result (``{"dim", "dtype", …}``) of one succeeded item with a vector; ``None`` before any."""
     return conn.execute(
-        select(Item.result)
-        .where(Item.job_id == job_id, Item.state == ItemState.SUCCEEDED, Item.vector.is_not(None))
+        select(Result.result)
+        .where(Result.job_id == job_id, Result.state == ItemState.SUCCEEDED, Result.vector.is_not(None))
         .limit(1)
     ).scalar()
 
@@ -157,12 +199,12 @@ def _rows_file_query(job_id: str, filters: ResultFilter, windows: bool) -> Selec
         Item.index,
         Item.client_id,
         STORED_STATE,
-        func.length(Item.vector).label("vector_bytes"),
-        Item.error_code,
-        Item.error_message,
+        func.length(Result.vector).label("vector_bytes"),
+        Result.error_code,
+        Result.error_message,
     ]
     if windows:
-        columns.append(Item.result)
+        columns.append(Result.result)
     return item_query(job_id, columns, filters)
 
 
@@ -195,10 +237,14 @@ def rows_file_pages(conn: Connection, job_id: str, filters: ResultFilter, *, win
 
 
 def vector_query(job_id: str, filters: ResultFilter) -> Select[Any]:
-    """(``index``, ``vector``) of the items with vectors that the filters keep, in input order (not executed)."""
-    return item_query(job_id, (Item.index, Item.vector), filters).where(
-        Item.state == ItemState.SUCCEEDED, Item.vector.is_not(None)
+    """(``index``, ``vector``) of the items with vectors that the filters keep, in input order (not executed): the
+    results alone, on their primary key (an item without a result has no vector)."""
+    query = (
+        select(Result.index, Result.vector)
+        .where(Result.job_id == job_id, Result.state == ItemState.SUCCEEDED, Result.vector.is_not(None))
+        .order_by(Result.index)
     )
+    return filters.apply(query, results_only=True)  # type: ignore[arg-type]
 
 
 def vector_rows(conn: Connection, job_id: str, filters: ResultFilter) -> Iterator[Sequence[Row[*tuple[Any, ...]]]]:
@@ -256,8 +302,6 @@ def in_index_order(conn: Connection) -> None:
 
 # -- progress ----------------------------------------------------------------------------------------------------------
 
-_ENDED = (ItemState.SUCCEEDED, ItemState.FAILED)
-
 
 def job_started_at(session: Session, job_id: str) -> dt.datetime | None:
     """When the job started (as stored: SQLite's naive), if it has."""
@@ -268,10 +312,10 @@ def chunk_writes(session: Session, job_id: str) -> Sequence[Row[dt.datetime | No
     """``finished_at, items`` of each stored write of the job's results (one ``finished_at`` a write), oldest
     first. SQLite may hand ``finished_at`` back as text."""
     return session.execute(
-        select(Item.finished_at, func.count().label("items"))
-        .where(Item.job_id == job_id, Item.state.in_(_ENDED), Item.finished_at.is_not(None))
-        .group_by(Item.finished_at)
-        .order_by(Item.finished_at)
+        select(Result.finished_at, func.count().label("items"))
+        .where(Result.job_id == job_id, Result.finished_at.is_not(None))
+        .group_by(Result.finished_at)
+        .order_by(Result.finished_at)
     ).all()
 
 
@@ -280,9 +324,73 @@ def error_counts(session: Session, job_id: str, limit: int) -> Sequence[Row[str 
     at most ``limit`` codes; the sample is the smallest message of the code, so every read shows the same one."""
     count = func.count().label("items")
     return session.execute(
-        select(Item.error_code, count, func.min(Item.error_message).label("sample_message"))
-        .where(Item.job_id == job_id, Item.state == ItemState.FAILED)
-        .group_by(Item.error_code)
-        .order_by(count.desc(), Item.error_code)
+        select(Result.error_code, count, func.min(Result.error_message).label("sample_message"))
+        .where(Result.job_id == job_id, Result.state == ItemState.FAILED)
+        .group_by(Result.error_code)
+        .order_by(count.desc(), Result.error_code)
         .limit(limit)
     ).all()
+
+
+# -- whole items (verification) ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoredItem:
+    """An item whole: its input row, its result row's columns (``None`` without one, ``attempts`` 0) and its state
+    (`inferq.states.item_state_of`)."""
+
+    index: int
+    client_id: str | None
+    input: Any
+    state: ItemState
+    result: Any = None
+    vector: bytes | None = None
+    label: str | None = None
+    score: float | None = None
+    answer: str | None = None
+    start_char: int | None = None
+    end_char: int | None = None
+    entity_count: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    finished_at: dt.datetime | None = None
+    job_id: str = ""
+
+
+#: The `Result` columns a `StoredItem` holds besides its state, by name.
+_WHOLE = tuple(c for c in Result.__table__.columns if c.name not in ("job_id", "index", "state"))
+
+
+def items_with_results(session: Session, *job_ids: str) -> list[StoredItem]:
+    """Every item of ``job_ids`` whole, by job then index: for checks that compare each item (the soak's verdict,
+    tests), not for a big job's hot path."""
+    rows = session.execute(
+        select(
+            Item.job_id,
+            Item.index.label("item_index"),
+            Item.client_id,
+            Item.input,
+            Result.state.label("stored_state"),
+            Job.state.label("job_state"),
+            *_WHOLE,
+        )
+        .select_from(Item)
+        .join(Job, Job.id == Item.job_id)
+        .outerjoin(Result, and_(Result.job_id == Item.job_id, Result.index == Item.index))
+        .where(Item.job_id.in_(job_ids))
+        .order_by(Item.job_id, Item.index)
+    ).mappings()
+    return [
+        StoredItem(
+            job_id=row["job_id"],
+            index=row["item_index"],
+            client_id=row["client_id"],
+            input=row["input"],
+            state=item_state_of(row["stored_state"], row["job_state"]),
+            **{c.name: row[c.name] for c in _WHOLE if c.name != "attempts"},
+            attempts=row["attempts"] or 0,
+        )
+        for row in rows
+    ]

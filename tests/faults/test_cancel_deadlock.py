@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import Engine, select, text, update
 
 from inferq.db import make_engine, make_sessionmaker
-from inferq.schema import Chunk, Item, Job
+from inferq.schema import Chunk, Job
 from inferq.settings import Settings
 from inferq.task_specs import TaskName, validate_params
 from producer.client import Client, store_job
 from producer.inputs import InputRecord
+from tests.support.records import put_result, stored_items
 
 pytestmark = pytest.mark.services
 
@@ -49,14 +50,12 @@ def test_a_cancel_during_a_chunks_write_waits_for_it_instead_of_deadlocking(migr
     with sessions.begin() as session:
         store_job(session, job_id, TaskName.CLASSIFICATION, "m", params, records, 4, "q")
         session.execute(update(Job).where(Job.id == job_id).values(state="running"))
-    in_chunk = (Item.job_id == job_id, Item.index < 4)
 
-    # Given a worker storing chunk 0, in its locking order: the chunk row, then the chunk's items (still queued)
+    # Given a worker storing chunk 0, in its locking order: the chunk row first
     writer = sessions()
     writer.begin()
     writer_pid = writer.execute(text("SELECT pg_backend_pid()")).scalar_one()
     writer.execute(select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == 0).with_for_update())
-    writer.execute(select(Item.index).where(*in_chunk).order_by(Item.index).with_for_update())
 
     # When the job is cancelled meanwhile
     outcome: list[object] = []
@@ -74,7 +73,8 @@ def test_a_cancel_during_a_chunks_write_waits_for_it_instead_of_deadlocking(migr
     wait_until_blocked_by(engine, writer_pid, canceller)
 
     # And the write goes on: its results, then the job's counters (the job row), and commits
-    writer.execute(update(Item).where(*in_chunk).values(state="succeeded", result={"label": "x"}))
+    for index in range(4):
+        put_result(writer, job_id, index, state="succeeded", result={"label": "x"})
     writer.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq == 0).values(state="done"))
     writer.execute(update(Job).where(Job.id == job_id).values(succeeded=Job.succeeded + 4))
     writer.commit()
@@ -84,7 +84,7 @@ def test_a_cancel_during_a_chunks_write_waits_for_it_instead_of_deadlocking(migr
     # Then both succeeded: the write's results stand, the cancel cancelled the rest
     assert outcome == ["cancelled"], outcome
     with sessions() as session:
-        states = dict(session.execute(select(Item.index, Item.state).where(Item.job_id == job_id)).tuples().all())
+        states = {item.index: item.state for item in stored_items(session, job_id)}
         job = session.get(Job, job_id)
         assert job is not None and (job.state.value, job.succeeded) == ("cancelled", 4)
     assert [states[i].value for i in range(8)] == ["succeeded"] * 4 + ["cancelled"] * 4

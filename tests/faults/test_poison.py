@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import update
 
 from inferq.constants import MAX_CHUNK_ATTEMPTS
-from inferq.schema import Chunk, Item
+from inferq.schema import Chunk
 from tests.reference import assert_same_labels, classification_reference
 from tests.support.brokers import PrivateRedis, ready_messages
 from tests.support.jobs import client_for, pid_of, sentences, worker_env
@@ -116,14 +116,13 @@ def test_a_chunk_that_kills_its_worker_every_time_is_given_up(
     record: Record,
 ) -> None:
     # Given a job of one chunk that already killed the worker that claimed it, all but twice of the allowed times
-    # (counted on the chunk and its items, as claims count them: the kill tests show each claim counting one)
+    # (counted on the chunk, as claims count them: the kill tests show each claim counting one)
     env = redis_env
     earlier = MAX_CHUNK_ATTEMPTS - 2
     with client_for(env) as client:
         job_id = client.submit("classification", "slow", sentences(400), chunk_size=400).job_id
         with client.sessions.begin() as session:
             session.execute(update(Chunk).where(Chunk.job_id == job_id).values(attempts=earlier))
-            session.execute(update(Item).where(Item.job_id == job_id).values(attempts=earlier))
 
         # When a worker's pool process that starts it dies (SIGKILL), and so does the next one
         with running_worker(env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "2"):

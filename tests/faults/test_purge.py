@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, func, select, text, update
 
 from inferq.db import make_engine, make_sessionmaker
-from inferq.schema import Chunk, Item, Job, utcnow
+from inferq.schema import Chunk, Item, Job, Result, utcnow
 from inferq.settings import Settings
 from inferq.task_specs import TaskName
 from producer.client import store_job
@@ -48,12 +48,21 @@ def a_job(engine: Engine, n: int, state: str, finished_days_ago: float | None, c
     return job_id
 
 
-def counts(engine: Engine, job_id: str) -> tuple[int, int, int]:
+#: Every item of a job gets a result (as a worker's write leaves them).
+GIVE_RESULTS = text(
+    'INSERT INTO results (job_id, "index", state, result, attempts) '
+    "SELECT job_id, \"index\", 'succeeded', '[]', 1 FROM items WHERE job_id = :j"
+)
+
+
+def counts(engine: Engine, job_id: str) -> tuple[int, int, int, int]:
+    """The job's rows: job, chunks, items, results."""
     with engine.connect() as conn:
         return (
             conn.scalar(select(func.count()).select_from(Job).where(Job.id == job_id)) or 0,
             conn.scalar(select(func.count()).select_from(Chunk).where(Chunk.job_id == job_id)) or 0,
             conn.scalar(select(func.count()).select_from(Item).where(Item.job_id == job_id)) or 0,
+            conn.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id)) or 0,
         )
 
 
@@ -65,6 +74,9 @@ def test_purge_deletes_old_finished_jobs_in_batches_and_never_touches_running_on
     old_cancelled = a_job(engine, 300, "cancelled", finished_days_ago=31)
     recent = a_job(engine, 10, "succeeded", finished_days_ago=1)
     running = a_job(engine, 600, "running", finished_days_ago=None)
+    with engine.begin() as conn:
+        for job_id in (old, recent):
+            conn.execute(GIVE_RESULTS, {"j": job_id})
     env: dict[str, Any] = {"INFERQ_DATABASE_URL": migrated_postgres}
 
     # And a worker in the middle of writing the running job's results (its chunk and items locked)
@@ -79,15 +91,15 @@ def test_purge_deletes_old_finished_jobs_in_batches_and_never_touches_running_on
         took = time.monotonic() - started
         worker.rollback()
 
-    # Then it deleted the old finished jobs, their chunks and items, 1,000 items a transaction at most
+    # Then it deleted the old finished jobs, their chunks, items and results, 1,000 items a transaction at most
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert sorted(report["job_ids"]) == sorted([old, old_cancelled])
     assert (report["items"], report["batches"]) == (2800, 3 + 1)
-    assert counts(engine, old) == counts(engine, old_cancelled) == (0, 0, 0)
+    assert counts(engine, old) == counts(engine, old_cancelled) == (0, 0, 0, 0)
     # And it left the recent job and the running one whole, without waiting for the worker's locks
-    assert counts(engine, recent) == (1, 1, 10)
-    assert counts(engine, running) == (1, 2, 600)
+    assert counts(engine, recent) == (1, 1, 10, 10)
+    assert counts(engine, running) == (1, 2, 600, 0)
     assert took < 30
 
 
@@ -104,7 +116,7 @@ def test_a_purge_batch_in_progress_does_not_lock_out_a_running_job(engine: Engin
             worker.begin()
             worker.execute(text("SET LOCAL lock_timeout = '2s'"))
             worker.execute(select(Chunk).where(Chunk.job_id == running).with_for_update()).all()
-            worker.execute(update(Item).where(Item.job_id == running).values(state="succeeded", result=[]))
+            worker.execute(GIVE_RESULTS, {"j": running})
             worker.execute(update(Job).where(Job.id == running).values(succeeded=Job.succeeded + 50))
             worker.commit()
         purging.rollback()
@@ -113,6 +125,7 @@ def test_a_purge_batch_in_progress_does_not_lock_out_a_running_job(engine: Engin
     with engine.begin() as conn:
         assert conn.scalar(select(Job.succeeded).where(Job.id == running)) == 50
         conn.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": old})  # leave no old job to other tests
+        conn.execute(text("DELETE FROM results WHERE job_id = :j"), {"j": old})
 
 
 def test_purge_refuses_an_age_it_cannot_read(migrated_postgres: str) -> None:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from inferq import migrate
 from inferq.db import make_engine
-from inferq.schema import Base
+from inferq.schema import Base, as_utc
 from inferq.settings import Settings
+from inferq.store.results import items_with_results
+from tests.support.services import fresh_postgres_database
 
 
 def schema_diff(settings: Settings) -> list[object]:
@@ -40,3 +50,188 @@ def test_postgres_migration_equals_the_models_and_downgrades(postgres_url: str) 
     assert migrate.current(settings) is None
     migrate.upgrade(settings)
     assert schema_diff(settings) == []
+
+
+# -- 0006: results move from items to their own table ------------------------------------------------------------------
+
+T0 = dt.datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
+VECTOR = np.arange(6, dtype="<f4").tobytes()
+
+#: One stored item per task (and a failed one, a cancelled one, a queued one), as the worker wrote them at 0005: the
+#: job's task, the job's state, then the item's outcome columns (its state first).
+STORED_AT_0005: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "classification",
+        "succeeded",
+        {"state": "succeeded", "result": [{"label": "POSITIVE", "score": 0.9}], "label": "POSITIVE", "score": 0.9},
+    ),
+    (
+        "question_answering",
+        "succeeded",
+        {
+            "state": "succeeded",
+            "result": [{"answer": "Paris", "score": 0.5, "start": 7, "end": 12}],
+            "answer": "Paris",
+            "score": 0.5,
+            "start_char": 7,
+            "end_char": 12,
+        },
+    ),
+    (
+        "fill_mask",
+        "succeeded",
+        {"state": "succeeded", "result": [[{"token_str": "cat", "score": 0.25}]], "label": "cat", "score": 0.25},
+    ),
+    (
+        "token_classification",
+        "succeeded",
+        {
+            "state": "succeeded",
+            "result": [{"entity_group": "PER", "word": 'Ünï "q"', "start": 0, "end": 3, "score": 0.75}],
+            "label": "PER",
+            "score": 0.75,
+            "entity_count": 1,
+        },
+    ),
+    (
+        "embedding",
+        "succeeded",
+        {"state": "succeeded", "result": {"dim": 6, "dtype": "float32"}, "vector": VECTOR},
+    ),
+    (
+        "rerank",
+        "succeeded",
+        {"state": "succeeded", "result": [{"index": 1, "score": 3.5}, {"index": 0, "score": -1.0}], "score": 3.5},
+    ),
+    (
+        "zero_shot_classification",
+        "succeeded",
+        {"state": "succeeded", "result": {"labels": ["b", "a"], "scores": [0.7, 0.3]}, "label": "b", "score": 0.7},
+    ),
+    (
+        "classification",
+        "failed",
+        {"state": "failed", "error_code": "inference_error", "error_message": "RuntimeError: boom"},
+    ),
+    ("classification", "cancelled", {"state": "cancelled"}),
+    ("classification", "running", {"state": "queued"}),
+]
+
+
+def store_at_0005(engine: Engine) -> dict[str, dict[str, Any]]:
+    """One job per entry of `STORED_AT_0005`, its one item written with the 0005 schema's columns (the item's
+    attempts and end time too); each item's columns by job id."""
+    items = sa.table(
+        "items",
+        *(sa.column(c) for c in ("job_id", "index", "client_id", "input", "state", "attempts", "finished_at")),
+        sa.column("result", sa.JSON()),
+        *(sa.column(c) for c in ("label", "score", "answer", "start_char", "end_char", "entity_count")),
+        *(sa.column(c) for c in ("error_code", "error_message", "vector")),
+    )
+    jobs = sa.table(
+        "jobs",
+        *(sa.column(c) for c in ("id", "task", "model", "params", "state", "queue", "chunk_size", "n_chunks")),
+        *(sa.column(c) for c in ("total", "succeeded", "failed", "created_at", "finished_at", "tenant")),
+    )
+    stored: dict[str, dict[str, Any]] = {}
+    with engine.begin() as conn:
+        for n, (task, job_state, outcome) in enumerate(STORED_AT_0005):
+            job_id = f"job{n:02d}"
+            ended = outcome["state"] in ("succeeded", "failed")
+            conn.execute(
+                jobs.insert().values(
+                    id=job_id,
+                    task=task,
+                    model="m",
+                    params="{}",
+                    state=job_state,
+                    queue="q",
+                    chunk_size=1,
+                    n_chunks=1,
+                    total=1,
+                    succeeded=int(outcome["state"] == "succeeded"),
+                    failed=int(outcome["state"] == "failed"),
+                    created_at=T0,
+                    finished_at=T0 if job_state != "running" else None,
+                    tenant="default",
+                )
+            )
+            row = {
+                "client_id": f"c{n}",
+                "input": {"text": f"t{n}"},
+                "attempts": 2 if ended else 0,
+                "finished_at": T0 if outcome["state"] != "queued" else None,
+                **outcome,
+            }
+            conn.execute(items.insert().values(job_id=job_id, index=0, **{**row, "input": json.dumps(row["input"])}))
+            stored[job_id] = row
+    return stored
+
+
+def assert_results_equal(engine: Engine, stored: dict[str, dict[str, Any]]) -> None:
+    """Every item reads back (`items_with_results`, the store's read) as it was stored at 0005: its input, state,
+    result, vector, typed columns, error, attempts and end time (a cancelled item's, its job's end)."""
+    with Session(engine) as session:
+        for job_id, want in stored.items():
+            (item,) = items_with_results(session, job_id)
+            got = {name: getattr(item, name) for name in want}
+            got["state"] = item.state.value
+            got["finished_at"] = as_utc(item.finished_at) if item.finished_at is not None else None
+            if want["state"] == "cancelled":  # an item without a result: it ended with its job
+                got["finished_at"] = T0
+            if isinstance(got.get("vector"), memoryview):
+                got["vector"] = bytes(got["vector"])
+            assert got == want, job_id
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_0006_moves_every_result_of_every_task_and_downgrades_back(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Given a database at 0005 holding a result of every task, a failed item, a cancelled one and a queued one
+    if database == "sqlite":
+        settings = Settings(database_url=f"sqlite:///{tmp_path / 'm.db'}")
+        context = contextlib.nullcontext()
+    else:
+        context = fresh_postgres_database()
+    with context as url:
+        settings = Settings(database_url=url) if url else settings
+        migrate.upgrade(settings, "0005")
+        engine = make_engine(settings)
+        try:
+            stored = store_at_0005(engine)
+
+            # When it is upgraded to the head
+            migrate.upgrade(settings)
+
+            # Then every item reads back equal, its result in the results table, and the items hold inputs only
+            assert_results_equal(engine, stored)
+            with engine.connect() as conn:
+                moved = conn.execute(sa.text("SELECT count(*) FROM results")).scalar_one()
+                item_columns = {c["name"] for c in sa.inspect(conn).get_columns("items")}
+            assert moved == 8  # the succeeded and failed items; the cancelled and the queued one have none
+            assert item_columns == {"job_id", "index", "client_id", "input"}
+            assert schema_diff(settings) == []
+
+            # And a downgrade gives the 0005 columns back, equal
+            migrate.downgrade(settings, "0005")
+            with engine.connect() as conn:
+                for job_id, want in stored.items():
+                    row = conn.execute(
+                        sa.text(f"SELECT {', '.join(want)} FROM items WHERE job_id = :j"), {"j": job_id}
+                    ).one()
+                    got = dict(zip(want, row, strict=True))
+                    got["input"] = json.loads(got["input"]) if isinstance(got["input"], str) else got["input"]
+                    if isinstance(got.get("result"), str):
+                        got["result"] = json.loads(got["result"])
+                    if got.get("vector") is not None:
+                        got["vector"] = bytes(got["vector"])
+                    if got["finished_at"] is not None:
+                        got["finished_at"] = as_utc(
+                            dt.datetime.fromisoformat(got["finished_at"])
+                            if isinstance(got["finished_at"], str)
+                            else got["finished_at"]
+                        )
+                    assert got == want, job_id
+        finally:
+            engine.dispose()

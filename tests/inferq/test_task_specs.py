@@ -41,7 +41,7 @@ def test_task_names_accept_dashes_and_reject_unknown() -> None:
 
 
 def test_every_task_has_one_spec_whose_columns_exist() -> None:
-    from inferq.schema import Item
+    from inferq.schema import Result
     from inferq.task_specs import TASKS
 
     # Given the per-task table
@@ -51,7 +51,7 @@ def test_every_task_has_one_spec_whose_columns_exist() -> None:
         assert spec.name is task
         assert spec.params.model_validate({}) == spec.params()
         for column in spec.top_columns:
-            assert column in Item.__table__.c, (task, column)
+            assert column in Result.__table__.c, (task, column)
         assert len({c for c, _ in spec.csv_columns}) == len(spec.csv_columns)
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text, update
+from sqlalchemy import insert, text
 
 from inferq import migrate
 from inferq.db import is_sqlite
 from inferq.errors import JobNotFound
-from inferq.schema import Item
+from inferq.schema import Result
 from inferq.settings import Settings
 from inferq.states import ItemState
 from inferq.task_specs import TaskName
@@ -240,8 +240,9 @@ def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def store(client: Client, items: list[dict[str, Any]]) -> str:
-    """A job of ``len(items)`` items; each item dict's values are written as the worker writes them (one bulk
-    UPDATE through the JSON column type); an item dict without ``state`` stays queued, its result SQL NULL."""
+    """A job of ``len(items)`` items; each item dict's values are written as the worker writes them (a result row,
+    one bulk INSERT through the JSON column type); an item dict without ``state`` stays queued, its result SQL
+    NULL."""
     job_id = uuid.uuid4().hex
     records = [
         InputRecord(line=i + 1, client_id=item.pop("id", None), data={"text": "t"}) for i, item in enumerate(items)
@@ -250,7 +251,7 @@ def store(client: Client, items: list[dict[str, Any]]) -> str:
         store_job(session, job_id, TaskName.CLASSIFICATION, "m", {"top_k": 2}, records, 4, "q")
         written = [{"job_id": job_id, "index": i, **item} for i, item in enumerate(items) if "state" in item]
         if written:
-            session.execute(update(Item), written)
+            session.execute(insert(Result), written)
     return job_id
 
 
@@ -277,8 +278,8 @@ def assert_same_as_decoded(client: Client, job_id: str, **filters: Any) -> int:
 
 
 def test_jsonl_export_of_stored_results_parses_to_the_decoded_rows(client: Client) -> None:
-    # given succeeded items with tricky results, failed items (a JSON null result, an error message), queued and
-    # cancelled items (no result: SQL NULL), and ids with characters to escape
+    # given succeeded items with tricky results, failed items (a JSON null result, an error message), queued
+    # items (no result: SQL NULL), and ids with characters to escape
     items: list[dict[str, Any]] = [
         {"id": f"r{i}", "state": "succeeded", "result": r, "label": "POSITIVE", "score": 0.25 * (i % 4)}
         for i, r in enumerate(STORED_RESULTS)
@@ -293,7 +294,7 @@ def test_jsonl_export_of_stored_results_parses_to_the_decoded_rows(client: Clien
         },
         {"state": "failed", "result": None, "error_code": "attempts_exhausted", "error_message": None},
         {"id": "queued"},
-        {"id": "cancelled", "state": "cancelled"},
+        {"id": "also queued"},
         *({"id": "raw", "state": "succeeded", "label": "POSITIVE", "score": 0.5} for _ in RAW_RESULTS),
     ]
     job_id = store(client, items)
@@ -302,7 +303,7 @@ def test_jsonl_export_of_stored_results_parses_to_the_decoded_rows(client: Clien
         for i, raw in enumerate(RAW_RESULTS, start=len(items) - len(RAW_RESULTS)):
             session.execute(
                 text(
-                    f"UPDATE items SET result = {':raw' if on_sqlite else 'CAST(:raw AS json)'} "
+                    f"UPDATE results SET result = {':raw' if on_sqlite else 'CAST(:raw AS json)'} "
                     'WHERE job_id = :job AND "index" = :i'
                 ),
                 {"raw": raw, "job": job_id, "i": i},

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from inferq.constants import INSERT_BATCH_ROWS
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import InvalidInput
-from inferq.schema import Chunk, Item, Job
+from inferq.schema import Chunk, Item, Job, Result
 from inferq.settings import Settings
 from inferq.task_specs import TaskName
 from producer.client import store_job
@@ -41,13 +41,14 @@ def round_trip(settings: Settings, copy: bool | None = None, streamed: bool = Fa
         store_job(session, job_id, TaskName.CLASSIFICATION, "m", {"top_k": 1}, given, 64, "q", copy=copy, total=total)
     with sessions() as session:
         items = session.execute(
-            select(Item.index, Item.client_id, Item.input, Item.state).where(Item.job_id == job_id).order_by(Item.index)
+            select(Item.index, Item.client_id, Item.input).where(Item.job_id == job_id).order_by(Item.index)
         ).all()
+        results = session.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id))
         chunks = session.scalars(select(Chunk).where(Chunk.job_id == job_id).order_by(Chunk.seq)).all()
         job = session.get(Job, job_id)
     engine.dispose()
-    assert [(i, c, d) for i, c, d, _ in items] == [(n, r.client_id, r.data) for n, r in enumerate(records)]
-    assert {s for *_, s in items} == {"queued"}
+    assert [(i, c, d) for i, c, d in items] == [(n, r.client_id, r.data) for n, r in enumerate(records)]
+    assert results == 0  # every item queued: none has a result
     assert [(c.start, c.stop) for c in chunks] == [(s, min(s + 64, 300)) for s in range(0, 300, 64)]
     assert job is not None and (job.total, job.n_chunks, job.state) == (300, 5, "queued")
 

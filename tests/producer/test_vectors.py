@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import update
+from sqlalchemy import insert
 
 import inferq.store.results
 import producer.cli
@@ -28,7 +28,7 @@ from inferq import migrate
 from inferq.cli import main
 from inferq.errors import ConfigurationError, InvalidParameter
 from inferq.results import Embedding
-from inferq.schema import Item
+from inferq.schema import Result
 from inferq.settings import Settings
 from inferq.states import ItemState
 from inferq.store.results import in_index_order, vector_query
@@ -94,7 +94,7 @@ def store(
     params: dict[str, Any] | None = None,
     task: TaskName = TaskName.EMBEDDING,
 ) -> str:
-    """A job of ``len(items)`` items, each written as the worker writes it (an empty dict stays queued)."""
+    """A job of ``len(items)`` items, each with a result row as the worker writes it (an empty dict stays queued)."""
     job_id = uuid.uuid4().hex
     records = [
         InputRecord(line=i + 1, client_id=item.pop("id", f"t{i}"), data={"text": "t"}) for i, item in enumerate(items)
@@ -103,12 +103,13 @@ def store(
         store_job(session, job_id, task, "m", validate_params(task, params or {}), records, 4, "q")
         written = [{"job_id": job_id, "index": i, **item} for i, item in enumerate(items) if "state" in item]
         if written:
-            session.execute(update(Item), written)
+            session.execute(insert(Result), written)
     return job_id
 
 
 def plain_job(client: Client) -> tuple[str, dict[int, np.ndarray]]:
-    """float32 vectors, a failed item (and one without a message), a queued and a cancelled one, and ids to escape."""
+    """float32 vectors, a failed item (and one without a message), two queued ones (an item without a result: a
+    cancelled job's would read cancelled, `tests/worker/test_runner.py`), and ids to escape."""
     vecs = {0: TRICKY, 1: vector(1), 4: vector(4), 6: vector(6)}
     items: list[dict[str, Any]] = [
         succeeded(vecs[0]),
@@ -118,7 +119,7 @@ def plain_job(client: Client) -> tuple[str, dict[int, np.ndarray]]:
         {**succeeded(vecs[4]), "id": None},
         failed("attempts_exhausted", None),
         succeeded(vecs[6]),
-        {"state": "cancelled"},
+        {},
     ]
     return store(client, items), vecs
 
@@ -237,7 +238,7 @@ def test_results_carry_the_vectors_exactly_and_type_as_embeddings(client: Client
         "succeeded",
         "failed",
         "succeeded",
-        "cancelled",
+        "queued",
     ]
     for i, v in vecs.items():
         assert rows[i].result == {"dim": DIM, "dtype": "float32", "embedding": [float(x) for x in v]}
@@ -414,7 +415,7 @@ def test_npy_reads_the_rows_file_and_the_matrix_in_one_snapshot(
 
     def finish_an_item_first(*args: Any, **kwargs: Any) -> Any:
         with client.sessions.begin() as session:
-            session.execute(update(Item), [{"job_id": job_id, "index": 3, **succeeded(vector(3))}])
+            session.execute(insert(Result), [{"job_id": job_id, "index": 3, **succeeded(vector(3))}])
         return read_matrix(*args, **kwargs)
 
     monkeypatch.setattr(producer.export, name, finish_an_item_first)
@@ -568,7 +569,7 @@ def test_npy_on_postgresql_reads_the_vectors_in_key_order_never_sorting_them(cli
     with engine.connect() as conn, conn.begin():
         in_index_order(conn)
         plan = "\n".join(row[0] for row in conn.exec_driver_sql(f"EXPLAIN {query}", query.params))
-    assert "Sort" not in plan and "items" in plan, plan
+    assert "Sort" not in plan and "pk_results" in plan, plan
     # and the export sets it on both of its connections (the rows file's and the matrix's)
     connections: list[int] = []
 

@@ -15,13 +15,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.db import make_engine, make_sessionmaker
 from inferq.keys import create_key
-from inferq.schema import Item, Job
+from inferq.schema import Job, utcnow
 from inferq.settings import Settings
 from inferq.states import ItemState, JobState
 from inferq.task_specs import TaskName
 from producer.client import JobOptions, store_job
 from producer.inputs import InputRecord
 from server.app import create_app
+from tests.support.records import put_result
 
 #: The tiny model the API tests submit to (`tests.conftest.tiny_models`).
 MODEL = "cls-distilbert"
@@ -121,11 +122,16 @@ def stored_job(sessions: sessionmaker[Session], api_settings: Settings) -> Store
                 options=JobOptions(tenant=tenant, metadata=metadata),
             )
             if failed:
-                session.execute(
-                    update(Item)
-                    .where(Item.job_id == job_id, Item.index.in_(failed))
-                    .values(state=ItemState.FAILED, error_code="inference_error", error_message="boom")
-                )
+                for index in failed:
+                    put_result(
+                        session,
+                        job_id,
+                        index,
+                        state=ItemState.FAILED,
+                        error_code="inference_error",
+                        error_message="boom",
+                        finished_at=utcnow(),
+                    )
                 session.execute(update(Job).where(Job.id == job_id).values(failed=len(failed)))
             if state is not None:
                 session.execute(update(Job).where(Job.id == job_id).values(state=state))

@@ -12,16 +12,18 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from inferq.schema import Item, Job, as_utc
+from inferq.schema import Job, Result, as_utc
 from inferq.states import ItemState, JobState
 from producer.progress import MAX_BUCKETS, bucket_width
 from tests.server.conftest import MakeKey, StoreJob, bearer
+from tests.support.records import put_result
 
 pytestmark = pytest.mark.services
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 #: index -> (state, seconds after T0, error code, message): three chunk writes and an item still queued.
+#: Item 6 has no result (a cancelled job's item without one is cancelled, and ended at no write of its own).
 ENDED = {
     0: (ItemState.SUCCEEDED, 0.5, None, None),
     1: (ItemState.SUCCEEDED, 0.5, None, None),
@@ -29,22 +31,20 @@ ENDED = {
     3: (ItemState.FAILED, 3.25, "input_too_long", "1000 tokens"),
     4: (ItemState.FAILED, 7.75, "inference_error", "boom: a"),
     5: (ItemState.SUCCEEDED, 7.75, None, None),
-    6: (ItemState.CANCELLED, 8.0, None, None),
 }
 
 
 def finish_items(sessions: sessionmaker[Session], job_id: str) -> None:
     with sessions.begin() as session:
         for index, (state, seconds, code, message) in ENDED.items():
-            session.execute(
-                update(Item)
-                .where(Item.job_id == job_id, Item.index == index)
-                .values(
-                    state=state,
-                    finished_at=T0 + dt.timedelta(seconds=seconds),
-                    error_code=code,
-                    error_message=message,
-                )
+            put_result(
+                session,
+                job_id,
+                index,
+                state=state,
+                finished_at=T0 + dt.timedelta(seconds=seconds),
+                error_code=code,
+                error_message=message,
             )
         session.execute(
             update(Job).where(Job.id == job_id).values(state=JobState.RUNNING, started_at=T0, succeeded=3, failed=3)
@@ -55,8 +55,8 @@ def sql_buckets(sessions: sessionmaker[Session], job_id: str, width: int) -> Cou
     """Items that ended (succeeded or failed), by bucket index, straight from the items table."""
     with sessions() as session:
         rows = session.execute(
-            select(Item.finished_at).where(
-                Item.job_id == job_id, Item.state.in_([ItemState.SUCCEEDED, ItemState.FAILED])
+            select(Result.finished_at).where(
+                Result.job_id == job_id, Result.state.in_([ItemState.SUCCEEDED, ItemState.FAILED])
             )
         ).scalars()
         return Counter(int((as_utc(t) - T0).total_seconds() // width) for t in rows)
@@ -116,7 +116,9 @@ def test_the_error_summary_lists_codes_by_frequency_with_a_sample_message_as_sql
     # Then it agrees with the failed items in SQL, most frequent first, the sample the smallest message of its code
     with sessions() as session:
         failed = session.execute(
-            select(Item.error_code, Item.error_message).where(Item.job_id == job_id, Item.state == ItemState.FAILED)
+            select(Result.error_code, Result.error_message).where(
+                Result.job_id == job_id, Result.state == ItemState.FAILED
+            )
         ).all()
     counts = Counter(code for code, _ in failed)
     assert [(e["code"], e["count"]) for e in body["data"]] == counts.most_common()

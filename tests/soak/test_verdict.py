@@ -7,10 +7,10 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from inferq.db import make_engine, make_sessionmaker
-from inferq.schema import Item, Job
+from inferq.schema import Job, Result
 from inferq.settings import ModelSpec, Settings
 from inferq.task_specs import TaskName, validate_params
 from producer.client import store_job
@@ -54,8 +54,10 @@ def test_the_verdict_finds_every_kind_of_damage(sqlite_settings: Settings, tiny_
     # When one result is changed, one item is left queued (its job's counters agreeing), one job counts a result
     # twice, and a job nobody submitted appears
     with sessions.begin() as session:
-        session.execute(update(Item).where(Item.job_id == first, Item.index == 3).values(score=Item.score + 1e-3))
-        session.execute(update(Item).where(Item.job_id == first, Item.index == 5).values(state="queued", result=None))
+        session.execute(
+            update(Result).where(Result.job_id == first, Result.index == 3).values(score=Result.score + 1e-3)
+        )
+        session.execute(delete(Result).where(Result.job_id == first, Result.index == 5))
         session.execute(update(Job).where(Job.id == first).values(succeeded=Job.succeeded - 1))
         session.execute(update(Job).where(Job.id == second).values(succeeded=Job.succeeded + 1))
     extra = dict(specs)
@@ -80,9 +82,9 @@ def ner_outcome(label: str, score: float) -> Outcome:
     return Outcome(result=[entity], label=label, score=score, entity_count=1)
 
 
-def stored(outcome: Outcome) -> Item:
-    """The item row the worker writes for it (the columns `_difference` reads)."""
-    return Item(result=outcome.result, label=outcome.label, score=outcome.score, entity_count=outcome.entity_count)
+def stored(outcome: Outcome) -> Result:
+    """The result row the worker writes for it (the columns `_difference` reads)."""
+    return Result(result=outcome.result, label=outcome.label, score=outcome.score, entity_count=outcome.entity_count)
 
 
 def test_a_label_flipped_by_a_near_tie_agrees() -> None:

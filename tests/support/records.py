@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy.orm import Session
 
 from inferq.db import make_engine
-from inferq.schema import Chunk, Item, Job
+from inferq.schema import Chunk, Job, Result
 from inferq.settings import Settings
+from inferq.store.results import StoredItem, items_with_results
 
 T = TypeVar("T")
+
+
+def stored_items(session: Session | Connection, *job_ids: str) -> list[StoredItem]:
+    """The items of ``job_ids`` with their results (`inferq.store.results.items_with_results`)."""
+    if isinstance(session, Connection):
+        with Session(session) as on_conn:
+            return items_with_results(on_conn, *job_ids)
+    return items_with_results(session, *job_ids)
+
+
+def put_result(bind: Session | Connection, job_id: str, index: int, **columns: Any) -> None:
+    """Store (or replace) the item's result row with ``columns`` (``state`` among them): what a worker's write
+    leaves, set up by a test."""
+    columns.setdefault("attempts", 1)
+    bind.execute(delete(Result).where(Result.job_id == job_id, Result.index == index))
+    bind.execute(insert(Result).values(job_id=job_id, index=index, **columns))
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -37,8 +55,6 @@ class Record:
         self.engine.dispose()
 
     def job(self, job_id: str) -> Job:
-        from sqlalchemy.orm import Session
-
         with Session(self.engine) as session:
             job = session.get(Job, job_id)
             assert job is not None, f"no job {job_id}"
@@ -46,25 +62,18 @@ class Record:
             return job
 
     def chunks(self, job_id: str) -> list[Chunk]:
-        from sqlalchemy.orm import Session
-
         with Session(self.engine) as session:
             rows = list(session.scalars(select(Chunk).where(Chunk.job_id == job_id).order_by(Chunk.seq)))
             session.expunge_all()
             return rows
 
-    def items(self, job_id: str) -> list[Item]:
-        from sqlalchemy.orm import Session
-
-        with Session(self.engine) as session:
-            rows = list(session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.index)))
-            session.expunge_all()
-            return rows
+    def items(self, job_id: str) -> list[StoredItem]:
+        with self.engine.connect() as conn:
+            return stored_items(conn, job_id)
 
     def batches(self, job_ids: list[str]) -> dict[str, int]:
         """Running batches among these jobs' chunks: leader (``job_id/seq``) → batch-mates running under it."""
         from sqlalchemy import func
-        from sqlalchemy.orm import Session
 
         with Session(self.engine) as session:
             rows = session.execute(
@@ -77,7 +86,7 @@ class Record:
     def running_chunk(self, job_id: str) -> Chunk | None:
         return next((c for c in self.chunks(job_id) if c.state == "running"), None)
 
-    def assert_every_item_once(self, job_id: str, *, state: str = "succeeded") -> list[Item]:
+    def assert_every_item_once(self, job_id: str, *, state: str = "succeeded") -> list[StoredItem]:
         """The job ended in ``state``; each item ended once, with a result or an error and never both, and the
         job's counters equal what the items say."""
         job = self.job(job_id)

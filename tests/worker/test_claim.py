@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.db import make_engine, make_sessionmaker
-from inferq.schema import Chunk, Item, Job, utcnow
+from inferq.schema import Chunk, Job, Result, utcnow
 from inferq.settings import Settings
 from inferq.states import ChunkState, ItemState, JobState
 from inferq.store.chunks import ChunkOutcome, Claim, claim_chunk, decode_inputs
@@ -60,9 +60,14 @@ def claim(sessions: sessionmaker[Session], job_id: str, seq: int, worker: str = 
         return claim_chunk(session, job_id, seq, worker=worker, lease_seconds=60)
 
 
-def set_items(sessions: sessionmaker[Session], job_id: str, indices: list[int], state: ItemState) -> None:
+def end_items(sessions: sessionmaker[Session], job_id: str, indices: list[int], state: ItemState) -> None:
+    """Give the items a result row (as a write does): they have ended."""
     with sessions.begin() as session:
-        session.execute(update(Item).where(Item.job_id == job_id, Item.index.in_(indices)).values(state=state))
+        session.execute(insert(Result), [result_row(job_id, i, state) for i in indices])
+
+
+def result_row(job_id: str, index: int, state: ItemState) -> dict[str, object]:
+    return {"job_id": job_id, "index": index, "state": state, "attempts": 1, "finished_at": utcnow()}
 
 
 def the_chunk(sessions: sessionmaker[Session], job_id: str, seq: int) -> Chunk:
@@ -76,7 +81,7 @@ def test_a_claim_leases_the_chunk_and_reads_its_unfinished_items_in_order(sessio
     # Given a job of two chunks whose first has two items ended already
     inputs = [{"text": t} for t in TEXTS] + [{"text": "a", "text_pair": "b"}, {"text": "c"}, {"text": "d"}]
     job_id = a_job(sessions, inputs, chunk_size=6)
-    set_items(sessions, job_id, [1, 4], ItemState.SUCCEEDED)
+    end_items(sessions, job_id, [1, 4], ItemState.SUCCEEDED)
 
     # When its first chunk is claimed
     got = claim(sessions, job_id, 0)
@@ -112,7 +117,7 @@ def test_a_claim_leases_the_chunk_and_reads_its_unfinished_items_in_order(sessio
 
 def test_a_claim_of_a_chunk_with_no_unfinished_item_reads_nothing(sessions: sessionmaker[Session]) -> None:
     job_id = a_job(sessions, [{"text": t} for t in "abc"], chunk_size=3)
-    set_items(sessions, job_id, [0, 1, 2], ItemState.CANCELLED)
+    end_items(sessions, job_id, [0, 1, 2], ItemState.FAILED)
     got = claim(sessions, job_id, 0)
     assert isinstance(got, Claim)
     assert (got.indices, got.inputs) == ([], [])
@@ -179,7 +184,7 @@ def test_a_claim_that_waited_for_the_chunk_reads_the_items_as_its_holder_left_th
         writer = sessions()
         writer.begin()
         writer.execute(select(Chunk).where(Chunk.job_id == job_id).with_for_update())
-        writer.execute(update(Item).where(Item.job_id == job_id, Item.index < 3).values(state=ItemState.SUCCEEDED))
+        writer.execute(insert(Result), [result_row(job_id, i, ItemState.SUCCEEDED) for i in range(3)])
         writer.execute(update(Chunk).where(Chunk.job_id == job_id).values(state=ChunkState.QUEUED, attempts=1))
         # When a claim of the chunk starts meanwhile, and waits for the lock
         got: list[Claim | ChunkOutcome] = []

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from inferq.db import make_engine, make_sessionmaker
-from inferq.schema import Chunk, Item, utcnow
+from inferq.schema import Chunk, utcnow
 from inferq.settings import Settings
 from inferq.store.chunks import claim_chunk, claim_mates
 from tests.reference import assert_same_labels, classification_reference
+from tests.support.records import StoredItem, stored_items
 from tests.support.tiny_models import corpus
 from tests.worker.jobs import a_job, job_row
 from worker.model_cache import ModelCache
@@ -45,11 +46,9 @@ def chunk_row(runner: Runner, job_id: str, seq: int = 0) -> Chunk:
         return chunk
 
 
-def items_of(runner: Runner, job_ids: list[str]) -> list[Item]:
+def items_of(runner: Runner, job_ids: list[str]) -> list[StoredItem]:
     with runner.sessions() as session:
-        return list(
-            session.scalars(select(Item).where(Item.job_id.in_(job_ids)).order_by(Item.job_id, Item.index)).all()
-        )
+        return stored_items(session, *job_ids)
 
 
 def assert_pipeline_results(runner: Runner, tiny_models: dict[str, Path], job_ids: list[str], texts: list[str]) -> None:

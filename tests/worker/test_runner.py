@@ -9,15 +9,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import InferenceError
-from inferq.schema import Chunk, Item
+from inferq.schema import Chunk, Result
 from inferq.settings import Settings
 from inferq.states import ItemState
 from inferq.store.chunks import Claim, claim_chunk, write_results
 from tests.reference import assert_same_labels, classification_reference
+from tests.support.records import stored_items
 from tests.support.tiny_models import corpus
 from tests.worker.jobs import a_job, job_row
 from worker.engines.base import Outcome
@@ -42,7 +43,7 @@ def test_a_redelivered_chunk_writes_nothing_twice(runner: Runner, tiny_models: d
     job = job_row(runner, job_id)
     assert (job.state, job.succeeded, job.failed, job.total) == ("succeeded", 40, 0, 40)
     with runner.sessions() as session:
-        items = session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.index)).all()
+        items = stored_items(session, job_id)
         assert all(i.attempts == 1 for i in items)
         reference = classification_reference(tiny_models["cls-distilbert"], [{"text": t} for t in texts], top_k=1)
         for item, want in zip(items, reference, strict=True):
@@ -74,7 +75,7 @@ def test_concurrent_duplicate_deliveries_give_one_result_per_item(runner: Runner
     assert (job.state, job.succeeded, job.failed) == ("succeeded", 60, 0)
     assert sum(r.succeeded for r in reports) == 60
     with runner.sessions() as session:
-        n = session.scalar(select(func.count()).where(Item.job_id == job_id, Item.state == "succeeded"))
+        n = session.scalar(select(func.count()).where(Result.job_id == job_id, Result.state == "succeeded"))
         assert n == 60
         chunk = session.get(Chunk, (job_id, 0))
         assert chunk is not None and chunk.state == "done"
@@ -94,7 +95,7 @@ def test_a_model_that_will_not_load_fails_the_job_with_a_code(runner: Runner, tm
     job = job_row(runner, job_id)
     assert (job.state, job.failed, job.error_code) == ("failed", 2, "model_load_error")
     with runner.sessions() as session:
-        codes = set(session.scalars(select(Item.error_code).where(Item.job_id == job_id)))
+        codes = {item.error_code for item in stored_items(session, job_id)}
     assert codes == {"model_load_error"}
 
 
@@ -134,7 +135,7 @@ def test_every_outcome_column_is_stored_exactly(runner: Runner) -> None:
         None,
     ]
 
-    # When they are written on PostgreSQL (one statement for the items)
+    # When they are written on PostgreSQL (one binary COPY for the results)
     with runner.sessions.begin() as session:
         written = write_results(session, [claim], [outcomes])
 
@@ -142,9 +143,9 @@ def test_every_outcome_column_is_stored_exactly(runner: Runner) -> None:
     # and the item without an outcome stays queued
     assert written.chunks[0].succeeded == 2 and written.chunks[0].failed == 1
     with runner.sessions() as session:
-        items = session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.index)).all()
+        items = stored_items(session, job_id)
         raw = session.execute(
-            text("SELECT result::text FROM items WHERE job_id = :j AND index = 0"), {"j": job_id}
+            text("SELECT result::text FROM results WHERE job_id = :j AND index = 0"), {"j": job_id}
         ).scalar_one()
     assert raw == json.dumps(result)
     for item, outcome in zip(items[:3], outcomes[:3], strict=True):
@@ -154,3 +155,15 @@ def test_every_outcome_column_is_stored_exactly(runner: Runner) -> None:
     assert items[3].state == ItemState.QUEUED and items[3].result is None
     # And an item's attempts come with its result (its chunk's one claim); the claim itself wrote no item row
     assert [i.attempts for i in items] == [1, 1, 1, 0]
+
+    # And a second write of the same claim (a redelivery that raced it: the chunk was re-queued, not done) adds no
+    # result twice: only the item without one gets it
+    with runner.sessions.begin() as session:
+        session.execute(update(Chunk).where(Chunk.job_id == job_id).values(state="queued", attempts=2))
+    with runner.sessions.begin() as session:
+        again = write_results(session, [claim], [[Outcome(result=[1])] * 4])
+    assert (again.chunks[0].succeeded, again.chunks[0].failed, again.chunks[0].complete) == (1, 0, True)
+    with runner.sessions() as session:
+        rewritten = stored_items(session, job_id)
+    assert [i.result for i in rewritten[:3]] == [i.result for i in items[:3]]
+    assert (rewritten[3].state, rewritten[3].result, rewritten[3].attempts) == (ItemState.SUCCEEDED, [1], 2)
