@@ -16,13 +16,15 @@ class JobState(str, Enum):
     FAILED = "failed"
     #: Stopped by the user; finished items keep their results.
     CANCELLED = "cancelled"
+    #: Its deadline (`Job.deadline_at`) passed before every item ended; finished items keep their results.
+    EXPIRED = "expired"
 
     @property
     def finished(self) -> bool:
         return self in FINISHED_JOB_STATES
 
 
-FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+FINISHED_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
 #: The others: a job that a worker may still claim, cancel or finish.
 UNFINISHED_JOB_STATES = frozenset(JobState) - FINISHED_JOB_STATES
 
@@ -36,10 +38,13 @@ class ItemState(str, Enum):
     FAILED = "failed"
     #: Its job was cancelled before it ran.
     CANCELLED = "cancelled"
+    #: Its job's deadline passed before it ran (error code ``expired``).
+    EXPIRED = "expired"
 
 
 class ChunkState(str, Enum):
-    #: Stored, with a message on the broker.
+    #: Stored and waiting: with a message on the broker once released (`Chunk.enqueued_at` set, by the submit on
+    #: SQLite, by the dispatcher on PostgreSQL: `inferq.dispatcher`), in SQL alone before.
     QUEUED = "queued"
     #: Claimed by a worker whose lease runs until `Chunk.lease_until`.
     RUNNING = "running"
