@@ -210,9 +210,7 @@ def test_chunks_of_a_cancelled_job_are_never_sent(bench: Bench) -> None:
 
 def test_a_job_past_its_deadline_ends_expired_with_what_finished_kept(bench: Bench) -> None:
     # Given a job with a one-second completion window and a webhook, of which two chunks ran
-    job_id = bench.job(
-        "acme", 10, deadline=dt.timedelta(seconds=1), webhook_url="http://127.0.0.1:9/hook"
-    )
+    job_id = bench.job("acme", 10, deadline=dt.timedelta(seconds=1), webhook_url="http://127.0.0.1:9/hook")
     bench.redis.delete(bench.settings.webhook_queue)
     ran = bench.round()[:2]
     with bench.sessions.begin() as session:
