@@ -117,9 +117,7 @@ class FairShare:
             open_tenants = [t for t in now_active if by_tenant[t] and (room_of[t] is None or (room_of[t] or 0) > 0)]
             if not open_tenants:
                 break
-            tenant = min(
-                open_tenants, key=lambda t: (self.vtime[(queue, t)], self.last_pick.get((queue, t), -1), t)
-            )
+            tenant = min(open_tenants, key=lambda t: (self.vtime[(queue, t)], self.last_pick.get((queue, t), -1), t))
             self.picks += 1
             self.last_pick[(queue, tenant)] = self.picks
             job = by_tenant[tenant][0]
