@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from inferq import metrics
 from inferq.constants import DISPATCH_LEADER_RETRY_SECONDS
 from inferq.schema import as_utc, utcnow
 from inferq.settings import Settings
@@ -287,6 +288,7 @@ class Dispatcher:
                 done = dispatch_round(self.settings, self.sessions, self.celery, self.fair)
                 self.state.last_round = utcnow()
                 self.state.released += len(done.released)
+                metrics.chunks_dispatched(done.released)
                 self.state.expired += len(done.expired)
                 self.state.last_error = None
                 if done.released:
@@ -317,6 +319,7 @@ class Dispatcher:
             self._lock_conn = conn
             self.fair = FairShare()
             self.state.leader, self.state.leader_since = True, utcnow()
+            metrics.dispatcher_leads(True)
             log.info("dispatcher: this worker leads")
             return True
         except Exception as exc:
@@ -332,3 +335,4 @@ class Dispatcher:
         if self.state.leader:
             log.info("dispatcher: this worker no longer leads")
         self.state.leader, self.state.leader_since = False, None
+        metrics.dispatcher_leads(False)
