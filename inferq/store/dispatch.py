@@ -151,3 +151,16 @@ def chunks_ahead(session: Session, job_id: str) -> int | None:
         )
     )
     return int(session.scalar(on_queue) or 0) + int(tenant_first or 0)
+
+
+def chunks_ended_between(session: Session, job_id: str, start: dt.datetime, end: dt.datetime) -> int:
+    """How many of the job's chunks ended (``done``) after ``start`` and before ``end``: the benchmark's count of a
+    big job's chunks that ran while a small one waited."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Chunk)
+            .where(Chunk.job_id == job_id, Chunk.finished_at > start, Chunk.finished_at < end)
+        )
+        or 0
+    )
