@@ -162,7 +162,11 @@ def dispatch_round(
                 result.expired.append(job_id)
                 webhooks += record_job_ends(session, [job_id])
     if result.expired:
-        log.warning("dispatcher: %d job(s) past their deadline ended expired: %s", len(due), ", ".join(due))
+        log.warning(
+            "dispatcher: %d job(s) past their deadline ended expired: %s",
+            len(result.expired),
+            ", ".join(result.expired),
+        )
     if webhooks:
         send_deliveries(celery, settings, webhooks)
 
