@@ -269,7 +269,7 @@ def claim_mates(
     clock: Laps | None = None,
 ) -> list[Claim]:
     """Take queued chunks of other jobs with the leader's batch key and queue into its batch, oldest jobs first,
-    released (their message sent) and never tried before, until the batch holds ``max_items`` items (the last one taken may overshoot). Chunks
+    never tried before, until the batch holds ``max_items`` items (the last one taken may overshoot). Chunks
     locked by another transaction are skipped, not waited for. Nothing when the leader is full already, past its
     first attempt, or keyless."""
     room = max_items - len(lead.indices)
@@ -290,8 +290,6 @@ def claim_mates(
             Job.id != lead.job_id,
             Chunk.state == ChunkState.QUEUED,
             Chunk.attempts == 0,
-            # Released chunks only: the dispatcher decides which chunks run, in fair order (`inferq.dispatcher`).
-            Chunk.enqueued_at.is_not(None),
         )
         .order_by(Job.created_at, Chunk.job_id, Chunk.seq)
         .limit(min(room, MAX_MATES))
