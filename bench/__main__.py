@@ -80,6 +80,15 @@ DEFAULT_N = {
     TaskName.RERANK: (200, 8),
 }
 
+#: Items per task of the peer tables (``--tasks peers``, and quick or ``all``'s smaller set): fewer rerank queries
+#: than its own task's, each query's 50 pairs running through a dozen rows (CrossEncoder alone runs ~1-2 queries/s
+#: on 2 cores).
+PEER_N = {
+    TaskName.EMBEDDING: (2000, 512),
+    TaskName.CLASSIFICATION: (512, 128),
+    TaskName.RERANK: (24, 8),
+}
+
 #: Interleaved rounds per task in a full run (quick: 1); the baseline at batch size 32 runs in the first two.
 DEFAULT_ROUNDS = {TaskName.CLASSIFICATION: 3, TaskName.EMBEDDING: 3}
 
@@ -116,8 +125,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "fill_mask), encoders (embedding, zero_shot_classification, rerank) or sim (the whole system on a "
         "simulated accelerator, bench.simulated) or budget (the CPU an item of every process against in-process loops, "
         "bench.budget) or million (a million items on the null device: submit, run, export; bench.million; not part of "
-        "all) or peers (sentence-transformers, CTranslate2 and ONNX Runtime beside "
-        "inferq's engine on the real all-MiniLM-L6-v2, with each row's quality tier, bench.peers; not part of all)",
+        "all) or peers (sentence-transformers, CTranslate2 and ONNX Runtime beside inferq's engine and whole system on "
+        "the real all-MiniLM-L6-v2, and classification and rerank peers, with each row's quality tier and the "
+        "system-over-peer targets, bench.peers; all runs a smaller peer set)",
     )
     p.add_argument(
         "--n",
@@ -163,7 +173,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     words = [w.strip() for w in args.tasks.split(",")]
     args.sim = "sim" in words or "all" in words
-    args.peers = "peers" in words
+    args.peers = "peers" in words or "all" in words
+    #: ``all`` (the default ``make bench``) runs the smaller peer set (`PEER_N`'s second column); ``peers`` the full.
+    args.peers_small = "peers" not in words
     args.budget = "budget" in words or "all" in words
     args.million = "million" in words
     rest = ",".join(w for w in words if w not in ("sim", "peers", "budget", "million"))
@@ -865,41 +877,106 @@ def main_http(args: argparse.Namespace, argv: list[str] | None) -> int:
 
 
 def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
-    """``--tasks peers``: the peer tables (`bench.peers`) of embedding, classification and rerank on their tasks'
-    items and benchmark models; their JSON under bench/results/ (``-peers``)."""
+    """The peer tables (`bench.peers`) of embedding, classification and rerank on their tasks' items and benchmark
+    models, inferq's whole system among the rows (one worker process holding every variant, unless
+    ``--skip-system``), each table's targets; their JSON under bench/results/ (``-peers``)."""
     import torch
 
-    from bench.peers import bench_peers
+    from bench.peers import bench_peers, native_bf16, system_peers
     from bench.peers import render as render_peers
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    for noisy in ("transformers", "sentence_transformers", "worker", "inferq", "onnxruntime"):
+    for noisy in ("transformers", "sentence_transformers", "worker", "inferq", "onnxruntime", "celery", "kombu"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     info = machine_info()
     log.info("%s", machine_line(info))
+    small = args.quick or args.peers_small
+    tasks = (TaskName.EMBEDDING, TaskName.CLASSIFICATION, TaskName.RERANK)
+    models = {task: ensure_model(args.models_dir, TASK_MODEL[task]) for task in tasks}
+    bf16 = native_bf16()
     tables: dict[str, Any] = {}
-    for task in (TaskName.EMBEDDING, TaskName.CLASSIFICATION, TaskName.RERANK):
-        n = args.n or DEFAULT_N[task][1 if args.quick else 0]
-        items = items_for(task, n, args.seed)
-        texts: list[Any] = items if task is TaskName.RERANK else [i["text"] for i in items]
-        rounds = args.rounds or (1 if args.quick else DEFAULT_ROUNDS.get(task, 2))
-        model = ensure_model(args.models_dir, TASK_MODEL[task])
-        cache = args.models_dir / "peers" / model.name
-        peers = bench_peers(model.path, cache, texts, rounds, torch.get_num_threads(), task.value)
-        print(f"\npeers, {task.value}: {n} items ({model.name}), {rounds} round(s), {peers['threads']} threads")
-        print(render_peers(peers["_rows"]))
-        tables[task.value] = {k: v for k, v in peers.items() if not k.startswith("_")}
+    skipped: list[str] = []
     out = (
-        args.out or RESULTS_DIR / f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-peers{'-quick' if args.quick else ''}.json"
+        args.out
+        if args.out and not args.task_list
+        else RESULTS_DIR / f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}-peers{'-quick' if small else ''}.json"
     )
-    payload = {
-        "machine": info,
-        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
-        "code": code_version(),
-        "peers": tables,
-    }
-    path = write_json(out, payload)
+
+    def write() -> Path:
+        """The JSON so far: written after every task's table, so that a run stopped later keeps the tables done."""
+        payload = {
+            "machine": info,
+            "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+            "code": code_version(),
+            "peers": tables,
+            "skipped": skipped,
+        }
+        return write_json(out, payload)
+
+    with ExitStack() as stack:
+        client = None if args.skip_system else start_peer_system(stack, models, bf16, skipped)
+        for task in tasks:
+            model = models[task]
+            n = args.n or PEER_N[task][1 if small else 0]
+            items = items_for(task, n, args.seed)
+            texts: list[Any] = items if task is TaskName.RERANK else [i["text"] for i in items]
+            rounds = args.rounds or (1 if args.quick else 2)
+            cache = args.models_dir / "peers" / model.name
+            extra = system_peers(client, task.value, model.name, model.path, bf16) if client is not None else []
+            peers = bench_peers(model.path, cache, texts, rounds, torch.get_num_threads(), task.value, extra)
+            print(f"\npeers, {task.value}: {n} items ({model.name}), {rounds} round(s), {peers['threads']} threads")
+            print(render_peers(peers["_rows"]))
+            for target in peers["_targets"]:
+                print(target.line())
+            tables[task.value] = {k: v for k, v in peers.items() if not k.startswith("_")}
+            write()
+    for reason in skipped:
+        print(f"skipped: {reason}")
+    path = write()
     print(f"\nwritten: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def start_peer_system(
+    stack: ExitStack, models: dict[TaskName, BenchModel], bf16: bool, skipped: list[str]
+) -> Any | None:
+    """Private services and one worker (``--concurrency`` one process per core, `bench.peers.system_processes`)
+    holding every variant of `bench.peers.SYSTEM_VARIANTS` (preloaded, and each warmed by small jobs); the client,
+    or ``None`` (the reason in ``skipped``) without services."""
+    from bench.peers import system_processes, system_registry
+    from bench.system import ServicesUnavailable, client_settings, private_services, run_job, worker_env
+    from producer.client import Client
+    from worker.process import running_worker
+
+    try:
+        services = stack.enter_context(private_services())
+    except ServicesUnavailable as exc:
+        skipped.append(f"the whole system's peer rows: {exc}")
+        return None
+    registry = system_registry({t.value: (m.name, m.path) for t, m in models.items()}, bf16)
+    env = worker_env(services, json.dumps(registry))
+    client = stack.enter_context(Client(client_settings(env)))
+    logs = Path(tempfile.mkdtemp(prefix="inferq-bench-peers-"))
+    processes = system_processes()
+    log.info("starting a worker of %d process(es) holding %s (log %s)", processes, ", ".join(registry), logs)
+    stack.enter_context(
+        running_worker(
+            env,
+            logs / "worker.log",
+            "--models",
+            ",".join(registry),
+            "--concurrency",
+            str(processes),
+            ready_timeout=600,
+        )
+    )
+    for name, entry in registry.items():
+        task = TaskName(entry["task"])
+        # A chunk per process, so that each process has loaded the model before the timed runs.
+        items = items_for(task, entry["chunk_size"] * processes, 0)
+        warm = run_job(client, task, name, items, params_for(task))
+        if warm.state != "succeeded":
+            raise RuntimeError(f"first job on {name} ended {warm.state}; worker log: {logs / 'worker.log'}")
+    return client
 
 
 def bench_sim(run: Run, args: argparse.Namespace) -> None:

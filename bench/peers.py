@@ -44,9 +44,20 @@ ONNX_OPSET = 17
 #: The reference row: every row's quality is measured against its vectors.
 REFERENCE = "sentence-transformers encode"
 
+
+@dataclass(frozen=True)
+class Timed:
+    """What an ``encode`` returns when its own clock, not the call's, times it: the whole system's rows, timed
+    from the submission to the job's ``finished_at`` (reading the results back for the quality check is not
+    timed)."""
+
+    values: np.ndarray
+    seconds: float
+
+
 #: A peer: the name of the row, its precision, and a function from texts to float32 vectors ``[n, d]`` in input
-#: order.
-Encode = Callable[[list[Any]], np.ndarray]
+#: order (`Timed` where its own clock times it).
+Encode = Callable[[list[Any]], "np.ndarray | Timed"]
 
 
 @dataclass
@@ -316,13 +327,14 @@ def ctranslate2_classifier_peer(source: Path, converted: Path, precision: str, t
     )
 
 
-def classifier_engine_peer(source: Path, precision: str) -> Peer:
-    """inferq's classification engine through the model cache (torch), every label's score."""
+def classifier_engine_peer(source: Path, precision: str, backend: str = "torch") -> Peer:
+    """inferq's classification engine through the model cache, every label's score."""
     from inferq.settings import Settings
     from inferq.task_specs import TaskName
     from worker.model_cache import ModelCache
 
-    engine = ModelCache(Settings(), precision=precision).engine(str(source), TaskName.CLASSIFICATION)
+    cache = ModelCache(Settings(), precision=precision, backend=backend)
+    engine = cache.engine(str(source), TaskName.CLASSIFICATION)
     labels = label_order(source)
 
     def encode(texts: list[str]) -> np.ndarray:
@@ -334,7 +346,7 @@ def classifier_engine_peer(source: Path, precision: str) -> Peer:
             results.append(o.result)
         return by_label(results, labels)
 
-    return Peer("inferq engine (torch)", precision, encode, "in-process")
+    return Peer(f"inferq engine ({backend})", precision, encode, f"in-process, runs {type(engine.model).__name__}")
 
 
 def build_classification_peers(source: Path, cache: Path, threads: int, max_length: int) -> list[Peer]:
@@ -344,6 +356,7 @@ def build_classification_peers(source: Path, cache: Path, threads: int, max_leng
     peers += [ctranslate2_classifier_peer(source, converted, p, threads, max_length) for p in ("fp32", "int8")]
     for precision in ("fp32", *(["bf16"] if native_bf16() else []), "int8"):
         peers.append(classifier_engine_peer(source, precision))
+    peers += [classifier_engine_peer(source, p, "ctranslate2") for p in ("fp32", "int8")]
     return peers
 
 
@@ -426,25 +439,33 @@ def ctranslate2_cross_encoder_peer(
     )
 
 
-def rerank_engine_peer(source: Path, precision: str) -> Peer:
-    """inferq's rerank engine through the model cache (torch): every document's score, by index."""
+def rerank_engine_peer(source: Path, precision: str, backend: str = "torch") -> Peer:
+    """inferq's rerank engine through the model cache: every document's score, by index."""
     from inferq.settings import Settings
     from inferq.task_specs import TaskName
     from worker.model_cache import ModelCache
 
-    engine = ModelCache(Settings(), precision=precision).engine(str(source), TaskName.RERANK)
+    engine = ModelCache(Settings(), precision=precision, backend=backend).engine(str(source), TaskName.RERANK)
 
     def encode(items: list[dict[str, Any]]) -> np.ndarray:
         outcomes = engine.run(items, {})
-        out = np.zeros((len(items), max((len(i["documents"]) for i in items), default=0)), dtype=np.float32)
-        for row, o in enumerate(outcomes):
+        results = []
+        for o in outcomes:
             if o is None or not o.ok:
                 raise RuntimeError(f"inferq engine failed an item: {None if o is None else o.error}")
-            for r in o.result:
-                out[row, int(r["index"])] = float(r["score"])
-        return out
+            results.append(o.result)
+        return by_index(results, items)
 
-    return Peer("inferq engine (torch)", precision, encode, "in-process")
+    return Peer(f"inferq engine ({backend})", precision, encode, f"in-process, runs {type(engine.model).__name__}")
+
+
+def by_index(results: Sequence[Sequence[dict[str, Any]]], items: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Ranked ``[{"index", "score"}, …]`` per query as scores in document order."""
+    out = np.zeros((len(items), max((len(i["documents"]) for i in items), default=0)), dtype=np.float32)
+    for row, result in enumerate(results):
+        for r in result:
+            out[row, int(r["index"])] = float(r["score"])
+    return out
 
 
 def build_rerank_peers(source: Path, cache: Path, threads: int, max_length: int) -> list[Peer]:
@@ -455,6 +476,7 @@ def build_rerank_peers(source: Path, cache: Path, threads: int, max_length: int)
     peers += [ctranslate2_cross_encoder_peer(source, converted, p, threads, max_length) for p in ("fp32", "int8")]
     for precision in ("fp32", *(["bf16"] if bf16 else []), "int8"):
         peers.append(rerank_engine_peer(source, precision))
+    peers += [rerank_engine_peer(source, p, "ctranslate2") for p in ("fp32", "int8")]
     return peers
 
 
@@ -560,38 +582,66 @@ def run_peers(
     rounds: int,
     warm_up: int = PEER_BATCH,
     compare: Callable[[np.ndarray, np.ndarray], Quality] = vector_quality,
+    slices: int = 1,
 ) -> list[PeerRow]:
-    """Each peer warmed up on the longest texts, then ``rounds`` timed runs over all of them, the peers
-    interleaved within each round; quality (``compare``: vectors by default) against the first peer's (the fp32
-    reference) outputs of the first round."""
+    """Each peer warmed up on the longest texts, then ``rounds`` timed runs over all of them; quality (``compare``:
+    vectors by default) against the first peer's (the fp32 reference) outputs of the first round.
+
+    The peers interleave finely, so that a shared machine's load falls on all of them alike: each round cuts the
+    texts into ``slices`` consecutive slices and runs every peer on one slice before the next slice (A, B, C, A, B,
+    C …), the order rotated by one at each slice; a row's time for the round is the sum of its slices'."""
     longest = sorted(texts, key=lambda x: len(x) if isinstance(x, str) else len(str(x)), reverse=True)[:warm_up]
     rows = [PeerRow(p.name, p.precision, len(texts), notes=p.notes) for p in peers]
-    vectors: list[np.ndarray | None] = [None] * len(peers)
+    firsts: list[list[np.ndarray]] = [[] for _ in peers]
     for p in peers:
         p.encode(longest)
+    slices = max(1, min(slices, len(texts)))
+    bounds = np.linspace(0, len(texts), slices + 1).astype(int)
     for r in range(rounds):
+        spent = [0.0] * len(peers)
+        for k in range(slices):
+            part = texts[bounds[k] : bounds[k + 1]]
+            shift = (r * slices + k) % len(peers)
+            for i in [*range(shift, len(peers)), *range(shift)]:
+                start = time.perf_counter()
+                got = peers[i].encode(part)
+                elapsed = time.perf_counter() - start
+                if isinstance(got, Timed):
+                    values, elapsed = got.values, got.seconds
+                else:
+                    values = got
+                spent[i] += elapsed
+                if r == 0:
+                    firsts[i].append(values)
         for i, p in enumerate(peers):
-            start = time.perf_counter()
-            out = p.encode(texts)
-            rows[i].seconds.append(time.perf_counter() - start)
-            if r == 0:
-                vectors[i] = out
-            log.info("peers round %d: %s %s %.1f items/s", r + 1, p.name, p.precision, len(texts) / rows[i].seconds[-1])
-    reference = vectors[0]
-    assert reference is not None
-    for row, got in zip(rows, vectors, strict=True):
-        assert got is not None
-        row.quality = compare(got, reference)
+            rows[i].seconds.append(spent[i])
+            log.info("peers round %d: %s %s %.1f items/s", r + 1, p.name, p.precision, len(texts) / spent[i])
+    reference = np.concatenate(firsts[0])
+    for row, got in zip(rows, firsts, strict=True):
+        row.quality = compare(np.concatenate(got), reference)
     return rows
 
 
+#: Slices of each round (`run_peers`): short enough that the machine's load moves little within one, many
+#: enough that every row sees the same mix of it.
+SLICES = 4
+
+
 def bench_peers(
-    source: Path, cache: Path, texts: list[Any], rounds: int, threads: int, task: str = "embedding"
+    source: Path,
+    cache: Path,
+    texts: list[Any],
+    rounds: int,
+    threads: int,
+    task: str = "embedding",
+    extra: Sequence[Peer] = (),
 ) -> dict[str, Any]:
     """The peer table of ``task`` (``embedding`` on a sentence-transformers model and texts, ``classification`` on
-    a sequence classifier and texts, ``rerank`` on a cross-encoder and query items): its rows and what they ran on, for the JSON file and `render`."""
+    a sequence classifier and texts, ``rerank`` on a cross-encoder and query items), with ``extra`` rows (the
+    whole system's, `system_peers`) interleaved with the others: its rows, the targets (`peer_targets`) and what
+    they ran on, for the JSON file and `render`."""
     if task == "embedding":
-        rows = run_peers(build_peers(source, cache, threads), texts, rounds)
+        rows = run_peers([*build_peers(source, cache, threads), *extra], texts, rounds, slices=SLICES)
     else:
         from transformers import AutoTokenizer
 
@@ -600,7 +650,9 @@ def bench_peers(
         # Classifiers: the top label; rerank: the top document of each query.
         # A rerank item is a query and its 50 documents: two of them warm up.
         warm_up = PEER_BATCH if task == "classification" else 2
-        rows = run_peers(build(source, cache, threads, max_length), texts, rounds, warm_up, compare_labels)
+        peers = [*build(source, cache, threads, max_length), *extra]
+        rows = run_peers(peers, texts, rounds, warm_up, compare_labels, slices=SLICES)
+    checks = peer_targets(task, rows)
     return {
         "task": task,
         "model": str(source),
@@ -610,7 +662,9 @@ def bench_peers(
         "batch": PEER_BATCH,
         "native_bf16": native_bf16(),
         "rows": [r.as_json() for r in rows],
+        "targets": [t.as_json() for t in checks],
         "_rows": rows,
+        "_targets": checks,
     }
 
 
@@ -637,7 +691,7 @@ def render(rows: Sequence[PeerRow]) -> str:
             (
                 r.name,
                 r.precision,
-                f"{r.items_per_second:.1f}",
+                f"{r.items_per_second:.{1 if r.items_per_second >= 10 else 2}f}",
                 f"{r.items_per_second / base:.2f}" if base else "-",
                 quality_cell(r.quality),
                 r.tier.value,
@@ -648,3 +702,183 @@ def render(rows: Sequence[PeerRow]) -> str:
     out = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+# -- the whole system: client → Redis → one worker process → PostgreSQL ------------------------------------
+
+#: The whole system's variants of each task's benchmark model: (registry suffix, precision, backend). bf16 only
+#: where the CPU has it natively; torch's dynamic int8 for classification only (on vectors and rerank scores it
+#: misses the reduced tier: see the peer tables).
+SYSTEM_VARIANTS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "embedding": (
+        ("", "fp32", "torch"),
+        ("@bf16", "bf16", "torch"),
+        ("@ct2", "fp32", "ctranslate2"),
+        ("@ct2-int8", "int8", "ctranslate2"),
+    ),
+    "classification": (
+        ("", "fp32", "torch"),
+        ("@bf16", "bf16", "torch"),
+        ("@int8", "int8", "torch"),
+        ("@ct2", "fp32", "ctranslate2"),
+        ("@ct2-int8", "int8", "ctranslate2"),
+    ),
+    "rerank": (
+        ("", "fp32", "torch"),
+        ("@bf16", "bf16", "torch"),
+        ("@ct2", "fp32", "ctranslate2"),
+        ("@ct2-int8", "int8", "ctranslate2"),
+    ),
+}
+
+#: The name of every whole-system row (followed by its backend).
+SYSTEM_ROW = "inferq system"
+
+
+def system_variants(task: str, bf16: bool) -> list[tuple[str, str, str]]:
+    return [v for v in SYSTEM_VARIANTS[task] if v[1] != "bf16" or bf16]
+
+
+#: Items per chunk of each task's system jobs: small enough that even a slice (`SLICES`) of the smaller peer set
+#: (128 embedding texts, 32 classification texts, 2 rerank queries) is two chunks or more, so that every worker
+#: process has one to run; large enough that a chunk's fixed cost (claim, read, write, commit: ~10-20 ms of CPU)
+#: stays a few per cent of its forward pass.
+SYSTEM_CHUNK_SIZE = {"embedding": 64, "classification": 16, "rerank": 1}
+
+
+def system_processes() -> int:
+    """The system's worker processes: one per core this process may use (``inferq worker --concurrency N``; the
+    worker's thread policy gives each ``cores ÷ N`` = one thread, `worker.threads`)."""
+    import os
+
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def system_registry(models: dict[str, tuple[str, Path]], bf16: bool) -> dict[str, dict[str, Any]]:
+    """``INFERQ_MODELS`` for the system's worker: task → (registry name, directory) of each benchmark model, every
+    variant of `SYSTEM_VARIANTS` under ``NAME+SUFFIX``, with the task's `SYSTEM_CHUNK_SIZE`."""
+    entries: dict[str, dict[str, Any]] = {}
+    for task, (name, path) in models.items():
+        for suffix, precision, backend in system_variants(task, bf16):
+            entries[name + suffix] = {
+                "source": str(path),
+                "task": task,
+                "precision": precision,
+                "backend": backend,
+                "chunk_size": SYSTEM_CHUNK_SIZE[task],
+            }
+    return entries
+
+
+def system_peer(client: Any, task: str, name: str, precision: str, backend: str, source: Path) -> Peer:
+    """One job through the whole system per call (the default chunk size), timed from `Client.submit` to the
+    job's ``finished_at``; its results read back from PostgreSQL afterwards, untimed."""
+    from bench.system import run_job, stored_vectors
+    from inferq.task_specs import TaskName
+
+    labels = label_order(source) if task == "classification" else []
+    params: dict[str, Any] = {"top_k": None} if task == "classification" else {}
+
+    def encode(texts: list[Any]) -> Timed:
+        items = texts if task == "rerank" else [{"text": t} for t in texts]
+        job = run_job(client, TaskName(task), name, items, params)
+        if job.state != "succeeded" or job.failed:
+            raise RuntimeError(f"system job {job.job_id} on {name} ended {job.state} ({job.failed} failed)")
+        if task == "embedding":
+            values = np.stack([v.reshape(-1) for v in stored_vectors(client, job.job_id) if v is not None])
+        else:
+            results = [r.result for r in client.results(job.job_id)]
+            values = by_label(results, labels) if task == "classification" else by_index(results, items)
+        return Timed(values, job.seconds)
+
+    return Peer(f"{SYSTEM_ROW} ({backend})", precision, encode, f"registry name {name}")
+
+
+def system_peers(client: Any, task: str, name: str, source: Path, bf16: bool) -> list[Peer]:
+    return [
+        system_peer(client, task, name + suffix, precision, backend, source)
+        for suffix, precision, backend in system_variants(task, bf16)
+    ]
+
+
+# -- targets: inferq's whole system against the fastest peer of the same tier ---------------------------------
+
+#: The issue's target: the whole system ≥ 1.1 × the fastest peer (not inferq) of at least the same quality tier,
+#: measured in the same run.
+SYSTEM_OVER_PEER = 1.1
+
+#: Tiers best first (`Tier`'s order): a row of a better tier counts for every worse one.
+TIER_ORDER = list(Tier)
+
+
+@dataclass(frozen=True)
+class PeerTarget:
+    task: str
+    tier: Tier
+    #: The fastest whole-system row that keeps ``tier`` (a precision of that tier or better, its check passed).
+    system: str
+    #: The fastest row that is not inferq's and keeps ``tier``.
+    peer: str
+    system_items_per_second: float
+    peer_items_per_second: float
+    #: The median over the rounds of system items/s ÷ peer items/s within each round.
+    ratio: float
+    round_ratios: list[float]
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= SYSTEM_OVER_PEER
+
+    def line(self) -> str:
+        rounds = ", ".join(f"{r:.2f}" for r in self.round_ratios)
+        return (
+            f"target {self.task} {self.tier.value}: {self.system} {self.system_items_per_second:.2f} items/s over "
+            f"{self.peer} {self.peer_items_per_second:.2f} = {self.ratio:.2f} (rounds {rounds}), "
+            f"≥ {SYSTEM_OVER_PEER}: {'PASS' if self.met else 'FAIL'}"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "tier": self.tier.value,
+            "system": self.system,
+            "peer": self.peer,
+            "system_items_per_second": self.system_items_per_second,
+            "peer_items_per_second": self.peer_items_per_second,
+            "ratio": self.ratio,
+            "round_ratios": self.round_ratios,
+            "target": SYSTEM_OVER_PEER,
+            "met": self.met,
+        }
+
+
+def keeps(row: PeerRow, tier: Tier) -> bool:
+    """Whether ``row`` counts at ``tier``: its precision promises that tier or a better one, and kept it."""
+    return TIER_ORDER.index(row.tier) <= TIER_ORDER.index(tier) and bool(row.passed)
+
+
+def peer_targets(task: str, rows: Sequence[PeerRow]) -> list[PeerTarget]:
+    """For each tier that has both: the fastest whole-system row against the fastest peer (a row not inferq's),
+    each keeping the tier."""
+    out = []
+    for tier in TIER_ORDER:
+        systems = [r for r in rows if r.name.startswith(SYSTEM_ROW) and keeps(r, tier)]
+        peers = [r for r in rows if not r.name.startswith("inferq") and keeps(r, tier)]
+        if not systems or not peers:
+            continue
+        best = max(systems, key=lambda r: r.items_per_second)
+        rival = max(peers, key=lambda r: r.items_per_second)
+        ratios = [p / s for s, p in zip(best.seconds, rival.seconds, strict=False)]
+        out.append(
+            PeerTarget(
+                task,
+                tier,
+                f"{best.name} {best.precision}",
+                f"{rival.name} {rival.precision}",
+                best.items_per_second,
+                rival.items_per_second,
+                statistics.median(ratios),
+                ratios,
+            )
+        )
+    return out

@@ -110,6 +110,11 @@ class SimulatedEngine(Engine[Any]):
     simulated: ClassVar[bool] = True
     device_model: SimulatedDevice
 
+    @property
+    def forwards_one_at_a_time(self) -> bool:
+        """An accelerator's forwards need no lock: the simulated device queues them as a GPU does."""
+        return False
+
     def attach(self, device: SimulatedDevice) -> None:
         self.device_model = device
         self._num_labels = int(self.config.num_labels)

@@ -105,7 +105,14 @@ class Settings(BaseSettings):
     model_dirs: list[Path] = Field(default_factory=list)
     #: The queue that every worker consumes.
     default_queue: str = constants.DEFAULT_QUEUE
+    #: Items per chunk of a job that names none, on a queue whose workers run on a CPU.
     chunk_size: ChunkSize = constants.DEFAULT_CHUNK_SIZE
+    #: The device each queue's workers run on (``cpu``, ``cuda``, ``cuda:0`` …; a queue not named: ``cpu``), as
+    #: the producer, which never sees a worker, learns it: a job routed to a queue on an accelerator takes
+    #: `accelerator_chunk_size` items per chunk where neither the submission nor its model names a size.
+    queue_devices: dict[str, str] = Field(default_factory=dict)
+    #: Items per chunk of a job that names none, on a queue whose workers run on an accelerator.
+    accelerator_chunk_size: ChunkSize = constants.DEFAULT_ACCELERATOR_CHUNK_SIZE
     max_batch_tokens: int = Field(constants.DEFAULT_MAX_BATCH_TOKENS, ge=16)
     #: A worker sent a chunk with fewer items than this runs queued chunks of other jobs with the same task,
     #: model and parameters with it, up to this many items; 0 turns coalescing off.
@@ -241,11 +248,20 @@ class Settings(BaseSettings):
         """The queue of a model's jobs: its own, else the default queue."""
         return spec.queue or self.default_queue
 
+    def queue_device(self, queue: str) -> str:
+        """The device ``queue``'s workers run on, as `queue_devices` says (``cpu`` for a queue it does not name)."""
+        return self.queue_devices.get(queue, "cpu")
+
     def chunk_size_for(self, requested: int | None, spec: ModelSpec | None = None) -> int:
         """A job's chunk size: ``requested`` when given (`InvalidParameter` outside `ChunkSize`'s range), else
-        its model's (``spec.chunk_size``), else ``chunk_size``. ``0`` counts as not given."""
+        its model's (``spec.chunk_size``), else the default of the device its queue's workers run on
+        (`queue_devices`): ``accelerator_chunk_size`` on an accelerator, ``chunk_size`` on a CPU. ``0`` counts as
+        not given."""
         if not requested:
-            return spec.chunk_size if spec is not None and spec.chunk_size is not None else self.chunk_size
+            if spec is not None and spec.chunk_size is not None:
+                return spec.chunk_size
+            queue = self.default_queue if spec is None else self.queue_of(spec)
+            return self.accelerator_chunk_size if is_accelerator(self.queue_device(queue)) else self.chunk_size
         try:
             return _CHUNK_SIZE.validate_python(requested)
         except ValidationError:
@@ -255,6 +271,11 @@ class Settings(BaseSettings):
 
 
 _CHUNK_SIZE: TypeAdapter[int] = TypeAdapter(ChunkSize)
+
+
+def is_accelerator(device: str) -> bool:
+    """Whether ``device`` (``cpu``, ``cuda:0``, ``mps`` …) is an accelerator: anything but a CPU."""
+    return not device.startswith("cpu")
 
 
 def normalise_database_url(url: str) -> str:

@@ -31,6 +31,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ctranslate2_conversions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """CTranslate2 conversions (the backend ``auto`` picks for embeddings, `worker.backends.AUTO_TABLE`) into this
+    session's temporary directory, not the user's cache: the worker processes the tests start inherit it."""
+    import os
+
+    before = os.environ.get("INFERQ_CT2_CACHE")
+    os.environ["INFERQ_CT2_CACHE"] = str(tmp_path_factory.mktemp("ct2"))
+    yield
+    if before is None:
+        os.environ.pop("INFERQ_CT2_CACHE", None)
+    else:
+        os.environ["INFERQ_CT2_CACHE"] = before
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """One intra-op thread: these models are tiny, and on a small shared machine more threads only contend.

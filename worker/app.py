@@ -43,10 +43,10 @@ from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
 from inferq.dispatcher import Dispatcher
 from inferq.reconciler import Reconciler
-from inferq.settings import Settings, get_settings
+from inferq.settings import Settings, get_settings, is_accelerator
 from worker.runner import Runner
 from worker.tasks import register_tasks
-from worker.threads import torch_threads, use_torch_threads
+from worker.threads import torch_threads, undeclared_queues, use_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ class WorkerState:
         else:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    def on_worker_ready(self, **_: Any) -> None:
+    def on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         if self._webhooks_only:
             if self._parent_pid is not None:
                 watch_parent(self._parent_pid)
@@ -368,6 +368,16 @@ class WorkerState:
             except OSError as exc:  # the port is taken: the worker runs on, without its endpoint
                 log.error("metrics: cannot serve on port %s: %s", self.settings.metrics_port, exc)
         settings = self.settings
+        consumed = getattr(getattr(getattr(sender, "app", None), "amqp", None), "queues", None)
+        undeclared = undeclared_queues(settings, getattr(consumed, "consume_from", None) or {})
+        if undeclared:
+            log.warning(
+                "this worker runs on %s, but INFERQ_QUEUE_DEVICES puts its queues %s on %s: jobs submitted with the"
+                " same setting get chunks sized for that device (configuration: Chunk size)",
+                settings.device,
+                ", ".join(undeclared),
+                "a CPU" if is_accelerator(settings.device) else "an accelerator",
+            )
         if settings.fair_dispatch and self._dispatcher is None:
             self._dispatcher_engine = make_engine(settings)
             self._dispatcher = Dispatcher(

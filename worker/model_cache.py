@@ -111,7 +111,7 @@ class ModelCache:
         started = time.perf_counter()
         try:
             backend = self._backend(spec, task, precision)
-            loaded = self._load(name, spec, task, precision, backend)
+            loaded, backend = self._load_or_torch(name, spec, task, precision, backend)
             if requested == "auto" and precision != "fp32":
                 loaded, precision, backend = self._keep_tier(name, spec, task, loaded, precision, backend)
         except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
@@ -131,14 +131,32 @@ class ModelCache:
 
     def _backend(self, spec: ModelSpec, task: TaskName, precision: str) -> str:
         """The backend that runs ``spec`` (`worker.backends.resolve_backend`)."""
-        from worker.backends import auto_backend, model_type_of, resolve_backend
+        from worker.backends import AUTO_TABLE, auto_backend, model_type_of, resolve_backend
 
         requested = self.backend_override or spec.backend
-        if requested == "auto":
-            requested = auto_backend(task, self.device.type, precision)
+        if requested == "auto" and (task, self.device.type, precision) not in AUTO_TABLE:
+            requested = "torch"
         if requested == "torch":
             return "torch"  # without reading the checkpoint's config
-        return resolve_backend(requested, task, self.device.type, precision, model_type_of(spec.source, spec.revision))
+        model_type = model_type_of(spec.source, spec.revision)
+        if requested == "auto":
+            requested = auto_backend(task, self.device.type, precision, model_type)
+        return resolve_backend(requested, task, self.device.type, precision, model_type)
+
+    def _load_or_torch(
+        self, name: str, spec: ModelSpec, task: TaskName, precision: str, backend: str
+    ) -> tuple[LoadedModel, str]:
+        """``_load`` on ``backend``; where a non-torch backend fails to convert or load the checkpoint (an
+        architecture variant its converter rejects), torch instead, with one log line saying why."""
+        if backend == "torch":
+            return self._load(name, spec, task, precision, backend), backend
+        try:
+            return self._load(name, spec, task, precision, backend), backend
+        except Exception as exc:  # a converter's failures have no common type (AssertionError, NotImplementedError…)
+            log.info(
+                "backend %s cannot load %s (%s: %s): falling back to torch", backend, name, type(exc).__name__, exc
+            )
+            return self._load(name, spec, task, precision, "torch"), "torch"
 
     def _keep_tier(
         self, name: str, spec: ModelSpec, task: TaskName, loaded: LoadedModel, precision: str, backend: str
@@ -148,8 +166,7 @@ class ModelCache:
         from inferq.precision import choose
         from worker.backends.calibration import compare, first_output
 
-        reference_backend = self._backend(spec, task, "fp32")
-        reference = self._load(name, spec, task, "fp32", reference_backend)
+        reference, reference_backend = self._load_or_torch(name, spec, task, "fp32", self._backend(spec, task, "fp32"))
         want, mask = first_output(reference.model, reference.tokenizer, self.device)
         got, _ = first_output(loaded.model, loaded.tokenizer, self.device)
         quality = compare(got, want, mask, vectors=not engine_class(task).needs_head)
@@ -165,20 +182,28 @@ class ModelCache:
 
         common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": False}
         tokenizer = transformers.AutoTokenizer.from_pretrained(spec.source, **common)
-        if backend == "ctranslate2":
+        engine = engine_class(task)
+        if backend == "ctranslate2" and not engine.needs_head:
             from worker.backends.ct2 import load_encoder
 
             config = transformers.AutoConfig.from_pretrained(spec.source, **common)
             encoder = load_encoder(spec.source, spec.revision, config, self.device, precision)
             return self._loaded_model(name, spec, encoder, tokenizer, torch.float32, precision)
-        engine = engine_class(task)
         auto = getattr(transformers, engine.auto_model)
+        # On CTranslate2 only the head's modules of the torch model run, at fp32.
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        if backend == "ctranslate2":
+            dtype = torch.float32
         model, info = auto.from_pretrained(
             spec.source, dtype=dtype, use_safetensors=_prefer_safetensors(spec), output_loading_info=True, **common
         )
         if engine.needs_head:
             _check_head(model, info, task)
+        if backend == "ctranslate2":
+            from worker.backends.ct2 import load_classifier
+
+            classifier = load_classifier(spec.source, spec.revision, model, self.device, precision)
+            return self._loaded_model(name, spec, classifier, tokenizer, torch.float32, precision)
         model.eval()
         if precision == "int8":
             if self.device.type != "cpu":

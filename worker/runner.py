@@ -93,6 +93,8 @@ class ChunkReport:
     #: Seconds per stage (`worker.stages.STAGES`; ``gap`` before ``seconds``, the rest within it); empty for a
     #: delivery that claimed nothing.
     stages: dict[str, float] = field(default_factory=dict)
+    #: When each stage began and ended (`worker.stages.StageClock.spans`, ``time.perf_counter``).
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 class Runner:
@@ -192,6 +194,7 @@ class Runner:
             len(mates),
             webhooks=written.webhooks,
             stages=dict(clock.seconds),
+            spans=dict(clock.spans),
         )
 
     def _claim(self, job_id: str, seq: int, clock: StageClock) -> list[Claim] | NotClaimed:

@@ -7,9 +7,11 @@ stays free of per-item Python. The stages, in the order a chunk passes them:
   next message's round trip, Celery's own work around a task (and, between jobs, idle time: a benchmark counts
   only gaps between chunks of one job);
 * ``claim``: the claim transaction (lock and lease the chunk, start its job, its commit) without the input read;
-* ``read``: reading the chunk's queued items (and its batch-mates');
+* ``read``: reading the chunk's queued items (and its batch-mates'); on PostgreSQL a chunk's items come with its
+  claim's statement (`inferq.store.chunks.claim_chunk`), and this is their decoding;
 * ``tokenize``: the engine's preprocess and micro-batch plan;
-* ``forward``: the micro-batches through the model (padding, copies to the device and back included);
+* ``forward``: the micro-batches through the model (padding, copies to the device and back included; on a CPU
+  the wait for another pool thread's forward is not in it, see `worker.engines.base`);
 * ``postprocess``: outputs into results;
 * ``write``: the write transaction's statements (row locks, the bulk update, counters);
 * ``commit``: that transaction's commit: the results are durable after it;
@@ -36,12 +38,17 @@ class StageClock:
         self.started = time.perf_counter()
         self._mark = self.started
         self.seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        #: Per stage the chunk passed: when it first began and last ended (`time.perf_counter`), so that stages of
+        #: chunks running side by side (pool threads) can be laid out on one time line.
+        self.spans: dict[str, tuple[float, float]] = {}
         #: Time measured inside a stage (``device``), not part of the sum.
         self.inner: dict[str, float] = {}
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
         self.seconds[stage] += now - self._mark
+        began = self.spans.get(stage)
+        self.spans[stage] = (self._mark if began is None else began[0], now)
         self._mark = now
 
     def skip(self) -> None:

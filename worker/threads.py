@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from inferq.settings import Settings
+from inferq.settings import Settings, is_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +22,20 @@ def default_pool(device: str, pool: str | None, concurrency: int | None) -> tupl
     """``inferq worker``'s pool and concurrency where the options leave them out: on a CPU one prefork process
     (``--concurrency N`` for N processes, each taking its share of the cores); on an accelerator one process whose
     `DEVICE_POOL_THREADS` threads share one loaded model."""
-    accelerator = not device.startswith("cpu")
+    accelerator = is_accelerator(device)
     if pool is None:
         pool = "threads" if accelerator else "prefork"
     if concurrency is None:
         concurrency = DEVICE_POOL_THREADS if accelerator and pool == "threads" else 1
     return pool, concurrency
+
+
+def undeclared_queues(settings: Settings, queues: Iterable[str]) -> list[str]:
+    """Of the ``queues`` a worker on ``settings.device`` consumes, those that `Settings.queue_devices` does not put on
+    the same kind of device (an accelerator worker on a queue declared ``cpu``, or not declared at all, and the other
+    way round): their jobs get the other device's default chunk size (`Settings.chunk_size_for`)."""
+    accelerator = is_accelerator(settings.device)
+    return sorted(q for q in set(queues) if is_accelerator(settings.queue_device(q)) != accelerator)
 
 
 def torch_threads(settings: Settings, processes: int, environ: Mapping[str, str] = os.environ) -> int | None:

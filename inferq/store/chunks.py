@@ -3,8 +3,10 @@
 One delivery of a chunk's message goes through three steps, each its own transaction:
 
 1. **Claim** (`claim_chunk`, then `claim_mates`): lock the chunk row, lease it to this worker (``running``,
-   ``lease_until``, ``attempts + 1``), start its job, read its still-``queued`` items. A small chunk also takes
-   queued chunks of other jobs into its batch (see `worker.runner` for coalescing).
+   ``lease_until``, ``attempts + 1``), start its job, read its still-``queued`` items (`unfinished_items`). On
+   PostgreSQL that is one statement, the items coming back as two aggregated columns (indices, and inputs as one
+   JSON array decoded by one call); SQLite runs a statement per step. A small chunk also takes queued chunks of
+   other jobs into its batch (see `worker.runner` for coalescing).
 2. **Lease** (`renew_leases`, which `worker.runner.LeaseKeeper` calls from a thread): while the batch computes,
    outside any transaction, renew the leases, so that an expired lease means a dead worker, never a slow chunk.
 3. **Write** (`write_results`): lock the chunk rows (`inferq.store.locks.lock_chunks`), then their items still
@@ -37,7 +39,9 @@ from enum import Enum
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import ColumnElement, TextClause, and_, bindparam, case, or_, select, text, update
+import orjson
+from sqlalchemy import ColumnElement, Text, TextClause, and_, bindparam, case, cast, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
 from inferq.errors import InferqError
@@ -153,15 +157,192 @@ def chunk_key(job_id: str, seq: int) -> str:
 # -- 1. claim ----------------------------------------------------------------------------------------------
 
 
+def unfinished_items() -> ColumnElement[bool]:
+    """The items a claim reads: those without a result yet. The one place that says how (with `_UNFINISHED_ITEM_SQL`,
+    its text form in `_CLAIM_STATEMENT`): a change of where results live changes only these two."""
+    return Item.state == ItemState.QUEUED
+
+
+#: `unfinished_items` as SQL text on the items aliased ``i`` (``:item_queued`` is bound to ``ItemState.QUEUED``),
+#: the state tested in a form no index serves: the chunk's range comes from a joined row, not a constant, and the
+#: planner would otherwise take the (job, state) index and read every queued item of the job for each chunk.
+_UNFINISHED_ITEM_SQL = "i.state || '' = :item_queued"
+
+
 def claim_chunk(
     session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int, clock: Laps | None = None
 ) -> Claim | NotClaimed:
     """Lease a chunk to this worker and read its unfinished items. `ChunkOutcome.SKIPPED`: nothing to do.
     `ChunkOutcome.DEFERRED`: another worker's batch is running it (see `worker.runner`). ``clock`` times the
-    claim and the input read apart."""
+    claim and the input read apart (on PostgreSQL the read is part of the claim's statement: its lap is the
+    inputs' decoding).
+
+    PostgreSQL: one statement (`_CLAIM_STATEMENT`) locks the chunk, decides, leases it, starts its job, releases an
+    earlier batch it led, and returns the job's columns with the chunk's unfinished items as two aggregated columns
+    (their indices, and their inputs as one JSON array decoded by one call). SQLite: one statement per step."""
+    if dialect_of(session) is Dialect.POSTGRESQL:
+        return _claim_chunk_in_one(session, job_id, seq, worker=worker, lease_seconds=lease_seconds, clock=clock)
+    return _claim_chunk_by_steps(session, job_id, seq, worker=worker, lease_seconds=lease_seconds, clock=clock)
+
+
+#: The PostgreSQL claim of one chunk, in one round trip. ``c`` locks the chunk row (its latest version, after
+#: waiting for a concurrent holder) and ``j`` reads its job; ``act`` decides what `_claim_chunk_by_steps` decides
+#: in Python: ``skip`` (done), ``close`` (its job finished: the chunk is done), ``defer`` (a live lease in another
+#: worker's batch) or ``lease``. Data-modifying CTEs run once whatever the outer query reads: ``leased`` leases it,
+#: ``closed`` closes it, ``released`` frees the unfinished batch-mates of an earlier attempt it led, ``started``
+#: starts its job. The outer query reads the unfinished items only for a leased chunk whose row version is the one
+#: the statement's snapshot sees (``fresh``): a chunk changed by a transaction that committed while this one waited
+#: for its lock may have items written since the snapshot, and `_claim_chunk_in_one` then reads them again, in a
+#: statement of its own.
+_CLAIM_STATEMENT = text(
+    """
+WITH c AS (
+    SELECT ch.state, ch.attempts, ch.leader, ch.lease_until, ch.start, ch.stop, ch.enqueued_at,
+           CAST(ch.xmin AS text) AS version
+    FROM chunks AS ch WHERE ch.job_id = :job_id AND ch.seq = :seq
+    FOR UPDATE
+), j AS (
+    SELECT jb.state, jb.task, jb.model, jb.params, jb.batch_key, jb.queue, jb.created_at
+    FROM jobs AS jb WHERE jb.id = :job_id
+), act AS (
+    SELECT CASE
+        WHEN c.state = :done THEN 'skip'
+        WHEN j.state IN (:succeeded, :failed, :cancelled) THEN 'close'
+        WHEN c.state = :running AND c.leader IS NOT NULL AND c.lease_until > :now THEN 'defer'
+        ELSE 'lease'
+    END AS act
+    FROM c CROSS JOIN j
+), leased AS (
+    UPDATE chunks SET state = :running, attempts = chunks.attempts + 1, lease_until = :lease_until,
+        worker = :worker, leader = NULL
+    FROM act WHERE act.act = 'lease' AND chunks.job_id = :job_id AND chunks.seq = :seq
+    RETURNING chunks.attempts
+), closed AS (
+    UPDATE chunks SET state = :done, finished_at = :now, leader = NULL
+    FROM act WHERE act.act = 'close' AND chunks.job_id = :job_id AND chunks.seq = :seq
+    RETURNING chunks.seq
+), released AS (
+    UPDATE chunks SET state = :queued, leader = NULL, lease_until = NULL, worker = NULL
+    FROM leased WHERE leased.attempts > 1 AND chunks.leader = :key AND chunks.state = :running
+    RETURNING chunks.seq
+), started AS (
+    UPDATE jobs SET state = :running, started_at = :now
+    FROM leased WHERE jobs.id = :job_id AND jobs.state = :job_queued
+    RETURNING jobs.id
+)
+SELECT act.act, leased.attempts, j.task, j.model, j.params, j.batch_key, j.queue,
+    COALESCE(c.enqueued_at, j.created_at) AS waiting_since,
+    (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM closed) AS closed,
+    (SELECT count(*) FROM started) AS started, fresh.fresh, items.indices, items.inputs
+FROM c CROSS JOIN j CROSS JOIN act LEFT JOIN leased ON true
+CROSS JOIN LATERAL (
+    SELECT c.version = (SELECT CAST(s.xmin AS text) FROM chunks AS s WHERE s.job_id = :job_id AND s.seq = :seq)
+    AS fresh
+) AS fresh
+LEFT JOIN LATERAL (
+    SELECT array_agg(i.index ORDER BY i.index) AS indices, CAST(json_agg(i.input ORDER BY i.index) AS text) AS inputs
+    FROM items AS i
+    WHERE leased.attempts IS NOT NULL AND fresh.fresh
+        AND i.job_id = :job_id AND i.index >= c.start AND i.index < c.stop AND """
+    + _UNFINISHED_ITEM_SQL
+    + """
+) AS items ON true
+"""
+)
+
+
+def _claim_chunk_in_one(
+    session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int, clock: Laps | None
+) -> Claim | NotClaimed:
+    """`claim_chunk` on PostgreSQL: `_CLAIM_STATEMENT`, and a second read of the items only when the chunk changed
+    while the statement waited for its lock."""
     conn = session.connection()
-    # Core statements, not ORM objects: the job's and the chunk's columns in one row (the chunk's locked), one
-    # UPDATE each; with the input read and the commit, five round trips a chunk.
+    now = utcnow()
+    row = conn.execute(
+        _CLAIM_STATEMENT,
+        {
+            "job_id": job_id,
+            "seq": seq,
+            "key": chunk_key(job_id, seq),
+            "now": now,
+            "lease_until": now + dt.timedelta(seconds=lease_seconds),
+            "worker": worker,
+            "queued": ChunkState.QUEUED.value,
+            "running": ChunkState.RUNNING.value,
+            "done": ChunkState.DONE.value,
+            "succeeded": JobState.SUCCEEDED.value,
+            "failed": JobState.FAILED.value,
+            "cancelled": JobState.CANCELLED.value,
+            "job_queued": JobState.QUEUED.value,
+            "item_queued": ItemState.QUEUED.value,
+        },
+    ).one_or_none()
+    if row is None:
+        log.warning("job %s chunk %d is gone; dropping its message", job_id, seq)
+        return ChunkOutcome.SKIPPED
+    if row.act in ("skip", "close"):
+        return ChunkOutcome.SKIPPED
+    if row.act == "defer":
+        return ChunkOutcome.DEFERRED
+    if row.released:
+        log.warning("job %s chunk %d: released %d chunks of its unfinished earlier batch", job_id, seq, row.released)
+    if clock is not None:
+        clock.lap("claim")
+    if row.fresh:
+        indices: list[int] = row.indices or []
+        inputs: list[dict[str, Any]] = decode_inputs(row.inputs) if row.inputs is not None else []
+    else:
+        # The chunk changed while this claim waited for its lock: the statement's snapshot predates that change.
+        if row.attempts > 1:
+            _release_earlier_batch(session, job_id, seq)
+        indices, inputs = _read_items(session, job_id, seq)
+    if clock is not None:
+        clock.lap("read")
+    task = TaskName(row.task)
+    return Claim(
+        job_id=job_id,
+        seq=seq,
+        task=task,
+        model=row.model,
+        params=read_params(task, row.params),
+        indices=indices,
+        inputs=inputs,
+        attempts=row.attempts,
+        batch_key=row.batch_key,
+        queue=row.queue,
+        waiting_since=row.waiting_since,
+    )
+
+
+def _read_items(session: Session, job_id: str, seq: int) -> tuple[list[int], list[dict[str, Any]]]:
+    """The unfinished items of a chunk (locked by this transaction): their indices and inputs, in index order."""
+    rows = (
+        session.connection()
+        .execute(
+            select(Item.index.label("item_index"), Item.input)
+            .join(Chunk, and_(Chunk.job_id == Item.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
+            .where(Chunk.job_id == job_id, Chunk.seq == seq, Item.job_id == job_id, unfinished_items())
+            .order_by(Item.index)
+        )
+        .all()
+    )
+    return [r.item_index for r in rows], [r.input for r in rows]
+
+
+def decode_inputs(array: str | bytes) -> list[dict[str, Any]]:
+    """A chunk's inputs from the JSON array the claim aggregated them into, in one call (orjson; the standard
+    library's parser for what orjson refuses and ``json.dumps`` writes, such as a lone surrogate's escape)."""
+    try:
+        return orjson.loads(array)
+    except orjson.JSONDecodeError:
+        return json.loads(array)
+
+
+def _claim_chunk_by_steps(
+    session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int, clock: Laps | None = None
+) -> Claim | NotClaimed:
+    """`claim_chunk` one statement per step (SQLite; and what `_CLAIM_STATEMENT` does in one)."""
+    conn = session.connection()
     row = conn.execute(
         select(
             Job.state.label("job_state"),
@@ -222,7 +403,7 @@ def claim_chunk(
     # rewrote every row of the chunk (all its indexes' entries too) once more per delivery.
     items = conn.execute(
         select(Item.index.label("item_index"), Item.input)
-        .where(Item.job_id == job_id, Item.index >= row.start, Item.index < row.stop, Item.state == ItemState.QUEUED)
+        .where(Item.job_id == job_id, Item.index >= row.start, Item.index < row.stop, unfinished_items())
         .order_by(Item.index)
     ).all()
     if clock is not None:
@@ -322,12 +503,8 @@ def claim_mates(
     start_jobs(session, sorted({j for j, _ in taken}), now)
     if clock is not None:
         clock.lap("claim")
-    rows = conn.execute(
-        select(Chunk.job_id, Chunk.seq, Item.index.label("item_index"), Item.input)
-        .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
-        .where(keyed(Chunk.job_id, Chunk.seq, taken), Item.state == ItemState.QUEUED)
-        .order_by(Chunk.job_id, Chunk.seq, Item.index)
-    ).all()
+    read = _read_mates_aggregated if dialect_of(session) is Dialect.POSTGRESQL else _read_mates
+    found = read(session, taken)
     if clock is not None:
         clock.lap("read")
     by_chunk: dict[tuple[str, int], Claim] = {
@@ -345,11 +522,52 @@ def claim_mates(
         )
         for key in taken
     }
-    for row in rows:
-        claim = by_chunk[(row.job_id, row.seq)]
-        claim.indices.append(row.item_index)
-        claim.inputs.append(row.input)
+    for key, (indices, inputs) in found.items():
+        by_chunk[key].indices, by_chunk[key].inputs = indices, inputs
     return list(by_chunk.values())
+
+
+def _read_mates(session: Session, taken: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[list[int], list[Any]]]:
+    """The unfinished items of the chunks ``taken``, by chunk: their indices and inputs in index order."""
+    rows = (
+        session.connection()
+        .execute(
+            select(Chunk.job_id, Chunk.seq, Item.index.label("item_index"), Item.input)
+            .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
+            .where(keyed(Chunk.job_id, Chunk.seq, taken), unfinished_items())
+            .order_by(Chunk.job_id, Chunk.seq, Item.index)
+        )
+        .all()
+    )
+    out: dict[tuple[str, int], tuple[list[int], list[Any]]] = {}
+    for row in rows:
+        indices, inputs = out.setdefault((row.job_id, row.seq), ([], []))
+        indices.append(row.item_index)
+        inputs.append(row.input)
+    return out
+
+
+def _read_mates_aggregated(
+    session: Session, taken: list[tuple[str, int]]
+) -> dict[tuple[str, int], tuple[list[int], list[Any]]]:
+    """`_read_mates` on PostgreSQL: one row per chunk, its indices as an array and its inputs as one JSON array
+    (`decode_inputs`), not one row and one JSON decode per item."""
+    rows = (
+        session.connection()
+        .execute(
+            select(
+                Chunk.job_id,
+                Chunk.seq,
+                func.array_agg(aggregate_order_by(Item.index, Item.index)).label("indices"),
+                cast(func.json_agg(aggregate_order_by(Item.input, Item.index)), Text).label("inputs"),
+            )
+            .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
+            .where(keyed(Chunk.job_id, Chunk.seq, taken), unfinished_items())
+            .group_by(Chunk.job_id, Chunk.seq)
+        )
+        .all()
+    )
+    return {(row.job_id, row.seq): (list(row.indices), decode_inputs(row.inputs)) for row in rows}
 
 
 def start_jobs(session: Session, job_ids: list[str], now: dt.datetime) -> None:

@@ -133,7 +133,50 @@ def test_tasks_peers_runs_alone_or_beside_other_tasks() -> None:
     assert args.peers and not args.sim and args.task_list == []
     args = parse_args(["--tasks", "peers,embedding"])
     assert args.peers and args.task_list == [TaskName.EMBEDDING]
-    assert not parse_args([]).peers
+    assert not args.peers_small
+    # The default run (``make bench``) runs the smaller peer set beside everything else.
+    args = parse_args([])
+    assert args.peers and args.peers_small and args.sim and TaskName.EMBEDDING in args.task_list
+    assert not parse_args(["--tasks", "embedding"]).peers
+
+
+def test_targets_put_the_fastest_system_row_against_the_fastest_peer_that_keeps_each_tier() -> None:
+    from bench.peers import SYSTEM_OVER_PEER, peer_targets
+
+    exact = Quality(items=10, cosine_min=1.0, cosine_mean=1.0)
+    near = Quality(items=10, cosine_min=0.9995, cosine_mean=0.9999)
+    reduced = Quality(items=10, cosine_min=0.99, cosine_mean=0.997)
+    broken = Quality(items=10, cosine_min=0.8, cosine_mean=0.9)
+    # Given two rounds of peers and inferq rows over 10 items (seconds per round)
+    rows = [
+        PeerRow(REFERENCE, "fp32", 10, [1.0, 1.0], exact),
+        PeerRow("CTranslate2 Encoder", "fp32", 10, [0.5, 0.4], exact),
+        PeerRow("CTranslate2 Encoder", "int8", 10, [0.25, 0.25], reduced),
+        PeerRow("ONNX Runtime", "int8", 10, [0.05, 0.05], broken),  # fastest, but misses its tier
+        PeerRow("inferq engine (torch)", "fp32", 10, [0.1, 0.1], exact),  # in-process: neither side
+        PeerRow("inferq system (torch)", "fp32", 10, [0.5, 0.5], exact),
+        PeerRow("inferq system (ctranslate2)", "fp32", 10, [0.4, 0.4], exact),
+        PeerRow("inferq system (torch)", "bf16", 10, [0.3, 0.3], near),
+        PeerRow("inferq system (ctranslate2)", "int8", 10, [0.2, 0.2], reduced),
+    ]
+    targets = {t.tier: t for t in peer_targets("embedding", rows)}
+    # then exact: the CTranslate2 system (fastest exact system row) against CTranslate2 fp32, round by round
+    assert targets[Tier.EXACT].system == "inferq system (ctranslate2) fp32"
+    assert targets[Tier.EXACT].peer == "CTranslate2 Encoder fp32"
+    assert targets[Tier.EXACT].round_ratios == pytest.approx([1.25, 1.0])
+    assert targets[Tier.EXACT].ratio == pytest.approx(1.125) and targets[Tier.EXACT].met
+    # near: bf16 counts, and so does every exact peer (a better tier); nothing below it does
+    assert targets[Tier.NEAR].system == "inferq system (torch) bf16"
+    assert targets[Tier.NEAR].peer == "CTranslate2 Encoder fp32"
+    # reduced: ONNX Runtime's int8 misses its tier and is no rival; the system's int8 is 1.25x CTranslate2's.
+    assert targets[Tier.REDUCED].peer == "CTranslate2 Encoder int8"
+    assert targets[Tier.REDUCED].ratio == pytest.approx(1.25)
+    line = targets[Tier.REDUCED].line()
+    assert line.endswith("PASS") and f"≥ {SYSTEM_OVER_PEER}" in line
+    # A slower system fails, and says so.
+    rows[-1] = PeerRow("inferq system (ctranslate2)", "int8", 10, [0.3, 0.3], reduced)
+    slow = {t.tier: t for t in peer_targets("embedding", rows)}[Tier.REDUCED]
+    assert not slow.met and slow.line().endswith("FAIL")
 
 
 @pytest.mark.parametrize("arch", ["distilbert", "bert"])
@@ -180,3 +223,30 @@ def test_ctranslate2_with_the_head_by_hand_is_the_cross_encoder(tmp_path: Path) 
     assert np.abs(got - want).max() < 1e-4
     assert np.abs(rerank_engine_peer(path, "fp32").encode(items) - want).max() < 1e-4
     assert compare_labels(got, want).meets(Tier.EXACT)
+
+
+def test_rounds_interleave_the_peers_slice_by_slice_and_rotate_their_order() -> None:
+    from bench.peers import Timed
+
+    calls: list[tuple[str, int]] = []
+
+    def peer(name: str, timed: float | None = None) -> Peer:
+        def encode(texts: list[Any]) -> Any:
+            calls.append((name, len(texts)))
+            out = np.asarray([[float(t), 1.0] for t in texts], dtype=np.float32)
+            return Timed(out, timed) if timed is not None else out
+
+        return Peer(name, "fp32", encode)
+
+    # Given three peers (the last timed by its own clock, as the whole system's rows are) and 8 texts
+    texts = [str(i) for i in range(1, 9)]
+    rows = run_peers([peer("a"), peer("b"), peer("c", timed=0.5)], texts, rounds=2, warm_up=2, slices=4)
+    # then after one warm-up each, every round runs every peer on each slice of 2 before the next slice,
+    timed = calls[3:]
+    assert [n for _, n in timed] == [2] * 24
+    assert [name for name, _ in timed[:12]] == list("abc" + "bca" + "cab" + "abc")
+    # each row's round is the sum of its slices (the timed row's clock: 4 x 0.5 s),
+    assert rows[2].seconds == [2.0, 2.0]
+    assert all(len(r.seconds) == 2 for r in rows)
+    # and each row's outputs, put back together in input order, are compared with the first row's.
+    assert all(r.quality is not None and r.quality.items == 8 and r.passed for r in rows)

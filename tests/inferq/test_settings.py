@@ -81,3 +81,30 @@ def test_the_models_to_preload_are_comma_separated_or_a_json_list(
 ) -> None:
     monkeypatch.setenv("INFERQ_PRELOAD", value)
     assert Settings(_env_file=None).preload == names  # type: ignore[call-arg]
+
+
+def test_the_default_chunk_size_follows_the_device_of_the_jobs_queue() -> None:
+    # Given GPU workers on queue "gpu" (declared where jobs are submitted), a model routed there, one on the default
+    # queue, and one on the GPU queue with a chunk size of its own
+    settings = Settings(
+        chunk_size=100,
+        accelerator_chunk_size=2000,
+        queue_devices={"gpu": "cuda:0"},
+        models={
+            "fast": {"source": "x", "queue": "gpu"},
+            "slow": "y",
+            "own": {"source": "z", "queue": "gpu", "chunk_size": 7},
+        },
+    )
+    # Then the GPU queue's jobs take the accelerator's default, the CPU queue's the CPU's, unless the model or the
+    # submission names one
+    assert settings.chunk_size_for(None, settings.models["fast"]) == 2000
+    assert settings.chunk_size_for(None, settings.models["slow"]) == 100
+    assert settings.chunk_size_for(None) == 100
+    assert settings.chunk_size_for(None, settings.models["own"]) == 7
+    assert settings.chunk_size_for(50, settings.models["fast"]) == 50
+    # And a default queue declared on an accelerator gives every unrouted job the larger chunks
+    everything_on_gpu = Settings(queue_devices={"inferq": "cuda"}, default_queue="inferq")
+    assert everything_on_gpu.chunk_size_for(None) == constants.DEFAULT_ACCELERATOR_CHUNK_SIZE == 1024
+    assert Settings().chunk_size_for(None) == constants.DEFAULT_CHUNK_SIZE
+    assert Settings(queue_devices={"inferq": "cpu"}).chunk_size_for(None) == constants.DEFAULT_CHUNK_SIZE

@@ -24,3 +24,16 @@ def test_the_pool_follows_the_device_unless_the_options_say(
     device: str, pool: str | None, concurrency: int | None, expected: tuple[str, int]
 ) -> None:
     assert default_pool(device, pool, concurrency) == expected
+
+
+def test_a_worker_names_the_queues_whose_declared_device_is_not_its_own() -> None:
+    from inferq.settings import Settings
+    from worker.threads import undeclared_queues
+
+    # Given queue "gpu" declared on an accelerator where jobs are submitted, and "inferq" not declared (a CPU)
+    declared = {"queue_devices": {"gpu": "cuda"}}
+    # Then a GPU worker on both names "inferq" (its jobs would get a CPU's chunks), a CPU worker names "gpu"
+    assert undeclared_queues(Settings(device="cuda:0", **declared), ["gpu", "inferq"]) == ["inferq"]
+    assert undeclared_queues(Settings(device="cpu", **declared), ["gpu", "inferq"]) == ["gpu"]
+    assert undeclared_queues(Settings(device="cuda:1", **declared), ["gpu"]) == []
+    assert undeclared_queues(Settings(device="cpu"), ["inferq"]) == []

@@ -1,6 +1,9 @@
 """The CTranslate2 backend: a checkpoint's encoder converted once (cached on disk) and run by
 ``ctranslate2.Encoder``, behind the call a transformers base model answers (``model(**batch)[0]`` is the last
-hidden state), so that the engine's own pooling, Dense layers and normalisation run on its outputs unchanged.
+hidden state), so that the engine's own pooling, Dense layers and normalisation run on its outputs unchanged; and,
+for the engines that read a sequence-classification head's logits (classification, rerank), that encoder with the
+checkpoint's own head (its torch modules, at fp32) applied to the last hidden state, behind the call a transformers
+``…ForSequenceClassification`` answers (``model(**batch).logits``).
 
 CTranslate2 quantizes at load: one float32 conversion serves every compute type (`CTRANSLATE2_COMPUTE_TYPES`)."""
 
@@ -154,3 +157,75 @@ def load_encoder(source: str, revision: str | None, config: Any, device: Any, pr
         intra_threads=torch.get_num_threads() if device.type == "cpu" else 0,
     )
     return Ct2Encoder(encoder, config, device, compute_type)
+
+
+class Ct2SequenceClassifier:
+    """CTranslate2's encoder and the checkpoint's classification head, answering ``model(**batch)`` with a
+    transformers ``SequenceClassifierOutput`` (``.logits``, float32). The head is the checkpoint's own torch modules
+    (`classification_head`), so that its weights and its pooling (DistilBERT's first token through
+    ``pre_classifier`` and ReLU, BERT's pooler, RoBERTa's dense-tanh head) are transformers' to the bit."""
+
+    def __init__(self, encoder: Ct2Encoder, head: Any, config: Any) -> None:
+        self.encoder = encoder
+        self.head = head
+        self.config = config
+        self.compute_type = encoder.compute_type
+
+    def __call__(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None, **_: Any) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        (states,) = self.encoder(input_ids, attention_mask, token_type_ids)
+        return SequenceClassifierOutput(logits=self.head(states.to(self.encoder.device)).float())
+
+    def eval(self) -> Ct2SequenceClassifier:
+        return self
+
+    def to(self, *_: Any, **__: Any) -> Ct2SequenceClassifier:
+        return self
+
+
+#: The model types whose sequence-classification head `classification_head` knows (CTranslate2 converts the
+#: encoder of each of `worker.backends.CTRANSLATE2_MODEL_TYPES`; the head is what differs).
+HEAD_MODEL_TYPES = frozenset({"bert", "distilbert", "roberta", "xlm-roberta", "camembert"})
+
+
+def classification_head(model: Any) -> Any:
+    """The head of a transformers ``…ForSequenceClassification`` as a function of the encoder's last hidden state
+    ``[B, T, H]`` → logits ``[B, labels]``, made of the model's own modules (in eval mode: dropout off)."""
+    import torch
+
+    kind = model.config.model_type
+    model.eval()
+    if kind == "distilbert":
+        pre, classifier = model.pre_classifier, model.classifier
+
+        def distilbert(states: Any) -> Any:
+            return classifier(torch.relu(pre(states[:, 0])))
+
+        return distilbert
+    if kind == "bert":
+        pooler, classifier = model.bert.pooler, model.classifier
+
+        def bert(states: Any) -> Any:
+            return classifier(pooler(states) if pooler is not None else states[:, 0])
+
+        return bert
+    if kind in ("roberta", "xlm-roberta", "camembert"):
+        return model.classifier  # RobertaClassificationHead: the first token, dense, tanh, out_proj
+    raise ValueError(f"no sequence-classification head known for model type {kind!r}")
+
+
+def load_classifier(
+    source: str, revision: str | None, model: Any, device: Any, precision: str
+) -> Ct2SequenceClassifier:
+    """``source``'s encoder on CTranslate2 at ``precision`` and the head of ``model`` (the checkpoint loaded by
+    transformers at fp32, whose encoder is then dropped)."""
+    encoder = load_encoder(source, revision, model.config, device, precision)
+    head = classification_head(model)
+    base = getattr(model, model.base_model_prefix, None)
+    # The torch encoder's weights go (CTranslate2 runs it); the head and BERT's pooler stay.
+    for part in ("embeddings", "encoder", "transformer"):
+        if base is not None and getattr(base, part, None) is not None:
+            setattr(base, part, None)
+    model.to(device)
+    return Ct2SequenceClassifier(encoder, head, model.config)

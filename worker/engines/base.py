@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
@@ -20,7 +21,6 @@ from worker.engines.batching import (
     BatchOutputs,
     Features,
     RunOutputs,
-    pad,
     plan_batches,
     run_batches,
 )
@@ -30,6 +30,14 @@ from worker.stages import StageClock
 # torch is imported inside the methods that use it: the worker's prefork parent imports this module (through the
 # model cache and the runner) and must stay free of torch (tests/worker/test_app.py); the task engines' own
 # modules load with a model and import it at the top.
+
+#: Forward passes on a CPU, one at a time in a process: torch's intra-op threads already take every core this
+#: process may use (`worker.threads.torch_threads`), and two forwards at once (``--pool threads`` on a CPU) would
+#: oversubscribe them, their OpenMP threads spinning at barriers while a sibling is descheduled. Serialised, one
+#: chunk's forward runs on every core while the other pool threads claim, read, tokenize, postprocess and write.
+#: An accelerator needs no lock: its own queue runs one kernel stream after another, and a thread that launches
+#: while another's micro-batches still run keeps the device fed between chunks.
+_CPU_FORWARDS = threading.Lock()
 
 #: Characters of an error's message stored on its item: enough for an exception's first lines, while a huge
 #: message (an input echoed back) does not bloat every failed row.
@@ -95,6 +103,12 @@ class Engine(ABC, Generic[P]):
     #: classification task) is refused at load instead of running a randomly initialised head.
     needs_head: ClassVar[bool] = True
 
+    @property
+    def forwards_one_at_a_time(self) -> bool:
+        """Whether this engine's forwards take `_CPU_FORWARDS` (on a CPU), so that pool threads never run two at
+        once."""
+        return bool(self.device.type == "cpu")
+
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -157,7 +171,9 @@ class Engine(ABC, Generic[P]):
         plan = self.plan(features)
         if clock is not None:
             clock.lap("tokenize")
-        with torch.inference_mode():
+        with _CPU_FORWARDS if self.forwards_one_at_a_time else nullcontext(), torch.inference_mode():
+            if clock is not None:
+                clock.skip()  # the wait for another thread's forward lands in ``other``
 
             def one_batch(rows: np.ndarray) -> dict[str, Any]:
                 return self.forward(self.collate(features, rows), params)
@@ -175,8 +191,8 @@ class Engine(ABC, Generic[P]):
                 should_stop=should_stop,
                 n_features=len(features),
             )
-        if clock is not None:
-            clock.lap("forward")
+            if clock is not None:
+                clock.lap("forward")  # before the lock goes: the next thread's forward starts after this one ends
         # Postprocess reads what ran. Where there were features and none ran (every one failed, or a stop before the
         # first micro-batch) there is nothing to read, and each item's failure or absence is set below; where there
         # were none at all (parameters no input can run with), postprocess says why for each item.
@@ -211,13 +227,14 @@ class Engine(ABC, Generic[P]):
         """Pad the features ``rows`` into a batch of tensors on the device."""
         import torch
 
-        ids, mask = pad(features.input_ids, rows, self.pad_id)
+        ids, mask = features.packed_ids.pad(rows, self.pad_id)
         batch: dict[str, Any] = {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask),
         }
-        if features.token_type_ids is not None and self._accepts_token_types:
-            types, _ = pad(features.token_type_ids, rows, 0)
+        packed_types = features.packed_token_types if self._accepts_token_types else None
+        if packed_types is not None:
+            types, _ = packed_types.pad(rows, 0)
             batch["token_type_ids"] = torch.from_numpy(types)
         non_blocking = self.device.type == "cuda"
         return {k: v.pin_memory().to(self.device, non_blocking=True) if non_blocking else v for k, v in batch.items()}

@@ -1,5 +1,7 @@
 """Backends (`worker.backends`): the CTranslate2 backend's embeddings against sentence-transformers on the real
-all-MiniLM-L6-v2 and against the torch path on tiny BERT and DistilBERT models built here, each at the exact tier;
+all-MiniLM-L6-v2 and against the torch path on tiny BERT and DistilBERT models built here, its classification
+against the transformers pipeline and its rerank against sentence-transformers' CrossEncoder on tiny BERT,
+DistilBERT and RoBERTa models, each at the exact tier;
 the fall back to torch where CTranslate2 cannot run a model; ``auto``'s choice of backend; and ``precision: auto``
 passing over a precision that misses its tier.
 
@@ -100,17 +102,78 @@ def test_ctranslate2_at_int8_keeps_the_reduced_tier_on_all_minilm() -> None:
     assert quality.meets(Tier.REDUCED) and not quality.meets(Tier.EXACT), quality
 
 
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
+def test_ctranslate2_classification_at_fp32_is_the_pipeline(tiny_engines: TinyEngines, arch: Any) -> None:
+    from transformers import pipeline
+
+    from worker.backends.ct2 import Ct2SequenceClassifier
+
+    # Given a tiny classifier of the architecture (three labels: softmax) on the CTranslate2 backend
+    path = tiny_engines.model(
+        TaskName.CLASSIFICATION, f"{arch}-3", arch=arch, labels=["A", "B", "C"], initializer_range=0.3
+    )
+    engine = cache(path, TaskName.CLASSIFICATION, backend="ctranslate2").engine("m", TaskName.CLASSIFICATION)
+    # then CTranslate2 runs its encoder, under the checkpoint's own head
+    assert isinstance(engine.model, Ct2SequenceClassifier) and engine.model.compute_type == "float32"
+    got = [o.result for o in engine.run([{"text": t} for t in TEXTS], {"top_k": None}) if o is not None]
+    # and every label's score is the transformers pipeline's, the same label first (the exact tier).
+    pipe = pipeline("text-classification", model=str(path), tokenizer=str(path), device="cpu")
+    want = pipe(TEXTS, top_k=None, truncation=True)
+    assert len(got) == len(want) == len(TEXTS)
+    for g, w in zip(got, want, strict=True):
+        assert g[0]["label"] == w[0]["label"]
+        scores = {r["label"]: r["score"] for r in w}
+        assert max(abs(r["score"] - scores[r["label"]]) for r in g) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_ctranslate2_rerank_at_fp32_is_cross_encoder(tiny_engines: TinyEngines, arch: Any) -> None:
+    from sentence_transformers import CrossEncoder
+
+    from worker.backends.ct2 import Ct2SequenceClassifier
+
+    # Given a tiny cross-encoder of the architecture (BERT's pairs carry token types) on the CTranslate2 backend
+    path = tiny_engines.model(TaskName.RERANK, f"{arch}-ce", arch=arch)
+    engine = cache(path, TaskName.RERANK, backend="ctranslate2").engine("m", TaskName.RERANK)
+    assert isinstance(engine.model, Ct2SequenceClassifier)
+    items = [{"query": TEXTS[i], "documents": TEXTS[i + 1 : i + 8]} for i in range(0, 35, 7)]
+    got = [o.result for o in engine.run(items, {}) if o is not None]
+    # then each document's score is CrossEncoder.predict's and the ranking is CrossEncoder.rank's.
+    ce = CrossEncoder(str(path), device="cpu")
+    for item, ranked in zip(items, got, strict=True):
+        want = ce.rank(item["query"], item["documents"])
+        assert [r["index"] for r in ranked] == [int(w["corpus_id"]) for w in want]
+        assert max(abs(r["score"] - float(w["score"])) for r, w in zip(ranked, want, strict=True)) < 1e-5
+
+
 def test_a_task_ctranslate2_does_not_serve_falls_back_to_torch_with_one_line(
     tiny_engines: TinyEngines, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Given a classifier asked to run on CTranslate2 (which serves embeddings only)
-    path = tiny_engines.model(TaskName.CLASSIFICATION, "sentiment", arch="distilbert", labels=["NEG", "POS"])
+    # Given a question-answering model asked to run on CTranslate2 (which serves embedding, classification, rerank)
+    path = tiny_engines.model(TaskName.QUESTION_ANSWERING, "qa", arch="distilbert")
     with caplog.at_level(logging.INFO, logger="worker.backends"):
-        engine = cache(path, TaskName.CLASSIFICATION, backend="ctranslate2").engine("m", TaskName.CLASSIFICATION)
+        engine = cache(path, TaskName.QUESTION_ANSWERING, backend="ctranslate2").engine(
+            "m", TaskName.QUESTION_ANSWERING
+        )
     # then torch runs it, and one line says why.
-    assert type(engine.model).__name__ == "DistilBertForSequenceClassification"
+    assert type(engine.model).__name__ == "DistilBertForQuestionAnswering"
     lines = [r.getMessage() for r in caplog.records if r.name == "worker.backends"]
-    assert len(lines) == 1 and "not classification" in lines[0] and "falling back to torch" in lines[0]
+    assert len(lines) == 1 and "not question_answering" in lines[0] and "falling back to torch" in lines[0]
+
+
+def test_a_checkpoint_the_converter_rejects_falls_back_to_torch_with_one_line(
+    tiny_engines: TinyEngines, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a BERT classifier with relative position embeddings (CTranslate2's BERT loader takes absolute ones only)
+    path = tiny_engines.model(
+        TaskName.CLASSIFICATION, "relative", arch="bert", labels=["NEG", "POS"], position_embedding_type="relative_key"
+    )
+    with caplog.at_level(logging.INFO, logger="worker.model_cache"):
+        engine = cache(path, TaskName.CLASSIFICATION, backend="ctranslate2").engine("m", TaskName.CLASSIFICATION)
+    # then torch runs it, one line says why, and it classifies.
+    assert type(engine.model).__name__ == "BertForSequenceClassification"
+    lines = [r.getMessage() for r in caplog.records if "falling back to torch" in r.getMessage()]
+    assert len(lines) == 1 and "backend ctranslate2 cannot load m" in lines[0], lines
     outcome = engine.run([{"text": "good"}], {})[0]
     assert outcome is not None and outcome.ok
 
@@ -129,11 +192,76 @@ def test_an_architecture_ctranslate2_does_not_convert_falls_back(caplog: pytest.
         resolve_backend("onnx", TaskName.EMBEDDING, "cpu", "fp32", "bert")
 
 
-def test_auto_keeps_torch_until_a_benchmark_run_fills_the_table() -> None:
-    # No entry was measured on a quiet machine yet (see AUTO_TABLE): auto is torch everywhere.
-    assert AUTO_TABLE == {}
-    for precision in ("fp32", "bf16", "int8"):
-        assert resolve_backend("auto", TaskName.EMBEDDING, "cpu", precision, "bert") == "torch"
+def test_auto_takes_the_table_and_torch_elsewhere() -> None:
+    # Every entry names a backend that runs its precision on a BERT-family model (no entry falls back silently)
+    for (task, device, precision), backend in AUTO_TABLE.items():
+        assert resolve_backend("auto", task, device, precision, "bert") == backend
+    # and where the table says nothing, auto is torch.
+    assert (TaskName.EMBEDDING, "cpu", "bf16") not in AUTO_TABLE
+    assert resolve_backend("auto", TaskName.EMBEDDING, "cpu", "bf16", "bert") == "torch"
+    assert resolve_backend("auto", TaskName.FILL_MASK, "cpu", "fp32", "bert") == "torch"
+    # nor for the RoBERTa family, whose positions CTranslate2 numbers otherwise (see AUTO_MODEL_TYPES).
+    assert resolve_backend("auto", TaskName.EMBEDDING, "cpu", "fp32", "roberta") == "torch"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_auto_never_runs_a_precision_below_its_tier_on_all_minilm(precision: str) -> None:
+    from inferq.precision import tier_of
+
+    # Given the real all-MiniLM-L6-v2 at a precision, on the backend auto picks (the table's, or torch)
+    want, _ = embed(minilm_dir(), TEXTS, backend="torch")
+    got, _ = embed(minilm_dir(), TEXTS, backend="auto", precision=precision)
+    # then its vectors keep that precision's tier against torch at fp32 (torch's own int8 does not: 0.84 at worst).
+    quality = vector_quality(got, want)
+    assert quality.meets(tier_of(precision)), (precision, quality)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_auto_never_runs_a_precision_below_its_tier_on_tiny_classifiers(
+    tiny_engines: TinyEngines, precision: str
+) -> None:
+    from inferq.precision import label_quality, tier_of
+
+    # Given a tiny classifier at a precision, on the backend auto picks
+    path = tiny_engines.model(TaskName.CLASSIFICATION, "auto-3", arch="bert", labels=["A", "B", "C"])
+    texts = [{"text": t} for t in corpus()[:200]]
+
+    def labels(**options: Any) -> list[str]:
+        engine = cache(path, TaskName.CLASSIFICATION, **options).engine("m", TaskName.CLASSIFICATION)
+        return [o.label for o in engine.run(texts, {}) if o is not None and o.label is not None]
+
+    # then its top labels keep the precision's tier against torch at fp32.
+    quality = label_quality(labels(backend="auto", precision=precision), labels(backend="torch"))
+    assert quality.items == len(texts) and quality.meets(tier_of(precision)), quality
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("task", [TaskName.EMBEDDING, TaskName.CLASSIFICATION])
+def test_ctranslate2_on_cuda_at_fp16_keeps_the_near_tier(tiny_engines: TinyEngines, task: TaskName) -> None:
+    from worker.backends.ct2 import Ct2Encoder, Ct2SequenceClassifier
+
+    # Given a tiny model on CTranslate2 on the GPU at fp16, and the same on torch on the CPU at fp32
+    if task is TaskName.EMBEDDING:
+        path = tiny_engines.model(task, "gpu-st", arch="bert", normalize=True)
+    else:
+        path = tiny_engines.model(task, "gpu-cls", arch="bert", labels=["A", "B", "C"])
+    settings = Settings(models={"m": {"source": str(path), "task": task.value}})
+    gpu = ModelCache(settings, device="cuda:0", precision="fp16", backend="ctranslate2").engine("m", task)
+    cpu = ModelCache(settings, device="cpu", backend="torch").engine("m", task)
+    assert isinstance(gpu.model, Ct2Encoder | Ct2SequenceClassifier) and gpu.model.compute_type == "float16"
+    items = [{"text": t} for t in TEXTS]
+    params: dict[str, Any] = {} if task is TaskName.EMBEDDING else {"top_k": None}
+    got, want = gpu.run(items, params), cpu.run(items, params)
+    # then the GPU's results keep the near tier: vectors by cosine, classifiers by every top label.
+    if task is TaskName.EMBEDDING:
+        rows = [np.stack([np.frombuffer(o.vector, dtype="<f4") for o in out if o and o.vector]) for out in (got, want)]
+        quality = vector_quality(rows[0], rows[1])
+    else:
+        from inferq.precision import label_quality
+
+        quality = label_quality([o.label for o in got if o], [o.label for o in want if o])
+    assert quality.items == len(TEXTS) and quality.meets(Tier.NEAR), quality
 
 
 def test_precision_auto_passes_over_bf16_where_it_misses_its_tier(

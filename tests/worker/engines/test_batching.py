@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.engines.batching import pad, plan_batches, run_batches
+from worker.engines.batching import Packed, pad, plan_batches, run_batches
 
 
 def test_the_next_micro_batch_is_launched_before_the_previous_one_is_collected() -> None:
@@ -87,6 +87,26 @@ def test_pad_right_pads_and_masks() -> None:
     ids, mask = pad([[1, 2, 3], [4], [5, 6]], np.array([2, 1]), pad_value=0)
     assert ids.tolist() == [[5, 6], [4, 0]]
     assert mask.tolist() == [[1, 1], [1, 0]]
+
+
+def test_packed_sequences_pad_each_micro_batch_as_row_by_row_padding_would() -> None:
+    # Given sequences of every length from none up, one token id equal to the pad value, packed once
+    rng = np.random.default_rng(7)
+    sequences = [rng.integers(0, 50, size=int(n)).tolist() for n in rng.integers(0, 30, size=200)]
+    sequences[3] = []
+    sequences[4] = [9, 9, 9]
+    packed = Packed.of(sequences)
+    # When micro-batches of any rows, in any order, are padded
+    for rows in (np.array([4, 3]), np.array([3]), rng.permutation(200)[:64], np.arange(200)):
+        ids, mask = packed.pad(rows, pad_value=9)
+        # Then each row holds its sequence, then the pad value, and the mask marks the sequence
+        width = max(len(sequences[r]) for r in rows)
+        assert ids.shape == mask.shape == (len(rows), width)
+        assert ids.tolist() == [sequences[r] + [9] * (width - len(sequences[r])) for r in rows]
+        assert mask.tolist() == [[1] * len(sequences[r]) + [0] * (width - len(sequences[r])) for r in rows]
+    # And sequences that are all empty pad to nothing
+    ids, mask = Packed.of([[], []]).pad(np.array([1, 0]), pad_value=0)
+    assert ids.shape == mask.shape == (2, 0)
 
 
 def test_a_poison_feature_is_isolated_and_its_neighbours_still_run() -> None:

@@ -1,0 +1,213 @@
+"""The claim on both databases: PostgreSQL's one statement (lock, decide, lease, start the job, read the inputs as
+one aggregated column) and SQLite's statement per step lease the same way and read the same items; a claim that
+waited for the chunk's lock reads the items as the lock's holder left them."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from inferq.db import make_engine, make_sessionmaker
+from inferq.schema import Chunk, Item, Job, utcnow
+from inferq.settings import Settings
+from inferq.states import ChunkState, ItemState, JobState
+from inferq.store.chunks import ChunkOutcome, Claim, claim_chunk, decode_inputs
+from inferq.task_specs import TaskName
+from producer.client import store_job
+from producer.inputs import InputRecord
+
+#: Texts that a JSON round trip could change: non-ASCII, a line separator, quotes and backslashes, an empty string.
+TEXTS = ["plain", "héllo wörld ✓", "line\u2028separator", 'quote " and \\ backslash', "", "日本語のテキスト", "x" * 300]
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def sessions(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
+    if request.param == "postgresql":
+        settings = Settings(database_url=request.getfixturevalue("migrated_postgres"))
+    else:
+        settings = request.getfixturevalue("sqlite_settings")
+    engine = make_engine(settings)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def a_job(sessions: sessionmaker[Session], inputs: list[dict[str, Any]], chunk_size: int) -> str:
+    job_id = uuid.uuid4().hex
+    records = [InputRecord(line=i + 1, client_id=str(i), data=d) for i, d in enumerate(inputs)]
+    with sessions.begin() as session:
+        store_job(
+            session,
+            job_id,
+            TaskName.CLASSIFICATION,
+            "m",
+            {"top_k": 1, "function_to_apply": "default"},
+            records,
+            chunk_size,
+            "q",
+        )
+    return job_id
+
+
+def claim(sessions: sessionmaker[Session], job_id: str, seq: int, worker: str = "w") -> Claim | ChunkOutcome:
+    with sessions.begin() as session:
+        return claim_chunk(session, job_id, seq, worker=worker, lease_seconds=60)
+
+
+def set_items(sessions: sessionmaker[Session], job_id: str, indices: list[int], state: ItemState) -> None:
+    with sessions.begin() as session:
+        session.execute(update(Item).where(Item.job_id == job_id, Item.index.in_(indices)).values(state=state))
+
+
+def the_chunk(sessions: sessionmaker[Session], job_id: str, seq: int) -> Chunk:
+    with sessions() as session:
+        chunk = session.get(Chunk, (job_id, seq))
+        assert chunk is not None
+        return chunk
+
+
+def test_a_claim_leases_the_chunk_and_reads_its_unfinished_items_in_order(sessions: sessionmaker[Session]) -> None:
+    # Given a job of two chunks whose first has two items ended already
+    inputs = [{"text": t} for t in TEXTS] + [{"text": "a", "text_pair": "b"}, {"text": "c"}, {"text": "d"}]
+    job_id = a_job(sessions, inputs, chunk_size=6)
+    set_items(sessions, job_id, [1, 4], ItemState.SUCCEEDED)
+
+    # When its first chunk is claimed
+    got = claim(sessions, job_id, 0)
+
+    # Then the claim holds the other items of the chunk, inputs exactly as stored, in index order
+    assert isinstance(got, Claim)
+    assert got.indices == [0, 2, 3, 5]
+    assert got.inputs == [inputs[i] for i in got.indices]
+    assert (got.task, got.model, got.attempts, got.queue) == (TaskName.CLASSIFICATION, "m", 1, "q")
+    assert got.params.top_k == 1
+    assert got.waiting_since is not None
+    # and the chunk is leased to the worker, its job started, the other chunk untouched
+    chunk = the_chunk(sessions, job_id, 0)
+    assert (chunk.state, chunk.attempts, chunk.worker, chunk.leader) == (ChunkState.RUNNING, 1, "w", None)
+    assert chunk.lease_until is not None
+    assert the_chunk(sessions, job_id, 1).state == ChunkState.QUEUED
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.state == JobState.RUNNING and job.started_at is not None
+
+    # When the second chunk is claimed: the items past the first
+    second = claim(sessions, job_id, 1)
+    assert isinstance(second, Claim)
+    assert second.indices == list(range(6, len(inputs)))
+    assert second.inputs == inputs[6:]
+
+    # When the first chunk's message comes again (its worker died): a second attempt, by another worker
+    again = claim(sessions, job_id, 0, worker="w2")
+    assert isinstance(again, Claim)
+    assert (again.attempts, again.indices) == (2, [0, 2, 3, 5])
+    assert the_chunk(sessions, job_id, 0).worker == "w2"
+
+
+def test_a_claim_of_a_chunk_with_no_unfinished_item_reads_nothing(sessions: sessionmaker[Session]) -> None:
+    job_id = a_job(sessions, [{"text": t} for t in "abc"], chunk_size=3)
+    set_items(sessions, job_id, [0, 1, 2], ItemState.CANCELLED)
+    got = claim(sessions, job_id, 0)
+    assert isinstance(got, Claim)
+    assert (got.indices, got.inputs) == ([], [])
+
+
+def test_what_a_claim_does_not_lease(sessions: sessionmaker[Session]) -> None:
+    job_id = a_job(sessions, [{"text": t} for t in "abcd"], chunk_size=2)
+    # A chunk done: skipped, unchanged
+    with sessions.begin() as session:
+        session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq == 0).values(state=ChunkState.DONE))
+    assert claim(sessions, job_id, 0) is ChunkOutcome.SKIPPED
+    assert the_chunk(sessions, job_id, 0).attempts == 0
+    # A chunk in another worker's batch with a live lease: deferred, unchanged
+    with sessions.begin() as session:
+        session.execute(
+            update(Chunk)
+            .where(Chunk.job_id == job_id, Chunk.seq == 1)
+            .values(state=ChunkState.RUNNING, leader="other/0", worker="w9", lease_until=utcnow().replace(year=3000))
+        )
+    assert claim(sessions, job_id, 1) is ChunkOutcome.DEFERRED
+    assert (the_chunk(sessions, job_id, 1).worker, the_chunk(sessions, job_id, 1).attempts) == ("w9", 0)
+    # A chunk whose job was cancelled: skipped, and the chunk is closed
+    with sessions.begin() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(state=JobState.CANCELLED))
+    assert claim(sessions, job_id, 1) is ChunkOutcome.SKIPPED
+    closed = the_chunk(sessions, job_id, 1)
+    assert (closed.state, closed.leader, closed.attempts) == (ChunkState.DONE, None, 0)
+    assert closed.finished_at is not None
+    # A chunk that is gone: skipped
+    assert claim(sessions, job_id, 7) is ChunkOutcome.SKIPPED
+
+
+def test_a_second_attempt_releases_the_batch_it_led(sessions: sessionmaker[Session]) -> None:
+    lead = a_job(sessions, [{"text": "a"}], chunk_size=1)
+    mate = a_job(sessions, [{"text": "b"}], chunk_size=1)
+    assert isinstance(claim(sessions, lead, 0), Claim)
+    with sessions.begin() as session:
+        session.execute(
+            update(Chunk)
+            .where(Chunk.job_id == mate)
+            .values(state=ChunkState.RUNNING, leader=f"{lead}/0", worker="w", attempts=1, lease_until=utcnow())
+        )
+    # The lead's message comes back (its worker died): its unfinished batch-mate goes back to its own message
+    again = claim(sessions, lead, 0)
+    assert isinstance(again, Claim) and again.attempts == 2
+    released = the_chunk(sessions, mate, 0)
+    assert (released.state, released.leader, released.worker, released.lease_until) == (
+        ChunkState.QUEUED,
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.services
+def test_a_claim_that_waited_for_the_chunk_reads_the_items_as_its_holder_left_them(migrated_postgres: str) -> None:
+    """PostgreSQL: the claim's statement sees the database as of its start; a writer that held the chunk's lock and
+    ended items commits after that, while the claim waits. The claim must read those items as ended."""
+    engine = make_engine(Settings(database_url=migrated_postgres))
+    sessions = make_sessionmaker(engine)
+    try:
+        job_id = a_job(sessions, [{"text": t} for t in "abcdef"], chunk_size=6)
+        # Given a writer holding the chunk's row lock (as `write_results` does) that ends items 0-2
+        writer = sessions()
+        writer.begin()
+        writer.execute(select(Chunk).where(Chunk.job_id == job_id).with_for_update())
+        writer.execute(update(Item).where(Item.job_id == job_id, Item.index < 3).values(state=ItemState.SUCCEEDED))
+        writer.execute(update(Chunk).where(Chunk.job_id == job_id).values(state=ChunkState.QUEUED, attempts=1))
+        # When a claim of the chunk starts meanwhile, and waits for the lock
+        got: list[Claim | ChunkOutcome] = []
+        claimer = threading.Thread(target=lambda: got.append(claim(sessions, job_id, 0)))
+        claimer.start()
+        deadline = time.monotonic() + 60
+        with engine.connect() as probe:
+            while not probe.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar():
+                assert time.monotonic() < deadline, "the claim never waited for the chunk's lock"
+                time.sleep(0.05)
+        # and the writer commits
+        writer.commit()
+        writer.close()
+        claimer.join(timeout=60)
+        # Then the claim reads only the items still unfinished after the writer's commit
+        assert len(got) == 1 and isinstance(got[0], Claim)
+        assert got[0].indices == [3, 4, 5]
+        assert got[0].inputs == [{"text": t} for t in "def"]
+        assert got[0].attempts == 2
+    finally:
+        engine.dispose()
+
+
+def test_inputs_are_decoded_in_one_call_even_where_orjson_refuses() -> None:
+    assert decode_inputs('[{"text": "a"}, {"text": "\\u00e9"}]') == [{"text": "a"}, {"text": "é"}]
+    # A lone surrogate's escape (what json.dumps writes for it): orjson refuses it, the standard library reads it.
+    assert decode_inputs('[{"text": "\\ud800"}]') == [{"text": "\ud800"}]
