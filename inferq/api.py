@@ -106,6 +106,13 @@ class Job(BaseModel):
     webhook_url: str | None = None
     #: The job whose failed items this job retries.
     retry_of: str | None = None
+    #: 0 to 9: within its tenant, a higher priority's chunks go to the workers first.
+    priority: int = 5
+    #: The end of its completion window: items not done by then end ``expired``; ``None``: no deadline.
+    deadline_at: Time | None = None
+    #: Chunks that go to the workers before this job's next one (the least it waits for: other tenants' chunks
+    #: come between by their weights); 0 while one of its chunks runs; ``None`` when finished, or not asked.
+    position: int | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

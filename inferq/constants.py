@@ -76,6 +76,27 @@ MAX_CHUNK_ATTEMPTS = 5
 #: Queue consumed by every worker; models without a queue of their own are routed here.
 DEFAULT_QUEUE = "inferq"
 
+#: A job's priority runs from 0 (lowest) to 9 (highest); 5 when none is given (`inferq.schema.DEFAULT_PRIORITY`).
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+
+#: Longest completion window (``--deadline``) a job may ask for: a year. Longer is no deadline at all.
+MAX_DEADLINE_SECONDS = 365 * 86400
+
+#: Messages the dispatcher keeps waiting on the broker per queue (`inferq.dispatcher`): twice the consumers' prefetch
+#: (1 a pool process, ``acks_late``) times the pool processes of a few workers, so that no worker idles between two
+#: rounds, while a tenant's new chunk waits behind at most this many others. Set it to about twice the pool processes
+#: that consume a queue (``INFERQ_DISPATCH_WINDOW``).
+DEFAULT_DISPATCH_WINDOW = 16
+
+#: Seconds between two rounds of the dispatcher while nothing changes: it releases chunks as workers claim them, so
+#: a round costs a few indexed queries and a worker idles at most this long when the window ran dry.
+DEFAULT_DISPATCH_INTERVAL = 0.2
+
+#: Seconds the dispatcher's followers wait between two tries at the leader's lock: a leader that died (its
+#: connection closed, so PostgreSQL let its lock go) is replaced within this, far within a lease.
+DISPATCH_LEADER_RETRY_SECONDS = 2.0
+
 #: Seconds between two full runs of a worker's reconciler (`inferq recover` without a human). A minute bounds how
 #: long a job waits after its broker lost messages, and costs one indexed query (and, on Redis, one read of the
 #: queue) per worker per minute. Expired leases are looked for more often, every half lease (15 s by default; one

@@ -24,6 +24,7 @@ InferqError
 │   ├── ModelLoadError          model_load_error     the model or tokenizer would not load
 │   └── InferenceError          inference_error      the forward pass raised on this item
 ├── AttemptsExhausted           attempts_exhausted   a chunk kept failing; its items were given up
+├── DeadlineExpired             expired              the job's deadline passed before the item ran
 └── TransientError              (retried with backoff)
     ├── DatabaseUnavailable     database_unavailable
     ├── BrokerUnavailable       broker_unavailable
@@ -199,6 +200,12 @@ class InferenceError(ModelError):
 
 class AttemptsExhausted(InferqError):
     code = "attempts_exhausted"
+
+
+class DeadlineExpired(InferqError):
+    """An item whose job's completion window (``--deadline``) ended before it ran; its job ended ``expired``."""
+
+    code = "expired"
 
 
 class TransientError(InferqError):

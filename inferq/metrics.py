@@ -136,6 +136,18 @@ class WorkerMetrics:
             ("queue", "reason"),
             registry=registry,
         )
+        self.dispatched = Counter(
+            "inferq_chunks_dispatched",
+            "Chunks the dispatcher (on the worker that leads) sent to the broker, by queue and tenant.",
+            ("queue", "tenant"),
+            registry=registry,
+        )
+        self.dispatcher_leader = Gauge(
+            "inferq_dispatcher_leader",
+            "1 on the worker whose dispatcher leads (holds the PostgreSQL advisory lock), 0 on the others.",
+            registry=registry,
+            multiprocess_mode="liveall",
+        )
         self.database_retries = Counter(
             "inferq_database_retries",
             "Tries again after the database was unreachable: storing a chunk's results (write), or a whole chunk"
@@ -229,6 +241,11 @@ class WorkerMetrics:
         for chunk in chunks:
             self.requeued.labels(chunk.queue, chunk.reason).inc()
 
+    def chunks_dispatched(self, sent: Iterable[tuple[str, str, int, str]]) -> None:
+        """Chunks the dispatcher sent: (queue, job id, seq, tenant) each."""
+        for queue, _, _, tenant in sent:
+            self.dispatched.labels(queue, tenant).inc()
+
     def database_retry(self, operation: str) -> None:
         self.database_retries.labels(operation).inc()
 
@@ -284,6 +301,8 @@ WORKER_METRICS = (
     "inferq_chunks_redelivered_total",
     "inferq_chunks_exhausted_total",
     "inferq_chunks_requeued_total",
+    "inferq_chunks_dispatched_total",
+    "inferq_dispatcher_leader",
     "inferq_database_retries_total",
     "inferq_micro_batches_total",
     "inferq_tokens_total",
@@ -344,6 +363,17 @@ def chunk_delivered(outcome: Any) -> None:
 def chunks_requeued(chunks: Iterable[Any]) -> None:
     if _active is not None:
         _active.chunks_requeued(chunks)
+
+
+def chunks_dispatched(sent: Iterable[tuple[str, str, int, str]]) -> None:
+    if _active is not None:
+        _active.chunks_dispatched(sent)
+
+
+def dispatcher_leads(leads: bool) -> None:
+    """Whether this worker's dispatcher leads now (``inferq_dispatcher_leader``)."""
+    if _active is not None:
+        _active.dispatcher_leader.set(1 if leads else 0)
 
 
 def database_retry(operation: str) -> None:

@@ -13,7 +13,9 @@ SQL is the record; a broker message is only a wake-up call for one chunk. `recov
   result only while it is still ``queued``, under a row lock (`inferq.store.chunks`). The reconciler applies this
   rule every half lease (``leases_only``), the others every ``INFERQ_RECOVER_INTERVAL``.
 * **never enqueued**: the chunk is ``queued``, has no ``enqueued_at`` (the producer stored the job but could not
-  send its message) and its job was created more than ``older_than`` seconds ago.
+  send its message) and its job was created more than ``older_than`` seconds ago. Not with the dispatcher
+  (``INFERQ_DISPATCH=fair`` on PostgreSQL, `inferq.dispatcher`): a chunk never released is its to send, in fair
+  order.
 * **message missing** (brokers whose messages can be listed: Redis): the chunk is ``queued``, was last enqueued
   more than ``older_than`` seconds ago, and the broker holds no message for ``(job_id, seq)``, neither waiting in
   its queue nor delivered and unacknowledged. A chunk found missing is looked for again after ``grace`` seconds
@@ -117,7 +119,8 @@ def recover(
         if r.state == ChunkState.RUNNING and (r.lease_until is None or as_utc(r.lease_until) < now):
             lost.append(LostChunk(r.job_id, r.seq, r.queue, "lease_expired"))
     waiting = [r for r in rows if r.state == ChunkState.QUEUED and as_utc(r.enqueued_at or r.created_at) <= cutoff]
-    never = [r for r in waiting if r.enqueued_at is None]
+    # With the dispatcher, a chunk never released waits for it: sending it here would jump the fair order.
+    never = [] if settings.fair_dispatch else [r for r in waiting if r.enqueued_at is None]
     lost += [LostChunk(r.job_id, r.seq, r.queue, "never_enqueued") for r in never]
     maybe_missing = [r for r in waiting if r.enqueued_at is not None]
     if maybe_missing:

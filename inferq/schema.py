@@ -60,6 +60,9 @@ def state_type(states: type[Enum]) -> SqlEnum:
     )
 
 
+#: A job's priority when none is given (0 lowest, 9 highest).
+DEFAULT_PRIORITY = 5
+
 #: The tenant of every job created without the HTTP API (the CLI and `producer.Client` on the database).
 DEFAULT_TENANT = "default"
 
@@ -115,6 +118,11 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
     #: A job created to retry another job's failed items: that job's id.
     retry_of: Mapped[str | None] = mapped_column(String(32))
+    #: 0 to 9: within its tenant, the dispatcher sends a higher priority's chunks first (`inferq.dispatcher`).
+    priority: Mapped[int] = mapped_column(Integer, default=DEFAULT_PRIORITY, server_default=str(DEFAULT_PRIORITY))
+    #: The end of the job's completion window (created + ``--deadline``): items not done by then end ``expired``,
+    #: and the job with them. ``None``: no deadline.
+    deadline_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index("ix_jobs_batch_key_state", "batch_key", "state"),
@@ -143,6 +151,11 @@ class Chunk(Base):
     leader: Mapped[str | None] = mapped_column(String(48))
 
     __table_args__ = (Index("ix_chunks_state_lease", "state", "lease_until"),)
+
+
+#: The dispatcher's reads: a job's chunks still held back in SQL (queued, never released), in order.
+_UNRELEASED = (Chunk.state == ChunkState.QUEUED) & Chunk.enqueued_at.is_(None)
+Index("ix_chunks_unreleased", Chunk.job_id, Chunk.seq, postgresql_where=_UNRELEASED, sqlite_where=_UNRELEASED)
 
 
 class Item(Base):
@@ -216,6 +229,11 @@ class Tenant(Base):
     previous_webhook_secret: Mapped[str | None] = mapped_column(String(128))
     previous_secret_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The tenant's share of the workers against other tenants with chunks waiting (`inferq.dispatcher`): a tenant
+    #: of weight 3 gets three chunks for one of a tenant of weight 1.
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: Most of the tenant's chunks released to the broker and not done at once; ``None``: no cap.
+    max_chunks_in_flight: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Base):
@@ -245,7 +263,7 @@ class WebhookDelivery(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     tenant: Mapped[str] = mapped_column(String(64))
-    #: ``job.succeeded``, ``job.failed`` or ``job.cancelled``.
+    #: ``job.succeeded``, ``job.failed``, ``job.cancelled`` or ``job.expired``.
     event: Mapped[str] = mapped_column(String(32))
     url: Mapped[str] = mapped_column(Text)
     #: The request body, exactly as signed and sent on every attempt.

@@ -127,6 +127,15 @@ class Settings(BaseSettings):
     recover_interval: int = Field(constants.DEFAULT_RECOVER_INTERVAL, ge=0)
     #: A queued chunk whose message is missing is re-enqueued only once it was enqueued this long ago.
     recover_older_than: int = Field(constants.DEFAULT_RECOVER_OLDER_THAN, ge=0)
+    #: How chunks reach the broker. ``fair``: a submit stores them and the dispatcher (one leader among the workers)
+    #: releases them in weighted fair order across tenants (`inferq.dispatcher`), on PostgreSQL; SQLite, which has
+    #: no advisory locks and serves one machine, always goes ``direct``: a submit sends every chunk's message
+    #: itself, first in, first out.
+    dispatch: Literal["fair", "direct"] = "fair"
+    #: Messages the dispatcher keeps waiting on the broker per queue (`inferq.constants.DEFAULT_DISPATCH_WINDOW`).
+    dispatch_window: int = Field(constants.DEFAULT_DISPATCH_WINDOW, ge=1)
+    #: Seconds between two rounds of the dispatcher.
+    dispatch_interval: float = Field(constants.DEFAULT_DISPATCH_INTERVAL, gt=0)
     max_text_chars: int = Field(constants.DEFAULT_MAX_TEXT_CHARS, ge=1)
     max_items: int = Field(constants.DEFAULT_MAX_ITEMS, ge=1)
     #: Worker device: ``cpu`` or ``cuda:N``.
@@ -218,6 +227,11 @@ class Settings(BaseSettings):
         if any(d < 0 for d in value):
             raise ValueError("webhook retry delays are seconds, none negative")
         return value
+
+    @property
+    def fair_dispatch(self) -> bool:
+        """Whether the dispatcher releases chunks: ``dispatch`` is ``fair`` and the database PostgreSQL."""
+        return self.dispatch == "fair" and self.database_url.startswith("postgresql")
 
     @property
     def webhook_queue(self) -> str:

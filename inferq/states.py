@@ -16,7 +16,7 @@ class JobState(str, Enum):
     FAILED = "failed"
     #: Stopped by the user; finished items keep their results.
     CANCELLED = "cancelled"
-    #: Its completion window passed before every item ended; finished items keep their results.
+    #: Its deadline (`Job.deadline_at`) passed before every item ended; finished items keep their results.
     EXPIRED = "expired"
 
     @property
@@ -61,7 +61,8 @@ def item_state_of(stored: ItemState | str | None, job: JobState) -> ItemState:
 
 
 class ChunkState(str, Enum):
-    #: Stored, with a message on the broker.
+    #: Stored and waiting: with a message on the broker once released (`Chunk.enqueued_at` set, by the submit on
+    #: SQLite, by the dispatcher on PostgreSQL: `inferq.dispatcher`), in SQL alone before.
     QUEUED = "queued"
     #: Claimed by a worker whose lease runs until `Chunk.lease_until`.
     RUNNING = "running"

@@ -11,6 +11,7 @@ import secrets
 
 from sqlalchemy.orm import Session
 
+from inferq.errors import InvalidParameter
 from inferq.schema import Tenant
 from inferq.store import auth
 
@@ -32,3 +33,29 @@ def ensure_tenant(session: Session, name: str) -> Tenant:
     if found is not None:
         return found
     return auth.add_tenant(session, name, new_webhook_secret())
+
+
+def set_share(
+    session: Session,
+    name: str,
+    *,
+    weight: int | None = None,
+    max_chunks_in_flight: int | None = None,
+    uncapped: bool = False,
+) -> Tenant:
+    """Set the tenant's share of the workers (`inferq.dispatcher`): its ``weight`` (1 or more) and its cap on chunks
+    in flight (``max_chunks_in_flight``, 1 or more; ``uncapped`` removes it); what is not given stays. The tenant
+    is made if it does not exist. Flushed in the caller's transaction."""
+    if weight is not None and weight < 1:
+        raise InvalidParameter("weight must be 1 or more", field="weight")
+    if max_chunks_in_flight is not None and max_chunks_in_flight < 1:
+        raise InvalidParameter("max_chunks_in_flight must be 1 or more", field="max_chunks_in_flight")
+    row = ensure_tenant(session, name)
+    if weight is not None:
+        row.weight = weight
+    if uncapped:
+        row.max_chunks_in_flight = None
+    elif max_chunks_in_flight is not None:
+        row.max_chunks_in_flight = max_chunks_in_flight
+    session.flush()
+    return row

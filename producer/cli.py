@@ -95,6 +95,19 @@ def _duration(seconds: float | None) -> str:
 @click.option("--chunk-size", type=int, default=None, help="Items per Celery message.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto")
 @click.option("--skip-invalid", is_flag=True, help="Submit the valid lines and report the others.")
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    default=5,
+    show_default=True,
+    help="Higher runs first among your own jobs (0 to 9).",
+)
+@click.option(
+    "--deadline",
+    default=None,
+    metavar="WINDOW",
+    help='Completion window (seconds, or 90m, 24h, 7d): items not done by then end "expired".',
+)
 @click.option("--wait", "wait", is_flag=True, help="Wait for the job to end, with a progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def submit(
@@ -105,11 +118,14 @@ def submit(
     chunk_size: int | None,
     fmt: str,
     skip_invalid: bool,
+    priority: int,
+    deadline: str | None,
     wait: bool,
     as_json: bool,
 ) -> None:
     """Submit FILE (JSONL or CSV, one input a line; - for stdin) as one job."""
     from inferq.task_specs import parse_task
+    from producer.client import JobOptions, parse_deadline
 
     source: Any = sys.stdin.buffer if file == "-" else Path(file)
     with _client() as client:
@@ -121,6 +137,7 @@ def submit(
             chunk_size=chunk_size,
             skip_invalid=skip_invalid,
             format=fmt,  # type: ignore[arg-type]
+            options=JobOptions(priority=priority, deadline=parse_deadline(deadline)),
         )
         for err in sub.skipped:
             click.echo(f"skipped {err}", err=True)
@@ -150,7 +167,10 @@ def _status_text(s: dict[str, Any]) -> str:
         f"started    {s['started_at'] or '-'}",
         f"finished   {s['finished_at'] or '-'}",
         f"rate       {f'{rate:,.1f} items/s' if rate else '-'}",
+        f"priority   {s.get('priority', 5)}" + (f"  deadline {s['deadline_at']}" if s.get("deadline_at") else ""),
     ]
+    if s.get("position") is not None and s["state"] == "queued":
+        lines.append(f"position   {s['position']} chunks ahead")
     if s["error"]:
         lines.append(f"error      [{s['error']['code']}] {s['error']['message']}")
     return "\n".join(lines)

@@ -13,8 +13,10 @@ result filters) is imported in the methods that use it, so that `inferq status` 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import io
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,7 +42,7 @@ from inferq.errors import (
     LineError,
     NothingToRetry,
 )
-from inferq.schema import DEFAULT_TENANT, Job, as_utc, utcnow
+from inferq.schema import DEFAULT_PRIORITY, DEFAULT_TENANT, Job, as_utc, utcnow
 from inferq.settings import ModelSpec, Settings
 from inferq.states import ItemState, JobState
 from inferq.store import jobs as stored
@@ -70,6 +72,47 @@ class JobOptions:
     request_hash: str | None = None
     #: The job whose failed items this job retries.
     retry_of: str | None = None
+    #: 0 to 9: within its tenant, a job of higher priority gets the workers first (`inferq.dispatcher`).
+    priority: int = DEFAULT_PRIORITY
+    #: The job's completion window: items not done this long after the submit end ``expired``, and the job with
+    #: them; ``None``: no deadline.
+    deadline: dt.timedelta | None = None
+
+
+def check_priority(priority: Any) -> int:
+    """A job's priority: an integer from `constants.MIN_PRIORITY` to `constants.MAX_PRIORITY`."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidParameter("priority must be an integer from 0 to 9", field="priority")
+    if not constants.MIN_PRIORITY <= priority <= constants.MAX_PRIORITY:
+        raise InvalidParameter(
+            f"priority must be from {constants.MIN_PRIORITY} to {constants.MAX_PRIORITY}", field="priority"
+        )
+    return priority
+
+
+def parse_deadline(value: Any) -> dt.timedelta | None:
+    """A completion window: a `datetime.timedelta`, seconds (a number, or digits), or digits with a unit of ``s``,
+    ``m``, ``h`` or ``d`` (``"24h"``, ``"90m"``); between a second and `constants.MAX_DEADLINE_SECONDS`. ``None``
+    (or ``""``): no deadline."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DEADLINE.fullmatch(value.strip())):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+    else:
+        raise InvalidParameter('deadline is seconds, or a number with s, m, h or d ("24h")', field="deadline")
+    if not 1 <= seconds <= constants.MAX_DEADLINE_SECONDS:
+        raise InvalidParameter(
+            f"deadline must be from 1 second to {constants.MAX_DEADLINE_SECONDS // 86400} days", field="deadline"
+        )
+    return dt.timedelta(seconds=seconds)
+
+
+_DEADLINE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def check_metadata(metadata: Any) -> dict[str, str] | None:
@@ -187,7 +230,7 @@ class Client:
         options: JobOptions | None = None,
     ) -> Submission:
         """Validate everything, store the job and its items in one transaction, then enqueue one message per
-        chunk. Bad input raises `InvalidInput` (every bad line, with line number and field) and stores nothing,
+        chunk (on SQLite; on PostgreSQL the workers' dispatcher sends them, in fair order: `inferq.dispatcher`). Bad input raises `InvalidInput` (every bad line, with line number and field) and stores nothing,
         unless ``skip_invalid``.
 
         A file (a path, or a seekable stream: standard input redirected from a file is one) is read twice, in
@@ -202,7 +245,9 @@ class Client:
 
         task = task if isinstance(task, TaskName) else parse_task(task)
         options = options or JobOptions()
-        options = dataclasses.replace(options, metadata=check_metadata(options.metadata))
+        options = dataclasses.replace(
+            options, metadata=check_metadata(options.metadata), priority=check_priority(options.priority)
+        )
         replayed = self._replayed(options)
         if replayed is not None:
             return replayed
@@ -266,7 +311,9 @@ class Client:
                 raise DatabaseUnavailable(
                     f"database unreachable, nothing was submitted: {exc.reason}", reason=exc.reason, kind=exc.kind
                 ) from exc
-        self._enqueue(job_id, n_chunks, queue)
+        if not self.settings.fair_dispatch:
+            self._enqueue(job_id, n_chunks, queue)
+        # Otherwise the dispatcher sends the chunks, in fair order (`inferq.dispatcher`).
         return Submission(job_id, total, n_chunks, errors if skip_invalid else [], total_bad)
 
     def _replayed(self, options: JobOptions) -> Submission | None:
@@ -315,7 +362,7 @@ class Client:
     def status(self, job_id: str, *, tenant: str | None = None) -> JobStatus:
         """The job's status. With ``tenant``, another tenant's job is `JobNotFound`, as a job that does not exist."""
         with self.reader() as session:
-            return job_status(stored.job_of(session, job_id, tenant))
+            return with_position(session, job_status(stored.job_of(session, job_id, tenant)), self.settings)
 
     def jobs(
         self,
@@ -468,7 +515,13 @@ class Client:
             if not failed:
                 raise NothingToRetry(f"job {job_id} has no failed items")
             task, model, params, chunk_size = job.task, job.model, dict(job.params), job.chunk_size
-            options = JobOptions(tenant=job.tenant, metadata=job.meta, webhook_url=job.webhook_url, retry_of=job.id)
+            options = JobOptions(
+                tenant=job.tenant,
+                metadata=job.meta,
+                webhook_url=job.webhook_url,
+                retry_of=job.id,
+                priority=job.priority,
+            )
         rows = [dict(f["input"], id=f["client_id"]) if f["client_id"] is not None else dict(f["input"]) for f in failed]
         return self.submit(task, model, rows, params, chunk_size=chunk_size, options=options)
 
@@ -555,6 +608,8 @@ def store_job(
         idempotency_key=options.idempotency_key,
         request_hash=options.request_hash,
         retry_of=options.retry_of,
+        priority=options.priority,
+        deadline_at=None if options.deadline is None else utcnow() + options.deadline,
     )
     stored.add_job(session, job)
     stored.add_items(session, job_id, _numbered(records, total), copy=copy)
@@ -586,6 +641,17 @@ def _seekable(stream: IO[Any]) -> bool:
         return False
 
 
+def with_position(session: Session, status: JobStatus, settings: Settings) -> JobStatus:
+    """``status`` with its `JobStatus.position` (`inferq.store.dispatch.chunks_ahead`) when the dispatcher sends
+    chunks: counted while the job is queued, 0 while it runs."""
+    if not settings.fair_dispatch or status.state not in (JobState.QUEUED, JobState.RUNNING):
+        return status
+    from inferq.store.dispatch import chunks_ahead
+
+    position = 0 if status.state is JobState.RUNNING else chunks_ahead(session, status.id)
+    return status.model_copy(update={"position": position})
+
+
 def job_status(job: Job | Row[Any]) -> JobStatus:
     """The `JobStatus` of a job's row: the ORM object, or a Core row carrying the same attribute names (a status
     poll's, `inferq.store.auth.key_and_job`)."""
@@ -607,4 +673,6 @@ def job_status(job: Job | Row[Any]) -> JobStatus:
         webhook_url=job.webhook_url,
         retry_of=job.retry_of,
         chunk_size=job.chunk_size,
+        priority=job.priority,
+        deadline_at=as_utc(job.deadline_at),
     )

@@ -46,6 +46,7 @@ import httpx
 import inferq
 from inferq import api, constants
 from inferq.errors import InferqError, InvalidInput, LineError, ServerUnavailable, TransientError
+from inferq.schema import DEFAULT_PRIORITY
 from inferq.settings import ModelSpec, Settings
 from inferq.states import ItemState, JobState
 from inferq.task_specs import TASKS, TaskName, parse_task
@@ -129,7 +130,7 @@ class RemoteClient:
     ) -> Submission:
         """`Client.submit` over HTTP: the server validates and stores the job as `Client.submit` does, and refuses
         bad input the same way (`InvalidInput` listing every bad line, nothing stored). Of ``options``, the
-        metadata, webhook URL and idempotency key are sent; the job's tenant is the key's."""
+        metadata, webhook URL, priority, deadline and idempotency key are sent; the job's tenant is the key's."""
         task = task if isinstance(task, TaskName) else parse_task(task)
         options = options or JobOptions()
         body = _Body.of(inputs, format, single_text=TASKS[task].single_text)
@@ -142,6 +143,10 @@ class RemoteClient:
             query["chunk_size"] = str(chunk_size)
         if options.webhook_url:
             query["webhook_url"] = options.webhook_url
+        if options.priority != DEFAULT_PRIORITY:
+            query["priority"] = str(options.priority)
+        if options.deadline is not None:
+            query["deadline"] = str(options.deadline.total_seconds())
         if skip_invalid:
             query["skip_invalid"] = "true"
         headers = {

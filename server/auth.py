@@ -12,8 +12,9 @@ from sqlalchemy import Row
 from inferq import api
 from inferq.errors import DatabaseUnavailable, JobNotFound, Unauthorized
 from inferq.keys import Principal, authenticate, checked_key, key_id_of
+from inferq.states import JobState
 from inferq.store import auth
-from producer.client import job_status
+from producer.client import job_status, with_position
 from server.deps import Runtime, runtime
 
 #: The request header that carries the key.
@@ -66,7 +67,14 @@ def job_for_key(made: Runtime, authorization: str | None, job_id: str) -> api.Jo
         raise Unauthorized(_INVALID)
     if row.id is None:
         raise JobNotFound(f"no job {job_id!r}")
-    return job_status(row)
+    status = job_status(row)
+    if status.state is JobState.QUEUED and made.settings.fair_dispatch:
+        # Its place in line (`inferq.store.dispatch.chunks_ahead`): a few reads more, only while it waits.
+        with made.client.reader() as session:
+            status = with_position(session, status, made.settings)
+    elif status.state is JobState.RUNNING and made.settings.fair_dispatch:
+        status = status.model_copy(update={"position": 0})
+    return status
 
 
 def _key_and_job(made: Runtime, key_id: str, job_id: str) -> Row[Any] | None:

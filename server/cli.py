@@ -51,7 +51,7 @@ def serve(host: str, port: int, workers: int, log_level: str | None) -> None:
 
 @click.group()
 def keys() -> None:
-    """API keys of the HTTP API: create (shown once), list, revoke."""
+    """API keys of the HTTP API: create (shown once), list, revoke; a tenant's share of the workers."""
 
 
 @keys.command("create")
@@ -158,3 +158,50 @@ def revoke_key_command(key_id: str) -> None:
     finally:
         engine.dispose()
     click.echo(f"key {key_id} revoked", err=True)
+
+
+@keys.command("tenant")
+@click.argument("name")
+@click.option("--weight", type=click.IntRange(min=1), default=None, help="Its share of the workers against others.")
+@click.option(
+    "--max-chunks-in-flight",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most of its chunks on the broker or running at once.",
+)
+@click.option("--no-cap", is_flag=True, help="Remove its cap on chunks in flight.")
+@click.option("--json", "as_json", is_flag=True)
+def tenant_command(
+    name: str, weight: int | None, max_chunks_in_flight: int | None, no_cap: bool, as_json: bool
+) -> None:
+    """Show a tenant's share of the workers, setting what is given first (the tenant is made if new): its weight
+    in the fair share between tenants and its cap on chunks in flight (docs: Fair share)."""
+    from inferq.db import make_engine, make_sessionmaker
+    from inferq.errors import InvalidParameter
+    from inferq.keys import check_tenant_name
+    from inferq.tenants import set_share
+
+    if no_cap and max_chunks_in_flight is not None:
+        raise InvalidParameter("--no-cap and --max-chunks-in-flight contradict each other", field="no_cap")
+    check_tenant_name(name)
+    engine = make_engine(get_settings())
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            row = set_share(session, name, weight=weight, max_chunks_in_flight=max_chunks_in_flight, uncapped=no_cap)
+            shown = {
+                "tenant": row.name,
+                "weight": row.weight,
+                "max_chunks_in_flight": row.max_chunks_in_flight,
+                "max_queued_items": row.max_queued_items,
+            }
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(shown))
+    else:
+        cap = shown["max_chunks_in_flight"]
+        quota = shown["max_queued_items"]
+        click.echo(
+            f"tenant {name}: weight {shown['weight']}, chunks in flight {cap if cap is not None else 'uncapped'}, "
+            f"queued items {quota if quota is not None else 'unlimited'}"
+        )

@@ -27,7 +27,8 @@ from inferq.errors import BrokerUnavailable, DatabaseUnavailable, InvalidInput
 from inferq.schema import Job, Result, utcnow
 from inferq.settings import Settings
 from inferq.states import FINISHED_JOB_STATES, UNFINISHED_JOB_STATES
-from producer.client import Client
+from inferq.tenants import set_share
+from producer.client import Client, JobOptions
 from soak.cluster import Workers, private_database, proxied, worker_env
 from soak.faults import KINDS, REDIS_ONLY, Injector, schedule
 from soak.verdict import judge
@@ -121,6 +122,7 @@ def run(opts: Options) -> dict[str, Any]:
         engine = make_engine(settings)
         stack.callback(engine.dispose)
         sessions = make_sessionmaker(engine)
+        _set_shares(sessions)
         (tmp / "logs").mkdir()
         workers = Workers(env, tmp / "logs", ",".join(registry))
         stack.callback(workers.stop_all)
@@ -198,6 +200,8 @@ def run(opts: Options) -> dict[str, Any]:
             "recoveries": recoveries(logs) | {"chunk_reruns": verdict.chunk_reruns, "item_reruns": verdict.item_reruns},
             "verdict": verdict.to_json(),
             "throughput_items_per_s": {"without_faults": clean, "with_faults": faulty},
+            "tenants": {t: w for w, t in enumerate(TENANTS, start=1)},
+            "small_job_longest_wait_s": longest_small_wait(sessions, submitted.specs),
         }
         summary["ok"] = verdict.ok and not submitted.accepted_invalid
     return summary
@@ -232,7 +236,9 @@ def _submit_until(
         spec = pending or next(stream)
         pending = None
         try:
-            job_id = client.submit(spec.task, spec.model, spec.rows, chunk_size=spec.chunk_size).job_id
+            job_id = client.submit(
+                spec.task, spec.model, spec.rows, chunk_size=spec.chunk_size, options=job_options(spec)
+            ).job_id
         except InvalidInput:
             if spec.kind == "invalid":
                 submitted.refused_invalid += 1
@@ -260,6 +266,37 @@ def _submit_until(
         if spec.cancel_after is not None:
             cancels.append((time.monotonic() + spec.cancel_after, job_id))
     stop.set()
+
+
+#: The soak's tenants, of weights 1, 2 and 3 (`_set_shares`): every job belongs to one, by its number.
+TENANTS = ("soak-a", "soak-b", "soak-c")
+
+
+def job_options(spec: JobSpec) -> JobOptions:
+    """The job's tenant and priority, by its number alone (reproducible from the seed): tenants in turn, and
+    priorities from 0 to 9."""
+    return JobOptions(tenant=TENANTS[spec.number % len(TENANTS)], priority=(spec.number * 7) % 10)
+
+
+def _set_shares(sessions: Any) -> None:
+    with sessions.begin() as session:
+        for weight, tenant in enumerate(TENANTS, start=1):
+            set_share(session, tenant, weight=weight)
+
+
+def longest_small_wait(sessions: Any, submitted: dict[str, JobSpec]) -> float | None:
+    """Seconds the small job that waited longest for its first chunk waited (created to started; to finished when
+    it never started, ended by a cancel or a fault's loss of nothing)."""
+    small = [job_id for job_id, spec in submitted.items() if spec.kind == "small"]
+    longest: float | None = None
+    with sessions() as session:
+        for job_id in small:
+            job = session.get(Job, job_id)
+            if job is None or (job.started_at or job.finished_at) is None:
+                continue
+            waited = ((job.started_at or job.finished_at) - job.created_at).total_seconds()
+            longest = waited if longest is None else max(longest, waited)
+    return None if longest is None else round(longest, 2)
 
 
 def _backlog(sessions: Any) -> int:
@@ -351,6 +388,8 @@ def render(summary: dict[str, Any]) -> str:
         f"  poison items failed {v['poison_failed']}; results kept by cancelled jobs {v['cancelled_kept_results']};"
         f" given up after {MAX_CHUNK_ATTEMPTS} claims {v['given_up']}",
         f"  throughput: {t['without_faults']} items/s without faults, {t['with_faults']} with faults",
+        f"  small jobs: the longest waited {summary.get('small_job_longest_wait_s')} s for its first chunk"
+        f" (tenants of weights {summary.get('tenants')}, priorities 0-9)",
     ]
     for kind, examples in v["problems"].items():
         lines.append(f"  {kind}: " + "; ".join(examples))

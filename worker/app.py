@@ -14,7 +14,8 @@ webhook sender once it is ready (`WebhookSender`: ``inferq worker --webhooks-onl
 the webhook queue, with no models) and stops it when it stops; the sender stops by itself if its parent goes.
 
 The main process also runs the reconciler (`inferq.reconciler.Reconciler`) every ``INFERQ_RECOVER_INTERVAL``
-seconds: chunks whose message the broker lost are re-enqueued without a human.
+seconds: chunks whose message the broker lost are re-enqueued without a human; and, on PostgreSQL, the dispatcher
+(`inferq.dispatcher.Dispatcher`), which one worker at a time leads: it sends chunks to the broker in fair order.
 
 All of it is one `WorkerState` per process, whose methods the Celery signals call. ``inferq worker`` hands it
 settings with its options applied (`run_worker`); ``celery -A worker.app`` leaves it to read the environment's. A
@@ -40,6 +41,7 @@ from sqlalchemy import Engine
 from inferq import logs, metrics
 from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
+from inferq.dispatcher import Dispatcher
 from inferq.reconciler import Reconciler
 from inferq.settings import Settings, get_settings, is_accelerator
 from worker.runner import Runner
@@ -190,6 +192,10 @@ class WorkerState:
         self._previous_sigterm: Any = signal.SIG_DFL
         self._reconciler: Reconciler | None = None
         self._reconciler_engine: Engine | None = None
+        #: The dispatcher (``INFERQ_DISPATCH=fair`` on PostgreSQL), with an engine of its own: the leader's lock
+        #: holds one of its connections.
+        self._dispatcher: Dispatcher | None = None
+        self._dispatcher_engine: Engine | None = None
         #: torch's intra-op threads in each process that runs models (`torch_threads`), decided at worker start.
         self._torch_threads: int | None = None
         #: The ``/metrics`` endpoint, served by the main process (``INFERQ_METRICS_PORT``; `inferq.metrics`).
@@ -298,6 +304,9 @@ class WorkerState:
             # The parent's connections stay the parent's: forget them here without closing them.
             self._reconciler_engine.dispose(close=False)
         self._reconciler = self._reconciler_engine = None
+        if self._dispatcher_engine is not None:
+            self._dispatcher_engine.dispose(close=False)  # the leader's lock stays the parent's
+        self._dispatcher = self._dispatcher_engine = None
         if self._metrics_server is not None:
             self._metrics_server.forget()
         if not self._webhooks_only:
@@ -369,6 +378,15 @@ class WorkerState:
                 ", ".join(undeclared),
                 "a CPU" if is_accelerator(settings.device) else "an accelerator",
             )
+        if settings.fair_dispatch and self._dispatcher is None:
+            self._dispatcher_engine = make_engine(settings)
+            self._dispatcher = Dispatcher(
+                settings,
+                self._dispatcher_engine,
+                make_sessionmaker(self._dispatcher_engine),
+                create_celery(settings, name="inferq-dispatcher"),
+            )
+            self._dispatcher.start()
         if settings.recover_interval <= 0 or self._reconciler is not None:
             return
         self._reconciler_engine = make_engine(settings)
@@ -384,6 +402,8 @@ class WorkerState:
             self._sender.request_stop()
         if self._reconciler is not None:
             self._reconciler.stop(wait=False)
+        if self._dispatcher is not None:
+            self._dispatcher.stop(wait=False)
 
     def on_worker_shutdown(self, **_: Any) -> None:
         if self._sender is not None:
@@ -393,6 +413,11 @@ class WorkerState:
         if self._reconciler_engine is not None:
             self._reconciler_engine.dispose()
         self._reconciler = self._reconciler_engine = None
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
+        if self._dispatcher_engine is not None:
+            self._dispatcher_engine.dispose()
+        self._dispatcher = self._dispatcher_engine = None
         if self._metrics_server is not None:
             self._metrics_server.stop()
             self._metrics_server = None

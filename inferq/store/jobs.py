@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from inferq import constants
 from inferq.errors import DatabaseUnavailable, JobNotFound, QuotaExceeded
-from inferq.schema import Chunk, Item, Job, Result, Tenant, utcnow
+from inferq.schema import DEFAULT_PRIORITY, Chunk, Item, Job, Result, Tenant, utcnow
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.store.dialect import Dialect, dialect_of
 from inferq.store.locks import lock_chunks
@@ -52,6 +52,10 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str | None = None
     retry_of: str | None = None
+    #: 0 to 9, higher first within the tenant (`inferq.dispatcher`).
+    priority: int = DEFAULT_PRIORITY
+    #: When the job's completion window ends; ``None``: never.
+    deadline_at: dt.datetime | None = None
 
     @property
     def n_chunks(self) -> int:
@@ -176,6 +180,8 @@ def add_job(session: Session, job: NewJob) -> None:
             idempotency_key=job.idempotency_key,
             request_hash=job.request_hash,
             retry_of=job.retry_of,
+            priority=job.priority,
+            deadline_at=job.deadline_at,
         )
     )
     session.flush()
@@ -241,18 +247,24 @@ def mark_enqueued(session: Session, job_id: str, sent: int) -> None:
     session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq < sent).values(enqueued_at=utcnow()))
 
 
-# -- cancel ------------------------------------------------------------------------------------------------------------
+# -- cancel and expiry ---------------------------------------------------------------------------------------------
+
+
+def end_job(session: Session, job_id: str, state: JobState, now: dt.datetime) -> bool:
+    """End the job early if it is unfinished: the job ``state`` (``cancelled`` or ``expired``), ended at ``now``. Its
+    items without a result are ``cancelled`` or ``expired`` (error code ``expired``) from then on: an item's state
+    follows its job's (`inferq.states.item_state_of`), so no item row is touched, whatever the job's size. Its chunks
+    are locked first (`locks.lock_chunks`), which waits for any result write of them to commit; its chunks never
+    released stay in SQL (the dispatcher sends chunks of unfinished jobs only), and a running chunk stops at its next
+    micro-batch. True when the job was ended by this call; False when it had already ended."""
+    lock_chunks(session.connection(), Chunk.job_id == job_id)
+    ended = session.execute(
+        update(Job).where(Job.id == job_id, Job.state.in_(UNFINISHED_JOB_STATES)).values(state=state, finished_at=now)
+    )
+    return bool(ended.rowcount)  # type: ignore[attr-defined]
 
 
 def cancel_job(session: Session, job_id: str, now: dt.datetime) -> bool:
-    """Cancel the job if it is unfinished: the job ``cancelled``, ended at ``now``; its items without a result are
-    ``cancelled`` from then on (an item's state follows its job's, `inferq.states.item_state_of`): no item row is
-    touched. Its chunks are locked first (`locks.lock_chunks`), which waits for any result write of them to commit.
-    True when the job was cancelled by this call; False when it had already ended."""
-    lock_chunks(session.connection(), Chunk.job_id == job_id)
-    cancelled = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state.in_(UNFINISHED_JOB_STATES))
-        .values(state=JobState.CANCELLED, finished_at=now)
-    )
-    return bool(cancelled.rowcount)  # type: ignore[attr-defined]
+    """Cancel the job if it is unfinished (`end_job` with ``cancelled``). True when the job was cancelled by this
+    call; False when it had already ended."""
+    return end_job(session, job_id, JobState.CANCELLED, now)

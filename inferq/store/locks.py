@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, Connection, Row, select
+from sqlalchemy import ColumnElement, Connection, Row, func, select
 
 from inferq.schema import Chunk, Job
 from inferq.states import ChunkState, JobState
@@ -34,3 +34,18 @@ def lock_chunks(
         .order_by(Chunk.job_id, Chunk.seq)
         .with_for_update(of=Chunk)
     ).all()
+
+
+#: The key of the dispatcher's leader lock (a PostgreSQL advisory lock, scoped to the database): "inferq" in ASCII.
+DISPATCHER_LOCK = 0x696E6665_7271
+
+
+def try_leader_lock(conn: Connection, key: int = DISPATCHER_LOCK) -> bool:
+    """Take the session-level advisory lock ``key`` on ``conn`` if no other connection holds it. It is held until
+    ``conn`` closes (or its process dies: PostgreSQL lets it go with the connection), whatever the transactions."""
+    return bool(conn.execute(select(func.pg_try_advisory_lock(key))).scalar())
+
+
+def leader_alive(conn: Connection) -> None:
+    """One trivial statement on the leader's connection: raises when it is gone (and the lock with it)."""
+    conn.execute(select(1))

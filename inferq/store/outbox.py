@@ -31,6 +31,7 @@ EVENTS = {
     JobState.SUCCEEDED: "job.succeeded",
     JobState.FAILED: "job.failed",
     JobState.CANCELLED: "job.cancelled",
+    JobState.EXPIRED: "job.expired",
 }
 
 

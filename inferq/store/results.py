@@ -35,8 +35,9 @@ from sqlalchemy import Result as Rows
 from sqlalchemy.orm import Session
 
 from inferq import constants
+from inferq.errors import DeadlineExpired
 from inferq.schema import Item, Job, Result
-from inferq.states import STORED_ITEM_STATES, UNRUN_ITEM_STATE, ItemState, item_state_of
+from inferq.states import STORED_ITEM_STATES, UNRUN_ITEM_STATE, ItemState, JobState, item_state_of
 from inferq.store.dialect import Dialect, dialect_of
 
 #: What an item without a result is, from its job's state (`inferq.states.UNRUN_ITEM_STATE`), as the state's string.
@@ -50,6 +51,14 @@ _UNRUN_STATE = case(
 #: equal these strings.
 ITEM_STATE = func.coalesce(type_coerce(Result.state, String(16)), _UNRUN_STATE)
 STORED_STATE = ITEM_STATE.label("status")
+
+#: The error message of an item its job's deadline left without a result.
+EXPIRED_MESSAGE = "the job's deadline passed before this item ran"
+
+#: An item's error code and message: its result's, else, in an expired job, the deadline's (`DeadlineExpired`).
+_EXPIRED = and_(Result.state.is_(None), Job.state == JobState.EXPIRED)
+ERROR_CODE = func.coalesce(Result.error_code, case((_EXPIRED, literal(DeadlineExpired.code)))).label("error_code")
+ERROR_MESSAGE = func.coalesce(Result.error_message, case((_EXPIRED, literal(EXPIRED_MESSAGE)))).label("error_message")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +138,8 @@ def result_rows(session: Session, job_id: str, filters: ResultFilter, *, with_ve
         Item.client_id,
         STORED_STATE,
         Result.result,
-        Result.error_code,
-        Result.error_message,
+        ERROR_CODE,
+        ERROR_MESSAGE,
         Result.label,
         Result.score,
         Result.answer,
@@ -146,7 +155,7 @@ def result_rows(session: Session, job_id: str, filters: ResultFilter, *, with_ve
 def result_texts(session: Session, job_id: str, filters: ResultFilter) -> Rows[*tuple[Any, ...]]:
     """``index, client_id, status, result, error_code, error_message``, the result as its stored JSON text (the
     database's own ``json`` text on PostgreSQL, the column's text on SQLite; ``None`` for SQL NULL)."""
-    columns = (Item.index, Item.client_id, STORED_STATE, _RESULT_TEXT, Result.error_code, Result.error_message)
+    columns = (Item.index, Item.client_id, STORED_STATE, _RESULT_TEXT, ERROR_CODE, ERROR_MESSAGE)
     return _stream(session.connection(), item_query(job_id, columns, filters))
 
 
@@ -159,8 +168,8 @@ def vector_results(session: Session, job_id: str, filters: ResultFilter) -> Rows
         STORED_STATE,
         Result.result,
         Result.vector,
-        Result.error_code,
-        Result.error_message,
+        ERROR_CODE,
+        ERROR_MESSAGE,
     )
     return _stream(session.connection(), item_query(job_id, columns, filters))
 
@@ -175,8 +184,8 @@ def top_column_rows(
         Item.client_id,
         STORED_STATE,
         *(TOP_COLUMNS[name].label(name) for name in tops),
-        Result.error_code,
-        Result.error_message,
+        ERROR_CODE,
+        ERROR_MESSAGE,
         _RESULT_TEXT,
     )
     return _stream(session.connection(), item_query(job_id, columns, filters))
@@ -200,8 +209,8 @@ def _rows_file_query(job_id: str, filters: ResultFilter, windows: bool) -> Selec
         Item.client_id,
         STORED_STATE,
         func.length(Result.vector).label("vector_bytes"),
-        Result.error_code,
-        Result.error_message,
+        ERROR_CODE,
+        ERROR_MESSAGE,
     ]
     if windows:
         columns.append(Result.result)
@@ -363,6 +372,13 @@ class StoredItem:
 _WHOLE = tuple(c for c in Result.__table__.columns if c.name not in ("job_id", "index", "state"))
 
 
+def _expired_error(stored: Any, job: Any) -> dict[str, Any]:
+    """The error of an item its job's deadline left without a result (`ERROR_CODE` in Python)."""
+    if stored is None and JobState(job) is JobState.EXPIRED:
+        return {"error_code": DeadlineExpired.code, "error_message": EXPIRED_MESSAGE}
+    return {}
+
+
 def items_with_results(session: Session, *job_ids: str) -> list[StoredItem]:
     """Every item of ``job_ids`` whole, by job then index: for checks that compare each item (the soak's verdict,
     tests), not for a big job's hot path."""
@@ -389,7 +405,10 @@ def items_with_results(session: Session, *job_ids: str) -> list[StoredItem]:
             client_id=row["client_id"],
             input=row["input"],
             state=item_state_of(row["stored_state"], row["job_state"]),
-            **{c.name: row[c.name] for c in _WHOLE if c.name != "attempts"},
+            **(
+                {c.name: row[c.name] for c in _WHOLE if c.name != "attempts"}
+                | _expired_error(row["stored_state"], row["job_state"])
+            ),
             attempts=row["attempts"] or 0,
         )
         for row in rows

@@ -7,6 +7,7 @@ a file, database reads) runs in the thread pool, so the event loop stays free.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import shutil
@@ -27,10 +28,11 @@ from inferq import api, constants
 from inferq.errors import InvalidParameter, MalformedValue
 from inferq.keys import Principal
 from inferq.model_sources import resolve_model
+from inferq.schema import DEFAULT_PRIORITY
 from inferq.states import ItemState, JobState
 from inferq.store.outbox import delivery_history
 from inferq.task_specs import TaskName, find_unstorable, parse_task, unstorable
-from producer.client import JobOptions, JobStatus, Submission
+from producer.client import JobOptions, JobStatus, Submission, check_priority, parse_deadline
 from producer.results import ResultFilter, ResultRow
 from server.auth import Authorization, Caller, job_for_key
 from server.deps import Made, Runtime
@@ -64,6 +66,8 @@ class SubmitOptions:
     webhook_url: str | None
     skip_invalid: bool
     format: Format
+    priority: int = DEFAULT_PRIORITY
+    deadline: dt.timedelta | None = None
 
     def request_hash(self, body_digest: str) -> str:
         """What makes two requests with one Idempotency-Key the same request (the API contract's list)."""
@@ -75,6 +79,8 @@ class SubmitOptions:
                 "metadata": self.metadata or {},
                 "chunk_size": self.chunk_size,
                 "webhook_url": self.webhook_url,
+                "priority": self.priority,
+                "deadline": None if self.deadline is None else self.deadline.total_seconds(),
                 "body": body_digest,
             },
             sort_keys=True,
@@ -146,7 +152,14 @@ def parse_options(values: Mapping[str, str], media_format: Format) -> SubmitOpti
         raise InvalidParameter(
             f"webhook_url must be an http(s) URL of at most {MAX_WEBHOOK_URL_CHARS} characters", field="webhook_url"
         )
+    priority_raw = values.get("priority")
+    try:
+        priority = check_priority(int(priority_raw)) if priority_raw else DEFAULT_PRIORITY
+    except ValueError:
+        raise InvalidParameter("priority must be an integer from 0 to 9", field="priority") from None
     return SubmitOptions(
+        priority=priority,
+        deadline=parse_deadline(values.get("deadline")),
         task=parse_task(task),
         model=model,
         params=_json_object(values, "params") or {},
@@ -196,6 +209,12 @@ async def create_job(
     metadata: Annotated[str | None, Query(description="string key-values, a JSON object")] = None,
     chunk_size: Annotated[str | None, Query(description="items per chunk")] = None,
     webhook_url: Annotated[str | None, Query(description="POSTed a signed event when the job ends")] = None,
+    priority: Annotated[
+        str | None, Query(description="0 to 9 (default 5): higher runs first within the tenant")
+    ] = None,
+    deadline: Annotated[
+        str | None, Query(description='completion window: seconds, or "90m", "24h", "7d"; then the job expires')
+    ] = None,
     skip_invalid: Annotated[str | None, Query(description="submit the valid lines, list the others")] = None,
     format: Annotated[str | None, Query(description="auto, jsonl or csv")] = None,
     idempotency_key: Annotated[str | None, Header(description="the same key and request: the same job")] = None,
@@ -242,6 +261,8 @@ def _submit(
             tenant=caller.tenant,
             metadata=options.metadata,
             webhook_url=options.webhook_url,
+            priority=options.priority,
+            deadline=options.deadline,
             idempotency_key=idempotency_key,
             request_hash=options.request_hash(upload.digest) if idempotency_key is not None else None,
         ),

@@ -61,7 +61,9 @@ _JOB = """<p><a href="/">← all jobs</a></p>
 <table id="counts"><tr><th>Succeeded</th><th>Failed</th><th id="rest-label">Queued or running</th><th>Total</th>
 </tr><tr><td id="n-succeeded"></td><td id="n-failed"></td><td id="n-rest"></td><td id="n-total"></td></tr></table>
 <dl><dt>Task</dt><dd id="task"></dd><dt>Model</dt><dd id="model"></dd><dt>Rate</dt><dd id="rate"></dd>
-<dt>ETA</dt><dd id="eta"></dd><dt>Created</dt><dd id="created"></dd><dt>Finished</dt><dd id="finished"></dd></dl>
+<dt>ETA</dt><dd id="eta"></dd><dt>Created</dt><dd id="created"></dd><dt>Finished</dt><dd id="finished"></dd>
+<dt>Priority</dt><dd id="priority"></dd><dt>Deadline</dt><dd id="deadline"></dd>
+<dt>In line</dt><dd id="position"></dd></dl>
 <p class="actions"><button id="cancel" type="button">Cancel job</button>
 <a id="download-results" href="#">Download results (JSONL)</a>
 <a id="download-csv" href="#">CSV</a> <a id="download-errors" href="#">Download errors</a></p>

@@ -3,7 +3,7 @@
 "use strict";
 
 const KEY = "inferq.apiKey";
-const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const FINISHED = new Set(["succeeded", "failed", "cancelled", "expired"]);
 const $ = (id) => document.getElementById(id);
 
 function key() { return sessionStorage.getItem(KEY) || ""; }
@@ -187,7 +187,8 @@ function jobPage(jobId) {
     $("progress-text").textContent = job.done + " of " + job.total + " items (" + percent(job) + "%)";
     $("n-succeeded").textContent = job.succeeded;
     $("n-failed").textContent = job.failed;
-    $("rest-label").textContent = job.state === "cancelled" ? "Cancelled" : "Queued or running";
+    $("rest-label").textContent = job.state === "cancelled" ? "Cancelled"
+      : job.state === "expired" ? "Expired" : "Queued or running";
     $("n-rest").textContent = job.total - job.done;
     $("n-total").textContent = job.total;
     $("task").textContent = job.task;
@@ -196,6 +197,11 @@ function jobPage(jobId) {
     $("eta").textContent = FINISHED.has(job.state) ? "finished" : duration(job.eta_seconds);
     $("created").textContent = job.created_at + " (" + age(job.created_at) + " ago)";
     $("finished").textContent = job.finished_at || "–";
+    $("priority").textContent = job.priority === undefined ? "–" : String(job.priority);
+    $("deadline").textContent = job.deadline_at || "–";
+    // Chunks that go to the workers before this job's next one (the dispatcher's line; see Fair share).
+    $("position").textContent = job.position === null || job.position === undefined ? "–"
+      : job.position === 0 ? (job.state === "running" ? "running" : "next") : job.position + " chunks ahead";
     $("cancel").disabled = FINISHED.has(job.state);
   }
 

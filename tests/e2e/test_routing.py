@@ -34,8 +34,12 @@ def test_a_model_with_its_own_queue_is_served_only_by_a_worker_that_holds_it(
         "INFERQ_BROKER_URL": redis_url,
         "INFERQ_MODELS": json.dumps(models),
         "INFERQ_DEFAULT_QUEUE": queue_name,
+        # Every message sent at submit, so that the queues can be read before any worker (or dispatcher) runs
+        "INFERQ_DISPATCH": "direct",
     }
-    settings = Settings(database_url=migrated_postgres, broker_url=redis_url, models=models, default_queue=queue_name)
+    settings = Settings(
+        database_url=migrated_postgres, broker_url=redis_url, models=models, default_queue=queue_name, dispatch="direct"
+    )
     broker = redis.Redis.from_url(redis_url)
     with Client(settings) as client:
         # When a job for each is submitted

@@ -29,7 +29,9 @@ def test_one_item_jobs_share_batches_and_each_gets_the_pipelines_result(
 ) -> None:
     # Given 80 one-item jobs submitted before any worker runs
     registry = {"cls-roberta": {"source": str(tiny_models["cls-roberta"]), "task": "classification"}}
-    env = worker_env(migrated_postgres, redis_url, queue_name, registry, coalesce_items=32)
+    # Every job's message sent at submit (``direct``): the test counts one delivered message per job, and with the
+    # dispatcher a job run as a batch-mate before its release never gets one
+    env = worker_env(migrated_postgres, redis_url, queue_name, registry, coalesce_items=32, dispatch="direct")
     inputs = sentences(JOBS, offset=700)
     with client_for(env) as client:
         jobs = [client.submit("classification", "cls-roberta", [row], params={"top_k": 2}).job_id for row in inputs]

@@ -32,7 +32,11 @@ HOUR_AGO = dt.timedelta(hours=1)
 
 @pytest.fixture
 def settings(migrated_postgres: str, redis_server: PrivateRedis, queue_name: str) -> Settings:
-    return Settings(database_url=migrated_postgres, broker_url=redis_server.url, default_queue=queue_name)
+    # The producer sends every chunk itself (``direct``), so a chunk never enqueued is one it failed to send. With
+    # the dispatcher (``fair``), such a chunk is the dispatcher's: see the last test.
+    return Settings(
+        database_url=migrated_postgres, broker_url=redis_server.url, default_queue=queue_name, dispatch="direct"
+    )
 
 
 class World:
@@ -174,7 +178,7 @@ def test_on_rabbitmq_only_expired_leases_and_unsent_chunks_count(migrated_postgr
     from tests.support.brokers import delete_queue
 
     amqp = require_amqp()
-    settings = Settings(database_url=migrated_postgres, broker_url=amqp, default_queue=queue_name)
+    settings = Settings(database_url=migrated_postgres, broker_url=amqp, default_queue=queue_name, dispatch="direct")
     w = World(settings, n_chunks=3)
     try:
         # Given a running job: chunk 0 waits for its message, chunk 1's lease expired, chunk 2 was never sent
@@ -214,3 +218,20 @@ def test_the_reconcilers_frequent_rounds_look_at_expired_leases_alone(world: Wor
         (1, "message_missing"),
         (2, "never_enqueued"),
     ]
+
+
+def test_with_the_dispatcher_a_chunk_never_released_is_left_to_it(settings: Settings) -> None:
+    # Given the dispatcher's mode, and a job whose chunk 0 lost its message and whose others were never released
+    w = World(settings.model_copy(update={"dispatch": "fair"}), n_chunks=3)
+    try:
+        w.job(state="running")
+        w.chunk(0, enqueued_at=utcnow() - HOUR_AGO)
+
+        # When recover runs
+        report = w.recover(older_than=60)
+
+        # Then only the lost message is sent again: the unreleased chunks wait for the dispatcher's fair order
+        assert [(c.seq, c.reason) for c in report.requeued] == [(0, "message_missing")]
+        assert w.get(1).enqueued_at is None and w.get(2).enqueued_at is None
+    finally:
+        w.close()

@@ -80,3 +80,30 @@ def test_the_keys_commands_create_list_and_revoke(sqlite_settings: Settings) -> 
     assert json.loads(inferq("list", "--json").stdout)["revoked_at"] is not None
     assert inferq("revoke", "0" * 16).returncode == 2
     assert inferq("create", "--tenant", "bad name!").returncode == 2
+
+
+def test_the_tenant_command_sets_and_shows_weight_and_cap(sqlite_settings: Settings) -> None:
+    env = {**os.environ, "INFERQ_DATABASE_URL": sqlite_settings.database_url}
+
+    def inferq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "inferq.cli", "keys", "tenant", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    # A new tenant starts at weight 1, uncapped; what is given is set, what is not stays
+    assert json.loads(inferq("acme", "--json").stdout) == {
+        "tenant": "acme",
+        "weight": 1,
+        "max_chunks_in_flight": None,
+        "max_queued_items": None,
+    }
+    assert json.loads(inferq("acme", "--weight", "3", "--max-chunks-in-flight", "4", "--json").stdout)["weight"] == 3
+    shown = inferq("acme")
+    assert shown.returncode == 0 and "weight 3, chunks in flight 4" in shown.stdout
+    assert json.loads(inferq("acme", "--no-cap", "--json").stdout)["max_chunks_in_flight"] is None
+    # And a weight under 1 is refused
+    assert inferq("acme", "--weight", "0").returncode == 2

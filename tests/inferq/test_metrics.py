@@ -167,6 +167,19 @@ def test_every_exported_name_is_listed(registry: CollectorRegistry, recorder: me
     assert names == set(metrics.WORKER_METRICS)
 
 
+def test_the_dispatchers_sends_and_lead_are_shown(registry: CollectorRegistry, recorder: metrics.WorkerMetrics) -> None:
+    # When this worker's dispatcher takes the lead and sends three chunks of two tenants
+    metrics.dispatcher_leads(True)
+    metrics.chunks_dispatched([("q", "j1", 0, "acme"), ("q", "j1", 1, "acme"), ("q", "j2", 0, "beta")])
+    leading = value(registry, "inferq_dispatcher_leader")
+    metrics.dispatcher_leads(False)
+
+    # Then they show by queue and tenant, and the lead while it lasted
+    assert value(registry, "inferq_chunks_dispatched_total", queue="q", tenant="acme") == 2
+    assert value(registry, "inferq_chunks_dispatched_total", queue="q", tenant="beta") == 1
+    assert leading == 1 and value(registry, "inferq_dispatcher_leader") == 0
+
+
 def test_metrics_that_are_off_import_nothing_and_record_nothing() -> None:
     # When a fresh interpreter runs the worker's metric calls with metrics off
     code = (

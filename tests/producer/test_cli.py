@@ -24,6 +24,8 @@ def env(migrated_postgres: str, redis_url: str, registry_json: str, queue_name: 
         "INFERQ_BROKER_URL": redis_url,
         "INFERQ_MODELS": registry_json,
         "INFERQ_DEFAULT_QUEUE": queue_name,
+        # These tests read the messages a submit sends: every chunk's, at submit (no dispatcher runs here).
+        "INFERQ_DISPATCH": "direct",
     }
 
 

@@ -43,6 +43,7 @@ def settings(migrated_postgres: str, redis_url: str, queue_name: str) -> Setting
         broker_url=redis_url,
         default_queue=queue_name,
         models={"m": ModelSpec(source="/nonexistent/model", task=TaskName.CLASSIFICATION)},
+        dispatch="direct",  # these tests count the messages a submit sends (no dispatcher runs here)
     )
 
 
@@ -209,6 +210,7 @@ def test_a_models_chunk_size_shapes_its_jobs_unless_the_submission_names_one(
         default_queue=queue_name,
         chunk_size=256,
         models={"fast": ModelSpec(source="/nonexistent/model", task=TaskName.CLASSIFICATION, chunk_size=4)},
+        dispatch="direct",
     )
     rows = [{"text": f"line {i}"} for i in range(10)]
 

@@ -7,6 +7,7 @@ module (`test_served.py`); here an item's end is written directly where a test n
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 from collections.abc import AsyncIterator
@@ -569,3 +570,31 @@ def test_webhook_deliveries_of_a_job_are_listed(
     # And another tenant's key gets 404
     other, _ = make_key()
     assert api.get(f"/v1/jobs/{job_id}/webhooks", headers=bearer(other)).status_code == 404
+
+
+def test_priority_and_deadline_are_stored_and_shown_with_the_jobs_place_in_line(
+    api: TestClient, make_key: MakeKey
+) -> None:
+    # Given a tenant's key, and its job of two chunks waiting (no worker runs here)
+    key, _ = make_key()
+    first = api.post(submit_url(chunk_size="2"), content=jsonl(ROWS), headers={**bearer(key), **JSONL}).json()
+
+    # When it submits a job of priority 9 with a completion window of 24 hours, and one of priority 0
+    urgent = api.post(submit_url(priority="9", deadline="24h"), content=jsonl(ROWS), headers={**bearer(key), **JSONL})
+    later = api.post(submit_url(priority="0"), content=jsonl(ROWS), headers={**bearer(key), **JSONL})
+
+    # Then each job shows them, and its place in line: the urgent one first, the low one behind the others' chunks
+    assert urgent.status_code == 201, urgent.text
+    job = api.get(f"/v1/jobs/{urgent.json()['id']}", headers=bearer(key)).json()
+    assert job["priority"] == 9 and job["position"] == 0
+    created = dt.datetime.fromisoformat(job["created_at"])
+    assert dt.datetime.fromisoformat(job["deadline_at"]) - created == pytest.approx(
+        dt.timedelta(hours=24), abs=dt.timedelta(seconds=5)
+    )
+    low = api.get(f"/v1/jobs/{later.json()['id']}", headers=bearer(key)).json()
+    assert low["priority"] == 0 and low["deadline_at"] is None
+    assert first["chunk_size"] == 2 and low["position"] == 3  # the first job's two chunks and the urgent one's
+    # And a priority out of range, or a deadline that is no duration, is refused naming the field
+    for bad, field in (({"priority": "10"}, "priority"), ({"deadline": "soon"}, "deadline")):
+        refused = api.post(submit_url(**bad), content=jsonl(ROWS), headers={**bearer(key), **JSONL})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == field, refused.text

@@ -124,6 +124,10 @@ def test_the_job_page_shows_a_job_advance_and_finish_and_cancels_another_in_a_re
         # When the first job's page is open (the key stays in the tab's sessionStorage) and a worker starts
         page.goto(f"/jobs/{watched['id']}")
         expect(page.locator("#progress-text")).to_contain_text(f"0 of {ITEMS} items")
+        # (with its priority, no deadline, and its place in line: nothing ahead of it once the other is cancelled)
+        expect(page.locator("#priority")).to_have_text("5")
+        expect(page.locator("#deadline")).to_have_text("–")
+        expect(page.locator("#position")).to_have_text("next")
         seen: list[int] = []
         with running_worker(api_env, tmp_path / "worker.log", "--models", MODEL, "--concurrency", "1"):
             # Then the page shows the progress advance, then the job finished

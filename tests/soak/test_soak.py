@@ -60,6 +60,8 @@ def test_a_minute_of_faults_loses_duplicates_and_changes_nothing(tmp_path: Path)
     assert verdict["wrong_failures"] == 0 and verdict["counter_drift"] == 0 and verdict["leftovers"] == 0
     assert verdict["unexplained_attempts"] == 0, verdict["problems"]
     assert summary["ok"], verdict
+    # And jobs of three tenants and several priorities ran, with the longest wait of a small job reported
+    assert summary["small_job_longest_wait_s"] is not None and summary["small_job_longest_wait_s"] >= 0
     # The chunks whose messages the Redis restart dropped (messages_lost_in_redis_restarts) ended like every other:
     # stuck and lost are 0 above. Which path ran them depends on timing (a reconciler's re-enqueue, or another job's
     # chunk taking them into its batch; none at all when the workers had taken every message); the reconciler's own

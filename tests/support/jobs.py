@@ -41,6 +41,7 @@ def settings_of(env: dict[str, str]) -> Settings:
         broker_url=env["INFERQ_BROKER_URL"],
         default_queue=env["INFERQ_DEFAULT_QUEUE"],
         models=json.loads(env["INFERQ_MODELS"]),
+        dispatch=env.get("INFERQ_DISPATCH", "fair"),  # type: ignore[arg-type]
     )
 
 

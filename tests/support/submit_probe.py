@@ -66,6 +66,7 @@ def main(argv: list[str]) -> None:
         broker_url=broker_url,
         default_queue=queue,
         models={"m": ModelSpec(source="/nonexistent/model", task=TaskName.CLASSIFICATION)},
+        dispatch="direct",  # the caller counts the messages a submit sends
     )
     with tempfile.TemporaryDirectory() as tmp, Client(settings) as client:
         big, small = Path(tmp) / "big.jsonl", Path(tmp) / "small.jsonl"

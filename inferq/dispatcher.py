@@ -1,0 +1,342 @@
+"""The dispatcher: which chunk the workers get next, when several tenants wait (``INFERQ_DISPATCH=fair``, on
+PostgreSQL).
+
+Celery serves a queue in the order of its messages, so the order chunks reach the broker is the order of service.
+A submit therefore stores its chunks and sends nothing; the dispatcher keeps at most ``INFERQ_DISPATCH_WINDOW``
+messages waiting per queue (released chunks not yet claimed) and, as workers claim them, releases the next ones:
+
+1. **Across tenants, weighted fair share.** Each tenant with chunks waiting on a queue has a virtual time there: the
+   chunks released to it divided by its weight (`Tenant.weight`, 1 by default). The next chunk goes to the tenant
+   with the least virtual time (ties: the one served longest ago), so that tenants of weights 3 and 1 get three chunks for one, and a
+   tenant whose job arrives behind another's million chunks gets the next free slot, not the millionth: a tenant
+   that had nothing waiting starts at the least virtual time of those that had (no credit for having been idle).
+2. **Within a tenant, priority, then age.** Its job of the highest `Job.priority` (0–9, 5 by default) first, then
+   the oldest, each job's chunks in order.
+3. **Caps.** A tenant with ``max_chunks_in_flight`` never has more of its chunks released and not done at once.
+
+It also ends the jobs whose deadline (`Job.deadline_at`) has passed: ``expired``, through the same store function
+as a cancel (`inferq.store.jobs.end_job`), with their ``job.expired`` webhook. A finished job's unreleased chunks
+are never sent.
+
+**One leader.** Every worker's main process runs a `Dispatcher` thread; one at a time leads, the holder of a
+PostgreSQL advisory lock (`inferq.store.locks.try_leader_lock`) on a connection of its own. A leader that dies
+loses the lock with its connection, and another worker takes it within `DISPATCH_LEADER_RETRY_SECONDS`. The lock
+keeps the fair order in one place; it is not what keeps a chunk from being sent twice: a chunk is released by a
+conditional UPDATE of its row, locked until the broker took its message (`inferq.store.dispatch`), so two leaders
+at once (a leader whose connection was cut while it sent) still release each chunk once.
+
+**Sent, then committed.** A round marks its chunks released in a transaction, sends their messages, and commits.
+A leader that dies between the send and the commit leaves them unreleased and the next leader sends them again: a
+duplicate message, which a claim makes harmless (a chunk running or done claims nothing). The other order could
+lose a chunk on RabbitMQ, whose messages cannot be listed to find it missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from inferq import metrics
+from inferq.constants import DISPATCH_LEADER_RETRY_SECONDS
+from inferq.schema import as_utc, utcnow
+from inferq.settings import Settings
+from inferq.states import JobState
+from inferq.store import dispatch as store
+from inferq.store.jobs import end_job
+from inferq.store.locks import leader_alive, try_leader_lock
+from inferq.store.outbox import record_job_ends
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A job with chunks the dispatcher may release (`inferq.store.dispatch.pending_jobs`)."""
+
+    job_id: str
+    tenant: str
+    priority: int
+    created_at: dt.datetime
+    unreleased: int
+
+    @property
+    def order(self) -> tuple[int, dt.datetime, str]:
+        """Within a tenant: highest priority first, then oldest, then by id."""
+        return (-self.priority, self.created_at, self.job_id)
+
+
+@dataclass
+class FairShare:
+    """The virtual times of weighted fair share, per queue and tenant (this leader's memory: a new leader starts
+    every tenant even, which costs at most a window's worth of unevenness)."""
+
+    #: (queue, tenant) → chunks released to the tenant on the queue ÷ its weight.
+    vtime: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: The tenants that had chunks waiting on each queue at the previous plan.
+    active: dict[str, set[str]] = field(default_factory=dict)
+    #: (queue, tenant) → the number of the last pick that went to the tenant (ties go to the longest unserved).
+    last_pick: dict[tuple[str, str], int] = field(default_factory=dict)
+    picks: int = 0
+
+    def plan(
+        self,
+        queue: str,
+        room: int,
+        jobs: Sequence[Waiting],
+        weights: Mapping[str, int],
+        headroom: Mapping[str, int | None],
+    ) -> list[str]:
+        """The next ``room`` chunks to release on ``queue``, as the job id of each, in order. ``weights``: a
+        tenant's weight (1 when absent); ``headroom``: how many more chunks a capped tenant may have in flight
+        (absent or ``None``: no cap)."""
+        by_tenant: dict[str, list[Waiting]] = defaultdict(list)
+        for job in sorted(jobs, key=lambda j: j.order):
+            by_tenant[job.tenant].append(job)
+        now_active = set(by_tenant)
+        before = self.active.get(queue, set()) & now_active
+        floor = min((self.vtime.get((queue, t), 0.0) for t in before), default=0.0)
+        for tenant in now_active - before:
+            # No credit for having been idle, no debt from long ago either.
+            self.vtime[(queue, tenant)] = floor
+        self.active[queue] = now_active
+        left = {j.job_id: j.unreleased for j in jobs}
+        room_of = {t: headroom.get(t) for t in now_active}
+        picked: list[str] = []
+        while len(picked) < room:
+            open_tenants = [t for t in now_active if by_tenant[t] and (room_of[t] is None or (room_of[t] or 0) > 0)]
+            if not open_tenants:
+                break
+            tenant = min(open_tenants, key=lambda t: (self.vtime[(queue, t)], self.last_pick.get((queue, t), -1), t))
+            self.picks += 1
+            self.last_pick[(queue, tenant)] = self.picks
+            job = by_tenant[tenant][0]
+            picked.append(job.job_id)
+            left[job.job_id] -= 1
+            if left[job.job_id] <= 0:
+                by_tenant[tenant].pop(0)
+            if room_of[tenant] is not None:
+                room_of[tenant] = (room_of[tenant] or 0) - 1
+            self.vtime[(queue, tenant)] += 1.0 / max(1, weights.get(tenant, 1))
+        return picked
+
+
+@dataclass
+class Round:
+    """What one round did."""
+
+    #: Jobs ended ``expired``.
+    expired: list[str] = field(default_factory=list)
+    #: Chunks released, in the order sent: (queue, job id, seq, tenant).
+    released: list[tuple[str, str, int, str]] = field(default_factory=list)
+
+
+def dispatch_round(
+    settings: Settings, sessions: sessionmaker[Session], celery: Celery, fair: FairShare, *, window: int | None = None
+) -> Round:
+    """One round of the leader: expire the jobs past their deadline, then fill each queue's window in fair order
+    (this module's docstring). ``window``: messages waiting per queue (``settings.dispatch_window``)."""
+    from inferq.task_specs import RUN_CHUNK
+    from inferq.webhooks import send_deliveries
+
+    window = settings.dispatch_window if window is None else window
+    result = Round()
+    now = utcnow()
+    webhooks: list[str] = []
+    with sessions() as session:
+        due = list(store.past_deadline(session, now))
+    for job_id in due:
+        with sessions.begin() as session:
+            if end_job(session, job_id, JobState.EXPIRED, now):
+                result.expired.append(job_id)
+                webhooks += record_job_ends(session, [job_id])
+    if result.expired:
+        log.warning(
+            "dispatcher: %d job(s) past their deadline ended expired: %s",
+            len(result.expired),
+            ", ".join(result.expired),
+        )
+    if webhooks:
+        send_deliveries(celery, settings, webhooks)
+
+    with sessions() as session:
+        pending = store.pending_jobs(session, now)
+        if not pending:
+            return result
+        flight = store.in_flight(session)
+        shares = store.tenant_shares(session, sorted({p.tenant for p in pending}))
+    waiting_on: Counter[str] = Counter()
+    tenant_flight: Counter[str] = Counter()
+    for row in flight:
+        waiting_on[row.queue] += int(row.waiting or 0)
+        tenant_flight[row.tenant] += int(row.waiting or 0) + int(row.running or 0)
+    headroom: dict[str, int | None] = {}
+    for tenant, (_, cap) in shares.items():
+        headroom[tenant] = None if cap is None else max(0, cap - tenant_flight[tenant])
+    weights = {tenant: weight for tenant, (weight, _) in shares.items()}
+    by_queue: dict[str, list[Waiting]] = defaultdict(list)
+    tenant_of: dict[str, str] = {}
+    for p in pending:
+        by_queue[p.queue].append(Waiting(p.id, p.tenant, p.priority, as_utc(p.created_at), int(p.unreleased)))
+        tenant_of[p.id] = p.tenant
+
+    plans: list[tuple[str, list[str]]] = []
+    for queue in sorted(by_queue):
+        room = window - waiting_on[queue]
+        if room <= 0:
+            continue
+        picked = fair.plan(queue, room, by_queue[queue], weights, headroom)
+        for job_id in picked:  # a later queue sees what this one took of a capped tenant's room
+            tenant = tenant_of[job_id]
+            if headroom.get(tenant) is not None:
+                headroom[tenant] = (headroom[tenant] or 0) - 1
+        plans.append((queue, picked))
+    if not any(picked for _, picked in plans):
+        return result
+
+    with sessions.begin() as session:
+        sends: list[tuple[str, str, int, str]] = []
+        for queue, picked in plans:
+            # One release per job, then the seqs handed out in the plan's order.
+            seqs: dict[str, list[int]] = {}
+            for job_id, count in Counter(picked).items():
+                seqs[job_id] = store.release_chunks(session, job_id, count, now)
+            for job_id in picked:
+                if seqs[job_id]:
+                    sends.append((queue, job_id, seqs[job_id].pop(0), tenant_of[job_id]))
+        with celery.producer_or_acquire() as producer:
+            for queue, job_id, seq, _ in sends:
+                celery.send_task(RUN_CHUNK, args=[job_id, seq], queue=queue, producer=producer)
+        result.released = sends
+    # Committed: the chunks are released. Dying before this line left them unreleased, to be sent again.
+    return result
+
+
+@dataclass
+class DispatcherState:
+    """What the dispatcher of this process is doing, for logs, metrics and the job page."""
+
+    leader: bool = False
+    #: When this process became the leader, and when its last round ended.
+    leader_since: dt.datetime | None = None
+    last_round: dt.datetime | None = None
+    #: Chunks released and jobs expired by this process since it started.
+    released: int = 0
+    expired: int = 0
+    last_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        def iso(t: dt.datetime | None) -> str | None:
+            return t.isoformat() if t is not None else None
+
+        return {
+            "leader": self.leader,
+            "leader_since": iso(self.leader_since),
+            "last_round": iso(self.last_round),
+            "released": self.released,
+            "expired": self.expired,
+            "last_error": self.last_error,
+        }
+
+
+class Dispatcher:
+    """A daemon thread of a worker's main process: tries for the leader's lock every
+    `DISPATCH_LEADER_RETRY_SECONDS`, and while it holds it runs `dispatch_round` every
+    ``settings.dispatch_interval`` seconds (at once again after a round that released chunks). Failures are logged
+    and retried; a lost connection gives the lead up."""
+
+    def __init__(self, settings: Settings, engine: Engine, sessions: sessionmaker[Session], celery: Celery) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.sessions = sessions
+        self.celery = celery
+        self.fair = FairShare()
+        self.state = DispatcherState()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock_conn: Connection | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="inferq-dispatcher", daemon=True)
+        self._thread.start()
+        log.info(
+            "dispatcher: window %d per queue, every %ss", self.settings.dispatch_window, self.settings.dispatch_interval
+        )
+
+    def stop(self, *, wait: bool = True, timeout: float = 10.0) -> None:
+        """Stop after the current round; ``wait=False`` only asks (safe in a signal handler)."""
+        self._stop.set()
+        if wait and self._thread is not None:
+            self._thread.join(timeout)
+            self._give_up()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._lead():
+                self._stop.wait(DISPATCH_LEADER_RETRY_SECONDS)
+                continue
+            try:
+                done = dispatch_round(self.settings, self.sessions, self.celery, self.fair)
+                self.state.last_round = utcnow()
+                self.state.released += len(done.released)
+                metrics.chunks_dispatched(done.released)
+                self.state.expired += len(done.expired)
+                self.state.last_error = None
+                if done.released:
+                    log.debug("dispatcher: released %d chunk(s)", len(done.released))
+            except Exception as exc:
+                self.state.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("dispatcher: round failed: %s; trying again", self.state.last_error)
+                done = Round()
+            self._stop.wait(0 if done.released else self.settings.dispatch_interval)
+
+    def _lead(self) -> bool:
+        """Whether this process leads now: it holds the lock on a live connection, or has just taken it."""
+        try:
+            if self._lock_conn is not None:
+                leader_alive(self._lock_conn)
+                self._lock_conn.commit()
+                return True
+            conn = self.engine.connect()
+            try:
+                taken = try_leader_lock(conn)
+                conn.commit()
+            except Exception:
+                conn.close()
+                raise
+            if not taken:
+                conn.close()
+                return False
+            self._lock_conn = conn
+            self.fair = FairShare()
+            self.state.leader, self.state.leader_since = True, utcnow()
+            metrics.dispatcher_leads(True)
+            log.info("dispatcher: this worker leads")
+            return True
+        except Exception as exc:
+            log.warning("dispatcher: leader's lock lost or unreachable: %s: %s", type(exc).__name__, exc)
+            self._give_up()
+            return False
+
+    def _give_up(self) -> None:
+        if self._lock_conn is not None:
+            with contextlib.suppress(Exception):
+                self._lock_conn.invalidate()  # the connection goes, and PostgreSQL lets the lock go with it
+            self._lock_conn = None
+        if self.state.leader:
+            log.info("dispatcher: this worker no longer leads")
+        self.state.leader, self.state.leader_since = False, None
+        metrics.dispatcher_leads(False)

@@ -1,0 +1,166 @@
+"""The dispatcher's statements (`inferq.dispatcher`): what waits in SQL, what is in flight, the tenants' weights and
+caps, the release of chunks, the jobs past their deadline, and a job's position.
+
+A chunk is **released** once its message is sent: `Chunk.enqueued_at` is set. The dispatcher releases a chunk by a
+conditional UPDATE of a queued chunk never released (its row locked, others' skipped), in the transaction that it
+commits only after the broker took the message: a dispatcher that dies between the send and the commit leaves the
+chunk unreleased, and the next leader sends it again. A second message is harmless (a claim of a chunk that is
+running or done claims nothing); a lost one is not, on RabbitMQ, whose messages cannot be listed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import Row, and_, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from inferq.schema import Chunk, Job, Tenant
+from inferq.states import UNFINISHED_JOB_STATES, ChunkState
+
+#: The chunks the dispatcher may release: queued, never released.
+_UNRELEASED = and_(Chunk.state == ChunkState.QUEUED, Chunk.enqueued_at.is_(None))
+#: Released and not claimed yet: a message waiting on the broker.
+_WAITING = and_(Chunk.state == ChunkState.QUEUED, Chunk.enqueued_at.is_not(None))
+
+#: A job with chunks to release: ``id``, ``tenant``, ``queue``, ``priority``, ``created_at`` and ``unreleased``.
+PendingJob = Row[str, str, str, int, dt.datetime, int]
+
+
+def pending_jobs(session: Session, now: dt.datetime) -> Sequence[PendingJob]:
+    """The unfinished jobs, not past their deadline, with chunks never released: their ``id``, ``tenant``,
+    ``queue``, ``priority``, ``created_at`` and how many such chunks (``unreleased``), read by name."""
+    return session.execute(
+        select(
+            Job.id,
+            Job.tenant,
+            Job.queue,
+            Job.priority,
+            Job.created_at,
+            func.count().label("unreleased"),
+        )
+        .join(Chunk, Chunk.job_id == Job.id)
+        .where(
+            Job.state.in_(UNFINISHED_JOB_STATES),
+            or_(Job.deadline_at.is_(None), Job.deadline_at > now),
+            _UNRELEASED,
+        )
+        .group_by(Job.id, Job.tenant, Job.queue, Job.priority, Job.created_at)
+    ).all()
+
+
+def in_flight(session: Session) -> Sequence[Row[str, str, int, int]]:
+    """Released chunks of unfinished jobs not done yet, by queue and tenant: ``queue``, ``tenant``, ``waiting``
+    (their message on the broker) and ``running`` (claimed)."""
+    return session.execute(
+        select(
+            Job.queue,
+            Job.tenant,
+            func.sum(case((_WAITING, 1), else_=0)).label("waiting"),
+            func.sum(case((Chunk.state == ChunkState.RUNNING, 1), else_=0)).label("running"),
+        )
+        .join(Chunk, Chunk.job_id == Job.id)
+        .where(
+            Job.state.in_(UNFINISHED_JOB_STATES),
+            or_(_WAITING, Chunk.state == ChunkState.RUNNING),
+        )
+        .group_by(Job.queue, Job.tenant)
+    ).all()
+
+
+def tenant_shares(session: Session, names: Sequence[str]) -> dict[str, tuple[int, int | None]]:
+    """Each of ``names`` that has a row: its ``(weight, max_chunks_in_flight)``. A tenant without a row (jobs of
+    the default tenant, before anything made it) has weight 1 and no cap."""
+    if not names:
+        return {}
+    rows = session.execute(
+        select(Tenant.name, Tenant.weight, Tenant.max_chunks_in_flight).where(Tenant.name.in_(list(names)))
+    ).all()
+    return {r.name: (max(1, int(r.weight)), r.max_chunks_in_flight) for r in rows}
+
+
+def release_chunks(session: Session, job_id: str, count: int, now: dt.datetime) -> list[int]:
+    """Release up to ``count`` of the job's unreleased chunks, lowest first: marked enqueued at ``now`` and locked
+    until the caller commits (chunks another transaction holds are skipped). Their seqs, in order."""
+    seqs = list(
+        session.scalars(
+            select(Chunk.seq)
+            .where(Chunk.job_id == job_id, _UNRELEASED)
+            .order_by(Chunk.seq)
+            .limit(count)
+            .with_for_update(skip_locked=True)
+        ).all()
+    )
+    if seqs:
+        session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq.in_(seqs)).values(enqueued_at=now))
+    return seqs
+
+
+def past_deadline(session: Session, now: dt.datetime) -> Sequence[str]:
+    """The unfinished jobs whose deadline has passed by ``now``, oldest deadline first."""
+    return session.scalars(
+        select(Job.id)
+        .where(Job.state.in_(UNFINISHED_JOB_STATES), Job.deadline_at.is_not(None), Job.deadline_at <= now)
+        .order_by(Job.deadline_at)
+    ).all()
+
+
+def chunks_ahead(session: Session, job_id: str) -> int | None:
+    """How many chunks go to the workers before this job's next one: the messages waiting on its queue's broker
+    released before its own first waiting one (all of them, when it has none waiting), plus the unreleased
+    chunks of its tenant's jobs that go first (a higher priority, or the same and older). Other tenants' chunks
+    come between by their weights, so this is the least it waits for. ``None``: the job is gone or finished;
+    0: one of its chunks runs or is next."""
+    job = session.execute(
+        select(Job.queue, Job.tenant, Job.priority, Job.created_at, Job.state).where(Job.id == job_id)
+    ).one_or_none()
+    if job is None or job.state not in UNFINISHED_JOB_STATES:
+        return None
+    running = session.scalar(
+        select(func.count()).select_from(Chunk).where(Chunk.job_id == job_id, Chunk.state == ChunkState.RUNNING)
+    )
+    if running:
+        return 0
+    first_waiting = session.scalar(select(func.min(Chunk.enqueued_at)).where(Chunk.job_id == job_id, _WAITING))
+    on_queue = (
+        select(func.count())
+        .select_from(Chunk)
+        .join(Job, Job.id == Chunk.job_id)
+        .where(Job.queue == job.queue, Job.state.in_(UNFINISHED_JOB_STATES), _WAITING)
+    )
+    if first_waiting is not None:
+        return int(session.scalar(on_queue.where(Chunk.enqueued_at < first_waiting)) or 0)
+    before_it = or_(
+        Job.priority > job.priority,
+        and_(
+            Job.priority == job.priority,
+            or_(Job.created_at < job.created_at, and_(Job.created_at == job.created_at, Job.id < job_id)),
+        ),
+    )
+    tenant_first = session.scalar(
+        select(func.count())
+        .select_from(Chunk)
+        .join(Job, Job.id == Chunk.job_id)
+        .where(
+            Job.tenant == job.tenant,
+            Job.queue == job.queue,
+            Job.state.in_(UNFINISHED_JOB_STATES),
+            before_it,
+            _UNRELEASED,
+        )
+    )
+    return int(session.scalar(on_queue) or 0) + int(tenant_first or 0)
+
+
+def chunks_ended_between(session: Session, job_id: str, start: dt.datetime, end: dt.datetime) -> int:
+    """How many of the job's chunks ended (``done``) after ``start`` and before ``end``: the benchmark's count of a
+    big job's chunks that ran while a small one waited."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Chunk)
+            .where(Chunk.job_id == job_id, Chunk.finished_at > start, Chunk.finished_at < end)
+        )
+        or 0
+    )

@@ -1,0 +1,123 @@
+"""Issue 25, with real workers on Redis and RabbitMQ: a second tenant's small job does not wait for a first
+tenant's big one, and the dispatcher's leader SIGKILLed is replaced with nothing lost and nothing run twice.
+
+Bounds are counted in chunks (which of the big job's chunks ended while the small job waited), never in seconds:
+this machine is shared and loaded. The order itself, weights and priorities, is counted message by message in
+tests/inferq/test_dispatcher.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from producer.client import JobOptions
+from tests.support.jobs import client_for, pid_of, sentences, worker_env
+from tests.support.records import Record, wait_for
+from worker.process import running_worker, running_workers
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+#: Items per chunk: a second or so of the slow model, so that a chunk is a unit of time the test can count in.
+CHUNK = 60
+
+#: What a dispatcher logs when its worker takes the lead.
+LEADS = "dispatcher: this worker leads"
+
+
+def test_a_small_job_of_another_tenant_runs_within_two_chunks_of_a_big_one(
+    tmp_path: Path,
+    migrated_postgres: str,
+    broker_url: str,
+    queue_name: str,
+    fault_registry: dict[str, Any],
+    record: Record,
+) -> None:
+    # Given one worker of one process, a window of one message, and tenant alpha's big job running
+    env = worker_env(migrated_postgres, broker_url, queue_name, fault_registry, dispatch_window=1, coalesce_items=0)
+    with (
+        running_worker(env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "1"),
+        client_for(env) as client,
+    ):
+        big = client.submit(
+            "classification", "slow", sentences(12 * CHUNK), chunk_size=CHUNK, options=JobOptions(tenant="alpha")
+        ).job_id
+        wait_for(lambda: record.job(big).succeeded >= CHUNK, 180, "the big job's first chunk to end")
+
+        # When tenant beta submits a job of one chunk
+        small = client.submit(
+            "classification", "slow", sentences(CHUNK, offset=7), chunk_size=CHUNK, options=JobOptions(tenant="beta")
+        ).job_id
+        status = client.wait(small, timeout=300)
+        big_done_then = sum(c.state.value == "done" for c in record.chunks(big))
+        client.wait(big, timeout=300)
+
+    # Then it finished while the big job still ran, after at most two of the big job's chunks (the one running
+    # when it came and the one already waiting on the broker)
+    assert status.state.value == "succeeded"
+    record.assert_every_item_once(small)
+    record.assert_every_item_once(big)
+    assert big_done_then < 12
+    small_job = record.job(small)
+    assert small_job.finished_at is not None
+    ended_meanwhile = [
+        c.seq
+        for c in record.chunks(big)
+        if c.finished_at is not None and small_job.created_at < c.finished_at < small_job.finished_at
+    ]
+    assert len(ended_meanwhile) <= 2, ended_meanwhile
+
+
+def test_the_dispatchers_leader_sigkilled_is_replaced_with_nothing_lost_or_run_twice(
+    tmp_path: Path,
+    migrated_postgres: str,
+    broker_url: str,
+    queue_name: str,
+    fault_registry: dict[str, Any],
+    record: Record,
+) -> None:
+    # Given two workers, each running a dispatcher, short leases and reconcilers on, and a job of many chunks
+    env = worker_env(
+        migrated_postgres,
+        broker_url,
+        queue_name,
+        fault_registry,
+        dispatch_window=2,
+        lease_seconds=10,
+        recover_interval=2,
+        coalesce_items=0,
+    )
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    with (
+        running_workers(env, logs, "--models", "slow", "--concurrency", "1") as procs,
+        client_for(env) as client,
+    ):
+        job_id = client.submit("classification", "slow", sentences(10 * CHUNK), chunk_size=CHUNK).job_id
+        leading = wait_for(
+            lambda: [i for i, log in enumerate(logs) if LEADS in log.read_text(errors="replace")], 60, "a leader"
+        )
+        assert len(leading) == 1, "two leaders at once"
+        leader = leading[0]
+        wait_for(lambda: record.job(job_id).succeeded >= CHUNK, 180, "a first chunk to end")
+
+        # When the leading worker is SIGKILLed whole (main process, its dispatcher and its pool)
+        dead = procs[leader].pid
+        held = {
+            c.seq for c in record.chunks(job_id) if c.state.value == "running" and os.getpgid(pid_of(c.worker)) == dead
+        }
+        os.killpg(dead, signal.SIGKILL)
+        status = client.wait(job_id, timeout=300)
+
+    # Then the other worker took the lead and the job succeeded with every item exactly once
+    survivor = logs[1 - leader].read_text(errors="replace")
+    assert LEADS in survivor
+    assert status.state.value == "succeeded"
+    record.assert_every_item_once(job_id)
+    # And no chunk ran twice but the one the dead worker held
+    twice = {c.seq for c in record.chunks(job_id) if c.attempts > 1}
+    assert twice <= held, (twice, held)
+    assert not re.search(r"dispatcher: round failed", survivor)
