@@ -71,11 +71,18 @@ def completion_window(window: str) -> dt.timedelta:
 
 
 def job_options_for(
-    batch_id: str, tenant: str, metadata: dict[str, str] | None, window: str, *, priority: int | None = None
+    batch_id: str,
+    tenant: str,
+    metadata: dict[str, str] | None,
+    window: str,
+    *,
+    priority: int | None = None,
+    webhook_url: str | None = None,
 ) -> JobOptions:
     """The job options of a batch (``priority``: of a synchronous call's job instead): its tenant, its metadata
-    and its id (``openai_batch``), ``completion_window`` as the job's deadline, the priority. The one place that maps
-    a batch onto a job: ``deadline`` and ``priority`` are passed where `JobOptions` has them (fair share)."""
+    and its id (``openai_batch``), ``completion_window`` as the job's deadline, the priority, the webhook. The one
+    place that maps a batch onto a job: ``deadline`` and ``priority`` are passed where `JobOptions` has them (fair
+    share); until then a batch runs at the default priority, without a deadline."""
     fields = {f.name for f in dataclasses.fields(JobOptions)}
     extra: dict[str, Any] = {}
     if "deadline" in fields and window:
@@ -85,7 +92,7 @@ def job_options_for(
     meta = dict(metadata or {})
     if batch_id:
         meta["openai_batch"] = batch_id
-    return JobOptions(tenant=tenant, metadata=meta or None, **extra)
+    return JobOptions(tenant=tenant, metadata=meta or None, webhook_url=webhook_url, **extra)
 
 
 # -- checking the input ------------------------------------------------------------------------------------------------

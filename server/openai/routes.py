@@ -173,6 +173,8 @@ class BatchRequest(BaseModel):
     endpoint: str
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
+    #: inferq's own (``extra_body=`` in OpenAI's client): POSTed a signed event when the batch's job ends.
+    webhook_url: str | None = None
 
 
 @router.post("/batches", responses=error_responses(400))
@@ -193,7 +195,9 @@ def create_batch(body: BatchRequest, made: Made, caller: Caller) -> dict[str, An
     try:
         job_id = None
         if prepared.good_lines:
-            options = batches.job_options_for(batch_id, caller.tenant, metadata, body.completion_window)
+            options = batches.job_options_for(
+                batch_id, caller.tenant, metadata, body.completion_window, webhook_url=body.webhook_url
+            )
             params = {"dimensions": prepared.dimensions} if prepared.dimensions is not None else {}
             submission = made.client.submit(
                 batches.BATCH_ENDPOINTS[body.endpoint],

@@ -191,6 +191,15 @@ def test_a_batch_runs_its_valid_lines_and_names_the_bad_ones(client: openai.Open
     assert all(e["response"] is None and e["error"]["message"] for e in errors)
     # And the files are listed as the batch's output
     assert client.files.retrieve(done.output_file_id).purpose == "batch_output"
+    # And the batch is an inferq job of the valid lines' inputs, carrying the batch's id
+    jobs = httpx.get(
+        f"{client.base_url}jobs",
+        params={"metadata[openai_batch]": batch.id},
+        headers={"Authorization": f"Bearer {client.api_key}"},
+    ).json()["data"]
+    assert [(j["task"], j["total"], j["state"], j["metadata"]["run"]) for j in jobs] == [
+        ("embedding", 5, "succeeded", "t1")
+    ]
 
 
 def test_a_cancelled_batch_keeps_its_finished_lines(client: openai.OpenAI) -> None:
@@ -267,6 +276,15 @@ def test_errors_take_openais_shape(client: openai.OpenAI) -> None:
         client.embeddings.create(model="no-such-model", input="text")
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=str(client.base_url), api_key="iq_nope_nope", max_retries=0).files.list()
+    # And inferq's own webhook_url is checked as a job's is (a loopback address is refused here)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(
+            input_file_id=file_id,
+            endpoint="/v1/embeddings",
+            completion_window="24h",
+            extra_body={"webhook_url": "http://127.0.0.1:9/hook"},
+        )
+    assert refused.value.code == "webhook_url_refused"
     # And a deleted file is gone
     assert client.files.delete(file_id).deleted is True
     with pytest.raises(openai.NotFoundError):
