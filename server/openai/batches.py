@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from inferq import constants
 from inferq.errors import InvalidParameter
@@ -42,7 +42,7 @@ from inferq.states import JobState
 from inferq.task_names import TaskName
 from producer.client import JobOptions
 from producer.inputs import MAX_ID_CHARS, Limits, validate_rows
-from server.openai.embeddings import count_tokens, embedding_list, embedding_value
+from server.openai.embeddings import embedding_list, embedding_value, token_counts
 from server.openai.files import FileWriter, files_dir, new_id
 
 #: The endpoints a batch may name, and the inferq task each runs.
@@ -130,6 +130,35 @@ def plan_path(directory: Path, batch_id: str) -> Path:
     return files_dir(directory) / f".{batch_id}.plan.jsonl"
 
 
+#: Lines whose plan entries wait for their token counts, counted in one tokenizer call.
+PLAN_FLUSH_LINES = 1024
+
+
+class _Plan:
+    """The plan file being written: entries in line order, a valid line's waiting until its token count is known
+    (`PLAN_FLUSH_LINES` lines counted at a time)."""
+
+    def __init__(self, out: TextIO, spec: ModelSpec | None) -> None:
+        self.out = out
+        self.spec = spec
+        self.pending: list[tuple[dict[str, Any], list[str]]] = []
+        self.encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def add(self, entry: dict[str, Any], texts: list[str]) -> None:
+        self.pending.append((entry, texts))
+        if len(self.pending) >= PLAN_FLUSH_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        texts = [t for _, line_texts in self.pending for t in line_texts]
+        counts = iter(token_counts(self.spec, texts) if self.spec is not None else [0] * len(texts))
+        for entry, line_texts in self.pending:
+            if line_texts:
+                entry["t"] = sum(next(counts) for _ in line_texts)
+            self.out.write(self.encode(entry) + "\n")
+        self.pending.clear()
+
+
 def prepare(settings: Settings, source: Path, endpoint: str, plan: Path) -> Prepared:
     """Read the input file at ``source`` once, checking each line (see the module's notes): the valid lines'
     inputs go to a temporary inferq JSONL file, every line's entry to ``plan``."""
@@ -138,17 +167,17 @@ def prepare(settings: Settings, source: Path, endpoint: str, plan: Path) -> Prep
     prepared = Prepared(inputs=Path(name), plan=plan)
     limits = Limits(max_text_chars=settings.max_text_chars, max_items=settings.max_items)
     seen: set[bytes] = set()
-    spec: ModelSpec | None = None
     encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     try:
         with open(fd, "w", encoding="utf-8") as inputs, plan.open("w", encoding="utf-8") as planned:
+            entries = _Plan(planned, None)
             for number, raw in enumerate(_lines(source), start=1):
                 prepared.total_lines += 1
                 try:
                     custom_id, texts, encoding, model, dimensions = _check_line(raw, endpoint, seen)
                     if prepared.model is None:
                         prepared.model, prepared.dimensions = model, dimensions
-                        spec = resolve_model(settings, model, task, tenant=True)
+                        entries.spec = resolve_model(settings, model, task, tenant=True)
                     elif model != prepared.model:
                         raise _Refused(
                             "mismatched_model",
@@ -178,15 +207,15 @@ def prepare(settings: Settings, source: Path, endpoint: str, plan: Path) -> Prep
                         "response": None,
                         "error": {"code": refused.code, "message": f"line {number}: {refused.message}"},
                     }
-                    planned.write(encode({"e": line}) + "\n")
+                    entries.add({"e": line}, [])
                     continue
                 prepared.good_lines += 1
                 if len(texts) != 1:
                     prepared.one_item_per_line = False
                 for text in texts:
                     inputs.write(encode({"id": custom_id, "text": text}) + "\n")
-                tokens = count_tokens(spec, texts) if spec is not None else 0
-                planned.write(encode({"c": custom_id, "n": len(texts), "f": encoding, "t": tokens}) + "\n")
+                entries.add({"c": custom_id, "n": len(texts), "f": encoding}, texts)
+            entries.flush()
     except BaseException:
         prepared.discard()
         plan.unlink(missing_ok=True)

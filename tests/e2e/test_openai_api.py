@@ -172,6 +172,8 @@ def test_a_batch_runs_its_valid_lines_and_names_the_bad_ones(client: openai.Open
     out = jsonl(client, done.output_file_id)
     assert [o["custom_id"] for o in out] == ["a", "b", "d", "f"]
     assert all(o["response"]["status_code"] == 200 and o["error"] is None for o in out)
+    assert all(o["response"]["body"]["usage"]["prompt_tokens"] > 2 for o in out)
+    assert len({o["id"] for o in out}) == 4 and len(out[1]["response"]["body"]["data"]) == 2
     want = embedding_reference(MINILM, [texts[0], texts[1], texts[2], texts[4], texts[5]])
     vectors = [d["embedding"] for o in out for d in o["response"]["body"]["data"]]
     decoded = [
