@@ -81,7 +81,8 @@ _DESCRIPTIONS = {
     422: "A parameter does not parse or is out of its range",
     429: "The tenant's quota of unfinished items is reached (see Retry-After)",
     500: "An unexpected error",
-    503: "The database or the broker is unreachable",
+    503: "The database or the broker is unreachable; or, for a synchronous call, the workers are saturated (see "
+    "Retry-After)",
 }
 
 

@@ -394,10 +394,10 @@ def write_outputs(
                     errors.write((encode(entry["e"]) + "\n").encode())
                     failed += 1
                     continue
-                items = [next(rows) for _ in range(entry["n"])]
+                items = [next(rows, None) for _ in range(entry["n"])]
                 problem = _problem(items, job, never_ran)
                 if problem is None:
-                    vectors = [embedding_value(r.result, r.vector, entry["f"]) for r in items]
+                    vectors = [embedding_value(r.result, r.vector, entry["f"]) for r in items if r is not None]
                     line = {
                         "id": _request_id(),
                         "custom_id": entry["c"],
@@ -446,9 +446,12 @@ def write_outputs(
     return Written(kept, writers[0], writers[1], completed, failed)
 
 
-def _problem(items: list[Any], job: Job | None, never_ran: str | None) -> tuple[str, str] | None:
-    """Why a valid line did not succeed (code, message), or ``None`` when every input of it did."""
+def _problem(items: list[Any | None], job: Job | None, never_ran: str | None) -> tuple[str, str] | None:
+    """Why a valid line did not succeed (code, message), or ``None`` when every input of it did. An item that is
+    not there (the job was purged before the batch's files were written) is ``job_purged``."""
     for item in items:
+        if item is None:
+            return "job_purged", "the batch's job was removed (retention) before its results were written"
         if item.status == "succeeded":
             continue
         if item.status == "failed":

@@ -24,7 +24,7 @@ from producer.client import check_metadata
 from server.auth import Caller
 from server.deps import Made, Runtime
 from server.errors import error_responses
-from server.openai import batches, files, sync
+from server.openai import batches, files, models, sync
 from server.openai.embeddings import count_pair_tokens, count_tokens, embedding_list, embedding_value
 from server.uploads import receive_upload
 
@@ -80,7 +80,9 @@ _UPLOAD_BODY = {
 }
 
 
-@router.post("/files", responses=error_responses(400, 413, 415), openapi_extra=_UPLOAD_BODY)
+@router.post(
+    "/files", response_model=models.FileObject, responses=error_responses(400, 413, 415), openapi_extra=_UPLOAD_BODY
+)
 async def create_file(request: Request, made: Made, caller: Caller) -> dict[str, Any]:
     """Upload a file (multipart: ``file`` and ``purpose=batch``): a JSONL of batch requests of at most
     `inferq.constants.MAX_FILE_LINES` lines, kept in the files directory (``INFERQ_FILES_DIR``)."""
@@ -117,7 +119,7 @@ def _store_file(made: Runtime, caller: Principal, path: Path, filename: str, pur
     return row
 
 
-@router.get("/files")
+@router.get("/files", response_model=models.FileList)
 def list_files(
     made: Made,
     caller: Caller,
@@ -131,7 +133,7 @@ def list_files(
         return _page([file_object(r) for r in rows], limit)
 
 
-@router.get("/files/{file_id}")
+@router.get("/files/{file_id}", response_model=models.FileObject)
 def get_file(file_id: str, made: Made, caller: Caller) -> dict[str, Any]:
     with made.client.reader() as session:
         return file_object(stored.file_of(session, file_id, caller.scope()))
@@ -152,7 +154,7 @@ def file_content(file_id: str, made: Made, caller: Caller) -> StreamingResponse:
     return StreamingResponse(files.read_pieces(path), media_type="application/octet-stream")
 
 
-@router.delete("/files/{file_id}")
+@router.delete("/files/{file_id}", response_model=models.FileDeleted)
 def delete_file(file_id: str, made: Made, caller: Caller) -> dict[str, Any]:
     with made.client.sessions.begin() as session:
         row = stored.file_of(session, file_id, caller.scope())
@@ -177,7 +179,7 @@ class BatchRequest(BaseModel):
     webhook_url: str | None = None
 
 
-@router.post("/batches", responses=error_responses(400))
+@router.post("/batches", response_model=models.Batch, responses=error_responses(400, 429))
 def create_batch(body: BatchRequest, made: Made, caller: Caller) -> dict[str, Any]:
     """A batch of the input file's requests: one inferq job of its valid lines (`server.openai.batches`)."""
     if body.endpoint not in batches.BATCH_ENDPOINTS:
@@ -276,12 +278,12 @@ def finalize(made: Runtime, batch_id: str) -> None:
         written.discard()
 
 
-@router.get("/batches/{batch_id}")
+@router.get("/batches/{batch_id}", response_model=models.Batch)
 def get_batch(batch_id: str, made: Made, caller: Caller) -> dict[str, Any]:
     return _batch(made, caller, batch_id)
 
 
-@router.get("/batches")
+@router.get("/batches", response_model=models.BatchList)
 def list_batches(
     made: Made,
     caller: Caller,
@@ -294,7 +296,7 @@ def list_batches(
     return _page([_batch(made, caller, i) for i in ids], limit)
 
 
-@router.post("/batches/{batch_id}/cancel")
+@router.post("/batches/{batch_id}/cancel", response_model=models.Batch)
 def cancel_batch(batch_id: str, made: Made, caller: Caller) -> dict[str, Any]:
     """Cancel: requests not yet run end in the error file (``batch_cancelled``); finished ones stay."""
     with made.client.sessions.begin() as session:
@@ -321,7 +323,7 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
-@router.post("/embeddings", responses=error_responses(400))
+@router.post("/embeddings", response_model=models.EmbeddingList, responses=error_responses(400, 429))
 def create_embeddings(body: EmbeddingRequest, made: Made, caller: Caller) -> dict[str, Any]:
     """Embed ``input`` now: a small job ahead of every batch (`server.openai.sync`)."""
     texts = [body.input] if isinstance(body.input, str) else body.input
@@ -355,7 +357,9 @@ class RerankRequest(BaseModel):
     return_documents: bool = False
 
 
-@router.post("/rerank", responses=error_responses(400))
+@router.post(
+    "/rerank", response_model=models.Rerank, response_model_exclude_none=True, responses=error_responses(400, 429)
+)
 def rerank(body: RerankRequest, made: Made, caller: Caller) -> dict[str, Any]:
     """Score ``documents`` against ``query`` with a cross-encoder, best first: ``results`` of ``index``,
     ``relevance_score`` and, with ``return_documents``, ``document.text``."""
@@ -382,6 +386,13 @@ def rerank(body: RerankRequest, made: Made, caller: Caller) -> dict[str, Any]:
 # -- inferq's other tasks ----------------------------------------------------------------------------------------------
 
 
+class QuestionAnsweringInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str
+    context: str
+
+
 class TaskRequest(BaseModel):
     """A synchronous call of one of inferq's other tasks: ``input`` one item or a list of them, ``params`` the
     task's parameters (as ``inferq submit --params`` takes them)."""
@@ -389,13 +400,10 @@ class TaskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    input: Any = Field(description="a text (or, for question answering, a {question, context} object), or a list")
+    input: str | QuestionAnsweringInput | list[str] | list[QuestionAnsweringInput] = Field(
+        description="a text (for question answering, a {question, context} object), or a list of them"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
-
-
-class QuestionAnsweringInput(BaseModel):
-    question: str
-    context: str
 
 
 #: Route → (task, the key each result goes under, what one item is).
@@ -414,9 +422,9 @@ def _items(task: TaskName, value: Any) -> list[Any]:
     if not 0 < len(many) <= constants.MAX_SYNC_INPUTS:
         raise InvalidParameter(f"input holds 1 to {constants.MAX_SYNC_INPUTS} items", field="input")
     if task is TaskName.QUESTION_ANSWERING:
-        if not all(isinstance(v, dict) for v in many):
+        if not all(isinstance(v, QuestionAnsweringInput) for v in many):
             raise InvalidParameter("input must be a {question, context} object, or a list of them", field="input")
-        return [QuestionAnsweringInput.model_validate(v).model_dump() for v in many]
+        return [v.model_dump() for v in many]
     if not all(isinstance(v, str) for v in many):
         raise InvalidParameter("input must be a string or a list of strings", field="input")
     return list(many)
@@ -441,4 +449,4 @@ def _task_route(task: TaskName, key: str) -> Any:
 
 
 for _path, (_task, _key) in TASK_ROUTES.items():
-    router.post(_path, responses=error_responses(400))(_task_route(_task, _key))
+    router.post(_path, response_model=models.TaskResults, responses=error_responses(400, 429))(_task_route(_task, _key))
