@@ -353,6 +353,7 @@ def batch_object(batch: OpenAIBatch, job: Job | None) -> dict[str, Any]:
         "cancelled_at": finished if status == "cancelled" else None,
         "request_counts": {"total": batch.total_lines, "completed": completed, "failed": failed},
         "metadata": batch.meta,
+        "model": job.model if job is not None else None,
     }
 
 

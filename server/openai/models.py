@@ -81,6 +81,8 @@ class Batch(BaseModel):
     cancelled_at: int | None
     request_counts: BatchRequestCounts
     metadata: dict[str, str] | None
+    #: The model of the batch's requests (``None`` when no line was valid).
+    model: str | None = None
 
 
 class BatchList(BaseModel):

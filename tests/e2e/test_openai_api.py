@@ -175,7 +175,7 @@ def test_a_batch_runs_its_valid_lines_and_names_the_bad_ones(client: openai.Open
     assert batch.status == "in_progress" and batch.metadata == {"run": "t1"}
     done = wait(client, batch.id)
     # Then it completed, its counts and errors OpenAI's
-    assert done.status == "completed" and done.completed_at is not None
+    assert done.status == "completed" and done.completed_at is not None and done.model == "minilm"
     assert done.request_counts is not None
     assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (8, 4, 4)
     assert done.errors is not None and done.errors.data is not None
