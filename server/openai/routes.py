@@ -14,12 +14,13 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferq import constants
-from inferq.errors import InferenceError, InvalidParameter
+from inferq.errors import InferenceError, InvalidParameter, MalformedValue
 from inferq.keys import Principal
 from inferq.schema import OpenAIBatch, OpenAIFile, as_utc, utcnow
 from inferq.store import openai as stored
 from inferq.store.results import ALL_ITEMS, result_rows
 from inferq.task_names import TaskName
+from inferq.task_specs import unstorable
 from producer.client import check_metadata
 from server.auth import Caller
 from server.deps import Made, Runtime
@@ -92,6 +93,9 @@ async def create_file(request: Request, made: Made, caller: Caller) -> dict[str,
         if purpose not in UPLOAD_PURPOSES:
             raise InvalidParameter("purpose must be 'batch' (inferq runs batches only)", field="purpose")
         filename = (upload.filename or "upload.jsonl")[:255]
+        problem = unstorable(filename)
+        if problem is not None:
+            raise MalformedValue(f"filename: {problem}", field="filename")
         row = await run_in_threadpool(_store_file, made, caller, upload.path, filename, purpose)
     finally:
         upload.discard()

@@ -75,6 +75,20 @@ def test_a_file_goes_in_and_comes_back_byte_for_byte(app_keys: tuple[TestClient,
     assert client.get(f"/v1/files/{made['id']}", headers=bearer(mine)).status_code == 404
 
 
+def test_a_filename_that_cannot_be_stored_is_refused(app_keys: tuple[TestClient, str, str, Path]) -> None:
+    client, mine, _, _ = app_keys
+    # A body written by hand: clients escape such a name, a hostile caller need not
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a\x00b.jsonl"\r\n\r\n{}\n\r\n--B--\r\n'
+    )
+    answer = client.post(
+        "/v1/files", headers={**bearer(mine), "Content-Type": "multipart/form-data; boundary=B"}, content=body
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "malformed_value"
+    assert client.get("/v1/files", headers=bearer(mine)).json()["data"] == []
+
+
 def test_files_are_listed_newest_first_a_page_at_a_time(app_keys: tuple[TestClient, str, str, Path]) -> None:
     client, mine, _, _ = app_keys
     ids = [upload(client, mine, b"{}\n", f"f{i}.jsonl")["id"] for i in range(5)]
