@@ -3,15 +3,16 @@ error files written from the job's results once it has ended.
 
 A batch is created in one request (``POST /v1/batches``): every line of its input file is read once and checked
 (``custom_id`` present, unique, at most 255 characters; ``method`` POST; ``url`` the batch's endpoint; ``body`` an
-object with ``model`` and ``input``; the model and ``dimensions`` the same on every line, since one batch is one
-job), each input of a valid line checked as inferq checks a submitted line. The valid lines' inputs become the
+object with ``model`` and what the endpoint's synchronous route takes, `parse_body`; the model and the job's
+parameters the same on every line, since one batch is one job), each input of a valid line checked as inferq checks a
+submitted line. The valid lines' inputs become the
 items of the batch's job, in order, each carrying its line's ``custom_id``; the refused lines are listed in the
 batch's ``errors`` (the first `inferq.constants.MAX_BATCH_ERRORS_LISTED`) and go to its error file. Unlike OpenAI,
 which fails a whole batch for one bad line, inferq runs the valid lines; a batch without any is ``failed``.
 
 What the output needs besides the results is written beside the input, as the batch's *plan* (one JSON line per
-input line, in the files directory): a valid line's ``custom_id``, input count, encoding and token count, or a
-refused line's error-file line. Once the job has ended (succeeded, failed, cancelled or expired), the first read
+input line, in the files directory): a valid line's ``custom_id``, input count, output options (an encoding, a
+``top_n``) and token count, or a refused line's error-file line. Once the job has ended (succeeded, failed, cancelled or expired), the first read
 of the batch walks the plan and the job's results together, both in input order, and writes the output file (one
 line per line whose every input succeeded) and the error file (the others: the item's error, ``batch_cancelled``
 or ``batch_expired`` for the items that never ran), in constant memory; the batch records the two files (a second
@@ -42,11 +43,24 @@ from inferq.states import JobState
 from inferq.task_names import TaskName
 from producer.client import JobOptions
 from producer.inputs import MAX_ID_CHARS, Limits, validate_rows
-from server.openai.embeddings import embedding_list, embedding_value, token_counts
+from server.openai.embeddings import count_pair_tokens, embedding_list, embedding_value, token_counts
 from server.openai.files import FileWriter, files_dir, new_id
 
+#: inferq's other tasks' routes (synchronous, and inside a batch): the task each runs, and the key each item's
+#: result goes under in ``data[i]``.
+TASK_ENDPOINTS: dict[str, tuple[TaskName, str]] = {
+    "/v1/classifications": (TaskName.CLASSIFICATION, "labels"),
+    "/v1/zero-shot-classifications": (TaskName.ZERO_SHOT_CLASSIFICATION, "labels"),
+    "/v1/token-classifications": (TaskName.TOKEN_CLASSIFICATION, "entities"),
+    "/v1/question-answering": (TaskName.QUESTION_ANSWERING, "answers"),
+    "/v1/fill-mask": (TaskName.FILL_MASK, "fills"),
+}
 #: The endpoints a batch may name, and the inferq task each runs.
-BATCH_ENDPOINTS: dict[str, TaskName] = {"/v1/embeddings": TaskName.EMBEDDING}
+BATCH_ENDPOINTS: dict[str, TaskName] = {
+    "/v1/embeddings": TaskName.EMBEDDING,
+    "/v1/rerank": TaskName.RERANK,
+    **{path: task for path, (task, _) in TASK_ENDPOINTS.items()},
+}
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,3})([hm])$")
 
@@ -105,7 +119,8 @@ class Prepared:
     inputs: Path
     plan: Path
     model: str | None = None
-    dimensions: int | None = None
+    #: The job's parameters: every valid line's are the same (a batch is one job).
+    params: dict[str, Any] = field(default_factory=dict)
     total_lines: int = 0
     bad_lines: int = 0
     good_lines: int = 0
@@ -174,9 +189,10 @@ def prepare(settings: Settings, source: Path, endpoint: str, plan: Path) -> Prep
             for number, raw in enumerate(_lines(source), start=1):
                 prepared.total_lines += 1
                 try:
-                    custom_id, texts, encoding, model, dimensions = _check_line(raw, endpoint, seen)
+                    custom_id, body, model = _check_line(raw, endpoint, seen)
+                    parsed = parse_body(task, body, custom_id)
                     if prepared.model is None:
-                        prepared.model, prepared.dimensions = model, dimensions
+                        prepared.model, prepared.params = model, parsed.params
                         entries.spec = resolve_model(settings, model, task, tenant=True)
                     elif model != prepared.model:
                         raise _Refused(
@@ -185,14 +201,14 @@ def prepare(settings: Settings, source: Path, endpoint: str, plan: Path) -> Prep
                             "body.model",
                             custom_id,
                         )
-                    elif dimensions != prepared.dimensions:
+                    elif parsed.params != prepared.params:
                         raise _Refused(
-                            "mismatched_dimensions",
-                            "dimensions differ from the batch's first line's: a batch runs one set of parameters",
-                            "body.dimensions",
+                            "mismatched_params",
+                            "the parameters differ from the batch's first line's: a batch runs one set of them",
+                            parsed.params_field,
                             custom_id,
                         )
-                    checked = validate_rows([(number, t) for t in texts], task, limits)
+                    checked = validate_rows([(number, r) for r in parsed.rows], task, limits)
                     if checked.errors:
                         raise _Refused("invalid_input", checked.errors[0].message, "body.input", custom_id)
                 except _Refused as refused:
@@ -210,11 +226,16 @@ def prepare(settings: Settings, source: Path, endpoint: str, plan: Path) -> Prep
                     entries.add({"e": line}, [])
                     continue
                 prepared.good_lines += 1
-                if len(texts) != 1:
+                if len(parsed.rows) != 1:
                     prepared.one_item_per_line = False
-                for text in texts:
-                    inputs.write(encode({"id": custom_id, "text": text}) + "\n")
-                entries.add({"c": custom_id, "n": len(texts), "f": encoding}, texts)
+                for row in parsed.rows:
+                    fields = row if isinstance(row, dict) else {"text": row}
+                    inputs.write(encode({"id": custom_id, **fields}) + "\n")
+                entry: dict[str, Any] = {"c": custom_id, "n": len(parsed.rows), "o": parsed.out}
+                if task is TaskName.RERANK and entries.spec is not None:
+                    pair = parsed.rows[0]
+                    entry["t"] = count_pair_tokens(entries.spec, pair["query"], pair["documents"])
+                entries.add(entry, parsed.token_texts)
             entries.flush()
     except BaseException:
         prepared.discard()
@@ -228,8 +249,8 @@ def _lines(source: Path) -> Iterator[bytes]:
         yield from f
 
 
-def _check_line(raw: bytes, endpoint: str, seen: set[bytes]) -> tuple[str, list[str], str, str, int | None]:
-    """A line's ``custom_id``, inputs, encoding, model and dimensions, or `_Refused` saying what is wrong."""
+def _check_line(raw: bytes, endpoint: str, seen: set[bytes]) -> tuple[str, dict[str, Any], str]:
+    """A line's ``custom_id``, body and model, or `_Refused` saying what is wrong."""
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -259,16 +280,81 @@ def _check_line(raw: bytes, endpoint: str, seen: set[bytes]) -> tuple[str, list[
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _Refused("missing_model", "body.model must be the name of a model", "body.model", custom_id)
-    texts = input_texts(body.get("input"), custom_id)
-    encoding = body.get("encoding_format") or "float"
-    if encoding not in ("float", "base64"):
-        raise _Refused(
-            "invalid_encoding_format", "encoding_format must be float or base64", "body.encoding_format", custom_id
-        )
-    dimensions = body.get("dimensions")
-    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):
-        raise _Refused("invalid_dimensions", "dimensions must be a positive integer", "body.dimensions", custom_id)
-    return custom_id, texts, encoding, model, dimensions
+    return custom_id, body, model
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A valid line's body as the job takes it."""
+
+    #: The job's items of the line: texts, or objects of the task's fields.
+    rows: list[Any]
+    #: The job's parameters the line asks for (the same on every line of a batch), and the field that sets them.
+    params: dict[str, Any]
+    params_field: str
+    #: What the line's output needs besides its results (an encoding, a ``top_n`` …).
+    out: dict[str, Any]
+    #: The texts whose tokens the line's ``usage`` counts.
+    token_texts: list[str]
+
+
+def parse_body(task: TaskName, body: dict[str, Any], custom_id: str) -> Parsed:
+    """A request's body for ``task``'s endpoint, as the synchronous route takes it, or `_Refused`."""
+    if task is TaskName.EMBEDDING:
+        texts = input_texts(body.get("input"), custom_id)
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise _Refused(
+                "invalid_encoding_format", "encoding_format must be float or base64", "body.encoding_format", custom_id
+            )
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (
+            isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
+        ):
+            raise _Refused("invalid_dimensions", "dimensions must be a positive integer", "body.dimensions", custom_id)
+        params = {"dimensions": dimensions} if dimensions is not None else {}
+        return Parsed(list(texts), params, "body.dimensions", {"f": encoding}, list(texts))
+    if task is TaskName.RERANK:
+        query, documents, top_n = body.get("query"), body.get("documents"), body.get("top_n")
+        if not isinstance(query, str):
+            raise _Refused("invalid_input", "query must be a string", "body.query", custom_id)
+        if (
+            not isinstance(documents, list)
+            or not 0 < len(documents) <= constants.MAX_LIST_TEXTS
+            or not all(isinstance(d, str) for d in documents)
+        ):
+            raise _Refused(
+                "invalid_input",
+                f"documents must be a list of 1 to {constants.MAX_LIST_TEXTS} strings",
+                "body.documents",
+                custom_id,
+            )
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+            raise _Refused("invalid_input", "top_n must be a positive integer", "body.top_n", custom_id)
+        out = {"top_n": top_n, "docs": bool(body.get("return_documents", False))}
+        # Every document ranked and returned with its text; each line's output keeps its own top_n and texts.
+        return Parsed([{"query": query, "documents": documents}], {"return_documents": True}, "body", out, [])
+    params = body.get("params") or {}
+    if not isinstance(params, dict):
+        raise _Refused("invalid_body", "params must be a JSON object", "body.params", custom_id)
+    value = body.get("input")
+    many = value if isinstance(value, list) else [value]
+    if not 0 < len(many) <= constants.MAX_SYNC_INPUTS:
+        raise _Refused("invalid_input", f"input holds 1 to {constants.MAX_SYNC_INPUTS} items", "body.input", custom_id)
+    if task is TaskName.QUESTION_ANSWERING:
+        if not all(
+            isinstance(v, dict) and set(v) == {"question", "context"} and all(isinstance(x, str) for x in v.values())
+            for v in many
+        ):
+            raise _Refused(
+                "invalid_input",
+                "input must be a {question, context} object, or a list of them",
+                "body.input",
+                custom_id,
+            )
+    elif not all(isinstance(v, str) for v in many):
+        raise _Refused("invalid_input", "input must be a string or a list of strings", "body.input", custom_id)
+    return Parsed(list(many), params, "body.params", {}, [])
 
 
 def input_texts(value: Any, custom_id: str | None = None) -> list[str]:
@@ -387,6 +473,7 @@ def write_outputs(
     errors = FileWriter(directory, new_id("file-"))
     completed = failed = 0
     never_ran = "batch_expired" if _EXPIRED is not None and job is not None and job.state is _EXPIRED else None
+    task = BATCH_ENDPOINTS[batch.endpoint]
     try:
         with plan_path(directory, batch.id).open("r", encoding="utf-8") as plan:
             for entry_text in plan:
@@ -398,14 +485,14 @@ def write_outputs(
                 items = [next(rows, None) for _ in range(entry["n"])]
                 problem = _problem(items, job, never_ran)
                 if problem is None:
-                    vectors = [embedding_value(r.result, r.vector, entry["f"]) for r in items if r is not None]
+                    found = [r for r in items if r is not None]
                     line = {
                         "id": _request_id(),
                         "custom_id": entry["c"],
                         "response": {
                             "status_code": 200,
                             "request_id": secrets.token_hex(16),
-                            "body": embedding_list(model or "", vectors, entry.get("t", 0)),
+                            "body": response_body(task, model or "", found, entry["o"], entry.get("t", 0)),
                         },
                         "error": None,
                     }
@@ -445,6 +532,39 @@ def write_outputs(
         errors.discard()
         raise
     return Written(kept, writers[0], writers[1], completed, failed)
+
+
+def response_body(task: TaskName, model: str, items: list[Any], out: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """What the synchronous route answers for a line's request, from its items' result rows."""
+    if task is TaskName.EMBEDDING:
+        return embedding_list(model, [embedding_value(r.result, r.vector, out["f"]) for r in items], tokens)
+    if task is TaskName.RERANK:
+        return rerank_body(model, f"rerank-{secrets.token_hex(12)}", items[0].result, out["top_n"], out["docs"], tokens)
+    key = next(k for t, k in TASK_ENDPOINTS.values() if t is task)
+    return {
+        "object": "list",
+        "model": model,
+        "data": [{"object": task.value, "index": i, key: r.result} for i, r in enumerate(items)],
+    }
+
+
+def rerank_body(
+    model: str, rerank_id: str, ranked: list[dict[str, Any]], top_n: int | None, with_documents: bool, tokens: int
+) -> dict[str, Any]:
+    """The rerank answer (the shape TEI, infinity and vLLM share with Cohere and Jina) from an item's ranking."""
+    results = []
+    for r in ranked[:top_n] if top_n is not None else ranked:
+        result: dict[str, Any] = {"index": r["index"], "relevance_score": r["score"]}
+        if with_documents:
+            result["document"] = {"text": r.get("document")}
+        results.append(result)
+    return {
+        "id": rerank_id,
+        "object": "rerank",
+        "model": model,
+        "results": results,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def _problem(items: list[Any | None], job: Job | None, never_ran: str | None) -> tuple[str, str] | None:

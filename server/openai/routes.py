@@ -204,7 +204,7 @@ def create_batch(body: BatchRequest, made: Made, caller: Caller) -> dict[str, An
             options = batches.job_options_for(
                 batch_id, caller.tenant, metadata, body.completion_window, webhook_url=body.webhook_url
             )
-            params = {"dimensions": prepared.dimensions} if prepared.dimensions is not None else {}
+            params = prepared.params
             submission = made.client.submit(
                 batches.BATCH_ENDPOINTS[body.endpoint],
                 prepared.model or "",
@@ -371,20 +371,8 @@ def rerank(body: RerankRequest, made: Made, caller: Caller) -> dict[str, Any]:
     row = {"query": body.query, "documents": body.documents}
     spec, status, rows = sync.run_job(made, caller, TaskName.RERANK, body.model, [row], params)
     _raise_failure(status, rows)
-    results = []
-    for ranked in rows[0].result:
-        result: dict[str, Any] = {"index": ranked["index"], "relevance_score": ranked["score"]}
-        if body.return_documents:
-            result["document"] = {"text": ranked.get("document")}
-        results.append(result)
     tokens = count_pair_tokens(spec, body.query, body.documents)
-    return {
-        "id": f"rerank-{status.id}",
-        "object": "rerank",
-        "model": body.model,
-        "results": results,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+    return batches.rerank_body(body.model, f"rerank-{status.id}", rows[0].result, None, body.return_documents, tokens)
 
 
 # -- inferq's other tasks ----------------------------------------------------------------------------------------------
@@ -410,13 +398,9 @@ class TaskRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-#: Route → (task, the key each result goes under, what one item is).
+#: Route → (task, the key each result goes under): `server.openai.batches.TASK_ENDPOINTS` without ``/v1``.
 TASK_ROUTES: dict[str, tuple[TaskName, str]] = {
-    "/classifications": (TaskName.CLASSIFICATION, "labels"),
-    "/zero-shot-classifications": (TaskName.ZERO_SHOT_CLASSIFICATION, "labels"),
-    "/token-classifications": (TaskName.TOKEN_CLASSIFICATION, "entities"),
-    "/question-answering": (TaskName.QUESTION_ANSWERING, "answers"),
-    "/fill-mask": (TaskName.FILL_MASK, "fills"),
+    path.removeprefix("/v1"): spec for path, spec in batches.TASK_ENDPOINTS.items()
 }
 
 

@@ -431,3 +431,51 @@ def assert_same_results(got: Any, want: Any, where: str) -> None:
 
 def worker_models_task(env: dict[str, str], model: str) -> str:
     return str(json.loads(env["INFERQ_MODELS"])[model]["task"])
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "bodies"),
+    [
+        (
+            "/v1/rerank",
+            [
+                {"model": "rerank-bert", "query": "q one", "documents": corpus()[20:26], "top_n": 2},
+                {"model": "rerank-bert", "query": "q two", "documents": corpus()[30:33], "return_documents": True},
+            ],
+        ),
+        (
+            "/v1/classifications",
+            [
+                {"model": "cls-distilbert", "input": corpus()[70:72], "params": {"top_k": 2}},
+                {"model": "cls-distilbert", "input": corpus()[72], "params": {"top_k": 2}},
+            ],
+        ),
+        (
+            "/v1/question-answering",
+            [{"model": "qa-bert", "input": {"question": "Who?", "context": "Ada Lovelace wrote it."}}],
+        ),
+    ],
+)
+def test_a_batch_of_another_endpoint_answers_what_its_route_answers(
+    client: openai.OpenAI, endpoint: str, bodies: list[dict[str, Any]]
+) -> None:
+    # Given the requests of a batch file for another endpoint than embeddings
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": endpoint, "body": b} for i, b in enumerate(bodies)]
+    batch = client.batches.create(input_file_id=upload(client, lines), endpoint=endpoint, completion_window="24h")
+    # When it ends
+    done = wait(client, batch.id)
+    assert done.status == "completed" and done.error_file_id is None and done.output_file_id is not None
+    out = jsonl(client, done.output_file_id)
+    # Then each line's response body is what the synchronous route answers for the same body
+    assert [o["custom_id"] for o in out] == [f"r{i}" for i in range(len(bodies))]
+    for line, body in zip(out, bodies, strict=True):
+        direct = httpx.post(
+            f"{client.base_url}{endpoint.removeprefix('/v1/')}",
+            headers={"Authorization": f"Bearer {client.api_key}"},
+            json=body,
+            timeout=300,
+        )
+        assert direct.status_code == 200, direct.text
+        got, want = line["response"]["body"], direct.json()
+        got.pop("id", None), want.pop("id", None)
+        assert_same_results(got, want, endpoint)
