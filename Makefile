@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 
-.PHONY: install demo test lint format docs bench bench-polling soak clean
+.PHONY: install demo test lint format docs bench bench-million bench-polling soak clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ docs: install
 
 bench: install
 	$(BIN)/python -m bench
+
+#: A million items end to end on the null device: submit, run, Parquet and NPY export, each step's wall time and every
+#: process's peak memory (bench/million.py; ~15 minutes on 2 cores, so not part of `make bench`).
+bench-million: install
+	$(BIN)/python -m bench --tasks million
 
 #: Status polls under wrk (Debian's `wrk` package): requests/s and latency percentiles, 1 and 2 server processes.
 bench-polling: install

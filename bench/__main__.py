@@ -9,7 +9,9 @@ reference), inferq's engine in-process at fp32, bf16 and int8, and the same item
 machine's load. Then the worker's memory across consecutive jobs, many one-item jobs against one large job,
 submission, export and status at 100k items, and for embeddings the bytes of a stored vector and the NPY export
 of 100k stored vectors. ``--tasks sim`` (part of ``all``): the whole system on a simulated accelerator
-(`bench.simulated`): items/s, the device's busy fraction and where each chunk's time goes."""
+(`bench.simulated`): items/s, the device's busy fraction and where each chunk's time goes. ``--tasks budget`` (part
+of ``all``): the machine's CPU an item, every process, against in-process loops (`bench.budget`). ``--tasks
+million`` (not part of ``all``: minutes): a million items end to end on the null device (`bench.million`)."""
 
 from __future__ import annotations
 
@@ -112,7 +114,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="all",
         help="comma-separated tasks, or all (the default), classic (classification, question_answering, "
         "fill_mask), encoders (embedding, zero_shot_classification, rerank) or sim (the whole system on a "
-        "simulated accelerator, bench.simulated) or peers (sentence-transformers, CTranslate2 and ONNX Runtime beside "
+        "simulated accelerator, bench.simulated) or budget (the CPU an item of every process against in-process loops, "
+        "bench.budget) or million (a million items on the null device: submit, run, export; bench.million; not part of "
+        "all) or peers (sentence-transformers, CTranslate2 and ONNX Runtime beside "
         "inferq's engine on the real all-MiniLM-L6-v2, with each row's quality tier, bench.peers; not part of all)",
     )
     p.add_argument(
@@ -147,6 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="interleaved rounds per task (default: 3 classification and embedding, 2 others; quick 1)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--million-items", type=int, default=None, help="items of --tasks million (default 1,000,000)")
     p.add_argument(
         "--http",
         action="store_true",
@@ -159,8 +164,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     words = [w.strip() for w in args.tasks.split(",")]
     args.sim = "sim" in words or "all" in words
     args.peers = "peers" in words
-    rest = ",".join(w for w in words if w not in ("sim", "peers"))
-    args.task_list = task_list(rest) if rest or not (args.sim or args.peers) else []
+    args.budget = "budget" in words or "all" in words
+    args.million = "million" in words
+    rest = ",".join(w for w in words if w not in ("sim", "peers", "budget", "million"))
+    alone = args.sim or args.peers or args.budget or args.million
+    args.task_list = task_list(rest) if rest or not alone else []
     args.precision_list = [x.strip() for x in args.precisions.split(",") if x.strip()]
     args.scale_items = args.scale_items or (20_000 if args.quick else 100_000)
     if args.small_jobs is None:
@@ -211,6 +219,10 @@ class Run:
     machine: dict[str, Any] = field(default_factory=dict)
     #: The whole system on a simulated accelerator (`bench.simulated.bench_simulated`).
     sim: dict[str, Any] | None = None
+    #: The per-item CPU budget (`bench.budget.bench_budget`).
+    budget: dict[str, Any] | None = None
+    #: A million items end to end (`bench.million.bench_million`).
+    million: dict[str, Any] | None = None
 
 
 @dataclass
@@ -404,6 +416,10 @@ def targets(run: Run, args: argparse.Namespace) -> list[Target]:
             from bench.pools import pools_target
 
             out.append(pools_target(run.sim["pools"]))
+    if run.budget is not None:
+        from bench.budget import budget_targets
+
+        out.extend(budget_targets(run.budget))
     ms = run.measurements
     for task in args.task_list:
         if task in SYSTEM_OVER_REFERENCE:
@@ -623,6 +639,26 @@ def render(run: Run, args: argparse.Namespace, info: dict[str, Any], checks: lis
 
             lines.append(pools_line(run.sim["pools"]))
         lines.append("")
+    if run.budget is not None:
+        from bench.budget import budget_table
+
+        b = run.budget
+        lines.append(
+            f"CPU budget ({b['items']:,} classification items, chunks of {b['chunk_size']:,}, {b['model']}, "
+            f"{b['torch_threads']} torch thread(s) in the worker and the loop; one worker process):"
+        )
+        lines.append(budget_table(b))
+        lines.append(
+            "CPU: /proc utime+stime of the worker tree, the PostgreSQL backends of the benchmark's database, "
+            "PostgreSQL's background processes and Redis (both shared with any other load), and the producer's "
+            f"submission; loops: this process. Worker logs under {b['worker_logs']}."
+        )
+        lines.append("")
+    if run.million is not None:
+        from bench.million import million_lines
+
+        lines.extend(million_lines(run.million))
+        lines.append("")
     if not run.measurements:
         lines.extend(t.line() for t in checks)
         return "\n".join(lines)
@@ -700,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         return main_http(args, argv)
     if args.peers:
         main_peers(args, argv)
-        if not (args.task_list or args.sim):
+        if not (args.task_list or args.sim or args.budget or args.million):
             return 0
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -729,6 +765,10 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(machine=info)
     if args.sim:
         bench_sim(run, args)
+    if args.budget:
+        bench_budget_section(run, args)
+    if args.million:
+        bench_million_section(run, args)
     if args.task_list:
         bench_tasks(run, args)
     http: dict[str, Any] | None = None
@@ -774,6 +814,8 @@ def main(argv: list[str] | None = None) -> int:
         "vectors": run.vectors,
         "npy_export": run.npy_export,
         "simulated_device": {k: v for k, v in run.sim.items() if not k.startswith("_")} if run.sim else None,
+        "budget": {k: v for k, v in run.budget.items() if not k.startswith("_")} if run.budget else None,
+        "million": run.million,
         "skipped": run.skipped,
         "worker_log": run.worker_log,
         "targets": checks,
@@ -883,6 +925,33 @@ def bench_sim(run: Run, args: argparse.Namespace) -> None:
         run.sim["pools"] = bench_pools(model, items[:POOL_ITEMS], params_for(model.task), rounds=max(2, rounds))
     except ServicesUnavailable as exc:
         run.skipped.append(f"simulated device: {exc}")
+
+
+def bench_budget_section(run: Run, args: argparse.Namespace) -> None:
+    """The per-item CPU budget (`bench.budget`): ``--n`` items (default `bench.budget.BUDGET_CHUNKS` chunks)."""
+    from bench.budget import BUDGET_CHUNK, BUDGET_CHUNKS, bench_budget, ensure_tiny_model
+    from bench.system import ServicesUnavailable
+
+    n = args.n or BUDGET_CHUNK * (BUDGET_CHUNKS // 4 if args.quick else BUDGET_CHUNKS)
+    try:
+        items = items_for(TaskName.CLASSIFICATION, n, args.seed)
+        model = ensure_tiny_model(args.models_dir)
+        run.budget = bench_budget(model, items, params_for(TaskName.CLASSIFICATION))
+    except ServicesUnavailable as exc:
+        run.skipped.append(f"budget: {exc}")
+
+
+def bench_million_section(run: Run, args: argparse.Namespace) -> None:
+    """A million items end to end (`bench.million`; ``--million-items`` sets how many)."""
+    from bench.budget import ensure_tiny_model
+    from bench.million import MILLION, bench_million
+    from bench.system import ServicesUnavailable
+
+    n = args.million_items or MILLION
+    try:
+        run.million = bench_million(ensure_tiny_model(args.models_dir), n)
+    except ServicesUnavailable as exc:
+        run.skipped.append(f"million: {exc}")
 
 
 def bench_tasks(run: Run, args: argparse.Namespace) -> None:

@@ -2,8 +2,9 @@
 
 The reference is the same stored inputs run in this process through the engines the workers use
 (`worker.model_cache.ModelCache`), with no broker, no fault and no batching with other jobs: fp32 results must
-agree to `SCORE_TOLERANCE` (the parity tests' tolerance), strings and integers exactly, and an item fails in the
-reference exactly when it fails in the soak (the poison items, and only they).
+agree to `SCORE_TOLERANCE` (the parity tests' tolerance), strings and integers exactly, except a label picked by
+its score, which may differ where the two labels' scores are within that tolerance (a near tie, `LABEL_KEYS`), and an
+item fails in the reference exactly when it fails in the soak (the poison items, and only they).
 
 The soak's jobs draw their texts from one corpus, so the same input meets the same model and parameters many times
 over a long run: the reference runs each distinct (model, parameters, input) once (`References`) and every item
@@ -35,6 +36,12 @@ if TYPE_CHECKING:
 
 #: Largest accepted difference between a stored float and the reference's (as `tests.reference`).
 SCORE_TOLERANCE = 1e-5
+
+#: Keys of a result's dict that name a label chosen by its ``score`` (an argmax). Two labels whose scores are within
+#: `SCORE_TOLERANCE` are a near tie: on a random-weight model the winner flips with the batch's composition (a
+#: token's B-MISC at 0.1251 against I-PER at 0.1251), so a different label with the same score agrees; a different
+#: label with a different score is a changed result.
+LABEL_KEYS = frozenset({"label", "entity", "entity_group"})
 
 #: Examples of each problem kept in the summary.
 EXAMPLES = 5
@@ -233,7 +240,9 @@ def _difference(item: Item, want: Any) -> str | None:
     where = _first_difference(item.result, want.result, "result")
     if where:
         return where
-    for name in ("label", "answer", "start_char", "end_char", "entity_count"):
+    if item.label != want.label and not _near_tie(item.score, want.score):
+        return f"label: {item.label!r} != {want.label!r} (scores {item.score} and {want.score})"
+    for name in ("answer", "start_char", "end_char", "entity_count"):
         if getattr(item, name) != getattr(want, name):
             return f"{name}: {getattr(item, name)!r} != {getattr(want, name)!r}"
     if (item.score is None) != (want.score is None) or (
@@ -260,7 +269,10 @@ def _first_difference(got: Any, want: Any, path: str) -> str | None:
     if isinstance(want, dict):
         if not isinstance(got, dict) or set(got) != set(want):
             return f"{path}: keys {sorted(got) if isinstance(got, dict) else got!r} != {sorted(want)}"
+        tied = _near_tie(got.get("score"), want.get("score"))
         for key in want:
+            if key in LABEL_KEYS and tied and got[key] != want[key]:
+                continue  # a near tie: either label is the model's answer (see LABEL_KEYS)
             if d := _first_difference(got[key], want[key], f"{path}.{key}"):
                 return d
         return None
@@ -272,6 +284,12 @@ def _first_difference(got: Any, want: Any, path: str) -> str | None:
                 return d
         return None
     return None if got == want else f"{path}: {got!r} != {want!r}"
+
+
+def _near_tie(got: Any, want: Any) -> bool:
+    """Whether two winning labels' scores are within `SCORE_TOLERANCE`: the two labels were a tie, not a change."""
+    numbers = (int, float)
+    return isinstance(got, numbers) and isinstance(want, numbers) and math.isclose(got, want, abs_tol=SCORE_TOLERANCE)
 
 
 def count_rows(sessions: sessionmaker[Session]) -> dict[str, int]:

@@ -15,9 +15,10 @@ from inferq.settings import ModelSpec, Settings
 from inferq.task_specs import TaskName, validate_params
 from producer.client import store_job
 from producer.inputs import InputRecord
-from soak.verdict import judge
+from soak.verdict import SCORE_TOLERANCE, _difference, judge
 from soak.workload import JobSpec
 from tests.support.tiny_models import corpus
+from worker.engines.base import Outcome
 from worker.model_cache import ModelCache
 from worker.runner import Runner
 
@@ -71,3 +72,45 @@ def test_the_verdict_finds_every_kind_of_damage(sqlite_settings: Settings, tiny_
         session.execute(update(Job).where(Job.id == second).values(state="running"))
     assert judge(settings, sessions, specs).stuck == 1
     engine.dispose()
+
+
+def ner_outcome(label: str, score: float) -> Outcome:
+    """An NER outcome of one token, as the token-classification engine writes it (aggregation ``none``)."""
+    entity = {"entity": label, "score": score, "index": 1, "word": "paris", "start": 0, "end": 5}
+    return Outcome(result=[entity], label=label, score=score, entity_count=1)
+
+
+def stored(outcome: Outcome) -> Item:
+    """The item row the worker writes for it (the columns `_difference` reads)."""
+    return Item(result=outcome.result, label=outcome.label, score=outcome.score, entity_count=outcome.entity_count)
+
+
+def test_a_label_flipped_by_a_near_tie_agrees() -> None:
+    # Given the reference's I-PER at 0.125001 and a stored B-MISC at 0.125004 (a random-weight model's near tie)
+    reference = ner_outcome("I-PER", 0.125001)
+    got = stored(ner_outcome("B-MISC", 0.125004))
+    # Then the verdict finds no difference, in the result nor in the label column
+    assert _difference(got, reference) is None
+
+
+def test_a_label_with_a_different_score_is_a_change() -> None:
+    # Given the same label flip with scores 1e-3 apart (beyond SCORE_TOLERANCE): a real change
+    reference = ner_outcome("I-PER", 0.125)
+    got = stored(ner_outcome("B-MISC", 0.126))
+    # Then it is reported, naming the label
+    difference = _difference(got, reference)
+    assert difference is not None and "B-MISC" in difference and "I-PER" in difference
+    # And the label column alone (result equal) is judged the same way
+    got = stored(ner_outcome("I-PER", 0.125))
+    got.label, got.score = "B-MISC", 0.125 + 10 * SCORE_TOLERANCE
+    assert _difference(got, reference) is not None
+    got.score = 0.125 + SCORE_TOLERANCE / 10
+    assert _difference(got, reference) is None
+
+
+def test_a_near_tie_excuses_the_label_only() -> None:
+    # Given a near tie whose entity also moved (another span): the label is excused, the span is not
+    reference = ner_outcome("I-PER", 0.125)
+    moved = ner_outcome("B-MISC", 0.125)
+    moved.result[0]["end"] = 4
+    assert _difference(stored(moved), reference) == "result[0].end: 4 != 5"
