@@ -172,3 +172,25 @@ HTTP_JOBS_PAGE = MAX_LIST_LIMIT
 
 #: Bytes per read when a file is streamed as a request body, and per JSONL batch generated from Python objects.
 HTTP_BODY_CHUNK_BYTES = 1 << 20
+
+
+# -- the OpenAI-compatible API (`server.openai`) -----------------------------------------------------------------------
+
+#: Lines a file of ``POST /v1/files`` may hold (OpenAI: 50,000 requests a batch): a batch's job holds at most
+#: `DEFAULT_MAX_ITEMS` items, and one line is at least one item.
+MAX_FILE_LINES = 1_000_000
+#: Bytes read or written at a time when a file streams in or out: large enough that a system call moves a lot,
+#: small enough that many downloads at once hold little memory.
+FILE_STREAM_BYTES = 1 << 20
+#: Refused lines a batch lists in its ``errors`` (all of them are in its error file).
+MAX_BATCH_ERRORS_LISTED = 100
+#: Seconds a synchronous call waits for its job by default (a few seconds of work at most: its inputs are few).
+DEFAULT_SYNC_TIMEOUT = 60.0
+#: Synchronous calls a server process runs at once by default; each holds a thread that polls its job.
+DEFAULT_SYNC_CONCURRENCY = 16
+#: What ``Retry-After`` says to a synchronous call refused because the workers are saturated, in seconds.
+SYNC_RETRY_AFTER = 5
+#: Inputs one synchronous call may carry (OpenAI: 2048 for embeddings).
+MAX_SYNC_INPUTS = 2048
+#: Priority of a synchronous call's job (fair share: 0–9, higher first): ahead of every batch.
+SYNC_PRIORITY = 9

@@ -11,6 +11,8 @@ InferqError
 │   ├── UnknownTask             unknown_task
 │   ├── UnknownModel            unknown_model
 │   ├── JobNotFound             job_not_found
+│   ├── FileNotFound            file_not_found       an OpenAI-API file that does not exist (or another tenant's)
+│   ├── BatchNotFound           batch_not_found      an OpenAI-API batch that does not exist (or another tenant's)
 │   ├── RequestError            (the HTTP API: a request that cannot be served as sent)
 │   │   ├── Unauthorized            unauthorized            no key, an unknown key, a revoked key
 │   │   ├── PayloadTooLarge         payload_too_large       an upload over INFERQ_MAX_UPLOAD_BYTES
@@ -28,6 +30,7 @@ InferqError
 └── TransientError              (retried with backoff)
     ├── DatabaseUnavailable     database_unavailable
     ├── BrokerUnavailable       broker_unavailable
+    ├── WorkersSaturated        workers_saturated    a synchronous call found no room, or its job did not end in time
     └── ServerUnavailable       server_unavailable   the HTTP API did not answer (or answered 5xx without a code)
 
 A database that is unreachable or drops the connection surfaces as `DatabaseUnavailable` wherever inferq talks to
@@ -134,6 +137,14 @@ class JobNotFound(InputError):
     code = "job_not_found"
 
 
+class FileNotFound(InputError):
+    code = "file_not_found"
+
+
+class BatchNotFound(InputError):
+    code = "batch_not_found"
+
+
 class RequestError(InputError):
     """A request to the HTTP API that cannot be served as it was sent (`server.errors` maps each to its status)."""
 
@@ -230,6 +241,17 @@ class DatabaseUnavailable(TransientError):
 
 class BrokerUnavailable(TransientError):
     code = "broker_unavailable"
+
+
+class WorkersSaturated(TransientError):
+    """A synchronous call of the OpenAI-compatible API (``POST /v1/embeddings`` …) found the server's synchronous
+    calls all taken, or its job did not end within ``INFERQ_SYNC_TIMEOUT``. ``retry_after``: seconds worth waiting."""
+
+    code = "workers_saturated"
+
+    def __init__(self, message: str = "", *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ServerUnavailable(TransientError):

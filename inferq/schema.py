@@ -293,3 +293,61 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
     #: Seconds from sending the request to the answer (or the failure).
     duration: Mapped[float] = mapped_column(Float)
+
+
+class OpenAIFile(Base):
+    """A file of the OpenAI-compatible API (``POST /v1/files``): its bytes lie in the files directory
+    (``INFERQ_FILES_DIR``, `server.openai.files`) under its id; this row is its metadata and its owner."""
+
+    __tablename__ = "openai_files"
+
+    #: ``file-…``: also the name of its bytes in the files directory.
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    #: The tenant of the key that uploaded it (or of the batch that produced it).
+    tenant: Mapped[str] = mapped_column(String(64))
+    #: ``batch`` (uploaded), ``batch_output`` (a batch's output or error file).
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(Integer)
+    #: Lines of the file (at most `inferq.constants.MAX_FILE_LINES`).
+    lines: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_openai_files_tenant_created_at", "tenant", "created_at"),)
+
+
+class OpenAIBatch(Base):
+    """A batch of the OpenAI-compatible API (``POST /v1/batches``): the inferq job its valid lines became, and what
+    the job itself does not hold (the input file, the lines refused before the job, the output and error files)."""
+
+    __tablename__ = "openai_batches"
+
+    #: ``batch_…``.
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    #: The inferq job of the batch's valid lines; ``None`` when no line was valid (the batch ``failed``).
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    #: Lines of the input file, and how many of them were refused before the job (listed in `errors` and the
+    #: error file).
+    total_lines: Mapped[int] = mapped_column(Integer)
+    bad_lines: Mapped[int] = mapped_column(Integer, default=0)
+    #: Items of the job per valid line, when every line gave one input (``True``): the job's counts are the
+    #: lines' counts while it runs.
+    one_item_per_line: Mapped[bool] = mapped_column(Boolean, default=True)
+    #: The first refused lines as OpenAI's ``errors.data`` (code, message, param, line).
+    errors: Mapped[list[Any] | None] = mapped_column(JSON)
+    #: Lines that succeeded and failed in all, counted when the output files were written.
+    completed_lines: Mapped[int | None] = mapped_column(Integer)
+    failed_lines: Mapped[int | None] = mapped_column(Integer)
+    output_file_id: Mapped[str | None] = mapped_column(String(40))
+    error_file_id: Mapped[str | None] = mapped_column(String(40))
+    #: When the output files were written (the batch is ``completed``, ``cancelled`` or ``expired`` from then on).
+    finalized_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    cancelling_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_openai_batches_tenant_created_at", "tenant", "created_at"),)

@@ -186,6 +186,16 @@ class Settings(BaseSettings):
     #: directory. Files of that prefix older than the server's start are removed when it starts (a killed server
     #: leaves them behind).
     upload_dir: Path | None = None
+    #: Where the OpenAI-compatible API keeps its files (``POST /v1/files``, batches' output and error files), one
+    #: file per id, streamed in and out in `inferq.constants.FILE_STREAM_BYTES` pieces. Every server process behind
+    #: a load balancer must see the same directory (a shared volume); a relative path is from the server's working
+    #: directory.
+    files_dir: Path = Path("inferq-files")
+    #: Seconds a synchronous call (``POST /v1/embeddings``, ``/v1/rerank``, …) waits for its job; past it the job is
+    #: cancelled and the answer is 503 with ``Retry-After``.
+    sync_timeout: float = Field(constants.DEFAULT_SYNC_TIMEOUT, gt=0)
+    #: Synchronous calls a server process runs at once; one more is answered 503 with ``Retry-After`` at once.
+    sync_concurrency: int = Field(constants.DEFAULT_SYNC_CONCURRENCY, ge=1)
     #: Seconds before each delivery attempt (the first from the job's end, the others from the previous failure);
     #: as many attempts as delays. ``INFERQ_WEBHOOK_RETRY_DELAYS`` is comma-separated (``0,5,300``) or a JSON list.
     webhook_retry_delays: Annotated[list[float], NoDecode] = Field(

@@ -4,6 +4,7 @@ behind a load balancer hold no state of their own."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from server.deps import Runtime
 from server.guards import RefuseMalformed
 from server.headers import SecurityHeaders
 from server.metrics import ApiMetrics, ObserveRequests
+from server.openai import routes as openai_routes
 from server.routes import health, jobs, models, page, progress, webhook_secret
 from server.uploads import remove_stale_uploads, upload_directory
 
@@ -55,7 +57,13 @@ def create_app(settings: Settings) -> FastAPI:
         # Made now, once, rather than by whichever request thread comes first (neither connects).
         _ = client.sessions, client.reader
         polls = make_engine(settings, pool_size=API_POLL_POOL_SIZE, pre_ping=False, isolation_level="AUTOCOMMIT")
-        app.state.runtime = Runtime(settings, client, polls, CapacityLimiter(API_POLL_THREADS))
+        app.state.runtime = Runtime(
+            settings,
+            client,
+            polls,
+            CapacityLimiter(API_POLL_THREADS),
+            threading.BoundedSemaphore(settings.sync_concurrency),
+        )
         try:
             yield
         finally:
@@ -76,6 +84,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(progress.router, prefix=f"/{API_VERSION}")
     app.include_router(models.router, prefix=f"/{API_VERSION}")
     app.include_router(webhook_secret.router, prefix=f"/{API_VERSION}")
+    app.include_router(openai_routes.router, prefix=f"/{API_VERSION}")
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
     if metrics is not None:

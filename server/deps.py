@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from anyio import CapacityLimiter
@@ -25,6 +26,9 @@ class Runtime:
     #: The threads status polls run in, fewer than the pool's 40: a poll holds the GIL for most of its time,
     #: and more threads than cores only queue on it, each wait a switch interval long.
     poll_threads: CapacityLimiter
+    #: Slots of the synchronous calls of the OpenAI-compatible API (`server.openai.sync`): one taken per call, a
+    #: call that finds none is answered 503.
+    sync_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(16))
 
 
 async def runtime(request: Request) -> Runtime:

@@ -19,6 +19,8 @@ from starlette.requests import ClientDisconnect
 
 from inferq.api import ErrorBody
 from inferq.errors import (
+    BatchNotFound,
+    FileNotFound,
     IdempotencyConflict,
     InferqError,
     InputError,
@@ -35,6 +37,7 @@ from inferq.errors import (
     UnknownModel,
     UnknownTask,
     UnsupportedMediaType,
+    WorkersSaturated,
 )
 
 log = logging.getLogger("inferq.server")
@@ -49,6 +52,8 @@ STATUS: tuple[tuple[type[InferqError], int], ...] = (
     (QuotaExceeded, 429),
     (NothingToRetry, 400),
     (JobNotFound, 404),
+    (FileNotFound, 404),
+    (BatchNotFound, 404),
     (UnknownModel, 404),
     (UnknownTask, 400),
     (InvalidInput, 400),
@@ -76,7 +81,8 @@ _DESCRIPTIONS = {
     422: "A parameter does not parse or is out of its range",
     429: "The tenant's quota of unfinished items is reached (see Retry-After)",
     500: "An unexpected error",
-    503: "The database or the broker is unreachable",
+    503: "The database or the broker is unreachable; or, for a synchronous call, the workers are saturated (see "
+    "Retry-After)",
 }
 
 
@@ -116,7 +122,7 @@ def inferq_error_response(exc: InferqError) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, QuotaExceeded):
+    if isinstance(exc, QuotaExceeded | WorkersSaturated):
         headers["Retry-After"] = str(exc.retry_after)
     status = status_of(exc)
     if status >= 500:
@@ -124,38 +130,97 @@ def inferq_error_response(exc: InferqError) -> JSONResponse:
     return JSONResponse(error_body(exc.code, message, **extra), status_code=status, headers=headers)
 
 
+#: Paths of the OpenAI-compatible API (`server.openai`): their errors take OpenAI's shape (`openai_shaped`).
+OPENAI_PATHS = (
+    "/v1/files",
+    "/v1/batches",
+    "/v1/embeddings",
+    "/v1/rerank",
+    "/v1/classifications",
+    "/v1/zero-shot-classifications",
+    "/v1/token-classifications",
+    "/v1/question-answering",
+    "/v1/fill-mask",
+)
+
+
+def is_openai_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in OPENAI_PATHS)
+
+
+def openai_error_type(status: int) -> str:
+    """OpenAI's ``error.type`` for an HTTP status."""
+    if status == 401:
+        return "authentication_error"
+    if status == 404:
+        return "not_found_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def openai_shaped(response: JSONResponse) -> JSONResponse:
+    """inferq's error ``response`` in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, as the
+    official clients read it (``lines`` of an `InvalidInput` kept beside them); headers unchanged, and the status
+    too but for 422 (a parameter out of its range), which OpenAI answers as 400."""
+    import json
+
+    error = json.loads(bytes(response.body))["error"]
+    shaped = {
+        "message": error.get("message", ""),
+        "type": openai_error_type(response.status_code),
+        "param": error.get("field"),
+        "code": error.get("code"),
+    }
+    if "lines" in error:
+        shaped["lines"] = error["lines"]
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+    status = 400 if response.status_code == 422 else response.status_code
+    return JSONResponse({"error": shaped}, status_code=status, headers=headers)
+
+
 def install(app: FastAPI) -> None:
-    """Register the handlers on ``app``."""
+    """Register the handlers on ``app``. On the OpenAI-compatible API's paths the body takes OpenAI's shape
+    (`openai_shaped`)."""
 
-    async def on_inferq_error(_request: Request, exc: Exception) -> Response:
+    def shaped(request: Request, response: JSONResponse) -> JSONResponse:
+        return openai_shaped(response) if is_openai_path(request.url.path) else response
+
+    async def on_inferq_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, InferqError)
-        return inferq_error_response(exc)
+        return shaped(request, inferq_error_response(exc))
 
-    async def on_validation_error(_request: Request, exc: Exception) -> Response:
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         message = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg', '')}" for e in exc.errors()
         )
-        return JSONResponse(
-            error_body(InvalidParameter.code, message or "invalid request", field=field), status_code=422
+        return shaped(
+            request,
+            JSONResponse(error_body(InvalidParameter.code, message or "invalid request", field=field), status_code=422),
         )
 
-    async def on_http_error(_request: Request, exc: Exception) -> Response:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=dict(exc.headers or {})
+        return shaped(
+            request,
+            JSONResponse(
+                error_body(code, str(exc.detail)), status_code=exc.status_code, headers=dict(exc.headers or {})
+            ),
         )
 
     async def on_disconnect(_request: Request, _exc: Exception) -> Response:
         # The client went away mid-upload: nobody reads this answer, and nothing was stored.
         return Response(status_code=400)
 
-    async def on_unexpected(_request: Request, exc: Exception) -> Response:
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
-        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+        return shaped(request, JSONResponse(error_body("internal_error", "internal server error"), status_code=500))
 
     app.add_exception_handler(InferqError, on_inferq_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -54,6 +54,8 @@ MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 32
 #: The multipart part that holds the file.
 FILE_FIELD = "file"
+#: Where `_multipart` hands back the file part's ``filename`` among the fields (a name no form field can have).
+_FILENAME = "\x00filename"
 
 
 @dataclass
@@ -69,6 +71,8 @@ class Upload:
     size: int
     #: Option fields of a multipart body (empty for a raw body).
     fields: dict[str, str] = field(default_factory=dict)
+    #: The ``filename`` of a multipart body's file part, where it has one.
+    filename: str | None = None
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -172,7 +176,8 @@ async def receive_upload(request: Request, limit: int, directory: Path | None = 
                 digest, size, fields, found = await _multipart(request, boundary, out, _Counter(limit))
                 if not found:
                     raise InvalidParameter(f"the multipart body has no {FILE_FIELD!r} part", field=FILE_FIELD)
-                return Upload(path, "auto", digest, size, fields)
+                filename = fields.pop(_FILENAME, None)
+                return Upload(path, "auto", digest, size, fields, filename)
             digest, size = await _raw(request, out, _Counter(limit))
             return Upload(path, RAW_MEDIA_TYPES[kind], digest, size)
     except BaseException:
@@ -225,6 +230,9 @@ async def _multipart(
         _, options = parse_options_header(part.headers.get(b"content-disposition", b""))
         part.name = options.get(b"name", b"").decode("utf-8", "replace")
         if part.name == FILE_FIELD:
+            filename = options.get(b"filename")
+            if filename:
+                fields[_FILENAME] = filename.decode("utf-8", "replace")
             if found:
                 raise InvalidParameter(f"the multipart body has more than one {FILE_FIELD!r} part", field=FILE_FIELD)
             found = True

@@ -32,7 +32,7 @@ from server.process import running_server
 
 pytestmark = pytest.mark.services
 
-#: Examples per operation and generation mode: with 13 operations, two modes, about 300 requests in all.
+#: Examples per operation and generation mode: with 31 operations, two modes, about 700 requests in all.
 EXAMPLES = 12
 
 #: What every answer is checked for: no server error, and a body and media type as the document says.
@@ -61,6 +61,9 @@ def fuzzed_server(
         "INFERQ_DEFAULT_QUEUE": f"inferq-test-{uuid.uuid4().hex[:10]}",
         "INFERQ_RECOVER_INTERVAL": "0",
         "INFERQ_MAX_UPLOAD_BYTES": str(1 << 20),
+        "INFERQ_FILES_DIR": str(workdir / "files"),
+        # No worker: a synchronous call that gets as far as its job is refused (503) after this, not a minute.
+        "INFERQ_SYNC_TIMEOUT": "2",
     }
     engine = make_engine(Settings(database_url=migrated_postgres))
     with make_sessionmaker(engine).begin() as session:
