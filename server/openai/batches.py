@@ -22,7 +22,6 @@ process that wrote them at the same time discards its own) and is ``completed``,
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -64,9 +63,6 @@ BATCH_ENDPOINTS: dict[str, TaskName] = {
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,3})([hm])$")
 
-#: The stored state that a job ends in past its deadline (fair share's, when it is there): `JobState.EXPIRED`.
-_EXPIRED = getattr(JobState, "EXPIRED", None)
-
 
 def completion_window(window: str) -> dt.timedelta:
     """``completion_window`` as a duration: OpenAI's ``24h``, or any whole number of hours or minutes (``1h``,
@@ -94,14 +90,13 @@ def job_options_for(
     webhook_url: str | None = None,
 ) -> JobOptions:
     """The job options of a batch (``priority``: of a synchronous call's job instead): its tenant, its metadata
-    and its id (``openai_batch``), ``completion_window`` as the job's deadline, the priority, the webhook. The one
-    place that maps a batch onto a job: ``deadline`` and ``priority`` are passed where `JobOptions` has them (fair
-    share); until then a batch runs at the default priority, without a deadline."""
-    fields = {f.name for f in dataclasses.fields(JobOptions)}
+    and its id (``openai_batch``), ``completion_window`` as the job's deadline (`JobOptions.deadline`), the
+    priority (`JobOptions.priority`; the default where ``None``), the webhook. The one place that maps a batch onto
+    a job."""
     extra: dict[str, Any] = {}
-    if "deadline" in fields and window:
+    if window:
         extra["deadline"] = completion_window(window)
-    if "priority" in fields and priority is not None:
+    if priority is not None:
         extra["priority"] = priority
     meta = dict(metadata or {})
     if batch_id:
@@ -394,7 +389,7 @@ def batch_status(batch: OpenAIBatch, job: Job | None) -> str:
     if batch.finalized_at is not None:
         if job.state is JobState.CANCELLED:
             return "cancelled"
-        if _EXPIRED is not None and job.state is _EXPIRED:
+        if job.state is JobState.EXPIRED:
             return "expired"
         return "completed"
     if job.state.finished:
@@ -472,7 +467,7 @@ def write_outputs(
     output = FileWriter(directory, new_id("file-"))
     errors = FileWriter(directory, new_id("file-"))
     completed = failed = 0
-    never_ran = "batch_expired" if _EXPIRED is not None and job is not None and job.state is _EXPIRED else None
+    never_ran = "batch_expired" if job is not None and job.state is JobState.EXPIRED else None
     task = BATCH_ENDPOINTS[batch.endpoint]
     try:
         with plan_path(directory, batch.id).open("r", encoding="utf-8") as plan:
