@@ -44,7 +44,7 @@ SUMMARIES = {
     "purge": "Delete finished jobs (succeeded, failed, cancelled) and their items; running jobs are never touched.",
     "worker": "Run a worker: consume the default queue and the queues of the models it preloads.",
     "serve": "Run the HTTP API (FastAPI on uvicorn); OpenAPI at /docs.",
-    "keys": "API keys of the HTTP API: create (shown once), list, revoke.",
+    "keys": "API keys of the HTTP API: create (shown once), list, revoke; a tenant's share of the workers.",
     "demo": "Run the seed examples (sentiment, paraphrase, question answering, fill-mask, entities), zero-shot "
     "classification, reranking and a semantic search as jobs through a real worker and print the results.",
 }

@@ -36,8 +36,11 @@ if TYPE_CHECKING:
     from inferq.settings import Settings
     from soak.workload import JobSpec
 
-#: Largest accepted difference between a stored float and the reference's (as `tests.reference`).
-SCORE_TOLERANCE = 1e-5
+#: Largest accepted difference between a stored float and the reference's. Looser than `tests.reference`'s 1e-5:
+#: the soak's reference runs each input in other batches than the worker's (coalesced jobs, other padded lengths),
+#: and a token classification score once drifted by 1.02e-5 that way; a result that is not its input's own differs
+#: by orders of magnitude more.
+SCORE_TOLERANCE = 5e-5
 
 #: Keys of a result's dict that name a label chosen by its ``score`` (an argmax). Two labels whose scores are within
 #: `SCORE_TOLERANCE` are a near tie: on a random-weight model the winner flips with the batch's composition (a

@@ -176,14 +176,9 @@ def chunk_key(job_id: str, seq: int) -> str:
 
 def unfinished_items(*within: ColumnElement[bool]) -> ColumnElement[bool]:
     """The items a claim reads: those without a `Result` row yet (`without_result`; ``within`` bounds the results
-    looked at to the chunk's range). The one place that says how, with `_UNFINISHED_ITEM_SQL`, its text form in
-    `_CLAIM_STATEMENT`."""
+    looked at to the chunk's range). The one place that says how, with its text form in `_CLAIM_STATEMENT` (``NOT
+    EXISTS`` a result of the same key: a primary-key probe per item of the chunk's range)."""
     return without_result(*within)
-
-
-#: `unfinished_items` as SQL text on the items aliased ``i``: no result row of the same key (a primary-key probe
-#: per item of the chunk's range).
-_UNFINISHED_ITEM_SQL = "NOT EXISTS (SELECT 1 FROM results AS r WHERE r.job_id = i.job_id AND r.index = i.index)"
 
 
 def claim_chunk(
@@ -260,9 +255,8 @@ LEFT JOIN LATERAL (
     SELECT array_agg(i.index ORDER BY i.index) AS indices, CAST(json_agg(i.input ORDER BY i.index) AS text) AS inputs
     FROM items AS i
     WHERE leased.attempts IS NOT NULL AND fresh.fresh
-        AND i.job_id = :job_id AND i.index >= c.start AND i.index < c.stop AND """
-    + _UNFINISHED_ITEM_SQL
-    + """
+        AND i.job_id = :job_id AND i.index >= c.start AND i.index < c.stop
+        AND NOT EXISTS (SELECT 1 FROM results AS r WHERE r.job_id = i.job_id AND r.index = i.index)
 ) AS items ON true
 """
 )

@@ -43,9 +43,12 @@ def test_a_database_outage_mid_job_is_waited_out_and_the_job_completes(
 ) -> None:
     with tcp_proxy("127.0.0.1", 5432) as proxy:
         # Given a worker of two pool processes that reaches PostgreSQL through a cuttable link, one of them
-        # computing a job of one long chunk, the other idle
-        env = worker_env(through(proxy, migrated_postgres), redis_server.url, queue_name, fault_registry)
-        direct = worker_env(migrated_postgres, redis_server.url, queue_name, fault_registry)
+        # computing a job of one long chunk, the other idle; chunks sent at submit (this is the claim's story: a
+        # message delivered while the database is away; the dispatcher, cut off too, would send nothing meanwhile)
+        env = worker_env(
+            through(proxy, migrated_postgres), redis_server.url, queue_name, fault_registry, dispatch="direct"
+        )
+        direct = worker_env(migrated_postgres, redis_server.url, queue_name, fault_registry, dispatch="direct")
         with (
             running_worker(env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "2"),
             client_for(direct) as client,

@@ -25,7 +25,9 @@ def test_one_chunk_delivered_to_two_workers_at_once_gets_one_result_per_item(
     queue_name: str,
     record: Record,
 ) -> None:
-    # Given two idle workers with their model loaded
+    # Given two idle workers with their model loaded, and chunks sent at submit (the dispatcher would never send a
+    # chunk that the extra message's delivery had already claimed: there would be one delivery, not two at once)
+    fault_env = {**fault_env, "INFERQ_DISPATCH": "direct"}
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     with running_workers(fault_env, logs, "--models", "slow"), client_for(fault_env) as client:
         wait_for(lambda: all("loaded slow" in worker_log(p) for p in logs), 60, "both workers to load the model")
