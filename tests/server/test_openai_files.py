@@ -1,23 +1,32 @@
 """Files and batches of the OpenAI-compatible API on SQLite (the app in this process, no worker): the bytes go to
 the files directory and come back the same, a page at a time listing, the line limit, another tenant's 404, and a
-batch whose every line is bad (failed at once, its error file naming each line in order)."""
+batch whose every line is bad (failed at once, its error file naming each line in order), and a batch past its
+completion window (expired by a dispatcher round, its finished lines kept), read with the official client."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select, update
 
 from inferq import constants
+from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
+from inferq.dispatcher import FairShare, dispatch_round
 from inferq.keys import create_key
+from inferq.schema import Job, utcnow
 from inferq.settings import Settings
+from inferq.states import ItemState
 from server.app import create_app
 from tests.server.conftest import bearer
+from tests.support.records import put_result
 
 
 @pytest.fixture
@@ -154,3 +163,65 @@ def test_a_batch_of_bad_lines_only_fails_with_each_line_in_its_error_file(
     assert client.get("/v1/batches", headers=bearer(theirs)).json()["data"] == []
     listed = client.get("/v1/batches", headers=bearer(mine)).json()
     assert [b["id"] for b in listed["data"]] == [batch["id"]] and listed["has_more"] is False
+
+
+def test_a_batch_past_its_window_expires_keeping_its_finished_lines(
+    sqlite_settings: Settings, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    # Given the app with a classification model, and the official client pointed at it
+    model = {"source": str(tiny_models["cls-distilbert"]), "task": "classification"}
+    settings = Settings.model_validate(
+        {**sqlite_settings.model_dump(), "files_dir": tmp_path / "files", "models": {"cls": model}}
+    )
+    engine = make_engine(settings)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        key, _ = create_key(session, "mine")
+    with TestClient(create_app(settings)) as http:
+        client = openai.OpenAI(base_url=f"{http.base_url}/v1", api_key=key, http_client=http, max_retries=0)
+        # And a batch of five requests, a bad line among them, of which the 1st and 4th requests finished
+        lines = [
+            {"custom_id": f"r{i}", "method": "POST", "url": "/v1/classifications", "body": {"model": "cls", "input": t}}
+            for i, t in enumerate(["good", "bad", "fine", "awful", "okay"])
+        ]
+        data = "".join(json.dumps(line) + "\n" for line in lines[:2]) + "{not json\n"
+        data += "".join(json.dumps(line) + "\n" for line in lines[2:])
+        source = client.files.create(file=("in.jsonl", data.encode()), purpose="batch")
+        batch = client.batches.create(input_file_id=source.id, endpoint="/v1/classifications", completion_window="1h")
+        assert batch.status == "in_progress"
+        with sessions.begin() as session:
+            job = session.scalars(select(Job).where(Job.meta["openai_batch"].as_string() == batch.id)).one()
+            assert job.deadline_at is not None
+            labels = {0: [{"label": "POSITIVE", "score": 0.75}], 3: [{"label": "NEGATIVE", "score": 0.5}]}
+            for index, result in labels.items():
+                put_result(session, job.id, index, state=ItemState.SUCCEEDED, result=result, finished_at=utcnow())
+            session.execute(update(Job).where(Job.id == job.id).values(succeeded=len(labels)))
+            # When its window has passed and the dispatcher runs a round
+            session.execute(update(Job).where(Job.id == job.id).values(deadline_at=utcnow() - dt.timedelta(minutes=1)))
+        done = dispatch_round(settings, sessions, create_celery(settings), FairShare())
+        assert done.expired == [job.id]
+        # Then the client sees the batch expired, with OpenAI's counts
+        expired = client.batches.retrieve(batch.id)
+        assert expired.status == "expired" and expired.expired_at is not None and expired.completed_at is None
+        assert expired.request_counts is not None
+        assert (expired.request_counts.total, expired.request_counts.completed, expired.request_counts.failed) == (
+            6,
+            2,
+            4,
+        )
+        # And the output file holds exactly the finished lines, in input order, with their results
+        assert expired.output_file_id is not None and expired.error_file_id is not None
+        out = [json.loads(line) for line in client.files.content(expired.output_file_id).text.splitlines()]
+        assert [(o["custom_id"], o["response"]["body"]["data"][0]["labels"]) for o in out] == [
+            ("r0", labels[0]),
+            ("r3", labels[3]),
+        ]
+        # And the error file holds the others, in input order: the bad line, then the unrun ones batch_expired
+        errors = [json.loads(line) for line in client.files.content(expired.error_file_id).text.splitlines()]
+        assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [
+            ("r1", "batch_expired"),
+            (None, "invalid_json_line"),
+            ("r2", "batch_expired"),
+            ("r4", "batch_expired"),
+        ]
+    engine.dispose()
