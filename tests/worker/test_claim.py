@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import Engine, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.db import make_engine, make_sessionmaker
@@ -68,6 +68,20 @@ def end_items(sessions: sessionmaker[Session], job_id: str, indices: list[int], 
 
 def result_row(job_id: str, index: int, state: ItemState) -> dict[str, object]:
     return {"job_id": job_id, "index": index, "state": state, "attempts": 1, "finished_at": utcnow()}
+
+
+def lock_waiters(engine: Engine) -> int:
+    """Sessions of this database waiting for a lock. A transaction of its own each time: within one, PostgreSQL
+    answers pg_stat_activity from the snapshot it took at the first read, and a waiter that came later never shows."""
+    with engine.connect() as probe:
+        return int(
+            probe.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar_one()
+        )
 
 
 def the_chunk(sessions: sessionmaker[Session], job_id: str, seq: int) -> Chunk:
@@ -191,14 +205,9 @@ def test_a_claim_that_waited_for_the_chunk_reads_the_items_as_its_holder_left_th
         claimer = threading.Thread(target=lambda: got.append(claim(sessions, job_id, 0)))
         claimer.start()
         deadline = time.monotonic() + 60
-        with engine.connect() as probe:
-            while not probe.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                )
-            ).scalar():
-                assert time.monotonic() < deadline, "the claim never waited for the chunk's lock"
-                time.sleep(0.05)
+        while not lock_waiters(engine):
+            assert time.monotonic() < deadline, "the claim never waited for the chunk's lock"
+            time.sleep(0.05)
         # and the writer commits
         writer.commit()
         writer.close()
