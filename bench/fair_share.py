@@ -2,7 +2,7 @@
 
 1. **Cancel of a queued big job.** A job of ``--cancel-items`` items (a million by default) is stored as a submit
    stores it (COPY), nothing of it released; then `Client.cancel` is timed: one transaction on the job and its
-   chunks (and, until the results move to their own table, its queued items: see the report).
+   chunks (no item row: an unrun item's state follows its job's).
 2. **A small job behind a big one.** One ``inferq worker`` of one process on the simulated device
    (`bench.simulated_worker`, ``--items-per-second``); tenant ``alpha`` submits a job of ``--big-chunks`` chunks;
    once its first chunk ended, tenant ``beta`` submits one chunk. Its latency (submit to finished) and how many of
