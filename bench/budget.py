@@ -100,6 +100,25 @@ _BACKEND = re.compile(r"^(?:\S+/\S+: )?(?P<user>\S+) (?P<database>\S+) (?P<clien
 # -- which process is which (pure) ------------------------------------------------------------------------------
 
 
+def system_processes(worker_pid: int, database: str, redis_port: int | None) -> dict[int, str]:
+    """The processes of the system under measurement, each with its part (`part_of`): the worker's process tree,
+    then the PostgreSQL and Redis processes that serve ``database`` and ``redis_port``."""
+    found = {pid: "worker" for pid in _proc_tree(worker_pid)}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in found:
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            if comm not in ("postgres", "redis-server"):
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if (part := part_of(comm, cmdline, database, redis_port)) is not None:
+            found[int(entry.name)] = part
+    return found
+
+
 def part_of(comm: str, cmdline: str, database: str, redis_port: int | None = None) -> str | None:
     """The part of the system a process (its ``comm`` and NUL-free ``cmdline``) belongs to, for the benchmark's
     ``database``: a backend of that database is ``postgres``, of another database none (other load), any other
@@ -163,21 +182,8 @@ class CpuTracker:
         self._thread = threading.Thread(target=self._run, name="cpu-tracker", daemon=True)
 
     def sample(self) -> dict[int, tuple[str, int]]:
-        out = {pid: ("worker", _cpu_ticks(pid)) for pid in _proc_tree(self.worker_pid)}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in out:
-                continue
-            try:
-                comm = (entry / "comm").read_text().strip()
-                if comm not in ("postgres", "redis-server"):
-                    continue
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            part = part_of(comm, cmdline, self.database, self.redis_port)
-            if part is not None:
-                out[int(entry.name)] = (part, _cpu_ticks(int(entry.name)))
-        return out
+        parts = system_processes(self.worker_pid, self.database, self.redis_port)
+        return {pid: (part, _cpu_ticks(pid)) for pid, part in parts.items()}
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):

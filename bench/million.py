@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.budget import BUDGET_CHUNK, job_seconds, part_of, redis_port
-from bench.measure import _proc_tree, mib
+from bench.budget import BUDGET_CHUNK, job_seconds, redis_port, system_processes
+from bench.measure import mib
 from bench.models import BenchModel
 from bench.simulated import simulated_worker_program
 from bench.system import Services, client_settings, private_services, worker_env
@@ -92,19 +92,7 @@ class HwmTracker:
         self._thread = threading.Thread(target=self._run, name="hwm-tracker", daemon=True)
 
     def sample(self) -> None:
-        found = {pid: "worker" for pid in _proc_tree(self.worker_pid)}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in found:
-                continue
-            try:
-                comm = (entry / "comm").read_text().strip()
-                if comm not in ("postgres", "redis-server"):
-                    continue
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if (part := part_of(comm, cmdline, self.database, self.redis_port)) is not None:
-                found[int(entry.name)] = part
+        found = system_processes(self.worker_pid, self.database, self.redis_port)
         for pid, part in found.items():
             peak = vm_hwm(pid)
             if peak and peak >= self.peaks.get(pid, (part, 0))[1]:
