@@ -7,12 +7,16 @@ for an admin key)."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import TypeVar
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import Select, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from inferq.errors import BatchNotFound, FileNotFound
 from inferq.schema import Job, OpenAIBatch, OpenAIFile
+
+#: A listed row: a file or a batch (both paged by ``created_at``, then ``id``).
+_Row = TypeVar("_Row", OpenAIFile, OpenAIBatch)
 
 
 def add_file(session: Session, row: OpenAIFile) -> None:
@@ -37,16 +41,8 @@ def list_files(
         query = query.where(OpenAIFile.tenant == tenant)
     if purpose is not None:
         query = query.where(OpenAIFile.purpose == purpose)
-    if after is not None:
-        cursor = file_of(session, after, tenant)
-        query = query.where(
-            or_(
-                OpenAIFile.created_at < cursor.created_at,
-                and_(OpenAIFile.created_at == cursor.created_at, OpenAIFile.id < cursor.id),
-            )
-        )
-    query = query.order_by(OpenAIFile.created_at.desc(), OpenAIFile.id.desc()).limit(limit)
-    return list(session.scalars(query))
+    cursor = file_of(session, after, tenant) if after is not None else None
+    return _newest_first(session, query, OpenAIFile, cursor, limit)
 
 
 def delete_file(session: Session, file_id: str) -> None:
@@ -78,16 +74,23 @@ def list_batches(session: Session, tenant: str | None, *, limit: int, after: str
     query = select(OpenAIBatch)
     if tenant is not None:
         query = query.where(OpenAIBatch.tenant == tenant)
-    if after is not None:
-        cursor = batch_of(session, after, tenant)
+    cursor = batch_of(session, after, tenant) if after is not None else None
+    return _newest_first(session, query, OpenAIBatch, cursor, limit)
+
+
+def _newest_first(
+    session: Session, query: Select[_Row], model: type[_Row], cursor: _Row | None, limit: int
+) -> list[_Row]:
+    """``query``'s rows newest first (created, then id, descending), at most ``limit``, after ``cursor`` in that
+    order (OpenAI's ``after`` paging)."""
+    if cursor is not None:
         query = query.where(
             or_(
-                OpenAIBatch.created_at < cursor.created_at,
-                and_(OpenAIBatch.created_at == cursor.created_at, OpenAIBatch.id < cursor.id),
+                model.created_at < cursor.created_at,
+                and_(model.created_at == cursor.created_at, model.id < cursor.id),
             )
         )
-    query = query.order_by(OpenAIBatch.created_at.desc(), OpenAIBatch.id.desc()).limit(limit)
-    return list(session.scalars(query))
+    return list(session.scalars(query.order_by(model.created_at.desc(), model.id.desc()).limit(limit)))
 
 
 def mark_cancelling(session: Session, batch_id: str, now: dt.datetime) -> None:
