@@ -370,13 +370,9 @@ class StoredItem:
 
 #: The `Result` columns a `StoredItem` holds besides its state, by name.
 _WHOLE = tuple(c for c in Result.__table__.columns if c.name not in ("job_id", "index", "state"))
-
-
-def _expired_error(stored: Any, job: Any) -> dict[str, Any]:
-    """The error of an item its job's deadline left without a result (`ERROR_CODE` in Python)."""
-    if stored is None and JobState(job) is JobState.EXPIRED:
-        return {"error_code": DeadlineExpired.code, "error_message": EXPIRED_MESSAGE}
-    return {}
+#: What `items_with_results` reads for them: the error's code and message as every read derives them (`ERROR_CODE`,
+#: `ERROR_MESSAGE`: an expired job's unrun item has the deadline's), the rest as stored.
+_WHOLE_READ = tuple({"error_code": ERROR_CODE, "error_message": ERROR_MESSAGE}.get(c.name, c) for c in _WHOLE)
 
 
 def items_with_results(session: Session, *job_ids: str) -> list[StoredItem]:
@@ -390,7 +386,7 @@ def items_with_results(session: Session, *job_ids: str) -> list[StoredItem]:
             Item.input,
             Result.state.label("stored_state"),
             Job.state.label("job_state"),
-            *_WHOLE,
+            *_WHOLE_READ,
         )
         .select_from(Item)
         .join(Job, Job.id == Item.job_id)
@@ -405,10 +401,7 @@ def items_with_results(session: Session, *job_ids: str) -> list[StoredItem]:
             client_id=row["client_id"],
             input=row["input"],
             state=item_state_of(row["stored_state"], row["job_state"]),
-            **(
-                {c.name: row[c.name] for c in _WHOLE if c.name != "attempts"}
-                | _expired_error(row["stored_state"], row["job_state"])
-            ),
+            **{c.name: row[c.name] for c in _WHOLE if c.name != "attempts"},
             attempts=row["attempts"] or 0,
         )
         for row in rows
