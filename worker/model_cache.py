@@ -209,6 +209,10 @@ class ModelCache:
             if self.device.type != "cpu":
                 raise ValueError("int8 (dynamic quantization) runs on the CPU only")
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        if engine.reads_first_token:
+            from worker.backends import first_token
+
+            first_token.apply(model)  # the last layer for the first token only, where the head reads no other
         model.to(self.device)
         return self._loaded_model(name, spec, model, tokenizer, dtype, precision)
 

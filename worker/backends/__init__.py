@@ -23,8 +23,11 @@ BACKENDS = ("auto", "torch", "ctranslate2")
 CTRANSLATE2_MODEL_TYPES = frozenset({"bert", "distilbert", "xlm-roberta", "roberta", "camembert"})
 
 #: The tasks the CTranslate2 backend serves: those whose engine reads the bare encoder's hidden states (embedding)
-#: or a sequence-classification head's logits on them (classification, rerank).
-CTRANSLATE2_TASKS = frozenset({TaskName.EMBEDDING, TaskName.CLASSIFICATION, TaskName.RERANK})
+#: or a sequence-classification head's logits on them (classification, rerank, zero-shot classification: NLI over
+#: (text, hypothesis) pairs).
+CTRANSLATE2_TASKS = frozenset(
+    {TaskName.EMBEDDING, TaskName.CLASSIFICATION, TaskName.RERANK, TaskName.ZERO_SHOT_CLASSIFICATION}
+)
 
 #: The precisions each non-torch backend runs, and CTranslate2's compute type for each. bf16 needs a CPU that
 #: CTranslate2 accepts for it (it refuses AVX-512 BF16 alone), so it is left to torch.

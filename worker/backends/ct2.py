@@ -15,6 +15,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +56,26 @@ def conversion_key(source: str, revision: str | None) -> str:
     return h.hexdigest()[:24]
 
 
-def convert(source: str, revision: str | None = None, root: Path | None = None) -> Path:
+def convert(source: str, revision: str | None = None, root: Path | None = None, *, layers: int | None = None) -> Path:
     """The CTranslate2 conversion of ``source`` (float32 weights), converted on first use: into a temporary
-    directory renamed into place, so that two processes converting at once both end with a whole one."""
+    directory renamed into place, so that two processes converting at once both end with a whole one.
+
+    ``layers``: convert the encoder's first ``layers`` layers only (a local checkpoint directory; the rest of
+    its layers run elsewhere, `worker.backends.first_token`)."""
     from ctranslate2.converters import TransformersConverter
 
     root = root or cache_root()
-    target = root / conversion_key(source, revision)
+    key = conversion_key(source, revision)
+    target = root / (key if layers is None else f"{key}-layers{layers}")
     if (target / "model.bin").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=root))
     try:
         log.info("converting %s for CTranslate2 into %s", source, target)
-        readable = _with_position_embedding_type(source, scratch / "source")
-        TransformersConverter(readable, revision=revision).convert(str(scratch / "model"), force=True)
+        readable = _readable(source, scratch / "source", layers)
+        with _quiet_transformers() if layers is not None else nullcontext():
+            TransformersConverter(readable, revision=revision).convert(str(scratch / "model"), force=True)
         try:
             os.replace(scratch / "model", target)
         except OSError:
@@ -79,24 +86,49 @@ def convert(source: str, revision: str | None = None, root: Path | None = None) 
     return target
 
 
-def _with_position_embedding_type(source: str, shadow: Path) -> str:
-    """``source``, or where its config lacks ``position_embedding_type`` (transformers 5 no longer writes the
-    default, and CTranslate2's BERT-family loaders read it) a directory of links to its files with that key set to
-    transformers' default, ``absolute``."""
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' errors only: loading a checkpoint cut to fewer layers than its weights lists every weight of
+    the layers past the cut as unexpected, which is what the cut means."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+def _readable(source: str, shadow: Path, layers: int | None) -> str:
+    """``source``, or a directory of links to its files with a config that CTranslate2's converter reads as
+    wanted: ``position_embedding_type`` set where the config lacks it (transformers 5 no longer writes the default,
+    ``absolute``, and CTranslate2's BERT-family loaders read it), and the layer count cut to ``layers`` (the
+    converter loads the model through transformers, which then skips the weights of the layers past it)."""
     path = Path(source)
     config_file = path / "config.json"
     if not config_file.is_file():
+        if layers is not None:
+            raise ValueError(f"{source} is not a checkpoint directory: its layers cannot be cut")
         return source
     config = json.loads(config_file.read_text(encoding="utf-8"))
-    if config.get("model_type") == "distilbert" or "position_embedding_type" in config:
+    changed = dict(config)
+    if config.get("model_type") != "distilbert" and "position_embedding_type" not in config:
+        changed["position_embedding_type"] = "absolute"
+    if layers is not None:
+        changed["n_layers" if config.get("model_type") == "distilbert" else "num_hidden_layers"] = layers
+    if changed == config:
         return source
     shadow.mkdir(parents=True)
     for f in path.iterdir():
         if f.name != "config.json":
             (shadow / f.name).symlink_to(f.resolve())
-    config["position_embedding_type"] = "absolute"
-    (shadow / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (shadow / "config.json").write_text(json.dumps(changed), encoding="utf-8")
     return str(shadow)
+
+
+#: The model types that number positions from their padding index + 1.
+ROBERTA_FAMILY = frozenset({"roberta", "xlm-roberta", "camembert"})
 
 
 class Ct2Encoder:
@@ -109,10 +141,20 @@ class Ct2Encoder:
         self.config = config
         self.device = device
         self.compute_type = compute_type
+        #: The longest sequence the position table holds (RoBERTa's positions start after its padding index):
+        #: CTranslate2 does not check it, torch's embedding lookup raises, and so does this.
+        positions = getattr(config, "max_position_embeddings", None)
+        offset = int(config.pad_token_id) + 1 if getattr(config, "model_type", None) in ROBERTA_FAMILY else 0
+        self.max_positions: int | None = int(positions) - offset if positions is not None else None
 
     def __call__(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None, **_: Any) -> tuple[Any]:
         import ctranslate2
         import torch
+
+        if self.max_positions is not None and input_ids.shape[1] > self.max_positions:
+            raise IndexError(
+                f"a sequence of {input_ids.shape[1]} tokens is longer than the model's {self.max_positions} positions"
+            )
 
         lengths = attention_mask.sum(dim=1, dtype=torch.int32)
         ids = input_ids.to(torch.int32).contiguous()
@@ -140,14 +182,16 @@ class Ct2Encoder:
         return self
 
 
-def load_encoder(source: str, revision: str | None, config: Any, device: Any, precision: str) -> Ct2Encoder:
-    """``source``'s encoder on ``device`` at ``precision`` (converted first if need be), with torch's thread count
-    (the worker sets it per pool process, `worker.threads`)."""
+def load_encoder(
+    source: str, revision: str | None, config: Any, device: Any, precision: str, layers: int | None = None
+) -> Ct2Encoder:
+    """``source``'s encoder (its first ``layers`` layers, or all) on ``device`` at ``precision`` (converted first
+    if need be), with torch's thread count (the worker sets it per pool process, `worker.threads`)."""
     import ctranslate2
     import torch
 
     compute_type = CTRANSLATE2_COMPUTE_TYPES[precision]
-    path = convert(source, revision)
+    path = convert(source, revision, layers=layers)
     index = device.index if device.type == "cuda" and device.index is not None else 0
     encoder = ctranslate2.Encoder(
         str(path),
@@ -163,19 +207,31 @@ class Ct2SequenceClassifier:
     """CTranslate2's encoder and the checkpoint's classification head, answering ``model(**batch)`` with a
     transformers ``SequenceClassifierOutput`` (``.logits``, float32). The head is the checkpoint's own torch modules
     (`classification_head`), so that its weights and its pooling (DistilBERT's first token through
-    ``pre_classifier`` and ReLU, BERT's pooler, RoBERTa's dense-tanh head) are transformers' to the bit."""
+    ``pre_classifier`` and ReLU, BERT's pooler, RoBERTa's dense-tanh head) are transformers' to the bit.
 
-    def __init__(self, encoder: Ct2Encoder, head: Any, config: Any) -> None:
+    With ``last_layer`` (`worker.backends.first_token.FirstTokenLayer`), CTranslate2 runs every layer but the last
+    (`load_classifier`) and the last runs in torch, at fp32, for the first token only: the only one the head reads."""
+
+    def __init__(self, encoder: Ct2Encoder, head: Any, config: Any, last_layer: Any = None) -> None:
         self.encoder = encoder
         self.head = head
         self.config = config
+        self.last_layer = last_layer
         self.compute_type = encoder.compute_type
 
     def __call__(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None, **_: Any) -> Any:
         from transformers.modeling_outputs import SequenceClassifierOutput
 
         (states,) = self.encoder(input_ids, attention_mask, token_type_ids)
-        return SequenceClassifierOutput(logits=self.head(states.to(self.encoder.device)).float())
+        states = states.to(self.encoder.device)
+        if self.last_layer is not None:
+            from worker.backends.first_token import padding_mask
+
+            mask = padding_mask(attention_mask.to(states.device))
+            if mask is not None:  # padded positions hold whatever CTranslate2 left there: keys and values of zero
+                states = states.masked_fill(~mask[:, 0, 0, :, None], 0.0)
+            states = self.last_layer(states, mask)
+        return SequenceClassifierOutput(logits=self.head(states).float())
 
     def eval(self) -> Ct2SequenceClassifier:
         return self
@@ -219,13 +275,26 @@ def load_classifier(
     source: str, revision: str | None, model: Any, device: Any, precision: str
 ) -> Ct2SequenceClassifier:
     """``source``'s encoder on CTranslate2 at ``precision`` and the head of ``model`` (the checkpoint loaded by
-    transformers at fp32, whose encoder is then dropped)."""
-    encoder = load_encoder(source, revision, model.config, device, precision)
+    transformers at fp32, whose encoder is then dropped). Where the head reads the first token only
+    (`worker.backends.first_token`) and the checkpoint is a directory, CTranslate2 runs every layer but the last,
+    and ``model``'s last layer runs for the first token alone."""
+    from worker.backends.first_token import FirstTokenLayer, encoder_layers, layer_kind, refusal
+
+    layers = encoder_layers(model)
+    last_layer = None
+    kind = layer_kind(layers[-1]) if layers is not None else None
+    if layers is not None and len(layers) > 1 and kind is not None and refusal(model) is None and Path(source).is_dir():
+        last_layer = FirstTokenLayer(layers[-1], kind).eval()
+        encoder = load_encoder(source, revision, model.config, device, precision, layers=len(layers) - 1)
+    else:
+        encoder = load_encoder(source, revision, model.config, device, precision)
     head = classification_head(model)
     base = getattr(model, model.base_model_prefix, None)
-    # The torch encoder's weights go (CTranslate2 runs it); the head and BERT's pooler stay.
+    # The torch encoder's weights go (CTranslate2 runs it); the head, BERT's pooler and the last layer stay.
     for part in ("embeddings", "encoder", "transformer"):
         if base is not None and getattr(base, part, None) is not None:
             setattr(base, part, None)
     model.to(device)
-    return Ct2SequenceClassifier(encoder, head, model.config)
+    if last_layer is not None:
+        last_layer.to(device)
+    return Ct2SequenceClassifier(encoder, head, model.config, last_layer)

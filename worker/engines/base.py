@@ -102,6 +102,9 @@ class Engine(ABC, Generic[P]):
     #: The auto class must find its head in the checkpoint: a checkpoint without one (a bare encoder for a
     #: classification task) is refused at load instead of running a randomly initialised head.
     needs_head: ClassVar[bool] = True
+    #: The engine reads only the head's output on the first token (a sequence-classification head): the model's
+    #: last layer may then run for that token alone (`worker.backends.first_token`).
+    reads_first_token: ClassVar[bool] = False
 
     @property
     def forwards_one_at_a_time(self) -> bool:

@@ -16,6 +16,7 @@ from worker.engines.batching import Features, RunOutputs
 class ClassificationEngine(Engine[ClassificationParams]):
     task: ClassVar[TaskName] = TaskName.CLASSIFICATION
     auto_model: ClassVar[str] = "AutoModelForSequenceClassification"
+    reads_first_token: ClassVar[bool] = True
 
     def preprocess(self, inputs: Sequence[dict[str, Any]], params: ClassificationParams) -> Features:
         texts = [i["text"] for i in inputs]

@@ -55,6 +55,7 @@ _NAMED = {"sigmoid": DEFAULT_ACTIVATION, "none": "torch.nn.modules.linear.Identi
 class RerankEngine(Engine[RerankParams]):
     task: ClassVar[TaskName] = TaskName.RERANK
     auto_model: ClassVar[str] = "AutoModelForSequenceClassification"
+    reads_first_token: ClassVar[bool] = True
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__(loaded)

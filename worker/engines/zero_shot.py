@@ -39,6 +39,7 @@ from worker.loaded import LoadedModel
 class ZeroShotEngine(Engine[ZeroShotParams]):
     task: ClassVar[TaskName] = TaskName.ZERO_SHOT_CLASSIFICATION
     auto_model: ClassVar[str] = "AutoModelForSequenceClassification"
+    reads_first_token: ClassVar[bool] = True
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__(loaded)

@@ -126,7 +126,7 @@ def test_ctranslate2_classification_at_fp32_is_the_pipeline(tiny_engines: TinyEn
         assert max(abs(r["score"] - scores[r["label"]]) for r in g) < 1e-5
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
 def test_ctranslate2_rerank_at_fp32_is_cross_encoder(tiny_engines: TinyEngines, arch: Any) -> None:
     from sentence_transformers import CrossEncoder
 
@@ -144,6 +144,28 @@ def test_ctranslate2_rerank_at_fp32_is_cross_encoder(tiny_engines: TinyEngines, 
         want = ce.rank(item["query"], item["documents"])
         assert [r["index"] for r in ranked] == [int(w["corpus_id"]) for w in want]
         assert max(abs(r["score"] - float(w["score"])) for r, w in zip(ranked, want, strict=True)) < 1e-5
+
+
+@pytest.mark.parametrize("model", ["nli-bert", "nli-distilbert", "nli-roberta", "nli-bert-neutral-first"])
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_ctranslate2_zero_shot_at_fp32_is_the_pipeline(
+    tiny_engines: TinyEngines, model: str, multi_label: bool
+) -> None:
+    from tests.worker.engines.test_zero_shot import LINES, MODELS, TOPICS, check, run
+    from worker.backends.ct2 import Ct2SequenceClassifier
+
+    # Given a tiny NLI model (BERT's (text, hypothesis) pairs carry token types) on the CTranslate2 backend
+    arch, labels, extra = MODELS[model]
+    path = tiny_engines.model(TaskName.ZERO_SHOT_CLASSIFICATION, model, arch=arch, labels=labels, **extra)
+    model_cache = cache(path, TaskName.ZERO_SHOT_CLASSIFICATION, backend="ctranslate2", max_batch_tokens=256)
+    engine = model_cache.engine("m", TaskName.ZERO_SHOT_CLASSIFICATION)
+    # then CTranslate2 runs every layer but the last, torch the last for the first token only
+    assert isinstance(engine.model, Ct2SequenceClassifier) and engine.model.last_layer is not None
+    # and every line's labels and scores are the zero-shot pipeline's, texts cut and labels long alike.
+    long_label = " ".join(["very long label"] * 30)
+    inputs = [*LINES, {"text": "short text", "candidate_labels": ["sports", long_label]}]
+    outcomes, stored = run(model_cache, "m", inputs, candidate_labels=TOPICS, multi_label=multi_label)
+    check(path, inputs, outcomes, stored, where=f"{model}/multi={multi_label}")
 
 
 def test_a_task_ctranslate2_does_not_serve_falls_back_to_torch_with_one_line(
