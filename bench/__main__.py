@@ -160,6 +160,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="interleaved rounds per task (default: 3 classification and embedding, 2 others; quick 1)",
     )
+    p.add_argument(
+        "--peer-tasks",
+        default=",".join(t.value for t in PEER_N),
+        help="the peer tables --tasks peers runs, comma-separated (default: embedding, classification, rerank)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--million-items", type=int, default=None, help="items of --tasks million (default 1,000,000)")
     p.add_argument(
@@ -182,6 +187,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     alone = args.sim or args.peers or args.budget or args.million
     args.task_list = task_list(rest) if rest or not alone else []
     args.precision_list = [x.strip() for x in args.precisions.split(",") if x.strip()]
+    peer_tasks = [w.strip() for w in args.peer_tasks.split(",") if w.strip()]
+    known = [t.value for t in PEER_N]
+    if not peer_tasks or any(w not in known for w in peer_tasks):
+        raise SystemExit(f"python -m bench: --peer-tasks takes {', '.join(known)}, not {args.peer_tasks!r}")
+    args.peer_task_list = [TaskName(w) for w in peer_tasks]
     args.scale_items = args.scale_items or (20_000 if args.quick else 100_000)
     if args.small_jobs is None:
         args.small_jobs = 50 if args.quick else 1000
@@ -891,7 +901,7 @@ def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
     info = machine_info()
     log.info("%s", machine_line(info))
     small = args.quick or args.peers_small
-    tasks = (TaskName.EMBEDDING, TaskName.CLASSIFICATION, TaskName.RERANK)
+    tasks = args.peer_task_list
     models = {task: ensure_model(args.models_dir, TASK_MODEL[task]) for task in tasks}
     bf16 = native_bf16()
     tables: dict[str, Any] = {}

@@ -138,6 +138,12 @@ def test_tasks_peers_runs_alone_or_beside_other_tasks() -> None:
     args = parse_args([])
     assert args.peers and args.peers_small and args.sim and TaskName.EMBEDDING in args.task_list
     assert not parse_args(["--tasks", "embedding"]).peers
+    # Every peer table by default, or those named.
+    assert parse_args([]).peer_task_list == [TaskName.EMBEDDING, TaskName.CLASSIFICATION, TaskName.RERANK]
+    args = parse_args(["--tasks", "peers", "--peer-tasks", "rerank,classification"])
+    assert args.peer_task_list == [TaskName.RERANK, TaskName.CLASSIFICATION]
+    with pytest.raises(SystemExit, match="--peer-tasks"):
+        parse_args(["--peer-tasks", "fill_mask"])
 
 
 def test_targets_put_the_fastest_system_row_against_the_fastest_peer_that_keeps_each_tier() -> None:

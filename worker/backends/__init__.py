@@ -42,11 +42,22 @@ CTRANSLATE2_COMPUTE_TYPES = {"fp32": "float32", "int8": "int8_float32", "fp16": 
 #: * embedding, CPU, int8 → CTranslate2: torch's dynamic int8 misses the reduced tier on all-MiniLM-L6-v2 (cosine
 #:   min 0.836), CTranslate2's int8 keeps it (0.991 / 0.997) and ran faster (357.0 against 318.4 items/s).
 #:
+#: * classification and rerank, CPU, fp32 → CTranslate2 (every layer but the last; the last in torch for the first
+#:   token, `worker.backends.first_token`, as on torch): the whole system on it 18.7 items/s against 12.6 on torch
+#:   (DistilBERT-base classifier) and 1.00 against 0.85 queries/s (MiniLM-L6-sized cross-encoder), both exact, in
+#:   ``python -m bench --tasks peers --quick --rounds 2 --peer-tasks classification,rerank`` measured under load
+#:   (load average 5 on 2 cores, 2026-12-07); in-process at one thread, CPU time per item 1.25× (classification)
+#:   and 1.12× (rerank) below torch's, both with the one-token last layer (docs/benchmarks.md, "Peers").
+#:
 #: Not in it: bf16 (CTranslate2 refuses AVX-512 BF16 alone); classification at int8, where torch's dynamic int8
-#: ran 134.9 items/s against CTranslate2's 110.8 on the DistilBERT-base classifier (quiet run).
+#: ran 134.9 items/s against CTranslate2's 110.8 on the DistilBERT-base classifier (quiet run, before the one-token
+#: last layer; level in the whole system since: 40.0 against 41.3 under load); zero-shot classification (not in
+#: the peers run).
 AUTO_TABLE: dict[tuple[TaskName, str, str], str] = {
     (TaskName.EMBEDDING, "cpu", "fp32"): "ctranslate2",
     (TaskName.EMBEDDING, "cpu", "int8"): "ctranslate2",
+    (TaskName.CLASSIFICATION, "cpu", "fp32"): "ctranslate2",
+    (TaskName.RERANK, "cpu", "fp32"): "ctranslate2",
 }
 
 #: The model types ``auto`` sends to a table's non-torch backend: those the benchmark measured (all-MiniLM-L6-v2 is

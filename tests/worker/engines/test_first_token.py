@@ -100,7 +100,8 @@ def test_the_model_cache_cuts_the_last_layer_for_first_token_engines_on_torch(
     tiny_engines: TinyEngines, task: TaskName, arch: str
 ) -> None:
     path = tiny_engines.model(task, f"{arch}-ft", arch=arch)
-    engine = ModelCache(Settings(models={"m": {"source": str(path), "task": task.value}})).engine("m", task)
+    settings = Settings(models={"m": {"source": str(path), "task": task.value, "backend": "torch"}})
+    engine = ModelCache(settings).engine("m", task)
     assert isinstance(first_token.encoder_layers(engine.model)[-1], FirstTokenLayer)  # type: ignore[index]
 
 
