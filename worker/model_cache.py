@@ -202,7 +202,9 @@ class ModelCache:
         if backend == "ctranslate2":
             from worker.backends.ct2 import load_classifier
 
-            classifier = load_classifier(spec.source, spec.revision, model, self.device, precision)
+            classifier = load_classifier(
+                spec.source, spec.revision, model, self.device, precision, first_token=engine.reads_first_token
+            )
             return self._loaded_model(name, spec, classifier, tokenizer, torch.float32, precision)
         model.eval()
         if precision == "int8":

@@ -45,9 +45,9 @@ CTRANSLATE2_COMPUTE_TYPES = {"fp32": "float32", "int8": "int8_float32", "fp16": 
 #: * classification and rerank, CPU, fp32 → CTranslate2 (every layer but the last; the last in torch for the first
 #:   token, `worker.backends.first_token`, as on torch): the whole system on it 18.7 items/s against 12.6 on torch
 #:   (DistilBERT-base classifier) and 1.00 against 0.85 queries/s (MiniLM-L6-sized cross-encoder), both exact, in
-#:   ``python -m bench --tasks peers --quick --rounds 2 --peer-tasks classification,rerank`` measured under load
-#:   (load average 5 on 2 cores, 2026-12-07); in-process at one thread, CPU time per item 1.25× (classification)
-#:   and 1.12× (rerank) below torch's, both with the one-token last layer (docs/benchmarks.md, "Peers").
+#:   bench/results/20261207-015844-peers-quick.json (``--tasks peers --quick --rounds 2``, measured under load:
+#:   load average 5 on 2 cores); in-process at one thread, CPU time per item 1.25× (classification) and 1.12×
+#:   (rerank) below torch's, both with the one-token last layer (docs/benchmarks.md, "Peers").
 #:
 #: Not in it: bf16 (CTranslate2 refuses AVX-512 BF16 alone); classification at int8, where torch's dynamic int8
 #: ran 134.9 items/s against CTranslate2's 110.8 on the DistilBERT-base classifier (quiet run, before the one-token

@@ -272,22 +272,21 @@ def classification_head(model: Any) -> Any:
 
 
 def load_classifier(
-    source: str, revision: str | None, model: Any, device: Any, precision: str
+    source: str, revision: str | None, model: Any, device: Any, precision: str, *, first_token: bool = True
 ) -> Ct2SequenceClassifier:
     """``source``'s encoder on CTranslate2 at ``precision`` and the head of ``model`` (the checkpoint loaded by
     transformers at fp32, whose encoder is then dropped). Where the head reads the first token only
-    (`worker.backends.first_token`) and the checkpoint is a directory, CTranslate2 runs every layer but the last,
-    and ``model``'s last layer runs for the first token alone."""
+    (`worker.backends.first_token`), the engine reads nothing else (``first_token``) and the checkpoint is a
+    directory, CTranslate2 runs every layer but the last, and ``model``'s last layer runs for the first token alone."""
     from worker.backends.first_token import FirstTokenLayer, encoder_layers, layer_kind, refusal
 
     layers = encoder_layers(model)
-    last_layer = None
     kind = layer_kind(layers[-1]) if layers is not None else None
-    if layers is not None and len(layers) > 1 and kind is not None and refusal(model) is None and Path(source).is_dir():
-        last_layer = FirstTokenLayer(layers[-1], kind).eval()
-        encoder = load_encoder(source, revision, model.config, device, precision, layers=len(layers) - 1)
-    else:
-        encoder = load_encoder(source, revision, model.config, device, precision)
+    last_layer = None
+    if first_token and layers is not None and len(layers) > 1 and kind is not None and refusal(model) is None:
+        last_layer = FirstTokenLayer(layers[-1], kind).eval() if Path(source).is_dir() else None
+    cut = len(layers) - 1 if last_layer is not None and layers is not None else None
+    encoder = load_encoder(source, revision, model.config, device, precision, layers=cut)
     head = classification_head(model)
     base = getattr(model, model.base_model_prefix, None)
     # The torch encoder's weights go (CTranslate2 runs it); the head, BERT's pooler and the last layer stay.
