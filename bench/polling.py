@@ -134,11 +134,9 @@ def bench_polling(
     import os
 
     from bench.models import ensure_model, registry_json
-    from bench.system import ServicesUnavailable, client_settings, private_services, worker_env
-    from inferq.db import make_engine, make_sessionmaker
-    from inferq.keys import create_key
+    from bench.system import ServicesUnavailable, client_and_key, private_services, worker_env
     from inferq.task_specs import TaskName
-    from producer.client import Client, JobOptions
+    from producer.client import JobOptions
     from server.process import running_server
 
     if shutil.which("wrk") is None:
@@ -153,11 +151,7 @@ def bench_polling(
         entries = json.loads(registry_json([model], ()))
         entries[model.name]["queue"] = services.cold_queue
         env = {**worker_env(services, json.dumps(entries)), "INFERQ_LOG_LEVEL": "WARNING"}
-        client = stack.enter_context(Client(client_settings(env)))
-        engine = make_engine(client.settings)
-        stack.callback(engine.dispose)
-        with make_sessionmaker(engine).begin() as session:
-            key, _ = create_key(session, "bench")
+        client, key = client_and_key(stack, env)
         job = client.submit(
             TaskName.CLASSIFICATION, model.name, [{"text": "a status to poll"}], options=JobOptions(tenant="bench")
         )

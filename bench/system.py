@@ -10,7 +10,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -124,6 +124,17 @@ def client_settings(env: dict[str, str]) -> Settings:
         models=json.loads(env["INFERQ_MODELS"]),
         default_queue=env["INFERQ_DEFAULT_QUEUE"],
     )
+
+
+def client_and_key(stack: ExitStack, env: dict[str, str], tenant: str = "bench") -> tuple[Client, str]:
+    """A `Client` on the services of ``env`` (closed with ``stack``) and a new API key of ``tenant``: what each
+    benchmark of the HTTP API starts from."""
+    from inferq.keys import create_key
+
+    client = stack.enter_context(Client(client_settings(env)))
+    with client.sessions.begin() as session:
+        key, _ = create_key(session, tenant)
+    return client, key
 
 
 @dataclass
