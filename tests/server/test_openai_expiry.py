@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import time
 
 import openai
 import pytest
@@ -17,6 +16,7 @@ from inferq.retention import purge_expired_files
 from inferq.schema import OpenAIFile, utcnow
 from server.app import create_app
 from tests.server.conftest import OpenAISetup, bearer, lines
+from tests.support.records import wait_for
 
 #: Seconds a test waits for a batch's validation before it gives up (a guard against hanging, not a measure).
 WAIT_SECONDS = 120
@@ -96,10 +96,11 @@ def test_a_batchs_output_files_expire_as_its_request_asks(setup: OpenAISetup) ->
             completion_window="24h",
             output_expires_after={"anchor": "created_at", "seconds": 7200},
         )
-        deadline = time.monotonic() + WAIT_SECONDS
-        while (batch := client.batches.retrieve(batch.id)).status == "validating":
-            assert time.monotonic() < deadline, "the batch is still validating"
-            time.sleep(0.05)
+        batch = wait_for(
+            lambda: (got := client.batches.retrieve(batch.id)).status != "validating" and got,
+            WAIT_SECONDS,
+            "validation",
+        )
         # Then its error file expires two hours after it was written
         assert batch.status == "failed" and batch.error_file_id is not None
         error_file = client.files.retrieve(batch.error_file_id)

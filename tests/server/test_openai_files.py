@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from inferq.settings import Settings
 from inferq.states import ItemState
 from server.app import create_app
 from tests.server.conftest import bearer
-from tests.support.records import put_result
+from tests.support.records import put_result, wait_for
 
 
 @pytest.fixture
@@ -49,11 +48,9 @@ VALIDATION_WAIT_SECONDS = 120
 
 def validated(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """The batch ``read`` gives, read again until it is no longer ``validating``."""
-    deadline = time.monotonic() + VALIDATION_WAIT_SECONDS
-    while (batch := read())["status"] == "validating":
-        assert time.monotonic() < deadline, "the batch is still validating"
-        time.sleep(0.05)
-    return batch
+    return wait_for(
+        lambda: (batch := read())["status"] != "validating" and batch, VALIDATION_WAIT_SECONDS, "validation"
+    )
 
 
 def validated_batch(client: openai.OpenAI, batch_id: str) -> Any:

@@ -7,7 +7,6 @@ PostgreSQL (the app in this process, no worker)."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ from server.app import create_app
 from server.openai import files
 from server.openai.validation import LeaseLost, validate
 from tests.server.conftest import OpenAISetup, bearer, lines, stored_file
+from tests.support.records import wait_for
 
 #: Seconds a test waits for a batch's validation before it gives up (a guard against hanging, not a measure).
 WAIT_SECONDS = 120
@@ -71,11 +71,7 @@ def jobs_of(setup: OpenAISetup, batch_id: str) -> int:
 
 def until(check: Callable[[], Any]) -> Any:
     """``check()`` called again until it is true; its value."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not (value := check()):
-        assert time.monotonic() < deadline, "still waiting"
-        time.sleep(0.05)
-    return value
+    return wait_for(check, WAIT_SECONDS, "the batch's validation")
 
 
 def read(http: TestClient, setup: OpenAISetup, batch_id: str) -> dict[str, Any]:
