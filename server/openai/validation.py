@@ -18,6 +18,8 @@ The protocol, durable across server processes that die:
   renamed into place before that transaction: every validator of a batch reads the same input, so any of them
   writes a plan as good as another's.
 - A cancel while validating ends the batch ``cancelled`` at once, without a job (`inferq.store.openai.mark_cancelling`).
+- A server process that stops gives up its leases at their next renewal, for another process to take its batches
+  over at once.
 - An error of the batch as a whole (an unknown model, the input file gone, a tenant's quota) fails it, with the
   error in its ``errors``; a transient one (the database, the broker) gives the lease up, for the next sweep to
   try again.
@@ -37,7 +39,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from inferq import constants
-from inferq.errors import InferqError, TransientError
+from inferq.errors import FileNotFound, InferqError, TransientError
 from inferq.schema import utcnow
 from inferq.store import openai as stored
 from producer.client import Client
@@ -50,6 +52,10 @@ class LeaseLost(Exception):
     """The validator no longer holds the batch: it was cancelled, or another process took it over."""
 
 
+class ValidationStopped(Exception):
+    """The server process is stopping: the validator gave its lease up, for another process to take the batch."""
+
+
 def _lease_end(now: dt.datetime) -> dt.datetime:
     return now + dt.timedelta(seconds=constants.BATCH_VALIDATION_LEASE_SECONDS)
 
@@ -58,11 +64,13 @@ class _Lease:
     """One validator's lease on one batch: `renew` it (at most every
     `inferq.constants.BATCH_LEASE_RENEW_SECONDS`, unless ``now``), `LeaseLost` once it is gone."""
 
-    def __init__(self, client: Client, batch_id: str, owner: str) -> None:
-        self.client, self.batch_id, self.owner = client, batch_id, owner
+    def __init__(self, client: Client, batch_id: str, owner: str, stop: threading.Event | None) -> None:
+        self.client, self.batch_id, self.owner, self.stop = client, batch_id, owner, stop
         self.renewed = float("-inf")
 
     def renew(self, *, now: bool = False) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise ValidationStopped(self.batch_id)
         if not now and time.monotonic() - self.renewed < constants.BATCH_LEASE_RENEW_SECONDS:
             return
         with self.client.sessions.begin() as session:
@@ -85,24 +93,27 @@ def _error(exc: InferqError) -> dict[str, Any]:
     return {"code": exc.code, "message": exc.message, "param": field if isinstance(field, str) else None, "line": None}
 
 
-def validate(client: Client, batch_id: str, owner: str) -> None:
+def validate(client: Client, batch_id: str, owner: str, stop: threading.Event | None = None) -> None:
     """Validate the batch as ``owner`` (see the module's notes): its job made, or the batch failed; `LeaseLost`
-    when ``owner`` does not hold it (then nothing of its own is kept)."""
+    when ``owner`` does not hold it (then nothing of its own is kept). Once ``stop`` is set, the next renewal of
+    the lease gives it up instead (`ValidationStopped`)."""
     settings = client.settings
     directory = settings.files_dir
-    lease = _Lease(client, batch_id, owner)
-    lease.renew(now=True)
-    with client.reader() as session:
-        batch = stored.batch_of(session, batch_id, None)
-        endpoint, tenant, source_id = batch.endpoint, batch.tenant, batch.input_file_id
-        metadata, window, webhook_url = batch.meta, batch.completion_window, batch.webhook_url
+    lease = _Lease(client, batch_id, owner, stop)
     plan = batches.plan_path(directory, batch_id)
     partial = plan.with_name(f".{batch_id}.{owner}.plan.partial")
     prepared: batches.Prepared | None = None
     try:
+        lease.renew(now=True)
         with client.reader() as session:
+            batch = stored.batch_of(session, batch_id, None)
+            endpoint, tenant, source_id = batch.endpoint, batch.tenant, batch.input_file_id
+            metadata, window, webhook_url = batch.meta, batch.completion_window, batch.webhook_url
             source = stored.file_of(session, source_id, tenant)
-        prepared = batches.prepare(settings, files.file_path(directory, source.id), endpoint, partial, lease.renew)
+        path = files.file_path(directory, source.id)
+        if not path.is_file():
+            raise FileNotFound(f"the bytes of file {source.id} are missing from the files directory")
+        prepared = batches.prepare(settings, path, endpoint, partial, lease.renew)
         os.replace(partial, plan)
         lease.renew(now=True)
         counts: dict[str, Any] = {
@@ -133,7 +144,7 @@ def validate(client: Client, batch_id: str, owner: str) -> None:
     except LeaseLost:
         partial.unlink(missing_ok=True)
         raise
-    except TransientError:
+    except (TransientError, ValidationStopped):
         partial.unlink(missing_ok=True)
         lease.give_up()
         raise
@@ -185,9 +196,11 @@ class Validator:
 
     def _run(self, batch_id: str) -> None:
         try:
-            validate(self.client, batch_id, self.owner)
+            validate(self.client, batch_id, self.owner, self._stop)
         except LeaseLost:
             log.info("batch %s: validated by another process, or cancelled", batch_id)
+        except ValidationStopped:
+            log.info("batch %s: validation given up as the server stops; another process takes it over", batch_id)
         except Exception:
             log.exception("batch %s: validation stopped; another try once its lease ends", batch_id)
 
@@ -225,8 +238,9 @@ class Validator:
         self._sweeper.start()
 
     def close(self) -> None:
-        """Stop sweeping and validating: a batch being validated is left to its lease (another process, or this
-        one's next start, takes it over)."""
+        """Stop sweeping and validating: a validation gives its lease up at its next renewal (every
+        `server.openai.batches.PLAN_FLUSH_LINES` lines read), a batch waiting its turn keeps its lease until it
+        ends; either is taken over by another process, or this one's next start."""
         self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._sweeper is not None:

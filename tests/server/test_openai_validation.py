@@ -7,6 +7,7 @@ PostgreSQL (the app in this process, no worker)."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,13 +18,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from inferq.db import make_engine, make_sessionmaker
-from inferq.schema import Job, OpenAIBatch, utcnow
+from inferq.schema import Job, OpenAIBatch, as_utc, utcnow
 from inferq.settings import Settings
 from inferq.store import openai as stored
 from producer.client import Client
 from server.app import create_app
 from server.openai import files
-from server.openai.validation import LeaseLost, validate
+from server.openai.validation import LeaseLost, ValidationStopped, validate
 from tests.server.conftest import OpenAISetup, bearer, lines, stored_file
 from tests.support.records import wait_for
 
@@ -218,3 +219,33 @@ def test_a_batch_of_an_unknown_model_fails_with_the_error(setup: OpenAISetup) ->
         assert batch["status"] == "failed" and batch["failed_at"] is not None
         assert [e["code"] for e in batch["errors"]["data"]] == ["unknown_model"]
         assert batch["output_file_id"] is None and batch["error_file_id"] is None and jobs_of(setup, made["id"]) == 0
+
+
+def test_a_validator_of_a_stopping_server_gives_its_lease_up(setup: OpenAISetup) -> None:
+    # Given a batch leased by this process, whose server is stopping
+    batch_id = validating_batch(
+        setup, stored_file(setup, lines()), owner="me", lease_until=utcnow() + dt.timedelta(minutes=5)
+    )
+    stop = threading.Event()
+    stop.set()
+    # When it would validate the batch
+    with Client(setup.settings) as client, pytest.raises(ValidationStopped):
+        validate(client, batch_id, "me", stop)
+    # Then its lease has ended (the next sweep takes it over), and no job was made
+    row = row_of(setup, batch_id)
+    assert row.validated_at is None and row.lease_until is not None and as_utc(row.lease_until) <= utcnow()
+    assert jobs_of(setup, batch_id) == 0
+
+
+def test_a_batch_whose_input_bytes_are_gone_fails(setup: OpenAISetup) -> None:
+    # Given a batch whose input file's bytes are missing from the files directory
+    file_id = stored_file(setup, lines())
+    (setup.settings.files_dir / file_id).unlink()
+    batch_id = validating_batch(setup, file_id, owner="me", lease_until=utcnow() + dt.timedelta(minutes=5))
+    # When it is validated
+    with Client(setup.settings) as client:
+        validate(client, batch_id, "me")
+    # Then it has failed, saying so, without a job
+    row = row_of(setup, batch_id)
+    assert row.validated_at is not None and row.finalized_at is not None and row.job_id is None
+    assert row.errors is not None and [e["code"] for e in row.errors] == ["file_not_found"]
