@@ -14,7 +14,7 @@ The protocol, durable across server processes that die:
   ``on_store``): the job's rows, then a conditional UPDATE of the batch on its owner
   (`inferq.store.openai.end_validation`). A validator that lost its lease (taken over, or the batch cancelled)
   matches no row, and its job rolls back: a batch gets one job, or none, whatever processes race.
-- The plan (what the output files need, `server.openai.batches`) is written under a name of the validator's own and
+- The plan (what the output files need, `server.openai.batches`) is written under a name of the validation's own and
   renamed into place before that transaction: every validator of a batch reads the same input, so any of them
   writes a plan as good as another's.
 - A cancel while validating ends the batch ``cancelled`` at once, without a job (`inferq.store.openai.mark_cancelling`).
@@ -34,6 +34,7 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -101,7 +102,8 @@ def validate(client: Client, batch_id: str, owner: str, stop: threading.Event | 
     directory = settings.files_dir
     lease = _Lease(client, batch_id, owner, stop)
     plan = batches.plan_path(directory, batch_id)
-    partial = plan.with_name(f".{batch_id}.{owner}.plan.partial")
+    # A name of this call's own: two validations of the batch (even of one owner) never write the same file.
+    partial = plan.with_name(f".{batch_id}.{secrets.token_hex(8)}.plan.partial")
     prepared: batches.Prepared | None = None
     try:
         lease.renew(now=True)
@@ -143,6 +145,7 @@ def validate(client: Client, batch_id: str, owner: str, stop: threading.Event | 
                 record(session, None)
     except LeaseLost:
         partial.unlink(missing_ok=True)
+        _drop_plan_if_finalized(client, batch_id, plan)
         raise
     except (TransientError, ValidationStopped):
         partial.unlink(missing_ok=True)
@@ -150,7 +153,6 @@ def validate(client: Client, batch_id: str, owner: str, stop: threading.Event | 
         raise
     except InferqError as exc:
         partial.unlink(missing_ok=True)
-        plan.unlink(missing_ok=True)
         total = prepared.total_lines if prepared is not None else 0
         with client.sessions.begin() as session:
             ended = stored.end_validation(
@@ -166,10 +168,22 @@ def validate(client: Client, batch_id: str, owner: str, stop: threading.Event | 
                 finalized=True,
             )
         if not ended:
+            _drop_plan_if_finalized(client, batch_id, plan)
             raise LeaseLost(batch_id) from exc
+        plan.unlink(missing_ok=True)
     finally:
         if prepared is not None:
             prepared.discard()
+
+
+def _drop_plan_if_finalized(client: Client, batch_id: str, plan: Path) -> None:
+    """Remove the batch's plan if nobody will read it any more: the batch has no output files to write (cancelled
+    while validating, or written already). Otherwise the plan is the one the winning validator uses (any
+    validator's is as good as another's), and stays."""
+    with client.reader() as session:
+        finalized = stored.batch_of(session, batch_id, None).finalized_at is not None
+    if finalized:
+        plan.unlink(missing_ok=True)
 
 
 class Validator:

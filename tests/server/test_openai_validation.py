@@ -203,6 +203,8 @@ def test_a_cancel_while_validating_ends_the_batch_cancelled_without_a_job(setup:
     with Client(setup.settings) as client, pytest.raises(LeaseLost):
         validate(client, batch_id, "elsewhere")
     assert jobs_of(setup, batch_id) == 0
+    # And leaves no plan behind (nothing would ever read it)
+    assert not [p.name for p in setup.settings.files_dir.iterdir() if p.name.startswith(f".{batch_id}")]
 
 
 def test_a_batch_of_an_unknown_model_fails_with_the_error(setup: OpenAISetup) -> None:
