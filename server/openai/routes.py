@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inferq import constants
 from inferq.errors import InferenceError, InvalidParameter, MalformedValue
@@ -131,17 +131,12 @@ def _upload_expiry(fields: dict[str, str]) -> int | None:
     anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
     if anchor is None and seconds is None:
         return None
-    if anchor != "created_at" or seconds is None or not seconds.isdigit():
-        raise InvalidParameter(
-            "expires_after must be {anchor: 'created_at', seconds: a whole number}", field="expires_after"
-        )
-    value = int(seconds)
-    if not constants.MIN_FILE_EXPIRY_SECONDS <= value <= constants.MAX_FILE_EXPIRY_SECONDS:
-        raise InvalidParameter(
-            f"expires_after.seconds must be {constants.MIN_FILE_EXPIRY_SECONDS} to {constants.MAX_FILE_EXPIRY_SECONDS}",
-            field="expires_after",
-        )
-    return value
+    try:
+        return ExpiresAfter.model_validate({"anchor": anchor, "seconds": seconds}).seconds
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise InvalidParameter(f"expires_after.{where}: {problem['msg']}", field="expires_after") from None
 
 
 def _store_file(

@@ -36,7 +36,12 @@ def test_a_file_expires_after_its_seconds_and_the_purge_deletes_it(setup: OpenAI
         assert expiring.expires_at == expiring.created_at + 3600 and kept.expires_at is None
         assert client.files.retrieve(expiring.id).expires_at == expiring.created_at + 3600
         # And an expiry out of OpenAI's bounds, or of another anchor, is refused
-        for anchor, seconds in (("created_at", 3599), ("created_at", 2_592_001), ("last_active_at", 3600)):
+        for anchor, seconds in (
+            ("created_at", 3599),
+            ("created_at", 2_592_001),
+            ("created_at", "an hour"),
+            ("last_active_at", 3600),
+        ):
             answer = http.post(
                 "/v1/files",
                 headers=bearer(setup.key),
