@@ -37,8 +37,8 @@ from typing import Any
 import httpx
 
 from bench.measure import RssSampler, tree_rss_bytes
-from bench.models import ensure_model, registry_json
-from bench.system import ServicesUnavailable, client_and_key, give_results, private_services, worker_env
+from bench.models import ensure_model
+from bench.system import client_and_key, give_results, services_for, worker_env
 from inferq.task_specs import TaskName
 from inferq_demo.stand_ins import corpus
 from producer.export import export_jsonl
@@ -210,11 +210,10 @@ def bench_http(models_dir: Path, *, quick: bool = False, rounds: int = 1) -> dic
     upload_lines = 20_000 if quick else UPLOAD_LINES
     big_lines = 200_000 if quick else BIG_UPLOAD_LINES
     with ExitStack() as stack:
-        try:
-            services = stack.enter_context(private_services())
-        except ServicesUnavailable as exc:
-            return {"skipped": str(exc)}
-        entries = json.loads(registry_json([model], ()))
+        found = services_for(stack, model)
+        if isinstance(found, str):
+            return {"skipped": found}
+        services, entries = found
         cold = "bench-cold"
         entries[cold] = {**entries[model.name], "queue": services.cold_queue}
         env = worker_env(services, json.dumps(entries))
