@@ -29,6 +29,12 @@ at once (a leader whose connection was cut while it sent) still release each chu
 A leader that dies between the send and the commit leaves them unreleased and the next leader sends them again: a
 duplicate message, which a claim makes harmless (a chunk running or done claims nothing). The other order could
 lose a chunk on RabbitMQ, whose messages cannot be listed to find it missing.
+
+**Shown to every process.** The leader writes what its last round did (`Round.queues`) into one row
+(`inferq.schema.DispatcherRound`, `inferq.store.dispatch.record_round`): one statement after a round that changed
+what the row says, else a heartbeat later; it deletes the row when it stops leading. ``inferq status``, the HTTP
+API and the job page read it (`producer.client.dispatcher_status`); a row older than a few leader leases reads as
+no leader.
 """
 
 from __future__ import annotations
