@@ -12,7 +12,6 @@ import re
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session
@@ -21,7 +20,8 @@ from inferq.schema import Chunk, Job
 from inferq.store.dispatch import in_flight
 from inferq.tenants import set_share
 from producer.client import JobOptions
-from tests.support.jobs import client_for, pid_of, sentences, worker_env
+from tests.faults.conftest import EnvFor
+from tests.support.jobs import client_for, pid_of, sentences
 from tests.support.records import Record, wait_for
 from worker.process import running_worker, running_workers
 
@@ -35,16 +35,11 @@ LEADS = "dispatcher: this worker leads"
 
 
 def test_a_small_job_of_another_tenant_runs_within_two_chunks_of_a_big_one(
-    tmp_path: Path,
-    migrated_postgres: str,
-    broker_url: str,
-    queue_name: str,
-    fault_registry: dict[str, Any],
-    record: Record,
+    tmp_path: Path, env_for: EnvFor, record: Record
 ) -> None:
     # Given one worker of one process that coalesces chunks of other jobs into its batches, a window of one message,
     # and tenant alpha's big job running
-    env = worker_env(migrated_postgres, broker_url, queue_name, fault_registry, dispatch_window=1)
+    env = env_for(dispatch_window=1)
     with (
         running_worker(env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "1"),
         client_for(env) as client,
@@ -79,24 +74,10 @@ def test_a_small_job_of_another_tenant_runs_within_two_chunks_of_a_big_one(
 
 
 def test_the_dispatchers_leader_sigkilled_is_replaced_with_nothing_lost_or_run_twice(
-    tmp_path: Path,
-    migrated_postgres: str,
-    broker_url: str,
-    queue_name: str,
-    fault_registry: dict[str, Any],
-    record: Record,
+    tmp_path: Path, env_for: EnvFor, record: Record
 ) -> None:
     # Given two workers, each running a dispatcher, short leases and reconcilers on, and a job of many chunks
-    env = worker_env(
-        migrated_postgres,
-        broker_url,
-        queue_name,
-        fault_registry,
-        dispatch_window=2,
-        lease_seconds=10,
-        recover_interval=2,
-        coalesce_items=0,
-    )
+    env = env_for(dispatch_window=2, lease_seconds=10, recover_interval=2, coalesce_items=0)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     with (
         running_workers(env, logs, "--models", "slow", "--concurrency", "1") as procs,
@@ -130,19 +111,12 @@ def test_the_dispatchers_leader_sigkilled_is_replaced_with_nothing_lost_or_run_t
 
 
 def test_batch_mates_are_only_chunks_the_dispatcher_released(
-    tmp_path: Path,
-    migrated_postgres: str,
-    broker_url: str,
-    queue_name: str,
-    fault_registry: dict[str, Any],
-    record: Record,
+    tmp_path: Path, env_for: EnvFor, queue_name: str, record: Record
 ) -> None:
     # Given tenant alpha capped at one chunk in flight and tenant beta uncapped, each with ten one-chunk jobs of the
     # same model and parameters (batch-mates for each other), and a worker of one process that coalesces up to ten
     # chunks into a batch
-    env = worker_env(
-        migrated_postgres, broker_url, queue_name, fault_registry, dispatch_window=8, coalesce_items=10 * CHUNK
-    )
+    env = env_for(dispatch_window=8, coalesce_items=10 * CHUNK)
     with Session(record.engine) as session, session.begin():
         set_share(session, "alpha", max_chunks_in_flight=1)
         set_share(session, "beta")
