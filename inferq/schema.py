@@ -236,6 +236,28 @@ class Tenant(Base):
     max_chunks_in_flight: Mapped[int | None] = mapped_column(Integer)
 
 
+class DispatcherRound(Base):
+    """What the dispatcher's leader did last (`inferq.dispatcher`): one row, rewritten by one statement when a round
+    changes what it says (and at least every `inferq.constants.DISPATCH_STATE_HEARTBEAT_SECONDS`), so that any
+    process (``inferq status``, the HTTP API, the job page) can show the dispatcher without asking the workers. A row
+    whose `last_round` is older than `inferq.constants.DISPATCH_STATE_STALE_SECONDS` says that nobody leads."""
+
+    __tablename__ = "dispatcher_rounds"
+
+    #: Always 1: the one row.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The leading worker's process: ``hostname:pid``.
+    leader: Mapped[str] = mapped_column(String(255))
+    leader_since: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: When the round this row describes ended.
+    last_round: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: Chunks that round released.
+    released: Mapped[int] = mapped_column(Integer)
+    #: Per queue, after that round: ``window``, ``waiting`` (released, not claimed), ``running``, ``held`` (in SQL,
+    #: not released), ``held_by_cap`` (of those, chunks of tenants at their cap) and ``capped`` (those tenants).
+    queues: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class ApiKey(Base):
     """An API key. Only a hash is stored: the key (``iq_<id>_<secret>``) is shown once, when it is created."""
 
