@@ -97,6 +97,15 @@ DEFAULT_DISPATCH_INTERVAL = 0.2
 #: connection closed, so PostgreSQL let its lock go) is replaced within this, far within a lease.
 DISPATCH_LEADER_RETRY_SECONDS = 2.0
 
+#: Seconds between two writes of the dispatcher's row (`inferq.schema.DispatcherRound`) while what it says stays the
+#: same: its ``last_round`` is at most this old while a leader runs.
+DISPATCH_STATE_HEARTBEAT_SECONDS = 1.0
+
+#: Seconds after which the dispatcher's row says that nobody leads: a few of the followers' tries at the lock (a
+#: dead leader is replaced within one) and many heartbeats. A round that takes longer (a huge expiry) reads as a
+#: leaderless moment, never a dead leader as a live one.
+DISPATCH_STATE_STALE_SECONDS = 10.0
+
 #: Seconds between two full runs of a worker's reconciler (`inferq recover` without a human). A minute bounds how
 #: long a job waits after its broker lost messages, and costs one indexed query (and, on Redis, one read of the
 #: queue) per worker per minute. Expired leases are looked for more often, every half lease (15 s by default; one
@@ -184,6 +193,24 @@ MAX_FILE_LINES = 1_000_000
 FILE_STREAM_BYTES = 1 << 20
 #: Refused lines a batch lists in its ``errors`` (all of them are in its error file).
 MAX_BATCH_ERRORS_LISTED = 100
+#: Seconds a server process's lease on a batch it validates lasts (`server.openai.validation`): renewed every
+#: `BATCH_LEASE_RENEW_SECONDS` while the input is read, and once before the job is stored (which, for a million
+#: lines, takes a minute or two and is not interrupted to renew); so long that a live validator never loses it,
+#: short enough that a batch whose server died is taken over within minutes.
+BATCH_VALIDATION_LEASE_SECONDS = 300
+#: Seconds between a validator's renewals of its lease: a few a lease, so that one slow renewal costs nothing.
+BATCH_LEASE_RENEW_SECONDS = 30
+#: Seconds between a server process's sweeps for batches whose validator's lease ended (a dead server's).
+BATCH_VALIDATION_SWEEP_SECONDS = 30
+#: Batches a server process validates at once; more wait (their leases held) in its queue. Validation is CPU
+#: bound (~3,000 lines/s in one thread), and the request threads need the cores too.
+BATCH_VALIDATION_THREADS = 2
+#: Batches one sweep takes over at most (the rest wait for the next sweep, or another process's).
+BATCH_SWEEP_LIMIT = 8
+#: ``expires_after.seconds`` of a file, and ``output_expires_after.seconds`` of a batch: OpenAI's bounds (an hour
+#: to 30 days).
+MIN_FILE_EXPIRY_SECONDS = 3600
+MAX_FILE_EXPIRY_SECONDS = 2_592_000
 #: Seconds a synchronous call waits for its job by default (a few seconds of work at most: its inputs are few).
 DEFAULT_SYNC_TIMEOUT = 60.0
 #: Synchronous calls a server process runs at once by default; each holds a thread that polls its job.

@@ -236,6 +236,28 @@ class Tenant(Base):
     max_chunks_in_flight: Mapped[int | None] = mapped_column(Integer)
 
 
+class DispatcherRound(Base):
+    """What the dispatcher's leader did last (`inferq.dispatcher`): one row, rewritten by one statement when a round
+    changes what it says (and at least every `inferq.constants.DISPATCH_STATE_HEARTBEAT_SECONDS`), so that any
+    process (``inferq status``, the HTTP API, the job page) can show the dispatcher without asking the workers. A row
+    whose `last_round` is older than `inferq.constants.DISPATCH_STATE_STALE_SECONDS` says that nobody leads."""
+
+    __tablename__ = "dispatcher_rounds"
+
+    #: Always 1: the one row.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The leading worker's process: ``hostname:pid``.
+    leader: Mapped[str] = mapped_column(String(255))
+    leader_since: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: When the round this row describes ended.
+    last_round: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: Chunks that round released.
+    released: Mapped[int] = mapped_column(Integer)
+    #: Per queue, after that round: ``window``, ``waiting`` (released, not claimed), ``running``, ``held`` (in SQL,
+    #: not released), ``held_by_cap`` (of those, chunks of tenants at their cap) and ``capped`` (those tenants).
+    queues: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class ApiKey(Base):
     """An API key. Only a hash is stored: the key (``iq_<id>_<secret>``) is shown once, when it is created."""
 
@@ -312,8 +334,15 @@ class OpenAIFile(Base):
     #: Lines of the file (at most `inferq.constants.MAX_FILE_LINES`).
     lines: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: When the file expires (OpenAI's ``expires_after``; a batch's ``output_expires_after`` for its output and
+    #: error files): from then on it is not found, and the purge (`inferq.retention.purge_expired_files`) deletes
+    #: its bytes and its row. ``None``: never.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_openai_files_tenant_created_at", "tenant", "created_at"),)
+    __table_args__ = (
+        Index("ix_openai_files_tenant_created_at", "tenant", "created_at"),
+        Index("ix_openai_files_expires_at", "expires_at"),
+    )
 
 
 class OpenAIBatch(Base):
@@ -349,5 +378,20 @@ class OpenAIBatch(Base):
     finalized_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     cancelling_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The request's ``webhook_url``, kept for the job that validation makes (`server.openai.validation`).
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    #: ``output_expires_after.seconds`` of the request: the output and error files expire that long after they
+    #: are written (``None``: never).
+    output_expires_after: Mapped[int | None] = mapped_column(Integer)
+    #: When validation ended: the job made (``job_id`` set), the batch failed (no valid line, or a batch-wide
+    #: error in `errors`) or cancelled. ``None``: the batch is ``validating``.
+    validated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The server process validating the batch (a random token of it) and until when its lease holds; another
+    #: process takes over a batch whose lease has ended (`server.openai.validation`). Cleared once validated.
+    lease_owner: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_openai_batches_tenant_created_at", "tenant", "created_at"),)
+    __table_args__ = (
+        Index("ix_openai_batches_tenant_created_at", "tenant", "created_at"),
+        Index("ix_openai_batches_lease_until", "lease_until"),
+    )

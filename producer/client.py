@@ -228,6 +228,7 @@ class Client:
         skip_invalid: bool = False,
         format: Literal["auto", "jsonl", "csv"] = "auto",
         options: JobOptions | None = None,
+        on_store: Callable[[Session, str], None] | None = None,
     ) -> Submission:
         """Validate everything, store the job and its items in one transaction, then enqueue one message per
         chunk (on SQLite; on PostgreSQL the workers' dispatcher sends them, in fair order: `inferq.dispatcher`). Bad input raises `InvalidInput` (every bad line, with line number and field) and stores nothing,
@@ -237,7 +238,11 @@ class Client:
         constant memory: once to validate every line (keeping only the errors and the count), then, when it is to be
         stored, again, each valid record going straight into the database. Other inputs (a pipe, Python objects)
         are validated into a list first, so their memory grows with their size. A file whose count of valid lines
-        changes between the two reads is refused (`InvalidInput`) and nothing is stored."""
+        changes between the two reads is refused (`InvalidInput`) and nothing is stored.
+
+        ``on_store(session, job_id)`` runs in the job's transaction once its rows are written: what must commit with
+        the job or not at all (a batch of the OpenAI-compatible API records its job there); what it raises rolls
+        the job back and propagates."""
         from inferq.model_sources import check_model, mask_tokens, resolve_model
         from inferq.task_specs import parse_task, read_params, validate_params
         from inferq.webhooks import check_url
@@ -291,6 +296,8 @@ class Client:
                     store_job(
                         session, job_id, task, model, full_params, records, size, queue, total=total, options=options
                     )
+                    if on_store is not None:
+                        on_store(session, job_id)
                     committing = True
             except IntegrityError:
                 # Another request with the same Idempotency-Key stored its job first: that job, or a conflict.
@@ -400,6 +407,11 @@ class Client:
 
     def models(self) -> dict[str, ModelSpec]:
         return dict(self.settings.models)
+
+    def dispatcher(self) -> api.Dispatcher:
+        """The dispatcher's state (`dispatcher_status`), every queue and every capped tenant named."""
+        with self.reader() as session:
+            return dispatcher_status(session, self.settings)
 
     def results(
         self,
@@ -642,14 +654,68 @@ def _seekable(stream: IO[Any]) -> bool:
 
 
 def with_position(session: Session, status: JobStatus, settings: Settings) -> JobStatus:
-    """``status`` with its `JobStatus.position` (`inferq.store.dispatch.chunks_ahead`) when the dispatcher sends
-    chunks: counted while the job is queued, 0 while it runs."""
-    if not settings.fair_dispatch or status.state not in (JobState.QUEUED, JobState.RUNNING):
+    """``status`` with its `JobStatus.position` (`inferq.store.dispatch.chunks_ahead`) and the dispatcher's state on
+    its queue (`dispatcher_status`) while it is unfinished: the position counted while the job is queued, 0 while it
+    runs; without the dispatcher (``direct``) no position, and the dispatcher said to be ``direct``."""
+    if status.state not in (JobState.QUEUED, JobState.RUNNING):
         return status
+    if not settings.fair_dispatch:
+        return status.model_copy(update={"dispatcher": DIRECT_DISPATCH})
     from inferq.store.dispatch import chunks_ahead
 
     position = 0 if status.state is JobState.RUNNING else chunks_ahead(session, status.id)
-    return status.model_copy(update={"position": position})
+    dispatcher = dispatcher_status(session, settings, job_id=status.id, tenant=status.tenant)
+    return status.model_copy(update={"position": position, "dispatcher": dispatcher})
+
+
+#: The dispatcher's state without one: chunks are sent at submit (``INFERQ_DISPATCH=direct``, or SQLite).
+DIRECT_DISPATCH = api.Dispatcher(mode="direct")
+
+
+def dispatcher_status(
+    session: Session,
+    settings: Settings,
+    *,
+    job_id: str | None = None,
+    tenant: str | None = None,
+    now: dt.datetime | None = None,
+) -> api.Dispatcher:
+    """The dispatcher's state, from the row its leader rewrites (`inferq.store.dispatch.last_round`): every queue,
+    or with ``job_id`` that job's queue only. With ``tenant``, the capped tenants named are that tenant only (a
+    tenant sees how much other tenants' caps hold back, not who they are). A row older than
+    `inferq.constants.DISPATCH_STATE_STALE_SECONDS` (its leader died, or every worker stopped) says that nobody
+    leads, with when its last round ran, and nothing of the queues it no longer knows."""
+    if not settings.fair_dispatch:
+        return DIRECT_DISPATCH
+    from inferq.store.dispatch import last_round
+
+    row, queue = last_round(session, job_id)
+    if row is None:
+        return api.Dispatcher(mode="fair")
+    ran = as_utc(row.last_round)
+    if ((now or utcnow()) - ran).total_seconds() > constants.DISPATCH_STATE_STALE_SECONDS:
+        return api.Dispatcher(mode="fair", last_round=ran)
+    queues = [
+        api.DispatchQueue(
+            queue=name,
+            window=int(state["window"]),
+            waiting=int(state["waiting"]),
+            running=int(state["running"]),
+            held=int(state["held"]),
+            held_by_cap=int(state["held_by_cap"]),
+            capped=[t for t in state.get("capped", []) if tenant is None or t == tenant],
+        )
+        for name, state in sorted(row.queues.items())
+        if job_id is None or name == queue
+    ]
+    return api.Dispatcher(
+        mode="fair",
+        leader=row.leader,
+        leader_since=as_utc(row.leader_since),
+        last_round=ran,
+        released=row.released,
+        queues=queues,
+    )
 
 
 def job_status(job: Job | Row[Any]) -> JobStatus:

@@ -22,7 +22,8 @@ from server.guards import RefuseMalformed
 from server.headers import SecurityHeaders
 from server.metrics import ApiMetrics, ObserveRequests
 from server.openai import routes as openai_routes
-from server.routes import health, jobs, models, page, progress, webhook_secret
+from server.openai.validation import Validator
+from server.routes import dispatcher, health, jobs, models, page, progress, webhook_secret
 from server.uploads import remove_stale_uploads, upload_directory
 
 API_VERSION = "v1"
@@ -63,10 +64,13 @@ def create_app(settings: Settings) -> FastAPI:
             polls,
             CapacityLimiter(API_POLL_THREADS),
             threading.BoundedSemaphore(settings.sync_concurrency),
+            Validator(client),
         )
+        app.state.runtime.validation.start_sweeping()
         try:
             yield
         finally:
+            app.state.runtime.validation.close()
             client.close()
             celery.close()
             polls.dispose()
@@ -83,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router, prefix=f"/{API_VERSION}")
     app.include_router(progress.router, prefix=f"/{API_VERSION}")
     app.include_router(models.router, prefix=f"/{API_VERSION}")
+    app.include_router(dispatcher.router, prefix=f"/{API_VERSION}")
     app.include_router(webhook_secret.router, prefix=f"/{API_VERSION}")
     app.include_router(openai_routes.router, prefix=f"/{API_VERSION}")
     app.include_router(page.router)

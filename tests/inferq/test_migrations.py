@@ -235,3 +235,108 @@ def test_0006_moves_every_result_of_every_task_and_downgrades_back(
                     assert got == want, job_id
         finally:
             engine.dispose()
+
+
+# -- 0009: the dispatcher's row ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_0009_adds_the_dispatchers_row_and_downgrades_back(database: str, tmp_path: Path) -> None:
+    from inferq.store.dispatch import last_round, record_round
+
+    # Given a database at 0008
+    sqlite = f"sqlite:///{tmp_path / 'm.db'}"
+    with contextlib.nullcontext(sqlite) if database == "sqlite" else fresh_postgres_database() as url:
+        settings = Settings(database_url=url)
+        migrate.upgrade(settings, "0008")
+        engine = make_engine(settings)
+        try:
+
+            def tables() -> set[str]:
+                with engine.connect() as conn:
+                    return set(sa.inspect(conn).get_table_names())
+
+            assert "dispatcher_rounds" not in tables()
+
+            # When it is upgraded (to the head: 0009 and the migrations after it)
+            migrate.upgrade(settings)
+
+            # Then the dispatcher's table is there, as the models describe it
+            assert "dispatcher_rounds" in tables()
+            assert schema_diff(settings) == []
+            if database == "postgresql":
+                # And a leader's rounds rewrite its one row (the dispatcher runs on PostgreSQL only)
+                now = dt.datetime.now(dt.UTC)
+                queues = {"q": {"window": 4, "waiting": 1, "running": 2, "held": 3, "held_by_cap": 0, "capped": []}}
+                with Session(engine) as session, session.begin():
+                    record_round(session, leader="h:1", leader_since=now, last_round=now, released=5, queues={})
+                    record_round(session, leader="h:2", leader_since=now, last_round=now, released=1, queues=queues)
+                with Session(engine) as session:
+                    row, _ = last_round(session)
+                    assert row is not None and (row.leader, row.released, row.queues) == ("h:2", 1, queues)
+                    assert session.execute(sa.text("SELECT count(*) FROM dispatcher_rounds")).scalar_one() == 1
+
+            # And a downgrade to 0008 takes it away
+            migrate.downgrade(settings, "0008")
+            assert "dispatcher_rounds" not in tables()
+        finally:
+            engine.dispose()
+
+
+# -- 0010: batches validated in the background, files that expire ------------------------------------------------------
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_0010_keeps_every_batch_validated_and_every_file_unexpiring_and_downgrades_back(
+    database: str, tmp_path: Path
+) -> None:
+    # Given a database at 0009 holding a file and a batch (validated in its request, as 0008 did)
+    context = contextlib.nullcontext() if database == "sqlite" else fresh_postgres_database()
+    with context as url:
+        settings = Settings(database_url=url or f"sqlite:///{tmp_path / 'm.db'}")
+        migrate.upgrade(settings, "0009")
+        engine = make_engine(settings)
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO openai_files (id, tenant, purpose, filename, bytes, lines, created_at)"
+                        " VALUES ('file-1', 't', 'batch', 'in.jsonl', 10, 1, :t)"
+                    ),
+                    {"t": T0},
+                )
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO openai_batches (id, tenant, endpoint, input_file_id, completion_window,"
+                        " total_lines, bad_lines, one_item_per_line, created_at)"
+                        " VALUES ('batch_1', 't', '/v1/embeddings', 'file-1', '24h', 1, 1, :yes, :t)"
+                    ),
+                    {"t": T0, "yes": True},
+                )
+
+            # When it is upgraded to the head
+            migrate.upgrade(settings)
+
+            # Then the batch counts as validated when it was created (not validating), leased by nobody
+            with Session(engine) as session:
+                batch = session.execute(
+                    sa.text("SELECT validated_at, lease_owner, lease_until, output_expires_after FROM openai_batches")
+                ).one()
+                expires = session.execute(sa.text("SELECT expires_at FROM openai_files")).scalar_one()
+            validated = batch[0] if isinstance(batch[0], dt.datetime) else dt.datetime.fromisoformat(batch[0])
+            assert as_utc(validated) == T0 and tuple(batch[1:]) == (None, None, None)
+            # And the file does not expire
+            assert expires is None
+            assert schema_diff(settings) == []
+
+            # And a downgrade to 0009 keeps both rows, without the new columns
+            migrate.downgrade(settings, "0009")
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT count(*) FROM openai_batches")).scalar_one() == 1
+                assert conn.execute(sa.text("SELECT count(*) FROM openai_files")).scalar_one() == 1
+                columns = {c["name"] for c in sa.inspect(conn).get_columns("openai_batches")}
+                file_columns = {c["name"] for c in sa.inspect(conn).get_columns("openai_files")}
+            assert not columns & {"validated_at", "lease_owner", "lease_until", "webhook_url", "output_expires_after"}
+            assert "expires_at" not in file_columns
+        finally:
+            engine.dispose()
