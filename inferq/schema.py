@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -208,7 +209,15 @@ class Result(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        Index("ix_results_job_state", "job_id", "state"),
+        # A job's failed results (the failed filter, the error summary by code): an entry for those only, so that a
+        # COPY of succeeded results writes none (migration 0009). Succeeded ones are read on the primary key's range.
+        Index(
+            "ix_results_job_failed",
+            "job_id",
+            "error_code",
+            postgresql_where=text("state = 'failed'"),
+            sqlite_where=text("state = 'failed'"),
+        ),
         Index("ix_results_job_label", "job_id", "label"),
     )
 

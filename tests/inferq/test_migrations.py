@@ -235,3 +235,65 @@ def test_0006_moves_every_result_of_every_task_and_downgrades_back(
                     assert got == want, job_id
         finally:
             engine.dispose()
+
+
+# -- 0009: the (job, state) index of results only over failed ones ----------------------------------------------------
+
+
+def _result_indexes(engine: Engine) -> dict[str, list[str]]:
+    """The results table's indexes (a connection of its own: SQLite's pooled one may hold the schema it first saw)."""
+    fresh = sa.create_engine(engine.url)
+    try:
+        with fresh.connect() as conn:
+            return {str(i["name"]): list(i["column_names"]) for i in sa.inspect(conn).get_indexes("results")}
+    finally:
+        fresh.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_0009_keeps_every_result_indexes_failed_ones_only_and_downgrades_back(database: str, tmp_path: Path) -> None:
+    # Given a database at 0008 holding a result of every task, a failed item among them
+    if database == "sqlite":
+        context: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext(
+            f"sqlite:///{tmp_path / 'm.db'}"
+        )
+    else:
+        context = fresh_postgres_database()
+    with context as url:
+        assert url is not None
+        settings = Settings(database_url=url)
+        migrate.upgrade(settings, "0005")
+        engine = make_engine(settings)
+        try:
+            stored = store_at_0005(engine)
+            migrate.upgrade(settings, "0008")
+            assert "ix_results_job_state" in _result_indexes(engine)
+
+            # When it is upgraded to 0009
+            migrate.upgrade(settings, "0009")
+
+            # Then every result reads back equal, the failed filter finds the failed one through the partial index
+            assert_results_equal(engine, stored)
+            indexes = _result_indexes(engine)
+            assert "ix_results_job_state" not in indexes
+            assert indexes["ix_results_job_failed"] == ["job_id", "error_code"]
+            with engine.connect() as conn:
+                failed = conn.execute(sa.text("SELECT count(*) FROM results WHERE state = 'failed'")).scalar_one()
+                if database == "postgresql":
+                    conn.execute(sa.text("SET enable_seqscan = off"))
+                    plan = "\n".join(
+                        conn.execute(
+                            sa.text("EXPLAIN SELECT job_id FROM results WHERE job_id = 'x' AND state = 'failed'")
+                        ).scalars()
+                    )
+                    assert "ix_results_job_failed" in plan, plan
+            assert failed == 1
+            assert schema_diff(settings) == []
+
+            # And a downgrade gives the full index back, every result still equal
+            migrate.downgrade(settings, "0008")
+            assert _result_indexes(engine)["ix_results_job_state"] == ["job_id", "state"]
+            assert "ix_results_job_failed" not in _result_indexes(engine)
+            assert_results_equal(engine, stored)
+        finally:
+            engine.dispose()
