@@ -21,6 +21,8 @@ from inferq.states import JobState
 
 __all__ = [
     "ApiKey",
+    "DispatchQueue",
+    "Dispatcher",
     "ErrorBody",
     "ErrorCount",
     "ErrorDetail",
@@ -77,6 +79,43 @@ class ErrorInfo(TypedDict):
     message: str
 
 
+class DispatchQueue(BaseModel):
+    """One queue as the dispatcher's last round left it (`inferq.dispatcher`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    #: Most released chunks waiting for a worker (``INFERQ_DISPATCH_WINDOW``).
+    window: int
+    #: Released chunks waiting for a worker (their message on the broker), and chunks running.
+    waiting: int
+    running: int
+    #: Chunks held back in SQL, not released yet; of those, chunks of tenants that have reached their cap on chunks
+    #: in flight (``capped``: those tenants, the caller's own only unless it is an admin).
+    held: int
+    held_by_cap: int
+    capped: list[str] = Field(default_factory=list)
+
+
+class Dispatcher(BaseModel):
+    """The dispatcher's state: who leads and what its last round did, from the row its leader rewrites
+    (`inferq.schema.DispatcherRound`). ``mode`` ``direct``: chunks are sent at submit, no dispatcher orders them
+    (``INFERQ_DISPATCH=direct``, or SQLite). A ``fair`` dispatcher without a ``leader``: no worker leads now (none
+    runs, or the last leader's row is older than a few leader leases); ``last_round`` then says when one last did."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mode: Literal["fair", "direct"]
+    #: The leading worker's process, ``hostname:pid``.
+    leader: str | None = None
+    leader_since: Time | None = None
+    #: When the leader's last round ran (at most a second old while a leader runs).
+    last_round: Time | None = None
+    #: Chunks that round released.
+    released: int | None = None
+    queues: list[DispatchQueue] = Field(default_factory=list)
+
+
 class Job(BaseModel):
     """A job: what it runs, its state and counts, its times, and what the HTTP API adds (tenant, metadata, webhook,
     the job it retries). ``job_id``, ``done``, ``items_per_second`` and ``eta_seconds`` are derived, and written in
@@ -113,6 +152,8 @@ class Job(BaseModel):
     #: Chunks that go to the workers before this job's next one (the least it waits for: other tenants' chunks
     #: come between by their weights); 0 while one of its chunks runs; ``None`` when finished, or not asked.
     position: int | None = None
+    #: The dispatcher's state, its queue's only, while the job is unfinished; ``None`` when finished, or not asked.
+    dispatcher: Dispatcher | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

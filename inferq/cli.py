@@ -20,6 +20,7 @@ COMMANDS = {
     "cancel": "producer.cli:cancel",
     "jobs": "producer.cli:jobs",
     "models": "producer.cli:models",
+    "dispatcher": "producer.cli:dispatcher",
     "db": "inferq.cli_core:db",
     "recover": "inferq.cli_core:recover_command",
     "purge": "inferq.cli_core:purge_command",
@@ -38,6 +39,7 @@ SUMMARIES = {
     "cancel": "Cancel a job: unfinished items stop; finished results stay.",
     "jobs": "Recent jobs, one line each.",
     "models": "The model registry.",
+    "dispatcher": "Who dispatches chunks, its last round, and each queue's window and held-back chunks.",
     "db": "Database schema (Alembic migrations).",
     "recover": "Re-enqueue every unfinished chunk whose broker message is gone (after a Redis flush or restart, a "
     "dead worker, a failed enqueue).",

@@ -97,6 +97,15 @@ DEFAULT_DISPATCH_INTERVAL = 0.2
 #: connection closed, so PostgreSQL let its lock go) is replaced within this, far within a lease.
 DISPATCH_LEADER_RETRY_SECONDS = 2.0
 
+#: Seconds between two writes of the dispatcher's row (`inferq.schema.DispatcherRound`) while what it says stays the
+#: same: its ``last_round`` is at most this old while a leader runs.
+DISPATCH_STATE_HEARTBEAT_SECONDS = 1.0
+
+#: Seconds after which the dispatcher's row says that nobody leads: a few of the followers' tries at the lock (a
+#: dead leader is replaced within one) and many heartbeats. A round that takes longer (a huge expiry) reads as a
+#: leaderless moment, never a dead leader as a live one.
+DISPATCH_STATE_STALE_SECONDS = 10.0
+
 #: Seconds between two full runs of a worker's reconciler (`inferq recover` without a human). A minute bounds how
 #: long a job waits after its broker lost messages, and costs one indexed query (and, on Redis, one read of the
 #: queue) per worker per minute. Expired leases are looked for more often, every half lease (15 s by default; one

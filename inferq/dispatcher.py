@@ -29,6 +29,12 @@ at once (a leader whose connection was cut while it sent) still release each chu
 A leader that dies between the send and the commit leaves them unreleased and the next leader sends them again: a
 duplicate message, which a claim makes harmless (a chunk running or done claims nothing). The other order could
 lose a chunk on RabbitMQ, whose messages cannot be listed to find it missing.
+
+**Shown to every process.** The leader writes what its last round did (`Round.queues`) into one row
+(`inferq.schema.DispatcherRound`, `inferq.store.dispatch.record_round`): one statement after a round that changed
+what the row says, else a heartbeat later; it deletes the row when it stops leading. ``inferq status``, the HTTP
+API and the job page read it (`producer.client.dispatcher_status`); a row older than a few leader leases reads as
+no leader.
 """
 
 from __future__ import annotations
@@ -36,7 +42,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import os
+import socket
 import threading
+import time
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +55,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import metrics
-from inferq.constants import DISPATCH_LEADER_RETRY_SECONDS
+from inferq.constants import DISPATCH_LEADER_RETRY_SECONDS, DISPATCH_STATE_HEARTBEAT_SECONDS
 from inferq.schema import as_utc, utcnow
 from inferq.settings import Settings
 from inferq.states import JobState
@@ -140,6 +149,32 @@ class Round:
     expired: list[str] = field(default_factory=list)
     #: Chunks released, in the order sent: (queue, job id, seq, tenant).
     released: list[tuple[str, str, int, str]] = field(default_factory=list)
+    #: Each queue with chunks in flight or held back, after the round (`QueueState`).
+    queues: dict[str, QueueState] = field(default_factory=dict)
+
+
+@dataclass
+class QueueState:
+    """One queue after a round: what `inferq.schema.DispatcherRound.queues` keeps of it."""
+
+    window: int
+    #: Released chunks not claimed yet (their message waits on the broker), and claimed ones.
+    waiting: int = 0
+    running: int = 0
+    #: Chunks held back in SQL (not released yet); of those, chunks of tenants at their cap (named in ``capped``).
+    held: int = 0
+    held_by_cap: int = 0
+    capped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "waiting": self.waiting,
+            "running": self.running,
+            "held": self.held,
+            "held_by_cap": self.held_by_cap,
+            "capped": self.capped,
+        }
 
 
 def dispatch_round(
@@ -172,15 +207,20 @@ def dispatch_round(
 
     with sessions() as session:
         pending = store.pending_jobs(session, now)
-        if not pending:
-            return result
+        # Read even when nothing waits in SQL (then only released chunks are queued: a window's worth), for the
+        # dispatcher's row.
         flight = store.in_flight(session)
         shares = store.tenant_shares(session, sorted({p.tenant for p in pending}))
     waiting_on: Counter[str] = Counter()
+    running_on: Counter[str] = Counter()
     tenant_flight: Counter[str] = Counter()
     for row in flight:
         waiting_on[row.queue] += int(row.waiting or 0)
+        running_on[row.queue] += int(row.running or 0)
         tenant_flight[row.tenant] += int(row.waiting or 0) + int(row.running or 0)
+    if not pending:
+        result.queues = _queue_states(window, waiting_on, running_on, [], {}, result.released)
+        return result
     headroom: dict[str, int | None] = {}
     for tenant, (_, cap) in shares.items():
         headroom[tenant] = None if cap is None else max(0, cap - tenant_flight[tenant])
@@ -203,6 +243,7 @@ def dispatch_round(
                 headroom[tenant] = (headroom[tenant] or 0) - 1
         plans.append((queue, picked))
     if not any(picked for _, picked in plans):
+        result.queues = _queue_states(window, waiting_on, running_on, pending, headroom, result.released)
         return result
 
     with sessions.begin() as session:
@@ -220,7 +261,39 @@ def dispatch_round(
                 celery.send_task(RUN_CHUNK, args=[job_id, seq], queue=queue, producer=producer)
         result.released = sends
     # Committed: the chunks are released. Dying before this line left them unreleased, to be sent again.
+    result.queues = _queue_states(window, waiting_on, running_on, pending, headroom, result.released)
     return result
+
+
+def _queue_states(
+    window: int,
+    waiting_on: Mapping[str, int],
+    running_on: Mapping[str, int],
+    pending: Sequence[store.PendingJob],
+    headroom: Mapping[str, int | None],
+    released: Sequence[tuple[str, str, int, str]],
+) -> dict[str, QueueState]:
+    """Each queue after a round: what waited or ran before it, plus what it released; what stays held back, and
+    how much of that belongs to tenants whose cap is reached (``headroom`` after the round: 0)."""
+    held: Counter[tuple[str, str]] = Counter()
+    for p in pending:
+        held[(p.queue, p.tenant)] += int(p.unreleased)
+    sent: Counter[str] = Counter()
+    for queue, _, _, tenant in released:
+        sent[queue] += 1
+        held[(queue, tenant)] -= 1
+    states: dict[str, QueueState] = {}
+    for queue in sorted({*waiting_on, *running_on, *(q for q, _ in held)}):
+        states[queue] = QueueState(window, int(waiting_on.get(queue, 0)) + sent[queue], int(running_on.get(queue, 0)))
+    for (queue, tenant), count in sorted(held.items()):
+        if count <= 0:
+            continue
+        state = states[queue]
+        state.held += count
+        if headroom.get(tenant) == 0:
+            state.held_by_cap += count
+            state.capped.append(tenant)
+    return states
 
 
 @dataclass
@@ -266,6 +339,12 @@ class Dispatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock_conn: Connection | None = None
+        #: This process, as the dispatcher's row names its leader.
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        #: What the row last said (its time aside), and when (monotonic): rewritten when that changes, or a
+        #: heartbeat later.
+        self._said: tuple[Any, ...] | None = None
+        self._said_at = 0.0
 
     def start(self) -> None:
         if self._thread is not None:
@@ -294,6 +373,7 @@ class Dispatcher:
                 self.state.released += len(done.released)
                 metrics.chunks_dispatched(done.released)
                 self.state.expired += len(done.expired)
+                self._publish(done)
                 self.state.last_error = None
                 if done.released:
                     log.debug("dispatcher: released %d chunk(s)", len(done.released))
@@ -302,6 +382,30 @@ class Dispatcher:
                 log.warning("dispatcher: round failed: %s; trying again", self.state.last_error)
                 done = Round()
             self._stop.wait(0 if done.released else self.settings.dispatch_interval)
+
+    def _publish(self, done: Round) -> None:
+        """Write the round into the dispatcher's row (`inferq.store.dispatch.record_round`) when what it says
+        changed, or when the row is a heartbeat old: at most one statement a round."""
+        queues = {queue: state.to_json() for queue, state in done.queues.items()}
+        said = (self.state.leader_since, len(done.released), queues)
+        if said == self._said and time.monotonic() - self._said_at < DISPATCH_STATE_HEARTBEAT_SECONDS:
+            return
+        assert self.state.leader_since is not None and self.state.last_round is not None
+        self._said, self._said_at = said, time.monotonic()
+        try:
+            with self.sessions.begin() as session:
+                store.record_round(
+                    session,
+                    leader=self.name,
+                    leader_since=self.state.leader_since,
+                    last_round=self.state.last_round,
+                    released=len(done.released),
+                    queues=queues,
+                )
+        except Exception as exc:
+            # The round itself went through: only its row is behind (written again at the next change, or a
+            # heartbeat later).
+            log.warning("dispatcher: its state not recorded: %s: %s", type(exc).__name__, exc)
 
     def _lead(self) -> bool:
         """Whether this process leads now: it holds the lock on a live connection, or has just taken it."""
@@ -338,5 +442,8 @@ class Dispatcher:
             self._lock_conn = None
         if self.state.leader:
             log.info("dispatcher: this worker no longer leads")
+            with contextlib.suppress(Exception), self.sessions.begin() as session:
+                store.forget_leader(session, self.name)  # else it reads as leading until it is stale
+        self._said = None
         self.state.leader, self.state.leader_since = False, None
         metrics.dispatcher_leads(False)

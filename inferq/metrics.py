@@ -320,6 +320,9 @@ STATE_METRICS = (
     "inferq_unfinished_items",
     "inferq_oldest_queued_chunk_age_seconds",
     "inferq_webhook_deliveries",
+    "inferq_dispatcher_last_round_age_seconds",
+    "inferq_dispatch_chunks",
+    "inferq_dispatch_window",
     "inferq_state_up",
 )
 
@@ -450,8 +453,8 @@ def _alive(pid: int) -> bool:
 class StateCollector:
     """The system's state from SQL, on a scrape, reused for ``cache_seconds``: ``inferq_jobs{state}``,
     ``inferq_unfinished_items{queue,model}``, ``inferq_oldest_queued_chunk_age_seconds{queue}``,
-    ``inferq_webhook_deliveries{state}``, and
-    ``inferq_state_up`` (0 when the last read failed; the other families are then left out)."""
+    ``inferq_webhook_deliveries{state}``, the dispatcher's ``inferq_dispatcher_last_round_age_seconds``,
+    ``inferq_dispatch_chunks{queue,state}`` and ``inferq_dispatch_window{queue}``, and ``inferq_state_up`` (0 when the last read failed; the other families are then left out)."""
 
     def __init__(self, sessions: sessionmaker[Session], cache_seconds: float) -> None:
         self.sessions = sessions
@@ -501,6 +504,42 @@ class StateCollector:
         for name, count in state.deliveries.items():
             deliveries.add_metric([name], count)
         yield deliveries
+        yield from self._dispatcher(state, now)
+
+    @staticmethod
+    def _dispatcher(state: _State, now: float) -> Iterator[Metric]:
+        """The dispatcher's row (`inferq.schema.DispatcherRound`): how old its last round is (absent: no leader
+        wrote one), and while it is not stale its queues' chunks by state and their window."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        from inferq.constants import DISPATCH_STATE_STALE_SECONDS
+
+        age = GaugeMetricFamily(
+            "inferq_dispatcher_last_round_age_seconds",
+            "Seconds since the dispatcher's leader last recorded a round (absent: none leads, or none ever did;"
+            f" over {DISPATCH_STATE_STALE_SECONDS:g}: the leader is gone).",
+        )
+        chunks = GaugeMetricFamily(
+            "inferq_dispatch_chunks",
+            "The dispatcher's chunks after its last round, by queue and state: waiting (released, for a worker),"
+            " running, held (in SQL, not released) and held_by_cap (of those, tenants' at their cap).",
+            labels=["queue", "state"],
+        )
+        window = GaugeMetricFamily(
+            "inferq_dispatch_window", "Most released chunks waiting for a worker, by queue.", labels=["queue"]
+        )
+        if state.dispatcher is not None:
+            last_round, queues = state.dispatcher
+            seconds = max(0.0, now - last_round)
+            age.add_metric([], seconds)
+            if seconds <= DISPATCH_STATE_STALE_SECONDS:
+                for queue, counts in sorted(queues.items()):
+                    for name in ("waiting", "running", "held", "held_by_cap"):
+                        chunks.add_metric([queue, name], float(counts.get(name, 0)))
+                    window.add_metric([queue], float(counts.get("window", 0)))
+        yield age
+        yield chunks
+        yield window
 
     def state(self) -> _State | None:
         """The state, read again once ``cache_seconds`` have passed since the last read (failed or not)."""
@@ -517,7 +556,7 @@ class StateCollector:
         from inferq.errors import DatabaseUnavailable
         from inferq.schema import as_utc
         from inferq.states import DeliveryState, JobState
-        from inferq.store import maintenance
+        from inferq.store import dispatch, maintenance
 
         try:
             with self.sessions() as session:
@@ -534,10 +573,12 @@ class StateCollector:
                 deliveries = {s.value: 0 for s in DeliveryState}
                 for delivery_state in maintenance.deliveries_by_state(session):
                     deliveries[_name(delivery_state.state)] = int(delivery_state.total)
+                row, _ = dispatch.last_round(session)
+                dispatcher = None if row is None else (as_utc(row.last_round).timestamp(), dict(row.queues))
         except (DatabaseUnavailable, SQLAlchemyError) as exc:
             log.warning("metrics: could not read the state from SQL: %s", exc)
             return None
-        return _State(jobs, unfinished, oldest, deliveries)
+        return _State(jobs, unfinished, oldest, deliveries, dispatcher)
 
 
 def _datetime(value: Any) -> dt.datetime:
@@ -552,11 +593,14 @@ class _State:
         unfinished: dict[tuple[str, str], int],
         oldest: dict[str, float | None],
         deliveries: dict[str, int],
+        dispatcher: tuple[float, dict[str, Any]] | None = None,
     ) -> None:
         self.jobs = jobs
         self.unfinished = unfinished
         self.oldest = oldest
         self.deliveries = deliveries
+        #: The dispatcher's row: its last round (a Unix time) and its queues; ``None``: no row.
+        self.dispatcher = dispatcher
 
 
 class MetricsServer:

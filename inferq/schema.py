@@ -210,7 +210,7 @@ class Result(Base):
 
     __table_args__ = (
         # A job's failed results (the failed filter, the error summary by code): an entry for those only, so that a
-        # COPY of succeeded results writes none (migration 0009). Succeeded ones are read on the primary key's range.
+        # COPY of succeeded results writes none (migration 0010). Succeeded ones are read on the primary key's range.
         Index(
             "ix_results_job_failed",
             "job_id",
@@ -243,6 +243,28 @@ class Tenant(Base):
     weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     #: Most of the tenant's chunks released to the broker and not done at once; ``None``: no cap.
     max_chunks_in_flight: Mapped[int | None] = mapped_column(Integer)
+
+
+class DispatcherRound(Base):
+    """What the dispatcher's leader did last (`inferq.dispatcher`): one row, rewritten by one statement when a round
+    changes what it says (and at least every `inferq.constants.DISPATCH_STATE_HEARTBEAT_SECONDS`), so that any
+    process (``inferq status``, the HTTP API, the job page) can show the dispatcher without asking the workers. A row
+    whose `last_round` is older than `inferq.constants.DISPATCH_STATE_STALE_SECONDS` says that nobody leads."""
+
+    __tablename__ = "dispatcher_rounds"
+
+    #: Always 1: the one row.
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The leading worker's process: ``hostname:pid``.
+    leader: Mapped[str] = mapped_column(String(255))
+    leader_since: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: When the round this row describes ended.
+    last_round: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    #: Chunks that round released.
+    released: Mapped[int] = mapped_column(Integer)
+    #: Per queue, after that round: ``window``, ``waiting`` (released, not claimed), ``running``, ``held`` (in SQL,
+    #: not released), ``held_by_cap`` (of those, chunks of tenants at their cap) and ``capped`` (those tenants).
+    queues: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class ApiKey(Base):

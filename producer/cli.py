@@ -9,6 +9,7 @@ that `inferq status` loads no more than the client and the settings."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import time
@@ -171,9 +172,42 @@ def _status_text(s: dict[str, Any]) -> str:
     ]
     if s.get("position") is not None and s["state"] == "queued":
         lines.append(f"position   {s['position']} chunks ahead")
+    if s.get("dispatcher"):
+        lines += _dispatcher_text(s["dispatcher"])
     if s["error"]:
         lines.append(f"error      [{s['error']['code']}] {s['error']['message']}")
     return "\n".join(lines)
+
+
+def _dispatcher_text(d: dict[str, Any]) -> list[str]:
+    """The dispatcher's state (`inferq.api.Dispatcher` as JSON), a line for it and one per queue."""
+    if d["mode"] == "direct":
+        return ["dispatch   direct (every chunk sent at submit, first in, first out)"]
+    if not d.get("leader"):
+        seen = f" (last round {d['last_round']})" if d.get("last_round") else ""
+        return [f"dispatch   fair: no leader{seen}"]
+    ran = dt.datetime.fromisoformat(d["last_round"])
+    ago = max(0.0, (dt.datetime.now(dt.UTC) - ran).total_seconds())
+    lines = [
+        f"dispatch   fair: leader {d['leader']} since {d['leader_since']}, last round {ago:.1f} s ago "
+        f"(released {d['released']})"
+    ]
+    for q in d.get("queues", []):
+        held = f"{q['held']} held back"
+        if q["held_by_cap"]:
+            whose = f": {', '.join(q['capped'])}" if q.get("capped") else ""
+            held += f" ({q['held_by_cap']} by tenant caps{whose})"
+        lines.append(f"queue      {q['queue']}: {q['waiting']}/{q['window']} waiting, {q['running']} running, {held}")
+    return lines
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def dispatcher(as_json: bool) -> None:
+    """Who dispatches chunks, its last round, and each queue's window and held-back chunks."""
+    with _client() as client:
+        d = client.dispatcher().model_dump(mode="json")
+    click.echo(json.dumps(d) if as_json else "\n".join(_dispatcher_text(d)))
 
 
 @click.command()

@@ -401,6 +401,11 @@ class Client:
     def models(self) -> dict[str, ModelSpec]:
         return dict(self.settings.models)
 
+    def dispatcher(self) -> api.Dispatcher:
+        """The dispatcher's state (`dispatcher_status`), every queue and every capped tenant named."""
+        with self.reader() as session:
+            return dispatcher_status(session, self.settings)
+
     def results(
         self,
         job_id: str,
@@ -642,14 +647,68 @@ def _seekable(stream: IO[Any]) -> bool:
 
 
 def with_position(session: Session, status: JobStatus, settings: Settings) -> JobStatus:
-    """``status`` with its `JobStatus.position` (`inferq.store.dispatch.chunks_ahead`) when the dispatcher sends
-    chunks: counted while the job is queued, 0 while it runs."""
-    if not settings.fair_dispatch or status.state not in (JobState.QUEUED, JobState.RUNNING):
+    """``status`` with its `JobStatus.position` (`inferq.store.dispatch.chunks_ahead`) and the dispatcher's state on
+    its queue (`dispatcher_status`) while it is unfinished: the position counted while the job is queued, 0 while it
+    runs; without the dispatcher (``direct``) no position, and the dispatcher said to be ``direct``."""
+    if status.state not in (JobState.QUEUED, JobState.RUNNING):
         return status
+    if not settings.fair_dispatch:
+        return status.model_copy(update={"dispatcher": DIRECT_DISPATCH})
     from inferq.store.dispatch import chunks_ahead
 
     position = 0 if status.state is JobState.RUNNING else chunks_ahead(session, status.id)
-    return status.model_copy(update={"position": position})
+    dispatcher = dispatcher_status(session, settings, job_id=status.id, tenant=status.tenant)
+    return status.model_copy(update={"position": position, "dispatcher": dispatcher})
+
+
+#: The dispatcher's state without one: chunks are sent at submit (``INFERQ_DISPATCH=direct``, or SQLite).
+DIRECT_DISPATCH = api.Dispatcher(mode="direct")
+
+
+def dispatcher_status(
+    session: Session,
+    settings: Settings,
+    *,
+    job_id: str | None = None,
+    tenant: str | None = None,
+    now: dt.datetime | None = None,
+) -> api.Dispatcher:
+    """The dispatcher's state, from the row its leader rewrites (`inferq.store.dispatch.last_round`): every queue,
+    or with ``job_id`` that job's queue only. With ``tenant``, the capped tenants named are that tenant only (a
+    tenant sees how much other tenants' caps hold back, not who they are). A row older than
+    `inferq.constants.DISPATCH_STATE_STALE_SECONDS` (its leader died, or every worker stopped) says that nobody
+    leads, with when its last round ran, and nothing of the queues it no longer knows."""
+    if not settings.fair_dispatch:
+        return DIRECT_DISPATCH
+    from inferq.store.dispatch import last_round
+
+    row, queue = last_round(session, job_id)
+    if row is None:
+        return api.Dispatcher(mode="fair")
+    ran = as_utc(row.last_round)
+    if ((now or utcnow()) - ran).total_seconds() > constants.DISPATCH_STATE_STALE_SECONDS:
+        return api.Dispatcher(mode="fair", last_round=ran)
+    queues = [
+        api.DispatchQueue(
+            queue=name,
+            window=int(state["window"]),
+            waiting=int(state["waiting"]),
+            running=int(state["running"]),
+            held=int(state["held"]),
+            held_by_cap=int(state["held_by_cap"]),
+            capped=[t for t in state.get("capped", []) if tenant is None or t == tenant],
+        )
+        for name, state in sorted(row.queues.items())
+        if job_id is None or name == queue
+    ]
+    return api.Dispatcher(
+        mode="fair",
+        leader=row.leader,
+        leader_since=as_utc(row.leader_since),
+        last_round=ran,
+        released=row.released,
+        queues=queues,
+    )
 
 
 def job_status(job: Job | Row[Any]) -> JobStatus:

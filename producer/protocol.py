@@ -21,6 +21,7 @@ from inferq import constants
 from inferq.errors import InvalidParameter
 
 if TYPE_CHECKING:
+    from inferq import api
     from inferq.settings import ModelSpec
     from inferq.states import ItemState, JobState
     from inferq.task_names import TaskName
@@ -83,6 +84,10 @@ class JobClient(Protocol):
 
     def models(self) -> dict[str, ModelSpec]:
         """The model registry."""
+        ...
+
+    def dispatcher(self) -> api.Dispatcher:
+        """The dispatcher's state: who leads, its last round, each queue's window and what it holds back."""
         ...
 
     def results(

@@ -206,6 +206,11 @@ class RemoteClient:
         listed = api.ModelList.model_validate(self._json("GET", "/v1/models"))
         return {m.name: ModelSpec(**m.model_dump(exclude={"name"})) for m in listed.data}
 
+    def dispatcher(self) -> api.Dispatcher:
+        """The server's dispatcher (``GET /v1/dispatcher``): a non-admin key sees only its own tenant among the
+        capped ones."""
+        return api.Dispatcher.model_validate(self._json("GET", "/v1/dispatcher"))
+
     def results(
         self,
         job_id: str,

@@ -22,7 +22,7 @@ from server.guards import RefuseMalformed
 from server.headers import SecurityHeaders
 from server.metrics import ApiMetrics, ObserveRequests
 from server.openai import routes as openai_routes
-from server.routes import health, jobs, models, page, progress, webhook_secret
+from server.routes import dispatcher, health, jobs, models, page, progress, webhook_secret
 from server.uploads import remove_stale_uploads, upload_directory
 
 API_VERSION = "v1"
@@ -83,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router, prefix=f"/{API_VERSION}")
     app.include_router(progress.router, prefix=f"/{API_VERSION}")
     app.include_router(models.router, prefix=f"/{API_VERSION}")
+    app.include_router(dispatcher.router, prefix=f"/{API_VERSION}")
     app.include_router(webhook_secret.router, prefix=f"/{API_VERSION}")
     app.include_router(openai_routes.router, prefix=f"/{API_VERSION}")
     app.include_router(page.router)

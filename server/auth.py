@@ -14,7 +14,7 @@ from inferq.errors import DatabaseUnavailable, JobNotFound, Unauthorized
 from inferq.keys import Principal, authenticate, checked_key, key_id_of
 from inferq.states import JobState
 from inferq.store import auth
-from producer.client import job_status, with_position
+from producer.client import DIRECT_DISPATCH, job_status, with_position
 from server.deps import Runtime, runtime
 
 #: The request header that carries the key.
@@ -68,12 +68,14 @@ def job_for_key(made: Runtime, authorization: str | None, job_id: str) -> api.Jo
     if row.id is None:
         raise JobNotFound(f"no job {job_id!r}")
     status = job_status(row)
-    if status.state is JobState.QUEUED and made.settings.fair_dispatch:
-        # Its place in line (`inferq.store.dispatch.chunks_ahead`): a few reads more, only while it waits.
-        with made.client.reader() as session:
-            status = with_position(session, status, made.settings)
-    elif status.state is JobState.RUNNING and made.settings.fair_dispatch:
-        status = status.model_copy(update={"position": 0})
+    if status.state in (JobState.QUEUED, JobState.RUNNING):
+        if made.settings.fair_dispatch:
+            # Its place in line (`inferq.store.dispatch.chunks_ahead`, while it waits) and the dispatcher's state on
+            # its queue (one read of the dispatcher's row): a few reads more, only while the job is unfinished.
+            with made.client.reader() as session:
+                status = with_position(session, status, made.settings)
+        else:
+            status = status.model_copy(update={"dispatcher": DIRECT_DISPATCH})
     return status
 
 

@@ -212,6 +212,8 @@ class Runner:
                 worker=self.worker,
                 lease_seconds=lease_seconds,
                 max_items=self.settings.coalesce_items,
+                # Under the dispatcher, only chunks it released: batch-mates keep the fair order and the caps.
+                released_only=self.settings.fair_dispatch,
                 clock=clock,
             )
         claims = [claim, *mates]

@@ -468,16 +468,25 @@ def claim_mates(
     worker: str,
     lease_seconds: int,
     max_items: int,
+    released_only: bool = False,
     clock: Laps | None = None,
 ) -> list[Claim]:
     """Take queued chunks of other jobs with the leader's batch key and queue into its batch, oldest jobs first,
     never tried before, until the batch holds ``max_items`` items (the last one taken may overshoot). Chunks
     locked by another transaction are skipped, not waited for. Nothing when the leader is full already, past its
-    first attempt, or keyless."""
+    first attempt, or keyless.
+
+    ``released_only`` (the dispatcher's fair order, `inferq.dispatcher`): only chunks the dispatcher has released,
+    in the order it released them. Those were chosen in fair order and already count against their queue's window
+    and their tenant's cap (a released chunk counts as in flight whether its message waits or it runs), so a batch
+    takes nothing the policy held back. The mate's own message, delivered later, claims nothing: its chunk is
+    running in this batch (deferred) or done (skipped)."""
     room = max_items - len(lead.indices)
     if room <= 0 or lead.attempts != 1 or lead.batch_key is None:
         return []
     conn = session.connection()
+    released: tuple[ColumnElement[bool], ...] = (Chunk.enqueued_at.is_not(None),) if released_only else ()
+    order = (Chunk.enqueued_at, Chunk.job_id, Chunk.seq) if released_only else (Job.created_at, Chunk.job_id, Chunk.seq)
     candidates = conn.execute(
         select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop, Chunk.enqueued_at, Job.created_at)
         .join(Job, Job.id == Chunk.job_id)
@@ -492,8 +501,9 @@ def claim_mates(
             Job.id != lead.job_id,
             Chunk.state == ChunkState.QUEUED,
             Chunk.attempts == 0,
+            *released,
         )
-        .order_by(Job.created_at, Chunk.job_id, Chunk.seq)
+        .order_by(*order)
         .limit(min(room, MAX_MATES))
         .with_for_update(of=Chunk, skip_locked=True)
     ).all()

@@ -1,5 +1,6 @@
 """The dispatcher's statements (`inferq.dispatcher`): what waits in SQL, what is in flight, the tenants' weights and
-caps, the release of chunks, the jobs past their deadline, and a job's position.
+caps, the release of chunks, the jobs past their deadline, a job's position, and the row that shows the dispatcher
+to every process (`inferq.schema.DispatcherRound`).
 
 A chunk is **released** once its message is sent: `Chunk.enqueued_at` is set. The dispatcher releases a chunk by a
 conditional UPDATE of a queued chunk never released (its row locked, others' skipped), in the transaction that it
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import Row, and_, case, func, or_, select, update
+from sqlalchemy import Row, and_, case, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from inferq.schema import Chunk, Job, Tenant
+from inferq.schema import Chunk, DispatcherRound, Job, Tenant
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState
 
 #: The chunks the dispatcher may release: queued, never released.
@@ -164,3 +167,49 @@ def chunks_ended_between(session: Session, job_id: str, start: dt.datetime, end:
         )
         or 0
     )
+
+
+#: The key of the dispatcher's one row.
+_ROUND_ROW = 1
+
+
+def record_round(
+    session: Session,
+    *,
+    leader: str,
+    leader_since: dt.datetime,
+    last_round: dt.datetime,
+    released: int,
+    queues: dict[str, dict[str, Any]],
+) -> None:
+    """Write what the leader's last round did into the dispatcher's row, made or replaced by one statement (the
+    dispatcher runs on PostgreSQL only)."""
+    values = {
+        "leader": leader,
+        "leader_since": leader_since,
+        "last_round": last_round,
+        "released": released,
+        "queues": queues,
+    }
+    upsert = pg_insert(DispatcherRound).values(id=_ROUND_ROW, **values)
+    session.execute(upsert.on_conflict_do_update(index_elements=[DispatcherRound.id], set_=values))
+
+
+def forget_leader(session: Session, leader: str) -> None:
+    """A leader that stops leading takes its row away (while it still is that leader's): nobody leads until the
+    next leader's first round."""
+    session.execute(delete(DispatcherRound).where(DispatcherRound.id == _ROUND_ROW, DispatcherRound.leader == leader))
+
+
+def last_round(session: Session, job_id: str | None = None) -> tuple[DispatcherRound | None, str | None]:
+    """The dispatcher's row (``None`` when no leader ever wrote one, or the last one stopped), and with ``job_id``
+    that job's queue (``None``: no such job), in one statement."""
+    if job_id is None:
+        return session.get(DispatcherRound, _ROUND_ROW), None
+    row = session.execute(
+        select(DispatcherRound, Job.queue)
+        .select_from(Job)
+        .outerjoin(DispatcherRound, DispatcherRound.id == _ROUND_ROW)
+        .where(Job.id == job_id)
+    ).one_or_none()
+    return (None, None) if row is None else (row[0], row[1])

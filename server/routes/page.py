@@ -63,7 +63,7 @@ _JOB = """<p><a href="/">← all jobs</a></p>
 <dl><dt>Task</dt><dd id="task"></dd><dt>Model</dt><dd id="model"></dd><dt>Rate</dt><dd id="rate"></dd>
 <dt>ETA</dt><dd id="eta"></dd><dt>Created</dt><dd id="created"></dd><dt>Finished</dt><dd id="finished"></dd>
 <dt>Priority</dt><dd id="priority"></dd><dt>Deadline</dt><dd id="deadline"></dd>
-<dt>In line</dt><dd id="position"></dd></dl>
+<dt>In line</dt><dd id="position"></dd><dt>Dispatcher</dt><dd id="dispatcher"></dd></dl>
 <p class="actions"><button id="cancel" type="button">Cancel job</button>
 <a id="download-results" href="#">Download results (JSONL)</a>
 <a id="download-csv" href="#">CSV</a> <a id="download-errors" href="#">Download errors</a></p>

@@ -45,6 +45,20 @@ function duration(seconds) {
   return Math.floor(seconds / 3600) + " h " + Math.round((seconds % 3600) / 60) + " min";
 }
 
+// The dispatcher's state on the job's queue (see Fair share): who leads, its last round, the window and what waits.
+function dispatcherText(d) {
+  if (!d) return "–";
+  if (d.mode === "direct") return "direct: every chunk sent at submit";
+  if (!d.leader) return "no leader" + (d.last_round ? " (last round " + age(d.last_round) + " ago)" : "");
+  const parts = ["leader " + d.leader + ", last round " + age(d.last_round) + " ago, released " + d.released];
+  for (const q of d.queues || []) {
+    let held = q.held + " held back";
+    if (q.held_by_cap) held += " (" + q.held_by_cap + " by tenant caps" + (q.capped.length ? ": " + q.capped.join(", ") : "") + ")";
+    parts.push("queue " + q.queue + ": " + q.waiting + "/" + q.window + " waiting, " + q.running + " running, " + held);
+  }
+  return parts.join("; ");
+}
+
 function percent(job) { return job.total ? Math.floor((100 * job.done) / job.total) : 0; }
 
 function cell(row, text, cls) {
@@ -202,6 +216,7 @@ function jobPage(jobId) {
     // Chunks that go to the workers before this job's next one (the dispatcher's line; see Fair share).
     $("position").textContent = job.position === null || job.position === undefined ? "–"
       : job.position === 0 ? (job.state === "running" ? "running" : "next") : job.position + " chunks ahead";
+    $("dispatcher").textContent = dispatcherText(job.dispatcher);
     $("cancel").disabled = FINISHED.has(job.state);
   }
 

@@ -29,8 +29,8 @@ def test_one_item_jobs_share_batches_and_each_gets_the_pipelines_result(
 ) -> None:
     # Given 80 one-item jobs submitted before any worker runs
     registry = {"cls-roberta": {"source": str(tiny_models["cls-roberta"]), "task": "classification"}}
-    # Every job's message sent at submit (``direct``): the test counts one delivered message per job, and with the
-    # dispatcher a job run as a batch-mate before its release never gets one
+    # Every job's message sent at submit (``direct``), all on the broker before the worker starts: the test counts
+    # one delivered message per job (under the dispatcher, tests/faults/test_fair_share.py covers batch-mates)
     env = worker_env(migrated_postgres, redis_url, queue_name, registry, coalesce_items=32, dispatch="direct")
     inputs = sentences(JOBS, offset=700)
     with client_for(env) as client:

@@ -4,7 +4,7 @@ environment of real ``inferq worker`` processes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,25 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path, queue_name: str) 
         delete_queue(url, queue_name)
 
 
+#: ``env_for(**settings)``: the environment of this test's workers and client with settings of its own.
+EnvFor = Callable[..., dict[str, str]]
+
+
 @pytest.fixture
-def fault_env(
-    migrated_postgres: str, broker_url: str, queue_name: str, fault_registry: dict[str, Any]
-) -> dict[str, str]:
-    """The environment of this test's workers and client: the test's database, broker and queue, the slow model."""
+def env_for(migrated_postgres: str, broker_url: str, queue_name: str, fault_registry: dict[str, Any]) -> EnvFor:
+    """`fault_env` with settings of the test's own by name: ``env_for(lease_seconds=10, dispatch_window=1)``."""
     from tests.support.jobs import worker_env
 
-    return worker_env(migrated_postgres, broker_url, queue_name, fault_registry)
+    def make(**extra: str | int) -> dict[str, str]:
+        return worker_env(migrated_postgres, broker_url, queue_name, fault_registry, **extra)
+
+    return make
+
+
+@pytest.fixture
+def fault_env(env_for: EnvFor) -> dict[str, str]:
+    """The environment of this test's workers and client: the test's database, broker and queue, the slow model."""
+    return env_for()
 
 
 @pytest.fixture

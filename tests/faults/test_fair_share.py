@@ -10,13 +10,18 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 from pathlib import Path
-from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
+from inferq.schema import Chunk, Job
+from inferq.store.dispatch import in_flight
+from inferq.tenants import set_share
 from producer.client import JobOptions
-from tests.support.jobs import client_for, pid_of, sentences, worker_env
+from tests.faults.conftest import EnvFor
+from tests.support.jobs import client_for, pid_of, sentences
 from tests.support.records import Record, wait_for
 from worker.process import running_worker, running_workers
 
@@ -30,15 +35,11 @@ LEADS = "dispatcher: this worker leads"
 
 
 def test_a_small_job_of_another_tenant_runs_within_two_chunks_of_a_big_one(
-    tmp_path: Path,
-    migrated_postgres: str,
-    broker_url: str,
-    queue_name: str,
-    fault_registry: dict[str, Any],
-    record: Record,
+    tmp_path: Path, env_for: EnvFor, record: Record
 ) -> None:
-    # Given one worker of one process, a window of one message, and tenant alpha's big job running
-    env = worker_env(migrated_postgres, broker_url, queue_name, fault_registry, dispatch_window=1, coalesce_items=0)
+    # Given one worker of one process that coalesces chunks of other jobs into its batches, a window of one message,
+    # and tenant alpha's big job running
+    env = env_for(dispatch_window=1)
     with (
         running_worker(env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "1"),
         client_for(env) as client,
@@ -73,24 +74,10 @@ def test_a_small_job_of_another_tenant_runs_within_two_chunks_of_a_big_one(
 
 
 def test_the_dispatchers_leader_sigkilled_is_replaced_with_nothing_lost_or_run_twice(
-    tmp_path: Path,
-    migrated_postgres: str,
-    broker_url: str,
-    queue_name: str,
-    fault_registry: dict[str, Any],
-    record: Record,
+    tmp_path: Path, env_for: EnvFor, record: Record
 ) -> None:
     # Given two workers, each running a dispatcher, short leases and reconcilers on, and a job of many chunks
-    env = worker_env(
-        migrated_postgres,
-        broker_url,
-        queue_name,
-        fault_registry,
-        dispatch_window=2,
-        lease_seconds=10,
-        recover_interval=2,
-        coalesce_items=0,
-    )
+    env = env_for(dispatch_window=2, lease_seconds=10, recover_interval=2, coalesce_items=0)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     with (
         running_workers(env, logs, "--models", "slow", "--concurrency", "1") as procs,
@@ -121,3 +108,63 @@ def test_the_dispatchers_leader_sigkilled_is_replaced_with_nothing_lost_or_run_t
     twice = {c.seq for c in record.chunks(job_id) if c.attempts > 1}
     assert twice <= held, (twice, held)
     assert not re.search(r"dispatcher: round failed", survivor)
+
+
+def test_batch_mates_are_only_chunks_the_dispatcher_released(
+    tmp_path: Path, env_for: EnvFor, queue_name: str, record: Record
+) -> None:
+    # Given tenant alpha capped at one chunk in flight and tenant beta uncapped, each with ten one-chunk jobs of the
+    # same model and parameters (batch-mates for each other), and a worker of one process that coalesces up to ten
+    # chunks into a batch
+    env = env_for(dispatch_window=8, coalesce_items=10 * CHUNK)
+    with Session(record.engine) as session, session.begin():
+        set_share(session, "alpha", max_chunks_in_flight=1)
+        set_share(session, "beta")
+    with client_for(env) as client:
+        jobs = {
+            tenant: [
+                client.submit(
+                    "classification",
+                    "slow",
+                    sentences(CHUNK, offset=i * CHUNK),
+                    chunk_size=CHUNK,
+                    options=JobOptions(tenant=tenant),
+                ).job_id
+                for i in range(10)
+            ]
+            for tenant in ("alpha", "beta")
+        }
+        every = jobs["alpha"] + jobs["beta"]
+
+        # When the worker runs them
+        alpha_in_flight: list[int] = []
+        batch_sizes: list[int] = []
+        with running_worker(env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "1"):
+            while not all(record.job(j).state.finished for j in every):
+                with Session(record.engine) as session:
+                    alpha_in_flight.append(
+                        session.query(Chunk)
+                        .join(Job, Job.id == Chunk.job_id)
+                        .filter(
+                            Job.tenant == "alpha",
+                            (Chunk.state == "running") | ((Chunk.state == "queued") & Chunk.enqueued_at.is_not(None)),
+                        )
+                        .count()
+                    )
+                batch_sizes += record.batches(every).values()
+                time.sleep(0.05)
+            statuses = [client.wait(j, timeout=60) for j in every]
+
+    # Then alpha never had more than its one chunk in flight, batch-mates included, though batches of several
+    # chunks ran (beta's released chunks)
+    assert max(alpha_in_flight) <= 1, alpha_in_flight
+    assert batch_sizes and max(batch_sizes) >= 2, batch_sizes
+    # And every job succeeded with each item once, each chunk claimed once: a batch-mate's own message, delivered
+    # after its batch, claimed nothing
+    assert all(s.state.value == "succeeded" for s in statuses)
+    for job_id in every:
+        record.assert_every_item_once(job_id)
+        assert [c.attempts for c in record.chunks(job_id)] == [1], job_id
+    # And the dispatcher's count of what is in flight went back to nothing
+    with Session(record.engine) as session:
+        assert not [row for row in in_flight(session) if row.queue == queue_name]

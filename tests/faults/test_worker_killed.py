@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from inferq import constants
+from tests.faults.conftest import EnvFor
 from tests.support.brokers import PrivateRedis
 from tests.support.jobs import client_for, pid_of, sentences, worker_env
 from tests.support.records import Record, wait_for
@@ -54,15 +55,10 @@ def test_a_pool_process_killed_mid_chunk_hands_its_chunk_to_another(
 
 
 def test_a_whole_worker_killed_mid_chunk_is_recovered_by_the_others(
-    tmp_path: Path,
-    migrated_postgres: str,
-    broker_url: str,
-    queue_name: str,
-    fault_registry: dict[str, Any],
-    record: Record,
+    tmp_path: Path, env_for: EnvFor, record: Record
 ) -> None:
     # Given two workers with short leases and their reconcilers on, and a job of three chunks
-    env = worker_env(migrated_postgres, broker_url, queue_name, fault_registry, lease_seconds=10, recover_interval=2)
+    env = env_for(lease_seconds=10, recover_interval=2)
     with (
         running_workers(env, [tmp_path / "a.log", tmp_path / "b.log"], "--models", "slow") as (a, b),
         client_for(env) as client,

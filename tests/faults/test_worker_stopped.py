@@ -11,12 +11,11 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.brokers import ready_messages
-from tests.support.jobs import client_for, sentences, worker_env
+from tests.support.jobs import client_for, sentences
 from tests.support.records import Record, wait_for
 from tests.support.worker_process import worker_log
 from worker.process import running_worker
@@ -35,13 +34,12 @@ CHUNK = 600
 def test_sigterm_finishes_the_micro_batch_and_hands_the_rest_of_the_chunk_back(
     whom: str,
     tmp_path: Path,
-    migrated_postgres: str,
     broker_url: str,
     queue_name: str,
-    fault_registry: dict[str, Any],
+    fault_env: dict[str, str],
     record: Record,
 ) -> None:
-    env = worker_env(migrated_postgres, broker_url, queue_name, fault_registry)
+    env = fault_env
     with client_for(env) as client:
         # Given a worker computing a job of one long chunk
         with running_worker(env, tmp_path / "first.log", "--models", "slow") as worker:

@@ -26,4 +26,4 @@ def test_help_lists_every_command() -> None:
     assert done.exit_code == 0
     listed = done.output.split("Commands:\n", 1)[1].splitlines()
     assert [line.split()[0] for line in listed] == sorted(COMMANDS)
-    assert "  status   State, counts, timestamps and rate of a job." in listed
+    assert "  status      State, counts, timestamps and rate of a job." in listed

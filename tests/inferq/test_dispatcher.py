@@ -20,6 +20,7 @@ import redis
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from inferq import api
 from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
 from inferq.dispatcher import FairShare, Waiting, dispatch_round
@@ -257,3 +258,85 @@ def test_fair_share_alone_interleaves_by_weight() -> None:
     # Then alpha gets two for each of beta's, in every stretch of three
     for i in range(0, 30, 3):
         assert sorted(plan[i : i + 3]) == ["a", "a", "b"]
+
+
+def test_the_dispatchers_state_is_shown_from_its_row_to_any_process(
+    own_postgres: str, redis_url: str, queue_name: str
+) -> None:
+    from inferq.dispatcher import Dispatcher
+    from inferq.store.dispatch import last_round, record_round
+    from producer.client import dispatcher_status, job_status, with_position
+    from tests.support.jobs import inferq_cli
+    from tests.support.records import wait_for
+
+    # Given a window of 10, tenant "capped" held to 2 chunks in flight and "free" uncapped, 20 chunks each, and no
+    # dispatcher yet
+    bench = Bench(own_postgres, redis_url, queue_name, window=10)
+    leader = Dispatcher(bench.settings, bench.engine, bench.sessions, bench.celery)
+    try:
+        bench.share("capped", max_chunks_in_flight=2)
+        capped = bench.job("capped", 20)
+        bench.job("free", 20)
+
+        def state(**kwargs: Any) -> Any:
+            with bench.sessions() as session:
+                return dispatcher_status(session, bench.settings, **kwargs)
+
+        assert state() == api.Dispatcher(mode="fair")
+
+        # When a dispatcher leads, and its rounds have filled the window (no chunk is taken)
+        leader.start()
+        shown = wait_for(lambda: (s := state()).released == 0 and s.queues and s, 30, "a round that released 0")
+
+        # Then every process reads its leader, its last round, and the queue: the window full, the capped tenant's
+        # 18 other chunks held back by its cap, the free tenant's 12 others by the window
+        assert shown.leader == leader.name and shown.leader_since is not None
+        assert shown.last_round is not None and (utcnow() - shown.last_round).total_seconds() < 5
+        assert shown.queues == [
+            api.DispatchQueue(
+                queue=queue_name, window=10, waiting=10, running=0, held=30, held_by_cap=18, capped=["capped"]
+            )
+        ]
+        # And a tenant sees how much caps hold back, not whose caps they are but its own
+        assert state(tenant="free").queues[0].capped == [] and state(tenant="free").queues[0].held_by_cap == 18
+        # And a job's status carries it, its queue only
+        with bench.sessions() as session:
+            status = with_position(session, job_status(session.get(Job, capped)), bench.settings)
+        assert status.dispatcher is not None and status.dispatcher.leader == leader.name
+        assert [q.queue for q in status.dispatcher.queues] == [queue_name]
+        assert status.dispatcher.queues[0].capped == ["capped"]
+        # And the CLI prints it, for the job and for the dispatcher itself
+        env = {
+            "INFERQ_DATABASE_URL": own_postgres,
+            "INFERQ_BROKER_URL": redis_url,
+            "INFERQ_DEFAULT_QUEUE": queue_name,
+        }
+        shown_status = inferq_cli(env, "status", capped)
+        assert shown_status.returncode == 0, shown_status.stderr
+        assert f"dispatch   fair: leader {leader.name}" in shown_status.stdout
+        assert f"queue      {queue_name}: 10/10 waiting, 0 running, 30 held back (18 by tenant caps: capped)" in (
+            shown_status.stdout
+        )
+        shown_dispatcher = inferq_cli(env, "dispatcher", "--json")
+        assert shown_dispatcher.returncode == 0, shown_dispatcher.stderr
+        assert json.loads(shown_dispatcher.stdout)["leader"] == leader.name
+
+        # When the leader stops, its row goes with it: nobody leads
+        leader.stop()
+        assert state() == api.Dispatcher(mode="fair")
+
+        # And a row whose leader died without a word (its last round long ago) reads as no leader, not a lie
+        long_ago = utcnow() - dt.timedelta(minutes=5)
+        with bench.sessions.begin() as session:
+            record_round(session, leader="gone:1", leader_since=long_ago, last_round=long_ago, released=3, queues={})
+        with bench.sessions() as session:
+            assert last_round(session)[0] is not None
+        assert state() == api.Dispatcher(mode="fair", last_round=long_ago)
+
+        # And without the dispatcher it says so
+        direct = bench.settings.model_copy(update={"dispatch": "direct"})
+        with bench.sessions() as session:
+            assert dispatcher_status(session, direct) == api.Dispatcher(mode="direct")
+    finally:
+        leader.stop()
+        bench.close()

@@ -248,6 +248,45 @@ def test_the_state_shows_unfinished_items_and_the_oldest_queued_chunk_and_is_cac
     engine.dispose()
 
 
+@pytest.mark.services
+def test_the_state_shows_the_dispatchers_last_round_and_its_queues_while_it_is_fresh(own_postgres: str) -> None:
+    from inferq.schema import utcnow
+    from inferq.store.dispatch import record_round
+
+    # Given no dispatcher's row yet
+    engine = make_engine(Settings(database_url=own_postgres))
+    sessions = make_sessionmaker(engine)
+    collector = metrics.StateCollector(make_sessionmaker(engine, read_only=True), cache_seconds=0)
+    none_yet = families(collector)
+    assert none_yet["inferq_dispatcher_last_round_age_seconds"] == {} and none_yet["inferq_dispatch_chunks"] == {}
+
+    # When a leader records a round
+    queues = {"q": {"window": 16, "waiting": 5, "running": 2, "held": 40, "held_by_cap": 9, "capped": ["acme"]}}
+    now = utcnow()
+    with sessions.begin() as session:
+        record_round(session, leader="h:1", leader_since=now, last_round=now, released=4, queues=queues)
+    fresh = families(collector)
+
+    # Then its age, its queue's chunks by state and its window show
+    assert 0 <= fresh["inferq_dispatcher_last_round_age_seconds"][()] < 10
+    assert fresh["inferq_dispatch_chunks"] == {
+        ("q", "waiting"): 5,
+        ("q", "running"): 2,
+        ("q", "held"): 40,
+        ("q", "held_by_cap"): 9,
+    }
+    assert fresh["inferq_dispatch_window"] == {("q",): 16}
+
+    # And once its leader is long gone, only the age shows (its counts would be a lie)
+    long_ago = now - dt.timedelta(minutes=5)
+    with sessions.begin() as session:
+        record_round(session, leader="h:1", leader_since=long_ago, last_round=long_ago, released=4, queues=queues)
+    stale = families(collector)
+    assert stale["inferq_dispatcher_last_round_age_seconds"][()] >= 300
+    assert stale["inferq_dispatch_chunks"] == {} and stale["inferq_dispatch_window"] == {}
+    engine.dispose()
+
+
 def test_an_unreachable_database_shows_as_state_down() -> None:
     # Given a database nobody listens for
     settings = Settings(database_url="postgresql://inferq:secret@127.0.0.1:1/inferq")

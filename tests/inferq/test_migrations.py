@@ -237,7 +237,54 @@ def test_0006_moves_every_result_of_every_task_and_downgrades_back(
             engine.dispose()
 
 
-# -- 0009: the (job, state) index of results only over failed ones ----------------------------------------------------
+# -- 0009: the dispatcher's row ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_0009_adds_the_dispatchers_row_and_downgrades_back(database: str, tmp_path: Path) -> None:
+    from inferq.store.dispatch import last_round, record_round
+
+    # Given a database at 0008
+    sqlite = f"sqlite:///{tmp_path / 'm.db'}"
+    with contextlib.nullcontext(sqlite) if database == "sqlite" else fresh_postgres_database() as url:
+        settings = Settings(database_url=url)
+        migrate.upgrade(settings, "0008")
+        engine = make_engine(settings)
+        try:
+
+            def tables() -> set[str]:
+                with engine.connect() as conn:
+                    return set(sa.inspect(conn).get_table_names())
+
+            assert "dispatcher_rounds" not in tables()
+
+            # When it is upgraded to 0009 (and on to the head, which the models describe)
+            migrate.upgrade(settings, "0009")
+            migrate.upgrade(settings)
+
+            # Then the dispatcher's table is there, as the models describe it
+            assert "dispatcher_rounds" in tables()
+            assert schema_diff(settings) == []
+            if database == "postgresql":
+                # And a leader's rounds rewrite its one row (the dispatcher runs on PostgreSQL only)
+                now = dt.datetime.now(dt.UTC)
+                queues = {"q": {"window": 4, "waiting": 1, "running": 2, "held": 3, "held_by_cap": 0, "capped": []}}
+                with Session(engine) as session, session.begin():
+                    record_round(session, leader="h:1", leader_since=now, last_round=now, released=5, queues={})
+                    record_round(session, leader="h:2", leader_since=now, last_round=now, released=1, queues=queues)
+                with Session(engine) as session:
+                    row, _ = last_round(session)
+                    assert row is not None and (row.leader, row.released, row.queues) == ("h:2", 1, queues)
+                    assert session.execute(sa.text("SELECT count(*) FROM dispatcher_rounds")).scalar_one() == 1
+
+            # And a downgrade to 0008 takes it away
+            migrate.downgrade(settings, "0008")
+            assert "dispatcher_rounds" not in tables()
+        finally:
+            engine.dispose()
+
+
+# -- 0010: the (job, state) index of results only over failed ones ----------------------------------------------------
 
 
 def _result_indexes(engine: Engine) -> dict[str, list[str]]:
@@ -251,8 +298,8 @@ def _result_indexes(engine: Engine) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
-def test_0009_keeps_every_result_indexes_failed_ones_only_and_downgrades_back(database: str, tmp_path: Path) -> None:
-    # Given a database at 0008 holding a result of every task, a failed item among them
+def test_0010_keeps_every_result_indexes_failed_ones_only_and_downgrades_back(database: str, tmp_path: Path) -> None:
+    # Given a database at 0009 holding a result of every task, a failed item among them
     if database == "sqlite":
         context: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext(
             f"sqlite:///{tmp_path / 'm.db'}"
@@ -266,11 +313,11 @@ def test_0009_keeps_every_result_indexes_failed_ones_only_and_downgrades_back(da
         engine = make_engine(settings)
         try:
             stored = store_at_0005(engine)
-            migrate.upgrade(settings, "0008")
+            migrate.upgrade(settings, "0009")
             assert "ix_results_job_state" in _result_indexes(engine)
 
-            # When it is upgraded to 0009
-            migrate.upgrade(settings, "0009")
+            # When it is upgraded to 0010
+            migrate.upgrade(settings, "0010")
 
             # Then every result reads back equal, the failed filter finds the failed one through the partial index
             assert_results_equal(engine, stored)
@@ -291,7 +338,7 @@ def test_0009_keeps_every_result_indexes_failed_ones_only_and_downgrades_back(da
             assert schema_diff(settings) == []
 
             # And a downgrade gives the full index back, every result still equal
-            migrate.downgrade(settings, "0008")
+            migrate.downgrade(settings, "0009")
             assert _result_indexes(engine)["ix_results_job_state"] == ["job_id", "state"]
             assert "ix_results_job_failed" not in _result_indexes(engine)
             assert_results_equal(engine, stored)

@@ -598,3 +598,50 @@ def test_priority_and_deadline_are_stored_and_shown_with_the_jobs_place_in_line(
     for bad, field in (({"priority": "10"}, "priority"), ({"deadline": "soon"}, "deadline")):
         refused = api.post(submit_url(**bad), content=jsonl(ROWS), headers={**bearer(key), **JSONL})
         assert refused.status_code == 422 and refused.json()["error"]["field"] == field, refused.text
+
+
+def test_the_dispatchers_state_is_shown_on_a_job_and_on_its_own_route(
+    api: TestClient, make_key: MakeKey, sessions: sessionmaker[Session], api_settings: Settings
+) -> None:
+    from inferq.store.dispatch import forget_leader, record_round
+
+    # Given a leader's row (as a worker's dispatcher writes it) holding back chunks of two capped tenants, one of
+    # them this key's, on the job's queue and on another queue
+    key, tenant = make_key()
+    admin, _ = make_key(admin=True)
+    job_id = api.post(submit_url(), content=jsonl(ROWS), headers={**bearer(key), **JSONL}).json()["id"]
+    queue = api_settings.default_queue
+    now = utcnow()
+    counts = {"window": 16, "waiting": 4, "running": 2, "held": 30, "held_by_cap": 20}
+    queues = {queue: {**counts, "capped": sorted([tenant, "someone-else"])}, "gpu": {**counts, "capped": []}}
+    with sessions.begin() as session:
+        record_round(session, leader="host:42", leader_since=now, last_round=now, released=3, queues=queues)
+    try:
+        # When the job, and the dispatcher, are read with the tenant's key and with an admin key
+        job = api.get(f"/v1/jobs/{job_id}", headers=bearer(key)).json()
+        mine = api.get("/v1/dispatcher", headers=bearer(key)).json()
+        everything = api.get("/v1/dispatcher", headers=bearer(admin)).json()
+
+        # Then the job shows the leader, its last round and its own queue, naming no other tenant
+        assert job["dispatcher"]["mode"] == "fair" and job["dispatcher"]["leader"] == "host:42"
+        assert job["dispatcher"]["released"] == 3
+        assert dt.datetime.fromisoformat(job["dispatcher"]["last_round"]) == now
+        assert job["dispatcher"]["queues"] == [{"queue": queue, **counts, "capped": [tenant]}]
+        # And the dispatcher's route shows every queue: the tenant's key names its own tenant only, an admin's all
+        assert [q["queue"] for q in mine["queues"]] == sorted([queue, "gpu"])
+        assert {q["queue"]: q["capped"] for q in mine["queues"]}[queue] == [tenant]
+        assert {q["queue"]: q["capped"] for q in everything["queues"]}[queue] == sorted([tenant, "someone-else"])
+        # And without a key it is refused
+        assert api.get("/v1/dispatcher").status_code == 401
+    finally:
+        with sessions.begin() as session:
+            forget_leader(session, "host:42")
+    # And once the leader is gone, nobody leads
+    assert api.get("/v1/dispatcher", headers=bearer(key)).json() == {
+        "mode": "fair",
+        "leader": None,
+        "leader_since": None,
+        "last_round": None,
+        "released": None,
+        "queues": [],
+    }

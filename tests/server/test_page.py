@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -128,11 +129,15 @@ def test_the_job_page_shows_a_job_advance_and_finish_and_cancels_another_in_a_re
         expect(page.locator("#priority")).to_have_text("5")
         expect(page.locator("#deadline")).to_have_text("–")
         expect(page.locator("#position")).to_have_text("next")
+        # (and the dispatcher: nobody leads while no worker runs)
+        expect(page.locator("#dispatcher")).to_contain_text("no leader")
         seen: list[int] = []
+        dispatcher: list[str] = []
         with running_worker(api_env, tmp_path / "worker.log", "--models", MODEL, "--concurrency", "1"):
             # Then the page shows the progress advance, then the job finished
             deadline = time.monotonic() + 240
             while page.locator("#state").text_content() != "succeeded":
+                dispatcher.append(page.locator("#dispatcher").text_content() or "")
                 done = int(page.locator("#n-succeeded").text_content() or 0) + int(
                     page.locator("#n-failed").text_content() or 0
                 )
@@ -143,6 +148,12 @@ def test_the_job_page_shows_a_job_advance_and_finish_and_cancels_another_in_a_re
                 assert time.monotonic() < deadline, f"the page still shows {seen[-1]} done after 240 s"
                 time.sleep(0.1)
         assert any(0 < n < ITEMS for n in seen), f"the page never showed the job part done: {seen}"
+        # And while it ran, the dispatcher's leader (the worker's main process) and the job's queue against the window
+        queue = api_env["INFERQ_DEFAULT_QUEUE"]
+        leading = re.compile(rf"^leader [^ ]+:\d+, last round \d+ s ago, released \d+; queue {queue}: \d+/16 waiting")
+        assert any(leading.match(text) for text in dispatcher), sorted(set(dispatcher))
+        # And once the job ended, the page no longer shows it (a finished job has no dispatcher)
+        expect(page.locator("#dispatcher")).to_have_text("–")
         assert seen == sorted(seen), seen
         expect(page.locator("#progress-text")).to_have_text(f"{ITEMS} of {ITEMS} items (100%)")
         expect(page.locator("#n-succeeded")).to_have_text(str(ITEMS))

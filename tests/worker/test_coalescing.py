@@ -5,6 +5,7 @@ batch's leader comes back after a crash, returned when the batch stops early).""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ from inferq.db import make_engine, make_sessionmaker
 from inferq.schema import Chunk, utcnow
 from inferq.settings import Settings
 from inferq.store.chunks import claim_chunk, claim_mates
+from inferq.store.dispatch import release_chunks
 from tests.reference import assert_same_labels, classification_reference
 from tests.support.records import StoredItem, stored_items
 from tests.support.tiny_models import corpus
@@ -27,6 +29,15 @@ from worker.runner import Runner
 pytestmark = pytest.mark.services
 
 MODEL = "cls-distilbert"
+
+
+@pytest.fixture
+def settings(migrated_postgres: str, registry_json: str) -> Settings:
+    """Chunks sent at submit (``direct``), as this protocol's story has it: any queued chunk may be a batch-mate.
+    Under the dispatcher (``fair``) only released ones may (`test_under_the_dispatcher_only_released_chunks_*`)."""
+    return Settings(
+        database_url=migrated_postgres, models=json.loads(registry_json), max_batch_tokens=1024, dispatch="direct"
+    )
 
 
 @pytest.fixture
@@ -287,3 +298,28 @@ def test_small_jobs_share_a_batch_on_the_embedded_sqlite_database(
     assert (first.outcome, first.mates) == ("done", 11)
     assert {r.outcome for r in later} == {"skipped"}
     assert_pipeline_results(lite, tiny_models, jobs, texts)
+
+
+def test_under_the_dispatcher_only_released_chunks_join_a_batch(runner: Runner, queue: str) -> None:
+    # Given the dispatcher's fair order (INFERQ_DISPATCH=fair on PostgreSQL) and six one-item jobs, of which the
+    # dispatcher released the first four (the others it holds back: a tenant's cap, or the window)
+    fair = Runner(
+        runner.settings.model_copy(update={"dispatch": "fair"}), runner.sessions, runner.model_cache, worker="t"
+    )
+    assert fair.settings.fair_dispatch
+    jobs = small_jobs(runner, queue, list(corpus()[:6]))
+    with runner.sessions.begin() as session:
+        for job_id in jobs[:4]:
+            assert release_chunks(session, job_id, 1, utcnow()) == [0]
+
+    # When the first one's message is delivered
+    report = fair.run_chunk(jobs[0], 0)
+
+    # Then its batch took the three other released chunks, never the two held back
+    assert (report.outcome, report.mates) == ("done", 3)
+    assert [job_row(runner, j).state for j in jobs] == ["succeeded"] * 4 + ["queued"] * 2
+    assert [chunk_row(runner, j).enqueued_at is None for j in jobs[4:]] == [True, True]
+
+    # And a batch-mate's own message, delivered later, claims nothing: its chunk ran once
+    assert fair.run_chunk(jobs[1], 0).outcome == "skipped"
+    assert all(chunk_row(runner, j).attempts == 1 for j in jobs[:4])
