@@ -26,7 +26,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -215,8 +214,8 @@ class Result(Base):
             "ix_results_job_failed",
             "job_id",
             "error_code",
-            postgresql_where=text("state = 'failed'"),
-            sqlite_where=text("state = 'failed'"),
+            postgresql_where="state = 'failed'",
+            sqlite_where="state = 'failed'",
         ),
         Index("ix_results_job_label", "job_id", "label"),
     )
