@@ -284,7 +284,7 @@ def test_0009_adds_the_dispatchers_row_and_downgrades_back(database: str, tmp_pa
             engine.dispose()
 
 
-# -- 0010: the (job, state) index of results only over failed ones ----------------------------------------------------
+# -- 0010: the (job, state) index of results only over failed ones; items without a foreign key ----------------------
 
 
 def _result_indexes(engine: Engine) -> dict[str, list[str]]:
@@ -297,8 +297,19 @@ def _result_indexes(engine: Engine) -> dict[str, list[str]]:
         fresh.dispose()
 
 
+def _item_foreign_keys(engine: Engine) -> list[str]:
+    fresh = sa.create_engine(engine.url)
+    try:
+        with fresh.connect() as conn:
+            return [str(k["referred_table"]) for k in sa.inspect(conn).get_foreign_keys("items")]
+    finally:
+        fresh.dispose()
+
+
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
-def test_0010_keeps_every_result_indexes_failed_ones_only_and_downgrades_back(database: str, tmp_path: Path) -> None:
+def test_0010_keeps_every_result_indexes_failed_ones_only_drops_the_items_key_and_downgrades_back(
+    database: str, tmp_path: Path
+) -> None:
     # Given a database at 0009 holding a result of every task, a failed item among them
     if database == "sqlite":
         context: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext(
@@ -315,6 +326,7 @@ def test_0010_keeps_every_result_indexes_failed_ones_only_and_downgrades_back(da
             stored = store_at_0005(engine)
             migrate.upgrade(settings, "0009")
             assert "ix_results_job_state" in _result_indexes(engine)
+            assert _item_foreign_keys(engine) == ["jobs"]
 
             # When it is upgraded to 0010
             migrate.upgrade(settings, "0010")
@@ -324,6 +336,7 @@ def test_0010_keeps_every_result_indexes_failed_ones_only_and_downgrades_back(da
             indexes = _result_indexes(engine)
             assert "ix_results_job_state" not in indexes
             assert indexes["ix_results_job_failed"] == ["job_id", "error_code"]
+            assert _item_foreign_keys(engine) == []  # no per-row check in a submit's COPY
             with engine.connect() as conn:
                 failed = conn.execute(sa.text("SELECT count(*) FROM results WHERE state = 'failed'")).scalar_one()
                 if database == "postgresql":
@@ -337,9 +350,10 @@ def test_0010_keeps_every_result_indexes_failed_ones_only_and_downgrades_back(da
             assert failed == 1
             assert schema_diff(settings) == []
 
-            # And a downgrade gives the full index back, every result still equal
+            # And a downgrade gives the full index and the foreign key back, every result still equal
             migrate.downgrade(settings, "0009")
             assert _result_indexes(engine)["ix_results_job_state"] == ["job_id", "state"]
+            assert _item_foreign_keys(engine) == ["jobs"]
             assert "ix_results_job_failed" not in _result_indexes(engine)
             assert_results_equal(engine, stored)
         finally:
