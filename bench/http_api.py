@@ -37,13 +37,10 @@ from typing import Any
 import httpx
 
 from bench.measure import RssSampler, tree_rss_bytes
-from bench.models import ensure_model, registry_json
-from bench.system import ServicesUnavailable, client_settings, give_results, private_services, worker_env
-from inferq.db import make_engine, make_sessionmaker
-from inferq.keys import create_key
+from bench.models import ensure_model
+from bench.system import client_and_key, give_results, services_for, worker_env
 from inferq.task_specs import TaskName
 from inferq_demo.stand_ins import corpus
-from producer.client import Client
 from producer.export import export_jsonl
 from server.process import running_server
 from worker.process import running_worker
@@ -213,20 +210,15 @@ def bench_http(models_dir: Path, *, quick: bool = False, rounds: int = 1) -> dic
     upload_lines = 20_000 if quick else UPLOAD_LINES
     big_lines = 200_000 if quick else BIG_UPLOAD_LINES
     with ExitStack() as stack:
-        try:
-            services = stack.enter_context(private_services())
-        except ServicesUnavailable as exc:
-            return {"skipped": str(exc)}
-        entries = json.loads(registry_json([model], ()))
+        found = services_for(stack, model)
+        if isinstance(found, str):
+            return {"skipped": found}
+        services, entries = found
         cold = "bench-cold"
         entries[cold] = {**entries[model.name], "queue": services.cold_queue}
         env = worker_env(services, json.dumps(entries))
         env["INFERQ_MAX_UPLOAD_BYTES"] = str(2 * 10**9)
-        client = stack.enter_context(Client(client_settings(env)))
-        engine = make_engine(client.settings)
-        stack.callback(engine.dispose)
-        with make_sessionmaker(engine).begin() as session:
-            key, _ = create_key(session, "bench")
+        client, key = client_and_key(stack, env)
         logs = Path(tempfile.mkdtemp(prefix="inferq-bench-http-"))  # kept: the worker's and server's logs
         out["logs"] = str(logs)
         log.info("http: starting a worker and inferq serve (logs in %s)", logs)

@@ -133,12 +133,10 @@ def bench_polling(
     server processes. The job goes to a queue no worker consumes: its status is read, never changed."""
     import os
 
-    from bench.models import ensure_model, registry_json
-    from bench.system import ServicesUnavailable, client_settings, private_services, worker_env
-    from inferq.db import make_engine, make_sessionmaker
-    from inferq.keys import create_key
+    from bench.models import ensure_model
+    from bench.system import client_and_key, services_for, worker_env
     from inferq.task_specs import TaskName
-    from producer.client import Client, JobOptions
+    from producer.client import JobOptions
     from server.process import running_server
 
     if shutil.which("wrk") is None:
@@ -146,18 +144,13 @@ def bench_polling(
     out: dict[str, Any] = {"cpu": cpu_name(), "cores": os.cpu_count(), "loads": []}
     model = ensure_model(models_dir, "bench-cls")
     with ExitStack() as stack:
-        try:
-            services = stack.enter_context(private_services())
-        except ServicesUnavailable as exc:
-            return {"skipped": str(exc)}
-        entries = json.loads(registry_json([model], ()))
+        found = services_for(stack, model)
+        if isinstance(found, str):
+            return {"skipped": found}
+        services, entries = found
         entries[model.name]["queue"] = services.cold_queue
         env = {**worker_env(services, json.dumps(entries)), "INFERQ_LOG_LEVEL": "WARNING"}
-        client = stack.enter_context(Client(client_settings(env)))
-        engine = make_engine(client.settings)
-        stack.callback(engine.dispose)
-        with make_sessionmaker(engine).begin() as session:
-            key, _ = create_key(session, "bench")
+        client, key = client_and_key(stack, env)
         job = client.submit(
             TaskName.CLASSIFICATION, model.name, [{"text": "a status to poll"}], options=JobOptions(tenant="bench")
         )

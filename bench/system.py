@@ -10,9 +10,9 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -25,6 +25,9 @@ from inferq.settings import Settings
 from inferq.states import FINISHED_JOB_STATES, JobState
 from inferq.task_specs import TaskName
 from producer.client import Client
+
+if TYPE_CHECKING:
+    from bench.models import BenchModel
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,32 @@ def client_settings(env: dict[str, str]) -> Settings:
         models=json.loads(env["INFERQ_MODELS"]),
         default_queue=env["INFERQ_DEFAULT_QUEUE"],
     )
+
+
+def services_for(stack: ExitStack, model: BenchModel) -> tuple[Services, dict[str, Any]] | str:
+    """Private services for a benchmark of ``model`` (`private_services`, entered on ``stack``) and its registry
+    entries (`bench.models.registry_json` at fp32, to add to), or why there are none: PostgreSQL or Redis is not
+    reachable, and the benchmark is skipped."""
+    import json
+
+    from bench.models import registry_json
+
+    try:
+        services = stack.enter_context(private_services())
+    except ServicesUnavailable as exc:
+        return str(exc)
+    return services, json.loads(registry_json([model], ()))
+
+
+def client_and_key(stack: ExitStack, env: dict[str, str], tenant: str = "bench") -> tuple[Client, str]:
+    """A `Client` on the services of ``env`` (closed with ``stack``) and a new API key of ``tenant``: what each
+    benchmark of the HTTP API starts from."""
+    from inferq.keys import create_key
+
+    client = stack.enter_context(Client(client_settings(env)))
+    with client.sessions.begin() as session:
+        key, _ = create_key(session, tenant)
+    return client, key
 
 
 @dataclass

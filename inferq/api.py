@@ -37,7 +37,6 @@ __all__ = [
     "ModelList",
     "PartError",
     "Readiness",
-    "ResultLine",
     "Timeline",
     "TimelinePoint",
     "WebhookAttempt",
@@ -310,23 +309,6 @@ class ErrorSummary(BaseModel):
     object: Literal["list"] = "list"
     failed: int
     data: list[ErrorCount]
-
-
-class ResultLine(BaseModel):
-    """One line of the JSONL results: an item in input order. With ``top=true`` the line also carries the top
-    result's typed columns (those of `producer.results.ResultRow`)."""
-
-    index: int
-    id: str | None
-    status: str
-    result: Any
-    error: ErrorInfo | None
-    label: str | None = None
-    score: float | None = None
-    answer: str | None = None
-    start: int | None = None
-    end: int | None = None
-    entity_count: int | None = None
 
 
 class ErrorDetail(BaseModel):

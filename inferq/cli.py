@@ -43,7 +43,10 @@ SUMMARIES = {
     "db": "Database schema (Alembic migrations).",
     "recover": "Re-enqueue every unfinished chunk whose broker message is gone (after a Redis flush or restart, a "
     "dead worker, a failed enqueue).",
-    "purge": "Delete finished jobs (succeeded, failed, cancelled) and their items; running jobs are never touched.",
+    "purge": (
+        "Delete finished jobs (succeeded, failed, cancelled) and their items, and expired files; running jobs are "
+        "never touched."
+    ),
     "worker": "Run a worker: consume the default queue and the queues of the models it preloads.",
     "serve": "Run the HTTP API (FastAPI on uvicorn); OpenAPI at /docs.",
     "keys": "API keys of the HTTP API: create (shown once), list, revoke; a tenant's share of the workers.",

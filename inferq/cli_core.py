@@ -16,7 +16,7 @@ from inferq.celery_app import create_celery
 from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import InvalidParameter
 from inferq.recovery import recover
-from inferq.retention import purge
+from inferq.retention import purge, purge_expired_files
 from inferq.settings import get_settings
 
 
@@ -85,19 +85,23 @@ def recover_command(job_id: str | None, older_than: str | None, dry_run: bool, a
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
 @click.option("--json", "as_json", is_flag=True)
 def purge_command(older_than: str, batch_rows: int, dry_run: bool, as_json: bool) -> None:
-    """Delete finished jobs (succeeded, failed, cancelled) and their items; running jobs are never touched."""
+    """Delete finished jobs (succeeded, failed, cancelled) and their items, and expired files; running jobs are never
+    touched. The files are the OpenAI-compatible API's whose ``expires_at`` passed: their rows, then their bytes."""
     if batch_rows < 1:
         raise InvalidParameter("--batch-rows must be at least 1", field="batch_rows")
-    engine = make_engine(get_settings())
+    settings = get_settings()
+    engine = make_engine(settings)
     try:
-        report = purge(make_sessionmaker(engine), parse_age(older_than), batch_rows=batch_rows, dry_run=dry_run)
+        sessions = make_sessionmaker(engine)
+        report = purge(sessions, parse_age(older_than), batch_rows=batch_rows, dry_run=dry_run)
+        files = purge_expired_files(sessions, settings.files_dir, batch_rows=batch_rows, dry_run=dry_run)
     finally:
         engine.dispose()
     if as_json:
-        click.echo(json.dumps(report.to_json()))
+        click.echo(json.dumps({**report.to_json(), "expired_files": len(files), "file_ids": files}))
     else:
         verb = "would delete" if dry_run else "deleted"
-        click.echo(f"{verb} {len(report.jobs)} job(s) and {report.items} item(s)")
+        click.echo(f"{verb} {len(report.jobs)} job(s), {report.items} item(s) and {len(files)} expired file(s)")
 
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")

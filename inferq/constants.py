@@ -193,6 +193,24 @@ MAX_FILE_LINES = 1_000_000
 FILE_STREAM_BYTES = 1 << 20
 #: Refused lines a batch lists in its ``errors`` (all of them are in its error file).
 MAX_BATCH_ERRORS_LISTED = 100
+#: Seconds a server process's lease on a batch it validates lasts (`server.openai.validation`): renewed every
+#: `BATCH_LEASE_RENEW_SECONDS` while the input is read, and once before the job is stored (which, for a million
+#: lines, takes a minute or two and is not interrupted to renew); so long that a live validator never loses it,
+#: short enough that a batch whose server died is taken over within minutes.
+BATCH_VALIDATION_LEASE_SECONDS = 300
+#: Seconds between a validator's renewals of its lease: a few a lease, so that one slow renewal costs nothing.
+BATCH_LEASE_RENEW_SECONDS = 30
+#: Seconds between a server process's sweeps for batches whose validator's lease ended (a dead server's).
+BATCH_VALIDATION_SWEEP_SECONDS = 30
+#: Batches a server process validates at once; more wait (their leases held) in its queue. Validation is CPU
+#: bound (~3,000 lines/s in one thread), and the request threads need the cores too.
+BATCH_VALIDATION_THREADS = 2
+#: Batches one sweep takes over at most (the rest wait for the next sweep, or another process's).
+BATCH_SWEEP_LIMIT = 8
+#: ``expires_after.seconds`` of a file, and ``output_expires_after.seconds`` of a batch: OpenAI's bounds (an hour
+#: to 30 days).
+MIN_FILE_EXPIRY_SECONDS = 3600
+MAX_FILE_EXPIRY_SECONDS = 2_592_000
 #: Seconds a synchronous call waits for its job by default (a few seconds of work at most: its inputs are few).
 DEFAULT_SYNC_TIMEOUT = 60.0
 #: Synchronous calls a server process runs at once by default; each holds a thread that polls its job.

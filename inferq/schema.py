@@ -161,7 +161,7 @@ Index("ix_chunks_unreleased", Chunk.job_id, Chunk.seq, postgresql_where=_UNRELEA
 class Item(Base):
     """An item's input, written once at submit and never rewritten: its result is a `Result` row of its own.
 
-    No foreign key (migration 0010): its check was a trigger run per row of a submit's COPY; items are written with
+    No foreign key (migration 0011): its check was a trigger run per row of a submit's COPY; items are written with
     their job and go before it (`inferq.store.maintenance.delete_items`)."""
 
     __tablename__ = "items"
@@ -212,7 +212,7 @@ class Result(Base):
 
     __table_args__ = (
         # A job's failed results (the failed filter, the error summary by code): an entry for those only, so that a
-        # COPY of succeeded results writes none (migration 0010). Succeeded ones are read on the primary key's range.
+        # COPY of succeeded results writes none (migration 0011). Succeeded ones are read on the primary key's range.
         Index(
             "ix_results_job_failed",
             "job_id",
@@ -345,8 +345,15 @@ class OpenAIFile(Base):
     #: Lines of the file (at most `inferq.constants.MAX_FILE_LINES`).
     lines: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: When the file expires (OpenAI's ``expires_after``; a batch's ``output_expires_after`` for its output and
+    #: error files): from then on it is not found, and the purge (`inferq.retention.purge_expired_files`) deletes
+    #: its bytes and its row. ``None``: never.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_openai_files_tenant_created_at", "tenant", "created_at"),)
+    __table_args__ = (
+        Index("ix_openai_files_tenant_created_at", "tenant", "created_at"),
+        Index("ix_openai_files_expires_at", "expires_at"),
+    )
 
 
 class OpenAIBatch(Base):
@@ -382,5 +389,20 @@ class OpenAIBatch(Base):
     finalized_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     cancelling_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The request's ``webhook_url``, kept for the job that validation makes (`server.openai.validation`).
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    #: ``output_expires_after.seconds`` of the request: the output and error files expire that long after they
+    #: are written (``None``: never).
+    output_expires_after: Mapped[int | None] = mapped_column(Integer)
+    #: When validation ended: the job made (``job_id`` set), the batch failed (no valid line, or a batch-wide
+    #: error in `errors`) or cancelled. ``None``: the batch is ``validating``.
+    validated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The server process validating the batch (a random token of it) and until when its lease holds; another
+    #: process takes over a batch whose lease has ended (`server.openai.validation`). Cleared once validated.
+    lease_owner: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index("ix_openai_batches_tenant_created_at", "tenant", "created_at"),)
+    __table_args__ = (
+        Index("ix_openai_batches_tenant_created_at", "tenant", "created_at"),
+        Index("ix_openai_batches_lease_until", "lease_until"),
+    )

@@ -228,6 +228,7 @@ class Client:
         skip_invalid: bool = False,
         format: Literal["auto", "jsonl", "csv"] = "auto",
         options: JobOptions | None = None,
+        on_store: Callable[[Session, str], None] | None = None,
     ) -> Submission:
         """Validate everything, store the job and its items in one transaction, then enqueue one message per
         chunk (on SQLite; on PostgreSQL the workers' dispatcher sends them, in fair order: `inferq.dispatcher`). Bad input raises `InvalidInput` (every bad line, with line number and field) and stores nothing,
@@ -237,7 +238,11 @@ class Client:
         constant memory: once to validate every line (keeping only the errors and the count), then, when it is to be
         stored, again, each valid record going straight into the database. Other inputs (a pipe, Python objects)
         are validated into a list first, so their memory grows with their size. A file whose count of valid lines
-        changes between the two reads is refused (`InvalidInput`) and nothing is stored."""
+        changes between the two reads is refused (`InvalidInput`) and nothing is stored.
+
+        ``on_store(session, job_id)`` runs in the job's transaction once its rows are written: what must commit with
+        the job or not at all (a batch of the OpenAI-compatible API records its job there); what it raises rolls
+        the job back and propagates."""
         from inferq.model_sources import check_model, mask_tokens, resolve_model
         from inferq.task_specs import parse_task, read_params, validate_params
         from inferq.webhooks import check_url
@@ -291,6 +296,8 @@ class Client:
                     store_job(
                         session, job_id, task, model, full_params, records, size, queue, total=total, options=options
                     )
+                    if on_store is not None:
+                        on_store(session, job_id)
                     committing = True
             except IntegrityError:
                 # Another request with the same Idempotency-Key stored its job first: that job, or a conflict.

@@ -226,7 +226,7 @@ class RemoteClient:
         query = {**_result_query("jsonl", label, min_score, failed, state), "top": "true"}
         with self._stream("GET", f"{_job_path(job_id)}/results", params=query) as response:
             for line in _lines(response):
-                yield _result_row(api.ResultLine.model_validate_json(line), task)
+                yield ResultRow.from_top_json(line, task)
 
     def export(
         self,
@@ -525,23 +525,6 @@ def _untar(response: httpx.Response, names: dict[str, Path]) -> None:
         for part in parts.values():
             part.unlink(missing_ok=True)
         raise
-
-
-def _result_row(line: api.ResultLine, task: TaskName) -> ResultRow:
-    return ResultRow(
-        index=line.index,
-        id=line.id,
-        status=line.status,
-        result=line.result,
-        error={"code": line.error["code"], "message": line.error["message"]} if line.error is not None else None,
-        label=line.label,
-        score=line.score,
-        answer=line.answer,
-        start=line.start,
-        end=line.end,
-        entity_count=line.entity_count,
-        task=task,
-    )
 
 
 def _submission(response: httpx.Response) -> Submission:

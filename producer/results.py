@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from inferq.results import Answer, ClassLabel, Embedding, Entity, MaskFill, RankedDocument
-from inferq.store.results import ALL_ITEMS, ResultFilter
+from inferq.store.results import ALL_ITEMS, TOP_COLUMNS, ResultFilter
 from inferq.task_specs import TASKS, TaskName
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 __all__ = [
     "ALL_ITEMS",
@@ -51,8 +56,21 @@ class ResultRow:
     #: The job's task, which says how to read ``result`` (see `typed`).
     task: TaskName | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "id": self.id, "status": self.status, "result": self.result, "error": self.error}
+    def to_json(self, *, top: bool = False) -> dict[str, Any]:
+        """The row as a line of the JSONL results: ``index``, ``id``, ``status``, ``result``, ``error``; with
+        ``top``, the top result's typed columns too (`inferq.store.results.TOP_COLUMNS`): a line of the HTTP API's
+        ``top=true`` results, which `from_top_json` reads back."""
+        line = {"index": self.index, "id": self.id, "status": self.status, "result": self.result, "error": self.error}
+        if top:
+            for name in TOP_COLUMNS:
+                line[name] = getattr(self, name)
+        return line
+
+    @classmethod
+    def from_top_json(cls, text: str | bytes, task: TaskName) -> ResultRow:
+        """The row of a line of the HTTP API's ``top=true`` results (`to_json`), each field checked against its
+        type here (`pydantic.ValidationError` otherwise), of ``task``'s job."""
+        return dataclasses.replace(_line_reader().validate_json(text), task=task)
 
     def typed(self) -> list[Any] | None:
         """The result as the task's typed objects (`ClassLabel`, `Answer`, lists of `MaskFill`, `Entity`);
@@ -60,6 +78,14 @@ class ResultRow:
         if self.result is None or self.task is None:
             return None
         return parse_result(self.task, self.result)
+
+
+@functools.cache
+def _line_reader() -> TypeAdapter[ResultRow]:
+    """`ResultRow`'s fields as pydantic checks a JSON line against them (made on first use)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(ResultRow)
 
 
 @overload

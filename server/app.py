@@ -22,6 +22,7 @@ from server.guards import RefuseMalformed
 from server.headers import SecurityHeaders
 from server.metrics import ApiMetrics, ObserveRequests
 from server.openai import routes as openai_routes
+from server.openai.validation import Validator
 from server.routes import dispatcher, health, jobs, models, page, progress, webhook_secret
 from server.uploads import remove_stale_uploads, upload_directory
 
@@ -63,10 +64,13 @@ def create_app(settings: Settings) -> FastAPI:
             polls,
             CapacityLimiter(API_POLL_THREADS),
             threading.BoundedSemaphore(settings.sync_concurrency),
+            Validator(client),
         )
+        app.state.runtime.validation.start_sweeping()
         try:
             yield
         finally:
+            app.state.runtime.validation.close()
             client.close()
             celery.close()
             polls.dispose()

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from inferq.settings import Settings
 from producer.client import Client
+from server.openai.validation import Validator
 
 
 @dataclass
@@ -29,6 +30,13 @@ class Runtime:
     #: Slots of the synchronous calls of the OpenAI-compatible API (`server.openai.sync`): one taken per call, a
     #: call that finds none is answered 503.
     sync_slots: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(16))
+    #: The threads that validate batches of the OpenAI-compatible API (`server.openai.validation`).
+    validator: Validator | None = None
+
+    @property
+    def validation(self) -> Validator:
+        assert self.validator is not None, "the app has not started (its lifespan did not run)"
+        return self.validator
 
 
 async def runtime(request: Request) -> Runtime:

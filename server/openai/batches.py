@@ -1,7 +1,8 @@
 """Batches: an input file's lines checked as OpenAI checks them and turned into one inferq job; the output and
 error files written from the job's results once it has ended.
 
-A batch is created in one request (``POST /v1/batches``): every line of its input file is read once and checked
+A batch is created ``validating`` (``POST /v1/batches`` answers at once) and validated in the background
+(`server.openai.validation`): every line of its input file is read once and checked
 (``custom_id`` present, unique, at most 255 characters; ``method`` POST; ``url`` the batch's endpoint; ``body`` an
 object with ``model`` and what the endpoint's synchronous route takes, `parse_body`; the model and the job's
 parameters the same on every line, since one batch is one job), each input of a valid line checked as inferq checks a
@@ -28,7 +29,7 @@ import json
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -169,9 +170,12 @@ class _Plan:
         self.pending.clear()
 
 
-def prepare(settings: Settings, source: Path, endpoint: str, plan: Path) -> Prepared:
+def prepare(
+    settings: Settings, source: Path, endpoint: str, plan: Path, heartbeat: Callable[[], None] | None = None
+) -> Prepared:
     """Read the input file at ``source`` once, checking each line (see the module's notes): the valid lines'
-    inputs go to a temporary inferq JSONL file, every line's entry to ``plan``."""
+    inputs go to a temporary inferq JSONL file, every line's entry to ``plan``. ``heartbeat`` is called every
+    `PLAN_FLUSH_LINES` lines (a validator renews its lease there, and stops by raising)."""
     task = BATCH_ENDPOINTS[endpoint]
     fd, name = tempfile.mkstemp(prefix="inferq-batch-", suffix=".jsonl", dir=settings.upload_dir)
     prepared = Prepared(inputs=Path(name), plan=plan)
@@ -183,6 +187,8 @@ def prepare(settings: Settings, source: Path, endpoint: str, plan: Path) -> Prep
             entries = _Plan(planned, None)
             for number, raw in enumerate(_lines(source), start=1):
                 prepared.total_lines += 1
+                if heartbeat is not None and number % PLAN_FLUSH_LINES == 0:
+                    heartbeat()
                 try:
                     custom_id, body, model = _check_line(raw, endpoint, seen)
                     parsed = parse_body(task, body, custom_id)
@@ -379,11 +385,15 @@ def _ts(value: dt.datetime | None) -> int | None:
 
 
 def batch_status(batch: OpenAIBatch, job: Job | None) -> str:
-    """OpenAI's status of the batch: ``failed`` without a job (no valid line) or when the job failed as a whole;
-    once the output files are written, ``completed``, ``cancelled`` or ``expired`` as the job ended; before,
-    ``cancelling`` after a cancel, ``finalizing`` once the job ended, ``in_progress`` while it runs."""
+    """OpenAI's status of the batch: ``validating`` until its input is checked and its job made; without a job,
+    ``cancelled`` when cancelled while validating, else ``failed`` (no valid line, or a batch-wide error); ``failed``
+    when the job failed as a whole; once the output files are written, ``completed``, ``cancelled`` or ``expired``
+    as the job ended; before, ``cancelling`` after a cancel, ``finalizing`` once the job ended, ``in_progress``
+    while it runs."""
+    if batch.validated_at is None:
+        return "validating"
     if job is None:
-        return "failed"
+        return "cancelled" if batch.cancelling_at is not None else "failed"
     if job.state is JobState.FAILED:
         return "failed"
     if batch.finalized_at is not None:
@@ -403,7 +413,7 @@ def batch_object(batch: OpenAIBatch, job: Job | None) -> dict[str, Any]:
     """The batch as OpenAI's ``Batch`` object."""
     status = batch_status(batch, job)
     created = as_utc(batch.created_at)
-    finished = _ts(job.finished_at) if job is not None else _ts(batch.created_at)
+    finished = _ts(job.finished_at) if job is not None else _ts(batch.validated_at)
     if batch.completed_lines is not None:
         completed, failed = batch.completed_lines, batch.failed_lines or 0
     elif job is not None and batch.one_item_per_line:
@@ -436,6 +446,11 @@ def batch_object(batch: OpenAIBatch, job: Job | None) -> dict[str, Any]:
         "metadata": batch.meta,
         "model": job.model if job is not None else None,
     }
+
+
+def expiry(created: dt.datetime, seconds: int | None) -> dt.datetime | None:
+    """When a file created at ``created`` expires, ``seconds`` after it (``None``: never)."""
+    return None if seconds is None else created + dt.timedelta(seconds=seconds)
 
 
 # -- the output and error files ----------------------------------------------------------------------------------------
@@ -511,6 +526,7 @@ def write_outputs(
                 continue
             writer.commit()
             writers.append(writer)
+            now = utcnow()
             kept.append(
                 OpenAIFile(
                     id=writer.file_id,
@@ -519,7 +535,8 @@ def write_outputs(
                     filename=f"{batch.id}_{kind}.jsonl",
                     bytes=writer.bytes,
                     lines=writer.lines,
-                    created_at=utcnow(),
+                    created_at=now,
+                    expires_at=expiry(now, batch.output_expires_after),
                 )
             )
     except BaseException:

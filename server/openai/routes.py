@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inferq import constants
 from inferq.errors import InferenceError, InvalidParameter, MalformedValue
@@ -21,6 +21,7 @@ from inferq.store import openai as stored
 from inferq.store.results import ALL_ITEMS, result_rows
 from inferq.task_names import TaskName
 from inferq.task_specs import unstorable
+from inferq.webhooks import check_url
 from producer.client import check_metadata
 from server.auth import Caller
 from server.deps import Made, Runtime
@@ -49,7 +50,7 @@ def file_object(row: OpenAIFile) -> dict[str, Any]:
         "filename": row.filename,
         "purpose": row.purpose,
         "status": "processed",
-        "expires_at": None,
+        "expires_at": int(as_utc(row.expires_at).timestamp()) if row.expires_at is not None else None,
         "status_details": None,
     }
 
@@ -72,7 +73,16 @@ _UPLOAD_BODY = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"type": "string"}},
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string"},
+                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[seconds]": {
+                            "type": "integer",
+                            "minimum": constants.MIN_FILE_EXPIRY_SECONDS,
+                            "maximum": constants.MAX_FILE_EXPIRY_SECONDS,
+                        },
+                    },
                     "required": ["file", "purpose"],
                 }
             }
@@ -86,25 +96,55 @@ _UPLOAD_BODY = {
 )
 async def create_file(request: Request, made: Made, caller: Caller) -> dict[str, Any]:
     """Upload a file (multipart: ``file`` and ``purpose=batch``): a JSONL of batch requests of at most
-    `inferq.constants.MAX_FILE_LINES` lines, kept in the files directory (``INFERQ_FILES_DIR``)."""
+    `inferq.constants.MAX_FILE_LINES` lines, kept in the files directory (``INFERQ_FILES_DIR``). With
+    ``expires_after[anchor]=created_at`` and ``expires_after[seconds]`` (an hour to 30 days), it expires that long
+    after its upload."""
     upload = await receive_upload(request, made.settings.max_upload_bytes, made.settings.upload_dir)
     try:
         purpose = upload.fields.get("purpose")
         if purpose not in UPLOAD_PURPOSES:
             raise InvalidParameter("purpose must be 'batch' (inferq runs batches only)", field="purpose")
+        expires_after = _upload_expiry(upload.fields)
         filename = (upload.filename or "upload.jsonl")[:255]
         problem = unstorable(filename)
         if problem is not None:
             raise MalformedValue(f"filename: {problem}", field="filename")
-        row = await run_in_threadpool(_store_file, made, caller, upload.path, filename, purpose)
+        row = await run_in_threadpool(_store_file, made, caller, upload.path, filename, purpose, expires_after)
     finally:
         upload.discard()
     return file_object(row)
 
 
-def _store_file(made: Runtime, caller: Principal, path: Path, filename: str, purpose: str) -> OpenAIFile:
+class ExpiresAfter(BaseModel):
+    """OpenAI's ``expires_after`` of a file (``output_expires_after`` of a batch's output files): that many seconds
+    after the file's creation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=constants.MIN_FILE_EXPIRY_SECONDS, le=constants.MAX_FILE_EXPIRY_SECONDS)
+
+
+def _upload_expiry(fields: dict[str, str]) -> int | None:
+    """``expires_after[seconds]`` of an upload's form (with ``expires_after[anchor]=created_at``), checked as
+    `ExpiresAfter`; ``None`` when absent."""
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    try:
+        return ExpiresAfter.model_validate({"anchor": anchor, "seconds": seconds}).seconds
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise InvalidParameter(f"expires_after.{where}: {problem['msg']}", field="expires_after") from None
+
+
+def _store_file(
+    made: Runtime, caller: Principal, path: Path, filename: str, purpose: str, expires_after: int | None
+) -> OpenAIFile:
     file_id = files.new_id("file-")
     size, lines = files.take_upload(made.settings.files_dir, path, file_id)
+    now = utcnow()
     row = OpenAIFile(
         id=file_id,
         tenant=caller.tenant,
@@ -112,7 +152,8 @@ def _store_file(made: Runtime, caller: Principal, path: Path, filename: str, pur
         filename=filename,
         bytes=size,
         lines=lines,
-        created_at=utcnow(),
+        created_at=now,
+        expires_at=batches.expiry(now, expires_after),
     )
     try:
         with made.client.sessions.begin() as session:
@@ -149,7 +190,7 @@ def get_file(file_id: str, made: Made, caller: Caller) -> dict[str, Any]:
     responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
 )
 def file_content(file_id: str, made: Made, caller: Caller) -> StreamingResponse:
-    """The file's bytes, streamed."""
+    """The file's bytes, streamed (an expired file's are not found, as the file)."""
     with made.client.reader() as session:
         row = stored.file_of(session, file_id, caller.scope())
     path = files.file_path(made.settings.files_dir, row.id)
@@ -181,67 +222,60 @@ class BatchRequest(BaseModel):
     metadata: dict[str, str] | None = None
     #: inferq's own (``extra_body=`` in OpenAI's client): POSTed a signed event when the batch's job ends.
     webhook_url: str | None = None
+    #: The output and error files expire that long after they are written.
+    output_expires_after: ExpiresAfter | None = None
 
 
 @router.post("/batches", response_model=models.Batch, responses=error_responses(400, 429))
 def create_batch(body: BatchRequest, made: Made, caller: Caller) -> dict[str, Any]:
-    """A batch of the input file's requests: one inferq job of its valid lines (`server.openai.batches`)."""
+    """A batch of the input file's requests, answered at once ``validating``: its lines are checked in the
+    background (`server.openai.validation`), then it is ``in_progress`` (one inferq job of its valid lines) or
+    ``failed``."""
     if body.endpoint not in batches.BATCH_ENDPOINTS:
         raise InvalidParameter(f"endpoint must be one of: {', '.join(batches.BATCH_ENDPOINTS)}", field="endpoint")
     batches.completion_window(body.completion_window)
     metadata = check_metadata(body.metadata)
-    directory = made.settings.files_dir
+    if body.webhook_url is not None:
+        check_url(body.webhook_url, made.settings)
     with made.client.reader() as session:
         source = stored.file_of(session, body.input_file_id, caller.scope())
     if source.purpose != "batch":
         raise InvalidParameter("the input file's purpose must be 'batch'", field="input_file_id")
     batch_id = files.new_id("batch_")
-    plan = batches.plan_path(directory, batch_id)
-    prepared = batches.prepare(made.settings, files.file_path(directory, source.id), body.endpoint, plan)
-    try:
-        job_id = None
-        if prepared.good_lines:
-            options = batches.job_options_for(
-                batch_id, caller.tenant, metadata, body.completion_window, webhook_url=body.webhook_url
-            )
-            params = prepared.params
-            submission = made.client.submit(
-                batches.BATCH_ENDPOINTS[body.endpoint],
-                prepared.model or "",
-                prepared.inputs,
-                params,
-                format="jsonl",
-                options=options,
-            )
-            job_id = submission.job_id
-        row = OpenAIBatch(
-            id=batch_id,
-            tenant=caller.tenant,
-            endpoint=body.endpoint,
-            input_file_id=source.id,
-            completion_window=body.completion_window,
-            meta=metadata,
-            job_id=job_id,
-            total_lines=prepared.total_lines,
-            bad_lines=prepared.bad_lines,
-            one_item_per_line=prepared.one_item_per_line,
-            errors=prepared.errors or None,
-            created_at=utcnow(),
-        )
-        with made.client.sessions.begin() as session:
-            stored.add_batch(session, row)
-    except BaseException:
-        plan.unlink(missing_ok=True)
-        raise
-    finally:
-        prepared.discard()
-    return _batch(made, caller, batch_id)
+    validator = made.validation
+    row = OpenAIBatch(
+        id=batch_id,
+        tenant=caller.tenant,
+        endpoint=body.endpoint,
+        input_file_id=source.id,
+        completion_window=body.completion_window,
+        meta=metadata,
+        job_id=None,
+        total_lines=source.lines,
+        bad_lines=0,
+        one_item_per_line=True,
+        errors=None,
+        created_at=utcnow(),
+        webhook_url=body.webhook_url,
+        output_expires_after=body.output_expires_after.seconds if body.output_expires_after else None,
+        lease_owner=validator.owner,
+        lease_until=validator.lease_end(),
+    )
+    with made.client.sessions.begin() as session:
+        stored.add_batch(session, row)
+    validator.start(batch_id)
+    return batches.batch_object(row, None)
 
 
 def _batch(made: Runtime, caller: Principal, batch_id: str) -> dict[str, Any]:
-    """The batch as OpenAI shows it, its output files written first if its job has ended."""
+    """The batch as OpenAI shows it: taken over first if it is validating and its validator's lease ended (its
+    server died), its output files written first if its job has ended."""
     with made.client.reader() as session:
         batch, job = stored.batch_with_job(session, batch_id, caller.scope())
+    if batch.validated_at is None:
+        if batch.lease_until is not None and as_utc(batch.lease_until) < utcnow():
+            made.validation.take_over(batch_id)
+        return batches.batch_object(batch, job)
     if batch.finalized_at is None and (job is None or job.state.finished):
         finalize(made, batch_id)
         with made.client.reader() as session:
@@ -254,7 +288,7 @@ def finalize(made: Runtime, batch_id: str) -> None:
     directory = made.settings.files_dir
     with made.client.reader() as session:
         batch, job = stored.batch_with_job(session, batch_id, None)
-        if batch.finalized_at is not None:
+        if batch.finalized_at is not None or batch.validated_at is None:
             return
         if job is None:
             written = batches.write_outputs(directory, batch, None, iter(()), None)
@@ -302,11 +336,11 @@ def list_batches(
 
 @router.post("/batches/{batch_id}/cancel", response_model=models.Batch)
 def cancel_batch(batch_id: str, made: Made, caller: Caller) -> dict[str, Any]:
-    """Cancel: requests not yet run end in the error file (``batch_cancelled``); finished ones stay."""
+    """Cancel: requests not yet run end in the error file (``batch_cancelled``); finished ones stay. A batch still
+    validating is ``cancelled`` at once, without a job."""
     with made.client.sessions.begin() as session:
-        batch = stored.batch_of(session, batch_id, caller.scope())
-        stored.mark_cancelling(session, batch_id, utcnow())
-        job_id = batch.job_id
+        stored.batch_of(session, batch_id, caller.scope())
+        job_id = stored.mark_cancelling(session, batch_id, utcnow())
     if job_id is not None:
         made.client.cancel(job_id)
     return _batch(made, caller, batch_id)

@@ -320,7 +320,8 @@ _MEDIA = {"jsonl": "application/jsonl", "csv": "text/csv; charset=utf-8"}
 
 _LINES = {
     "schema": {"type": "string"},
-    "description": "one JSON object a line, a ResultLine (its typed top-result columns with top=true)",
+    "description": "one JSON object a line: index, id, status, result, error (with top=true, the top result's typed "
+    "columns too: label, score, answer, start, end, entity_count)",
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _RESULTS_CONTENT = {
@@ -423,20 +424,11 @@ def _export(
 
 
 def write_top_jsonl(rows: Iterable[ResultRow], out: TextIO) -> None:
-    """Each row as a compact `inferq.api.ResultLine` with its typed top-result columns: what
-    `RemoteClient.results` reads back into the same rows."""
+    """Each row as a compact JSON line with its typed top-result columns (`ResultRow.to_json`): what
+    `RemoteClient.results` reads back into the same rows (`ResultRow.from_top_json`)."""
     encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
     for row in rows:
-        line = {
-            **row.to_json(),
-            "label": row.label,
-            "score": row.score,
-            "answer": row.answer,
-            "start": row.start,
-            "end": row.end,
-            "entity_count": row.entity_count,
-        }
-        out.write(encode(line) + "\n")
+        out.write(encode(row.to_json(top=True)) + "\n")
 
 
 def _file_export(

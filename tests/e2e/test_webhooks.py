@@ -1,7 +1,8 @@
 """Webhooks on real components: a real ``inferq worker``, Redis, PostgreSQL, and a real HTTP receiver on a loopback
 port. A job's end reaches the receiver exactly as recorded, signed; a receiver that fails at first gets the same
 bytes later, every attempt on record; cancelled and failed jobs send their events; and a worker killed between a
-job's end and the delivery loses nothing: the next worker's reconciler sends it."""
+job's end and the delivery loses nothing: the next worker's reconciler sends it. A batch of the OpenAI-compatible
+API, made with inferq's ``webhook_url``, delivers its job's event the same way."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import io
 import json
 import os
 import signal
@@ -18,15 +20,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from sqlalchemy import Engine, select, update
 
 from inferq import constants
-from inferq.db import make_sessionmaker
+from inferq.db import make_engine, make_sessionmaker
+from inferq.keys import create_key
 from inferq.schema import Tenant, WebhookDelivery, utcnow
 from inferq.settings import Settings
 from inferq.store.outbox import delivery_history
 from producer.client import Client, JobOptions
+from server.process import running_server
 from tests.support.brokers import private_redis, ready_messages
 from tests.support.jobs import sentences, settings_of, worker_env
 from tests.support.records import wait_for
@@ -301,3 +306,59 @@ def test_a_trickling_receiver_delays_no_other_tenants_job(hooks_client: Client) 
         assert attempt["status_code"] is None and attempt["error"].startswith("Timeout"), attempt
         assert 1 <= attempt["duration"] < 5, attempt
     assert len(trickler.received) == 4
+
+
+def test_a_batch_of_the_openai_api_posts_its_jobs_event_signed(worker_env: dict[str, str], tmp_path: Path) -> None:
+    # Given the HTTP API on the worker's settings (loopback receivers allowed), a key of a tenant of its own
+    env = {**worker_env, "INFERQ_FILES_DIR": str(tmp_path / "files")}
+    tenant = f"batch-hooks-{uuid.uuid4().hex[:8]}"
+    engine = make_engine(settings_of(env))
+    with make_sessionmaker(engine).begin() as session:
+        key, _ = create_key(session, tenant)
+    with running_server(env, tmp_path / "server.log", ready_timeout=180) as (url, _), Receiver() as receiver:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+        # And a batch of three requests whose webhook_url (inferq's own, extra_body= in the official client) is the
+        # receiver's
+        requests = [
+            {
+                "custom_id": s["id"],
+                "method": "POST",
+                "url": "/v1/classifications",
+                "body": {"model": "cls", "input": s["text"]},
+            }
+            for s in sentences(3)
+        ]
+        data = "".join(json.dumps(r) + "\n" for r in requests).encode()
+        file_id = client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch").id
+        batch = client.batches.create(
+            input_file_id=file_id,
+            endpoint="/v1/classifications",
+            completion_window="24h",
+            metadata={"run": "hooked"},
+            extra_body={"webhook_url": receiver.url},
+        )
+        assert batch.status == "validating"
+
+        # When it runs to its end, polled as the official client polls
+        def ended() -> Any:
+            got = client.batches.retrieve(batch.id)
+            return got if got.status in ("completed", "failed", "cancelled", "expired") else None
+
+        done = wait_for(ended, 300, f"batch {batch.id} to end")
+        [call] = receiver.wait_for(1, 120)
+
+    # Then the receiver got its job's event, signed with the tenant's secret, naming the batch
+    assert done.status == "completed" and done.request_counts is not None and done.request_counts.completed == 3
+    assert_signed(engine, tenant, call)
+    event = json.loads(call.body)
+    assert event["type"] == "job.succeeded"
+    data_ = event["data"]
+    assert (data_["state"], data_["total"], data_["succeeded"], data_["task"], data_["model"]) == (
+        "succeeded",
+        3,
+        3,
+        "classification",
+        "cls",
+    )
+    assert data_["metadata"] == {"run": "hooked", "openai_batch": batch.id}
+    engine.dispose()

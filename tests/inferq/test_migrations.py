@@ -258,8 +258,7 @@ def test_0009_adds_the_dispatchers_row_and_downgrades_back(database: str, tmp_pa
 
             assert "dispatcher_rounds" not in tables()
 
-            # When it is upgraded to 0009 (and on to the head, which the models describe)
-            migrate.upgrade(settings, "0009")
+            # When it is upgraded (to the head: 0009 and the migrations after it)
             migrate.upgrade(settings)
 
             # Then the dispatcher's table is there, as the models describe it
@@ -284,7 +283,66 @@ def test_0009_adds_the_dispatchers_row_and_downgrades_back(database: str, tmp_pa
             engine.dispose()
 
 
-# -- 0010: the (job, state) index of results only over failed ones; items without a foreign key ----------------------
+# -- 0010: batches validated in the background, files that expire ------------------------------------------------------
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_0010_keeps_every_batch_validated_and_every_file_unexpiring_and_downgrades_back(
+    database: str, tmp_path: Path
+) -> None:
+    # Given a database at 0009 holding a file and a batch (validated in its request, as 0008 did)
+    context = contextlib.nullcontext() if database == "sqlite" else fresh_postgres_database()
+    with context as url:
+        settings = Settings(database_url=url or f"sqlite:///{tmp_path / 'm.db'}")
+        migrate.upgrade(settings, "0009")
+        engine = make_engine(settings)
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO openai_files (id, tenant, purpose, filename, bytes, lines, created_at)"
+                        " VALUES ('file-1', 't', 'batch', 'in.jsonl', 10, 1, :t)"
+                    ),
+                    {"t": T0},
+                )
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO openai_batches (id, tenant, endpoint, input_file_id, completion_window,"
+                        " total_lines, bad_lines, one_item_per_line, created_at)"
+                        " VALUES ('batch_1', 't', '/v1/embeddings', 'file-1', '24h', 1, 1, :yes, :t)"
+                    ),
+                    {"t": T0, "yes": True},
+                )
+
+            # When it is upgraded to the head
+            migrate.upgrade(settings)
+
+            # Then the batch counts as validated when it was created (not validating), leased by nobody
+            with Session(engine) as session:
+                batch = session.execute(
+                    sa.text("SELECT validated_at, lease_owner, lease_until, output_expires_after FROM openai_batches")
+                ).one()
+                expires = session.execute(sa.text("SELECT expires_at FROM openai_files")).scalar_one()
+            validated = batch[0] if isinstance(batch[0], dt.datetime) else dt.datetime.fromisoformat(batch[0])
+            assert as_utc(validated) == T0 and tuple(batch[1:]) == (None, None, None)
+            # And the file does not expire
+            assert expires is None
+            assert schema_diff(settings) == []
+
+            # And a downgrade to 0009 keeps both rows, without the new columns
+            migrate.downgrade(settings, "0009")
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SELECT count(*) FROM openai_batches")).scalar_one() == 1
+                assert conn.execute(sa.text("SELECT count(*) FROM openai_files")).scalar_one() == 1
+                columns = {c["name"] for c in sa.inspect(conn).get_columns("openai_batches")}
+                file_columns = {c["name"] for c in sa.inspect(conn).get_columns("openai_files")}
+            assert not columns & {"validated_at", "lease_owner", "lease_until", "webhook_url", "output_expires_after"}
+            assert "expires_at" not in file_columns
+        finally:
+            engine.dispose()
+
+
+# -- 0011: the (job, state) index of results only over failed ones; items without a foreign key ----------------------
 
 
 def _result_indexes(engine: Engine) -> dict[str, list[str]]:
@@ -307,10 +365,10 @@ def _item_foreign_keys(engine: Engine) -> list[str]:
 
 
 @pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
-def test_0010_keeps_every_result_indexes_failed_ones_only_drops_the_items_key_and_downgrades_back(
+def test_0011_keeps_every_result_indexes_failed_ones_only_drops_the_items_key_and_downgrades_back(
     database: str, tmp_path: Path
 ) -> None:
-    # Given a database at 0009 holding a result of every task, a failed item among them
+    # Given a database at 0010 holding a result of every task, a failed item among them
     if database == "sqlite":
         context: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext(
             f"sqlite:///{tmp_path / 'm.db'}"
@@ -324,12 +382,12 @@ def test_0010_keeps_every_result_indexes_failed_ones_only_drops_the_items_key_an
         engine = make_engine(settings)
         try:
             stored = store_at_0005(engine)
-            migrate.upgrade(settings, "0009")
+            migrate.upgrade(settings, "0010")
             assert "ix_results_job_state" in _result_indexes(engine)
             assert _item_foreign_keys(engine) == ["jobs"]
 
-            # When it is upgraded to 0010
-            migrate.upgrade(settings, "0010")
+            # When it is upgraded to 0011
+            migrate.upgrade(settings, "0011")
 
             # Then every result reads back equal, the failed filter finds the failed one through the partial index
             assert_results_equal(engine, stored)
@@ -351,7 +409,7 @@ def test_0010_keeps_every_result_indexes_failed_ones_only_drops_the_items_key_an
             assert schema_diff(settings) == []
 
             # And a downgrade gives the full index and the foreign key back, every result still equal
-            migrate.downgrade(settings, "0009")
+            migrate.downgrade(settings, "0010")
             assert _result_indexes(engine)["ix_results_job_state"] == ["job_id", "state"]
             assert _item_foreign_keys(engine) == ["jobs"]
             assert "ix_results_job_failed" not in _result_indexes(engine)

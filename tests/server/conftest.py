@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,13 +17,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.db import make_engine, make_sessionmaker
 from inferq.keys import create_key
-from inferq.schema import Job, utcnow
+from inferq.schema import Job, OpenAIFile, utcnow
 from inferq.settings import Settings
 from inferq.states import ItemState, JobState
+from inferq.store import openai as openai_store
 from inferq.task_specs import TaskName
 from producer.client import JobOptions, store_job
 from producer.inputs import InputRecord
 from server.app import create_app
+from server.openai import files
 from tests.support.records import put_result
 
 #: The tiny model the API tests submit to (`tests.conftest.tiny_models`).
@@ -138,3 +142,57 @@ def stored_job(sessions: sessionmaker[Session], api_settings: Settings) -> Store
         return job_id
 
     return store
+
+
+# -- the OpenAI-compatible API, on SQLite and on PostgreSQL ------------------------------------------------------------
+
+
+@dataclass
+class OpenAISetup:
+    """The OpenAI-compatible API's settings (a files directory, the tiny classification model as ``cls``), its
+    sessions and a key of tenant ``mine``."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    key: str
+    tenant: str = "mine"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def setup(
+    request: pytest.FixtureRequest, tmp_path: Path, tiny_models: dict[str, Path], queue_name: str
+) -> Iterator[OpenAISetup]:
+    model = {"cls": {"source": str(tiny_models["cls-distilbert"]), "task": "classification"}}
+    if request.param == "sqlite":
+        base: Settings = request.getfixturevalue("sqlite_settings")
+    else:
+        url = request.getfixturevalue("own_postgres")
+        base = Settings(database_url=url, broker_url=request.getfixturevalue("redis_url"), default_queue=queue_name)
+    settings = Settings.model_validate({**base.model_dump(), "files_dir": tmp_path / "files", "models": model})
+    engine = make_engine(settings)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        key, _ = create_key(session, "mine")
+    yield OpenAISetup(settings, sessions, key)
+    engine.dispose()
+
+
+def lines(model: str = "cls", n: int = 3) -> bytes:
+    rows = [
+        {"custom_id": f"r{i}", "method": "POST", "url": "/v1/classifications", "body": {"model": model, "input": t}}
+        for i, t in enumerate(["good", "bad", "fine", "awful"][:n])
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def stored_file(setup: OpenAISetup, data: bytes) -> str:
+    """An uploaded file, stored directly: its bytes in the files directory, its row."""
+    file_id = files.new_id("file-")
+    files.files_dir(setup.settings.files_dir)
+    files.file_path(setup.settings.files_dir, file_id).write_bytes(data)
+    with setup.sessions.begin() as session:
+        row = OpenAIFile(
+            id=file_id, tenant=setup.tenant, purpose="batch", filename="in.jsonl", bytes=len(data), lines=3
+        )
+        openai_store.add_file(session, row)
+    return file_id

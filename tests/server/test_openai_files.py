@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from inferq.settings import Settings
 from inferq.states import ItemState
 from server.app import create_app
 from tests.server.conftest import bearer
-from tests.support.records import put_result
+from tests.support.records import put_result, wait_for
 
 
 @pytest.fixture
@@ -40,6 +40,23 @@ def app_keys(sqlite_settings: Settings, tmp_path: Path) -> Iterator[tuple[TestCl
     engine.dispose()
     with TestClient(create_app(settings)) as client:
         yield client, mine, theirs, files_dir
+
+
+#: Seconds a test waits for a batch's validation before it gives up (a guard against hanging, not a measure).
+VALIDATION_WAIT_SECONDS = 120
+
+
+def validated(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The batch ``read`` gives, read again until it is no longer ``validating``."""
+    return wait_for(
+        lambda: (batch := read())["status"] != "validating" and batch, VALIDATION_WAIT_SECONDS, "validation"
+    )
+
+
+def validated_batch(client: openai.OpenAI, batch_id: str) -> Any:
+    """The batch, as the official client reads it, once it is no longer ``validating``."""
+    validated(lambda: client.batches.retrieve(batch_id).model_dump())
+    return client.batches.retrieve(batch_id)
 
 
 def upload(client: TestClient, key: str, data: bytes, name: str = "in.jsonl") -> dict[str, Any]:
@@ -145,9 +162,12 @@ def test_a_batch_of_bad_lines_only_fails_with_each_line_in_its_error_file(
         headers=bearer(mine),
         json={"input_file_id": source["id"], "endpoint": "/v1/embeddings", "completion_window": "24h"},
     )
-    # Then it has failed at once, naming each line
+    # Then it is validating at first, without a job
     assert answer.status_code == 200, answer.text
-    batch = answer.json()
+    created = answer.json()
+    assert created["status"] == "validating" and created["model"] is None and created["in_progress_at"] is None
+    # And then it has failed, naming each line
+    batch = validated(lambda: client.get(f"/v1/batches/{created['id']}", headers=bearer(mine)).json())
     assert batch["status"] == "failed" and batch["failed_at"] is not None and batch["output_file_id"] is None
     assert batch["request_counts"] == {"total": 5, "completed": 0, "failed": 5}
     codes = ["invalid_json_line", "invalid_method", "missing_model", "missing_custom_id", "invalid_input"]
@@ -188,7 +208,9 @@ def test_a_batch_past_its_window_expires_keeping_its_finished_lines(
         data += "".join(json.dumps(line) + "\n" for line in lines[2:])
         source = client.files.create(file=("in.jsonl", data.encode()), purpose="batch")
         batch = client.batches.create(input_file_id=source.id, endpoint="/v1/classifications", completion_window="1h")
-        assert batch.status == "in_progress"
+        assert batch.status == "validating"
+        batch = validated_batch(client, batch.id)
+        assert batch.status == "in_progress" and batch.in_progress_at is not None
         with sessions.begin() as session:
             job = session.scalars(select(Job).where(Job.meta["openai_batch"].as_string() == batch.id)).one()
             assert job.deadline_at is not None
