@@ -159,11 +159,14 @@ Index("ix_chunks_unreleased", Chunk.job_id, Chunk.seq, postgresql_where=_UNRELEA
 
 
 class Item(Base):
-    """An item's input, written once at submit and never rewritten: its result is a `Result` row of its own."""
+    """An item's input, written once at submit and never rewritten: its result is a `Result` row of its own.
+
+    No foreign key (migration 0011): its check was a trigger run per row of a submit's COPY; items are written with
+    their job and go before it (`inferq.store.maintenance.delete_items`)."""
 
     __tablename__ = "items"
 
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     index: Mapped[int] = mapped_column(Integer, primary_key=True)
     #: The ``id`` the user gave on the input line, if any.
     client_id: Mapped[str | None] = mapped_column(String(255))
@@ -208,7 +211,15 @@ class Result(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        Index("ix_results_job_state", "job_id", "state"),
+        # A job's failed results (the failed filter, the error summary by code): an entry for those only, so that a
+        # COPY of succeeded results writes none (migration 0011). Succeeded ones are read on the primary key's range.
+        Index(
+            "ix_results_job_failed",
+            "job_id",
+            "error_code",
+            postgresql_where="state = 'failed'",
+            sqlite_where="state = 'failed'",
+        ),
         Index("ix_results_job_label", "job_id", "label"),
     )
 

@@ -256,7 +256,7 @@ class WorkerState:
             self._runner = Runner(
                 settings,
                 make_sessionmaker(make_engine(settings)),
-                ModelCache(settings),
+                ModelCache(settings, freeze=True),
                 worker=f"{socket.gethostname()}:{os.getpid()}",
                 stopping=self.shutdown_flag(),
             )

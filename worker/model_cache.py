@@ -3,6 +3,7 @@ the process that runs it, and stays loaded."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -63,8 +64,20 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def freeze_long_lived() -> None:
+    """Move every object this process holds now (its imports, the models loaded so far: hundreds of thousands of
+    objects once torch and transformers are in) out of the garbage collector's generations (``gc.freeze``), after
+    one collection of what is garbage already. A full collection no longer walks them all: in a worker holding one
+    model, one full collection took 26 µs of CPU an item of a 10,240-item job, 0.0 frozen (the chunks' own objects
+    are still collected). A worker's cache calls it after each model loads (``freeze=True``): it keeps its models for
+    the process's life, so nothing frozen is dropped while still in a reference cycle."""
+    gc.collect()
+    gc.freeze()
+
+
 class ModelCache:
-    """Loads and keeps models (and their engines) for one worker process."""
+    """Loads and keeps models (and their engines) for one worker process. ``freeze``: the process's objects are frozen
+    once each model loads (`freeze_long_lived`): a worker process's, whose objects all live as long as it does."""
 
     def __init__(
         self,
@@ -73,6 +86,8 @@ class ModelCache:
         precision: str | None = None,
         engine_factory: EngineFactory | None = None,
         backend: str | None = None,
+        *,
+        freeze: bool = False,
     ) -> None:
         import torch
 
@@ -85,6 +100,7 @@ class ModelCache:
         self._loaded: dict[tuple[str, TaskName], LoadedModel] = {}
         self._engines: dict[tuple[str, TaskName], Engine[Any]] = {}
         self._lock = threading.Lock()
+        self.freeze = freeze
 
     def engine(self, name: str, task: TaskName) -> Engine[Any]:
         key = (name, task)
@@ -99,6 +115,8 @@ class ModelCache:
                     except (OSError, ValueError, KeyError) as exc:
                         raise ModelLoadError(f"model {name!r} cannot run {task.value}: {exc}") from exc
                     self._engines[key] = engine
+                    if self.freeze:
+                        freeze_long_lived()
         return engine
 
     def load(self, name: str, task: TaskName) -> LoadedModel:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    bindparam,
     case,
     cast,
     func,
@@ -61,6 +62,12 @@ ERROR_CODE = func.coalesce(Result.error_code, case((_EXPIRED, literal(DeadlineEx
 ERROR_MESSAGE = func.coalesce(Result.error_message, case((_EXPIRED, literal(EXPIRED_MESSAGE)))).label("error_message")
 
 
+#: A failed result, with ``'failed'`` in the statement's text (SQLAlchemy renders the value at execution: no bound
+#: parameter), so that PostgreSQL may match the partial index of failed results (``ix_results_job_failed``) even in a
+#: prepared statement's generic plan.
+IS_FAILED = Result.state == bindparam("failed_state", ItemState.FAILED, type_=Result.state.type, literal_execute=True)
+
+
 @dataclass(frozen=True, slots=True)
 class ResultFilter:
     """Which of a job's items a read keeps, filtered in SQL on the typed columns: what ``inferq results`` takes as
@@ -77,17 +84,20 @@ class ResultFilter:
 
     def apply(self, query: Select[Any], *, results_only: bool = False) -> Select[Any]:
         """``query`` (of items joined to their results and their job, `item_query`; of results alone with
-        ``results_only``) with this filter's conditions. A stored state is tested on the results' own column (the
-        ``(job, state)`` index); one that follows the job's on the job's row."""
+        ``results_only``) with this filter's conditions. A stored state is tested on the results' own column (failed:
+        `IS_FAILED`, the partial index of failed results; succeeded: the primary key's range of the job); one that
+        follows the job's on the job's row."""
         if self.label is not None:
             query = query.where(Result.label == self.label)
         if self.min_score is not None:
             query = query.where(Result.score >= self.min_score)
-        if self.failed:
-            query = query.where(Result.state == ItemState.FAILED)
-        if self.state in STORED_ITEM_STATES or (self.state is not None and results_only):
+        if self.failed or self.state is ItemState.FAILED:
+            query = query.where(IS_FAILED)
+        if self.state is None or self.state is ItemState.FAILED:
+            pass
+        elif self.state in STORED_ITEM_STATES or results_only:
             query = query.where(Result.state == self.state)
-        elif self.state is not None:
+        else:
             query = query.where(Result.state.is_(None), _UNRUN_STATE.in_([self.state.value]))
         return query
 
@@ -334,7 +344,7 @@ def error_counts(session: Session, job_id: str, limit: int) -> Sequence[Row[str 
     count = func.count().label("items")
     return session.execute(
         select(Result.error_code, count, func.min(Result.error_message).label("sample_message"))
-        .where(Result.job_id == job_id, Result.state == ItemState.FAILED)
+        .where(Result.job_id == job_id, IS_FAILED)
         .group_by(Result.error_code)
         .order_by(count.desc(), Result.error_code)
         .limit(limit)

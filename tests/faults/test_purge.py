@@ -126,6 +126,7 @@ def test_a_purge_batch_in_progress_does_not_lock_out_a_running_job(engine: Engin
         assert conn.scalar(select(Job.succeeded).where(Job.id == running)) == 50
         conn.execute(text("DELETE FROM jobs WHERE id = :j"), {"j": old})  # leave no old job to other tests
         conn.execute(text("DELETE FROM results WHERE job_id = :j"), {"j": old})
+        conn.execute(text("DELETE FROM items WHERE job_id = :j"), {"j": old})  # no foreign key cascades to them
 
 
 def test_purge_refuses_an_age_it_cannot_read(migrated_postgres: str) -> None:

@@ -340,3 +340,79 @@ def test_0010_keeps_every_batch_validated_and_every_file_unexpiring_and_downgrad
             assert "expires_at" not in file_columns
         finally:
             engine.dispose()
+
+
+# -- 0011: the (job, state) index of results only over failed ones; items without a foreign key ----------------------
+
+
+def _result_indexes(engine: Engine) -> dict[str, list[str]]:
+    """The results table's indexes (a connection of its own: SQLite's pooled one may hold the schema it first saw)."""
+    fresh = sa.create_engine(engine.url)
+    try:
+        with fresh.connect() as conn:
+            return {str(i["name"]): list(i["column_names"]) for i in sa.inspect(conn).get_indexes("results")}
+    finally:
+        fresh.dispose()
+
+
+def _item_foreign_keys(engine: Engine) -> list[str]:
+    fresh = sa.create_engine(engine.url)
+    try:
+        with fresh.connect() as conn:
+            return [str(k["referred_table"]) for k in sa.inspect(conn).get_foreign_keys("items")]
+    finally:
+        fresh.dispose()
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def test_0011_keeps_every_result_indexes_failed_ones_only_drops_the_items_key_and_downgrades_back(
+    database: str, tmp_path: Path
+) -> None:
+    # Given a database at 0010 holding a result of every task, a failed item among them
+    if database == "sqlite":
+        context: contextlib.AbstractContextManager[str | None] = contextlib.nullcontext(
+            f"sqlite:///{tmp_path / 'm.db'}"
+        )
+    else:
+        context = fresh_postgres_database()
+    with context as url:
+        assert url is not None
+        settings = Settings(database_url=url)
+        migrate.upgrade(settings, "0005")
+        engine = make_engine(settings)
+        try:
+            stored = store_at_0005(engine)
+            migrate.upgrade(settings, "0010")
+            assert "ix_results_job_state" in _result_indexes(engine)
+            assert _item_foreign_keys(engine) == ["jobs"]
+
+            # When it is upgraded to 0011
+            migrate.upgrade(settings, "0011")
+
+            # Then every result reads back equal, the failed filter finds the failed one through the partial index
+            assert_results_equal(engine, stored)
+            indexes = _result_indexes(engine)
+            assert "ix_results_job_state" not in indexes
+            assert indexes["ix_results_job_failed"] == ["job_id", "error_code"]
+            assert _item_foreign_keys(engine) == []  # no per-row check in a submit's COPY
+            with engine.connect() as conn:
+                failed = conn.execute(sa.text("SELECT count(*) FROM results WHERE state = 'failed'")).scalar_one()
+                if database == "postgresql":
+                    conn.execute(sa.text("SET enable_seqscan = off"))
+                    plan = "\n".join(
+                        conn.execute(
+                            sa.text("EXPLAIN SELECT job_id FROM results WHERE job_id = 'x' AND state = 'failed'")
+                        ).scalars()
+                    )
+                    assert "ix_results_job_failed" in plan, plan
+            assert failed == 1
+            assert schema_diff(settings) == []
+
+            # And a downgrade gives the full index and the foreign key back, every result still equal
+            migrate.downgrade(settings, "0010")
+            assert _result_indexes(engine)["ix_results_job_state"] == ["job_id", "state"]
+            assert _item_foreign_keys(engine) == ["jobs"]
+            assert "ix_results_job_failed" not in _result_indexes(engine)
+            assert_results_equal(engine, stored)
+        finally:
+            engine.dispose()

@@ -59,6 +59,9 @@ class Outcome:
     entity_count: int | None = None
     #: Vector tasks: the vectors' bytes (little-endian, the dtype the result names), row after row.
     vector: bytes | None = None
+    #: ``result`` as the write stores it (`inferq.store.chunks.result_json`), where the engine serialised every
+    #: item's in one pass; ``None``: the write serialises ``result``.
+    result_text: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -76,7 +79,20 @@ class Outcome:
         """`columns`' values, in `OUTCOME_COLUMNS` order."""
         error = self.error
         if error is None:
-            return (ItemState.SUCCEEDED, self.result, *(getattr(self, name) for name in RESULT_COLUMNS), None, None)
+            # Spelled out in `RESULT_COLUMNS` order (a generator of getattr cost more than the rest of a row's write).
+            return (
+                ItemState.SUCCEEDED,
+                self.result,
+                self.label,
+                self.score,
+                self.answer,
+                self.start_char,
+                self.end_char,
+                self.entity_count,
+                self.vector,
+                None,
+                None,
+            )
         return (
             ItemState.FAILED,
             None,

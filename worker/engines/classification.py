@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from inferq.store.chunks import result_json
 from inferq.task_specs import ClassificationParams, TaskName
 from worker.engines.base import Engine, Outcome, sigmoid, softmax
 from worker.engines.batching import Features, RunOutputs
@@ -76,11 +77,29 @@ class ClassificationEngine(Engine[ClassificationParams]):
         names = [id2label[i] for i in range(scores.shape[1])]
         top_list = top.tolist()
         order_list = order.tolist()
+        texts = result_texts(names, order, top)
         return [
             Outcome(
                 result=[{"label": names[c], "score": s} for c, s in zip(oc, sc, strict=True)],
                 label=names[oc[0]],
                 score=sc[0],
+                result_text=text,
             )
-            for oc, sc in zip(order_list, top_list, strict=True)
+            for oc, sc, text in zip(order_list, top_list, texts, strict=True)
         ]
+
+
+def result_texts(names: Sequence[str], order: np.ndarray, top: np.ndarray) -> list[str] | list[None]:
+    """Every item's result (``[{"label", "score"}, …]``, labels ``names[order]`` with scores ``top``, both
+    ``[items, k]``) as the write stores it (`inferq.store.chunks.result_json`), made in one pass: one ``%`` format
+    of the whole chunk instead of one JSON encoding an item. ``None`` for each item where a score is not finite
+    (JSON's ``NaN`` is not Python's ``repr``): the write then serialises them one by one."""
+    n, k = order.shape
+    if n == 0 or not np.isfinite(top).all():
+        return [None] * n
+    one = "[" + ", ".join(['{"label": %s, "score": %r}'] * k) + "]\n"
+    args = np.empty((n, 2 * k), dtype=object)
+    args[:, 0::2] = np.array([result_json(x) for x in names], dtype=object)[order]
+    args[:, 1::2] = top.astype(np.float64)  # Python floats: their repr is JSON's
+    # A label's JSON has no raw line break (escaped), a float none either: the lines are the items.
+    return (one * n % tuple(args.ravel().tolist())).split("\n")[:-1]
