@@ -15,7 +15,9 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -183,23 +185,35 @@ class Ct2Encoder:
 
 
 def load_encoder(
-    source: str, revision: str | None, config: Any, device: Any, precision: str, layers: int | None = None
+    source: str,
+    revision: str | None,
+    config: Any,
+    device: Any,
+    precision: str,
+    layers: int | None = None,
+    *,
+    lanes: int = 1,
 ) -> Ct2Encoder:
     """``source``'s encoder (its first ``layers`` layers, or all) on ``device`` at ``precision`` (converted first
-    if need be), with torch's thread count (the worker sets it per pool process, `worker.threads`)."""
+    if need be), with torch's thread count (the worker sets it per pool process, `worker.threads`): one call at a
+    time on all of them, or (``lanes`` > 1, on a CPU) ``lanes`` calls at once, one thread each."""
     import ctranslate2
     import torch
 
     compute_type = CTRANSLATE2_COMPUTE_TYPES[precision]
     path = convert(source, revision, layers=layers)
     index = device.index if device.type == "cuda" and device.index is not None else 0
+    threads = torch.get_num_threads()
     encoder = ctranslate2.Encoder(
         str(path),
         device="cuda" if device.type == "cuda" else "cpu",
         device_index=index,
         compute_type=compute_type,
-        intra_threads=torch.get_num_threads() if device.type == "cpu" else 0,
+        inter_threads=lanes if device.type == "cpu" else 1,
+        intra_threads=(1 if lanes > 1 else threads) if device.type == "cpu" else 0,
     )
+    # CTranslate2 sets the calling thread's OpenMP threads to its ``intra_threads``: torch's, in this thread, stay.
+    torch.set_num_threads(threads)
     return Ct2Encoder(encoder, config, device, compute_type)
 
 
@@ -212,12 +226,26 @@ class Ct2SequenceClassifier:
     With ``last_layer`` (`worker.backends.first_token.FirstTokenLayer`), CTranslate2 runs every layer but the last
     (`load_classifier`) and the last runs in torch, at fp32, for the first token only: the only one the head reads."""
 
-    def __init__(self, encoder: Ct2Encoder, head: Any, config: Any, last_layer: Any = None) -> None:
+    def __init__(self, encoder: Ct2Encoder, head: Any, config: Any, last_layer: Any = None, lanes: int = 1) -> None:
         self.encoder = encoder
         self.head = head
         self.config = config
         self.last_layer = last_layer
         self.compute_type = encoder.compute_type
+        #: Micro-batches this model runs at once (on a CPU, one thread each: `lane_pool`); 1: one at a time.
+        self.lanes = lanes
+        self._lane_pool: ThreadPoolExecutor | None = None
+        self._lane_pool_lock = threading.Lock()
+
+    @property
+    def lane_pool(self) -> ThreadPoolExecutor:
+        """The `lanes` threads that run micro-batches at once (made on first use): CTranslate2 releases the GIL
+        and runs each call on one of its ``inter_threads`` replicas, one thread each; torch's part (the last layer
+        for the first token, the head) takes one intra-op thread in each lane."""
+        with self._lane_pool_lock:
+            if self._lane_pool is None:
+                self._lane_pool = ThreadPoolExecutor(self.lanes, "ct2-lane")
+            return self._lane_pool
 
     def __call__(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None, **_: Any) -> Any:
         from transformers.modeling_outputs import SequenceClassifierOutput
@@ -272,7 +300,14 @@ def classification_head(model: Any) -> Any:
 
 
 def load_classifier(
-    source: str, revision: str | None, model: Any, device: Any, precision: str, *, first_token: bool = True
+    source: str,
+    revision: str | None,
+    model: Any,
+    device: Any,
+    precision: str,
+    *,
+    first_token: bool = True,
+    lanes: int | None = None,
 ) -> Ct2SequenceClassifier:
     """``source``'s encoder on CTranslate2 at ``precision`` and the head of ``model`` (the checkpoint loaded by
     transformers at fp32, whose encoder is then dropped). Where the head reads the first token only
@@ -286,7 +321,9 @@ def load_classifier(
     if first_token and layers is not None and len(layers) > 1 and kind is not None and refusal(model) is None:
         last_layer = FirstTokenLayer(layers[-1], kind).eval() if Path(source).is_dir() else None
     cut = len(layers) - 1 if last_layer is not None and layers is not None else None
-    encoder = load_encoder(source, revision, model.config, device, precision, layers=cut)
+    if lanes is None:
+        lanes = classifier_lanes(device)
+    encoder = load_encoder(source, revision, model.config, device, precision, layers=cut, lanes=lanes)
     head = classification_head(model)
     base = getattr(model, model.base_model_prefix, None)
     # The torch encoder's weights go (CTranslate2 runs it); the head, BERT's pooler and the last layer stay.
@@ -296,4 +333,12 @@ def load_classifier(
     model.to(device)
     if last_layer is not None:
         last_layer.to(device)
-    return Ct2SequenceClassifier(encoder, head, model.config, last_layer)
+    return Ct2SequenceClassifier(encoder, head, model.config, last_layer, lanes=lanes if device.type == "cpu" else 1)
+
+
+def classifier_lanes(device: Any) -> int:
+    """Micro-batches a classifier on ``device`` runs at once: on a CPU torch's thread count (the worker's share of
+    the cores, `worker.threads`), one thread each; on an accelerator 1."""
+    import torch
+
+    return max(1, torch.get_num_threads()) if device.type == "cpu" else 1

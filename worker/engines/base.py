@@ -197,10 +197,28 @@ class Engine(ABC, Generic[P]):
             def one_batch(rows: np.ndarray) -> dict[str, Any]:
                 return self.forward(self.collate(features, rows), params)
 
+            lanes = self.lanes
+            if lanes > 1:
+                pool = self.model.lane_pool
+
+                def in_lane(rows: np.ndarray) -> dict[str, Any]:
+                    with torch.inference_mode():  # thread-local: each lane's own
+                        return one_batch(rows)
+
+                def submit(rows: np.ndarray) -> Any:
+                    return pool.submit(in_lane, rows)
+
+                def outcome(launched: Any) -> BatchOutputs:
+                    return self.to_host(launched.result())
+
+                start: Callable[[np.ndarray], Any] = submit
+                finish: Callable[[Any], BatchOutputs] = outcome
+            else:
+                start, finish = one_batch, self.to_host
             launch, collect = (
-                (one_batch, self.to_host)
+                (start, finish)
                 if recorder is None
-                else recorder.timed_forward(self.task, self.loaded.name, one_batch, self.to_host)
+                else recorder.timed_forward(self.task, self.loaded.name, start, finish)
             )
             outputs = run_batches(
                 plan,
@@ -209,6 +227,7 @@ class Engine(ABC, Generic[P]):
                 is_oom=_is_oom,
                 should_stop=should_stop,
                 n_features=len(features),
+                depth=lanes,
             )
             if clock is not None:
                 clock.lap("forward")  # before the lock goes: the next thread's forward starts after this one ends
@@ -235,6 +254,12 @@ class Engine(ABC, Generic[P]):
         if clock is not None:
             clock.lap("postprocess")
         return results
+
+    @property
+    def lanes(self) -> int:
+        """Micro-batches run at once: the model's ``lanes`` where it has them (`worker.backends.ct2`'s classifier
+        on a CPU: one thread each, on its ``lane_pool``), else 1, one after another in the calling thread."""
+        return max(1, int(getattr(self.model, "lanes", 1))) if self.device.type == "cpu" else 1
 
     def plan(self, features: Features) -> list[np.ndarray]:
         """The micro-batches: within the token budget; on a CPU also cut where padding would cost more than

@@ -3,6 +3,7 @@ running a forward function over them with failures isolated to the items that ca
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -179,6 +180,7 @@ def run_batches(
     is_oom: Callable[[BaseException], bool] = lambda e: False,
     should_stop: Callable[[], bool] = lambda: False,
     n_features: int,
+    depth: int = 1,
 ) -> RunOutputs:
     """Run ``forward`` over every micro-batch of ``plan``.
 
@@ -191,7 +193,10 @@ def run_batches(
     A batch whose forward pass raises (at its launch or its collection) is split in halves and each half retried,
     down to single features: one bad input fails alone and its neighbours still get results. Out-of-memory errors
     split the same way. ``should_stop`` is checked between micro-batches (cancellation, warm shutdown); a batch
-    launched before the stop is still collected."""
+    launched before the stop is still collected.
+
+    ``depth``: micro-batches launched and not yet collected, at most (a ``forward`` that hands its micro-batch to
+    one of ``depth`` threads then has every thread busy); collected in launch order all the same."""
     done: list[tuple[np.ndarray, BatchOutputs]] = []
     failed: dict[int, BaseException] = {}
     pending = list(reversed(plan))
@@ -213,7 +218,7 @@ def run_batches(
         except Exception as exc:
             split(rows, exc)
 
-    in_flight: tuple[np.ndarray, Any] | None = None
+    in_flight: collections.deque[tuple[np.ndarray, Any]] = collections.deque()
     while pending:
         if should_stop():
             break
@@ -223,9 +228,9 @@ def run_batches(
         except Exception as exc:
             split(rows, exc)
             continue
-        if in_flight is not None:
-            land(*in_flight)
-        in_flight = (rows, launched)
-    if in_flight is not None:
-        land(*in_flight)
+        if len(in_flight) >= max(1, depth):
+            land(*in_flight.popleft())
+        in_flight.append((rows, launched))
+    while in_flight:
+        land(*in_flight.popleft())
     return RunOutputs(batches=done, failed=failed, n_features=n_features)

@@ -304,3 +304,42 @@ def test_precision_auto_passes_over_bf16_where_it_misses_its_tier(
     assert loaded.precision == "fp32"
     lines = [r.getMessage() for r in caplog.records if "precision auto" in r.getMessage()]
     assert len(lines) == 1 and "bf16 misses its near tier (cosine min" in lines[0]
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "bert"])
+def test_ctranslate2_classifier_lanes_give_the_one_at_a_time_results_in_input_order(
+    tiny_engines: TinyEngines, arch: Any
+) -> None:
+    import torch
+
+    from worker.backends.ct2 import Ct2SequenceClassifier
+
+    # Given a tiny classifier on CTranslate2, loaded at one torch thread (one micro-batch at a time) and at three
+    # (three lanes: three micro-batches at once, one thread each), micro-batches of at most 64 tokens
+    path = tiny_engines.model(
+        TaskName.CLASSIFICATION, f"{arch}-3", arch=arch, labels=["A", "B", "C"], initializer_range=0.3
+    )
+    texts = [f"{t} {i}" for i, t in enumerate(TEXTS)]
+    scores: dict[int, np.ndarray] = {}
+    labels: dict[int, list[list[str]]] = {}
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        engine = cache(path, TaskName.CLASSIFICATION, backend="ctranslate2", max_batch_tokens=64).engine(
+            "m", TaskName.CLASSIFICATION
+        )
+        assert isinstance(engine.model, Ct2SequenceClassifier)
+        assert engine.lanes == threads and engine.model.encoder.encoder.num_encoders == threads
+        outcomes = engine.run([{"text": t} for t in texts], {"top_k": None})
+        assert all(o is not None and o.ok for o in outcomes)
+        scores[threads] = np.array([[r["score"] for r in o.result] for o in outcomes if o is not None])
+        labels[threads] = [[r["label"] for r in o.result] for o in outcomes if o is not None]
+        # (the encoder's construction leaves torch's threads in this thread as they were)
+        assert torch.get_num_threads() == threads
+    # then the lanes ran (their pool exists) and gave every item the one-at-a-time result (the same labels in the
+    # same order; scores to float32 rounding: torch's part of a lane takes its own OpenMP team) in input order (the
+    # texts differ, so a row landing on another item would show).
+    assert engine.model._lane_pool is not None
+    assert scores[3].shape == scores[1].shape == (len(texts), 3)
+    assert labels[3] == labels[1]
+    assert np.abs(scores[3] - scores[1]).max() < 1e-6
+    assert min(np.abs(scores[1][i] - scores[1][j]).max() for i in range(len(texts)) for j in range(i)) > 1e-5

@@ -30,6 +30,37 @@ def test_the_next_micro_batch_is_launched_before_the_previous_one_is_collected()
     assert out.stacked("x")[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
 
 
+def test_a_depth_keeps_that_many_micro_batches_launched_and_collects_them_in_launch_order() -> None:
+    # Given five micro-batches of one feature and a forward that hands each to one of two lanes
+    plan = [np.array([i]) for i in range(5)]
+    events: list[str] = []
+
+    def forward(rows: np.ndarray) -> np.ndarray:
+        events.append(f"launch {rows[0]}")
+        return rows
+
+    def collect(rows: np.ndarray) -> dict[str, np.ndarray]:
+        events.append(f"collect {rows[0]}")
+        return {"x": rows.astype(np.float32)[:, None]}
+
+    out = run_batches(plan, forward, collect=collect, n_features=5, depth=2)
+
+    # Then two stay launched while the next one is (the lanes busy and one queued), collected oldest first
+    assert events == [
+        "launch 0",
+        "launch 1",
+        "launch 2",
+        "collect 0",
+        "launch 3",
+        "collect 1",
+        "launch 4",
+        "collect 2",
+        "collect 3",
+        "collect 4",
+    ]
+    assert out.stacked("x")[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
 def test_a_batch_that_fails_when_collected_is_split_like_one_that_fails_at_launch() -> None:
     # Given a device on which a micro-batch holding feature 5 fails only once it is waited for (as a kernel's error
     # surfaces at the copy back), and a stop asked while a micro-batch is in flight
