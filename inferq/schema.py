@@ -210,18 +210,13 @@ class Result(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (
-        # A job's failed results (the failed filter, the error summary by code): an entry for those only, so that a
-        # COPY of succeeded results writes none (migration 0011). Succeeded ones are read on the primary key's range.
-        Index(
-            "ix_results_job_failed",
-            "job_id",
-            "error_code",
-            postgresql_where="state = 'failed'",
-            sqlite_where="state = 'failed'",
-        ),
-        Index("ix_results_job_label", "job_id", "label"),
-    )
+    __table_args__ = (Index("ix_results_job_label", "job_id", "label"),)
+
+
+#: A job's failed results (the failed filter, the error summary by code): an entry for those only, so that a COPY of
+#: succeeded results writes none (migration 0011). Succeeded ones are read on the primary key's range.
+_FAILED = Result.state == ItemState.FAILED
+Index("ix_results_job_failed", Result.job_id, Result.error_code, postgresql_where=_FAILED, sqlite_where=_FAILED)
 
 
 class Tenant(Base):

@@ -237,6 +237,11 @@ def rows_file_rows(conn: Connection, job_id: str, filters: ResultFilter, *, wind
 _PAGE_ROWS = 20_000
 
 
+#: Compiling a statement for the driver's own cursor: the literal-execute parameters (`IS_FAILED`'s state) are
+#: rendered into the text, which only SQLAlchemy's own execution would otherwise do.
+_RAW = {"render_postcompile": True}
+
+
 def rows_file_pages(conn: Connection, job_id: str, filters: ResultFilter, *, windows: bool) -> Iterator[Sequence[Any]]:
     """PostgreSQL: the rows of `rows_file_rows` a page at a time, each page read whole by the driver (keyset
     pagination on the index): a third of the time that a server-side cursor and the Core's rows take, with as
@@ -245,7 +250,7 @@ def rows_file_pages(conn: Connection, job_id: str, filters: ResultFilter, *, win
     raw = conn.connection.driver_connection
     last = -1
     while True:
-        compiled = query.where(Item.index > last).limit(_PAGE_ROWS).compile(dialect=conn.dialect)
+        compiled = query.where(Item.index > last).limit(_PAGE_ROWS).compile(dialect=conn.dialect, compile_kwargs=_RAW)
         with raw.cursor(binary=True) as cursor:  # type: ignore[union-attr]
             page = cursor.execute(str(compiled), compiled.params).fetchall()
         if page:
@@ -274,7 +279,7 @@ def vector_rows(conn: Connection, job_id: str, filters: ResultFilter) -> Iterato
 @contextmanager
 def copy_vectors(conn: Connection, job_id: str, filters: ResultFilter) -> Iterator[Iterator[Any]]:
     """PostgreSQL: `vector_query` as a binary COPY out: its blocks of bytes, as the server sends them."""
-    compiled = vector_query(job_id, filters).compile(dialect=conn.dialect)
+    compiled = vector_query(job_id, filters).compile(dialect=conn.dialect, compile_kwargs=_RAW)
     raw = conn.connection.driver_connection
     with raw.cursor() as cursor, cursor.copy(f"COPY ({compiled}) TO STDOUT (FORMAT binary)", compiled.params) as copy:  # type: ignore[union-attr]
         yield iter(copy)
