@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 WHEELS ?= /opt/wheels
 FIND_LINKS := $(if $(wildcard $(WHEELS)),--find-links $(WHEELS))
 
-.PHONY: install demo test lint format docs bench bench-million bench-polling soak clean
+.PHONY: install demo test lint format docs bench bench-fair-share bench-million bench-polling soak clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,8 +43,14 @@ format: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
+#: `make bench` also runs the fair-share benchmark (bench/fair_share.py, ~1 minute): a small job's wait behind a big
+#: one with the dispatcher and first in, first out, and the cancel of a queued million-item job; its JSON is kept.
 bench: install
 	$(BIN)/python -m bench
+	$(MAKE) bench-fair-share
+
+bench-fair-share: install
+	$(BIN)/python -m bench.fair_share | tee bench/results/$$(date +%Y%m%d-%H%M%S)-fair-share.json
 
 #: A million items end to end on the null device: submit, run, Parquet and NPY export, each step's wall time and every
 #: process's peak memory (bench/million.py; ~15 minutes on 2 cores, so not part of `make bench`).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import uuid
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {}
     with private_services() as services:
         out["cancel"] = bench_cancel(services.database_url, services.queue, args.cancel_items, args.chunk_size)
-        print(json.dumps(out), flush=True)
+        print(json.dumps(out), file=sys.stderr, flush=True)  # the cancel's numbers at once; stdout gets the whole
         if not args.skip_latency:
             model = ensure_model(args.models_dir, "bench-cls")
             registry = json.dumps({model.name: {"source": str(model.path), "task": model.task.value}})
