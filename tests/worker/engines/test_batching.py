@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,10 +11,11 @@ from hypothesis import strategies as st
 from worker.engines.batching import Packed, pad, plan_batches, run_batches
 
 
-def test_the_next_micro_batch_is_launched_before_the_previous_one_is_collected() -> None:
-    # Given three micro-batches, launched by forward and brought back by collect
-    plan = [np.array([0, 1]), np.array([2, 3]), np.array([4])]
-    events: list[str] = []
+def recording(
+    events: list[str],
+) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], dict[str, np.ndarray]]]:
+    """A forward and a collect that note each micro-batch's launch and collection (by its first row) in ``events``;
+    the collect gives each row's index back as its one feature."""
 
     def forward(rows: np.ndarray) -> np.ndarray:
         events.append(f"launch {rows[0]}")
@@ -21,6 +24,15 @@ def test_the_next_micro_batch_is_launched_before_the_previous_one_is_collected()
     def collect(rows: np.ndarray) -> dict[str, np.ndarray]:
         events.append(f"collect {rows[0]}")
         return {"x": rows.astype(np.float32)[:, None]}
+
+    return forward, collect
+
+
+def test_the_next_micro_batch_is_launched_before_the_previous_one_is_collected() -> None:
+    # Given three micro-batches, launched by forward and brought back by collect
+    plan = [np.array([0, 1]), np.array([2, 3]), np.array([4])]
+    events: list[str] = []
+    forward, collect = recording(events)
 
     # When they run
     out = run_batches(plan, forward, collect=collect, n_features=5)
@@ -34,14 +46,7 @@ def test_a_depth_keeps_that_many_micro_batches_launched_and_collects_them_in_lau
     # Given five micro-batches of one feature and a forward that hands each to one of two lanes
     plan = [np.array([i]) for i in range(5)]
     events: list[str] = []
-
-    def forward(rows: np.ndarray) -> np.ndarray:
-        events.append(f"launch {rows[0]}")
-        return rows
-
-    def collect(rows: np.ndarray) -> dict[str, np.ndarray]:
-        events.append(f"collect {rows[0]}")
-        return {"x": rows.astype(np.float32)[:, None]}
+    forward, collect = recording(events)
 
     out = run_batches(plan, forward, collect=collect, n_features=5, depth=2)
 
