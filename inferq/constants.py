@@ -26,6 +26,16 @@ DEFAULT_MAX_BATCH_TOKENS = 8192
 #: one). One chunk's worth: the per-run overhead (a claim, a bulk write) is then as small as for large jobs.
 DEFAULT_COALESCE_ITEMS = DEFAULT_CHUNK_SIZE
 
+#: Chunks one message may run after its own (the continuation, `worker.runner`): the next chunk's claim and read
+#: follow the forward at once, and the previous chunk's write overlaps the next one's work, instead of waiting for
+#: the broker's next delivery. Bounded so that one message never holds its worker long (together with
+#: `DEFAULT_CONTINUE_SECONDS`): the continuation ends at whichever bound comes first.
+DEFAULT_CONTINUE_CHUNKS = 64
+
+#: Seconds after which a message starts no further chunk of its continuation: far inside the broker's visibility
+#: timeout, and short enough that a worker shutting down or a newly dispatched job waits little for it.
+DEFAULT_CONTINUE_SECONDS = 10.0
+
 #: Seconds a chunk's own message waits before it looks again at a chunk that another worker's batch is running
 #: (doubling up to a minute). Its results are stored by that batch: the wait delays nothing a user sees.
 COALESCED_RECHECK_SECONDS = 5

@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     #: A worker sent a chunk with fewer items than this runs queued chunks of other jobs with the same task,
     #: model and parameters with it, up to this many items; 0 turns coalescing off.
     coalesce_items: int = Field(constants.DEFAULT_COALESCE_ITEMS, ge=0, le=constants.MAX_CHUNK_SIZE)
+    #: Chunks a message may run after its own, one after another, each next one claimed as soon as the previous
+    #: one's forward ended and its write overlapping the next one's work (`worker.runner`); 0 turns it off.
+    continue_chunks: int = Field(constants.DEFAULT_CONTINUE_CHUNKS, ge=0)
+    #: Seconds after a message started past which its continuation starts no further chunk.
+    continue_seconds: float = Field(constants.DEFAULT_CONTINUE_SECONDS, ge=0)
     max_batch_size: int = Field(constants.DEFAULT_MAX_BATCH_SIZE, ge=1)
     visibility_timeout: int = Field(constants.DEFAULT_VISIBILITY_TIMEOUT, ge=60)
     #: Seconds a claimed chunk is leased to its worker (renewed every third while it computes); a dead worker's

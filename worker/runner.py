@@ -47,6 +47,7 @@ from inferq.store.chunks import (
     Written,
     claim_chunk,
     claim_mates,
+    claim_next,
     job_state,
     renew_leases,
     write_results,
@@ -152,12 +153,95 @@ class Runner:
         if not isinstance(claims, list):
             return ChunkReport(job_id, seq, claims)
         clock.lap("claim")
-        with LeaseKeeper(self.sessions, claims, self.worker, self.settings.lease_seconds):
-            outcomes, job_error = self._infer(claims, clock)
-        clock.skip()
-        written = self._write(claims, outcomes, job_error, clock)
+        began = time.monotonic()
+        lead_key = claims[0].key
+        run: _Run | None = _Run(claims, clock)
+        pending: _Write | None = None
+        reports: list[ChunkReport] = []
+        webhooks: list[str] = []
+        continued = 0
+        try:
+            while run is not None:
+                with LeaseKeeper(self.sessions, run.claims, self.worker, self.settings.lease_seconds):
+                    outcomes, job_error = self._infer(run.claims, run.clock)
+                ended = time.perf_counter()
+                run.clock.skip()
+                if pending is not None:
+                    # One write in flight at a time; a failed one ends the message here (it is retried, and the
+                    # chunk just computed goes back to its own message: see the module's docstring).
+                    reports.append(self._collect(pending, webhooks))
+                # The write goes to a thread of its own, so that the next chunk's claim, read and work overlap it;
+                # the wait for the previous write is not this chunk's time.
+                pending = _Write(self, run, outcomes, job_error, waited=time.perf_counter() - ended)
+                # Only after a run that ran whole: a cancelled or handed-back one ends the message's work.
+                finished = job_error is None and all(
+                    len(out) == len(c.indices) and all(o is not None for o in out)
+                    for c, out in zip(run.claims, outcomes, strict=True)
+                )
+                run = None
+                if finished and self._may_continue(began, continued):
+                    run = self._claim_next(pending.run.claims[0], lead_key, since=ended)
+                    continued += 1
+            assert pending is not None  # the loop ran once at least
+            reports.append(self._collect(pending, webhooks))
+        finally:
+            if pending is not None:
+                # Leaving early (an exception in the next chunk's claim or run): the write in flight still ends
+                # before this delivery does, whatever it came to.
+                pending.wait()
+        # The delivery's report is its own chunk's, with the webhooks of every job the continuation ended.
+        report = reports[0]
+        report.webhooks = webhooks
+        return report
+
+    def _collect(self, write: _Write, webhooks: list[str]) -> ChunkReport:
+        """Wait for a run's write, log and count what it stored, and add the webhooks it recorded to ``webhooks``."""
+        run, written, seconds = write.join()
+        webhooks += written.webhooks
+        return self._stored(run, written, seconds)
+
+    def _may_continue(self, began: float, continued: int) -> bool:
+        """Whether this message runs one more chunk: within its bounds (`Settings.continue_chunks`,
+        `Settings.continue_seconds`), and not while the worker shuts down."""
+        return (
+            continued < self.settings.continue_chunks
+            and time.monotonic() - began < self.settings.continue_seconds
+            and not self.stopping()
+        )
+
+    def _claim_next(self, lead: Claim, leader: str, since: float) -> _Run | None:
+        """The continuation's next chunk (`claim_next`), claimed in its own transaction on a clock of its own,
+        whose ``gap`` is the time since the previous chunk's work ended (``since``, `time.perf_counter`)."""
+        clock = StageClock()
+        clock.add("gap", clock.started - since)
+        try:
+            with self.sessions.begin() as session:
+                claim = claim_next(
+                    session,
+                    lead,
+                    worker=self.worker,
+                    lease_seconds=self.settings.lease_seconds,
+                    leader=leader,
+                    # Under the dispatcher, only chunks it released, in its order: a continuation keeps the fair
+                    # order and the caps, as a batch does.
+                    released_only=self.settings.fair_dispatch,
+                    clock=clock,
+                )
+        except DatabaseUnavailable as exc:
+            # Nothing was claimed (the transaction rolled back): the continuation ends, the run in hand is stored.
+            log.warning("job %s chunk %d: next chunk not claimed (%s)", lead.job_id, lead.seq, exc.message)
+            return None
+        if claim is None:
+            return None
+        clock.lap("claim")
+        metrics.chunk_claimed([claim])
+        return _Run([claim], clock, continues=leader)
+
+    def _stored(self, run: _Run, written: Written, seconds: float) -> ChunkReport:
+        """Log a run's stored chunk (``seconds``: its own time, from its start to its commit) and count it."""
+        claims, clock = run.claims, run.clock
         lead, *mates = written.chunks
-        seconds = clock.wall()
+        job_id, seq = claims[0].job_id, claims[0].seq
         if lead.complete:
             outcome = ChunkOutcome.DONE
         else:
@@ -169,6 +253,8 @@ class Runner:
             if mates
             else ""
         )
+        if run.continues is not None:
+            batch += f", continuing chunk {run.continues}'s message"
         log.info(
             "job %s chunk %d: %s, %d succeeded, %d failed in %.2fs%s; %s",
             job_id,
@@ -182,6 +268,7 @@ class Runner:
             extra={
                 **chunk_fields(claims[0], outcome, lead.succeeded, lead.failed, seconds, len(mates)),
                 "stages_ms": {k: round(1000 * v, 3) for k, v in clock.seconds.items()},
+                **({"continues": run.continues} if run.continues is not None else {}),
             },
         )
         return ChunkReport(
@@ -192,7 +279,6 @@ class Runner:
             lead.failed,
             seconds,
             len(mates),
-            webhooks=written.webhooks,
             stages=dict(clock.seconds),
             spans=dict(clock.spans),
         )
@@ -283,6 +369,61 @@ class Runner:
             split.append(flat[at : at + len(c.inputs)])
             at += len(c.inputs)
         return split, None
+
+
+@dataclass
+class _Run:
+    """A claimed chunk (with its batch-mates) on its own stage clock."""
+
+    claims: list[Claim]
+    clock: StageClock
+    #: The chunk whose message runs this one after its own (`Runner._claim_next`); ``None``: its own message.
+    continues: str | None = None
+
+
+class _Write:
+    """A run's `Runner._write`, in a thread of its own (its own session), while the continuation claims and runs
+    the next chunk. `join` returns what it stored and the run's own seconds, or raises what it raised."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        run: _Run,
+        outcomes: list[list[Outcome | None]],
+        job_error: InferqError | None,
+        *,
+        waited: float,
+    ) -> None:
+        self.run = run
+        #: Seconds the run waited, its work done, for the previous run's write: not part of its own time.
+        self._waited = waited
+        self._seconds = 0.0
+        self._written: Written | None = None
+        self._error: BaseException | None = None
+        # The write's time starts here: the thread's start (its wait for the interpreter's lock while the next
+        # chunk's claim runs) is part of it.
+        run.clock.skip()
+        self._thread = threading.Thread(
+            target=self._body, args=(runner, outcomes, job_error), name="inferq-write", daemon=True
+        )
+        self._thread.start()
+
+    def _body(self, runner: Runner, outcomes: list[list[Outcome | None]], job_error: InferqError | None) -> None:
+        try:
+            self._written = runner._write(self.run.claims, outcomes, job_error, self.run.clock)
+            self._seconds = self.run.clock.wall() - self._waited
+        except BaseException as exc:  # handed to the joining thread, which raises it
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def join(self) -> tuple[_Run, Written, float]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._written is not None
+        return self.run, self._written, self._seconds
 
 
 class LeaseKeeper:

@@ -517,8 +517,83 @@ def claim_mates(
         taken.append(key)
         waiting_since[key] = candidate.enqueued_at or candidate.created_at
         items += candidate.stop - candidate.start
+    return _lease_and_read(
+        session, lead, waiting_since, worker=worker, lease_seconds=lease_seconds, leader=lead.key, clock=clock
+    )
+
+
+def claim_next(
+    session: Session,
+    lead: Claim,
+    *,
+    worker: str,
+    lease_seconds: int,
+    leader: str,
+    released_only: bool = False,
+    clock: Laps | None = None,
+) -> Claim | None:
+    """Lease the next chunk that ``lead``'s message may run after ``lead`` (the continuation, `worker.runner`), with
+    its unfinished items; ``None`` when there is none. The next is a queued chunk never tried before, of a job with
+    ``lead``'s batch key (the same task, model and parameters; without a key, ``lead``'s job only) on ``lead``'s
+    queue: under ``released_only`` (the dispatcher's fair order) the first the dispatcher released, else the oldest
+    job's first. Its row is locked with ``SKIP LOCKED``, so that concurrent workers take different ones.
+
+    The chunk is leased as a batch-mate is (``leader``: the chunk whose message runs it), so that its own message,
+    still on the broker, claims nothing: delivered while the chunk runs it is deferred (`ChunkOutcome.DEFERRED`),
+    after its write it is skipped. Were the leading message's worker to die, the leader's redelivery releases the
+    chunk, or its lease runs out, and its own message runs it again: exactly the batch-mate's story."""
+    released: tuple[ColumnElement[bool], ...] = (Chunk.enqueued_at.is_not(None),) if released_only else ()
+    order = (Chunk.enqueued_at, Chunk.job_id, Chunk.seq) if released_only else (Job.created_at, Chunk.job_id, Chunk.seq)
+    same = Job.batch_key == lead.batch_key if lead.batch_key is not None else Job.id == lead.job_id
+    row = (
+        session.connection()
+        .execute(
+            select(Chunk.job_id, Chunk.seq, Chunk.enqueued_at, Job.created_at)
+            .join(Job, Job.id == Chunk.job_id)
+            .where(
+                same,
+                Job.state.in_(UNFINISHED_JOB_STATES),
+                Job.task == lead.task.value,
+                Job.model == lead.model,
+                Job.queue == lead.queue,
+                Chunk.state == ChunkState.QUEUED,
+                # A chunk tried before runs alone, from its own message: whatever killed a worker once takes no
+                # continuation down with it.
+                Chunk.attempts == 0,
+                *released,
+            )
+            .order_by(*order)
+            .limit(1)
+            .with_for_update(of=Chunk, skip_locked=True)
+        )
+        .one_or_none()
+    )
+    if row is None:
+        return None
+    waiting_since = {(row.job_id, row.seq): row.enqueued_at or row.created_at}
+    claims = _lease_and_read(
+        session, lead, waiting_since, worker=worker, lease_seconds=lease_seconds, leader=leader, clock=clock
+    )
+    return claims[0]
+
+
+def _lease_and_read(
+    session: Session,
+    lead: Claim,
+    waiting_since: dict[tuple[str, int], dt.datetime | None],
+    *,
+    worker: str,
+    lease_seconds: int,
+    leader: str,
+    clock: Laps | None,
+) -> list[Claim]:
+    """Lease the chunks ``waiting_since`` names (locked by this transaction, never tried before, of jobs sharing
+    ``lead``'s batch key) to this worker under ``leader``, start their jobs, and read their unfinished items: one
+    `Claim` each, in the order given."""
+    taken = list(waiting_since)
     if not taken:
         return []
+    conn = session.connection()
     now = utcnow()
     conn.execute(
         update(Chunk)
@@ -528,7 +603,7 @@ def claim_mates(
             attempts=Chunk.attempts + 1,
             lease_until=now + dt.timedelta(seconds=lease_seconds),
             worker=worker,
-            leader=lead.key,
+            leader=leader,
         )
     )
     start_jobs(session, sorted({j for j, _ in taken}), now)

@@ -15,7 +15,12 @@ from worker.runner import Runner
 
 @pytest.fixture
 def settings(migrated_postgres: str, registry_json: str) -> Settings:
-    return Settings(database_url=migrated_postgres, models=json.loads(registry_json), max_batch_tokens=1024)
+    """One message runs one chunk (no continuation): each test says which chunks run, and chunks other tests left
+    queued in the shared database stay where they are. The continuation has tests of its own
+    (`tests.worker.test_continuation`)."""
+    return Settings(
+        database_url=migrated_postgres, models=json.loads(registry_json), max_batch_tokens=1024, continue_chunks=0
+    )
 
 
 @pytest.fixture

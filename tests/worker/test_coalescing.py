@@ -34,9 +34,14 @@ MODEL = "cls-distilbert"
 @pytest.fixture
 def settings(migrated_postgres: str, registry_json: str) -> Settings:
     """Chunks sent at submit (``direct``), as this protocol's story has it: any queued chunk may be a batch-mate.
-    Under the dispatcher (``fair``) only released ones may (`test_under_the_dispatcher_only_released_chunks_*`)."""
+    Under the dispatcher (``fair``) only released ones may (`test_under_the_dispatcher_only_released_chunks_*`).
+    A message runs its own batch only (no continuation: `tests.worker.test_continuation`)."""
     return Settings(
-        database_url=migrated_postgres, models=json.loads(registry_json), max_batch_tokens=1024, dispatch="direct"
+        database_url=migrated_postgres,
+        models=json.loads(registry_json),
+        max_batch_tokens=1024,
+        dispatch="direct",
+        continue_chunks=0,
     )
 
 
@@ -283,7 +288,7 @@ def test_small_jobs_share_a_batch_on_the_embedded_sqlite_database(
     import json
 
     # Given one-item jobs in the embedded default's SQLite database (no row locks there: the database is the lock)
-    settings = Settings(database_url=sqlite_settings.database_url, models=json.loads(registry_json))
+    settings = Settings(database_url=sqlite_settings.database_url, models=json.loads(registry_json), continue_chunks=0)
     engine = make_engine(settings)
     lite = Runner(settings, make_sessionmaker(engine), ModelCache(settings), worker="lite")
     texts = list(corpus()[800:812])
