@@ -38,7 +38,7 @@ import json
 import logging
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, NamedTuple, Protocol
@@ -548,7 +548,7 @@ def claim_next(
     row = (
         session.connection()
         .execute(
-            select(Chunk.job_id, Chunk.seq, Chunk.enqueued_at, Job.created_at)
+            select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop, Chunk.enqueued_at, Job.created_at)
             .join(Job, Job.id == Chunk.job_id)
             .where(
                 same,
@@ -572,7 +572,15 @@ def claim_next(
         return None
     waiting_since = {(row.job_id, row.seq): row.enqueued_at or row.created_at}
     claims = _lease_and_read(
-        session, lead, waiting_since, worker=worker, lease_seconds=lease_seconds, leader=leader, clock=clock
+        session,
+        lead,
+        waiting_since,
+        worker=worker,
+        lease_seconds=lease_seconds,
+        leader=leader,
+        clock=clock,
+        # The chunk's own range bounds its read: the next chunk of a big job must not look at every result of it.
+        read=lambda s, _: {(row.job_id, row.seq): _read_range(s, row.job_id, row.start, row.stop)},
     )
     return claims[0]
 
@@ -586,10 +594,11 @@ def _lease_and_read(
     lease_seconds: int,
     leader: str,
     clock: Laps | None,
+    read: _ReadChunks | None = None,
 ) -> list[Claim]:
     """Lease the chunks ``waiting_since`` names (locked by this transaction, never tried before, of jobs sharing
-    ``lead``'s batch key) to this worker under ``leader``, start their jobs, and read their unfinished items: one
-    `Claim` each, in the order given."""
+    ``lead``'s batch key) to this worker under ``leader``, start their jobs, and read their unfinished items (with
+    ``read``, else `_read_mates`): one `Claim` each, in the order given."""
     taken = list(waiting_since)
     if not taken:
         return []
@@ -609,7 +618,8 @@ def _lease_and_read(
     start_jobs(session, sorted({j for j, _ in taken}), now)
     if clock is not None:
         clock.lap("claim")
-    read = _read_mates_aggregated if dialect_of(session) is Dialect.POSTGRESQL else _read_mates
+    if read is None:
+        read = _read_mates_aggregated if dialect_of(session) is Dialect.POSTGRESQL else _read_mates
     found = read(session, taken)
     if clock is not None:
         clock.lap("read")
@@ -631,6 +641,31 @@ def _lease_and_read(
     for key, (indices, inputs) in found.items():
         by_chunk[key].indices, by_chunk[key].inputs = indices, inputs
     return list(by_chunk.values())
+
+
+#: How `_lease_and_read` reads the unfinished items of the chunks it leased: by chunk, their indices and inputs.
+_ReadChunks = Callable[[Session, list[tuple[str, int]]], dict[tuple[str, int], tuple[list[int], list[Any]]]]
+
+
+def _read_range(session: Session, job_id: str, start: int, stop: int) -> tuple[list[int], list[Any]]:
+    """The unfinished items of one chunk (``start <= index < stop`` of ``job_id``): their indices and inputs in
+    index order, the results looked at bounded to the same range (`unfinished_items`). On PostgreSQL one row, the
+    items aggregated as the claim's statement aggregates them (`decode_inputs`)."""
+    within = (Item.job_id == job_id, Item.index >= start, Item.index < stop)
+    unfinished = unfinished_items(Result.index >= start, Result.index < stop)
+    conn = session.connection()
+    if dialect_of(session) is Dialect.POSTGRESQL:
+        row = conn.execute(
+            select(
+                func.array_agg(aggregate_order_by(Item.index, Item.index)).label("indices"),
+                cast(func.json_agg(aggregate_order_by(Item.input, Item.index)), Text).label("inputs"),
+            ).where(*within, unfinished)
+        ).one()
+        return list(row.indices or []), decode_inputs(row.inputs) if row.inputs is not None else []
+    rows = conn.execute(
+        select(Item.index.label("item_index"), Item.input).where(*within, unfinished).order_by(Item.index)
+    ).all()
+    return [r.item_index for r in rows], [r.input for r in rows]
 
 
 def _read_mates(session: Session, taken: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[list[int], list[Any]]]:
