@@ -24,6 +24,17 @@ message is still on the broker, and stays responsible for it:
 
 Only chunks never tried before join a batch, and a leader on its second attempt runs alone: a chunk that kills
 its worker takes no batch-mate down with it twice.
+
+Continuation. Once a chunk's forward is done, its message goes on with the next chunk (`claim_next`: a queued
+chunk never tried before, of the same batch key and queue; under the dispatcher only a released one, in release
+order) instead of waiting for the broker, which delivers the next message only after this one is acknowledged,
+after the commit. The previous chunk's write runs in a thread of its own (`_Write`, its own session) while the next
+chunk is read, tokenized and run; one write is in flight at a time, joined before the next one starts. Bounded by
+``INFERQ_CONTINUE_CHUNKS`` and ``INFERQ_CONTINUE_SECONDS``, and ended by a warm shutdown, a cancel or a hand-back. A
+continued chunk is leased as a batch-mate, led by the message's chunk, and its own message stays responsible for it
+exactly as a batch-mate's does (deferred while it runs, skipped once done, released by the leader's redelivery, or
+run again once its lease has passed). A failed write ends the message with that failure (the task retries it); the
+chunk computed meanwhile is stored by nobody and goes back to its own message.
 """
 
 from __future__ import annotations
