@@ -59,8 +59,9 @@ def test_one_message_runs_the_chunks_after_its_own_each_claimed_once(
 def test_a_pool_process_killed_mid_continuation_loses_and_repeats_nothing(
     tmp_path: Path, env_for: EnvFor, record: Record
 ) -> None:
-    # Given one worker of one pool process with short leases, and a job of three chunks of a couple of seconds each
-    env = env_for(lease_seconds=10)
+    # Given one worker of one pool process (leases of 30 s: the killed chunk's own message comes back well within
+    # one, after the pool process's restart), and a job of three chunks of a couple of seconds each
+    env = env_for(lease_seconds=30)
     log_path = tmp_path / "worker.log"
     with running_worker(env, log_path, "--models", "slow"), client_for(env) as client:
         job_id = client.submit("classification", "slow", sentences(3 * 150), chunk_size=150).job_id
