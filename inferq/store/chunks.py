@@ -120,7 +120,8 @@ class ItemOutcome(Protocol):
     result_text: str | None
 
     def values(self) -> tuple[Any, ...]:
-        """The item's columns this outcome sets, in `OUTCOME_COLUMNS` order."""
+        """The item's columns this outcome sets, in `OUTCOME_COLUMNS` order; the result may be ``None`` where
+        ``result_text`` holds it."""
         ...
 
 
@@ -775,6 +776,10 @@ def _result_row(job_id: str, index: int, attempts: int, outcome: ItemOutcome, no
     """One `WRITE_COLUMNS` row: the item's key, the outcome's columns (its state as the stored string), its attempts
     and when it ended."""
     state, result, *rest = outcome.values()
+    serialised = outcome.result_text
+    if result is None and serialised is not None:
+        # SQLAlchemy's JSON type serialises what it binds: the text read back serialises to itself.
+        result = json.loads(serialised)
     return (job_id, index, ItemState(state).value, result, *rest, attempts, now)
 
 
@@ -821,11 +826,13 @@ class _CopyBuffer:
         parts = self._parts
         for index, outcome in kept:
             state, result, label, score, answer, start, end, entities, vector, code, message = outcome.values()
-            if result is None:
+            serialised = outcome.result_text
+            if serialised is not None:
+                result_field = _text(serialised)
+            elif result is None:
                 result_field = _NULL
             else:
-                serialised = outcome.result_text
-                result_field = _text(_dumps(result) if serialised is None else serialised)
+                result_field = _text(_dumps(result))
             parts.append(
                 b"".join(
                     (
