@@ -212,10 +212,12 @@ class TokenClassificationEngine(Engine[TokenClassificationParams]):
 
     def _group_sub_entities(self, entities: list[dict[str, Any]]) -> dict[str, Any]:
         entity = entities[0]["entity"].split("-", 1)[-1]
-        scores = np.nanmean([e["score"] for e in entities])
+        # The mean of one score is that score (NaN included): numpy's nanmean and mean of a one-element list cost
+        # ~20 µs a group, most of token classification's postprocess where most groups are one token.
+        score = entities[0]["score"] if len(entities) == 1 else np.mean(np.nanmean([e["score"] for e in entities]))
         return {
             "entity_group": entity,
-            "score": np.mean(scores),
+            "score": score,
             "word": self.tokenizer.convert_tokens_to_string([e["word"] for e in entities]),
             "start": entities[0]["start"],
             "end": entities[-1]["end"],
