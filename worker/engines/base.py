@@ -49,7 +49,8 @@ class Outcome:
 
     An engine that serialises a whole chunk's results in one pass (`worker.engines.columnar`) gives each item its
     ``result_text`` alone: ``result`` is then read from that text only when asked for (a parity test, the SQLite
-    write), never on PostgreSQL's write path, which stores the text as it is."""
+    write), never on PostgreSQL's write path, which stores the text as it is. Written out rather than a dataclass
+    for that property; slotted, one being made for every item of every chunk."""
 
     __slots__ = (
         "_result",
@@ -107,7 +108,7 @@ class Outcome:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Outcome):
             return NotImplemented
-        return self.error is other.error and self.values() == other.values()
+        return self.error is other.error and self.columns() == other.columns()
 
     __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaced
 
