@@ -209,8 +209,22 @@ def dispatch_round(
     result = Round()
     now = utcnow()
     webhooks: list[str] = []
+
+    def read(
+        session: Session,
+    ) -> tuple[Sequence[store.JobChunks], list[store.JobChunks], dict[str, tuple[int, int | None]]]:
+        # One read for what waits in SQL and what is in flight (the latter read even when nothing waits, for the
+        # dispatcher's row); the tenants' shares only for tenants with something to release.
+        counts = store.chunk_counts(session)
+        pending = [c for c in counts if c.unreleased and (c.deadline_at is None or as_utc(c.deadline_at) > now)]
+        shares = store.tenant_shares(session, sorted({p.tenant for p in pending})) if pending else {}
+        return counts, pending, shares
+
     with sessions() as session:
+        # The deadlines and the chunks in one session (one connection from the pool); read again after an expiry.
         due = list(store.past_deadline(session, now))
+        if not due:
+            counts, pending, shares = read(session)
     for job_id in due:
         with sessions.begin() as session:
             if end_job(session, job_id, JobState.EXPIRED, now):
@@ -225,12 +239,9 @@ def dispatch_round(
     if webhooks:
         send_deliveries(celery, settings, webhooks)
 
-    with sessions() as session:
-        # One read for what waits in SQL and what is in flight (the latter read even when nothing waits, for the
-        # dispatcher's row); the tenants' shares only for tenants with something to release.
-        counts = store.chunk_counts(session)
-        pending = [c for c in counts if c.unreleased and (c.deadline_at is None or as_utc(c.deadline_at) > now)]
-        shares = store.tenant_shares(session, sorted({p.tenant for p in pending})) if pending else {}
+    if due:
+        with sessions() as session:
+            counts, pending, shares = read(session)
     waiting_on: Counter[str] = Counter()
     running_on: Counter[str] = Counter()
     tenant_flight: Counter[str] = Counter()
