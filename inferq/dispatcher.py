@@ -385,6 +385,8 @@ class Dispatcher:
         #: Rounds run and notifications that woke one, while this process led (for tests and logs).
         self.rounds = 0
         self.wakes = 0
+        #: The lock's connection has just delivered a notification: alive, no need to ask it again.
+        self._heard = False
 
     def start(self) -> None:
         if self._thread is not None:
@@ -445,6 +447,7 @@ class Dispatcher:
                 return
             if woken:
                 self.wakes += 1
+                self._heard = True
                 return
 
     def _publish(self, done: Round) -> None:
@@ -475,6 +478,10 @@ class Dispatcher:
     def _lead(self) -> bool:
         """Whether this process leads now: it holds the lock on a live connection, or has just taken it."""
         try:
+            if self._lock_conn is not None and self._heard:
+                # PostgreSQL spoke on it a moment ago (a notification): a woken round spares the round trips.
+                self._heard = False
+                return True
             if self._lock_conn is not None:
                 leader_alive(self._lock_conn)
                 self._lock_conn.commit()
@@ -518,5 +525,6 @@ class Dispatcher:
             with contextlib.suppress(Exception), self.sessions.begin() as session:
                 store.forget_leader(session, self.name)  # else it reads as leading until it is stale
         self._said = None
+        self._heard = False
         self.state.leader, self.state.leader_since = False, None
         metrics.dispatcher_leads(False)
