@@ -66,7 +66,7 @@ from inferq.errors import InferqError
 from inferq.schema import Chunk, Item, Job, Result, as_utc, utcnow
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.store.dialect import Dialect, dialect_of
-from inferq.store.dispatch import DISPATCH_CHANNEL
+from inferq.store.dispatch import DISPATCH_CHANNEL, wake_dispatcher
 from inferq.store.locks import lock_chunks
 from inferq.store.outbox import record_job_ends
 from inferq.task_specs import TaskName, TaskParams, read_params
@@ -604,6 +604,10 @@ def claim_next(
         # The chunk's own range bounds its read: the next chunk of a big job must not look at every result of it.
         read=lambda s, _: {(row.job_id, row.seq): _read_range(s, row.job_id, row.start, row.stop)},
     )
+    if released_only:
+        # A released chunk left its queue's window: the dispatcher's leader may release the next one, and is woken
+        # at commit, as by `claim_chunk`.
+        wake_dispatcher(session)
     return claims[0]
 
 
