@@ -34,9 +34,9 @@ def continued_chunks(log: str, job_id: str) -> list[int]:
 def test_one_message_runs_the_chunks_after_its_own_each_claimed_once(
     tmp_path: Path, env_for: EnvFor, record: Record, dispatch: str
 ) -> None:
-    # Given one worker of one pool process, and a job of five chunks (every message sent at submit, or released by
+    # Given one worker of one pool process with the continuation on, and a job of five chunks (every message sent at submit, or released by
     # the dispatcher as it goes)
-    env = env_for(dispatch=dispatch)
+    env = env_for(dispatch=dispatch, continue_chunks=64)
     log_path = tmp_path / "worker.log"
     with running_worker(env, log_path, "--models", "slow"), client_for(env) as client:
         # When the job runs
@@ -61,7 +61,7 @@ def test_a_pool_process_killed_mid_continuation_loses_and_repeats_nothing(
 ) -> None:
     # Given one worker of one pool process (leases of 30 s: the killed chunk's own message comes back well within
     # one, after the pool process's restart), and a job of three chunks of a couple of seconds each
-    env = env_for(lease_seconds=30)
+    env = env_for(lease_seconds=30, continue_chunks=64)
     log_path = tmp_path / "worker.log"
     with running_worker(env, log_path, "--models", "slow"), client_for(env) as client:
         job_id = client.submit("classification", "slow", sentences(3 * 150), chunk_size=150).job_id

@@ -33,12 +33,12 @@ def queue() -> str:
 
 
 def continuing(runner: Runner, **settings: Any) -> Runner:
-    """``runner`` with the continuation on (the default bounds unless ``settings`` say otherwise), chunks sent at
+    """``runner`` with the continuation on (up to 64 chunks, the default seconds, unless ``settings`` say otherwise), chunks sent at
     submit (``direct``) unless ``settings`` say ``fair``, and no coalescing (these chunks are small: a batch would
     take other jobs' chunks, and the continuation's story is told alone)."""
     base = Settings.model_fields
     update = {
-        "continue_chunks": base["continue_chunks"].default,
+        "continue_chunks": 64,
         "continue_seconds": base["continue_seconds"].default,
         "dispatch": "direct",
         "coalesce_items": 0,
