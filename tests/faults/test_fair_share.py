@@ -33,6 +33,17 @@ CHUNK = 60
 #: What a dispatcher logs when its worker takes the lead.
 LEADS = "dispatcher: this worker leads"
 
+#: Seconds the batch-mates test waits for its twenty one-chunk jobs (a few seconds each on a quiet machine).
+ALL_JOBS_TIMEOUT = 300
+
+
+@pytest.fixture
+def migrated_postgres(own_postgres: str) -> str:
+    """A database of each test's own: a leader dispatches every job of its database, and a tenant's cap counts its
+    chunks in flight on every queue, so an earlier test's unfinished job of the same tenant (its chunks released to
+    a queue no worker consumes any more) would hold a capped tenant back for good."""
+    return own_postgres
+
 
 def test_a_small_job_of_another_tenant_runs_within_two_chunks_of_a_big_one(
     tmp_path: Path, env_for: EnvFor, record: Record
@@ -139,8 +150,11 @@ def test_batch_mates_are_only_chunks_the_dispatcher_released(
         # When the worker runs them
         alpha_in_flight: list[int] = []
         batch_sizes: list[int] = []
-        with running_worker(env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "1"):
+        log_path = tmp_path / "worker.log"
+        deadline = time.monotonic() + ALL_JOBS_TIMEOUT
+        with running_worker(env, log_path, "--models", "slow", "--concurrency", "1"):
             while not all(record.job(j).state.finished for j in every):
+                assert time.monotonic() < deadline, stuck(record, every, log_path)
                 with Session(record.engine) as session:
                     alpha_in_flight.append(
                         session.query(Chunk)
@@ -168,3 +182,18 @@ def test_batch_mates_are_only_chunks_the_dispatcher_released(
     # And the dispatcher's count of what is in flight went back to nothing
     with Session(record.engine) as session:
         assert not [row for row in in_flight(session) if row.queue == queue_name]
+
+
+def stuck(record: Record, jobs: list[str], log_path: Path) -> str:
+    """Why jobs did not finish: each unfinished job's chunks by state (released or not), and the worker's log."""
+    lines = [f"jobs not finished after {ALL_JOBS_TIMEOUT}s:"]
+    for job_id in jobs:
+        job = record.job(job_id)
+        if not job.state.finished:
+            chunks = [
+                f"{c.seq}:{c.state.value}{'' if c.enqueued_at is None else '+released'} x{c.attempts}"
+                for c in record.chunks(job_id)
+            ]
+            lines.append(f"  {job_id} ({job.tenant}, {job.state.value}): {', '.join(chunks)}")
+    lines.append(log_path.read_text(errors="replace")[-6_000:])
+    return "\n".join(lines)
