@@ -89,9 +89,16 @@ MAX_DEADLINE_SECONDS = 365 * 86400
 #: that consume a queue (``INFERQ_DISPATCH_WINDOW``).
 DEFAULT_DISPATCH_WINDOW = 16
 
-#: Seconds between two rounds of the dispatcher while nothing changes: it releases chunks as workers claim them, so
-#: a round costs a few indexed queries and a worker idles at most this long when the window ran dry.
+#: Seconds between two rounds of the dispatcher while a tenant's chunks are held back by its cap
+#: (``max_chunks_in_flight``): the end of a chunk, which gives a capped tenant room, wakes nobody (a notification per
+#: chunk written would cost every worker's write for the rare capped tenant), so the leader looks this often.
 DEFAULT_DISPATCH_INTERVAL = 0.2
+
+#: Seconds the dispatcher's leader sleeps when nothing wakes it (`inferq.dispatcher`): what it is woken for (a
+#: submit, a claim, a cancel, a share set) comes by PostgreSQL's ``NOTIFY``; this heartbeat catches what no
+#: notification says (a deadline passed, a notification sent before this leader listened) and rewrites the
+#: dispatcher's row, which must stay younger than `DISPATCH_STATE_STALE_SECONDS`.
+DEFAULT_DISPATCH_HEARTBEAT = 1.0
 
 #: Seconds the dispatcher's followers wait between two tries at the leader's lock: a leader that died (its
 #: connection closed, so PostgreSQL let its lock go) is replaced within this, far within a lease.

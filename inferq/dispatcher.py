@@ -25,6 +25,16 @@ keeps the fair order in one place; it is not what keeps a chunk from being sent 
 conditional UPDATE of its row, locked until the broker took its message (`inferq.store.dispatch`), so two leaders
 at once (a leader whose connection was cut while it sent) still release each chunk once.
 
+**Woken, not polling.** The leader ``LISTEN``s on its lock's connection, and what changes its next plan sends a
+PostgreSQL ``NOTIFY`` in the transaction that makes the change (`inferq.store.dispatch`): a submit, a worker's claim
+of a released chunk (room in the window), a job ended early, a tenant's share set. A notification wakes it for a
+round (a burst of them, one round), and otherwise it sleeps a heartbeat (``INFERQ_DISPATCH_HEARTBEAT``, 1 s): an idle
+leader costs a round a second, not five. The heartbeat catches what no notification says: a deadline passed, a
+notification sent while no leader listened (a leader that took the lock after it, which also runs a round at once),
+a chunk given back to SQL by the reconciler. The end of a chunk wakes nobody (a notification per chunk written would
+cost every worker for the rare capped tenant), so while a tenant's cap holds chunks back the leader looks every
+``INFERQ_DISPATCH_INTERVAL`` (0.2 s), as it did for everything before.
+
 **Sent, then committed.** A round marks its chunks released in a transaction, sends their messages, and commits.
 A leader that dies between the send and the commit leaves them unreleased and the next leader sends them again: a
 duplicate message, which a claim makes harmless (a chunk running or done claims nothing). The other order could
@@ -69,10 +79,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The longest the leader waits for a notification before it looks whether it was asked to stop.
+_WAIT_SLICE_SECONDS = 0.5
+
 
 @dataclass(frozen=True)
 class Waiting:
-    """A job with chunks the dispatcher may release (`inferq.store.dispatch.pending_jobs`)."""
+    """A job with chunks the dispatcher may release (`inferq.store.dispatch.chunk_counts`)."""
 
     job_id: str
     tenant: str
@@ -151,6 +164,13 @@ class Round:
     released: list[tuple[str, str, int, str]] = field(default_factory=list)
     #: Each queue with chunks in flight or held back, after the round (`QueueState`).
     queues: dict[str, QueueState] = field(default_factory=dict)
+    #: It released fewer chunks than it planned (some were locked by another transaction).
+    short: bool = False
+
+    @property
+    def capped(self) -> bool:
+        """Chunks wait for their tenant's cap: the end of a running chunk, which wakes nobody, lets them go."""
+        return any(state.held_by_cap for state in self.queues.values())
 
 
 @dataclass
@@ -189,8 +209,22 @@ def dispatch_round(
     result = Round()
     now = utcnow()
     webhooks: list[str] = []
+
+    def read(
+        session: Session,
+    ) -> tuple[Sequence[store.JobChunks], list[store.JobChunks], dict[str, tuple[int, int | None]]]:
+        # One read for what waits in SQL and what is in flight (the latter read even when nothing waits, for the
+        # dispatcher's row); the tenants' shares only for tenants with something to release.
+        counts = store.chunk_counts(session)
+        pending = [c for c in counts if c.unreleased and (c.deadline_at is None or as_utc(c.deadline_at) > now)]
+        shares = store.tenant_shares(session, sorted({p.tenant for p in pending})) if pending else {}
+        return counts, pending, shares
+
     with sessions() as session:
+        # The deadlines and the chunks in one session (one connection from the pool); read again after an expiry.
         due = list(store.past_deadline(session, now))
+        if not due:
+            counts, pending, shares = read(session)
     for job_id in due:
         with sessions.begin() as session:
             if end_job(session, job_id, JobState.EXPIRED, now):
@@ -205,16 +239,13 @@ def dispatch_round(
     if webhooks:
         send_deliveries(celery, settings, webhooks)
 
-    with sessions() as session:
-        pending = store.pending_jobs(session, now)
-        # Read even when nothing waits in SQL (then only released chunks are queued: a window's worth), for the
-        # dispatcher's row.
-        flight = store.in_flight(session)
-        shares = store.tenant_shares(session, sorted({p.tenant for p in pending}))
+    if due:
+        with sessions() as session:
+            counts, pending, shares = read(session)
     waiting_on: Counter[str] = Counter()
     running_on: Counter[str] = Counter()
     tenant_flight: Counter[str] = Counter()
-    for row in flight:
+    for row in counts:
         waiting_on[row.queue] += int(row.waiting or 0)
         running_on[row.queue] += int(row.running or 0)
         tenant_flight[row.tenant] += int(row.waiting or 0) + int(row.running or 0)
@@ -232,6 +263,7 @@ def dispatch_round(
         tenant_of[p.id] = p.tenant
 
     plans: list[tuple[str, list[str]]] = []
+    planned = 0
     for queue in sorted(by_queue):
         room = window - waiting_on[queue]
         if room <= 0:
@@ -242,6 +274,7 @@ def dispatch_round(
             if headroom.get(tenant) is not None:
                 headroom[tenant] = (headroom[tenant] or 0) - 1
         plans.append((queue, picked))
+        planned += len(picked)
     if not any(picked for _, picked in plans):
         result.queues = _queue_states(window, waiting_on, running_on, pending, headroom, result.released)
         return result
@@ -260,6 +293,8 @@ def dispatch_round(
             for queue, job_id, seq, _ in sends:
                 celery.send_task(RUN_CHUNK, args=[job_id, seq], queue=queue, producer=producer)
         result.released = sends
+        # Chunks another transaction held (a cancel locking its job's chunks) were skipped: look again at once.
+        result.short = len(sends) < planned
     # Committed: the chunks are released. Dying before this line left them unreleased, to be sent again.
     result.queues = _queue_states(window, waiting_on, running_on, pending, headroom, result.released)
     return result
@@ -269,7 +304,7 @@ def _queue_states(
     window: int,
     waiting_on: Mapping[str, int],
     running_on: Mapping[str, int],
-    pending: Sequence[store.PendingJob],
+    pending: Sequence[store.JobChunks],
     headroom: Mapping[str, int | None],
     released: Sequence[tuple[str, str, int, str]],
 ) -> dict[str, QueueState]:
@@ -325,9 +360,11 @@ class DispatcherState:
 
 class Dispatcher:
     """A daemon thread of a worker's main process: tries for the leader's lock every
-    `DISPATCH_LEADER_RETRY_SECONDS`, and while it holds it runs `dispatch_round` every
-    ``settings.dispatch_interval`` seconds (at once again after a round that released chunks). Failures are logged
-    and retried; a lost connection gives the lead up."""
+    `DISPATCH_LEADER_RETRY_SECONDS`, and while it holds it runs `dispatch_round` when woken by a notification on
+    the lock's connection (`inferq.store.dispatch.wait_for_wake`), else every ``settings.dispatch_heartbeat``
+    seconds; every ``settings.dispatch_interval`` while a tenant's cap holds chunks back, and at once again after a
+    round that released fewer chunks than it planned. Failures are logged and retried; a lost connection gives the
+    lead up."""
 
     def __init__(self, settings: Settings, engine: Engine, sessions: sessionmaker[Session], celery: Celery) -> None:
         self.settings = settings
@@ -345,6 +382,11 @@ class Dispatcher:
         #: heartbeat later.
         self._said: tuple[Any, ...] | None = None
         self._said_at = 0.0
+        #: Rounds run and notifications that woke one, while this process led (for tests and logs).
+        self.rounds = 0
+        self.wakes = 0
+        #: The lock's connection has just delivered a notification: alive, no need to ask it again.
+        self._heard = False
 
     def start(self) -> None:
         if self._thread is not None:
@@ -352,7 +394,9 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._loop, name="inferq-dispatcher", daemon=True)
         self._thread.start()
         log.info(
-            "dispatcher: window %d per queue, every %ss", self.settings.dispatch_window, self.settings.dispatch_interval
+            "dispatcher: window %d per queue, woken by PostgreSQL's notifications, else every %ss",
+            self.settings.dispatch_window,
+            self.settings.dispatch_heartbeat,
         )
 
     def stop(self, *, wait: bool = True, timeout: float = 10.0) -> None:
@@ -369,6 +413,7 @@ class Dispatcher:
                 continue
             try:
                 done = dispatch_round(self.settings, self.sessions, self.celery, self.fair)
+                self.rounds += 1
                 self.state.last_round = utcnow()
                 self.state.released += len(done.released)
                 metrics.chunks_dispatched(done.released)
@@ -381,14 +426,37 @@ class Dispatcher:
                 self.state.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("dispatcher: round failed: %s; trying again", self.state.last_error)
                 done = Round()
-            self._stop.wait(0 if done.released else self.settings.dispatch_interval)
+            if done.short:
+                continue
+            self._sleep(self.settings.dispatch_interval if done.capped else self.settings.dispatch_heartbeat)
+
+    def _sleep(self, seconds: float) -> None:
+        """Until a notification comes on the lock's connection (what came meanwhile, since the last round, counts:
+        PostgreSQL queued it), ``seconds`` pass, or the thread is asked to stop. Waited for in slices, so that a
+        stop is seen within one; a slice's wait is one ``poll`` of a socket, nothing on the database."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and self._lock_conn is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                woken = store.wait_for_wake(self._lock_conn, min(left, _WAIT_SLICE_SECONDS))
+            except Exception as exc:
+                log.warning("dispatcher: leader's connection lost while waiting: %s: %s", type(exc).__name__, exc)
+                self._give_up()
+                return
+            if woken:
+                self.wakes += 1
+                self._heard = True
+                return
 
     def _publish(self, done: Round) -> None:
         """Write the round into the dispatcher's row (`inferq.store.dispatch.record_round`) when what it says
         changed, or when the row is a heartbeat old: at most one statement a round."""
         queues = {queue: state.to_json() for queue, state in done.queues.items()}
         said = (self.state.leader_since, len(done.released), queues)
-        if said == self._said and time.monotonic() - self._said_at < DISPATCH_STATE_HEARTBEAT_SECONDS:
+        heartbeat = min(self.settings.dispatch_heartbeat, DISPATCH_STATE_HEARTBEAT_SECONDS)
+        if said == self._said and time.monotonic() - self._said_at < heartbeat:
             return
         assert self.state.leader_since is not None and self.state.last_round is not None
         self._said, self._said_at = said, time.monotonic()
@@ -410,6 +478,10 @@ class Dispatcher:
     def _lead(self) -> bool:
         """Whether this process leads now: it holds the lock on a live connection, or has just taken it."""
         try:
+            if self._lock_conn is not None and self._heard:
+                # PostgreSQL spoke on it a moment ago (a notification): a woken round spares the round trips.
+                self._heard = False
+                return True
             if self._lock_conn is not None:
                 leader_alive(self._lock_conn)
                 self._lock_conn.commit()
@@ -424,6 +496,14 @@ class Dispatcher:
             if not taken:
                 conn.close()
                 return False
+            try:
+                # Before the first round: a change committed from now on wakes this leader, and the first round
+                # sees every change committed before.
+                store.listen(conn)
+                conn.commit()
+            except Exception:
+                conn.close()
+                raise
             self._lock_conn = conn
             self.fair = FairShare()
             self.state.leader, self.state.leader_since = True, utcnow()
@@ -445,5 +525,6 @@ class Dispatcher:
             with contextlib.suppress(Exception), self.sessions.begin() as session:
                 store.forget_leader(session, self.name)  # else it reads as leading until it is stale
         self._said = None
+        self._heard = False
         self.state.leader, self.state.leader_since = False, None
         metrics.dispatcher_leads(False)

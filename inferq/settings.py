@@ -134,8 +134,11 @@ class Settings(BaseSettings):
     dispatch: Literal["fair", "direct"] = "fair"
     #: Messages the dispatcher keeps waiting on the broker per queue (`inferq.constants.DEFAULT_DISPATCH_WINDOW`).
     dispatch_window: int = Field(constants.DEFAULT_DISPATCH_WINDOW, ge=1)
-    #: Seconds between two rounds of the dispatcher.
+    #: Seconds between two rounds of the dispatcher while a tenant is held back by its cap
+    #: (`inferq.constants.DEFAULT_DISPATCH_INTERVAL`).
     dispatch_interval: float = Field(constants.DEFAULT_DISPATCH_INTERVAL, gt=0)
+    #: Seconds between two rounds of the dispatcher when nothing wakes it (`inferq.constants.DEFAULT_DISPATCH_HEARTBEAT`).
+    dispatch_heartbeat: float = Field(constants.DEFAULT_DISPATCH_HEARTBEAT, gt=0)
     max_text_chars: int = Field(constants.DEFAULT_MAX_TEXT_CHARS, ge=1)
     max_items: int = Field(constants.DEFAULT_MAX_ITEMS, ge=1)
     #: Worker device: ``cpu`` or ``cuda:N``.

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from inferq.errors import InvalidParameter
 from inferq.schema import Tenant
 from inferq.store import auth
+from inferq.store.dispatch import wake_dispatcher
 
 #: Bytes of a webhook signing key: 256 bits, as HMAC-SHA256 wants (the Standard Webhooks spec allows 24 to 64).
 WEBHOOK_SECRET_BYTES = 32
@@ -45,7 +46,8 @@ def set_share(
 ) -> Tenant:
     """Set the tenant's share of the workers (`inferq.dispatcher`): its ``weight`` (1 or more) and its cap on chunks
     in flight (``max_chunks_in_flight``, 1 or more; ``uncapped`` removes it); what is not given stays. The tenant
-    is made if it does not exist. Flushed in the caller's transaction."""
+    is made if it does not exist. Flushed in the caller's transaction, which wakes the dispatcher's leader when it
+    commits (a cap raised lets more of the tenant's chunks go at once)."""
     if weight is not None and weight < 1:
         raise InvalidParameter("weight must be 1 or more", field="weight")
     if max_chunks_in_flight is not None and max_chunks_in_flight < 1:
@@ -58,4 +60,5 @@ def set_share(
     elif max_chunks_in_flight is not None:
         row.max_chunks_in_flight = max_chunks_in_flight
     session.flush()
+    wake_dispatcher(session)
     return row

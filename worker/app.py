@@ -379,7 +379,9 @@ class WorkerState:
                 "a CPU" if is_accelerator(settings.device) else "an accelerator",
             )
         if settings.fair_dispatch and self._dispatcher is None:
-            self._dispatcher_engine = make_engine(settings)
+            # No ping before each connection a round takes from the pool (a fifth of an idle round's CPU): a round
+            # that meets a dropped connection fails, the pool starts afresh, and the next round runs again.
+            self._dispatcher_engine = make_engine(settings, pre_ping=False)
             self._dispatcher = Dispatcher(
                 settings,
                 self._dispatcher_engine,

@@ -201,7 +201,16 @@ class Runner:
         """The chunk and its batch-mates, claimed in one transaction; or why there is nothing to run."""
         lease_seconds = self.settings.lease_seconds
         with self.sessions.begin() as session:
-            claim = claim_chunk(session, job_id, seq, worker=self.worker, lease_seconds=lease_seconds, clock=clock)
+            claim = claim_chunk(
+                session,
+                job_id,
+                seq,
+                worker=self.worker,
+                lease_seconds=lease_seconds,
+                clock=clock,
+                # Under the dispatcher, a released chunk taken off the broker makes room in its window: say so.
+                wake_dispatcher=self.settings.fair_dispatch,
+            )
             if claim is ChunkOutcome.DEFERRED:
                 log.info("job %s chunk %d: running in another worker's batch; looking again later", job_id, seq)
             if not isinstance(claim, Claim):

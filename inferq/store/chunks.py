@@ -66,6 +66,7 @@ from inferq.errors import InferqError
 from inferq.schema import Chunk, Item, Job, Result, as_utc, utcnow
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.store.dialect import Dialect, dialect_of
+from inferq.store.dispatch import DISPATCH_CHANNEL
 from inferq.store.locks import lock_chunks
 from inferq.store.outbox import record_job_ends
 from inferq.task_specs import TaskName, TaskParams, read_params
@@ -120,7 +121,8 @@ class ItemOutcome(Protocol):
     result_text: str | None
 
     def values(self) -> tuple[Any, ...]:
-        """The item's columns this outcome sets, in `OUTCOME_COLUMNS` order."""
+        """The item's columns this outcome sets, in `OUTCOME_COLUMNS` order; the result may be ``None`` where
+        ``result_text`` holds it."""
         ...
 
 
@@ -187,7 +189,14 @@ def unfinished_items(*within: ColumnElement[bool]) -> ColumnElement[bool]:
 
 
 def claim_chunk(
-    session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int, clock: Laps | None = None
+    session: Session,
+    job_id: str,
+    seq: int,
+    *,
+    worker: str,
+    lease_seconds: int,
+    clock: Laps | None = None,
+    wake_dispatcher: bool = False,
 ) -> Claim | NotClaimed:
     """Lease a chunk to this worker and read its unfinished items. `ChunkOutcome.SKIPPED`: nothing to do.
     `ChunkOutcome.DEFERRED`: another worker's batch is running it (see `worker.runner`). ``clock`` times the
@@ -196,9 +205,14 @@ def claim_chunk(
 
     PostgreSQL: one statement (`_CLAIM_STATEMENT`) locks the chunk, decides, leases it, starts its job, releases an
     earlier batch it led, and returns the job's columns with the chunk's unfinished items as two aggregated columns
-    (their indices, and their inputs as one JSON array decoded by one call). SQLite: one statement per step."""
+    (their indices, and their inputs as one JSON array decoded by one call). SQLite: one statement per step.
+
+    ``wake_dispatcher`` (``INFERQ_DISPATCH=fair``): a lease of a released chunk wakes the dispatcher's leader at
+    commit, within the same statement (`inferq.store.dispatch.wake_dispatcher`)."""
     if dialect_of(session) is Dialect.POSTGRESQL:
-        return _claim_chunk_in_one(session, job_id, seq, worker=worker, lease_seconds=lease_seconds, clock=clock)
+        return _claim_chunk_in_one(
+            session, job_id, seq, worker=worker, lease_seconds=lease_seconds, clock=clock, wake=wake_dispatcher
+        )
     return _claim_chunk_by_steps(session, job_id, seq, worker=worker, lease_seconds=lease_seconds, clock=clock)
 
 
@@ -207,7 +221,9 @@ def claim_chunk(
 #: in Python: ``skip`` (done), ``close`` (its job finished: the chunk is done), ``defer`` (a live lease in another
 #: worker's batch) or ``lease``. Data-modifying CTEs run once whatever the outer query reads: ``leased`` leases it,
 #: ``closed`` closes it, ``released`` frees the unfinished batch-mates of an earlier attempt it led, ``started``
-#: starts its job. The outer query reads the unfinished items only for a leased chunk whose row version is the one
+#: starts its job; ``woke`` wakes the dispatcher's leader at commit (`inferq.store.dispatch.wake_dispatcher`) when
+#: the lease takes a released chunk off the broker, which makes room in its queue's window (counted by the outer
+#: query, which is what makes PostgreSQL run it). The outer query reads the unfinished items only for a leased chunk whose row version is the one
 #: the statement's snapshot sees (``fresh``): a chunk changed by a transaction that committed while this one waited
 #: for its lock may have items written since the snapshot, and `_claim_chunk_in_one` then reads them again, in a
 #: statement of its own.
@@ -246,11 +262,15 @@ WITH c AS (
     UPDATE jobs SET state = :running, started_at = :now
     FROM leased WHERE jobs.id = :job_id AND jobs.state = :job_queued
     RETURNING jobs.id
+), woke AS (
+    SELECT pg_notify(:channel, '') FROM c CROSS JOIN leased
+    WHERE :wake AND c.state = :queued AND c.enqueued_at IS NOT NULL
 )
 SELECT act.act, leased.attempts, j.task, j.model, j.params, j.batch_key, j.queue,
     COALESCE(c.enqueued_at, j.created_at) AS waiting_since,
     (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM closed) AS closed,
-    (SELECT count(*) FROM started) AS started, fresh.fresh, items.indices, items.inputs
+    (SELECT count(*) FROM started) AS started, (SELECT count(*) FROM woke) AS woke,
+    fresh.fresh, items.indices, items.inputs
 FROM c CROSS JOIN j CROSS JOIN act LEFT JOIN leased ON true
 CROSS JOIN LATERAL (
     SELECT c.version = (SELECT CAST(s.xmin AS text) FROM chunks AS s WHERE s.job_id = :job_id AND s.seq = :seq)
@@ -268,7 +288,7 @@ LEFT JOIN LATERAL (
 
 
 def _claim_chunk_in_one(
-    session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int, clock: Laps | None
+    session: Session, job_id: str, seq: int, *, worker: str, lease_seconds: int, clock: Laps | None, wake: bool
 ) -> Claim | NotClaimed:
     """`claim_chunk` on PostgreSQL: `_CLAIM_STATEMENT`, and a second read of the items only when the chunk changed
     while the statement waited for its lock."""
@@ -291,6 +311,8 @@ def _claim_chunk_in_one(
             "cancelled": JobState.CANCELLED.value,
             "job_queued": JobState.QUEUED.value,
             "expired": JobState.EXPIRED.value,
+            "channel": DISPATCH_CHANNEL,
+            "wake": wake,
         },
     ).one_or_none()
     if row is None:
@@ -775,6 +797,10 @@ def _result_row(job_id: str, index: int, attempts: int, outcome: ItemOutcome, no
     """One `WRITE_COLUMNS` row: the item's key, the outcome's columns (its state as the stored string), its attempts
     and when it ended."""
     state, result, *rest = outcome.values()
+    serialised = outcome.result_text
+    if result is None and serialised is not None:
+        # SQLAlchemy's JSON type serialises what it binds: the text read back serialises to itself.
+        result = json.loads(serialised)
     return (job_id, index, ItemState(state).value, result, *rest, attempts, now)
 
 
@@ -821,11 +847,13 @@ class _CopyBuffer:
         parts = self._parts
         for index, outcome in kept:
             state, result, label, score, answer, start, end, entities, vector, code, message = outcome.values()
-            if result is None:
+            serialised = outcome.result_text
+            if serialised is not None:
+                result_field = _text(serialised)
+            elif result is None:
                 result_field = _NULL
             else:
-                serialised = outcome.result_text
-                result_field = _text(_dumps(result) if serialised is None else serialised)
+                result_field = _text(_dumps(result))
             parts.append(
                 b"".join(
                     (

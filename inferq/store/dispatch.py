@@ -7,6 +7,14 @@ conditional UPDATE of a queued chunk never released (its row locked, others' ski
 commits only after the broker took the message: a dispatcher that dies between the send and the commit leaves the
 chunk unreleased, and the next leader sends it again. A second message is harmless (a claim of a chunk that is
 running or done claims nothing); a lost one is not, on RabbitMQ, whose messages cannot be listed.
+
+**Woken, not polling.** What changes the leader's next plan wakes it through PostgreSQL's ``NOTIFY`` on
+`DISPATCH_CHANNEL` (`wake_dispatcher`), issued in the transaction that makes the change, so that it fires at commit
+(and never for a change rolled back): a submit's chunks stored (`inferq.store.jobs.add_job`), a claim of a released
+chunk (room in its queue's window: `inferq.store.chunks.claim_chunk`), a job ended early (its chunks leave the
+window and their tenant's cap: `inferq.store.jobs.end_job`), a tenant's share set (`inferq.tenants.set_share`).
+PostgreSQL folds the notifications of one transaction on one channel into one. The leader ``LISTEN``s on its lock's
+connection (`listen`, `wait_for_wake`).
 """
 
 from __future__ import annotations
@@ -15,25 +23,34 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, case, delete, func, or_, select, update
+from sqlalchemy import Connection, Row, and_, case, delete, func, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from inferq.schema import Chunk, DispatcherRound, Job, Tenant
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState
+from inferq.store.dialect import Dialect, dialect_of
+
+#: The channel of PostgreSQL's ``NOTIFY`` that wakes the dispatcher's leader (this module's docstring).
+DISPATCH_CHANNEL = "inferq_dispatch"
+#: ``LISTEN`` takes a name, not a parameter: the channel above, spelled out once.
+_LISTEN = text("LISTEN inferq_dispatch")
 
 #: The chunks the dispatcher may release: queued, never released.
 _UNRELEASED = and_(Chunk.state == ChunkState.QUEUED, Chunk.enqueued_at.is_(None))
 #: Released and not claimed yet: a message waiting on the broker.
 _WAITING = and_(Chunk.state == ChunkState.QUEUED, Chunk.enqueued_at.is_not(None))
 
-#: A job with chunks to release: ``id``, ``tenant``, ``queue``, ``priority``, ``created_at`` and ``unreleased``.
-PendingJob = Row[str, str, str, int, dt.datetime, int]
+#: A job's chunks not done, as `chunk_counts` reads them: ``id``, ``tenant``, ``queue``, ``priority``, ``created_at``,
+#: ``deadline_at``, ``unreleased``, ``waiting`` and ``running``.
+JobChunks = Row[str, str, str, int, dt.datetime, dt.datetime | None, int, int, int]
 
 
-def pending_jobs(session: Session, now: dt.datetime) -> Sequence[PendingJob]:
-    """The unfinished jobs, not past their deadline, with chunks never released: their ``id``, ``tenant``,
-    ``queue``, ``priority``, ``created_at`` and how many such chunks (``unreleased``), read by name."""
+def chunk_counts(session: Session) -> Sequence[JobChunks]:
+    """Every unfinished job with chunks not done: its ``id``, ``tenant``, ``queue``, ``priority``, ``created_at`` and
+    ``deadline_at``, and how many of its chunks are ``unreleased`` (never released), ``waiting`` (released, their
+    message on the broker) and ``running`` (`in_flight`), read by name. One statement for what a round needs of
+    both, so that a round that finds nothing to do costs one read of the chunks, not two."""
     return session.execute(
         select(
             Job.id,
@@ -41,15 +58,14 @@ def pending_jobs(session: Session, now: dt.datetime) -> Sequence[PendingJob]:
             Job.queue,
             Job.priority,
             Job.created_at,
-            func.count().label("unreleased"),
+            Job.deadline_at,
+            func.sum(case((_UNRELEASED, 1), else_=0)).label("unreleased"),
+            func.sum(case((_WAITING, 1), else_=0)).label("waiting"),
+            func.sum(case((Chunk.state == ChunkState.RUNNING, 1), else_=0)).label("running"),
         )
         .join(Chunk, Chunk.job_id == Job.id)
-        .where(
-            Job.state.in_(UNFINISHED_JOB_STATES),
-            or_(Job.deadline_at.is_(None), Job.deadline_at > now),
-            _UNRELEASED,
-        )
-        .group_by(Job.id, Job.tenant, Job.queue, Job.priority, Job.created_at)
+        .where(Job.state.in_(UNFINISHED_JOB_STATES), Chunk.state.in_([ChunkState.QUEUED, ChunkState.RUNNING]))
+        .group_by(Job.id, Job.tenant, Job.queue, Job.priority, Job.created_at, Job.deadline_at)
     ).all()
 
 
@@ -98,6 +114,30 @@ def release_chunks(session: Session, job_id: str, count: int, now: dt.datetime) 
     if seqs:
         session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq.in_(seqs)).values(enqueued_at=now))
     return seqs
+
+
+def wake_dispatcher(session: Session) -> None:
+    """Wake the dispatcher's leader when this transaction commits (PostgreSQL; elsewhere nothing: SQLite has no
+    dispatcher). Once a transaction is enough: PostgreSQL delivers one notification for the same channel and
+    payload however often a transaction sends it."""
+    if dialect_of(session) is Dialect.POSTGRESQL:
+        session.execute(select(func.pg_notify(literal(DISPATCH_CHANNEL), literal(""))))
+
+
+def listen(conn: Connection) -> None:
+    """Listen on `DISPATCH_CHANNEL` on ``conn`` (the leader's lock connection), from its commit on."""
+    conn.execute(_LISTEN)
+
+
+def wait_for_wake(conn: Connection, timeout: float) -> int:
+    """Wait up to ``timeout`` seconds for a notification on ``conn`` (on which `listen` ran; outside a transaction: a
+    notification reaches a connection between its transactions only). How many came, those already queued
+    included: a burst is taken in at once, so that it costs one round. Raises when the connection is gone."""
+    raw: Any = conn.connection.driver_connection
+    came = sum(1 for _ in raw.notifies(timeout=timeout, stop_after=1))
+    if came:
+        came += sum(1 for _ in raw.notifies(timeout=0))
+    return came
 
 
 def past_deadline(session: Session, now: dt.datetime) -> Sequence[str]:

@@ -22,6 +22,7 @@ from inferq.errors import DatabaseUnavailable, JobNotFound, QuotaExceeded
 from inferq.schema import DEFAULT_PRIORITY, Chunk, Item, Job, Result, Tenant, utcnow
 from inferq.states import UNFINISHED_JOB_STATES, ChunkState, ItemState, JobState
 from inferq.store.dialect import Dialect, dialect_of
+from inferq.store.dispatch import wake_dispatcher
 from inferq.store.locks import lock_chunks
 
 
@@ -158,7 +159,9 @@ def check_quota(session: Session, tenant: str, adding: int) -> None:
 
 
 def add_job(session: Session, job: NewJob) -> None:
-    """Insert the job (queued) and its chunks, flushed."""
+    """Insert the job (queued) and its chunks, flushed; on PostgreSQL the dispatcher's leader is woken when the
+    transaction commits (`inferq.store.dispatch.wake_dispatcher`: the dispatcher releases them; a ``direct``
+    submit's notification finds nobody listening)."""
     session.add(
         Job(
             id=job.id,
@@ -200,6 +203,7 @@ def add_job(session: Session, job: NewJob) -> None:
             for seq in range(job.n_chunks)
         ],
     )
+    wake_dispatcher(session)
 
 
 def add_items(
@@ -256,11 +260,14 @@ def end_job(session: Session, job_id: str, state: JobState, now: dt.datetime) ->
     follows its job's (`inferq.states.item_state_of`), so no item row is touched, whatever the job's size. Its chunks
     are locked first (`locks.lock_chunks`), which waits for any result write of them to commit; its chunks never
     released stay in SQL (the dispatcher sends chunks of unfinished jobs only), and a running chunk stops at its next
-    micro-batch. True when the job was ended by this call; False when it had already ended."""
+    micro-batch. True when the job was ended by this call; False when it had already ended. Ending it wakes the
+    dispatcher's leader at commit: its released chunks no longer fill their queue's window nor its tenant's cap."""
     lock_chunks(session.connection(), Chunk.job_id == job_id)
     ended = session.execute(
         update(Job).where(Job.id == job_id, Job.state.in_(UNFINISHED_JOB_STATES)).values(state=state, finished_at=now)
     )
+    if ended.rowcount:  # type: ignore[attr-defined]
+        wake_dispatcher(session)
     return bool(ended.rowcount)  # type: ignore[attr-defined]
 
 

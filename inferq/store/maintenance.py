@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from inferq.schema import Chunk, Item, Job, Result, WebhookDelivery
 from inferq.states import FINISHED_JOB_STATES, UNFINISHED_JOB_STATES, ChunkState, DeliveryState, JobState
+from inferq.store.dispatch import wake_dispatcher
 
 # -- recovery ------------------------------------------------------------------------------------------------------
 
@@ -86,8 +87,10 @@ def mark_enqueued(session: Session, job_id: str, seq: int, *, not_since: dt.date
 
 
 def clear_enqueued(session: Session, job_id: str, seq: int) -> None:
-    """The chunk's message could not be sent: it counts as never enqueued, and the next round tries again."""
+    """The chunk's message could not be sent: it counts as never enqueued, and the next round tries again (the
+    dispatcher's, under ``INFERQ_DISPATCH=fair``: woken at commit)."""
     session.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq).values(enqueued_at=None))
+    wake_dispatcher(session)
 
 
 # -- retention ------------------------------------------------------------------------------------------------------

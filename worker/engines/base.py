@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
@@ -44,24 +44,78 @@ _CPU_FORWARDS = threading.Lock()
 ERROR_MESSAGE_CHARS = 2000
 
 
-@dataclass
 class Outcome:
-    """One item's result (or error), with its top result in typed columns for SQL queries."""
+    """One item's result (or error), with its top result in typed columns for SQL queries.
 
-    #: The result as JSON (see `inferq.results`); for vector tasks, what describes the vectors.
-    result: Any = None
-    error: InferqError | None = None
-    label: str | None = None
-    score: float | None = None
-    answer: str | None = None
-    start_char: int | None = None
-    end_char: int | None = None
-    entity_count: int | None = None
-    #: Vector tasks: the vectors' bytes (little-endian, the dtype the result names), row after row.
-    vector: bytes | None = None
-    #: ``result`` as the write stores it (`inferq.store.chunks.result_json`), where the engine serialised every
-    #: item's in one pass; ``None``: the write serialises ``result``.
-    result_text: str | None = None
+    An engine that serialises a whole chunk's results in one pass (`worker.engines.columnar`) gives each item its
+    ``result_text`` alone: ``result`` is then read from that text only when asked for (a parity test, the SQLite
+    write), never on PostgreSQL's write path, which stores the text as it is. Written out rather than a dataclass
+    for that property; slotted, one being made for every item of every chunk."""
+
+    __slots__ = (
+        "_result",
+        "answer",
+        "end_char",
+        "entity_count",
+        "error",
+        "label",
+        "result_text",
+        "score",
+        "start_char",
+        "vector",
+    )
+
+    def __init__(
+        self,
+        result: Any = None,
+        error: InferqError | None = None,
+        label: str | None = None,
+        score: float | None = None,
+        answer: str | None = None,
+        start_char: int | None = None,
+        end_char: int | None = None,
+        entity_count: int | None = None,
+        vector: bytes | None = None,
+        result_text: str | None = None,
+    ) -> None:
+        #: The result as JSON (see `inferq.results`); for vector tasks, what describes the vectors.
+        self._result = result
+        self.error = error
+        self.label = label
+        self.score = score
+        self.answer = answer
+        self.start_char = start_char
+        self.end_char = end_char
+        self.entity_count = entity_count
+        #: Vector tasks: the vectors' bytes (little-endian, the dtype the result names), row after row.
+        self.vector = vector
+        #: ``result`` as the write stores it (`inferq.store.chunks.result_json`), where the engine serialised every
+        #: item's in one pass; ``None``: the write serialises ``result``.
+        self.result_text = result_text
+
+    @property
+    def result(self) -> Any:
+        """The result as JSON values: as given, else read from ``result_text`` (once)."""
+        result = self._result
+        if result is None and self.result_text is not None:
+            result = self._result = json.loads(self.result_text)
+        return result
+
+    @result.setter
+    def result(self, value: Any) -> None:
+        self._result = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Outcome):
+            return NotImplemented
+        return self.error is other.error and self.columns() == other.columns()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaced
+
+    def __repr__(self) -> str:
+        if self.error is not None:
+            return f"Outcome(error={self.error!r})"
+        return f"Outcome(result={self.result!r}, label={self.label!r}, score={self.score!r})"
 
     @property
     def ok(self) -> bool:
@@ -73,16 +127,20 @@ class Outcome:
 
     def columns(self) -> dict[str, Any]:
         """The item's columns this outcome sets: its state, result and top-result columns, or error."""
-        return dict(zip(OUTCOME_COLUMNS, self.values(), strict=True))
+        columns = dict(zip(OUTCOME_COLUMNS, self.values(), strict=True))
+        if self.error is None:
+            columns["result"] = self.result
+        return columns
 
     def values(self) -> tuple[Any, ...]:
-        """`columns`' values, in `OUTCOME_COLUMNS` order."""
+        """`columns`' values, in `OUTCOME_COLUMNS` order; the result as given (``None`` where only its
+        ``result_text`` was: the write stores that text)."""
         error = self.error
         if error is None:
             # Spelled out in `RESULT_COLUMNS` order (a generator of getattr cost more than the rest of a row's write).
             return (
                 ItemState.SUCCEEDED,
-                self.result,
+                self._result,
                 self.label,
                 self.score,
                 self.answer,

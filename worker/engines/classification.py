@@ -18,6 +18,9 @@ class ClassificationEngine(Engine[ClassificationParams]):
     task: ClassVar[TaskName] = TaskName.CLASSIFICATION
     auto_model: ClassVar[str] = "AutoModelForSequenceClassification"
     reads_first_token: ClassVar[bool] = True
+    #: Serialise a chunk's results in one pass (`result_texts`); ``False``: each item's result as dicts, serialised
+    #: by the write (the reference the columnar text is tested against).
+    columnar: ClassVar[bool] = True
 
     def preprocess(self, inputs: Sequence[dict[str, Any]], params: ClassificationParams) -> Features:
         texts = [i["text"] for i in inputs]
@@ -75,17 +78,21 @@ class ClassificationEngine(Engine[ClassificationParams]):
         top = np.take_along_axis(scores, order, axis=1)
         id2label = self.config.id2label
         names = [id2label[i] for i in range(scores.shape[1])]
+        texts = result_texts(names, order, top) if self.columnar else [None] * len(order)
+        if texts and texts[0] is not None:
+            return [
+                Outcome(label=names[c], score=s, result_text=text)
+                for c, s, text in zip(order[:, 0].tolist(), top[:, 0].tolist(), texts, strict=True)
+            ]
         top_list = top.tolist()
         order_list = order.tolist()
-        texts = result_texts(names, order, top)
         return [
             Outcome(
                 result=[{"label": names[c], "score": s} for c, s in zip(oc, sc, strict=True)],
                 label=names[oc[0]],
                 score=sc[0],
-                result_text=text,
             )
-            for oc, sc, text in zip(order_list, top_list, texts, strict=True)
+            for oc, sc in zip(order_list, top_list, strict=True)
         ]
 
 

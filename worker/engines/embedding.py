@@ -68,9 +68,11 @@ from tokenizers.normalizers import Lowercase
 from tokenizers.normalizers import Sequence as NormalizerSequence
 
 from inferq.errors import InferqError, InvalidParameter
+from inferq.store.chunks import result_json
 from inferq.task_specs import EmbeddingParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import Features, RunOutputs
+from worker.engines.columnar import format_items
 from worker.loaded import LoadedModel, position_limit
 
 log = logging.getLogger(__name__)
@@ -159,6 +161,9 @@ class EmbeddingEngine(Engine[EmbeddingParams]):
     task: ClassVar[TaskName] = TaskName.EMBEDDING
     auto_model: ClassVar[str] = "AutoModel"
     needs_head: ClassVar[bool] = False
+    #: Serialise a chunk's results in one pass (`worker.engines.columnar`); ``False``: each item's result as dicts,
+    #: serialised by the write (the reference the columnar text is tested against).
+    columnar: ClassVar[bool] = True
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__(loaded)
@@ -314,25 +319,43 @@ class EmbeddingEngine(Engine[EmbeddingParams]):
             vectors = np.zeros((len(features), setup.dim), dtype=np.float32)
         stored = vectors.astype("<f2" if setup.dtype == "float16" else "<f4")
         errors: dict[int, InferqError] = features.extra.get("errors", {})
+        described = {"dim": setup.dim, "dtype": setup.dtype}
+        # One contiguous array of the chunk's vectors, as one ``bytes``: an item's vectors are a slice of it.
+        blob = np.ascontiguousarray(stored).tobytes()
+        width = stored.shape[1] * stored.itemsize
         if not setup.windows:
-            return [
-                Outcome(result={"dim": setup.dim, "dtype": setup.dtype}, vector=stored[i].tobytes())
-                for i in range(len(inputs))
-            ]
+            if not self.columnar:
+                return [Outcome(result=dict(described), vector=stored[i].tobytes()) for i in range(len(inputs))]
+            # Every item's result is the same text: serialised once.
+            text = result_json(described)
+            return [Outcome(vector=blob[i * width : (i + 1) * width], result_text=text) for i in range(len(inputs))]
         spans: list[list[tuple[int, int]]] = features.extra["spans"]
         bounds = np.searchsorted(features.item_of, np.arange(len(inputs) + 1)).tolist()
+        ok = [i for i in range(len(inputs)) if i not in errors]
+        texts: list[str | None] = [None] * len(inputs)
+        if self.columnar:
+            # ``{"dim": …, "dtype": …, "windows": [{"start": s, "end": e}, …]}`` for every item in one pass.
+            opening = result_json(described)[:-1].replace("%", "%%") + ', "windows": ['
+            made = format_items(
+                '{"start": %d, "end": %d}',
+                [len(spans[i]) for i in ok],
+                [x for i in ok for span in spans[i] for x in span],
+                opening=opening,
+                closing="]}",
+            )
+            for i, text in zip(ok, made, strict=True):
+                texts[i] = text
         outcomes: list[Outcome] = []
         for i in range(len(inputs)):
             if i in errors:
                 outcomes.append(Outcome.failure(errors[i]))
                 continue
+            vector = blob[bounds[i] * width : bounds[i + 1] * width]
+            if texts[i] is not None:
+                outcomes.append(Outcome(vector=vector, result_text=texts[i]))
+                continue
             windows = [{"start": s, "end": e} for s, e in spans[i]]
-            outcomes.append(
-                Outcome(
-                    result={"dim": setup.dim, "dtype": setup.dtype, "windows": windows},
-                    vector=stored[bounds[i] : bounds[i + 1]].tobytes(),
-                )
-            )
+            outcomes.append(Outcome(result={**described, "windows": windows}, vector=vector))
         return outcomes
 
     # -- windows ---------------------------------------------------------------------------------------

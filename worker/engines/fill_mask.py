@@ -271,7 +271,15 @@ class FillMaskEngine(Engine[FillMaskParams]):
             for p in candidates:
                 sequences.append([*left, p, *right] if p != pad else [*left, *right])
         # One mask: special tokens are skipped; several: kept, so the other masks stay visible (as the pipeline).
-        decoded: list[str] = self.tokenizer.decode(sequences, skip_special_tokens=n_masks == 1)
+        # What ``tokenizer.decode`` of the batch does, sequence by sequence, without its conversion of every id to a
+        # Python object first (ids here are Python ints already): a third of fill-mask's postprocess.
+        skip = n_masks == 1
+        decode_one = getattr(self.tokenizer, "_decode", None)
+        decoded: list[str] = (
+            [decode_one(sequence, skip_special_tokens=skip) for sequence in sequences]
+            if decode_one is not None
+            else self.tokenizer.decode(sequences, skip_special_tokens=skip)
+        )
         result: list[list[dict[str, Any]]] = []
         n = 0
         for score_row, token_row in zip(score_rows, token_rows, strict=True):

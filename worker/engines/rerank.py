@@ -40,9 +40,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from inferq.store.chunks import result_json
 from inferq.task_specs import RerankParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import Features, RunOutputs
+from worker.engines.columnar import finite, format_items
 from worker.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,10 @@ class RerankEngine(Engine[RerankParams]):
             out = self._activation(path)(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)))
         return np.asarray(out.float().numpy(), dtype=np.float32).reshape(len(logits))
 
+    #: Serialise a chunk's results in one pass (`worker.engines.columnar`); ``False``: each item's result as dicts,
+    #: serialised by the write (the reference the columnar text is tested against).
+    columnar: ClassVar[bool] = True
+
     def postprocess(
         self,
         inputs: Sequence[dict[str, Any]],
@@ -128,25 +134,59 @@ class RerankEngine(Engine[RerankParams]):
         if logits.ndim != 2 or logits.shape[1] != 1:  # nothing ran (every feature failed, or no feature at all)
             logits = np.zeros((len(features), 1), dtype=np.float32)
         scores = self.scores(logits, params.activation)
-        # Features are laid out line by line, each line's documents in order.
-        ends = np.cumsum(np.bincount(features.item_of, minlength=len(inputs)))
+        # Features are laid out line by line, each line's documents in order: one sort of the whole chunk by line,
+        # then score, best first; equal scores keep the documents' order (lexsort is stable, as CrossEncoder's sort).
+        item_of = features.item_of
+        counts = np.bincount(item_of, minlength=len(inputs))
+        starts = np.cumsum(counts) - counts
+        order = np.lexsort((-scores, item_of))
+        rank = np.arange(len(order)) - starts[item_of]  # item_of is sorted: the line of ``order``'s n-th entry
+        kept = order if params.top_k is None else order[rank < params.top_k]
+        kept_counts = counts if params.top_k is None else np.minimum(counts, params.top_k)
+        documents = kept - starts[item_of[kept]]  # each kept pair's index among its line's documents
+        kept_scores = scores[kept].astype(np.float64)  # Python floats: their repr is JSON's
+        firsts = iter(kept_scores[(np.cumsum(kept_counts) - kept_counts)[kept_counts > 0]].tolist())
+        best: list[float | None] = [next(firsts) if c else None for c in kept_counts.tolist()]
+        docs_of = [pairs_of(line)[1] for line in inputs] if params.return_documents else None
+        if self.columnar and finite(kept_scores):
+            return self._texts(kept_counts, documents, kept_scores, docs_of, best)
         outcomes: list[Outcome] = []
-        start = 0
-        for i, line in enumerate(inputs):
-            end = int(ends[i])
-            own = scores[start:end]
-            # Best first; equal scores keep the documents' order (CrossEncoder's stable sort).
-            order = np.argsort(-own, kind="stable")[: params.top_k]
+        index_list: list[int] = documents.tolist()
+        score_list: list[float] = kept_scores.tolist()
+        at = 0
+        for i, count in enumerate(kept_counts.tolist()):
             ranked: list[dict[str, Any]] = [
-                {"index": int(j), "score": s} for j, s in zip(order.tolist(), own[order].tolist(), strict=True)
+                {"index": j, "score": s}
+                for j, s in zip(index_list[at : at + count], score_list[at : at + count], strict=True)
             ]
-            if params.return_documents:
-                _, docs = pairs_of(line)
+            if docs_of is not None:
                 for entry in ranked:
-                    entry["document"] = docs[entry["index"]]
-            outcomes.append(Outcome(result=ranked, score=ranked[0]["score"] if ranked else None))
-            start = end
+                    entry["document"] = docs_of[i][entry["index"]]
+            outcomes.append(Outcome(result=ranked, score=best[i]))
+            at += count
         return outcomes
+
+    @staticmethod
+    def _texts(
+        counts: np.ndarray,
+        documents: np.ndarray,
+        scores: np.ndarray,
+        docs_of: list[list[str]] | None,
+        best: list[float | None],
+    ) -> list[Outcome]:
+        """Every line's ranking serialised in one pass: ``counts`` entries a line, ``documents`` and ``scores`` the
+        entries' in order (``docs_of``: each line's documents, where the result repeats them)."""
+        fields = 2 if docs_of is None else 3
+        args = np.empty((len(documents), fields), dtype=object)
+        args[:, 0] = documents.tolist()
+        args[:, 1] = scores.tolist()
+        entry = '{"index": %d, "score": %r}'
+        if docs_of is not None:
+            lines = np.repeat(np.arange(len(counts)), counts).tolist()
+            args[:, 2] = [result_json(docs_of[i][j]) for i, j in zip(lines, args[:, 0].tolist(), strict=True)]
+            entry = '{"index": %d, "score": %r, "document": %s}'
+        texts = format_items(entry, counts.tolist(), args.ravel().tolist())
+        return [Outcome(score=s, result_text=t) for s, t in zip(best, texts, strict=True)]
 
 
 def pairs_of(line: dict[str, Any]) -> tuple[str, list[str]]:

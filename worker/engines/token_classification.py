@@ -212,10 +212,9 @@ class TokenClassificationEngine(Engine[TokenClassificationParams]):
 
     def _group_sub_entities(self, entities: list[dict[str, Any]]) -> dict[str, Any]:
         entity = entities[0]["entity"].split("-", 1)[-1]
-        scores = np.nanmean([e["score"] for e in entities])
         return {
             "entity_group": entity,
-            "score": np.mean(scores),
+            "score": mean_score([e["score"] for e in entities]),
             "word": self.tokenizer.convert_tokens_to_string([e["word"] for e in entities]),
             "start": entities[0]["start"],
             "end": entities[-1]["end"],
@@ -246,6 +245,22 @@ class TokenClassificationEngine(Engine[TokenClassificationParams]):
             return Outcome(result=[], entity_count=0)
         best = max(entities, key=lambda e: e["score"])  # the first of equal scores
         return Outcome(result=entities, label=str(best[key]), score=best["score"], entity_count=len(entities))
+
+
+def mean_score(scores: list[Any]) -> Any:
+    """The pipeline's ``np.mean(np.nanmean(scores))`` of a group's token scores, bit for bit, without numpy's
+    function machinery (~30 µs a group, most of the postprocess) where no score is NaN: one score is itself; more
+    are their float32 sum (numpy's own reduction) divided as ``nanmean`` divides it (by an ``intp`` count, in
+    float64, cast back to the scores' type)."""
+    if len(scores) == 1:
+        only = scores[0]
+        if only == only:  # not NaN
+            return only
+    else:
+        values = np.array(scores)
+        if not np.isnan(values).any():
+            return values.dtype.type(np.add.reduce(values) / np.intp(len(values)))
+    return np.mean(np.nanmean(scores))
 
 
 def _tag(name: str) -> tuple[str, str]:

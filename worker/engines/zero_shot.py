@@ -25,7 +25,7 @@ not truncate at all.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from inferq.errors import InputError
 from inferq.task_specs import TaskName, ZeroShotParams
 from worker.engines.base import Engine, Outcome, softmax
 from worker.engines.batching import Features, RunOutputs
+from worker.engines.columnar import finite, format_items, json_strings
 from worker.loaded import LoadedModel
 
 
@@ -100,6 +101,10 @@ class ZeroShotEngine(Engine[ZeroShotParams]):
                 types.append(enc["token_type_ids"][0])
         return ids, types
 
+    #: Serialise a chunk's results in one pass (`worker.engines.columnar`); ``False``: each item's result as dicts,
+    #: serialised by the write (the reference the columnar text is tested against).
+    columnar: ClassVar[bool] = True
+
     def postprocess(
         self,
         inputs: Sequence[dict[str, Any]],
@@ -111,27 +116,59 @@ class ZeroShotEngine(Engine[ZeroShotParams]):
         if logits.ndim != 2 or logits.shape[1] != self.config.num_labels:  # nothing ran
             logits = np.zeros((len(features), int(self.config.num_labels)), dtype=np.float32)
         labels_of: list[list[str]] = features.extra["labels"]
-        outcomes: list[Outcome] = []
-        start = 0
-        for labels in labels_of:
-            end = start + len(labels)
-            own = logits[start:end]
-            start = end
-            if not labels:
-                outcomes.append(Outcome.failure(InputError("no candidate labels")))
+        counts = np.fromiter((len(labels) for labels in labels_of), dtype=np.int64, count=len(labels_of))
+        starts = np.cumsum(counts) - counts
+        if params.multi_label:
+            # Per label the softmax over its [contradiction, entailment] logits: every pair of the chunk at once.
+            pair_scores = softmax(logits[:, [self.contradiction_id, self.entailment_id]], axis=-1)[:, 1]
+        outcomes: list[Outcome | None] = [None] * len(labels_of)
+        # Lines with the same number of labels (a job's own labels: every line) are one [lines, labels] matrix:
+        # softmax and argsort along its rows compute, row by row, what they compute on one line's vector.
+        for count in np.unique(counts).tolist():
+            lines = np.flatnonzero(counts == count)
+            if count == 0:
+                for i in lines.tolist():
+                    outcomes[i] = Outcome.failure(InputError("no candidate labels"))
                 continue
-            if params.multi_label or len(labels) == 1:
-                pair = own[:, [self.contradiction_id, self.entailment_id]]
-                scores = softmax(pair, axis=-1)[:, 1]
+            rows = starts[lines][:, None] + np.arange(count)  # [lines, count]: each line's features
+            if params.multi_label:
+                scores = pair_scores[rows]
+            elif count == 1:
+                scores = softmax(logits[rows.ravel()][:, [self.contradiction_id, self.entailment_id]], axis=-1)[:, 1:]
             else:
-                scores = softmax(own[:, self.entailment_id], axis=-1)
+                scores = softmax(logits[rows, self.entailment_id], axis=-1)
             # The pipeline's order: ascending argsort, reversed (equal scores come in reverse label order).
-            order = scores.argsort()[::-1]
-            result = [
-                {"label": labels[j], "score": s} for j, s in zip(order.tolist(), scores[order].tolist(), strict=True)
+            order = scores.argsort(axis=1)[:, ::-1]
+            top = np.take_along_axis(scores, order, axis=1)
+            for i, outcome in zip(
+                lines.tolist(), self._outcomes([labels_of[i] for i in lines], order, top), strict=True
+            ):
+                outcomes[i] = outcome
+        return cast(list[Outcome], outcomes)
+
+    def _outcomes(self, labels: list[list[str]], order: np.ndarray, top: np.ndarray) -> list[Outcome]:
+        """Lines of the same number of labels: their labels, ``order`` and sorted scores ``top`` ([lines, labels])."""
+        order_list: list[list[int]] = order.tolist()
+        top_list: list[list[float]] = top.astype(np.float64).tolist()  # Python floats: their repr is JSON's
+        ranked = [[own[j] for j in line_order] for own, line_order in zip(labels, order_list, strict=True)]
+        if not self.columnar or not finite(top):
+            return [
+                Outcome(
+                    result=[{"label": x, "score": s} for x, s in zip(names, scores, strict=True)],
+                    label=names[0],
+                    score=scores[0],
+                )
+                for names, scores in zip(ranked, top_list, strict=True)
             ]
-            outcomes.append(Outcome(result=result, label=result[0]["label"], score=result[0]["score"]))
-        return outcomes
+        quoted = json_strings(x for names in ranked for x in names)
+        args = np.empty((*order.shape, 2), dtype=object)
+        args[:, :, 0] = [[quoted[x] for x in names] for names in ranked]
+        args[:, :, 1] = top_list
+        texts = format_items('{"label": %s, "score": %r}', [order.shape[1]] * len(labels), args.ravel().tolist())
+        return [
+            Outcome(label=names[0], score=scores[0], result_text=text)
+            for names, scores, text in zip(ranked, top_list, texts, strict=True)
+        ]
 
 
 def entailment_id(label2id: dict[str, Any]) -> int | None:

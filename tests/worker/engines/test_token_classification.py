@@ -26,7 +26,7 @@ from tests.support.engines import TinyEngines, model_cache
 from tests.support.tiny_models import Arch, corpus
 from worker.engines.base import Outcome
 from worker.engines.batching import plan_batches
-from worker.engines.token_classification import TokenClassificationEngine
+from worker.engines.token_classification import TokenClassificationEngine, mean_score
 from worker.model_cache import ModelCache
 
 SCORE_TOLERANCE = 1e-5
@@ -231,3 +231,29 @@ def test_empty_input_list(models: dict[str, Model]) -> None:
     # Given no inputs / When the engine runs / Then it returns no outcomes
     outcomes, _ = models["bert"].run([])
     assert outcomes == []
+
+
+def test_a_groups_score_is_the_pipelines_mean_bit_for_bit() -> None:
+    # Given groups of one to 40 float32 token scores, of every magnitude, some with a NaN score
+    import warnings
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    groups: list[list[Any]] = []
+    for size in range(1, 41):
+        for n in range(200):
+            values = rng.random(size).astype(np.float32) ** rng.choice([1, 3, 8])
+            if n % 40 == 0:
+                values[rng.integers(size)] = np.nan
+            groups.append(list(values))
+
+    # When each group's score is taken as the engine takes it, and as the pipeline does
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a group of NaN scores alone: "Mean of empty slice"
+        pairs = [(mean_score(g), np.mean(np.nanmean(g))) for g in groups]
+
+    # Then they are the same value of the same type (a NaN a NaN), so that the stored JSON is the same
+    for got, want in pairs:
+        assert type(got) is type(want)
+        assert got.tobytes() == want.tobytes() or (np.isnan(got) and np.isnan(want)), (got, want)
