@@ -949,10 +949,10 @@ def main_peers(args: argparse.Namespace, argv: list[str] | None) -> None:
 def start_peer_system(
     stack: ExitStack, models: dict[TaskName, BenchModel], bf16: bool, skipped: list[str]
 ) -> Any | None:
-    """Private services and one worker (``--concurrency`` one process per core, `bench.peers.system_processes`)
-    holding every variant of `bench.peers.SYSTEM_VARIANTS` (preloaded, and each warmed by small jobs); the client,
+    """Private services and one worker (``inferq worker``'s defaults: on a CPU one process on every core)
+    holding every variant of `bench.peers.SYSTEM_VARIANTS` (preloaded, and each warmed by a small job); the client,
     or ``None`` (the reason in ``skipped``) without services."""
-    from bench.peers import system_processes, system_registry
+    from bench.peers import SYSTEM_WARM_ITEMS, system_registry
     from bench.system import ServicesUnavailable, client_settings, private_services, run_job, worker_env
     from producer.client import Client
     from worker.process import running_worker
@@ -966,23 +966,11 @@ def start_peer_system(
     env = worker_env(services, json.dumps(registry))
     client = stack.enter_context(Client(client_settings(env)))
     logs = Path(tempfile.mkdtemp(prefix="inferq-bench-peers-"))
-    processes = system_processes()
-    log.info("starting a worker of %d process(es) holding %s (log %s)", processes, ", ".join(registry), logs)
-    stack.enter_context(
-        running_worker(
-            env,
-            logs / "worker.log",
-            "--models",
-            ",".join(registry),
-            "--concurrency",
-            str(processes),
-            ready_timeout=600,
-        )
-    )
+    log.info("starting a worker (its default pool) holding %s (log %s)", ", ".join(registry), logs)
+    stack.enter_context(running_worker(env, logs / "worker.log", "--models", ",".join(registry), ready_timeout=600))
     for name, entry in registry.items():
         task = TaskName(entry["task"])
-        # A chunk per process, so that each process has loaded the model before the timed runs.
-        items = items_for(task, entry["chunk_size"] * processes, 0)
+        items = items_for(task, SYSTEM_WARM_ITEMS[task.value], 0)
         warm = run_job(client, task, name, items, params_for(task))
         if warm.state != "succeeded":
             raise RuntimeError(f"first job on {name} ended {warm.state}; worker log: {logs / 'worker.log'}")

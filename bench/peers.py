@@ -705,6 +705,12 @@ def render(rows: Sequence[PeerRow]) -> str:
 
 
 # -- the whole system: client → Redis → one worker process → PostgreSQL ------------------------------------
+#
+# The whole system runs as a user's ``inferq worker`` runs with its defaults on this machine: on a CPU one pool
+# process taking every core (`worker.threads.default_pool`), so a CTranslate2 classifier there runs one lane per
+# core (`Engine.lanes`), and the default chunk size. Not one process per core on chunks cut small to feed each: at
+# one thread a process a classifier has one lane, every chunk pays its claim, read and write, and each chunk is
+# length-sorted alone (a slice of 32 texts in two chunks of 16 pads more than in one of 32).
 
 #: The whole system's variants of each task's benchmark model: (registry suffix, precision, backend). bf16 only
 #: where the CPU has it natively; torch's dynamic int8 for classification only (on vectors and rerank scores it
@@ -739,24 +745,15 @@ def system_variants(task: str, bf16: bool) -> list[tuple[str, str, str]]:
     return [v for v in SYSTEM_VARIANTS[task] if v[1] != "bf16" or bf16]
 
 
-#: Items per chunk of each task's system jobs: small enough that even a slice (`SLICES`) of the smaller peer set
-#: (128 embedding texts, 32 classification texts, 2 rerank queries) is two chunks or more, so that every worker
-#: process has one to run; large enough that a chunk's fixed cost (claim, read, write, commit: ~10-20 ms of CPU)
-#: stays a few per cent of its forward pass.
-SYSTEM_CHUNK_SIZE = {"embedding": 64, "classification": 16, "rerank": 1}
-
-
-def system_processes() -> int:
-    """The system's worker processes: one per core this process may use (``inferq worker --concurrency N``; the
-    worker's thread policy gives each ``cores ÷ N`` = one thread, `worker.threads`)."""
-    import os
-
-    return max(1, len(os.sched_getaffinity(0)))
+#: Items of each task's warm-up job (`bench.__main__.start_peer_system`): enough for a few micro-batches, so that
+#: every variant has loaded, converted and run its lanes once before the timed runs.
+SYSTEM_WARM_ITEMS = {"embedding": 64, "classification": 16, "rerank": 1}
 
 
 def system_registry(models: dict[str, tuple[str, Path]], bf16: bool) -> dict[str, dict[str, Any]]:
     """``INFERQ_MODELS`` for the system's worker: task → (registry name, directory) of each benchmark model, every
-    variant of `SYSTEM_VARIANTS` under ``NAME+SUFFIX``, with the task's `SYSTEM_CHUNK_SIZE`."""
+    variant of `SYSTEM_VARIANTS` under ``NAME+SUFFIX``. No chunk size: a job gets the one a user's would
+    (`Settings.chunk_size_for`: 256 items on a CPU), so a slice of the peer set is one chunk."""
     entries: dict[str, dict[str, Any]] = {}
     for task, (name, path) in models.items():
         for suffix, precision, backend in system_variants(task, bf16):
@@ -765,7 +762,6 @@ def system_registry(models: dict[str, tuple[str, Path]], bf16: bool) -> dict[str
                 "task": task,
                 "precision": precision,
                 "backend": backend,
-                "chunk_size": SYSTEM_CHUNK_SIZE[task],
             }
     return entries
 

@@ -146,6 +146,20 @@ def test_tasks_peers_runs_alone_or_beside_other_tasks() -> None:
         parse_args(["--peer-tasks", "fill_mask"])
 
 
+def test_the_system_rows_run_a_users_defaults() -> None:
+    from bench.peers import SYSTEM_VARIANTS, SYSTEM_WARM_ITEMS, system_registry
+    from inferq.settings import Settings
+
+    # Given the registry of the whole system's worker
+    registry = system_registry({"classification": ("cls", Path("/m/cls")), "rerank": ("rr", Path("/m/rr"))}, True)
+    # then every variant is there, and none names a chunk size: a job gets the one a user's job gets
+    assert len(registry) == len(SYSTEM_VARIANTS["classification"]) + len(SYSTEM_VARIANTS["rerank"])
+    assert all("chunk_size" not in entry for entry in registry.values())
+    settings = Settings(models=registry)
+    assert {settings.chunk_size_for(None, settings.models[name]) for name in registry} == {settings.chunk_size}
+    assert set(SYSTEM_WARM_ITEMS) == set(SYSTEM_VARIANTS)
+
+
 def test_targets_put_the_fastest_system_row_against_the_fastest_peer_that_keeps_each_tier() -> None:
     from bench.peers import SYSTEM_OVER_PEER, peer_targets
 

@@ -321,9 +321,12 @@ class Engine(ABC, Generic[P]):
 
     def plan(self, features: Features) -> list[np.ndarray]:
         """The micro-batches: within the token budget; on a CPU also cut where padding would cost more than
-        another forward pass (`CPU_BATCH_COST_TOKENS`)."""
+        another forward pass (`CPU_BATCH_COST_TOKENS`), and into at least one per lane (`lanes`) where there are
+        enough features, so that a chunk of a few short texts keeps every lane busy instead of one."""
         cost = CPU_BATCH_COST_TOKENS if self.device.type == "cpu" else None
-        return plan_batches(features.lengths, self.loaded.max_batch_tokens, self.loaded.max_batch_size, cost)
+        return plan_batches(
+            features.lengths, self.loaded.max_batch_tokens, self.loaded.max_batch_size, cost, lanes=self.lanes
+        )
 
     def collate(self, features: Features, rows: np.ndarray) -> dict[str, Any]:
         """Pad the features ``rows`` into a batch of tensors on the device."""

@@ -51,7 +51,7 @@ class Features:
 
 
 def plan_batches(
-    lengths: np.ndarray, max_tokens: int, max_size: int, batch_cost: int | None = None
+    lengths: np.ndarray, max_tokens: int, max_size: int, batch_cost: int | None = None, lanes: int = 1
 ) -> list[np.ndarray]:
     """Split feature indices into micro-batches: longest first, each holding at most ``max_size`` sequences and
     at most ``max_tokens`` padded tokens (batch size × its longest sequence). A sequence longer than the budget
@@ -61,10 +61,20 @@ def plan_batches(
     wants). Otherwise the cut points over the length-sorted sequences minimise padded tokens plus ``batch_cost``
     tokens per batch (the fixed cost of one forward pass, in tokens' worth of compute): on a CPU, where a forward
     pass costs little more than its tokens, this keeps padding near zero instead of filling the budget with a
-    batch whose longest sequence is three times its shortest."""
+    batch whose longest sequence is three times its shortest.
+
+    ``lanes``: micro-batches that run side by side, one thread each (`Engine.lanes`). Where the least-cost plan
+    makes fewer batches than that (a chunk of 16 short texts is one batch), a lane would idle while another runs
+    the whole chunk on one thread: the sequences are then cut into ``lanes`` batches (or one each, where there are
+    fewer), at the points that make the costliest batch cheapest (`_plan_balanced`), so the lanes finish together."""
     order = np.argsort(-lengths, kind="stable")
     if batch_cost is not None:
-        return _plan_least_cost(order, np.maximum(lengths[order], 1), max_tokens, max_size, batch_cost)
+        sorted_lengths = np.maximum(lengths[order], 1)
+        plan = _plan_least_cost(order, sorted_lengths, max_tokens, max_size, batch_cost)
+        wanted = min(max(1, lanes), len(order))
+        if len(plan) < wanted:
+            return _plan_balanced(order, sorted_lengths, max_tokens, wanted, batch_cost)
+        return plan
     batches: list[np.ndarray] = []
     start = 0
     n = len(order)
@@ -99,6 +109,48 @@ def _plan_least_cost(
     while i > 0:
         batches.append(order[cut[i] : i])
         i = int(cut[i])
+    batches.reverse()
+    return batches
+
+
+def _plan_balanced(
+    order: np.ndarray, sorted_lengths: np.ndarray, max_tokens: int, count: int, batch_cost: int
+) -> list[np.ndarray]:
+    """The sorted sequences cut into exactly ``count`` non-empty batches (``count`` ≤ their number), minimising the
+    costliest batch's cost (``size × longest + batch_cost``, as in `_plan_least_cost`) and, among cuts as good, the
+    total: lanes that run side by side finish when the costliest does. Only asked for fewer batches than
+    `_plan_least_cost` made, so every batch is smaller than one of its batches and keeps the budget; the budget is
+    checked all the same. ``best[k][i]``: the least (costliest, total) over cuts of the ``i`` longest into ``k``
+    batches; O(count × n²) numpy steps, with n below ``count`` × the batch size."""
+    n = len(order)
+    big = np.iinfo(np.int64).max // 4
+    worst = np.full(n + 1, big, dtype=np.int64)
+    total = np.full(n + 1, big, dtype=np.int64)
+    worst[0] = total[0] = 0
+    cuts = np.zeros((count + 1, n + 1), dtype=np.int64)
+    for k in range(1, count + 1):
+        new_worst = np.full(n + 1, big, dtype=np.int64)
+        new_total = np.full(n + 1, big, dtype=np.int64)
+        # The ``i`` longest in ``k`` batches: at least one sequence a batch, and room left for the later batches.
+        for i in range(k, n - (count - k) + 1):
+            j = np.arange(k - 1, i)
+            size = i - j
+            padded = size * sorted_lengths[j]
+            cost = padded + batch_cost
+            w = np.maximum(worst[j], cost)
+            t = total[j] + cost
+            w[((padded > max_tokens) & (size > 1)) | (worst[j] >= big)] = big
+            # Lexicographic: the costliest batch first, then the total (a tie goes to the larger last batch).
+            best = np.lexsort((-size, t, w))[0]
+            new_worst[i], new_total[i] = w[best], t[best]
+            cuts[k, i] = j[best]
+        worst, total = new_worst, new_total
+    batches: list[np.ndarray] = []
+    end = n
+    for k in range(count, 0, -1):
+        start = int(cuts[k, end])
+        batches.append(order[start:end])
+        end = start
     batches.reverse()
     return batches
 

@@ -343,3 +343,54 @@ def test_ctranslate2_classifier_lanes_give_the_one_at_a_time_results_in_input_or
     assert labels[3] == labels[1]
     assert np.abs(scores[3] - scores[1]).max() < 1e-6
     assert min(np.abs(scores[1][i] - scores[1][j]).max() for i in range(len(texts)) for j in range(i)) > 1e-5
+
+
+def test_a_chunk_of_one_micro_batch_is_cut_so_that_every_lane_runs_part_of_it(
+    tiny_engines: TinyEngines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import torch
+
+    # Given a tiny classifier on CTranslate2 at one torch thread (one lane) and at two (two lanes), and a chunk of
+    # six short texts that one lane runs as one micro-batch (padding them costs less than another forward pass)
+    path = tiny_engines.model(
+        TaskName.CLASSIFICATION, "distilbert-3", arch="distilbert", labels=["A", "B", "C"], initializer_range=0.3
+    )
+    texts = ["good", "a bad day", "fine, really", "ok", "not great at all", "the end"]
+    results: dict[int, list[Any]] = {}
+    threads_ran: dict[int, set[str]] = {}
+    for lanes in (1, 2):
+        torch.set_num_threads(lanes)
+        engine = cache(path, TaskName.CLASSIFICATION, backend="ctranslate2").engine("m", TaskName.CLASSIFICATION)
+        assert engine.lanes == lanes
+        ran: set[str] = set()
+        forward = engine.forward
+
+        def noting(batch: dict[str, Any], params: Any, forward: Any = forward, ran: set[str] = ran) -> Any:
+            ran.add(threading.current_thread().name)
+            return forward(batch, params)
+
+        monkeypatch.setattr(engine, "forward", noting)
+        features = engine.preprocess([{"text": t} for t in texts], engine_params(engine))
+        # When it runs them
+        plan = engine.plan(features)
+        outcomes = engine.run([{"text": t} for t in texts], {"top_k": None})
+        assert all(o is not None and o.ok for o in outcomes)
+        results[lanes] = [o.result for o in outcomes if o is not None]
+        threads_ran[lanes] = ran
+        assert len(plan) == lanes
+    # then with two lanes the chunk is two micro-batches, each run in a lane thread of its own, and every item has
+    # the one-lane result, in input order
+    assert len(threads_ran[2]) == 2 and all(name.startswith("ct2-lane") for name in threads_ran[2])
+    assert [[r["label"] for r in rs] for rs in results[2]] == [[r["label"] for r in rs] for rs in results[1]]
+    got = np.array([[r["score"] for r in rs] for rs in results[2]])
+    want = np.array([[r["score"] for r in rs] for rs in results[1]])
+    assert np.abs(got - want).max() < 1e-6
+    assert min(np.abs(want[i] - want[j]).max() for i in range(len(texts)) for j in range(i)) > 1e-5
+
+
+def engine_params(engine: Any) -> Any:
+    from inferq.task_specs import read_params
+
+    return read_params(engine.task, {"top_k": None})

@@ -212,3 +212,47 @@ def test_the_least_cost_plan_cuts_where_lengths_drop() -> None:
     assert [sorted(lengths[b].tolist()) for b in plan] == [[100] * 8, [10] * 8]
     # And a cost above the padding saved keeps them together
     assert len(plan_batches(lengths, max_tokens=4096, max_size=64, batch_cost=1000)) == 1
+
+
+@given(
+    lengths=st.lists(st.integers(min_value=0, max_value=600), min_size=0, max_size=200),
+    max_tokens=st.integers(min_value=16, max_value=4096),
+    max_size=st.integers(min_value=1, max_value=64),
+    batch_cost=st.integers(min_value=0, max_value=10_000),
+    lanes=st.integers(min_value=1, max_value=4),
+)
+@settings(deadline=None)
+def test_a_plan_for_lanes_gives_every_lane_a_batch_and_keeps_the_budget(
+    lengths: list[int], max_tokens: int, max_size: int, batch_cost: int, lanes: int
+) -> None:
+    arr = np.array(lengths, dtype=np.int64)
+    alone = plan_batches(arr, max_tokens, max_size, batch_cost=batch_cost)
+    plan = plan_batches(arr, max_tokens, max_size, batch_cost=batch_cost, lanes=lanes)
+    # Every feature in exactly one batch, within the budget and the batch size
+    seen = np.concatenate(plan) if plan else np.array([], dtype=np.int64)
+    assert sorted(seen.tolist()) == list(range(len(lengths)))
+    for batch in plan:
+        assert len(batch) >= 1 and len(batch) <= max_size
+        assert len(batch) * max(int(arr[batch].max()), 1) <= max_tokens or len(batch) == 1
+    # at least one batch a lane where there are features enough (one each where fewer), and the plan for one lane
+    # wherever it already had that many.
+    assert len(plan) >= min(lanes, len(lengths))
+    if len(alone) >= lanes:
+        assert [b.tolist() for b in plan] == [b.tolist() for b in alone]
+
+
+def test_a_chunk_of_one_batch_is_cut_for_two_lanes_where_the_costliest_half_is_cheapest() -> None:
+    # Given 8 short texts that one lane would run as one batch (padding them costs less than another forward)
+    lengths = np.array([14, 18, 8, 17, 10, 18, 12, 16])
+    assert len(plan_batches(lengths, max_tokens=4096, max_size=64, batch_cost=32)) == 1
+    # When two lanes run side by side, the plan has two batches, length-sorted, cut so that the costlier one is as
+    # cheap as it can be (the lanes finish when it does): the four longest (4 × 18 + 32 = 104) and the four shortest
+    # (4 × 14 + 32 = 88), not the cut of least total cost (5 × 18 + 32 = 122 and 3 × 12 + 32 = 68: 190 against 192)
+    plan = plan_batches(lengths, max_tokens=4096, max_size=64, batch_cost=32, lanes=2)
+    assert [lengths[b].tolist() for b in plan] == [[18, 18, 17, 16], [14, 12, 10, 8]]
+
+
+def test_a_chunk_smaller_than_the_lanes_runs_one_feature_a_batch() -> None:
+    assert [b.tolist() for b in plan_batches(np.array([5, 9]), 4096, 64, batch_cost=32, lanes=3)] == [[1], [0]]
+    assert [b.tolist() for b in plan_batches(np.array([5]), 4096, 64, batch_cost=32, lanes=3)] == [[0]]
+    assert plan_batches(np.array([], dtype=np.int64), 4096, 64, batch_cost=32, lanes=3) == []
