@@ -35,9 +35,10 @@ def running_workers(
     stop_group: bool = True,
     program: Sequence[str] = WORKER_PROGRAM,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Start one ``inferq worker ARGS`` per log path (``-n w<i>-<tag>@%h`` when there are several, ``tag`` new for
-    each call: on RabbitMQ a node's remote-control queue is exclusive to its name, so a name still held by an earlier
-    worker's webhook sender that has not yet noticed its parent's SIGKILL would stop the new one from starting),
+    """Start one ``inferq worker ARGS`` per log path (named ``-n w<i>-<tag>@%h``, ``tag`` new for each call: on
+    RabbitMQ a node's remote-control queue is exclusive to its name, so a worker of Celery's default name would
+    not consume while another holds that name, be it a test's worker in the other test process or an earlier
+    worker's webhook sender that has not yet noticed its parent's SIGKILL),
     with ``env`` over this process's environment (``program``: another command line that runs the worker command,
     before ARGS); wait until every one says it is ready (started side by side: each boots in seconds); stop them afterwards: SIGTERM to each group (a warm shutdown; to the main process alone with
     ``stop_group=False``, which then stops its pool itself), SIGKILL to the group after ``stop_timeout``."""
@@ -47,7 +48,7 @@ def running_workers(
         procs = []
         for i, path in enumerate(logs):
             out = files.enter_context(open(path, "wb"))
-            names = ["-n", f"w{i}-{tag}@%h"] if len(logs) > 1 else []
+            names = ["-n", f"w{i}-{tag}@%h"]
             procs.append(
                 subprocess.Popen(
                     [*program, *args, *names],
