@@ -32,8 +32,10 @@ DEFAULT_COALESCE_ITEMS = DEFAULT_CHUNK_SIZE
 #: `DEFAULT_CONTINUE_SECONDS`): the continuation ends at whichever bound comes first. Measured A/B on a 2-core
 #: machine, null device, chunks of 1,024: 15,666 and 16,826 items/s against 14,023 and 14,428 without (load ~1.1),
 #: but no gain under load (3-4: the write's thread competes with the next chunk's tokenization for the interpreter,
-#: and the next chunk's claim takes four round trips where a message's takes one).
-DEFAULT_CONTINUE_CHUNKS = 64
+#: and the next chunk's claim takes four round trips where a message's takes one). Off by default until a quiet
+#: measurement shows it pays: it also changes what a delivery means (one message, several chunks; the continued
+#: chunks' own messages then only skip), which the metrics and the recovery of lost messages count on.
+DEFAULT_CONTINUE_CHUNKS = 0
 
 #: Seconds after which a message starts no further chunk of its continuation: far inside the broker's visibility
 #: timeout, and short enough that a worker shutting down or a newly dispatched job waits little for it.

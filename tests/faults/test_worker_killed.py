@@ -157,8 +157,9 @@ def test_a_live_worker_whose_chunk_outlasts_its_lease_keeps_it(
         running_worker(env, tmp_path / "worker.log", "--models", "slow", "--concurrency", "2"),
         client_for(env) as client,
     ):
-        # When it runs one chunk that outlasts its lease
-        job_id = client.submit("classification", "slow", sentences(10 * CHUNK), chunk_size=10 * CHUNK).job_id
+        # When it runs one chunk that outlasts its lease (3,000 items took 4.8 s on a quiet CPU with AMX, 8 s or
+        # more elsewhere: 9,000 outlast it everywhere)
+        job_id = client.submit("classification", "slow", sentences(30 * CHUNK), chunk_size=30 * CHUNK).job_id
         status = client.wait(job_id, timeout=180)
 
     # Then the chunk ran once, in one process, its items once each: nobody took it from its live worker
