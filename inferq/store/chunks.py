@@ -281,7 +281,12 @@ LEFT JOIN LATERAL (
     FROM items AS i
     WHERE leased.attempts IS NOT NULL AND fresh.fresh
         AND i.job_id = :job_id AND i.index >= c.start AND i.index < c.stop
-        AND NOT EXISTS (SELECT 1 FROM results AS r WHERE r.job_id = i.job_id AND r.index = i.index)
+        -- Bounded to the chunk's range too: without it a generic plan may hash every result of the job (a million
+        -- items' job: each claim's cost grew with the results stored before it).
+        AND NOT EXISTS (
+            SELECT 1 FROM results AS r
+            WHERE r.job_id = i.job_id AND r.index = i.index AND r.index >= c.start AND r.index < c.stop
+        )
 ) AS items ON true
 """
 )
