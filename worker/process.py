@@ -17,7 +17,7 @@ from pathlib import Path
 #: The command line of ``inferq worker``, before its options.
 WORKER_PROGRAM = (sys.executable, "-m", "inferq.cli", "worker")
 
-#: What Celery logs (at INFO) once a worker consumes.
+#: What Celery logs (at INFO) once a worker consumes, after its node's name.
 _READY = b" ready."
 
 #: Log characters quoted in an error about a worker that did not start.
@@ -61,8 +61,12 @@ def running_workers(
             )
         try:
             deadline = time.monotonic() + ready_timeout
-            for proc, path in zip(procs, logs, strict=True):
-                while _READY not in path.read_bytes():
+            for i, (proc, path) in enumerate(zip(procs, logs, strict=True)):
+                # This node's own line: the worker's webhook sender, a Celery worker of its own, logs " ready." too,
+                # and says so even when the node itself failed to start consuming (RabbitMQ's RESOURCE_LOCKED on a
+                # remote-control queue of the same name, once), which left a test waiting for work nobody did.
+                node = f"w{i}-{tag}@".encode()
+                while not any(node in line and _READY in line for line in path.read_bytes().splitlines()):
                     if proc.poll() is not None:
                         raise RuntimeError(f"worker exited with {proc.returncode}:\n{_tail(path)}")
                     if time.monotonic() > deadline:
