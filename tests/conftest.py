@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.settings import Settings
 from tests.support.services import fresh_postgres_database, require_redis
@@ -115,6 +116,21 @@ def own_postgres() -> Iterator[str]:
     with fresh_postgres_database() as url:
         migrate.upgrade(Settings(database_url=url))
         yield url
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def either_database(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
+    """Sessions of the migrated PostgreSQL database, then of a migrated SQLite one: a store test that runs on both
+    through the store's dialect seam."""
+    from inferq.db import make_engine, make_sessionmaker
+
+    if request.param == "postgresql":
+        settings = Settings(database_url=request.getfixturevalue("migrated_postgres"))
+    else:
+        settings = request.getfixturevalue("sqlite_settings")
+    engine = make_engine(settings)
+    yield make_sessionmaker(engine)
+    engine.dispose()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,15 +26,9 @@ from producer.inputs import InputRecord
 TEXTS = ["plain", "héllo wörld ✓", "line\u2028separator", 'quote " and \\ backslash', "", "日本語のテキスト", "x" * 300]
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def sessions(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
-    if request.param == "postgresql":
-        settings = Settings(database_url=request.getfixturevalue("migrated_postgres"))
-    else:
-        settings = request.getfixturevalue("sqlite_settings")
-    engine = make_engine(settings)
-    yield make_sessionmaker(engine)
-    engine.dispose()
+@pytest.fixture
+def sessions(either_database: sessionmaker[Session]) -> sessionmaker[Session]:
+    return either_database
 
 
 def a_job(sessions: sessionmaker[Session], inputs: list[dict[str, Any]], chunk_size: int) -> str:

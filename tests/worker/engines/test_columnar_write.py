@@ -9,16 +9,13 @@ separator, ``%`` signs (the one-pass format's own marker) in labels and document
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from inferq.db import make_engine, make_sessionmaker
 from inferq.errors import InputError
-from inferq.settings import Settings
 from inferq.store.chunks import Claim, claim_chunk, write_results
 from inferq.task_specs import TaskName, validate_params
 from producer.client import store_job
@@ -93,15 +90,9 @@ CASES: dict[str, tuple[TaskName, dict[str, Any], list[dict[str, Any]], dict[str,
 }
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def sessions(request: pytest.FixtureRequest) -> Iterator[sessionmaker[Session]]:
-    if request.param == "postgresql":
-        settings = Settings(database_url=request.getfixturevalue("migrated_postgres"))
-    else:
-        settings = request.getfixturevalue("sqlite_settings")
-    engine = make_engine(settings)
-    yield make_sessionmaker(engine)
-    engine.dispose()
+@pytest.fixture
+def sessions(either_database: sessionmaker[Session]) -> sessionmaker[Session]:
+    return either_database
 
 
 def outcomes_of(engine: Engine[Any], inputs: list[dict[str, Any]], params: Any, bad: list[int]) -> list[Outcome]:
