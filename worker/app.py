@@ -461,7 +461,24 @@ def run_worker(
     _state.configure(
         settings, webhook_sender=webhook_sender, webhooks_only=webhooks_only, parent_pid=parent_pid, ready_fd=ready_fd
     )
-    _state.app.worker_main(argv)
+    from celery import signals
+
+    controllers: list[Any] = []
+
+    def keep(sender: Any, **_: Any) -> None:
+        controllers.append(sender)
+
+    signals.worker_init.connect(keep, weak=False)
+    try:
+        _state.app.worker_main(argv)
+    finally:
+        signals.worker_init.disconnect(keep)
+    # `worker_main` drops the worker's exit status: a worker that stopped on an unrecoverable error (its node's name
+    # taken on RabbitMQ, a broker refusing it) would exit 0, which a supervisor restarting on failure takes for a
+    # clean stop. The status is its controller's.
+    status = controllers[-1].exitcode if controllers else None
+    if status:
+        raise SystemExit(status)
 
 
 def __getattr__(name: str) -> Any:
