@@ -46,6 +46,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import orjson
 from sqlalchemy import (
     ColumnElement,
+    Select,
     Text,
     and_,
     bindparam,
@@ -488,6 +489,37 @@ def _release_earlier_batch(session: Session, job_id: str, seq: int) -> None:
         )
 
 
+def _queued_chunks(
+    lead: Claim, same: ColumnElement[bool], *, released_only: bool, limit: int
+) -> Select[str, int, int, int, dt.datetime | None, dt.datetime]:
+    """Queued chunks never tried before that may run with or after ``lead`` (jobs matching ``same``, of ``lead``'s
+    task, model and queue, unfinished), locked with ``SKIP LOCKED`` so that concurrent workers take different ones:
+    under ``released_only`` (the dispatcher's fair order) only released ones, in release order, else oldest job
+    first. A batch's mates (`claim_mates`) and a message's next chunk (`claim_next`)."""
+    released: tuple[ColumnElement[bool], ...] = (Chunk.enqueued_at.is_not(None),) if released_only else ()
+    order = (Chunk.enqueued_at, Chunk.job_id, Chunk.seq) if released_only else (Job.created_at, Chunk.job_id, Chunk.seq)
+    return (
+        select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop, Chunk.enqueued_at, Job.created_at)
+        .join(Job, Job.id == Chunk.job_id)
+        .where(
+            same,
+            Job.state.in_(UNFINISHED_JOB_STATES),
+            Job.task == lead.task.value,
+            Job.model == lead.model,
+            # Routed where the leader's job was (a job sent to a GPU queue is not taken by a CPU worker).
+            Job.queue == lead.queue,
+            Chunk.state == ChunkState.QUEUED,
+            # A chunk tried before runs alone, from its own message: whatever killed a worker once takes nothing
+            # else down with it.
+            Chunk.attempts == 0,
+            *released,
+        )
+        .order_by(*order)
+        .limit(limit)
+        .with_for_update(of=Chunk, skip_locked=True)
+    )
+
+
 def claim_mates(
     session: Session,
     lead: Claim,
@@ -511,29 +543,19 @@ def claim_mates(
     room = max_items - len(lead.indices)
     if room <= 0 or lead.attempts != 1 or lead.batch_key is None:
         return []
-    conn = session.connection()
-    released: tuple[ColumnElement[bool], ...] = (Chunk.enqueued_at.is_not(None),) if released_only else ()
-    order = (Chunk.enqueued_at, Chunk.job_id, Chunk.seq) if released_only else (Job.created_at, Chunk.job_id, Chunk.seq)
-    candidates = conn.execute(
-        select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop, Chunk.enqueued_at, Job.created_at)
-        .join(Job, Job.id == Chunk.job_id)
-        .where(
-            Job.batch_key == lead.batch_key,
-            Job.state.in_(UNFINISHED_JOB_STATES),
-            Job.task == lead.task.value,
-            Job.model == lead.model,
-            # Routed where the leader's job was (a job sent to a GPU queue is not taken by a CPU worker).
-            Job.queue == lead.queue,
-            # Other jobs only: a job's own chunk size is the user's choice of how to spread it over workers.
-            Job.id != lead.job_id,
-            Chunk.state == ChunkState.QUEUED,
-            Chunk.attempts == 0,
-            *released,
+    candidates = (
+        session.connection()
+        .execute(
+            _queued_chunks(
+                lead,
+                # Other jobs only: a job's own chunk size is the user's choice of how to spread it over workers.
+                and_(Job.batch_key == lead.batch_key, Job.id != lead.job_id),
+                released_only=released_only,
+                limit=min(room, MAX_MATES),
+            )
         )
-        .order_by(*order)
-        .limit(min(room, MAX_MATES))
-        .with_for_update(of=Chunk, skip_locked=True)
-    ).all()
+        .all()
+    )
     taken: list[tuple[str, int]] = []
     waiting_since: dict[tuple[str, int], dt.datetime | None] = {}
     items = 0
@@ -569,32 +591,8 @@ def claim_next(
     still on the broker, claims nothing: delivered while the chunk runs it is deferred (`ChunkOutcome.DEFERRED`),
     after its write it is skipped. Were the leading message's worker to die, the leader's redelivery releases the
     chunk, or its lease runs out, and its own message runs it again: exactly the batch-mate's story."""
-    released: tuple[ColumnElement[bool], ...] = (Chunk.enqueued_at.is_not(None),) if released_only else ()
-    order = (Chunk.enqueued_at, Chunk.job_id, Chunk.seq) if released_only else (Job.created_at, Chunk.job_id, Chunk.seq)
     same = Job.batch_key == lead.batch_key if lead.batch_key is not None else Job.id == lead.job_id
-    row = (
-        session.connection()
-        .execute(
-            select(Chunk.job_id, Chunk.seq, Chunk.start, Chunk.stop, Chunk.enqueued_at, Job.created_at)
-            .join(Job, Job.id == Chunk.job_id)
-            .where(
-                same,
-                Job.state.in_(UNFINISHED_JOB_STATES),
-                Job.task == lead.task.value,
-                Job.model == lead.model,
-                Job.queue == lead.queue,
-                Chunk.state == ChunkState.QUEUED,
-                # A chunk tried before runs alone, from its own message: whatever killed a worker once takes no
-                # continuation down with it.
-                Chunk.attempts == 0,
-                *released,
-            )
-            .order_by(*order)
-            .limit(1)
-            .with_for_update(of=Chunk, skip_locked=True)
-        )
-        .one_or_none()
-    )
+    row = session.connection().execute(_queued_chunks(lead, same, released_only=released_only, limit=1)).one_or_none()
     if row is None:
         return None
     waiting_since = {(row.job_id, row.seq): row.enqueued_at or row.created_at}
