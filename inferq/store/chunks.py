@@ -38,29 +38,35 @@ import json
 import logging
 import struct
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import cache
 from typing import Any, Literal, NamedTuple, Protocol
 
 import orjson
 from sqlalchemy import (
     ColumnElement,
+    Integer,
+    Row,
     Select,
+    String,
     Text,
     and_,
     bindparam,
     case,
     cast,
+    column,
     exists,
     func,
     insert,
     or_,
     select,
     text,
+    true,
     update,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.orm import Session
 
 from inferq.errors import InferqError
@@ -267,7 +273,7 @@ WITH c AS (
     SELECT pg_notify(:channel, '') FROM c CROSS JOIN leased
     WHERE :wake AND c.state = :queued AND c.enqueued_at IS NOT NULL
 )
-SELECT act.act, leased.attempts, j.task, j.model, j.params, j.batch_key, j.queue,
+SELECT act.act, leased.attempts, c.start, c.stop, j.task, j.model, j.params, j.batch_key, j.queue,
     COALESCE(c.enqueued_at, j.created_at) AS waiting_since,
     (SELECT count(*) FROM released) AS released, (SELECT count(*) FROM closed) AS closed,
     (SELECT count(*) FROM started) AS started, (SELECT count(*) FROM woke) AS woke,
@@ -339,7 +345,7 @@ def _claim_chunk_in_one(
         # The chunk changed while this claim waited for its lock: the statement's snapshot predates that change.
         if row.attempts > 1:
             _release_earlier_batch(session, job_id, seq)
-        indices, inputs = _read_items(session, job_id, seq)
+        indices, inputs = _read_ranges(session, [(job_id, row.start, row.stop)])[0]
     if clock is not None:
         clock.lap("read")
     task = TaskName(row.task)
@@ -356,21 +362,6 @@ def _claim_chunk_in_one(
         queue=row.queue,
         waiting_since=row.waiting_since,
     )
-
-
-def _read_items(session: Session, job_id: str, seq: int) -> tuple[list[int], list[dict[str, Any]]]:
-    """The unfinished items of a chunk (locked by this transaction): their indices and inputs, in index order."""
-    rows = (
-        session.connection()
-        .execute(
-            select(Item.index.label("item_index"), Item.input)
-            .join(Chunk, and_(Chunk.job_id == Item.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
-            .where(Chunk.job_id == job_id, Chunk.seq == seq, Item.job_id == job_id, unfinished_items())
-            .order_by(Item.index)
-        )
-        .all()
-    )
-    return [r.item_index for r in rows], [r.input for r in rows]
 
 
 def decode_inputs(array: str | bytes) -> list[dict[str, Any]]:
@@ -445,16 +436,7 @@ def _claim_chunk_by_steps(
         clock.lap("claim")
     # A read, not a write: an item's attempts are stamped with its result (`write_results`), and an UPDATE here
     # rewrote every row of the chunk (all its indexes' entries too) once more per delivery.
-    items = conn.execute(
-        select(Item.index.label("item_index"), Item.input)
-        .where(
-            Item.job_id == job_id,
-            Item.index >= row.start,
-            Item.index < row.stop,
-            unfinished_items(Result.index >= row.start, Result.index < row.stop),
-        )
-        .order_by(Item.index)
-    ).all()
+    indices, inputs = _read_ranges(session, [(job_id, row.start, row.stop)])[0]
     if clock is not None:
         clock.lap("read")
     return Claim(
@@ -463,8 +445,8 @@ def _claim_chunk_by_steps(
         task=task,
         model=row.model,
         params=read_params(task, row.params),
-        indices=[item.item_index for item in items],
-        inputs=[item.input for item in items],
+        indices=indices,
+        inputs=inputs,
         attempts=attempts,
         batch_key=row.batch_key,
         queue=row.queue,
@@ -556,18 +538,15 @@ def claim_mates(
         )
         .all()
     )
-    taken: list[tuple[str, int]] = []
-    waiting_since: dict[tuple[str, int], dt.datetime | None] = {}
+    taken: list[_Queued] = []
     items = 0
     for candidate in candidates:
         if items >= room:
             break
-        key = (candidate.job_id, candidate.seq)
-        taken.append(key)
-        waiting_since[key] = candidate.enqueued_at or candidate.created_at
+        taken.append(_Queued.of(candidate))
         items += candidate.stop - candidate.start
     return _lease_and_read(
-        session, lead, waiting_since, worker=worker, lease_seconds=lease_seconds, leader=lead.key, clock=clock
+        session, lead, taken, worker=worker, lease_seconds=lease_seconds, leader=lead.key, clock=clock
     )
 
 
@@ -595,17 +574,8 @@ def claim_next(
     row = session.connection().execute(_queued_chunks(lead, same, released_only=released_only, limit=1)).one_or_none()
     if row is None:
         return None
-    waiting_since = {(row.job_id, row.seq): row.enqueued_at or row.created_at}
     claims = _lease_and_read(
-        session,
-        lead,
-        waiting_since,
-        worker=worker,
-        lease_seconds=lease_seconds,
-        leader=leader,
-        clock=clock,
-        # The chunk's own range bounds its read: the next chunk of a big job must not look at every result of it.
-        read=lambda s, _: {(row.job_id, row.seq): _read_range(s, row.job_id, row.start, row.stop)},
+        session, lead, [_Queued.of(row)], worker=worker, lease_seconds=lease_seconds, leader=leader, clock=clock
     )
     if released_only:
         # A released chunk left its queue's window: the dispatcher's leader may release the next one, and is woken
@@ -614,28 +584,43 @@ def claim_next(
     return claims[0]
 
 
+class _Queued(NamedTuple):
+    """A chunk `_queued_chunks` found, to lease and read (`_lease_and_read`)."""
+
+    job_id: str
+    seq: int
+    #: Its items' indices, ``start <= index < stop``: the range its read is bounded to (`_read_ranges`).
+    start: int
+    stop: int
+    #: Since when it has been waiting for a worker (`Claim.waiting_since`).
+    waiting_since: dt.datetime | None
+
+    @classmethod
+    def of(cls, row: Row[str, int, int, int, dt.datetime | None, dt.datetime]) -> _Queued:
+        """A row of `_queued_chunks`."""
+        return cls(row.job_id, row.seq, row.start, row.stop, row.enqueued_at or row.created_at)
+
+
 def _lease_and_read(
     session: Session,
     lead: Claim,
-    waiting_since: dict[tuple[str, int], dt.datetime | None],
+    taken: list[_Queued],
     *,
     worker: str,
     lease_seconds: int,
     leader: str,
     clock: Laps | None,
-    read: _ReadChunks | None = None,
 ) -> list[Claim]:
-    """Lease the chunks ``waiting_since`` names (locked by this transaction, never tried before, of jobs sharing
-    ``lead``'s batch key) to this worker under ``leader``, start their jobs, and read their unfinished items (with
-    ``read``, else `_read_mates`): one `Claim` each, in the order given."""
-    taken = list(waiting_since)
+    """Lease the chunks ``taken`` (locked by this transaction, never tried before, of jobs sharing ``lead``'s batch
+    key) to this worker under ``leader``, start their jobs, and read their unfinished items, each within its own
+    range (`_read_ranges`): one `Claim` each, in the order given."""
     if not taken:
         return []
     conn = session.connection()
     now = utcnow()
     conn.execute(
         update(Chunk)
-        .where(keyed(Chunk.job_id, Chunk.seq, taken))
+        .where(keyed(Chunk.job_id, Chunk.seq, [(c.job_id, c.seq) for c in taken]))
         .values(
             state=ChunkState.RUNNING,
             attempts=Chunk.attempts + 1,
@@ -644,100 +629,102 @@ def _lease_and_read(
             leader=leader,
         )
     )
-    start_jobs(session, sorted({j for j, _ in taken}), now)
+    start_jobs(session, sorted({c.job_id for c in taken}), now)
     if clock is not None:
         clock.lap("claim")
-    if read is None:
-        read = _read_mates_aggregated if dialect_of(session) is Dialect.POSTGRESQL else _read_mates
-    found = read(session, taken)
+    found = _read_ranges(session, [(c.job_id, c.start, c.stop) for c in taken])
     if clock is not None:
         clock.lap("read")
-    by_chunk: dict[tuple[str, int], Claim] = {
-        key: Claim(
-            job_id=key[0],
-            seq=key[1],
+    return [
+        Claim(
+            job_id=chunk.job_id,
+            seq=chunk.seq,
             task=lead.task,
             model=lead.model,
             params=lead.params,
-            indices=[],
-            inputs=[],
+            indices=indices,
+            inputs=inputs,
             batch_key=lead.batch_key,
             queue=lead.queue,
-            waiting_since=waiting_since[key],
+            waiting_since=chunk.waiting_since,
         )
-        for key in taken
-    }
-    for key, (indices, inputs) in found.items():
-        by_chunk[key].indices, by_chunk[key].inputs = indices, inputs
-    return list(by_chunk.values())
+        for chunk, (indices, inputs) in zip(taken, found, strict=True)
+    ]
 
 
-#: How `_lease_and_read` reads the unfinished items of the chunks it leased: by chunk, their indices and inputs.
-_ReadChunks = Callable[[Session, list[tuple[str, int]]], dict[tuple[str, int], tuple[list[int], list[Any]]]]
+@cache
+def _lateral_ranges_read() -> Select[int, list[int] | None, str | None]:
+    """PostgreSQL's read of the unfinished items of chunks given by their ranges (`_read_ranges`), in one round trip:
+    the ranges come as three bound arrays (jobs, starts, stops: one statement whatever the number of chunks, built
+    and compiled once), and each range is read LATERAL, its bounds parameters of its own read. Those bound the
+    results looked at too, so that even under a hash anti join only the range's results are read (a bound by the
+    `Chunk` row's columns is not pushed into the hashed side: a mate of a job with a million results read them
+    all). One row per range, in order (``n``): its indices as an array and its inputs as one JSON array
+    (`decode_inputs`), ``NULL`` when none is unfinished."""
+    ranges = (
+        func.unnest(
+            bindparam("jobs", type_=ARRAY(String)),
+            bindparam("starts", type_=ARRAY(Integer)),
+            bindparam("stops", type_=ARRAY(Integer)),
+        )
+        .table_valued(column("job_id", String), column("lo", Integer), column("hi", Integer), with_ordinality="n")
+        .render_derived(name="ranges")
+    )
+    items = (
+        select(
+            func.array_agg(aggregate_order_by(Item.index, Item.index)).label("indices"),
+            cast(func.json_agg(aggregate_order_by(Item.input, Item.index)), Text).label("inputs"),
+        )
+        .where(
+            Item.job_id == ranges.c.job_id,
+            Item.index >= ranges.c.lo,
+            Item.index < ranges.c.hi,
+            unfinished_items(Result.index >= ranges.c.lo, Result.index < ranges.c.hi),
+        )
+        .lateral("unfinished")
+    )
+    return select(ranges.c.n, items.c.indices, items.c.inputs).join_from(ranges, items, true()).order_by(ranges.c.n)
 
 
-def _read_range(session: Session, job_id: str, start: int, stop: int) -> tuple[list[int], list[Any]]:
-    """The unfinished items of one chunk (``start <= index < stop`` of ``job_id``): their indices and inputs in
-    index order, the results looked at bounded to the same range (`unfinished_items`). On PostgreSQL one row, the
-    items aggregated as the claim's statement aggregates them (`decode_inputs`)."""
-    within = (Item.job_id == job_id, Item.index >= start, Item.index < stop)
-    unfinished = unfinished_items(Result.index >= start, Result.index < stop)
+def _read_ranges(session: Session, ranges: list[tuple[str, int, int]]) -> list[tuple[list[int], list[Any]]]:
+    """The unfinished items of the chunks ``ranges`` (job, start, stop each: the items ``start <= index < stop``
+    of the job): their indices and inputs in index order, one pair per range, in order. Each range bounds both the
+    items read and the results looked at (`unfinished_items`), whatever plan the database picks: a chunk's read
+    costs its own range, never every result of its job. PostgreSQL: one statement for all (`_lateral_ranges_read`),
+    the items aggregated as the claim's statement aggregates them. SQLite: a statement per range
+    (`_one_range_read`)."""
+    if not ranges:
+        return []
     conn = session.connection()
     if dialect_of(session) is Dialect.POSTGRESQL:
-        row = conn.execute(
-            select(
-                func.array_agg(aggregate_order_by(Item.index, Item.index)).label("indices"),
-                cast(func.json_agg(aggregate_order_by(Item.input, Item.index)), Text).label("inputs"),
-            ).where(*within, unfinished)
-        ).one()
-        return list(row.indices or []), decode_inputs(row.inputs) if row.inputs is not None else []
-    rows = conn.execute(
-        select(Item.index.label("item_index"), Item.input).where(*within, unfinished).order_by(Item.index)
-    ).all()
-    return [r.item_index for r in rows], [r.input for r in rows]
-
-
-def _read_mates(session: Session, taken: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[list[int], list[Any]]]:
-    """The unfinished items of the chunks ``taken``, by chunk: their indices and inputs in index order."""
-    rows = (
-        session.connection()
-        .execute(
-            select(Chunk.job_id, Chunk.seq, Item.index.label("item_index"), Item.input)
-            .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
-            .where(keyed(Chunk.job_id, Chunk.seq, taken), unfinished_items())
-            .order_by(Chunk.job_id, Chunk.seq, Item.index)
-        )
-        .all()
-    )
-    out: dict[tuple[str, int], tuple[list[int], list[Any]]] = {}
-    for row in rows:
-        indices, inputs = out.setdefault((row.job_id, row.seq), ([], []))
-        indices.append(row.item_index)
-        inputs.append(row.input)
+        jobs, los, his = (list(values) for values in zip(*ranges, strict=True))
+        rows = conn.execute(_lateral_ranges_read(), {"jobs": jobs, "starts": los, "stops": his}).all()
+        return [(list(row.indices or []), decode_inputs(row.inputs) if row.inputs is not None else []) for row in rows]
+    read = _one_range_read()
+    out: list[tuple[list[int], list[Any]]] = []
+    for job_id, start, stop in ranges:
+        rows = conn.execute(read, {"job": job_id, "lo": start, "hi": stop}).all()
+        out.append(([r.item_index for r in rows], [r.input for r in rows]))
     return out
 
 
-def _read_mates_aggregated(
-    session: Session, taken: list[tuple[str, int]]
-) -> dict[tuple[str, int], tuple[list[int], list[Any]]]:
-    """`_read_mates` on PostgreSQL: one row per chunk, its indices as an array and its inputs as one JSON array
-    (`decode_inputs`), not one row and one JSON decode per item."""
-    rows = (
-        session.connection()
-        .execute(
-            select(
-                Chunk.job_id,
-                Chunk.seq,
-                func.array_agg(aggregate_order_by(Item.index, Item.index)).label("indices"),
-                cast(func.json_agg(aggregate_order_by(Item.input, Item.index)), Text).label("inputs"),
-            )
-            .join(Item, and_(Item.job_id == Chunk.job_id, Item.index >= Chunk.start, Item.index < Chunk.stop))
-            .where(keyed(Chunk.job_id, Chunk.seq, taken), unfinished_items())
-            .group_by(Chunk.job_id, Chunk.seq)
+@cache
+def _one_range_read() -> Select[int, Any]:
+    """SQLite's read of the unfinished items of one chunk given by its range (`_read_ranges`): one statement a
+    chunk, the same each time (compiled once; in process, a statement costs no round trip). A term per chunk in one
+    statement cost SQLAlchemy more to build than SQLite to run, and a thousand of them outgrow SQLite's expression
+    depth."""
+    job, lo, hi = bindparam("job", type_=String), bindparam("lo", type_=Integer), bindparam("hi", type_=Integer)
+    return (
+        select(Item.index.label("item_index"), Item.input)
+        .where(
+            Item.job_id == job,
+            Item.index >= lo,
+            Item.index < hi,
+            unfinished_items(Result.index >= lo, Result.index < hi),
         )
-        .all()
+        .order_by(Item.index)
     )
-    return {(row.job_id, row.seq): (list(row.indices), decode_inputs(row.inputs)) for row in rows}
 
 
 def start_jobs(session: Session, job_ids: list[str], now: dt.datetime) -> None:
@@ -875,8 +862,9 @@ _COPY_RESULTS = "COPY results (" + ", ".join(f'"{c}"' for c in WRITE_COLUMNS) + 
 def without_result(*within: ColumnElement[bool]) -> ColumnElement[bool]:
     """An `Item` has no `Result` row yet: it has not ended by itself (what a claim still has to run). ``within``
     bounds the results looked at to the chunk's range, so that whatever plan PostgreSQL picks (an anti join that
-    hashes the results) reads the chunk's results only, never every result of a big job."""
-    return ~exists().where(Result.job_id == Item.job_id, Result.index == Item.index, *within)
+    hashes the results) reads the chunk's results only, never every result of a big job. Every table but `Result`
+    is the enclosing query's, however deep (a bound may come from the ranges a LATERAL read is given)."""
+    return ~exists().where(Result.job_id == Item.job_id, Result.index == Item.index, *within).correlate_except(Result)
 
 
 def _written_before(session: Session, chunks: list[tuple[str, int, int, int]]) -> set[tuple[str, int]]:
