@@ -1,6 +1,7 @@
 """The claim on both databases: PostgreSQL's one statement (lock, decide, lease, start the job, read the inputs as
 one aggregated column) and SQLite's statement per step lease the same way and read the same items; a claim that
-waited for the chunk's lock reads the items as the lock's holder left them."""
+waited for the chunk's lock reads the items as the lock's holder left them. A batch's mates and a message's next
+chunk read their unfinished items the same way, each within its own chunk's range."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from inferq.db import make_engine, make_sessionmaker
 from inferq.schema import Chunk, Job, Result, utcnow
 from inferq.settings import Settings
 from inferq.states import ChunkState, ItemState, JobState
-from inferq.store.chunks import ChunkOutcome, Claim, claim_chunk, decode_inputs
+from inferq.store.chunks import ChunkOutcome, Claim, claim_chunk, claim_mates, claim_next, decode_inputs
 from inferq.task_specs import TaskName
 from producer.client import store_job
 from producer.inputs import InputRecord
@@ -31,7 +32,7 @@ def sessions(either_database: sessionmaker[Session]) -> sessionmaker[Session]:
     return either_database
 
 
-def a_job(sessions: sessionmaker[Session], inputs: list[dict[str, Any]], chunk_size: int) -> str:
+def a_job(sessions: sessionmaker[Session], inputs: list[dict[str, Any]], chunk_size: int, queue: str = "q") -> str:
     job_id = uuid.uuid4().hex
     records = [InputRecord(line=i + 1, client_id=str(i), data=d) for i, d in enumerate(inputs)]
     with sessions.begin() as session:
@@ -43,7 +44,7 @@ def a_job(sessions: sessionmaker[Session], inputs: list[dict[str, Any]], chunk_s
             {"top_k": 1, "function_to_apply": "default"},
             records,
             chunk_size,
-            "q",
+            queue,
         )
     return job_id
 
@@ -238,6 +239,89 @@ def test_a_claim_reads_the_results_of_its_own_chunk_only(migrated_postgres: str)
         # Then it read its 50 items and looked at no other chunk's results
         assert isinstance(claimed, Claim) and claimed.indices == list(range(950, 1_000))
         assert read <= 50, f"the claim read {read} rows of results for a chunk of 50"
+    finally:
+        engine.dispose()
+
+
+def test_batch_mates_read_their_unfinished_items_in_order(sessions: sessionmaker[Session]) -> None:
+    # Given a leading one-item job and, on its queue with its batch key, a job of two chunks some of whose items
+    # have a result (from an earlier partial run), and a job whose every item has one
+    queue = uuid.uuid4().hex
+    lead = claim(sessions, a_job(sessions, [{"text": "lead"}], chunk_size=1, queue=queue), 0)
+    assert isinstance(lead, Claim)
+    inputs = [{"text": t} for t in TEXTS]
+    partial = a_job(sessions, inputs, chunk_size=4, queue=queue)
+    end_items(sessions, partial, [1, 2, 5], ItemState.SUCCEEDED)
+    ended = a_job(sessions, [{"text": "x"}, {"text": "y"}], chunk_size=2, queue=queue)
+    end_items(sessions, ended, [0, 1], ItemState.FAILED)
+
+    # When the leader takes its batch-mates
+    with sessions.begin() as session:
+        mates = claim_mates(session, lead, worker="w", lease_seconds=60, max_items=100)
+
+    # Then each mate holds its own chunk's unfinished items, inputs exactly as stored, in index order
+    assert [(m.job_id, m.seq) for m in mates] == [(partial, 0), (partial, 1), (ended, 0)]
+    assert [m.indices for m in mates] == [[0, 3], [4, 6], []]
+    assert [m.inputs for m in mates] == [[inputs[0], inputs[3]], [inputs[4], inputs[6]], []]
+    # and runs in the leader's batch
+    for mate in mates:
+        chunk = the_chunk(sessions, mate.job_id, mate.seq)
+        assert (chunk.state, chunk.leader, chunk.worker, chunk.attempts) == (ChunkState.RUNNING, lead.key, "w", 1)
+
+
+def test_the_next_chunk_reads_its_unfinished_items_in_order(sessions: sessionmaker[Session]) -> None:
+    # Given a claimed chunk and, on its queue with its batch key, a job whose first chunk has an item with a result
+    queue = uuid.uuid4().hex
+    lead = claim(sessions, a_job(sessions, [{"text": "lead"}], chunk_size=1, queue=queue), 0)
+    assert isinstance(lead, Claim)
+    inputs = [{"text": t} for t in TEXTS]
+    job_id = a_job(sessions, inputs, chunk_size=3, queue=queue)
+    end_items(sessions, job_id, [1], ItemState.SUCCEEDED)
+
+    # When the leader's message takes the next chunk
+    with sessions.begin() as session:
+        nxt = claim_next(session, lead, worker="w", lease_seconds=60, leader=lead.key)
+
+    # Then it holds that chunk's unfinished items in index order
+    assert nxt is not None and (nxt.job_id, nxt.seq) == (job_id, 0)
+    assert (nxt.indices, nxt.inputs) == ([0, 2], [inputs[0], inputs[2]])
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("take", ["mates", "next"])
+def test_a_batch_mate_reads_the_results_of_its_own_chunk_only(migrated_postgres: str, take: str) -> None:
+    """PostgreSQL: a batch-mate's (and a message's next chunk's) read of unfinished items looks up results within
+    the chunk's range, whatever plan the database picks. A mate read joined with its chunk's row hashed every
+    result of the mate's job."""
+    engine = make_engine(Settings(database_url=migrated_postgres))
+    sessions = make_sessionmaker(engine)
+    try:
+        # Given a claimed one-item chunk and, on its queue with its batch key, a job of 2,000 items whose every
+        # chunk but one of 50 has ended
+        queue = uuid.uuid4().hex
+        lead = claim(sessions, a_job(sessions, [{"text": "lead"}], chunk_size=1, queue=queue), 0)
+        assert isinstance(lead, Claim)
+        mate = a_job(sessions, [{"text": f"text {i}"} for i in range(2_000)], chunk_size=50, queue=queue)
+        end_items(sessions, mate, [i for i in range(2_000) if not 1_000 <= i < 1_050], ItemState.SUCCEEDED)
+        with sessions.begin() as session:
+            session.execute(update(Chunk).where(Chunk.job_id == mate, Chunk.seq != 20).values(state=ChunkState.DONE))
+        with engine.connect() as conn:
+            conn.execute(text("ANALYZE items, results"))
+        # When the leader takes that chunk, as a batch-mate or as its next, under the plan a big job's statistics
+        # lead to (no nested loop: the anti join hashes the results it looks at)
+        with sessions.begin() as session:
+            conn = session.connection()
+            conn.execute(text("SET LOCAL enable_nestloop = off"))
+            read_before = results_rows_read(conn)
+            if take == "mates":
+                taken = claim_mates(session, lead, worker="w", lease_seconds=60, max_items=51)
+            else:
+                nxt = claim_next(session, lead, worker="w", lease_seconds=60, leader=lead.key)
+                taken = [nxt] if nxt is not None else []
+            read = results_rows_read(conn) - read_before
+        # Then it read the chunk's 50 items and looked at no other chunk's results
+        assert [(c.job_id, c.seq, c.indices) for c in taken] == [(mate, 20, list(range(1_000, 1_050)))]
+        assert read <= 50, f"the read looked at {read} rows of results for a chunk of 50"
     finally:
         engine.dispose()
 
