@@ -8,7 +8,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Engine, insert, select, text, update
@@ -22,6 +23,8 @@ from inferq.store.chunks import ChunkOutcome, Claim, claim_chunk, claim_mates, c
 from inferq.task_specs import TaskName
 from producer.client import store_job
 from producer.inputs import InputRecord
+
+T = TypeVar("T")
 
 #: Texts that a JSON round trip could change: non-ASCII, a line separator, quotes and backslashes, an empty string.
 TEXTS = ["plain", "héllo wörld ✓", "line\u2028separator", 'quote " and \\ backslash', "", "日本語のテキスト", "x" * 300]
@@ -47,6 +50,13 @@ def a_job(sessions: sessionmaker[Session], inputs: list[dict[str, Any]], chunk_s
             queue,
         )
     return job_id
+
+
+def a_lead(sessions: sessionmaker[Session]) -> Claim:
+    """A claimed one-item chunk on a queue of its own: the jobs a test adds there are the only ones it may take."""
+    lead = claim(sessions, a_job(sessions, [{"text": "lead"}], chunk_size=1, queue=uuid.uuid4().hex), 0)
+    assert isinstance(lead, Claim)
+    return lead
 
 
 def claim(sessions: sessionmaker[Session], job_id: str, seq: int, worker: str = "w") -> Claim | ChunkOutcome:
@@ -226,16 +236,10 @@ def test_a_claim_reads_the_results_of_its_own_chunk_only(migrated_postgres: str)
         # Given a job of 20 chunks of 50 items whose first 19 chunks have ended
         job_id = a_job(sessions, [{"text": f"text {i}"} for i in range(1_000)], chunk_size=50)
         end_items(sessions, job_id, list(range(950)), ItemState.SUCCEEDED)
-        with engine.connect() as conn:
-            conn.execute(text("ANALYZE items, results"))
-        # When its last chunk is claimed under the plan a big job's statistics lead to (no nested loop: the
-        # anti join hashes the results it looks at)
-        with sessions.begin() as session:
-            conn = session.connection()
-            conn.execute(text("SET LOCAL enable_nestloop = off"))
-            read_before = results_rows_read(conn)
-            claimed = claim_chunk(session, job_id, 19, worker="w", lease_seconds=60)
-            read = results_rows_read(conn) - read_before
+        # When its last chunk is claimed under the plan a big job's statistics lead to
+        claimed, read = results_read_hashing(
+            engine, sessions, lambda session: claim_chunk(session, job_id, 19, worker="w", lease_seconds=60)
+        )
         # Then it read its 50 items and looked at no other chunk's results
         assert isinstance(claimed, Claim) and claimed.indices == list(range(950, 1_000))
         assert read <= 50, f"the claim read {read} rows of results for a chunk of 50"
@@ -246,13 +250,11 @@ def test_a_claim_reads_the_results_of_its_own_chunk_only(migrated_postgres: str)
 def test_batch_mates_read_their_unfinished_items_in_order(sessions: sessionmaker[Session]) -> None:
     # Given a leading one-item job and, on its queue with its batch key, a job of two chunks some of whose items
     # have a result (from an earlier partial run), and a job whose every item has one
-    queue = uuid.uuid4().hex
-    lead = claim(sessions, a_job(sessions, [{"text": "lead"}], chunk_size=1, queue=queue), 0)
-    assert isinstance(lead, Claim)
+    lead = a_lead(sessions)
     inputs = [{"text": t} for t in TEXTS]
-    partial = a_job(sessions, inputs, chunk_size=4, queue=queue)
+    partial = a_job(sessions, inputs, chunk_size=4, queue=lead.queue)
     end_items(sessions, partial, [1, 2, 5], ItemState.SUCCEEDED)
-    ended = a_job(sessions, [{"text": "x"}, {"text": "y"}], chunk_size=2, queue=queue)
+    ended = a_job(sessions, [{"text": "x"}, {"text": "y"}], chunk_size=2, queue=lead.queue)
     end_items(sessions, ended, [0, 1], ItemState.FAILED)
 
     # When the leader takes its batch-mates
@@ -271,11 +273,9 @@ def test_batch_mates_read_their_unfinished_items_in_order(sessions: sessionmaker
 
 def test_the_next_chunk_reads_its_unfinished_items_in_order(sessions: sessionmaker[Session]) -> None:
     # Given a claimed chunk and, on its queue with its batch key, a job whose first chunk has an item with a result
-    queue = uuid.uuid4().hex
-    lead = claim(sessions, a_job(sessions, [{"text": "lead"}], chunk_size=1, queue=queue), 0)
-    assert isinstance(lead, Claim)
+    lead = a_lead(sessions)
     inputs = [{"text": t} for t in TEXTS]
-    job_id = a_job(sessions, inputs, chunk_size=3, queue=queue)
+    job_id = a_job(sessions, inputs, chunk_size=3, queue=lead.queue)
     end_items(sessions, job_id, [1], ItemState.SUCCEEDED)
 
     # When the leader's message takes the next chunk
@@ -298,32 +298,39 @@ def test_a_batch_mate_reads_the_results_of_its_own_chunk_only(migrated_postgres:
     try:
         # Given a claimed one-item chunk and, on its queue with its batch key, a job of 2,000 items whose every
         # chunk but one of 50 has ended
-        queue = uuid.uuid4().hex
-        lead = claim(sessions, a_job(sessions, [{"text": "lead"}], chunk_size=1, queue=queue), 0)
-        assert isinstance(lead, Claim)
-        mate = a_job(sessions, [{"text": f"text {i}"} for i in range(2_000)], chunk_size=50, queue=queue)
+        lead = a_lead(sessions)
+        mate = a_job(sessions, [{"text": f"text {i}"} for i in range(2_000)], chunk_size=50, queue=lead.queue)
         end_items(sessions, mate, [i for i in range(2_000) if not 1_000 <= i < 1_050], ItemState.SUCCEEDED)
         with sessions.begin() as session:
             session.execute(update(Chunk).where(Chunk.job_id == mate, Chunk.seq != 20).values(state=ChunkState.DONE))
-        with engine.connect() as conn:
-            conn.execute(text("ANALYZE items, results"))
+
         # When the leader takes that chunk, as a batch-mate or as its next, under the plan a big job's statistics
-        # lead to (no nested loop: the anti join hashes the results it looks at)
-        with sessions.begin() as session:
-            conn = session.connection()
-            conn.execute(text("SET LOCAL enable_nestloop = off"))
-            read_before = results_rows_read(conn)
+        # lead to
+        def taking(session: Session) -> list[Claim]:
             if take == "mates":
-                taken = claim_mates(session, lead, worker="w", lease_seconds=60, max_items=51)
-            else:
-                nxt = claim_next(session, lead, worker="w", lease_seconds=60, leader=lead.key)
-                taken = [nxt] if nxt is not None else []
-            read = results_rows_read(conn) - read_before
+                return claim_mates(session, lead, worker="w", lease_seconds=60, max_items=51)
+            nxt = claim_next(session, lead, worker="w", lease_seconds=60, leader=lead.key)
+            return [nxt] if nxt is not None else []
+
+        taken, read = results_read_hashing(engine, sessions, taking)
         # Then it read the chunk's 50 items and looked at no other chunk's results
         assert [(c.job_id, c.seq, c.indices) for c in taken] == [(mate, 20, list(range(1_000, 1_050)))]
         assert read <= 50, f"the read looked at {read} rows of results for a chunk of 50"
     finally:
         engine.dispose()
+
+
+def results_read_hashing(engine: Engine, sessions: sessionmaker[Session], run: Callable[[Session], T]) -> tuple[T, int]:
+    """What ``run`` returns, run in a transaction of its own under the plan a big job's statistics lead to (fresh
+    statistics, no nested loop: an anti join hashes the results it looks at), and the rows of ``results`` it read."""
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE items, results"))
+    with sessions.begin() as session:
+        conn = session.connection()
+        conn.execute(text("SET LOCAL enable_nestloop = off"))
+        before = results_rows_read(conn)
+        got = run(session)
+        return got, results_rows_read(conn) - before
 
 
 def results_rows_read(conn: Any) -> int:
