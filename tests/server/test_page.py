@@ -24,7 +24,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
+from inferq.tenants import set_share
 from server.process import running_server
 from tests.server.conftest import MODEL, MakeKey, bearer, jsonl
 from tests.support.services import unavailable
@@ -35,8 +37,11 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 #: Debian's Chromium (``apt-get install chromium``); ``INFERQ_CHROMIUM`` points elsewhere.
 CHROMIUM = os.environ.get("INFERQ_CHROMIUM", "/usr/bin/chromium")
-#: Items and chunk size of the job watched: enough chunks that the page sees it part done on a fast machine.
+#: Items and chunk size of the job watched. The tenant's cap of one chunk in flight paces the worker (the leader sends
+#: the next chunk at its next poll, `DISPATCH_INTERVAL` apart): the page, polling each second, sees the job part done
+#: however fast the machine runs the tiny model (on a fast CPU all 50 chunks ran between two of the page's polls).
 ITEMS, CHUNK = 1500, 30
+DISPATCH_INTERVAL = "0.3"
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +89,15 @@ def test_the_job_page_shows_a_job_advance_and_finish_and_cancels_another_in_a_re
     browser: Any,
     api_env: dict[str, str],
     make_key: MakeKey,
+    sessions: sessionmaker[Session],
     tmp_path: Path,
     tiny_models: dict[str, Path],
 ) -> None:
     from playwright.sync_api import expect
 
-    key, _ = make_key()
+    key, tenant = make_key()
+    with sessions.begin() as session:
+        set_share(session, tenant, max_chunks_in_flight=1)
     other_key, _ = make_key()
     texts = corpus()
     rows = [{"text": texts[i % len(texts)]} for i in range(ITEMS)]
@@ -133,7 +141,8 @@ def test_the_job_page_shows_a_job_advance_and_finish_and_cancels_another_in_a_re
         expect(page.locator("#dispatcher")).to_contain_text("no leader")
         seen: list[int] = []
         dispatcher: list[str] = []
-        with running_worker(api_env, tmp_path / "worker.log", "--models", MODEL, "--concurrency", "1"):
+        worker_env = {**api_env, "INFERQ_DISPATCH_INTERVAL": DISPATCH_INTERVAL}
+        with running_worker(worker_env, tmp_path / "worker.log", "--models", MODEL, "--concurrency", "1"):
             # Then the page shows the progress advance, then the job finished
             deadline = time.monotonic() + 240
             while page.locator("#state").text_content() != "succeeded":
@@ -152,6 +161,8 @@ def test_the_job_page_shows_a_job_advance_and_finish_and_cancels_another_in_a_re
         queue = api_env["INFERQ_DEFAULT_QUEUE"]
         leading = re.compile(rf"^leader [^ ]+:\d+, last round \d+ s ago, released \d+; queue {queue}: \d+/16 waiting")
         assert any(leading.match(text) for text in dispatcher), sorted(set(dispatcher))
+        # (with the tenant's cap holding the job's other chunks back, named)
+        assert any(f"by tenant caps: {tenant}" in text for text in dispatcher), sorted(set(dispatcher))
         # And once the job ended, the page no longer shows it (a finished job has no dispatcher)
         expect(page.locator("#dispatcher")).to_have_text("–")
         assert seen == sorted(seen), seen
