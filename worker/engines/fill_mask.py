@@ -16,6 +16,9 @@ Differences from the pipeline, on purpose:
   not on every token. Same numbers at fp32/fp16/bf16 (row by row, up to float rounding); at int8 the dynamic
   quantization of the head's inputs takes its scale from the mask rows of the micro-batch only, not from every
   token of it (padding included), so int8 scores move slightly (int8 never matched the pipeline exactly).
+
+The results are serialised in one pass (`FillMaskEngine._result_texts`, `worker.engines.columnar`); the sequences
+are still decoded one by one by the tokenizer, most of what postprocess costs.
 """
 
 from __future__ import annotations

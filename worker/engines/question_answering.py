@@ -34,6 +34,10 @@ Decoding follows the pipeline's ``decode_spans`` result exactly, but is cheaper:
 takes the best ones there. When a window has fewer positive span scores than candidates asked for (a context of a
 few tokens), the pipeline's top-k also picks zero-score pairs (the ``T × T`` matrix's ties), which then take part
 in the answers; there the pipeline's own computation is run instead, so that it picks the same pairs.
+
+The windows of a chunk that have one length are decoded together (`select_spans_many`: the same numbers, bit for
+bit, as each window's `select_spans`); widening to words and merging across windows stay per item (they read each
+window's `tokenizers.Encoding`). The answers are serialised in one pass (`result_texts`, `worker.engines.columnar`).
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ the cut get no entity. One difference: for a tokenizer with no ``model_max_lengt
 model's position table, where the pipeline would not truncate and its forward pass would fail.
 
 Results are plain Python values (``float`` scores, ``int`` offsets), where the pipeline returns numpy scalars.
+
+The softmax and the argmax run once over every token of the chunk; the entities are then made per text, as dicts
+(pre-entities, words and groups are found token by token, with the tokenizer's strings), and serialised in one
+pass (`result_texts`, `worker.engines.columnar`: each strategy's entities have fixed keys).
 """
 
 from __future__ import annotations
