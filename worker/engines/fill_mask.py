@@ -16,6 +16,9 @@ Differences from the pipeline, on purpose:
   not on every token. Same numbers at fp32/fp16/bf16 (row by row, up to float rounding); at int8 the dynamic
   quantization of the head's inputs takes its scale from the mask rows of the micro-batch only, not from every
   token of it (padding included), so int8 scores move slightly (int8 never matched the pipeline exactly).
+
+The results are serialised in one pass (`FillMaskEngine._result_texts`, `worker.engines.columnar`); the sequences
+are still decoded one by one by the tokenizer, most of what postprocess costs.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import torch
 import transformers
 
 from inferq.errors import InputError, InvalidParameter, ModelLoadError
+from inferq.store.chunks import result_json
 from inferq.task_specs import MASK_PLACEHOLDER, FillMaskParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import Features, RunOutputs
+from worker.engines.columnar import finite, format_items, json_strings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,9 @@ class FillMaskEngine(Engine[FillMaskParams]):
 
     task: ClassVar[TaskName] = TaskName.FILL_MASK
     auto_model: ClassVar[str] = "AutoModelForMaskedLM"
+    #: Serialise a chunk's results in one pass (`_result_texts`); ``False``: each item's result as dicts,
+    #: serialised by the write (the reference the columnar text is tested against).
+    columnar: ClassVar[bool] = True
 
     def __init__(self, loaded: Any) -> None:
         super().__init__(loaded)
@@ -238,15 +246,39 @@ class FillMaskEngine(Engine[FillMaskParams]):
             f" (a mask past the model's maximum length of {self.loaded.max_length} tokens is cut off)"
         )
         outcomes = [Outcome.failure(InputError(no_mask)) for _ in inputs]
-        all_scores = outputs.rows("scores")
-        all_tokens = outputs.rows("token_ids")
         positions: list[list[int]] = features.extra["mask_positions"]
-        for f in range(len(features)):
-            scores, tokens = all_scores[f], all_tokens[f]
-            if scores is None or tokens is None:
-                continue  # failed in forward: `run` gives the item the error
-            item = int(features.item_of[f])
-            outcomes[item] = self._outcome(features.input_ids[f], positions[f], scores, tokens)
+        #: (item, its candidates' scores and token ids per mask, their sequences decoded), as they ran.
+        filled: list[tuple[int, list[list[float]], list[list[int]], list[str]]] = []
+        finite_scores = True
+        for rows, out in outputs.batches:
+            # One conversion a micro-batch ([B, max_masks, k] arrays); a feature failed in forward is in none
+            # (`run` gives its item the error).
+            scores, tokens = out["scores"], out["token_ids"]
+            finite_scores = finite_scores and finite(scores)
+            score_lists: list[list[list[float]]] = scores.tolist()
+            token_lists: list[list[list[int]]] = tokens.tolist()
+            for j, f in enumerate(rows.tolist()):
+                n_masks = len(positions[f])
+                score_rows, token_rows = score_lists[j][:n_masks], token_lists[j][:n_masks]
+                decoded = self._sequences(features.input_ids[f], positions[f], token_rows)
+                filled.append((int(features.item_of[f]), score_rows, token_rows, decoded))
+        texts: list[str] | list[None]
+        if self.columnar and finite_scores and filled:
+            texts = self._result_texts(
+                [(score_rows, token_rows, decoded) for _, score_rows, token_rows, decoded in filled]
+            )
+        else:
+            texts = [None] * len(filled)
+        for (item, score_rows, token_rows, decoded), text in zip(filled, texts, strict=True):
+            best = token_rows[0][0]
+            if text is not None:
+                outcomes[item] = Outcome(label=self._token_str(best), score=score_rows[0][0], result_text=text)
+            else:
+                outcomes[item] = Outcome(
+                    result=self._result(score_rows, token_rows, decoded),
+                    label=self._token_str(best),
+                    score=score_rows[0][0],
+                )
         return outcomes
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -258,10 +290,8 @@ class FillMaskEngine(Engine[FillMaskParams]):
             self._token_strs[token] = text
         return text
 
-    def _outcome(self, ids: list[int], positions: list[int], scores: np.ndarray, tokens: np.ndarray) -> Outcome:
-        n_masks = len(positions)
-        score_rows: list[list[float]] = scores[:n_masks].tolist()
-        token_rows: list[list[int]] = tokens[:n_masks].tolist()
+    def _sequences(self, ids: list[int], positions: list[int], token_rows: list[list[int]]) -> list[str]:
+        """The text with each candidate at its mask, decoded: mask after mask, candidate after candidate."""
         pad = self._filter_pad
         sequences: list[list[int]] = []
         for pos, candidates in zip(positions, token_rows, strict=True):
@@ -273,13 +303,16 @@ class FillMaskEngine(Engine[FillMaskParams]):
         # One mask: special tokens are skipped; several: kept, so the other masks stay visible (as the pipeline).
         # What ``tokenizer.decode`` of the batch does, sequence by sequence, without its conversion of every id to a
         # Python object first (ids here are Python ints already): a third of fill-mask's postprocess.
-        skip = n_masks == 1
+        skip = len(positions) == 1
         decode_one = getattr(self.tokenizer, "_decode", None)
-        decoded: list[str] = (
-            [decode_one(sequence, skip_special_tokens=skip) for sequence in sequences]
-            if decode_one is not None
-            else self.tokenizer.decode(sequences, skip_special_tokens=skip)
-        )
+        if decode_one is not None:
+            return [decode_one(sequence, skip_special_tokens=skip) for sequence in sequences]
+        return list(self.tokenizer.decode(sequences, skip_special_tokens=skip))
+
+    def _result(
+        self, score_rows: list[list[float]], token_rows: list[list[int]], decoded: list[str]
+    ) -> list[list[dict[str, Any]]]:
+        """One item's result: per mask, its candidates as dicts (the per-item path)."""
         result: list[list[dict[str, Any]]] = []
         n = 0
         for score_row, token_row in zip(score_rows, token_rows, strict=True):
@@ -288,8 +321,27 @@ class FillMaskEngine(Engine[FillMaskParams]):
                 row.append({"score": s, "token": p, "token_str": self._token_str(p), "sequence": decoded[n]})
                 n += 1
             result.append(row)
-        best = result[0][0]
-        return Outcome(result=result, label=best["token_str"], score=best["score"])
+        return result
+
+    def _result_texts(self, filled: list[tuple[list[list[float]], list[list[int]], list[str]]]) -> list[str]:
+        """Every item's result (per mask, ``[{"score", "token", "token_str", "sequence"}, …]``) as the write
+        stores it (`inferq.store.chunks.result_json`), in one pass: one ``%`` format of the chunk. Every mask has
+        the chunk's ``k`` candidates (`forward`'s top-k), so one mask's entry is one fixed format."""
+        k = len(filled[0][1][0])
+        quoted = json_strings(x for _, _, decoded in filled for x in decoded)
+        token_strs = {
+            p: result_json(self._token_str(p)) for _, token_rows, _ in filled for row in token_rows for p in row
+        }
+        args: list[Any] = []
+        for score_rows, token_rows, decoded in filled:
+            n = 0
+            for score_row, token_row in zip(score_rows, token_rows, strict=True):
+                for s, p in zip(score_row, token_row, strict=True):
+                    args += (s, p, token_strs[p], quoted[decoded[n]])
+                    n += 1
+        one = '{"score": %r, "token": %d, "token_str": %s, "sequence": %s}'
+        mask = "[" + ", ".join([one] * k) + "]"
+        return format_items(mask, [len(score_rows) for score_rows, _, _ in filled], args)
 
 
 # -- the encoder/head split ----------------------------------------------------------------------------

@@ -34,12 +34,17 @@ Decoding follows the pipeline's ``decode_spans`` result exactly, but is cheaper:
 takes the best ones there. When a window has fewer positive span scores than candidates asked for (a context of a
 few tokens), the pipeline's top-k also picks zero-score pairs (the ``T × T`` matrix's ties), which then take part
 in the answers; there the pipeline's own computation is run instead, so that it picks the same pairs.
+
+The windows of a chunk that have one length are decoded together (`select_spans_many`: the same numbers, bit for
+bit, as each window's `select_spans`); widening to words and merging across windows stay per item (they read each
+window's `tokenizers.Encoding`). The answers are serialised in one pass (`result_texts`, `worker.engines.columnar`).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -50,6 +55,7 @@ from inferq.errors import InferqError, InputError, ModelLoadError
 from inferq.task_specs import QuestionAnsweringParams, TaskName
 from worker.engines.base import Engine, Outcome
 from worker.engines.batching import Features, RunOutputs
+from worker.engines.columnar import format_items, json_strings
 from worker.loaded import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -59,10 +65,16 @@ _MASKED_LOGIT = np.float32(-10000.0)
 #: The pipeline's starting ``min_null_score`` ("large and positive").
 _NO_NULL_SCORE = 1000000
 
+#: One window's best spans: ``(starts, ends, scores, null_score)`` (`select_spans`).
+Spans = tuple[np.ndarray, np.ndarray, np.ndarray, float]
+
 
 class QuestionAnsweringEngine(Engine[QuestionAnsweringParams]):
     task: ClassVar[TaskName] = TaskName.QUESTION_ANSWERING
     auto_model: ClassVar[str] = "AutoModelForQuestionAnswering"
+    #: Serialise a chunk's results in one pass (`result_texts`); ``False``: each item's result as dicts, serialised
+    #: by the write (the reference the columnar text is tested against).
+    columnar: ClassVar[bool] = True
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__(loaded)
@@ -192,70 +204,81 @@ class QuestionAnsweringEngine(Engine[QuestionAnsweringParams]):
         first = np.searchsorted(item_of, np.arange(len(inputs)), side="left").tolist()
         last = np.searchsorted(item_of, np.arange(len(inputs)), side="right").tolist()
 
-        outcomes: list[Outcome] = []
-        for i, item in enumerate(inputs):
-            if i in errors:
-                outcomes.append(Outcome.failure(errors[i]))
-                continue
-            context = str(item["context"])
-            windows = range(first[i], last[i])
-            window_logits = [
-                (s, e) for f in windows if (s := starts_out[f]) is not None and (e := ends_out[f]) is not None
-            ]
-            if len(window_logits) < len(windows):
-                # A window failed in forward (`run` gives the item the error) or was stopped before it ran.
-                outcomes.append(Outcome())
-                continue
-            answers = self._answers(
-                context,
-                [(encodings[f], features.input_ids[f]) for f in windows],
-                window_logits,
-                pre_topk=pre_topk,
-                top_k=top_k,
-                max_answer_len=max_answer_len,
-                handle_impossible=handle_impossible,
-                align_to_words=align_to_words,
-            )
-            best = answers[0] if answers else None
-            outcomes.append(
-                Outcome(
-                    result=answers,
-                    answer=best["answer"] if best else None,
-                    score=best["score"] if best else None,
-                    start_char=best["start"] if best else None,
-                    end_char=best["end"] if best else None,
+        # The items to answer: not failed in preprocess, every window ran (a window that failed in forward gets
+        # its item the error in `run`; one stopped before it ran leaves the item without an outcome).
+        answered = [
+            i
+            for i in range(len(inputs))
+            if i not in errors
+            and all(starts_out[f] is not None and ends_out[f] is not None for f in range(first[i], last[i]))
+        ]
+        windows = [f for i in answered for f in range(first[i], last[i])]
+        spans = self._spans(windows, features, starts_out, ends_out, pre_topk=pre_topk, max_answer_len=max_answer_len)
+        outcomes: list[Outcome] = [Outcome.failure(errors[i]) if i in errors else Outcome() for i in range(len(inputs))]
+        results: list[list[dict[str, Any]]] = []
+        for i in answered:
+            results.append(
+                self._answers(
+                    str(inputs[i]["context"]),
+                    [(encodings[f], features.input_ids[f], spans[f]) for f in range(first[i], last[i])],
+                    top_k=top_k,
+                    handle_impossible=handle_impossible,
+                    align_to_words=align_to_words,
                 )
             )
+        texts = result_texts(results) if self.columnar else [None] * len(results)
+        for i, answers, text in zip(answered, results, texts, strict=True):
+            best = answers[0] if answers else None
+            outcomes[i] = Outcome(
+                result=answers if text is None else None,
+                result_text=text,
+                answer=best["answer"] if best else None,
+                score=best["score"] if best else None,
+                start_char=best["start"] if best else None,
+                end_char=best["end"] if best else None,
+            )
         return outcomes
+
+    def _spans(
+        self,
+        windows: list[int],
+        features: Features,
+        starts_out: list[np.ndarray | None],
+        ends_out: list[np.ndarray | None],
+        *,
+        pre_topk: int,
+        max_answer_len: int,
+    ) -> dict[int, Spans]:
+        """Each of ``windows``' best spans (`select_spans`), computed for all windows of one length at once."""
+        by_length: dict[int, list[int]] = {}
+        for f in windows:
+            by_length.setdefault(len(features.input_ids[f]), []).append(f)
+        encodings: list[Any] = features.extra["encodings"]
+        spans: dict[int, Spans] = {}
+        for length, group in by_length.items():
+            start_logits = np.stack([starts_out[f][:length] for f in group])  # type: ignore[index]
+            end_logits = np.stack([ends_out[f][:length] for f in group])  # type: ignore[index]
+            allowed = np.stack([self._allowed(encodings[f], features.input_ids[f]) for f in group])
+            found = select_spans_many(start_logits, end_logits, allowed, top_k=pre_topk, max_answer_len=max_answer_len)
+            spans.update(zip(group, found, strict=True))
+        return spans
 
     def _answers(
         self,
         context: str,
-        windows: list[tuple[Any, list[int]]],
-        logits: list[tuple[np.ndarray, np.ndarray]],
+        windows: list[tuple[Any, list[int], Spans]],
         *,
-        pre_topk: int,
         top_k: int,
-        max_answer_len: int,
         handle_impossible: bool,
         align_to_words: bool,
     ) -> list[dict[str, Any]]:
-        """One item's answers from its windows' logits: the pipeline's ``postprocess``."""
+        """One item's answers from its windows' spans: the pipeline's ``postprocess``."""
         min_null_score: float = _NO_NULL_SCORE
         answers: list[dict[str, Any]] = []
         #: lower-cased answer text → the first answer with it (the pipeline's ``get_answer``).
         by_text: dict[str, dict[str, Any]] = {}
         sequence_index = 1 if self.question_first else 0
-        for (enc, ids), (start_logits, end_logits) in zip(windows, logits, strict=True):
-            length = len(ids)
-            allowed = self._allowed(enc, ids)
-            starts, ends, scores, null = select_spans(
-                start_logits[:length],
-                end_logits[:length],
-                allowed,
-                top_k=pre_topk,
-                max_answer_len=max_answer_len,
-            )
+        for enc, ids, (starts, ends, scores, null) in windows:
             if handle_impossible:
                 min_null_score = min(min_null_score, null)
             # Encoding was not padded (input_ids may be): only left padding shifts the token positions.
@@ -320,6 +343,71 @@ def select_spans(
     if band is not None:
         return (*band, null_score)
     return (*_decode_spans_full(start, end, top_k, max_answer_len, allowed), null_score)
+
+
+def select_spans_many(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    allowed: np.ndarray,
+    *,
+    top_k: int,
+    max_answer_len: int,
+) -> list[Spans]:
+    """`select_spans` of ``n`` windows of one length ``T`` at once (``[n, T]`` logits and ``allowed``): the same
+    numbers, bit for bit (each row's softmax, band and top-k are the 1-D ones, row by row: a row's reduction runs
+    over its ``T`` contiguous values as the window's own does). A window with too few positive span scores is
+    decoded alone, the pipeline's way (`_decode_spans_full`)."""
+    n, length = start_logits.shape
+    start = np.where(allowed, start_logits.astype(np.float32, copy=False), _MASKED_LOGIT)
+    end = np.where(allowed, end_logits.astype(np.float32, copy=False), _MASKED_LOGIT)
+    start = np.exp(start - start.max(axis=-1, keepdims=True))
+    start = start / start.sum(axis=-1, keepdims=True)
+    end = np.exp(end - end.max(axis=-1, keepdims=True))
+    end = end / end.sum(axis=-1, keepdims=True)
+    null_scores: list[float] = (start[:, 0] * end[:, 0]).tolist()
+    # The CLS token is never an answer's start or end.
+    start[:, 0] = end[:, 0] = 0.0
+    width = min(max_answer_len, length)
+    padded_end = np.concatenate([end, np.zeros((n, width - 1), dtype=end.dtype)], axis=1)
+    band = (start[:, :, None] * sliding_window_view(padded_end, width, axis=1)).reshape(n, length * width)
+    banded = np.count_nonzero(band > 0, axis=1) >= max(top_k, 1)
+    rows = np.flatnonzero(banded)
+    spans: list[Spans | None] = [None] * n
+    if rows.size:
+        scores = band[rows]
+        if top_k == 1:
+            chosen = np.argmax(scores, axis=1)[:, None]
+        else:
+            if top_k < scores.shape[1]:
+                picked = np.argpartition(-scores, top_k - 1, axis=1)[:, :top_k]
+            else:
+                picked = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+            values = np.take_along_axis(scores, picked, axis=1)
+            chosen = np.take_along_axis(picked, np.lexsort((picked, -values), axis=-1), axis=1)
+        best = np.take_along_axis(scores, chosen, axis=1)
+        starts = chosen // width
+        ends = starts + chosen % width
+        for j, r in enumerate(rows.tolist()):
+            spans[r] = (starts[j], ends[j], best[j], null_scores[r])
+    for r in np.flatnonzero(~banded).tolist():
+        full = _decode_spans_full(start[r : r + 1], end[r : r + 1], top_k, max_answer_len, allowed[r])
+        spans[r] = (*full, null_scores[r])
+    return spans  # type: ignore[return-value]  # every row set above
+
+
+def result_texts(results: Sequence[list[dict[str, Any]]]) -> list[str] | list[None]:
+    """Every item's answers (``[{"answer", "score", "start", "end"}, …]``) as the write stores them
+    (`inferq.store.chunks.result_json`), in one pass; ``None`` for each where a score is not finite (the write
+    then serialises them one by one)."""
+    answers = [a for result in results for a in result]
+    scores = [a["score"] for a in answers]
+    if not results or not all(math.isfinite(x) for x in scores):
+        return [None] * len(results)
+    quoted = json_strings(a["answer"] for a in answers)
+    args: list[Any] = []
+    for a in answers:
+        args += (quoted[a["answer"]], a["score"], a["start"], a["end"])
+    return format_items('{"answer": %s, "score": %r, "start": %d, "end": %d}', [len(r) for r in results], args)
 
 
 def _band_spans(

@@ -7,11 +7,16 @@ the cut get no entity. One difference: for a tokenizer with no ``model_max_lengt
 model's position table, where the pipeline would not truncate and its forward pass would fail.
 
 Results are plain Python values (``float`` scores, ``int`` offsets), where the pipeline returns numpy scalars.
+
+The softmax and the argmax run once over every token of the chunk; the entities are then made per text, as dicts
+(pre-entities, words and groups are found token by token, with the tokenizer's strings), and serialised in one
+pass (`result_texts`, `worker.engines.columnar`: each strategy's entities have fixed keys).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -20,6 +25,7 @@ import numpy as np
 from inferq.task_specs import TaskName, TokenClassificationParams
 from worker.engines.base import Engine, Outcome, softmax
 from worker.engines.batching import Features, RunOutputs
+from worker.engines.columnar import format_items, json_strings
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,9 @@ class TokenClassificationEngine(Engine[TokenClassificationParams]):
 
     task: ClassVar[TaskName] = TaskName.TOKEN_CLASSIFICATION
     auto_model: ClassVar[str] = "AutoModelForTokenClassification"
+    #: Serialise a chunk's results in one pass (`result_texts`); ``False``: each item's result as dicts,
+    #: serialised by the write (the reference the columnar text is tested against).
+    columnar: ClassVar[bool] = True
 
     def __init__(self, loaded: Any) -> None:
         super().__init__(loaded)
@@ -75,19 +84,36 @@ class TokenClassificationEngine(Engine[TokenClassificationParams]):
             log.warning("tokenizer of %r does not mark subwords: words are found by whitespace", self.loaded.name)
             self._warned_fallback = True
         all_logits = outputs.rows("logits")
-        outcomes: list[Outcome] = []
-        for f in range(len(features)):
-            logits = all_logits[f]
-            if logits is None:
-                outcomes.append(Outcome())  # failed in forward: `run` replaces it with the error
-                continue
-            ids = features.input_ids[f]
-            text = str(inputs[int(features.item_of[f])]["text"])
-            scores = softmax(logits[: len(ids)])
-            entities = self._entities(
-                text, ids, scores, features.extra["offsets"][f], features.extra["special"][f], strategy, ignore_labels
+        ran = [f for f in range(len(features)) if all_logits[f] is not None]
+        # Every token of the chunk in one [tokens, labels] array: one softmax and one argmax for all, each row the
+        # very numbers of its feature's own (a row's reductions run over its labels alone).
+        lengths = [len(features.input_ids[f]) for f in ran]
+        ends = np.cumsum(lengths).tolist()
+        if ran:
+            scores = softmax(np.concatenate([all_logits[f][:n] for f, n in zip(ran, lengths, strict=True)]))  # type: ignore[index]
+            best = scores.argmax(axis=-1)
+            best_scores = scores[np.arange(len(best)), best]
+        key = "entity" if strategy == "none" else "entity_group"
+        outcomes: list[Outcome] = [Outcome() for _ in range(len(features))]  # failed in forward: `run` sets the error
+        results: list[list[dict[str, Any]]] = []
+        for f, end, n in zip(ran, ends, lengths, strict=True):
+            rows = slice(end - n, end)
+            results.append(
+                self._entities(
+                    str(inputs[int(features.item_of[f])]["text"]),
+                    features.input_ids[f],
+                    scores[rows],
+                    best[rows],
+                    best_scores[rows],
+                    features.extra["offsets"][f],
+                    features.extra["special"][f],
+                    strategy,
+                    ignore_labels,
+                )
             )
-            outcomes.append(self._outcome(entities, "entity" if strategy == "none" else "entity_group"))
+        texts = result_texts(results, key) if self.columnar else [None] * len(results)
+        for f, entities, text in zip(ran, results, texts, strict=True):
+            outcomes[f] = _outcome(entities, key, text)
         return outcomes
 
     # -- the pipeline's postprocessing -----------------------------------------------------------------
@@ -97,22 +123,24 @@ class TokenClassificationEngine(Engine[TokenClassificationParams]):
         sentence: str,
         ids: list[int],
         scores: np.ndarray,
+        best: np.ndarray,
+        best_scores: np.ndarray,
         offsets: list[tuple[int, int]] | None,
         special: list[int],
         strategy: str,
         ignore_labels: list[Any],
     ) -> list[dict[str, Any]]:
+        """One text's entities; ``scores`` its tokens' probabilities, ``best`` each token's most probable label
+        and ``best_scores`` its probability (computed for the whole chunk at once)."""
         pre = self._pre_entities(sentence, ids, scores, offsets, special)
         if strategy in ("none", "simple"):
-            best = scores.argmax(axis=-1)
             entities = []
             for p in pre:
                 idx = p["index"]
-                label = int(best[idx])
                 entities.append(
                     {
-                        "entity": self._labels[label],
-                        "score": scores[idx, label],
+                        "entity": self._labels[int(best[idx])],
+                        "score": best_scores[idx],
                         "index": idx,
                         "word": p["word"],
                         "start": p["start"],
@@ -239,12 +267,43 @@ class TokenClassificationEngine(Engine[TokenClassificationParams]):
             groups.append(self._group_sub_entities(current))
         return groups
 
-    @staticmethod
-    def _outcome(entities: list[dict[str, Any]], key: str) -> Outcome:
-        if not entities:
-            return Outcome(result=[], entity_count=0)
-        best = max(entities, key=lambda e: e["score"])  # the first of equal scores
-        return Outcome(result=entities, label=str(best[key]), score=best["score"], entity_count=len(entities))
+
+def _outcome(entities: list[dict[str, Any]], key: str, text: str | None) -> Outcome:
+    """One text's outcome: its entities (as ``text``, their JSON, where serialised in one pass), the best one's
+    label and score (the first of equal scores), their count."""
+    result = entities if text is None else None
+    if not entities:
+        return Outcome(result=result, result_text=text, entity_count=0)
+    best = max(entities, key=lambda e: e["score"])
+    return Outcome(
+        result=result, result_text=text, label=str(best[key]), score=best["score"], entity_count=len(entities)
+    )
+
+
+#: One entity's JSON, as `inferq.store.chunks.result_json` writes the dicts: per strategy its keys, in order.
+_ENTITY_FORMATS = {
+    "entity": '{"entity": %s, "score": %r, "index": %d, "word": %s, "start": %s, "end": %s}',
+    "entity_group": '{"entity_group": %s, "score": %r, "word": %s, "start": %s, "end": %s}',
+}
+
+
+def result_texts(results: Sequence[list[dict[str, Any]]], key: str) -> list[str] | list[None]:
+    """Every text's entities as the write stores them (`inferq.store.chunks.result_json`), in one pass: one ``%``
+    format of the chunk. The entities themselves are still made per text, as dicts (words, subwords and groups are
+    found token by token); only their serialisation is one pass. ``None`` for each where a score is not finite."""
+    entities = [e for result in results for e in result]
+    if not results or not all(math.isfinite(e["score"]) for e in entities):
+        return [None] * len(results)
+    quoted = json_strings([*(e[key] for e in entities), *(e["word"] for e in entities)])
+    args: list[Any] = []
+    for e in entities:
+        start, end = e["start"], e["end"]
+        span = ("null" if start is None else start, "null" if end is None else end)  # str(int) is its JSON
+        if key == "entity":
+            args += (quoted[e["entity"]], e["score"], e["index"], quoted[e["word"]], *span)
+        else:
+            args += (quoted[e["entity_group"]], e["score"], quoted[e["word"]], *span)
+    return format_items(_ENTITY_FORMATS[key], [len(r) for r in results], args)
 
 
 def mean_score(scores: list[Any]) -> Any:

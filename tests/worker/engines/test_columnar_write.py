@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.errors import InputError
 from inferq.store.chunks import Claim, claim_chunk, write_results
-from inferq.task_specs import TaskName, validate_params
+from inferq.task_specs import MASK_PLACEHOLDER, TaskName, validate_params
 from producer.client import store_job
 from producer.inputs import InputRecord
 from tests.support.engines import TinyEngines
@@ -30,6 +30,10 @@ pytestmark = [pytest.mark.services, pytest.mark.usefixtures("one_torch_thread")]
 #: Texts a JSON round trip or a ``%`` format could change.
 ODD = ['quote " and \\ backslash', "héllo wörld ✓ 日本語", "line\u2028separator", "100% sure %s %r %d", ""]
 LABELS = ["sports", 'say "hi"', "naïve %s", "back\\slash", "music"]
+
+
+#: A context of several windows.
+LONG = " ".join(corpus()[40:52])
 
 
 def texts(n: int) -> list[str]:
@@ -86,6 +90,59 @@ CASES: dict[str, tuple[TaskName, dict[str, Any], list[dict[str, Any]], dict[str,
         [{"text": t} for t in texts(9)] + [{"text": "three", "candidate_labels": "a, b %d, c"}],
         {"candidate_labels": LABELS, "multi_label": True},
         [0],
+    ),
+    # Windows of 32 tokens: the long contexts are answered from several, some in other micro-batches.
+    "question-answering": (
+        TaskName.QUESTION_ANSWERING,
+        {"arch": "bert", "max_length": 128},
+        [{"question": q, "context": f"{c} {LONG}"} for q, c in zip(texts(12), reversed(texts(12)), strict=True)]
+        + [{"question": "what?", "context": c} for c in ODD[:4]],
+        {"top_k": 3, "max_seq_len": 32, "doc_stride": 8},
+        [2],
+    ),
+    "question-answering-impossible": (
+        TaskName.QUESTION_ANSWERING,
+        {"arch": "roberta", "max_length": 128},
+        [{"question": q, "context": f"{c} {c}"} for q, c in zip(texts(10), reversed(texts(10)), strict=True)],
+        {"handle_impossible_answer": True, "top_k": 2, "align_to_words": False},
+        [6],
+    ),
+    "fill-mask": (
+        TaskName.FILL_MASK,
+        {"arch": "bert"},
+        [{"text": f"{t} {MASK_PLACEHOLDER}."} for t in texts(12)]
+        + [{"text": f"{MASK_PLACEHOLDER} {t} {MASK_PLACEHOLDER} %s"} for t in ODD]  # several masks
+        + [{"text": "no mask at all"}],  # fails
+        {"top_k": 3},
+        [1],
+    ),
+    "fill-mask-roberta-targets": (
+        TaskName.FILL_MASK,
+        {"arch": "roberta"},
+        [{"text": f"{t} {MASK_PLACEHOLDER}"} for t in texts(10)],
+        {"targets": ["the", "a", "é"]},
+        [0],
+    ),
+    "token-classification-none": (
+        TaskName.TOKEN_CLASSIFICATION,
+        {"arch": "bert", "labels": ["O", 'B-q"%s', 'I-q"%s', "B-ünï", "I-ünï"]},
+        [{"text": t} for t in texts(16)],
+        {"aggregation_strategy": "none"},
+        [2],
+    ),
+    "token-classification-simple": (
+        TaskName.TOKEN_CLASSIFICATION,
+        {"arch": "bert", "labels": ["O", 'B-q"%s', 'I-q"%s', "B-ünï", "I-ünï"]},
+        [{"text": t} for t in texts(16)],
+        {"aggregation_strategy": "simple", "ignore_labels": []},
+        [2],
+    ),
+    "token-classification-average": (
+        TaskName.TOKEN_CLASSIFICATION,
+        {"arch": "roberta", "labels": ["O", "B-PER", "I-PER", "B-%d", "I-%d"]},
+        [{"text": t} for t in texts(16)],
+        {"aggregation_strategy": "average"},
+        [9],
     ),
 }
 

@@ -26,7 +26,7 @@ from tests.support.engines import model_cache as cache_of
 from tests.support.tiny_models import corpus
 from worker.engines.base import Engine
 from worker.engines.batching import plan_batches
-from worker.engines.question_answering import _band_spans, _decode_spans_full, select_spans
+from worker.engines.question_answering import _band_spans, _decode_spans_full, select_spans, select_spans_many
 from worker.model_cache import ModelCache
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -223,3 +223,38 @@ def test_banded_decoding_picks_the_spans_the_pipelines_full_matrix_picks(top_k: 
         assert scores.tolist() == want_scores.tolist()
     # (and the banded way was the one taken, but where a window has too few positive scores)
     assert banded >= 30
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 12])
+@pytest.mark.parametrize("max_answer_len", [1, 15, 400])
+def test_windows_of_one_length_decode_together_as_each_does_alone(top_k: int, max_answer_len: int) -> None:
+    # Given windows of a few lengths, some with a wide span of context tokens, some with one or two (too few
+    # positive span scores for the band: decoded the pipeline's full way)
+    rng = np.random.default_rng(top_k * 7 + max_answer_len)
+    for length in (9, 40, 130, 384):
+        n = 24
+        allowed = np.zeros((n, length), dtype=bool)
+        allowed[:, 0] = True
+        for row in allowed:
+            lo = int(rng.integers(1, length - 1))
+            row[lo : lo + int(rng.integers(1, 3)) if rng.random() < 0.3 else length] = True
+        start_logits = (rng.standard_normal((n, length)) * 3).astype(np.float32)
+        end_logits = (rng.standard_normal((n, length)) * 3).astype(np.float32)
+        start_logits[3] = end_logits[3] = 0.0  # equal scores everywhere: ties broken alike
+
+        # When they are decoded together, and each alone
+        together = select_spans_many(start_logits, end_logits, allowed, top_k=top_k, max_answer_len=max_answer_len)
+        alone = [
+            select_spans(s, e, a, top_k=top_k, max_answer_len=max_answer_len)
+            for s, e, a in zip(start_logits, end_logits, allowed, strict=True)
+        ]
+
+        # Then every window's spans, scores and null score are the same, bit for bit
+        for (starts, ends, scores, null), (want_starts, want_ends, want_scores, want_null) in zip(
+            together, alone, strict=True
+        ):
+            assert starts.tolist() == want_starts.tolist()
+            assert ends.tolist() == want_ends.tolist()
+            assert scores.tolist() == want_scores.tolist()
+            assert scores.dtype == want_scores.dtype == np.float32
+            assert null == want_null
