@@ -46,7 +46,13 @@ from inferq.reconciler import Reconciler
 from inferq.settings import Settings, get_settings, is_accelerator
 from worker.runner import Runner
 from worker.tasks import register_tasks
-from worker.threads import torch_threads, undeclared_queues, use_torch_threads
+from worker.threads import (
+    tokenizer_threads,
+    torch_threads,
+    undeclared_queues,
+    use_tokenizer_threads,
+    use_torch_threads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +204,8 @@ class WorkerState:
         self._dispatcher_engine: Engine | None = None
         #: torch's intra-op threads in each process that runs models (`torch_threads`), decided at worker start.
         self._torch_threads: int | None = None
+        #: The fast tokenizer's threads in each such process (`tokenizer_threads`), decided with them.
+        self._tokenizer_threads: int | None = None
         #: The ``/metrics`` endpoint, served by the main process (``INFERQ_METRICS_PORT``; `inferq.metrics`).
         self._metrics_server: metrics.MetricsServer | None = None
         #: The webhook sender this worker's main process starts once ready (``inferq worker``); None: none.
@@ -268,8 +276,10 @@ class WorkerState:
         return self._shutdown
 
     def _ready_to_run(self) -> None:
-        """This process runs the models: its share of torch threads, then the models to preload."""
+        """This process runs the models: its share of torch's and the tokenizer's threads, then the models to
+        preload."""
         use_torch_threads(self._torch_threads)
+        use_tokenizer_threads(self._tokenizer_threads)
         if self.settings.preload:
             preload(self.runner(), self.settings.preload)
 
@@ -293,6 +303,7 @@ class WorkerState:
         # Prefork: this many processes share the cores (a threads pool shares one process's torch threads).
         processes = 1 if in_this_process else int(getattr(sender, "concurrency", None) or 1)
         self._torch_threads = torch_threads(self.settings, processes)
+        self._tokenizer_threads = tokenizer_threads(processes)
         if in_this_process:
             self._ready_to_run()
 

@@ -15,7 +15,7 @@ from inferq.settings import Settings
 from tests.support.records import wait_for
 from tests.support.worker_process import worker_log
 from worker.process import running_worker
-from worker.threads import torch_threads
+from worker.threads import TOKENIZER_ENVIRON, tokenizer_threads, torch_threads, use_tokenizer_threads
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
@@ -40,7 +40,7 @@ def test_the_worker_app_loads_no_torch_in_the_parent_process() -> None:
 
 def test_the_options_of_inferq_worker_reach_its_pool_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a registry of one tiny model, and an environment that names no models to preload and no precision
-    for var in ("INFERQ_PRELOAD", "INFERQ_PRECISION", "INFERQ_TORCH_THREADS", "OMP_NUM_THREADS"):
+    for var in ("INFERQ_PRELOAD", "INFERQ_PRECISION", "INFERQ_TORCH_THREADS", "OMP_NUM_THREADS", *TOKENIZER_ENVIRON):
         monkeypatch.delenv(var, raising=False)
     env = {
         "INFERQ_MODELS": json.dumps(
@@ -68,6 +68,10 @@ def test_the_options_of_inferq_worker_reach_its_pool_processes(tmp_path: Path, m
     share = max(1, len(os.sched_getaffinity(0)) // 2)
     assert len(threads) == 2
     assert all("ForkPoolWorker" in line and line.endswith(f"torch threads: {share}") for line in threads)
+    # and as the tokenizer's threads
+    tokenizer = [line for line in worker_log(log).splitlines() if "tokenizer threads: " in line]
+    assert len(tokenizer) == 2
+    assert all("ForkPoolWorker" in line and line.endswith(f"tokenizer threads: {share}") for line in tokenizer)
 
 
 @pytest.mark.parametrize(
@@ -91,3 +95,37 @@ def test_each_pool_process_takes_its_share_of_the_cores_as_torch_threads(
     )
     environ = {} if omp is None else {"OMP_NUM_THREADS": omp}
     assert torch_threads(Settings(torch_threads=setting), processes, environ) == want
+
+
+@pytest.mark.parametrize(
+    ("environ", "processes", "expected"),
+    [
+        ({"TOKENIZERS_PARALLELISM": "true"}, 2, None),  # the user's switch: the tokenizer's own choice
+        ({"RAYON_NUM_THREADS": "3"}, 2, None),  # the user's pool size too
+        ({}, 1, "cores"),
+        ({}, 2, "cores // 2"),
+        ({}, 1_000, 1),  # never below one
+    ],
+)
+def test_each_pool_process_takes_its_share_of_the_cores_as_tokenizer_threads(
+    environ: dict[str, str], processes: int, expected: str | int | None
+) -> None:
+    cores = len(os.sched_getaffinity(0))
+    want = (
+        {"cores": cores, "cores // 2": max(1, cores // 2)}.get(expected, expected)
+        if isinstance(expected, str)
+        else expected
+    )
+    assert tokenizer_threads(processes, environ) == want
+
+
+def test_one_tokenizer_thread_turns_its_pool_off_and_more_size_it() -> None:
+    one: dict[str, str] = {}
+    use_tokenizer_threads(1, one)
+    assert one == {"TOKENIZERS_PARALLELISM": "false"}
+    two: dict[str, str] = {}
+    use_tokenizer_threads(2, two)
+    assert two == {"RAYON_NUM_THREADS": "2"}
+    none: dict[str, str] = {}
+    use_tokenizer_threads(None, none)
+    assert none == {}
