@@ -122,6 +122,10 @@ DISPATCH_LEADER_RETRY_SECONDS = 2.0
 #: Seconds between two writes of the dispatcher's row (`inferq.schema.DispatcherRound`) while what it says stays the
 #: same: its ``last_round`` is at most this old while a leader runs.
 DISPATCH_STATE_HEARTBEAT_SECONDS = 1.0
+#: The least seconds between two writes of the dispatcher's row that say something new (a round a claim woke
+#: changes it): its readers see a round within this, and the busy leader writes it a few times a second, not at every
+#: chunk.
+DISPATCH_STATE_MIN_SECONDS = 0.25
 
 #: Seconds after which the dispatcher's row says that nobody leads: a few of the followers' tries at the lock (a
 #: dead leader is replaced within one) and many heartbeats. A round that takes longer (a huge expiry) reads as a

@@ -42,7 +42,7 @@ lose a chunk on RabbitMQ, whose messages cannot be listed to find it missing.
 
 **Shown to every process.** The leader writes what its last round did (`Round.queues`) into one row
 (`inferq.schema.DispatcherRound`, `inferq.store.dispatch.record_round`): one statement after a round that changed
-what the row says, else a heartbeat later; it deletes the row when it stops leading. ``inferq status``, the HTTP
+what the row says (at most one every `DISPATCH_STATE_MIN_SECONDS`), else a heartbeat later; it deletes the row when it stops leading. ``inferq status``, the HTTP
 API and the job page read it (`producer.client.dispatcher_status`); a row older than a few leader leases reads as
 no leader.
 """
@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 import os
 import socket
 import threading
@@ -65,7 +66,11 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq import metrics
-from inferq.constants import DISPATCH_LEADER_RETRY_SECONDS, DISPATCH_STATE_HEARTBEAT_SECONDS
+from inferq.constants import (
+    DISPATCH_LEADER_RETRY_SECONDS,
+    DISPATCH_STATE_HEARTBEAT_SECONDS,
+    DISPATCH_STATE_MIN_SECONDS,
+)
 from inferq.schema import as_utc, utcnow
 from inferq.settings import Settings
 from inferq.states import JobState
@@ -198,10 +203,18 @@ class QueueState:
 
 
 def dispatch_round(
-    settings: Settings, sessions: sessionmaker[Session], celery: Celery, fair: FairShare, *, window: int | None = None
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    celery: Celery,
+    fair: FairShare,
+    *,
+    window: int | None = None,
+    deadlines: bool = True,
 ) -> Round:
-    """One round of the leader: expire the jobs past their deadline, then fill each queue's window in fair order
-    (this module's docstring). ``window``: messages waiting per queue (``settings.dispatch_window``)."""
+    """One round of the leader: expire the jobs past their deadline (unless ``deadlines`` is false: the leader looks
+    once a heartbeat), then fill each queue's window in fair order (this module's docstring). ``window``: messages
+    waiting per queue (``settings.dispatch_window``). A job past its deadline never has a chunk released, looked at
+    or not."""
     from inferq.task_specs import RUN_CHUNK
     from inferq.webhooks import send_deliveries
 
@@ -222,7 +235,7 @@ def dispatch_round(
 
     with sessions() as session:
         # The deadlines and the chunks in one session (one connection from the pool); read again after an expiry.
-        due = list(store.past_deadline(session, now))
+        due = list(store.past_deadline(session, now)) if deadlines else []
         if not due:
             counts, pending, shares = read(session)
     for job_id in due:
@@ -381,7 +394,9 @@ class Dispatcher:
         #: What the row last said (its time aside), and when (monotonic): rewritten when that changes, or a
         #: heartbeat later.
         self._said: tuple[Any, ...] | None = None
-        self._said_at = 0.0
+        self._said_at = -math.inf
+        #: When a round last looked for jobs past their deadline (monotonic; at most once a heartbeat).
+        self._deadlines_at = -math.inf
         #: Rounds run and notifications that woke one, while this process led (for tests and logs).
         self.rounds = 0
         self.wakes = 0
@@ -412,7 +427,12 @@ class Dispatcher:
                 self._stop.wait(DISPATCH_LEADER_RETRY_SECONDS)
                 continue
             try:
-                done = dispatch_round(self.settings, self.sessions, self.celery, self.fair)
+                # Deadlines once a heartbeat, not at every woken round (a claim wakes one): an expiry is due within
+                # a heartbeat, as it was when every round was one.
+                deadlines = time.monotonic() - self._deadlines_at >= self.settings.dispatch_heartbeat
+                done = dispatch_round(self.settings, self.sessions, self.celery, self.fair, deadlines=deadlines)
+                if deadlines:
+                    self._deadlines_at = time.monotonic()
                 self.rounds += 1
                 self.state.last_round = utcnow()
                 self.state.released += len(done.released)
@@ -456,7 +476,11 @@ class Dispatcher:
         queues = {queue: state.to_json() for queue, state in done.queues.items()}
         said = (self.state.leader_since, len(done.released), queues)
         heartbeat = min(self.settings.dispatch_heartbeat, DISPATCH_STATE_HEARTBEAT_SECONDS)
-        if said == self._said and time.monotonic() - self._said_at < heartbeat:
+        age = time.monotonic() - self._said_at
+        # Changed: written, but not more often than `DISPATCH_STATE_MIN_SECONDS` (a claim wakes a round, and every
+        # round that released something changed the row); what waits is written by a later round, a heartbeat at
+        # most. Unchanged: rewritten a heartbeat later, so its readers see a live leader.
+        if age < (DISPATCH_STATE_MIN_SECONDS if said != self._said else heartbeat):
             return
         assert self.state.leader_since is not None and self.state.last_round is not None
         self._said, self._said_at = said, time.monotonic()
@@ -524,7 +548,8 @@ class Dispatcher:
             log.info("dispatcher: this worker no longer leads")
             with contextlib.suppress(Exception), self.sessions.begin() as session:
                 store.forget_leader(session, self.name)  # else it reads as leading until it is stale
-        self._said = None
+        # A next lead writes its row and looks at the deadlines at its first round.
+        self._said, self._said_at, self._deadlines_at = None, -math.inf, -math.inf
         self._heard = False
         self.state.leader, self.state.leader_since = False, None
         metrics.dispatcher_leads(False)

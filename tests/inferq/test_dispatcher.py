@@ -246,6 +246,64 @@ def test_a_job_past_its_deadline_ends_expired_with_what_finished_kept(bench: Ben
     bench.redis.delete(bench.settings.webhook_queue)
 
 
+def test_a_round_that_skips_the_deadlines_expires_nothing_and_sends_nothing_past_one(bench: Bench) -> None:
+    # Given a job whose one-second completion window has passed before any chunk went out
+    job_id = bench.job("acme", 3, deadline=dt.timedelta(seconds=1))
+    time.sleep(1.2)
+
+    # When a round runs that does not look at the deadlines (the leader looks once a heartbeat)
+    skipped = dispatch_round(bench.settings, bench.sessions, bench.celery, bench.fair, deadlines=False)
+
+    # Then the job is not expired yet, and none of its chunks is sent all the same
+    assert skipped.expired == [] and skipped.released == [] and bench.take_messages() == []
+    with bench.sessions() as session:
+        assert session.get(Job, job_id).state is JobState.QUEUED  # type: ignore[union-attr]
+    # And the next round that looks ends it expired
+    looked = dispatch_round(bench.settings, bench.sessions, bench.celery, bench.fair)
+    assert looked.expired == [job_id] and looked.released == []
+
+
+def test_a_busy_leader_writes_its_row_a_few_times_a_second_not_every_round(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inferq import dispatcher
+    from inferq.dispatcher import Dispatcher
+    from inferq.store.dispatch import last_round
+
+    # Given a leader (as after taking the lock) and a job of ten chunks, a window of one
+    leader = Dispatcher(bench.settings, bench.engine, bench.sessions, bench.celery)
+    leader.state.leader, leader.state.leader_since = True, utcnow()
+    bench.job("acme", 10)
+
+    def shown() -> dt.datetime:
+        with bench.sessions() as session:
+            row, _ = last_round(session)
+        assert row is not None
+        return row.last_round
+
+    def round_published() -> None:
+        """A round that releases one chunk (each says something new), published; its chunk then done."""
+        leader.state.last_round = utcnow()
+        leader._publish(dispatch_round(bench.settings, bench.sessions, bench.celery, bench.fair, window=1))
+        sent = bench.take_messages()
+        assert len(sent) == 1
+        bench.finish(sent)
+
+    # When four such rounds follow one another within the least time between two writes (a minute here, so that a
+    # slow machine tells the same)
+    monkeypatch.setattr(dispatcher, "DISPATCH_STATE_MIN_SECONDS", 60.0)
+    round_published()
+    first = shown()
+    for _ in range(3):
+        round_published()
+    # Then the row was written once, by the first
+    assert shown() == first
+    # And a round once that time has passed writes what it says
+    monkeypatch.setattr(dispatcher, "DISPATCH_STATE_MIN_SECONDS", 0.0)
+    round_published()
+    assert shown() > first
+
+
 def test_fair_share_alone_interleaves_by_weight() -> None:
     # Given the planner alone, tenants of weights 2 and 1 with plenty waiting
     now = dt.datetime.now(dt.UTC)
