@@ -1,11 +1,16 @@
 """The per-item CPU budget (``python -m bench --tasks budget``, part of ``all``): what the whole system costs the
 machine an item beyond what a hand-written in-process loop over the same items costs.
 
-Two systems, each one real ``inferq worker`` (one process, ``--pool prefork --concurrency 1``) on a private
-PostgreSQL database and Redis queue, one job of `BUDGET_CHUNKS` chunks of `BUDGET_CHUNK` classification items:
+Real workers (``inferq worker``: one process, ``--pool prefork --concurrency 1``, unless said) on a private PostgreSQL
+database and Redis queue, one job of `BUDGET_CHUNKS` chunks of `BUDGET_CHUNK` classification items:
 
 * the null device (`bench.simulated_worker`, no forward time: the control plane alone), against the engine
   in-process on the null device, chunk by chunk (tokenize, plan, postprocess: what the system cannot do without);
+  the null device's system also runs on the other pools a fast device may get (`NULL_POOLS`: one process of
+  three threads, an accelerator's default; one process per core), and the ratio's target is checked on one
+  process per core, the pool that spends the machine's cores as the engine in-process does (its tokenizer
+  spreads each chunk over every core; each pool process's tokenizer takes one core, `worker.threads`), the others
+  shown beside it;
 * a tiny real model (`TINY_MODEL`: DistilBERT of 2 layers, width 32, random weights; a fast device's stand-in),
   against a hand-written loop a user would write (`hand_written_loop`: the fast tokenizer, the model under
   ``torch.inference_mode()``, softmax and argmax, in batches of `LOOP_BATCH` in input order), and against the
@@ -56,6 +61,7 @@ from inferq.task_specs import TaskName
 from producer.client import Client
 from worker.process import WORKER_PROGRAM, running_worker
 from worker.stages import STAGES
+from worker.threads import DEVICE_POOL_THREADS
 
 log = logging.getLogger("bench")
 
@@ -85,6 +91,14 @@ TINY_RECIPE: dict[str, Any] = {
     "size": "tiny",
     "vocab_size": 8000,
     "max_length": 512,
+}
+
+#: The pools the null device's system runs on besides one process (``--pool`` and ``--concurrency``), by run name:
+#: an accelerator's default (one process, `DEVICE_POOL_THREADS` threads sharing the model), and one process per
+#: core (the ratio's target, `budget_targets`).
+NULL_POOLS: dict[str, tuple[str, int]] = {
+    "system_null_threads": ("threads", DEVICE_POOL_THREADS),
+    "system_null_cores": ("prefork", len(os.sched_getaffinity(0))),
 }
 
 #: Seconds between two CPU samples (a scan of /proc: a few hundred small reads).
@@ -268,6 +282,7 @@ def system_run(
     chunk: int,
     program: Sequence[str] = WORKER_PROGRAM,
     logs: Path,
+    pool: tuple[str, int] = ("prefork", 1),
 ) -> BudgetRun:
     """One worker (``program``), a warm-up job, then one job of ``items`` in chunks of ``chunk`` under a
     `CpuTracker` from before its submission to the client seeing it finished."""
@@ -275,9 +290,10 @@ def system_run(
     env = {**worker_env(services, registry), "INFERQ_RECOVER_INTERVAL": "0", "INFERQ_TORCH_THREADS": str(TORCH_THREADS)}
     path = logs / f"budget-{name}.log"
     database = services.database_url.rsplit("/", 1)[1]
-    args = ("--models", model.name, "--pool", "prefork", "--concurrency", "1")
+    args = ("--models", model.name, "--pool", pool[0], "--concurrency", str(pool[1]))
     with running_worker(env, path, *args, program=program) as proc, Client(client_settings(env)) as client:
-        warm = client.submit(model.task, model.name, list(items[:64]), params, chunk_size=16)
+        # A chunk for each pool process or thread at least: each loads the model before the job's clock starts.
+        warm = client.submit(model.task, model.name, list(items[: 64 * pool[1]]), params, chunk_size=16)
         client.wait(warm.job_id, timeout=600, poll=0.2)
         tracker = CpuTracker(proc.pid, database, redis_port(services)).start()
         try:
@@ -411,6 +427,14 @@ def bench_budget(
             "null", svc, model, items, params, chunk=chunk, program=simulated_worker_program(0), logs=logs
         )
         log.info("  budget %s", _short(null))
+        pooled = {}
+        for key, pool in NULL_POOLS.items():
+            name = f"null, {pool_label(*pool)}"
+            program = simulated_worker_program(0)
+            pooled[key] = system_run(
+                name, svc, model, items, params, chunk=chunk, program=program, logs=logs, pool=pool
+            )
+            log.info("  budget %s", _short(pooled[key]))
         tiny = system_run("tiny", svc, model, items, params, chunk=chunk, logs=logs)
         log.info("  budget %s", _short(tiny))
     engine = engine_loop(model, items, params, chunk=chunk, null_device=True)
@@ -426,6 +450,7 @@ def bench_budget(
         "torch_threads": TORCH_THREADS,
         "runs": {
             "system_null": null.to_json(),
+            **{key: run.to_json() for key, run in pooled.items()},
             "engine_null": engine.to_json(),
             "engine_tiny": engine_tiny.to_json(),
             "system_tiny": tiny.to_json(),
@@ -434,12 +459,20 @@ def bench_budget(
         "worker_logs": str(logs),
         "_runs": {
             "system_null": null,
+            **pooled,
             "engine_null": engine,
             "system_tiny": tiny,
             "engine_tiny": engine_tiny,
             "loop_tiny": loop,
         },
     }
+
+
+def pool_label(kind: str, concurrency: int) -> str:
+    """A pool in words: ``1 process, 3 threads``, ``2 processes``."""
+    if kind == "threads":
+        return f"1 process, {concurrency} threads"
+    return f"{concurrency} process{'es' if concurrency > 1 else ''}"
 
 
 def _short(run: BudgetRun) -> str:
@@ -481,12 +514,18 @@ def budget_targets(result: Mapping[str, Any]) -> list[Target]:
             detail=f"{tiny.items_per_second:,.0f} vs {loop.items_per_second:,.0f} items/s",
         )
     )
+    # The ratio on one process per core (`NULL_POOLS`), the other pools beside it; a run without it (an older
+    # result) is checked on one process.
+    cores = runs.get("system_null_cores", null)
+    pools = [null, *(runs[k] for k in NULL_POOLS if k in runs and runs[k] is not cores)]
+    beside = "; ".join(f"{p.name}: {p.items_per_second / engine.items_per_second:.2f}" for p in pools if p is not cores)
     out.append(
         Target(
-            f"budget: null-device system / engine in-process (items/s), chunks of {chunk}",
-            null.items_per_second / engine.items_per_second,
+            f"budget: null-device system ({cores.name}) / engine in-process (items/s), chunks of {chunk}",
+            cores.items_per_second / engine.items_per_second,
             CEILING_OVER_ENGINE,
-            detail=f"{null.items_per_second:,.0f} vs {engine.items_per_second:,.0f} items/s",
+            detail=f"{cores.items_per_second:,.0f} vs {engine.items_per_second:,.0f} items/s"
+            + (f"; other pools, {beside}" if beside else ""),
         )
     )
     return out

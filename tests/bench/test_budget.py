@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.budget import (
+    NULL_POOLS,
     OVERHEAD_TARGET_US,
     BudgetRun,
     bench_budget,
@@ -115,6 +116,12 @@ def test_the_targets_pass_or_fail_on_the_measured_values() -> None:
     with_engine["_runs"]["engine_tiny"] = run("engine", 10_000, 2.0, {"loop": 6.2})  # type: ignore[index]
     strict = budget_targets(with_engine)[1]
     assert "engine in-process" in strict.name and strict.value == pytest.approx(30.0) and strict.passed is True
+    # And with the null device run on one process per core, its ratio is the target, one process's named beside it
+    pooled = budget(6.3, 6.0, 2.0, 2.1)
+    pooled["_runs"]["system_null_cores"] = run("null, 2 processes", 10_000, 2.0, {"worker": 0.6})  # type: ignore[index]
+    on_cores = budget_targets(pooled)[-1]
+    assert "(null, 2 processes)" in on_cores.name and on_cores.value == pytest.approx(0.55)
+    assert on_cores.passed is False and "null: 1.10" in on_cores.detail
 
 
 @contextmanager
@@ -134,18 +141,24 @@ def test_a_small_budget_run_measures_every_part(
     result = bench_budget(
         model, items, params_for(TaskName.CLASSIFICATION), chunk=256, services=lambda: given(services)
     )
-    # Then each run (two systems, two engines in-process, the hand-written loop) did every item, and the systems' CPU was found in the worker and in PostgreSQL
+    # Then each run (four systems: the null device on three pools and the tiny model; two engines in-process; the
+    # hand-written loop) did every item, and the systems' CPU was found in the worker and in PostgreSQL
     runs = result["_runs"]
-    assert len(runs) == 5 and {r.items for r in runs.values()} == {512}
-    for name in ("system_null", "system_tiny"):
+    assert len(runs) == 7 and {r.items for r in runs.values()} == {512}
+    for name in ("system_null", *NULL_POOLS, "system_tiny"):
         cpu = runs[name].cpu
-        assert cpu["worker"] > 0 and cpu["postgres"] > 0, (name, cpu)
+        # (PostgreSQL's CPU comes in ticks of 10 ms: a pool that runs the two chunks at once may spend less there)
+        assert cpu["worker"] > 0 and (cpu["postgres"] > 0 or name in NULL_POOLS), (name, cpu)
         assert runs[name].extra["chunks"] == 2
         assert runs[name].stages["write"] > 0 and runs[name].stages["tokenize"] > 0
     assert runs["loop_tiny"].stages["forward"] > 0 and runs["loop_tiny"].cpu["loop"] > 0
     # And the table and the four targets come out of them, each PASS or FAIL (none unmeasured)
     assert "hand-written loop" in budget_table(result)
-    assert [t.passed in (True, False) for t in budget_targets(result)] == [True] * 5
+    targets = budget_targets(result)
+    assert [t.passed in (True, False) for t in targets] == [True] * 5
+    # (the null device's ratio on one process per core, the other pools named beside it)
+    cores = runs["system_null_cores"]
+    assert f"({cores.name})" in targets[-1].name and "1 process, 3 threads: " in targets[-1].detail
 
 
 def test_the_budget_is_part_of_every_full_run_and_the_million_run_only_when_asked() -> None:
