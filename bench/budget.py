@@ -101,6 +101,10 @@ NULL_POOLS: dict[str, tuple[str, int]] = {
     "system_null_cores": ("prefork", len(os.sched_getaffinity(0))),
 }
 
+#: Jobs each null-device system runs, interleaved with as many runs of the engine in-process: the medians are
+#: compared (one run each swung the ratio by a fifth between two runs on a quiet machine).
+NULL_REPEATS = 3
+
 #: Seconds between two CPU samples (a scan of /proc: a few hundred small reads).
 CPU_SAMPLE_SECONDS = 0.25
 
@@ -283,9 +287,13 @@ def system_run(
     program: Sequence[str] = WORKER_PROGRAM,
     logs: Path,
     pool: tuple[str, int] = ("prefork", 1),
+    repeats: int = 1,
+    between: Callable[[], object] | None = None,
 ) -> BudgetRun:
-    """One worker (``program``), a warm-up job, then one job of ``items`` in chunks of ``chunk`` under a
-    `CpuTracker` from before its submission to the client seeing it finished."""
+    """One worker (``program``, on ``pool``), a warm-up job, then ``repeats`` jobs of ``items`` in chunks of
+    ``chunk``, each under a `CpuTracker` from before its submission to the client seeing it finished; the run of the
+    median speed (all speeds in its ``extra``). ``between`` runs before each job, while the worker idles (the
+    engine in-process, interleaved with the systems)."""
     registry = json.dumps({model.name: {"source": str(model.path), "task": model.task.value}})
     env = {**worker_env(services, registry), "INFERQ_RECOVER_INTERVAL": "0", "INFERQ_TORCH_THREADS": str(TORCH_THREADS)}
     path = logs / f"budget-{name}.log"
@@ -295,21 +303,38 @@ def system_run(
         # A chunk for each pool process or thread at least: each loads the model before the job's clock starts.
         warm = client.submit(model.task, model.name, list(items[: 64 * pool[1]]), params, chunk_size=16)
         client.wait(warm.job_id, timeout=600, poll=0.2)
-        tracker = CpuTracker(proc.pid, database, redis_port(services)).start()
-        try:
-            submit_cpu = time.thread_time()
-            job = client.submit(model.task, model.name, list(items), params, chunk_size=chunk)
-            submit_cpu = time.thread_time() - submit_cpu
-            status = client.wait(job.job_id, timeout=1800, poll=0.2)
-        finally:
-            cpu = tracker.stop()
-    if status.state.value != "succeeded" or status.succeeded != len(items):
-        raise RuntimeError(f"budget job {job.job_id} ({name}) ended {status.state.value}: {status}")
-    cpu["producer"] = submit_cpu
-    chunks, stages = chunk_stages(path.read_text(errors="replace"), job.job_id)
-    return BudgetRun(
-        name, len(items), job_seconds(status), cpu, stages, {"chunks": chunks, "job_id": job.job_id, "log": str(path)}
-    )
+        done: list[tuple[Any, Any, dict[str, float]]] = []
+        for _ in range(repeats):
+            if between is not None:
+                between()
+            tracker = CpuTracker(proc.pid, database, redis_port(services)).start()
+            try:
+                submit_cpu = time.thread_time()
+                job = client.submit(model.task, model.name, list(items), params, chunk_size=chunk)
+                submit_cpu = time.thread_time() - submit_cpu
+                status = client.wait(job.job_id, timeout=1800, poll=0.2)
+            finally:
+                cpu = tracker.stop()
+            if status.state.value != "succeeded" or status.succeeded != len(items):
+                raise RuntimeError(f"budget job {job.job_id} ({name}) ended {status.state.value}: {status}")
+            cpu["producer"] = submit_cpu
+            done.append((job, status, cpu))
+    text = path.read_text(errors="replace")
+    runs = []
+    for job, status, cpu in done:
+        chunks, stages = chunk_stages(text, job.job_id)
+        extra = {"chunks": chunks, "job_id": job.job_id, "log": str(path)}
+        runs.append(BudgetRun(name, len(items), job_seconds(status), cpu, stages, extra))
+    return median_run(runs)
+
+
+def median_run(runs: Sequence[BudgetRun]) -> BudgetRun:
+    """Of ``runs`` (one or more of the same work), the one of the median speed (the slower middle one of an even
+    count), with every run's items/s in its ``extra["items_per_second"]``."""
+    ordered = sorted(runs, key=lambda run: run.items_per_second)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.extra["items_per_second"] = [round(run.items_per_second) for run in runs]
+    return chosen
 
 
 def redis_port(services: Services) -> int:
@@ -422,22 +447,50 @@ def bench_budget(
     """The four runs (system and loop, null device and ``model``, a small classifier: `ensure_tiny_model`) on
     ``items``; their figures (`budget_table`, `budget_targets`)."""
     logs = Path(tempfile.mkdtemp(prefix="inferq-bench-budget-"))
+    # The null device's systems run `NULL_REPEATS` jobs each, the engine in-process on the null device once before
+    # each of them (the worker idle meanwhile) and once after: medians of runs interleaved in time, so that a
+    # moment when the machine runs slower weighs on both sides of the ratio alike.
+    engines: list[BudgetRun] = []
+
+    def engine_between() -> None:
+        engines.append(engine_loop(model, items, params, chunk=chunk, null_device=True))
+
+    null_program = simulated_worker_program(0)
     with services() as svc:
         null = system_run(
-            "null", svc, model, items, params, chunk=chunk, program=simulated_worker_program(0), logs=logs
+            "null",
+            svc,
+            model,
+            items,
+            params,
+            chunk=chunk,
+            program=null_program,
+            logs=logs,
+            repeats=NULL_REPEATS,
+            between=engine_between,
         )
         log.info("  budget %s", _short(null))
         pooled = {}
         for key, pool in NULL_POOLS.items():
             name = f"null, {pool_label(*pool)}"
-            program = simulated_worker_program(0)
             pooled[key] = system_run(
-                name, svc, model, items, params, chunk=chunk, program=program, logs=logs, pool=pool
+                name,
+                svc,
+                model,
+                items,
+                params,
+                chunk=chunk,
+                program=null_program,
+                logs=logs,
+                pool=pool,
+                repeats=NULL_REPEATS,
+                between=engine_between,
             )
             log.info("  budget %s", _short(pooled[key]))
         tiny = system_run("tiny", svc, model, items, params, chunk=chunk, logs=logs)
         log.info("  budget %s", _short(tiny))
-    engine = engine_loop(model, items, params, chunk=chunk, null_device=True)
+    engine_between()
+    engine = median_run(engines)
     log.info("  budget %s", _short(engine))
     engine_tiny = engine_loop(model, items, params, chunk=chunk, null_device=False)
     log.info("  budget %s", _short(engine_tiny))
