@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import Engine, insert, select, text, update
+from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inferq.db import make_engine, make_sessionmaker
@@ -30,6 +30,10 @@ T = TypeVar("T")
 TEXTS = ["plain", "héllo wörld ✓", "line\u2028separator", 'quote " and \\ backslash', "", "日本語のテキスト", "x" * 300]
 
 
+#: The parameters of every job here: one batch key for all.
+PARAMS = {"top_k": 1, "function_to_apply": "default"}
+
+
 @pytest.fixture
 def sessions(either_database: sessionmaker[Session]) -> sessionmaker[Session]:
     return either_database
@@ -44,7 +48,7 @@ def a_job(sessions: sessionmaker[Session], inputs: list[dict[str, Any]], chunk_s
             job_id,
             TaskName.CLASSIFICATION,
             "m",
-            {"top_k": 1, "function_to_apply": "default"},
+            PARAMS,
             records,
             chunk_size,
             queue,
@@ -350,3 +354,38 @@ def test_inputs_are_decoded_in_one_call_even_where_orjson_refuses() -> None:
     assert decode_inputs('[{"text": "a"}, {"text": "\\u00e9"}]') == [{"text": "a"}, {"text": "é"}]
     # A lone surrogate's escape (what json.dumps writes for it): orjson refuses it, the standard library reads it.
     assert decode_inputs('[{"text": "\\ud800"}]') == [{"text": "\ud800"}]
+
+
+def test_a_batch_of_a_thousand_one_chunk_jobs_is_leased_renewed_and_written(sessions: sessionmaker[Session]) -> None:
+    from inferq.store.chunks import MAX_MATES, renew_leases, write_results
+    from worker.engines.base import Outcome
+
+    # Given a leader and, on its queue with its batch key, as many one-item jobs as a batch may take
+    lead = a_lead(sessions)
+    records = [InputRecord(line=1, client_id="0", data={"text": "mate"})]
+    with sessions.begin() as session:
+        for _ in range(MAX_MATES):
+            store_job(session, uuid.uuid4().hex, TaskName.CLASSIFICATION, "m", PARAMS, records, 1, lead.queue)
+
+    # When the leader takes them all into its batch, renews their leases and writes their results
+    with sessions.begin() as session:
+        mates = claim_mates(session, lead, worker="w", lease_seconds=60, max_items=MAX_MATES + 1)
+    claims = [lead, *mates]
+    keys = [(c.job_id, c.seq) for c in claims]
+    with sessions.begin() as session:
+        renew_leases(session, keys, "w", 120)
+    with sessions.begin() as session:
+        written = write_results(session, claims, [[Outcome(result=[], label="x", score=1.0)] for _ in claims])
+
+    # Then every chunk ran in the batch and is done (on SQLite too, whose parser refuses a condition of a thousand
+    # OR-ed terms)
+    assert len(mates) == MAX_MATES
+    assert all(chunk.complete and chunk.succeeded == 1 for chunk in written.chunks)
+    with sessions() as session:
+        done = session.scalar(
+            select(func.count())
+            .select_from(Chunk)
+            .join(Job, Job.id == Chunk.job_id)
+            .where(Job.queue == lead.queue, Chunk.state == ChunkState.DONE)
+        )
+    assert done == MAX_MATES + 1
