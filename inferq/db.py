@@ -38,9 +38,23 @@ def make_engine(settings: Settings, *, pool_size: int = 5, pre_ping: bool = True
     return engine
 
 
+#: What SQLite says when its file is busy, cannot be opened or read: of its driver's ``OperationalError``, the only
+#: ones that trying again may mend. It raises the same class for a statement it cannot run ("no such table",
+#: "Expression tree is too large"), which retrying would only repeat.
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "unable to open", "disk i/o error")
+
+
 def is_transient_db_error(exc: BaseException) -> bool:
     """The database is unreachable or dropped the connection (retry), as opposed to a bad statement (don't)."""
-    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    orig = exc.orig
+    if type(orig).__module__ == "sqlite3":
+        said = str(orig).lower()
+        return any(reason in said for reason in _SQLITE_TRANSIENT)
+    return True
 
 
 #: SQLSTATE class of a transaction the server rolled back (a deadlock, a serialization failure): the database is

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 import inferq.errors as errors
 from inferq.db import make_engine
@@ -45,6 +45,17 @@ def test_an_unreachable_database_raises_database_unavailable_without_the_url(tmp
     assert err.message == f"database unreachable: {err.reason}" and err.kind == "OperationalError"
     assert "s3cret" not in err.message
     assert isinstance(err.__cause__, sqlite3.OperationalError)
+
+
+def test_a_statement_sqlite_cannot_run_stays_sqlalchemys_error_not_an_outage(tmp_path: Path) -> None:
+    # Given an engine on a SQLite database that opens
+    engine = make_engine(Settings(database_url=f"sqlite:///{tmp_path}/ok.db"))
+    # When a statement names a table that is not there (the driver raises OperationalError, as for a busy file)
+    with pytest.raises(OperationalError) as caught, engine.connect() as conn:
+        conn.execute(text("SELECT * FROM no_such_table"))
+    # Then it is not taken for an unreachable database (which callers retry): it stays SQLAlchemy's error
+    assert not isinstance(caught.value, errors.DatabaseUnavailable)
+    assert "no such table" in str(caught.value)
 
 
 def test_a_broken_constraint_stays_sqlalchemys_error(tmp_path: Path) -> None:
