@@ -93,10 +93,11 @@ TINY_RECIPE: dict[str, Any] = {
     "max_length": 512,
 }
 
-#: The pools the null device's system runs on besides one process (``--pool`` and ``--concurrency``), by run name:
-#: an accelerator's default (one process, `DEVICE_POOL_THREADS` threads sharing the model), and one process per
-#: core (the ratio's target, `budget_targets`).
+#: The pools the null device's system runs on (``--pool`` and ``--concurrency``), by run name: one process (the CPU
+#: default, the null device's overhead target), an accelerator's default (one process, `DEVICE_POOL_THREADS` threads
+#: sharing the model), and one process per core (the ratio's target, `budget_targets`).
 NULL_POOLS: dict[str, tuple[str, int]] = {
+    "system_null": ("prefork", 1),
     "system_null_threads": ("threads", DEVICE_POOL_THREADS),
     "system_null_cores": ("prefork", len(os.sched_getaffinity(0))),
 }
@@ -455,38 +456,24 @@ def bench_budget(
     def engine_between() -> None:
         engines.append(engine_loop(model, items, params, chunk=chunk, null_device=True))
 
-    null_program = simulated_worker_program(0)
     with services() as svc:
-        null = system_run(
-            "null",
-            svc,
-            model,
-            items,
-            params,
-            chunk=chunk,
-            program=null_program,
-            logs=logs,
-            repeats=NULL_REPEATS,
-            between=engine_between,
-        )
-        log.info("  budget %s", _short(null))
         pooled = {}
         for key, pool in NULL_POOLS.items():
-            name = f"null, {pool_label(*pool)}"
             pooled[key] = system_run(
-                name,
+                "null" if key == "system_null" else f"null, {pool_label(*pool)}",
                 svc,
                 model,
                 items,
                 params,
                 chunk=chunk,
-                program=null_program,
+                program=simulated_worker_program(0),
                 logs=logs,
                 pool=pool,
                 repeats=NULL_REPEATS,
                 between=engine_between,
             )
             log.info("  budget %s", _short(pooled[key]))
+        null = pooled.pop("system_null")
         tiny = system_run("tiny", svc, model, items, params, chunk=chunk, logs=logs)
         log.info("  budget %s", _short(tiny))
     engine_between()
@@ -570,7 +557,7 @@ def budget_targets(result: Mapping[str, Any]) -> list[Target]:
     # The ratio on one process per core (`NULL_POOLS`), the other pools beside it; a run without it (an older
     # result) is checked on one process.
     cores = runs.get("system_null_cores", null)
-    pools = [null, *(runs[k] for k in NULL_POOLS if k in runs and runs[k] is not cores)]
+    pools = [runs[k] for k in NULL_POOLS if k in runs and runs[k] is not cores]
     beside = "; ".join(f"{p.name}: {p.items_per_second / engine.items_per_second:.2f}" for p in pools if p is not cores)
     out.append(
         Target(

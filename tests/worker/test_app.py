@@ -74,6 +74,12 @@ def test_the_options_of_inferq_worker_reach_its_pool_processes(tmp_path: Path, m
     assert all("ForkPoolWorker" in line and line.endswith(f"tokenizer threads: {share}") for line in tokenizer)
 
 
+def share(expected: int | str | None) -> int | None:
+    """A case's expected threads: ``"cores"`` and ``"cores // 2"`` of this machine's cores, else as given."""
+    cores = len(os.sched_getaffinity(0))
+    return {"cores": cores, "cores // 2": max(1, cores // 2)}[expected] if isinstance(expected, str) else expected
+
+
 @pytest.mark.parametrize(
     ("setting", "omp", "processes", "expected"),
     [
@@ -87,14 +93,8 @@ def test_the_options_of_inferq_worker_reach_its_pool_processes(tmp_path: Path, m
 def test_each_pool_process_takes_its_share_of_the_cores_as_torch_threads(
     setting: int | None, omp: str | None, processes: int, expected: int | str | None
 ) -> None:
-    cores = len(os.sched_getaffinity(0))
-    want = (
-        {"cores": cores, "cores // 2": max(1, cores // 2)}.get(expected, expected)
-        if isinstance(expected, str)
-        else expected
-    )
     environ = {} if omp is None else {"OMP_NUM_THREADS": omp}
-    assert torch_threads(Settings(torch_threads=setting), processes, environ) == want
+    assert torch_threads(Settings(torch_threads=setting), processes, environ) == share(expected)
 
 
 @pytest.mark.parametrize(
@@ -110,13 +110,7 @@ def test_each_pool_process_takes_its_share_of_the_cores_as_torch_threads(
 def test_each_pool_process_takes_its_share_of_the_cores_as_tokenizer_threads(
     environ: dict[str, str], processes: int, expected: str | int | None
 ) -> None:
-    cores = len(os.sched_getaffinity(0))
-    want = (
-        {"cores": cores, "cores // 2": max(1, cores // 2)}.get(expected, expected)
-        if isinstance(expected, str)
-        else expected
-    )
-    assert tokenizer_threads(processes, environ) == want
+    assert tokenizer_threads(processes, environ) == share(expected)
 
 
 def test_one_tokenizer_thread_turns_its_pool_off_and_more_size_it() -> None:
