@@ -621,7 +621,7 @@ def _lease_and_read(
     now = utcnow()
     conn.execute(
         update(Chunk)
-        .where(keyed(Chunk.job_id, Chunk.seq, [(c.job_id, c.seq) for c in taken], rows=_rows(session)))
+        .where(keyed(session, [(c.job_id, c.seq) for c in taken]))
         .values(
             state=ChunkState.RUNNING,
             attempts=Chunk.attempts + 1,
@@ -755,7 +755,7 @@ def renew_leases(session: Session, keys: list[tuple[str, int]], worker: str, lea
     session.connection().execute(
         update(Chunk)
         .where(
-            keyed(Chunk.job_id, Chunk.seq, keys, rows=_rows(session)),
+            keyed(session, keys),
             Chunk.state == ChunkState.RUNNING,
             Chunk.worker == worker,
         )
@@ -833,8 +833,7 @@ def write_results(
 
 def _lock_unfinished_chunks(session: Session, claims: list[Claim]) -> dict[str, _Locked]:
     """The claims' chunk rows not yet done, locked in the one lock order (`lock_chunks`), by `chunk_key`."""
-    keys = [(c.job_id, c.seq) for c in claims]
-    rows = lock_chunks(session.connection(), keyed(Chunk.job_id, Chunk.seq, keys, rows=_rows(session)))
+    rows = lock_chunks(session.connection(), keyed(session, [(c.job_id, c.seq) for c in claims]))
     return {
         chunk_key(row.job_id, row.seq): _Locked(row.attempts, row.start, row.stop, row.job_state.finished)
         for row in rows
@@ -1001,7 +1000,7 @@ def _settle_chunks(session: Session, settled: dict[bool, list[tuple[str, int]]],
         if keys:
             session.connection().execute(
                 update(Chunk)
-                .where(keyed(Chunk.job_id, Chunk.seq, keys, rows=_rows(session)))
+                .where(keyed(session, keys))
                 .values(
                     state=ChunkState.DONE if complete else ChunkState.QUEUED,
                     finished_at=now if complete else None,
@@ -1052,20 +1051,15 @@ def finish_jobs_if_complete(session: Session, job_ids: list[str], now: dt.dateti
     return record_job_ends(session, sorted(ended))
 
 
-def keyed(job: Any, number: Any, keys: list[tuple[str, int]], *, rows: bool = False) -> ColumnElement[bool]:
-    """``(job, number)`` is one of ``keys``, as one ``job = j AND number IN (…)`` term per job: an index range
-    scan each on PostgreSQL (a row-value IN list would be planned as one OR term per key). ``rows`` (SQLite): one
-    row-value ``(job, number) IN (…)`` instead, which SQLite looks up in the key's index: it parses ``a OR b OR …``
-    into a tree as deep as its terms and refuses one deeper than 1,000 (a batch of a thousand one-chunk jobs'
-    chunks), and SQLAlchemy flattens any grouping of them."""
-    if rows:
-        return tuple_(job, number).in_(keys)
+def keyed(session: Session, keys: list[tuple[str, int]]) -> ColumnElement[bool]:
+    """A `Chunk` row is one of ``keys`` (job, seq each), in the form the session's database looks up best. PostgreSQL:
+    one ``job_id = j AND seq IN (…)`` term per job, an index range scan each (a row-value IN list would be planned as
+    one OR term per key). SQLite: one row-value ``(job_id, seq) IN (…)``, looked up in the key's index: it parses
+    ``a OR b OR …`` into a tree as deep as its terms and refuses one deeper than 1,000 (a batch of a thousand
+    one-chunk jobs' chunks), and SQLAlchemy flattens any grouping of them."""
+    if dialect_of(session) is Dialect.SQLITE:
+        return tuple_(Chunk.job_id, Chunk.seq).in_(keys)
     by_job: dict[str, list[int]] = {}
     for job_id, n in keys:
         by_job.setdefault(job_id, []).append(n)
-    return or_(*(and_(job == job_id, number.in_(ns)) for job_id, ns in by_job.items()))
-
-
-def _rows(session: Session) -> bool:
-    """`keyed`'s form for the session's database: row values on SQLite."""
-    return dialect_of(session) is Dialect.SQLITE
+    return or_(*(and_(Chunk.job_id == job_id, Chunk.seq.in_(ns)) for job_id, ns in by_job.items()))
