@@ -40,14 +40,20 @@ def undeclared_queues(settings: Settings, queues: Iterable[str]) -> list[str]:
 
 def torch_threads(settings: Settings, processes: int, environ: Mapping[str, str] = os.environ) -> int | None:
     """torch's intra-op threads for each of a worker's ``processes`` pool processes: ``INFERQ_TORCH_THREADS`` when
-    set; None (torch's own choice) where ``OMP_NUM_THREADS`` is set, the user's; else the cores this worker may use
-    ÷ its processes, at least 1. By default torch takes every core in each process: several processes then
+    set; None (torch's own choice) where ``OMP_NUM_THREADS`` is set, the user's; else its share of the cores
+    (`core_share`). By default torch takes every core in each process: several processes then
     oversubscribe the CPU, and OpenMP threads spin at their barriers while a sibling is descheduled (two processes
     on 2 cores ran 200 items/s at two threads each, 547 at one)."""
     if settings.torch_threads is not None:
         return settings.torch_threads
     if environ.get("OMP_NUM_THREADS"):
         return None
+    return core_share(processes)
+
+
+def core_share(processes: int) -> int:
+    """The cores this worker may use ÷ its ``processes``, at least 1: each process's threads (torch's, the
+    tokenizer's)."""
     return max(1, len(os.sched_getaffinity(0)) // max(1, processes))
 
 
@@ -57,14 +63,14 @@ TOKENIZER_ENVIRON = ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")
 
 def tokenizer_threads(processes: int, environ: Mapping[str, str] = os.environ) -> int | None:
     """Threads the fast tokenizer's batch encoding takes in each of a worker's ``processes`` pool processes: None
-    (its own choice) where the user set ``TOKENIZERS_PARALLELISM`` or ``RAYON_NUM_THREADS``, else the cores this
-    worker may use ÷ its processes, at least 1, as torch's (`torch_threads`). By default every process's tokenizer
-    spreads each chunk over every core: two processes on 2 cores then run four threads that hand the chunk's
-    pieces back and forth, where one each keeps both cores busy with no hand-off (the null-device system, 2 cores,
-    two processes: 20,200-20,500 items/s at one thread each, 19,100-19,200 with the pool on)."""
+    (its own choice) where the user set ``TOKENIZERS_PARALLELISM`` or ``RAYON_NUM_THREADS``, else its share of the
+    cores (`core_share`), as torch's (`torch_threads`). By default every process's tokenizer spreads each chunk over
+    every core: two processes on 2 cores then run four threads that hand the chunk's pieces back and forth, where
+    one each keeps both cores busy with no hand-off (the null-device system, 2 cores, two processes: 20,200-20,500
+    items/s at one thread each, 19,100-19,200 with the pool on)."""
     if any(environ.get(name) for name in TOKENIZER_ENVIRON):
         return None
-    return max(1, len(os.sched_getaffinity(0)) // max(1, processes))
+    return core_share(processes)
 
 
 def use_tokenizer_threads(threads: int | None, environ: MutableMapping[str, str] = os.environ) -> None:
