@@ -473,7 +473,6 @@ def bench_budget(
                 between=engine_between,
             )
             log.info("  budget %s", _short(pooled[key]))
-        null = pooled.pop("system_null")
         tiny = system_run("tiny", svc, model, items, params, chunk=chunk, logs=logs)
         log.info("  budget %s", _short(tiny))
     engine_between()
@@ -489,7 +488,6 @@ def bench_budget(
         "items": len(items),
         "torch_threads": TORCH_THREADS,
         "runs": {
-            "system_null": null.to_json(),
             **{key: run.to_json() for key, run in pooled.items()},
             "engine_null": engine.to_json(),
             "engine_tiny": engine_tiny.to_json(),
@@ -498,7 +496,6 @@ def bench_budget(
         },
         "worker_logs": str(logs),
         "_runs": {
-            "system_null": null,
             **pooled,
             "engine_null": engine,
             "system_tiny": tiny,
@@ -558,7 +555,7 @@ def budget_targets(result: Mapping[str, Any]) -> list[Target]:
     # result) is checked on one process.
     cores = runs.get("system_null_cores", null)
     pools = [runs[k] for k in NULL_POOLS if k in runs and runs[k] is not cores]
-    beside = "; ".join(f"{p.name}: {p.items_per_second / engine.items_per_second:.2f}" for p in pools if p is not cores)
+    beside = "; ".join(f"{p.name}: {p.items_per_second / engine.items_per_second:.2f}" for p in pools)
     out.append(
         Target(
             f"budget: null-device system ({cores.name}) / engine in-process (items/s), chunks of {chunk}",

@@ -42,9 +42,9 @@ lose a chunk on RabbitMQ, whose messages cannot be listed to find it missing.
 
 **Shown to every process.** The leader writes what its last round did (`Round.queues`) into one row
 (`inferq.schema.DispatcherRound`, `inferq.store.dispatch.record_round`): one statement after a round that changed
-what the row says (at most one every `DISPATCH_STATE_MIN_SECONDS`), else a heartbeat later; it deletes the row when it stops leading. ``inferq status``, the HTTP
-API and the job page read it (`producer.client.dispatcher_status`); a row older than a few leader leases reads as
-no leader.
+what the row says (at most one every `DISPATCH_STATE_MIN_SECONDS`), else a heartbeat later; it deletes the row when
+it stops leading. ``inferq status``, the HTTP API and the job page read it (`producer.client.dispatcher_status`); a
+row older than a few leader leases reads as no leader.
 """
 
 from __future__ import annotations
