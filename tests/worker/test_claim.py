@@ -19,10 +19,21 @@ from inferq.db import make_engine, make_sessionmaker
 from inferq.schema import Chunk, Job, Result, utcnow
 from inferq.settings import Settings
 from inferq.states import ChunkState, ItemState, JobState
-from inferq.store.chunks import ChunkOutcome, Claim, claim_chunk, claim_mates, claim_next, decode_inputs
+from inferq.store.chunks import (
+    MAX_MATES,
+    ChunkOutcome,
+    Claim,
+    claim_chunk,
+    claim_mates,
+    claim_next,
+    decode_inputs,
+    renew_leases,
+    write_results,
+)
 from inferq.task_specs import TaskName
 from producer.client import store_job
 from producer.inputs import InputRecord
+from worker.engines.base import Outcome
 
 T = TypeVar("T")
 
@@ -357,9 +368,6 @@ def test_inputs_are_decoded_in_one_call_even_where_orjson_refuses() -> None:
 
 
 def test_a_batch_of_a_thousand_one_chunk_jobs_is_leased_renewed_and_written(sessions: sessionmaker[Session]) -> None:
-    from inferq.store.chunks import MAX_MATES, renew_leases, write_results
-    from worker.engines.base import Outcome
-
     # Given a leader and, on its queue with its batch key, as many one-item jobs as a batch may take
     lead = a_lead(sessions)
     records = [InputRecord(line=1, client_id="0", data={"text": "mate"})]
