@@ -366,9 +366,19 @@ def test_a_chunk_of_one_micro_batch_is_cut_so_that_every_lane_runs_part_of_it(
         assert engine.lanes == lanes
         ran: set[str] = set()
         forward = engine.forward
+        # Each micro-batch waits at the barrier until the other lanes' have reached it too: lanes run side by side,
+        # so every lane's batch gets there; run one after another (or in one thread), the first would wait alone.
+        side_by_side = threading.Barrier(lanes, timeout=30)
 
-        def noting(batch: dict[str, Any], params: Any, forward: Any = forward, ran: set[str] = ran) -> Any:
+        def noting(
+            batch: dict[str, Any],
+            params: Any,
+            forward: Any = forward,
+            ran: set[str] = ran,
+            side_by_side: threading.Barrier = side_by_side,
+        ) -> Any:
             ran.add(threading.current_thread().name)
+            side_by_side.wait()
             return forward(batch, params)
 
         monkeypatch.setattr(engine, "forward", noting)
@@ -380,8 +390,9 @@ def test_a_chunk_of_one_micro_batch_is_cut_so_that_every_lane_runs_part_of_it(
         results[lanes] = [o.result for o in outcomes if o is not None]
         threads_ran[lanes] = ran
         assert len(plan) == lanes
-    # then with two lanes the chunk is two micro-batches, each run in a lane thread of its own, and every item has
-    # the one-lane result, in input order
+    # then with two lanes the chunk is two micro-batches, run at the same time, each in a lane thread of its own
+    # (the barrier held the first until the second had started), and every item has the one-lane result, in input
+    # order
     assert len(threads_ran[2]) == 2 and all(name.startswith("ct2-lane") for name in threads_ran[2])
     assert [[r["label"] for r in rs] for rs in results[2]] == [[r["label"] for r in rs] for rs in results[1]]
     got = np.array([[r["score"] for r in rs] for rs in results[2]])
