@@ -52,13 +52,25 @@ def corpus() -> tuple[str, ...]:
 
 
 def _train_wordpiece(vocab_size: int, lowercase: bool) -> dict[str, int]:
+    """A WordPiece vocabulary of ``vocab_size`` learnt from `corpus()`, the same in every process: the specials, then
+    each piece of a BPE trained on the corpus (BERT's normalizer and pre-tokenizer), in the order it learnt them,
+    both word-initial and as a ``##`` continuation. (The tokenizers library's own WordPiece trainer numbers the
+    ``##`` pieces in the order of a hash map, so each process learnt another vocabulary and built another model
+    from the same seed.)"""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(corpus(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=_BERT_SPECIALS))
-    return dict(tok.get_vocab())
+    # Each piece gives two entries (some pieces are only one of them, where they repeat): half the size and a margin.
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size // 2 + 64, special_tokens=_BERT_SPECIALS, show_progress=False)
+    tok.train_from_iterator(corpus(), trainer)
+    pieces = sorted(tok.get_vocab().items(), key=lambda item: item[1])
+    entries = dict.fromkeys(_BERT_SPECIALS)
+    for piece, _ in pieces:
+        if piece not in _BERT_SPECIALS:
+            entries.update(dict.fromkeys((piece, f"##{piece}")))
+    return {piece: i for i, piece in enumerate(list(entries)[:vocab_size])}
 
 
 def _train_byte_bpe(vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
