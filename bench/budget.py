@@ -86,7 +86,7 @@ TORCH_THREADS = 1
 #: The tiny real model (`ensure_tiny_model`): built once under the models directory.
 TINY_MODEL = "bench-tiny-cls"
 TINY_RECIPE: dict[str, Any] = {
-    "version": 1,
+    "version": 2,
     "arch": "distilbert",
     "size": "tiny",
     "vocab_size": 8000,
